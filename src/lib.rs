@@ -1,1 +1,44 @@
+//! # webguard
+//!
+//! A small instruction-tuned chat model (SmolLM2-135M-Instruct) and a toxicity filter
+//! (all-MiniLM-L6-v2 with trained heads) that run inside a web page on the visitor's GPU
+//! through WebGPU, with a CPU fallback, and natively through Vulkan or the CPU. Nothing leaves
+//! the machine it runs on.
+//!
+//! The pieces, from bytes to answers:
+//! - [`weights`]: bounds-checked GGUF and safetensors parsing, dequantisation;
+//! - [`text`]: the two models' tokenizers;
+//! - [`backend`]: WebGPU/Vulkan through burn-wgpu, or burn's CPU backend;
+//! - `wasm` (on `wasm32` only): the JavaScript API.
+//!
+//! Every fallible call returns [`Result`] with an [`Error`] a person can read; nothing in the
+//! library panics on bad input.
+#![warn(missing_docs)]
 
+pub mod backend;
+pub mod error;
+pub mod text;
+pub mod weights;
+
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
+
+pub use backend::{Backend, BackendChoice, BackendKind};
+pub use error::{Error, Result};
+
+/// The crate version, as in Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where the fetched models live natively: `$WEBGUARD_MODELS`, or `models/` in the current
+/// directory (what `scripts/fetch-models.sh` fills).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn models_dir() -> std::path::PathBuf {
+    std::env::var_os("WEBGUARD_MODELS")
+        .map(Into::into)
+        .unwrap_or_else(|| "models".into())
+}
+
+/// File name of the chat model inside [`models_dir`].
+pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Folder of the filter encoder inside [`models_dir`].
+pub const MINILM_DIR: &str = "all-MiniLM-L6-v2";

@@ -1,0 +1,191 @@
+//! Choosing where the models run: the GPU through burn-wgpu (WebGPU in the browser, Vulkan or
+//! Metal natively), or burn's CPU backend (`flex`).
+//!
+//! [`BackendChoice::Auto`] takes the GPU when an adapter exists and falls back to the CPU
+//! otherwise; [`Backend`] says which one runs, the adapter's name, and why a GPU was not used.
+//! burn registers its wgpu runtime once per process, so the first successful GPU setup is kept
+//! and shared by every later [`Backend::init`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+
+/// What the caller asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// GPU when there is one, otherwise CPU.
+    #[default]
+    Auto,
+    /// GPU or an error.
+    Gpu,
+    /// CPU only.
+    Cpu,
+}
+
+impl FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendChoice::Auto),
+            "gpu" | "wgpu" | "webgpu" | "vulkan" => Ok(BackendChoice::Gpu),
+            "cpu" => Ok(BackendChoice::Cpu),
+            other => Err(Error::InvalidInput(format!(
+                "unknown backend {other:?}: use \"auto\", \"webgpu\" (or \"gpu\") or \"cpu\""
+            ))),
+        }
+    }
+}
+
+/// Which backend runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// burn-wgpu: WebGPU in a browser, Vulkan/Metal/DX12 natively.
+    Wgpu,
+    /// burn's CPU backend (`flex`).
+    Cpu,
+}
+
+/// The GPU adapter in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterInfo {
+    /// Adapter name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)` or `SwiftShader Device`.
+    pub name: String,
+    /// Graphics API: `Vulkan`, `BrowserWebGpu`, `Metal`, ...
+    pub api: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `Cpu` (a software rasteriser), ...
+    pub device_type: String,
+}
+
+/// A ready device and a description of it.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The device tensors are created on.
+    pub device: Device,
+    /// Which backend runs.
+    pub kind: BackendKind,
+    /// The adapter, when the GPU runs.
+    pub adapter: Option<AdapterInfo>,
+    /// Why the GPU is not used, when the CPU runs.
+    pub fallback_reason: Option<String>,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.kind, &self.adapter, &self.fallback_reason) {
+            (BackendKind::Wgpu, Some(a), _) => {
+                write!(f, "wgpu ({}: {}, {})", a.api, a.name, a.device_type)
+            }
+            (BackendKind::Wgpu, None, _) => write!(f, "wgpu"),
+            (BackendKind::Cpu, _, Some(reason)) => write!(f, "cpu ({reason})"),
+            (BackendKind::Cpu, _, None) => write!(f, "cpu"),
+        }
+    }
+}
+
+/// The process-wide GPU setup: burn's wgpu runtime can be registered only once.
+static GPU: Mutex<Option<(Device, AdapterInfo)>> = Mutex::new(None);
+
+impl Backend {
+    /// The CPU backend.
+    pub fn cpu(reason: Option<String>) -> Self {
+        Backend {
+            device: Device::flex(),
+            kind: BackendKind::Cpu,
+            adapter: None,
+            fallback_reason: reason,
+        }
+    }
+
+    /// Sets up the backend `choice` asks for. Works natively and in the browser.
+    pub async fn init(choice: BackendChoice) -> Result<Self> {
+        if choice == BackendChoice::Cpu {
+            return Ok(Self::cpu(Some("CPU requested".into())));
+        }
+        match gpu().await {
+            Ok((device, adapter)) => Ok(Backend {
+                device,
+                kind: BackendKind::Wgpu,
+                adapter: Some(adapter),
+                fallback_reason: None,
+            }),
+            Err(reason) if choice == BackendChoice::Auto => Ok(Self::cpu(Some(reason))),
+            Err(reason) => Err(Error::Backend(format!("no usable GPU: {reason}"))),
+        }
+    }
+
+    /// [`Backend::init`] for native callers without an async runtime.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn init_blocking(choice: BackendChoice) -> Result<Self> {
+        pollster::block_on(Self::init(choice))
+    }
+}
+
+async fn gpu() -> Result<(Device, AdapterInfo), String> {
+    if let Some(ready) = GPU.lock().map_err(|_| "GPU setup lock poisoned")?.clone() {
+        return Ok(ready);
+    }
+    #[cfg(target_arch = "wasm32")]
+    crate::wasm::webgpu_available().await?;
+
+    let (device, setup) = burn::tensor::Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = setup.adapter.get_info();
+    let adapter = AdapterInfo {
+        name: info.name,
+        api: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+    };
+    let ready = (device, adapter);
+    *GPU.lock().map_err(|_| "GPU setup lock poisoned")? = Some(ready.clone());
+    Ok(ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_choices() {
+        assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
+        assert_eq!("WebGPU".parse::<BackendChoice>().unwrap(), BackendChoice::Gpu);
+        assert_eq!("cpu".parse::<BackendChoice>().unwrap(), BackendChoice::Cpu);
+        let err = "tpu".parse::<BackendChoice>().unwrap_err().to_string();
+        assert!(err.contains("tpu") && err.contains("auto"), "{err}");
+    }
+}
+
+/// A small fixed computation (matmul, bias, softmax, reduction) used to check that a backend
+/// computes what the others do: `softmax(A·B + 0.5)` row by row, then each row's
+/// `sum(p²)`, with `A[i][k] = sin(0.37·i + 0.11·k)` (4×8) and `B[k][j] = cos(0.23·k − 0.41·j)`
+/// (8×3). Returns the 12 probabilities followed by the 4 sums. Reads back asynchronously, so it
+/// works on WebGPU in the browser too.
+pub async fn probe_computation(device: &Device) -> Result<Vec<f32>> {
+    use burn::tensor::{Tensor, TensorData, activation::softmax};
+    let a: Vec<f32> = (0..4)
+        .flat_map(|i| (0..8).map(move |k| (0.37 * i as f32 + 0.11 * k as f32).sin()))
+        .collect();
+    let b: Vec<f32> = (0..8)
+        .flat_map(|k| (0..3).map(move |j| (0.23 * k as f32 - 0.41 * j as f32).cos()))
+        .collect();
+    let a = Tensor::<2>::from_data(TensorData::new(a, [4, 8]), device);
+    let b = Tensor::<2>::from_data(TensorData::new(b, [8, 3]), device);
+    let p = softmax(a.matmul(b) + 0.5, 1);
+    let sums = p.clone().powf_scalar(2.0).sum_dim(1);
+    let read = |t: Tensor<2>| async move {
+        let data = t
+            .into_data_async()
+            .await
+            .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
+        data.to_vec::<f32>()
+            .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
+    };
+    let mut out = read(p).await?;
+    out.extend(read(sums).await?);
+    Ok(out)
+}

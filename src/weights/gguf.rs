@@ -1,0 +1,1027 @@
+//! A GGUF (v2/v3) reader written for hostile input.
+//!
+//! Layout of a GGUF file (all little-endian):
+//! ```text
+//! magic "GGUF" | version u32 | tensor_count u64 | kv_count u64
+//! kv_count  x (key: string, value_type: u32, value)
+//! tensor_count x (name: string, n_dims: u32, dims: n_dims x u64, type: u32, offset: u64)
+//! padding to `general.alignment` (default 32) | tensor data
+//! ```
+//! Every read is bounds-checked and every length or count is checked against the bytes that
+//! are actually left before anything is allocated, so a 40-byte file that claims 2^60 tensors
+//! is rejected at once instead of exhausting memory. Parsing never panics; it returns a
+//! [`GgufError`] that says which section was bad and where.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use super::quant::{self, GgmlType};
+
+/// Default data alignment when `general.alignment` is absent.
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// GGML tensors have at most four dimensions.
+pub const MAX_DIMS: u32 = 4;
+/// Arrays of arrays deeper than this are refused (real files use depth 1).
+pub const MAX_ARRAY_DEPTH: usize = 8;
+
+/// Which part of the file a parse error was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Magic, version and the two counts.
+    Header,
+    /// The key/value metadata.
+    Metadata,
+    /// The tensor descriptions.
+    TensorInfo,
+    /// The tensor data after the padding.
+    TensorData,
+}
+
+impl fmt::Display for Section {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Section::Header => "header",
+            Section::Metadata => "metadata",
+            Section::TensorInfo => "tensor info",
+            Section::TensorData => "tensor data",
+        })
+    }
+}
+
+/// Everything that can be wrong with a GGUF file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GgufError {
+    /// The first four bytes are not `GGUF`.
+    #[error("not a GGUF file: magic bytes are {0:02x?}, expected \"GGUF\"")]
+    BadMagic([u8; 4]),
+    /// A version this reader does not understand (v1 used 32-bit counts and is not supported).
+    #[error("unsupported GGUF version {0} (supported: 2 and 3)")]
+    UnsupportedVersion(u32),
+    /// The file ends before a value that should be there.
+    #[error("GGUF file truncated in the {section} at byte {offset}: needed {needed} more bytes, {available} left")]
+    Truncated {
+        /// Where.
+        section: Section,
+        /// Absolute byte offset of the read.
+        offset: u64,
+        /// Bytes the read needed.
+        needed: u64,
+        /// Bytes left in the file.
+        available: u64,
+    },
+    /// A count or length larger than the rest of the file could possibly hold.
+    #[error("GGUF {section} at byte {offset}: {what} of {value} cannot fit in the {available} bytes left")]
+    ImplausibleLength {
+        /// Where.
+        section: Section,
+        /// Absolute byte offset of the length field.
+        offset: u64,
+        /// What was being counted.
+        what: &'static str,
+        /// The value found.
+        value: u64,
+        /// Bytes left in the file.
+        available: u64,
+    },
+    /// A metadata value type id outside the GGUF specification.
+    #[error("GGUF metadata at byte {offset}: unknown value type {type_id}")]
+    UnknownValueType {
+        /// Absolute byte offset of the type field.
+        offset: u64,
+        /// The type id found.
+        type_id: u32,
+    },
+    /// Arrays nested deeper than [`MAX_ARRAY_DEPTH`].
+    #[error("GGUF metadata at byte {offset}: arrays nested deeper than {MAX_ARRAY_DEPTH}")]
+    ArrayTooDeep {
+        /// Absolute byte offset of the array.
+        offset: u64,
+    },
+    /// A string that is not UTF-8.
+    #[error("GGUF {section} at byte {offset}: string is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Where.
+        section: Section,
+        /// Absolute byte offset of the string's bytes.
+        offset: u64,
+    },
+    /// The same metadata key twice.
+    #[error("GGUF metadata: duplicate key {0:?}")]
+    DuplicateKey(String),
+    /// The same tensor name twice.
+    #[error("GGUF tensor info: duplicate tensor name {0:?}")]
+    DuplicateTensor(String),
+    /// `general.alignment` of the wrong type or not a power of two.
+    #[error("GGUF metadata: general.alignment must be a non-zero power of two u32, found {0}")]
+    BadAlignment(String),
+    /// A tensor with zero or more than four dimensions, or a zero-sized or overflowing shape.
+    #[error("GGUF tensor {name:?}: invalid shape {dims:?} ({reason})")]
+    BadShape {
+        /// Tensor name.
+        name: String,
+        /// Dimensions as read (at most the first few).
+        dims: Vec<u64>,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A tensor type id this reader does not know.
+    #[error("GGUF tensor {name:?}: unknown tensor type {type_id}")]
+    UnknownTensorType {
+        /// Tensor name.
+        name: String,
+        /// The type id found.
+        type_id: u32,
+    },
+    /// The element count is not a whole number of quantisation blocks.
+    #[error("GGUF tensor {name:?}: {elements} elements is not a multiple of the {ggml_type} block of {block}")]
+    PartialBlock {
+        /// Tensor name.
+        name: String,
+        /// Its type.
+        ggml_type: GgmlType,
+        /// Element count.
+        elements: u64,
+        /// Block size of the type.
+        block: u64,
+    },
+    /// Tensor data offset not aligned, or data running past the end of the file.
+    #[error("GGUF tensor {name:?}: data at offset {offset} (+{n_bytes} bytes) {reason}")]
+    BadTensorOffset {
+        /// Tensor name.
+        name: String,
+        /// Offset relative to the data section.
+        offset: u64,
+        /// Size of the tensor's data.
+        n_bytes: u64,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// Asked for a tensor the file does not have.
+    #[error("GGUF file has no tensor named {0:?}")]
+    MissingTensor(String),
+    /// Asked for a metadata key the file does not have, or with another type.
+    #[error("GGUF metadata key {key:?}: {problem}")]
+    Metadata {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The tensor's type cannot be dequantised by this crate.
+    #[error("GGUF tensor {name:?}: dequantising {ggml_type} is not supported")]
+    UnsupportedDequant {
+        /// Tensor name.
+        name: String,
+        /// Its type.
+        ggml_type: GgmlType,
+    },
+}
+
+/// Metadata value types, with the ids the GGUF specification gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    /// 0
+    U8,
+    /// 1
+    I8,
+    /// 2
+    U16,
+    /// 3
+    I16,
+    /// 4
+    U32,
+    /// 5
+    I32,
+    /// 6
+    F32,
+    /// 7
+    Bool,
+    /// 8
+    String,
+    /// 9
+    Array,
+    /// 10
+    U64,
+    /// 11
+    I64,
+    /// 12
+    F64,
+}
+
+impl ValueType {
+    fn from_id(id: u32) -> Option<Self> {
+        use ValueType::*;
+        Some(match id {
+            0 => U8,
+            1 => I8,
+            2 => U16,
+            3 => I16,
+            4 => U32,
+            5 => I32,
+            6 => F32,
+            7 => Bool,
+            8 => String,
+            9 => Array,
+            10 => U64,
+            11 => I64,
+            12 => F64,
+            _ => return None,
+        })
+    }
+
+    /// The fewest bytes one value of this type takes in the file; bounds array allocations.
+    fn min_size(self) -> u64 {
+        use ValueType::*;
+        match self {
+            U8 | I8 | Bool => 1,
+            U16 | I16 => 2,
+            U32 | I32 | F32 => 4,
+            U64 | I64 | F64 | String => 8,
+            Array => 12,
+        }
+    }
+
+    /// The name the Python `gguf` package uses (`GGUFValueType`).
+    pub fn name(self) -> &'static str {
+        use ValueType::*;
+        match self {
+            U8 => "UINT8",
+            I8 => "INT8",
+            U16 => "UINT16",
+            I16 => "INT16",
+            U32 => "UINT32",
+            I32 => "INT32",
+            F32 => "FLOAT32",
+            Bool => "BOOL",
+            String => "STRING",
+            Array => "ARRAY",
+            U64 => "UINT64",
+            I64 => "INT64",
+            F64 => "FLOAT64",
+        }
+    }
+}
+
+/// One metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `u8`
+    U8(u8),
+    /// `i8`
+    I8(i8),
+    /// `u16`
+    U16(u16),
+    /// `i16`
+    I16(i16),
+    /// `u32`
+    U32(u32),
+    /// `i32`
+    I32(i32),
+    /// `f32`
+    F32(f32),
+    /// `bool` (one byte; any non-zero byte is refused as not 0 or 1)
+    Bool(bool),
+    /// UTF-8 string
+    String(String),
+    /// Homogeneous array; the element type is kept even when it is empty.
+    Array(ValueType, Vec<Value>),
+    /// `u64`
+    U64(u64),
+    /// `i64`
+    I64(i64),
+    /// `f64`
+    F64(f64),
+}
+
+impl Value {
+    /// The value's type.
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            Value::U8(_) => ValueType::U8,
+            Value::I8(_) => ValueType::I8,
+            Value::U16(_) => ValueType::U16,
+            Value::I16(_) => ValueType::I16,
+            Value::U32(_) => ValueType::U32,
+            Value::I32(_) => ValueType::I32,
+            Value::F32(_) => ValueType::F32,
+            Value::Bool(_) => ValueType::Bool,
+            Value::String(_) => ValueType::String,
+            Value::Array(..) => ValueType::Array,
+            Value::U64(_) => ValueType::U64,
+            Value::I64(_) => ValueType::I64,
+            Value::F64(_) => ValueType::F64,
+        }
+    }
+
+    /// Any unsigned or non-negative signed integer as `u64`.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v.into()),
+            Value::U16(v) => Some(v.into()),
+            Value::U32(v) => Some(v.into()),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// Any integer as `i64` when it fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Value::I8(v) => Some(v.into()),
+            Value::I16(v) => Some(v.into()),
+            Value::I32(v) => Some(v.into()),
+            Value::I64(v) => Some(v),
+            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
+        }
+    }
+
+    /// `f32` or `f64` as `f64`.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v.into()),
+            Value::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The string, if this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The array elements, if this is an array.
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(_, values) => Some(values),
+            _ => None,
+        }
+    }
+}
+
+/// Where one tensor's data is and how to read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    /// Tensor name, e.g. `blk.0.attn_q.weight`.
+    pub name: String,
+    /// Dimensions in GGML order: `dims[0]` is the contiguous (fastest-varying) one.
+    pub dims: Vec<u64>,
+    /// Storage type.
+    pub ggml_type: GgmlType,
+    /// Offset of the data, relative to the start of the data section.
+    pub offset: u64,
+    /// Number of elements (product of `dims`).
+    pub n_elements: u64,
+    /// Number of bytes of data.
+    pub n_bytes: u64,
+}
+
+impl TensorInfo {
+    /// Shape in row-major order (outermost first), the order burn and PyTorch use.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+}
+
+/// A parsed GGUF file that borrows the file's bytes; tensors are read from them on demand.
+#[derive(Debug, Clone)]
+pub struct Gguf<'a> {
+    bytes: &'a [u8],
+    /// Format version (2 or 3).
+    pub version: u32,
+    /// Metadata in file order.
+    pub metadata: Vec<(String, Value)>,
+    /// Tensor descriptions in file order.
+    pub tensors: Vec<TensorInfo>,
+    /// Alignment of the data section and of each tensor's offset.
+    pub alignment: u64,
+    /// Absolute offset of the data section.
+    pub data_offset: u64,
+}
+
+/// A bounds-checked little-endian cursor over the file.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    section: Section,
+}
+
+impl<'a> Cursor<'a> {
+    fn remaining(&self) -> u64 {
+        (self.bytes.len() - self.pos) as u64
+    }
+
+    fn take(&mut self, n: u64) -> Result<&'a [u8], GgufError> {
+        if n > self.remaining() {
+            return Err(GgufError::Truncated {
+                section: self.section,
+                offset: self.pos as u64,
+                needed: n,
+                available: self.remaining(),
+            });
+        }
+        let start = self.pos;
+        self.pos += n as usize;
+        Ok(&self.bytes[start..self.pos])
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N as u64)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, GgufError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, GgufError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// A count of items that each take at least `min_size` bytes; refused when the rest of
+    /// the file cannot hold that many, which bounds every allocation by the file size.
+    fn count(&mut self, what: &'static str, min_size: u64) -> Result<usize, GgufError> {
+        let offset = self.pos as u64;
+        let value = self.u64()?;
+        let available = self.remaining();
+        if value.saturating_mul(min_size) > available {
+            return Err(GgufError::ImplausibleLength {
+                section: self.section,
+                offset,
+                what,
+                value,
+                available,
+            });
+        }
+        Ok(value as usize)
+    }
+
+    fn string(&mut self) -> Result<String, GgufError> {
+        let len = self.count("string length", 1)?;
+        let offset = self.pos as u64;
+        let raw = self.take(len as u64)?;
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| GgufError::InvalidUtf8 {
+                section: self.section,
+                offset,
+            })
+    }
+
+    fn value_type(&mut self) -> Result<ValueType, GgufError> {
+        let offset = self.pos as u64;
+        let type_id = self.u32()?;
+        ValueType::from_id(type_id).ok_or(GgufError::UnknownValueType { offset, type_id })
+    }
+
+    fn value(&mut self, ty: ValueType, depth: usize) -> Result<Value, GgufError> {
+        Ok(match ty {
+            ValueType::U8 => Value::U8(self.u8()?),
+            ValueType::I8 => Value::I8(self.u8()? as i8),
+            ValueType::U16 => Value::U16(self.u16()?),
+            ValueType::I16 => Value::I16(self.u16()? as i16),
+            ValueType::U32 => Value::U32(self.u32()?),
+            ValueType::I32 => Value::I32(self.u32()? as i32),
+            ValueType::F32 => Value::F32(f32::from_bits(self.u32()?)),
+            ValueType::U64 => Value::U64(self.u64()?),
+            ValueType::I64 => Value::I64(self.u64()? as i64),
+            ValueType::F64 => Value::F64(f64::from_bits(self.u64()?)),
+            ValueType::Bool => {
+                let offset = self.pos as u64;
+                match self.u8()? {
+                    0 => Value::Bool(false),
+                    1 => Value::Bool(true),
+                    other => {
+                        return Err(GgufError::UnknownValueType {
+                            offset,
+                            type_id: 0x100 | u32::from(other),
+                        });
+                    }
+                }
+            }
+            ValueType::String => Value::String(self.string()?),
+            ValueType::Array => {
+                let offset = self.pos as u64;
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(GgufError::ArrayTooDeep { offset });
+                }
+                let elem = self.value_type()?;
+                let n = self.count("array length", elem.min_size())?;
+                let mut values = Vec::with_capacity(n);
+                for _ in 0..n {
+                    values.push(self.value(elem, depth + 1)?);
+                }
+                Value::Array(elem, values)
+            }
+        })
+    }
+}
+
+fn align_up(value: u64, alignment: u64) -> Option<u64> {
+    value.checked_next_multiple_of(alignment)
+}
+
+impl<'a> Gguf<'a> {
+    /// Parses the header, metadata and tensor table of `bytes` and checks that every tensor's
+    /// data lies inside the file. Tensor data itself is read later, on demand.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, GgufError> {
+        let mut cur = Cursor {
+            bytes,
+            pos: 0,
+            section: Section::Header,
+        };
+        let magic: [u8; 4] = cur.array()?;
+        if &magic != b"GGUF" {
+            return Err(GgufError::BadMagic(magic));
+        }
+        let version = cur.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(GgufError::UnsupportedVersion(version));
+        }
+        // Smallest tensor info: empty name (8) + n_dims (4) + one dim (8) + type (4) + offset (8).
+        let tensor_count = cur.count("tensor count", 32)?;
+        // Smallest key/value: empty key (8) + type (4) + one byte.
+        let kv_count = cur.count("metadata count", 13)?;
+
+        cur.section = Section::Metadata;
+        let mut metadata = Vec::with_capacity(kv_count);
+        let mut keys = HashSet::with_capacity(kv_count);
+        for _ in 0..kv_count {
+            let key = cur.string()?;
+            let ty = cur.value_type()?;
+            let value = cur.value(ty, 0)?;
+            if !keys.insert(key.clone()) {
+                return Err(GgufError::DuplicateKey(key));
+            }
+            metadata.push((key, value));
+        }
+
+        let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some((_, Value::U32(a))) if a.is_power_of_two() => u64::from(*a),
+            Some((_, other)) => return Err(GgufError::BadAlignment(format!("{other:?}"))),
+        };
+
+        cur.section = Section::TensorInfo;
+        let mut tensors = Vec::with_capacity(tensor_count);
+        let mut names = HashSet::with_capacity(tensor_count);
+        for _ in 0..tensor_count {
+            let info = read_tensor_info(&mut cur)?;
+            if !names.insert(info.name.clone()) {
+                return Err(GgufError::DuplicateTensor(info.name));
+            }
+            tensors.push(info);
+        }
+
+        let data_offset = align_up(cur.pos as u64, alignment).unwrap_or(u64::MAX);
+        let file_len = bytes.len() as u64;
+        if data_offset > file_len && !tensors.is_empty() {
+            return Err(GgufError::Truncated {
+                section: Section::TensorData,
+                offset: cur.pos as u64,
+                needed: data_offset - cur.pos as u64,
+                available: file_len - cur.pos as u64,
+            });
+        }
+        let data_len = file_len.saturating_sub(data_offset);
+        for t in &tensors {
+            let reason = if t.offset % alignment != 0 {
+                Some("is not aligned")
+            } else if t.offset.checked_add(t.n_bytes).is_none_or(|end| end > data_len) {
+                Some("runs past the end of the file")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(GgufError::BadTensorOffset {
+                    name: t.name.clone(),
+                    offset: t.offset,
+                    n_bytes: t.n_bytes,
+                    reason,
+                });
+            }
+        }
+
+        Ok(Gguf {
+            bytes,
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+        })
+    }
+
+    /// The metadata value for `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// A required metadata value, or a [`GgufError::Metadata`] naming the key.
+    pub fn require(&self, key: &str) -> Result<&Value, GgufError> {
+        self.get(key).ok_or_else(|| GgufError::Metadata {
+            key: key.into(),
+            problem: "missing".into(),
+        })
+    }
+
+    /// A required unsigned integer.
+    pub fn require_u64(&self, key: &str) -> Result<u64, GgufError> {
+        let v = self.require(key)?;
+        v.as_u64().ok_or_else(|| type_problem(key, "an unsigned integer", v))
+    }
+
+    /// A required float.
+    pub fn require_f64(&self, key: &str) -> Result<f64, GgufError> {
+        let v = self.require(key)?;
+        v.as_f64().ok_or_else(|| type_problem(key, "a float", v))
+    }
+
+    /// A required string.
+    pub fn require_str(&self, key: &str) -> Result<&str, GgufError> {
+        let v = self.require(key)?;
+        v.as_str().ok_or_else(|| type_problem(key, "a string", v))
+    }
+
+    /// A required array of strings.
+    pub fn require_strings(&self, key: &str) -> Result<Vec<&str>, GgufError> {
+        let v = self.require(key)?;
+        let items = v.as_array().ok_or_else(|| type_problem(key, "an array", v))?;
+        items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .ok_or_else(|| type_problem(key, "an array of strings", v))
+            })
+            .collect()
+    }
+
+    /// The description of tensor `name`.
+    pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo, GgufError> {
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| GgufError::MissingTensor(name.into()))
+    }
+
+    /// The raw (possibly quantised) bytes of a tensor, e.g. Q4_1 blocks for a GPU kernel.
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> &'a [u8] {
+        // `parse` checked that every tensor lies inside the file.
+        let start = (self.data_offset + info.offset) as usize;
+        &self.bytes[start..start + info.n_bytes as usize]
+    }
+
+    /// Tensor `name` dequantised to `f32`, in GGML element order (row-major over [`TensorInfo::shape`]).
+    pub fn dequantize(&self, name: &str) -> Result<Vec<f32>, GgufError> {
+        let info = self.tensor_info(name)?;
+        quant::dequantize(info.ggml_type, self.tensor_bytes(info)).ok_or_else(|| {
+            GgufError::UnsupportedDequant {
+                name: name.into(),
+                ggml_type: info.ggml_type,
+            }
+        })
+    }
+}
+
+fn type_problem(key: &str, expected: &str, found: &Value) -> GgufError {
+    GgufError::Metadata {
+        key: key.into(),
+        problem: format!("expected {expected}, found {}", found.value_type().name()),
+    }
+}
+
+fn read_tensor_info(cur: &mut Cursor<'_>) -> Result<TensorInfo, GgufError> {
+    let name = cur.string()?;
+    let n_dims = cur.u32()?;
+    if n_dims == 0 || n_dims > MAX_DIMS {
+        return Err(GgufError::BadShape {
+            name,
+            dims: vec![],
+            reason: "a tensor has 1 to 4 dimensions",
+        });
+    }
+    let mut dims = Vec::with_capacity(n_dims as usize);
+    for _ in 0..n_dims {
+        dims.push(cur.u64()?);
+    }
+    let type_id = cur.u32()?;
+    let offset = cur.u64()?;
+
+    let bad_shape = |reason| GgufError::BadShape {
+        name: name.clone(),
+        dims: dims.clone(),
+        reason,
+    };
+    if dims.contains(&0) {
+        return Err(bad_shape("a dimension is zero"));
+    }
+    let n_elements = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= i64::MAX as u64)
+        .ok_or_else(|| bad_shape("element count overflows"))?;
+    let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
+        name: name.clone(),
+        type_id,
+    })?;
+    let (block, type_size) = ggml_type.block_layout();
+    // Rows are made of whole blocks, as in ggml.
+    if dims[0] % block != 0 {
+        return Err(GgufError::PartialBlock {
+            name,
+            ggml_type,
+            elements: dims[0],
+            block,
+        });
+    }
+    let n_bytes = (n_elements / block)
+        .checked_mul(type_size)
+        .ok_or_else(|| bad_shape("byte size overflows"))?;
+    Ok(TensorInfo {
+        name,
+        dims,
+        ggml_type,
+        offset,
+        n_elements,
+        n_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds small GGUF files for tests.
+    pub(crate) struct Builder {
+        pub out: Vec<u8>,
+    }
+
+    impl Builder {
+        fn new(version: u32, n_tensors: u64, n_kv: u64) -> Self {
+            let mut out = b"GGUF".to_vec();
+            out.extend(version.to_le_bytes());
+            out.extend(n_tensors.to_le_bytes());
+            out.extend(n_kv.to_le_bytes());
+            Builder { out }
+        }
+        fn string(&mut self, s: &str) -> &mut Self {
+            self.out.extend((s.len() as u64).to_le_bytes());
+            self.out.extend(s.as_bytes());
+            self
+        }
+        fn u32(&mut self, v: u32) -> &mut Self {
+            self.out.extend(v.to_le_bytes());
+            self
+        }
+        fn u64(&mut self, v: u64) -> &mut Self {
+            self.out.extend(v.to_le_bytes());
+            self
+        }
+        fn pad(&mut self, alignment: usize) -> &mut Self {
+            while self.out.len() % alignment != 0 {
+                self.out.push(0);
+            }
+            self
+        }
+    }
+
+    /// A valid file: two metadata keys (a string and a nested array) and one F32 tensor [2, 3].
+    fn small_file() -> Vec<u8> {
+        let mut b = Builder::new(3, 1, 2);
+        b.string("general.name").u32(8).string("tiny");
+        // array of 2 arrays of u8: [[1, 2], [3]]
+        b.string("nested").u32(9).u32(9).u64(2);
+        b.u32(0).u64(2).out.extend([1u8, 2]);
+        b.u32(0).u64(1).out.push(3);
+        b.string("w").u32(2).u64(3).u64(2).u32(0).u64(0);
+        b.pad(32);
+        for i in 0..6 {
+            b.out.extend((i as f32).to_le_bytes());
+        }
+        b.out
+    }
+
+    #[test]
+    fn parses_a_small_file() {
+        let bytes = small_file();
+        let g = Gguf::parse(&bytes).unwrap();
+        assert_eq!(g.version, 3);
+        assert_eq!(g.get("general.name").unwrap().as_str(), Some("tiny"));
+        let nested = g.get("nested").unwrap();
+        assert_eq!(
+            nested,
+            &Value::Array(
+                ValueType::Array,
+                vec![
+                    Value::Array(ValueType::U8, vec![Value::U8(1), Value::U8(2)]),
+                    Value::Array(ValueType::U8, vec![Value::U8(3)]),
+                ]
+            )
+        );
+        let t = g.tensor_info("w").unwrap();
+        assert_eq!(t.shape(), vec![2, 3]);
+        assert_eq!(g.dequantize("w").unwrap(), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(g.data_offset % 32, 0);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let bytes = small_file();
+        for len in 0..bytes.len() {
+            let err = Gguf::parse(&bytes[..len]).expect_err("a truncated file must not parse");
+            assert!(
+                matches!(
+                    err,
+                    GgufError::Truncated { .. }
+                        | GgufError::ImplausibleLength { .. }
+                        | GgufError::BadTensorOffset { .. }
+                ),
+                "len {len}: unexpected {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_headers() {
+        let mut bad_magic = small_file();
+        bad_magic[0] = b'X';
+        assert!(matches!(
+            Gguf::parse(&bad_magic),
+            Err(GgufError::BadMagic(_))
+        ));
+
+        for version in [0, 1, 4, u32::MAX] {
+            let mut f = small_file();
+            f[4..8].copy_from_slice(&version.to_le_bytes());
+            assert_eq!(
+                Gguf::parse(&f).unwrap_err(),
+                GgufError::UnsupportedVersion(version)
+            );
+        }
+
+        let huge = Builder::new(3, u64::MAX, 0).out;
+        assert!(matches!(
+            Gguf::parse(&huge),
+            Err(GgufError::ImplausibleLength {
+                what: "tensor count",
+                ..
+            })
+        ));
+        let huge = Builder::new(3, 0, 1 << 40).out;
+        assert!(matches!(
+            Gguf::parse(&huge),
+            Err(GgufError::ImplausibleLength {
+                what: "metadata count",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn hostile_metadata() {
+        // A string claiming 2^63 bytes.
+        let mut b = Builder::new(3, 0, 1);
+        b.u64(1 << 63);
+        assert!(matches!(
+            Gguf::parse(&b.out),
+            Err(GgufError::ImplausibleLength { .. })
+        ));
+        // An array of u64 claiming far more elements than bytes.
+        let mut b = Builder::new(3, 0, 1);
+        b.string("k").u32(9).u32(10).u64(1_000_000);
+        assert!(matches!(
+            Gguf::parse(&b.out),
+            Err(GgufError::ImplausibleLength { .. })
+        ));
+        // Unknown value type.
+        let mut b = Builder::new(3, 0, 1);
+        b.string("k").u32(13).u32(0);
+        assert!(matches!(
+            Gguf::parse(&b.out),
+            Err(GgufError::UnknownValueType { type_id: 13, .. })
+        ));
+        // Arrays nested too deep.
+        let mut b = Builder::new(3, 0, 1);
+        b.string("k").u32(9);
+        for _ in 0..(MAX_ARRAY_DEPTH + 2) {
+            b.u32(9).u64(1);
+        }
+        b.u32(0).u64(0);
+        assert!(matches!(
+            Gguf::parse(&b.out),
+            Err(GgufError::ArrayTooDeep { .. })
+        ));
+        // Invalid UTF-8 key.
+        let mut b = Builder::new(3, 0, 1);
+        b.u64(2).out.extend([0xff, 0xfe]);
+        b.u32(0).out.push(0);
+        assert!(matches!(
+            Gguf::parse(&b.out),
+            Err(GgufError::InvalidUtf8 { .. })
+        ));
+        // Duplicate key.
+        let mut b = Builder::new(3, 0, 2);
+        b.string("k").u32(0).out.push(1);
+        b.string("k").u32(0).out.push(2);
+        assert_eq!(
+            Gguf::parse(&b.out).unwrap_err(),
+            GgufError::DuplicateKey("k".into())
+        );
+        // Alignment not a power of two.
+        let mut b = Builder::new(3, 0, 1);
+        b.string("general.alignment").u32(4).u32(3);
+        assert!(matches!(
+            Gguf::parse(&b.out),
+            Err(GgufError::BadAlignment(_))
+        ));
+        // Bool that is neither 0 nor 1.
+        let mut b = Builder::new(3, 0, 1);
+        b.string("k").u32(7).out.push(7);
+        assert!(Gguf::parse(&b.out).is_err());
+    }
+
+    fn one_tensor(dims: &[u64], type_id: u32, offset: u64, data: usize) -> Vec<u8> {
+        let mut b = Builder::new(3, 1, 0);
+        b.string("t").u32(dims.len() as u32);
+        for &d in dims {
+            b.u64(d);
+        }
+        b.u32(type_id).u64(offset);
+        b.pad(32);
+        b.out.extend(std::iter::repeat_n(0u8, data));
+        b.out
+    }
+
+    #[test]
+    fn hostile_tensor_infos() {
+        assert!(Gguf::parse(&one_tensor(&[4], 0, 0, 16)).is_ok());
+        assert!(matches!(
+            Gguf::parse(&one_tensor(&[], 0, 0, 16)),
+            Err(GgufError::BadShape { .. })
+        ));
+        assert!(matches!(
+            Gguf::parse(&one_tensor(&[1, 1, 1, 1, 1], 0, 0, 16)),
+            Err(GgufError::BadShape { .. })
+        ));
+        assert!(matches!(
+            Gguf::parse(&one_tensor(&[4, 0], 0, 0, 16)),
+            Err(GgufError::BadShape { .. })
+        ));
+        assert!(matches!(
+            Gguf::parse(&one_tensor(&[u64::MAX, u64::MAX], 0, 0, 16)),
+            Err(GgufError::BadShape { .. })
+        ));
+        assert!(matches!(
+            Gguf::parse(&one_tensor(&[4], 1000, 0, 16)),
+            Err(GgufError::UnknownTensorType { type_id: 1000, .. })
+        ));
+        assert!(matches!(
+            Gguf::parse(&one_tensor(&[33], 3, 0, 64)),
+            Err(GgufError::PartialBlock { .. })
+        ));
+        assert!(matches!(
+            Gguf::parse(&one_tensor(&[4], 0, 4, 64)),
+            Err(GgufError::BadTensorOffset {
+                reason: "is not aligned",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Gguf::parse(&one_tensor(&[4], 0, 32, 16)),
+            Err(GgufError::BadTensorOffset { .. })
+        ));
+        assert!(matches!(
+            Gguf::parse(&one_tensor(&[4], 0, u64::MAX - 31, 16)),
+            Err(GgufError::BadTensorOffset { .. })
+        ));
+        assert!(matches!(
+            Gguf::parse(&one_tensor(&[1 << 40, 1 << 20], 0, 0, 16)),
+            Err(GgufError::BadTensorOffset { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_things_are_named() {
+        let bytes = small_file();
+        let g = Gguf::parse(&bytes).unwrap();
+        assert_eq!(
+            g.dequantize("nope").unwrap_err(),
+            GgufError::MissingTensor("nope".into())
+        );
+        let err = g.require_u64("general.name").unwrap_err().to_string();
+        assert!(err.contains("general.name") && err.contains("STRING"), "{err}");
+        assert!(g.require_str("absent").is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! Model files: GGUF (SmolLM2) and safetensors (MiniLM), parsed with bounds checks.
+
+pub mod gguf;
+pub mod quant;
+pub mod safetensors;
+
+pub use gguf::{Gguf, GgufError, TensorInfo, Value, ValueType};
+pub use quant::GgmlType;

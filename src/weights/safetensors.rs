@@ -1,0 +1,84 @@
+//! safetensors files (MiniLM's weights) into burn tensors.
+//!
+//! Parsing is done by the `safetensors` crate, which validates the header and every offset;
+//! this module adds typed lookups, conversion of F16/BF16 to `f32`, and shape checks so that a
+//! file with the right names but the wrong shapes is refused before a model uses it.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// A parsed safetensors file borrowing its bytes.
+pub struct SafetensorsFile<'a> {
+    inner: SafeTensors<'a>,
+}
+
+impl<'a> SafetensorsFile<'a> {
+    /// Parses the header of `bytes` (tensor data is read on demand).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        let inner = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors(e.to_string()))?;
+        Ok(Self { inner })
+    }
+
+    /// Names of all tensors, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.names().into_iter().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Shape of tensor `name`.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.view(name)?.shape().to_vec())
+    }
+
+    fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'a>> {
+        self.inner
+            .tensor(name)
+            .map_err(|_| Error::Safetensors(format!("no tensor named {name:?}")))
+    }
+
+    /// Tensor `name` as `f32` values (F32, F16 and BF16 are accepted) and its shape.
+    pub fn f32_values(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let view = self.view(name)?;
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::Safetensors(format!(
+                    "tensor {name:?} has dtype {other:?}; expected F32, F16 or BF16"
+                )));
+            }
+        };
+        Ok((values, view.shape().to_vec()))
+    }
+
+    /// Tensor `name` on `device`, checked to have exactly `expected` shape.
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        expected: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        let (values, shape) = self.f32_values(name)?;
+        if shape != expected {
+            return Err(Error::Safetensors(format!(
+                "tensor {name:?} has shape {shape:?}; the model needs {expected:?}"
+            )));
+        }
+        Ok(Tensor::from_data(TensorData::new(values, expected), device))
+    }
+}
