@@ -1,32 +1,40 @@
 #!/usr/bin/env python3
 """Reference values for webguard's exactness tests, computed by independent implementations.
 
-    python3 -m pip install gguf==0.19.0 tokenizers==0.23.3 numpy==2.3.5
-    python3 scripts/make-references.py [MODELS_DIR]      (default ./models, see fetch-models.sh)
+    python3 -m pip install gguf==0.19.0 tokenizers==0.23.3 numpy==2.3.5 safetensors==0.7.0
+    python3 scripts/make-references.py [MODELS_DIR] [--out DIR]
+        MODELS_DIR defaults to ./models (see fetch-models.sh), DIR to tests/reference
 
-Writes small JSON files into tests/reference/:
+Writes small JSON files (`./build.sh test` checks that the committed ones are reproduced):
   gguf_smollm2.json      every metadata key/value, the tensor table and dequantised samples of one
                          tensor of each type present, as PyPI's `gguf` package reads them
   tokenizer_corpus.json  the test corpus (built here, deterministically)
   tokens_smollm2.json    ids from PyPI's `tokenizers`, SmolLM2's byte-level BPE built from the GGUF
   tokens_minilm.json     ids from PyPI's `tokenizers`, MiniLM's tokenizer.json
+  safetensors_minilm.json  MiniLM's tensor names, dtypes, shapes and value samples, as PyPI's
+                         `safetensors` (numpy) reads them
 Long metadata arrays are recorded as length + sha256 of a canonical byte encoding (see canon())
 plus their first elements, so the file stays small while every element is still checked.
 """
+import argparse
 import hashlib
 import json
 import pathlib
 import random
 import struct
-import sys
 
 import gguf
 import numpy as np
+from safetensors.numpy import load_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-MODELS = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "models"
-OUT = ROOT / "tests" / "reference"
+_args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+_args.add_argument("models", nargs="?", default=str(ROOT / "models"))
+_args.add_argument("--out", default=str(ROOT / "tests" / "reference"))
+ARGS = _args.parse_args()
+MODELS = pathlib.Path(ARGS.models)
+OUT = pathlib.Path(ARGS.out)
 GGUF_PATH = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_TOKENIZER = MODELS / "all-MiniLM-L6-v2" / "tokenizer.json"
 ARRAY_INLINE_MAX = 16
@@ -181,6 +189,24 @@ def token_reference(tk, texts, add_special_tokens):
     return rows
 
 
+def safetensors_reference():
+    tensors = load_file(str(MODELS / "all-MiniLM-L6-v2" / "model.safetensors"))
+    rng = np.random.default_rng(7)
+    out = []
+    for name in sorted(tensors):
+        values = tensors[name].astype(np.float32).reshape(-1)
+        idx = np.sort(rng.choice(values.size, size=min(values.size, 64), replace=False))
+        out.append({
+            "name": name,
+            "dtype": str(tensors[name].dtype),
+            "shape": list(tensors[name].shape),
+            "indices": idx.tolist(),
+            "values": [float(v) for v in values[idx]],
+            "sum": float(values.astype(np.float64).sum()),
+        })
+    return out
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     texts = corpus()
@@ -191,12 +217,13 @@ def main():
     minilm.no_truncation()
     minilm.no_padding()
     write("tokens_minilm.json", token_reference(minilm, texts, True))
+    write("safetensors_minilm.json", safetensors_reference())
 
 
 def write(name, obj):
     path = OUT / name
     path.write_text(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
-    print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size} bytes)")
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# webguard's one entry point. Idempotent: every step checks before it installs or rebuilds.
+#
+#   ./build.sh setup   toolchain targets, wasm-bindgen-cli (pinned to Cargo.lock), Debian packages
+#                      (chromium, mesa-vulkan-drivers), npm packages, Python reference tools, models
+#   ./build.sh build   native release build + wasm32 -> pkg/ (wasm-bindgen --target web, wasm-opt)
+#   ./build.sh serve   setup + build, then serve the demo on 127.0.0.1 with COOP/COEP headers
+#   ./build.sh test    setup + build + every test: format, lints, native, references, browser
+#   ./build.sh fuzz [SECONDS]   bounded cargo-fuzz run of the GGUF parser
+#
+# Environment: CARGO_TARGET_DIR (default ~/.cache/webguard/target, kept between runs so warm
+# builds take seconds), PORT (serve, default 8080), WASM_OPT (wasm-opt level for `build`,
+# default -O2; `test` uses -O1 to stay fast; "none" skips it).
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT="$PWD"
+CACHE="${WEBGUARD_CACHE:-$HOME/.cache/webguard}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+export WEBGUARD_MODELS="${WEBGUARD_MODELS:-$ROOT/models}"
+TOOLS="$CACHE/tools"
+VENV="$CACHE/venv"
+NODE_DIR="$ROOT/tests/browser"
+export PATH="$TOOLS/bin:$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n==> %s [%s]\n' "$*" "$(date +%H:%M:%S)"; }
+die() { echo "error: $*" >&2; exit 1; }
+
+wasm_bindgen_version() {
+  awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock
+}
+
+setup_rust() {
+  command -v cargo >/dev/null || die "cargo not found: install Rust with rustup"
+  rustup target list --installed | grep -qx wasm32-unknown-unknown \
+    || { step "rustup: adding wasm32-unknown-unknown"; rustup target add wasm32-unknown-unknown; }
+  for c in clippy rustfmt; do
+    rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+  done
+  local want; want="$(wasm_bindgen_version)"
+  [ -n "$want" ] || die "wasm-bindgen not found in Cargo.lock"
+  if [ "$("$TOOLS/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
+    step "cargo install wasm-bindgen-cli $want (pinned to Cargo.lock; takes a few minutes once)"
+    # Not --locked: one of its locked dependencies is no longer in the registry.
+    CARGO_TARGET_DIR="$CACHE/install-target" cargo install wasm-bindgen-cli --version "=$want" --root "$TOOLS" --force
+  fi
+}
+
+setup_debian() {
+  local missing=()
+  for pkg in chromium mesa-vulkan-drivers; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    step "apt-get install ${missing[*]}"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+setup_node() {
+  command -v npm >/dev/null || die "npm not found: install Node.js 20+"
+  # playwright-core drives Debian's Chromium (never downloads a browser); binaryen gives
+  # wasm-opt (Debian's binaryen 108 emits modules that fail at init).
+  if [ ! -f "$NODE_DIR/node_modules/.package-lock.json" ] \
+     || [ "$NODE_DIR/package-lock.json" -nt "$NODE_DIR/node_modules/.package-lock.json" ]; then
+    step "npm ci (tests/browser)"
+    (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+setup_python() {
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import gguf, tokenizers, numpy, safetensors" 2>/dev/null; then
+    step "python venv with the reference tools (gguf, tokenizers, numpy, safetensors)"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-reference.txt
+  fi
+}
+
+setup() {
+  setup_rust
+  setup_debian
+  setup_node
+  setup_python
+  scripts/fetch-models.sh "$WEBGUARD_MODELS"
+}
+
+build() {
+  local opt="${1:-${WASM_OPT:--O2}}"
+  step "cargo build --release (native)"
+  cargo build --release
+  step "cargo build --release --target wasm32-unknown-unknown"
+  cargo build --release --lib --target wasm32-unknown-unknown
+  step "wasm-bindgen --target web -> pkg/"
+  wasm-bindgen --target web --out-dir pkg --out-name webguard \
+    "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/webguard.wasm"
+  if [ "$opt" != none ]; then
+    step "wasm-opt $opt"
+    "$NODE_DIR/node_modules/.bin/wasm-opt" "$opt" --enable-bulk-memory --enable-nontrapping-float-to-int \
+      --enable-simd --enable-sign-ext --enable-mutable-globals --enable-reference-types \
+      pkg/webguard_bg.wasm -o pkg/webguard_bg.wasm.opt
+    mv pkg/webguard_bg.wasm.opt pkg/webguard_bg.wasm
+  fi
+  echo "pkg/webguard_bg.wasm: $(du -h pkg/webguard_bg.wasm | cut -f1) ($(gzip -c pkg/webguard_bg.wasm | wc -c) bytes gzipped)"
+}
+
+run_tests() {
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy (native and wasm32, warnings are errors)"
+  cargo clippy --release --all-targets -- -D warnings
+  cargo clippy --release --lib --target wasm32-unknown-unknown -- -D warnings
+  step "references: scripts/make-references.py reproduces tests/reference/"
+  local tmp; tmp="$(mktemp -d)"
+  "$VENV/bin/python" scripts/make-references.py "$WEBGUARD_MODELS" --out "$tmp" >/dev/null
+  diff -r "$tmp" tests/reference >/dev/null || die "tests/reference differs from what scripts/make-references.py produces now"
+  rm -rf "$tmp"
+  step "native tests (cargo test --release)"
+  cargo test --release
+  step "browser tests (headless Chromium, playwright-core)"
+  (cd "$NODE_DIR" && node --test --test-concurrency=1 ./*.test.mjs)
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  setup) setup ;;
+  build) setup; build "${WASM_OPT:--O2}" ;;
+  serve)
+    setup; build "${WASM_OPT:--O2}"
+    step "serving"
+    exec node scripts/serve.mjs --port "${PORT:-8080}" ;;
+  test)
+    start=$(date +%s)
+    setup; build "${WASM_OPT:--O1}"; run_tests
+    echo "all tests passed in $(( $(date +%s) - start )) s" ;;
+  fuzz)
+    command -v cargo-fuzz >/dev/null || CARGO_TARGET_DIR="$CACHE/install-target" cargo install cargo-fuzz --root "$TOOLS"
+    # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
+    (cd fuzz && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$CACHE/fuzz-target" cargo fuzz run gguf_parse -- \
+      -max_total_time="${2:-60}" -rss_limit_mb=2048 corpus/gguf_parse seeds) ;;
+  *)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    [ -z "$cmd" ] || exit 2 ;;
+esac

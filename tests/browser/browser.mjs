@@ -1,0 +1,45 @@
+// Shared set-up for the browser tests: the project's server plus Debian's Chromium, headless,
+// with SwiftShader WebGPU. Every request the page makes is recorded, to prove none leaves
+// 127.0.0.1.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+import { startServer } from "../../scripts/serve.mjs";
+
+export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+
+export async function openBrowser({ webgpu = true } = {}) {
+  const { server, url } = await startServer({ port: 0 });
+  const profile = mkdtempSync(join(tmpdir(), "webguard-chromium-"));
+  const args = [
+    "--headless=new", "--no-sandbox", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic",
+  ];
+  if (webgpu) args.push("--enable-unsafe-webgpu");
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM, headless: true, args,
+  });
+  const requests = [];
+  context.on("request", (r) => requests.push(r.url()));
+  const page = context.pages()[0] ?? (await context.newPage());
+  const logs = [];
+  page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
+  return {
+    url, page, requests, logs,
+    async close() {
+      await context.close();
+      server.close();
+      rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Opens a page and waits until its script says "ready" (or fails with the page's own words). */
+export async function load(b, path) {
+  await b.page.goto(b.url + path);
+  await b.page.waitForFunction(() => document.getElementById("status")?.textContent !== "loading…", null, { timeout: 120_000 });
+  const status = await b.page.textContent("#status");
+  if (status !== "ready") throw new Error(`${path}: ${status}\n${b.logs.join("\n")}`);
+}
