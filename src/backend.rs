@@ -152,8 +152,14 @@ mod tests {
 
     #[test]
     fn parses_choices() {
-        assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
-        assert_eq!("WebGPU".parse::<BackendChoice>().unwrap(), BackendChoice::Gpu);
+        assert_eq!(
+            "auto".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Auto
+        );
+        assert_eq!(
+            "WebGPU".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Gpu
+        );
         assert_eq!("cpu".parse::<BackendChoice>().unwrap(), BackendChoice::Cpu);
         let err = "tpu".parse::<BackendChoice>().unwrap_err().to_string();
         assert!(err.contains("tpu") && err.contains("auto"), "{err}");
@@ -182,7 +188,7 @@ pub async fn probe_computation(device: &Device) -> Result<Vec<f32>> {
             .into_data_async()
             .await
             .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
-        data.to_vec::<f32>()
+        data.try_to_vec::<f32>()
             .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
     };
     let mut out = read(p).await?;

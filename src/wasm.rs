@@ -74,7 +74,10 @@ pub async fn probe_backend(choice: String) -> Result<JsValue, JsError> {
         .and(set("adapter", adapter.into()))
         .and(set("reason", backend.fallback_reason.clone().into()))
         .and(set("description", backend.to_string().into()))
-        .and(set("check", js_sys::Float32Array::from(check.as_slice()).into()))
+        .and(set(
+            "check",
+            js_sys::Float32Array::from(check.as_slice()).into(),
+        ))
         .map_err(|_| JsError::new("could not build the result object"))?;
     Ok(out.into())
 }

@@ -7,8 +7,8 @@ use webguard::backend::{Backend, BackendChoice, BackendKind, probe_computation};
 fn expected() -> Vec<f64> {
     let a = |i: usize, k: usize| (0.37 * i as f64 + 0.11 * k as f64).sin();
     let b = |k: usize, j: usize| (0.23 * k as f64 - 0.41 * j as f64).cos();
-    let mut probs = Vec::new();
-    let mut sums = Vec::new();
+    let mut probs: Vec<f64> = Vec::new();
+    let mut sums: Vec<f64> = Vec::new();
     for i in 0..4 {
         let logits: Vec<f64> = (0..3)
             .map(|j| (0..8).map(|k| a(i, k) * b(k, j)).sum::<f64>() + 0.5)

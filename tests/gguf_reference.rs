@@ -64,12 +64,19 @@ fn metadata_and_tensor_table_match_python_gguf() {
     let gguf = Gguf::parse(&bytes).expect("the real model parses");
     let reference = common::reference("gguf_smollm2.json");
 
-    assert_eq!(u64::from(gguf.version), reference["version"].as_u64().unwrap());
+    assert_eq!(
+        u64::from(gguf.version),
+        reference["version"].as_u64().unwrap()
+    );
     assert_eq!(gguf.alignment, reference["alignment"].as_u64().unwrap());
     assert_eq!(gguf.data_offset, reference["data_offset"].as_u64().unwrap());
 
     let expected = reference["metadata"].as_array().unwrap();
-    assert_eq!(gguf.metadata.len(), expected.len(), "number of metadata keys");
+    assert_eq!(
+        gguf.metadata.len(),
+        expected.len(),
+        "number of metadata keys"
+    );
     for ((key, value), exp) in gguf.metadata.iter().zip(expected) {
         assert_eq!(key, exp["key"].as_str().unwrap(), "keys in file order");
         let exp_types: Vec<String> = serde_json::from_value(exp["types"].clone()).unwrap();
@@ -79,7 +86,11 @@ fn metadata_and_tensor_table_match_python_gguf() {
             assert_eq!(items.len() as u64, len.as_u64().unwrap(), "length of {key}");
             let mut buf = Vec::new();
             canon(value, &mut buf);
-            assert_eq!(format!("{:x}", Sha256::digest(&buf)), exp["sha256"].as_str().unwrap(), "every element of {key}");
+            assert_eq!(
+                format!("{:x}", Sha256::digest(&buf)),
+                exp["sha256"].as_str().unwrap(),
+                "every element of {key}"
+            );
             let head = exp["head"].as_array().unwrap();
             for (item, exp_item) in items.iter().zip(head) {
                 assert_eq!(&to_json(item), exp_item, "element of {key}");
@@ -93,11 +104,26 @@ fn metadata_and_tensor_table_match_python_gguf() {
     assert_eq!(gguf.tensors.len(), expected.len());
     for (t, exp) in gguf.tensors.iter().zip(expected) {
         assert_eq!(t.name, exp["name"].as_str().unwrap());
-        assert_eq!(t.ggml_type.to_string(), exp["type"].as_str().unwrap(), "{}", t.name);
+        assert_eq!(
+            t.ggml_type.to_string(),
+            exp["type"].as_str().unwrap(),
+            "{}",
+            t.name
+        );
         let dims: Vec<u64> = serde_json::from_value(exp["dims"].clone()).unwrap();
         assert_eq!(t.dims, dims, "{}", t.name);
-        assert_eq!(t.n_elements, exp["n_elements"].as_u64().unwrap(), "{}", t.name);
-        assert_eq!(gguf.data_offset + t.offset, exp["offset"].as_u64().unwrap(), "{}", t.name);
+        assert_eq!(
+            t.n_elements,
+            exp["n_elements"].as_u64().unwrap(),
+            "{}",
+            t.name
+        );
+        assert_eq!(
+            gguf.data_offset + t.offset,
+            exp["offset"].as_u64().unwrap(),
+            "{}",
+            t.name
+        );
         assert_eq!(t.n_bytes, exp["n_bytes"].as_u64().unwrap(), "{}", t.name);
     }
 }
@@ -111,7 +137,10 @@ fn dequantisation_matches_python_gguf() {
     for exp in reference["dequantized"].as_array().unwrap() {
         let name = exp["name"].as_str().unwrap();
         let values = gguf.dequantize(name).expect("dequantises");
-        assert_eq!(values.len() as u64, gguf.tensor_info(name).unwrap().n_elements);
+        assert_eq!(
+            values.len() as u64,
+            gguf.tensor_info(name).unwrap().n_elements
+        );
         let mut max_diff = 0f32;
         let indices = exp["indices"].as_array().unwrap();
         for (i, v) in indices.iter().zip(exp["values"].as_array().unwrap()) {
@@ -123,8 +152,14 @@ fn dequantisation_matches_python_gguf() {
         let sum: f64 = values.iter().map(|&v| f64::from(v)).sum();
         let sum_abs: f64 = values.iter().map(|&v| f64::from(v).abs()).sum();
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
-        assert!(close(sum, exp["sum"].as_f64().unwrap()), "{name}: sum {sum}");
-        assert!(close(sum_abs, exp["sum_abs"].as_f64().unwrap()), "{name}: sum|x| {sum_abs}");
+        assert!(
+            close(sum, exp["sum"].as_f64().unwrap()),
+            "{name}: sum {sum}"
+        );
+        assert!(
+            close(sum_abs, exp["sum_abs"].as_f64().unwrap()),
+            "{name}: sum|x| {sum_abs}"
+        );
         types_seen.push(exp["type"].as_str().unwrap().to_string());
     }
     types_seen.sort();

@@ -30,28 +30,49 @@ fn every_value_type_round_trips_from_python_gguf() {
         Value::Array(ValueType::Array, outer) => {
             let inner: Vec<Vec<i64>> = outer
                 .iter()
-                .map(|a| a.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())
+                .map(|a| {
+                    a.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_i64().unwrap())
+                        .collect()
+                })
                 .collect();
             assert_eq!(inner, vec![vec![1, 2], vec![3]]);
         }
         other => panic!("t.nested: {other:?}"),
     }
     let types: Vec<GgmlType> = g.tensors.iter().map(|t| t.ggml_type).collect();
-    assert_eq!(types, [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1]);
+    assert_eq!(
+        types,
+        [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1]
+    );
     for t in &g.tensors {
         assert_eq!(g.dequantize(&t.name).unwrap().len() as u64, t.n_elements);
     }
     // The same values quantised two ways stay close to each other.
     let q8 = g.dequantize("q8_0").unwrap();
     let q4 = g.dequantize("q4_1").unwrap();
-    let max_diff = q8.iter().zip(&q4).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max_diff = q8
+        .iter()
+        .zip(&q4)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(max_diff < 0.5, "Q8_0 vs Q4_1 of the same data: {max_diff}");
 }
 
 #[test]
 fn other_seeds_parse() {
-    assert!(Gguf::parse(&seed("metadata_only.gguf")).unwrap().tensors.is_empty());
+    assert!(
+        Gguf::parse(&seed("metadata_only.gguf"))
+            .unwrap()
+            .tensors
+            .is_empty()
+    );
     let bytes = seed("one_tensor.gguf");
     let g = Gguf::parse(&bytes).unwrap();
-    assert_eq!(g.dequantize("w").unwrap(), (0..8).map(|i| i as f32).collect::<Vec<_>>());
+    assert_eq!(
+        g.dequantize("w").unwrap(),
+        (0..8).map(|i| i as f32).collect::<Vec<_>>()
+    );
 }

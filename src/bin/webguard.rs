@@ -25,7 +25,11 @@ mod cli {
     use webguard::{Error, MINILM_DIR, Result, SMOLLM2_GGUF};
 
     #[derive(Parser)]
-    #[command(name = "webguard", version, about = "Private chat and moderation models, natively")]
+    #[command(
+        name = "webguard",
+        version,
+        about = "Private chat and moderation models, natively"
+    )]
     struct Cli {
         /// Folder with the fetched models (default: $WEBGUARD_MODELS or ./models).
         #[arg(long, global = true)]
@@ -106,7 +110,10 @@ mod cli {
                     )?)?,
                 };
                 let texts: Vec<String> = if text.is_empty() {
-                    std::io::stdin().lines().map_while(std::io::Result::ok).collect()
+                    std::io::stdin()
+                        .lines()
+                        .map_while(std::io::Result::ok)
+                        .collect()
                 } else {
                     text
                 };
@@ -128,13 +135,25 @@ mod cli {
     /// A metadata value for people: long arrays are summarised.
     fn show(value: &Value) -> String {
         match value {
-            Value::String(s) if s.len() > 80 => format!("{:?}... ({} bytes)", &s[..s.floor_char_boundary(80)], s.len()),
+            Value::String(s) if s.len() > 80 => format!(
+                "{:?}... ({} bytes)",
+                &s[..s.floor_char_boundary(80)],
+                s.len()
+            ),
             Value::Array(ty, items) if items.len() > 8 => {
                 let head: Vec<String> = items.iter().take(4).map(show).collect();
-                format!("[{}, ...] ({} × {})", head.join(", "), items.len(), ty.name())
+                format!(
+                    "[{}, ...] ({} × {})",
+                    head.join(", "),
+                    items.len(),
+                    ty.name()
+                )
             }
             Value::Array(_, items) => {
-                format!("[{}]", items.iter().map(show).collect::<Vec<_>>().join(", "))
+                format!(
+                    "[{}]",
+                    items.iter().map(show).collect::<Vec<_>>().join(", ")
+                )
             }
             Value::String(s) => format!("{s:?}"),
             other => format!("{other:?}"),

@@ -83,7 +83,10 @@ impl Tokenizer {
                 "tokenizer.ggml.model {model:?} is not supported (only byte-level BPE, \"gpt2\")"
             )));
         }
-        let pre = gguf.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+        let pre = gguf
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
         // llama.cpp's pre-tokenizers that are "single digits, then the GPT-2 regex".
         let split_digits = match pre {
             "smollm" | "starcoder" | "refact" | "codeshell" => true,
@@ -101,7 +104,10 @@ impl Tokenizer {
                 .as_array()
                 .ok_or_else(|| tok_err("tokenizer.ggml.token_type is not an array"))?
                 .iter()
-                .map(|t| t.as_i64().ok_or_else(|| tok_err("token type is not an integer")))
+                .map(|t| {
+                    t.as_i64()
+                        .ok_or_else(|| tok_err("token type is not an integer"))
+                })
                 .collect::<Result<_>>()?,
             None => vec![1; tokens.len()],
         };
@@ -116,7 +122,9 @@ impl Tokenizer {
         let mut vocab = tokenizers::models::bpe::Vocab::default();
         for (id, tok) in tokens.iter().enumerate() {
             if vocab.insert((*tok).to_owned(), id as u32).is_some() {
-                return Err(tok_err(format!("token {tok:?} appears twice in the vocabulary")));
+                return Err(tok_err(format!(
+                    "token {tok:?} appears twice in the vocabulary"
+                )));
             }
         }
         let merges = merges
@@ -124,7 +132,11 @@ impl Tokenizer {
             .map(|m| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    .ok_or_else(|| tok_err(format!("merge {m:?} is not two tokens separated by a space")))
+                    .ok_or_else(|| {
+                        tok_err(format!(
+                            "merge {m:?} is not two tokens separated by a space"
+                        ))
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
         let bpe = BPE::builder()
@@ -149,7 +161,7 @@ impl Tokenizer {
             .filter(|(_, ty)| **ty == TOKEN_TYPE_CONTROL)
             .map(|(tok, _)| AddedToken::from((*tok).to_owned(), true))
             .collect();
-        inner.add_special_tokens(&special);
+        inner.add_special_tokens(special).map_err(tok_err)?;
 
         let alphabet = byte_level_alphabet();
         let token_bytes = tokens
@@ -186,10 +198,7 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?;
         inner.with_truncation(None).map_err(tok_err)?;
         inner.with_padding(None);
-        let is_wordpiece = matches!(
-            inner.get_model(),
-            tokenizers::ModelWrapper::WordPiece(_)
-        );
+        let is_wordpiece = matches!(inner.get_model(), tokenizers::ModelWrapper::WordPiece(_));
         if !is_wordpiece {
             return Err(tok_err("tokenizer.json does not hold a WordPiece model"));
         }

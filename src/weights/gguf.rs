@@ -58,7 +58,9 @@ pub enum GgufError {
     #[error("unsupported GGUF version {0} (supported: 2 and 3)")]
     UnsupportedVersion(u32),
     /// The file ends before a value that should be there.
-    #[error("GGUF file truncated in the {section} at byte {offset}: needed {needed} more bytes, {available} left")]
+    #[error(
+        "GGUF file truncated in the {section} at byte {offset}: needed {needed} more bytes, {available} left"
+    )]
     Truncated {
         /// Where.
         section: Section,
@@ -70,7 +72,9 @@ pub enum GgufError {
         available: u64,
     },
     /// A count or length larger than the rest of the file could possibly hold.
-    #[error("GGUF {section} at byte {offset}: {what} of {value} cannot fit in the {available} bytes left")]
+    #[error(
+        "GGUF {section} at byte {offset}: {what} of {value} cannot fit in the {available} bytes left"
+    )]
     ImplausibleLength {
         /// Where.
         section: Section,
@@ -133,7 +137,9 @@ pub enum GgufError {
         type_id: u32,
     },
     /// The element count is not a whole number of quantisation blocks.
-    #[error("GGUF tensor {name:?}: {elements} elements is not a multiple of the {ggml_type} block of {block}")]
+    #[error(
+        "GGUF tensor {name:?}: {elements} elements is not a multiple of the {ggml_type} block of {block}"
+    )]
     PartialBlock {
         /// Tensor name.
         name: String,
@@ -599,7 +605,11 @@ impl<'a> Gguf<'a> {
         for t in &tensors {
             let reason = if t.offset % alignment != 0 {
                 Some("is not aligned")
-            } else if t.offset.checked_add(t.n_bytes).is_none_or(|end| end > data_len) {
+            } else if t
+                .offset
+                .checked_add(t.n_bytes)
+                .is_none_or(|end| end > data_len)
+            {
                 Some("runs past the end of the file")
             } else {
                 None
@@ -640,7 +650,8 @@ impl<'a> Gguf<'a> {
     /// A required unsigned integer.
     pub fn require_u64(&self, key: &str) -> Result<u64, GgufError> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| type_problem(key, "an unsigned integer", v))
+        v.as_u64()
+            .ok_or_else(|| type_problem(key, "an unsigned integer", v))
     }
 
     /// A required float.
@@ -658,7 +669,9 @@ impl<'a> Gguf<'a> {
     /// A required array of strings.
     pub fn require_strings(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         let v = self.require(key)?;
-        let items = v.as_array().ok_or_else(|| type_problem(key, "an array", v))?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| type_problem(key, "an array", v))?;
         items
             .iter()
             .map(|item| {
@@ -832,7 +845,10 @@ mod tests {
         );
         let t = g.tensor_info("w").unwrap();
         assert_eq!(t.shape(), vec![2, 3]);
-        assert_eq!(g.dequantize("w").unwrap(), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(
+            g.dequantize("w").unwrap(),
+            vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        );
         assert_eq!(g.data_offset % 32, 0);
     }
 
@@ -1021,7 +1037,10 @@ mod tests {
             GgufError::MissingTensor("nope".into())
         );
         let err = g.require_u64("general.name").unwrap_err().to_string();
-        assert!(err.contains("general.name") && err.contains("STRING"), "{err}");
+        assert!(
+            err.contains("general.name") && err.contains("STRING"),
+            "{err}"
+        );
         assert!(g.require_str("absent").is_err());
     }
 }

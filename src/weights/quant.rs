@@ -169,7 +169,10 @@ mod tests {
         block.extend(half(0.25));
         block.extend((0..32).map(|j| (j as i8 - 16) as u8));
         let x = dequantize(GgmlType::Q8_0, &block).unwrap();
-        assert_eq!(x, (0..32).map(|j| 0.25 * (j - 16) as f32).collect::<Vec<_>>());
+        assert_eq!(
+            x,
+            (0..32).map(|j| 0.25 * (j - 16) as f32).collect::<Vec<_>>()
+        );
 
         let mut block = Vec::new();
         block.extend(half(2.0));

@@ -18,13 +18,14 @@ pub struct SafetensorsFile<'a> {
 impl<'a> SafetensorsFile<'a> {
     /// Parses the header of `bytes` (tensor data is read on demand).
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
-        let inner = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors(e.to_string()))?;
+        let inner =
+            SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors(e.to_string()))?;
         Ok(Self { inner })
     }
 
     /// Names of all tensors, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.inner.names().into_iter().cloned().collect();
+        let mut names: Vec<String> = self.inner.names().into_iter().map(str::to_owned).collect();
         names.sort();
         names
     }

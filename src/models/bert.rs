@@ -1,0 +1,273 @@
+//! all-MiniLM-L6-v2: a 6-layer BERT encoder with mean pooling and L2 normalisation, as
+//! sentence-transformers runs it.
+//!
+//! ```text
+//! ids -> word + position + token-type embeddings -> LayerNorm
+//!     -> 6 x [ self-attention (12 heads, padding masked) -> +residual -> LayerNorm
+//!              -> Linear 384->1536 -> GELU (erf) -> Linear 1536->384 -> +residual -> LayerNorm ]
+//!     -> mean over real (unpadded) tokens -> L2 normalise -> 384-d sentence embedding
+//! ```
+//! Weights come from the model's `model.safetensors` (PyTorch layout, `[out, in]` for linear
+//! layers, transposed here once at load time).
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::weights::safetensors::SafetensorsFile;
+
+/// The parts of a BERT `config.json` the encoder needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BertConfig {
+    /// Vocabulary size (30522).
+    pub vocab_size: usize,
+    /// Hidden width (384).
+    pub hidden_size: usize,
+    /// Encoder layers (6).
+    pub num_hidden_layers: usize,
+    /// Attention heads (12).
+    pub num_attention_heads: usize,
+    /// Feed-forward width (1536).
+    pub intermediate_size: usize,
+    /// Longest input in tokens (512).
+    pub max_position_embeddings: usize,
+    /// Token type vocabulary (2).
+    pub type_vocab_size: usize,
+    /// LayerNorm epsilon (1e-12).
+    pub layer_norm_eps: f64,
+    /// Must be `gelu` (the erf form).
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+
+impl BertConfig {
+    /// Parses and checks a `config.json`.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let cfg: BertConfig = serde_json::from_slice(bytes)
+            .map_err(|e| Error::InvalidInput(format!("BERT config.json: {e}")))?;
+        if cfg.hidden_act != "gelu" {
+            return Err(Error::InvalidInput(format!(
+                "BERT config.json: activation {:?} is not supported (only \"gelu\")",
+                cfg.hidden_act
+            )));
+        }
+        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(Error::InvalidInput(format!(
+                "BERT config.json: hidden size {} is not divisible into {} heads",
+                cfg.hidden_size, cfg.num_attention_heads
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+/// One encoder layer.
+#[derive(Module, Debug)]
+pub struct BertLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    heads: usize,
+}
+
+/// The MiniLM encoder.
+#[derive(Module, Debug)]
+pub struct Bert {
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    embedding_norm: LayerNorm,
+    layers: Vec<BertLayer>,
+    max_tokens: usize,
+}
+
+/// Loads tensors by name with the shapes the config implies.
+struct Loader<'a, 'b> {
+    file: &'a SafetensorsFile<'b>,
+    device: &'a Device,
+    eps: f64,
+}
+
+impl Loader<'_, '_> {
+    /// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as a burn `Linear` (`[in, out]`).
+    fn linear(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear> {
+        let weight = self
+            .file
+            .tensor::<2>(&format!("{prefix}.weight"), [d_out, d_in], self.device)?;
+        let bias = self
+            .file
+            .tensor::<1>(&format!("{prefix}.bias"), [d_out], self.device)?;
+        Ok(Linear {
+            weight: Param::from_tensor(weight.transpose()),
+            bias: Some(Param::from_tensor(bias)),
+        })
+    }
+
+    fn layer_norm(&self, prefix: &str, d: usize) -> Result<LayerNorm> {
+        let mut norm = LayerNormConfig::new(d)
+            .with_epsilon(self.eps)
+            .init(self.device);
+        norm.gamma = Param::from_tensor(self.file.tensor::<1>(
+            &format!("{prefix}.weight"),
+            [d],
+            self.device,
+        )?);
+        norm.beta = Some(Param::from_tensor(self.file.tensor::<1>(
+            &format!("{prefix}.bias"),
+            [d],
+            self.device,
+        )?));
+        Ok(norm)
+    }
+
+    fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding> {
+        Ok(Embedding {
+            weight: Param::from_tensor(self.file.tensor::<2>(name, [n, d], self.device)?),
+        })
+    }
+}
+
+impl Bert {
+    /// Builds the encoder from `config.json` and `model.safetensors` bytes.
+    pub fn load(config: &BertConfig, weights: &[u8], device: &Device) -> Result<Self> {
+        let file = SafetensorsFile::parse(weights)?;
+        let l = Loader {
+            file: &file,
+            device,
+            eps: config.layer_norm_eps,
+        };
+        let (d, ff) = (config.hidden_size, config.intermediate_size);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let p = format!("encoder.layer.{i}");
+                Ok(BertLayer {
+                    query: l.linear(&format!("{p}.attention.self.query"), d, d)?,
+                    key: l.linear(&format!("{p}.attention.self.key"), d, d)?,
+                    value: l.linear(&format!("{p}.attention.self.value"), d, d)?,
+                    attention_out: l.linear(&format!("{p}.attention.output.dense"), d, d)?,
+                    attention_norm: l.layer_norm(&format!("{p}.attention.output.LayerNorm"), d)?,
+                    intermediate: l.linear(&format!("{p}.intermediate.dense"), d, ff)?,
+                    output: l.linear(&format!("{p}.output.dense"), ff, d)?,
+                    output_norm: l.layer_norm(&format!("{p}.output.LayerNorm"), d)?,
+                    heads: config.num_attention_heads,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Bert {
+            word: l.embedding("embeddings.word_embeddings.weight", config.vocab_size, d)?,
+            position: l.embedding(
+                "embeddings.position_embeddings.weight",
+                config.max_position_embeddings,
+                d,
+            )?,
+            token_type: l.embedding(
+                "embeddings.token_type_embeddings.weight",
+                config.type_vocab_size,
+                d,
+            )?,
+            embedding_norm: l.layer_norm("embeddings.LayerNorm", d)?,
+            layers,
+            max_tokens: config.max_position_embeddings,
+        })
+    }
+
+    /// The longest sequence (in tokens, `[CLS]` and `[SEP]` included) the encoder accepts.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Hidden states `[batch, seq, d]` for token ids `[batch, seq]` with `mask` true on real
+    /// tokens and false on padding.
+    pub fn forward(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<3> {
+        let [batch, seq] = ids.dims();
+        let device = ids.device();
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+            .reshape([1, seq])
+            .repeat_dim(0, batch);
+        let types = Tensor::<2, Int>::zeros([batch, seq], &device);
+        let x = self.word.forward(ids) + self.position.forward(positions) + self.token_type.forward(types);
+        let mut x = self.embedding_norm.forward(x);
+        // Padding gets a large negative score before the softmax (what HF BERT adds).
+        let bias = mask
+            .bool_not()
+            .float()
+            .mul_scalar(-1.0e9)
+            .reshape([batch, 1, 1, seq]);
+        for layer in &self.layers {
+            x = layer.forward(x, bias.clone());
+        }
+        x
+    }
+
+    /// Sentence embeddings `[batch, d]`: mean of the hidden states over real tokens, L2-normalised.
+    pub fn embed(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<2> {
+        let pooled = self.mean_pool(ids, mask);
+        let norm = pooled.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
+        pooled / norm
+    }
+
+    /// Mean of the hidden states over real tokens, `[batch, d]`, before normalisation.
+    pub fn mean_pool(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<2> {
+        let [batch, seq] = ids.dims();
+        let hidden = self.forward(ids, mask.clone());
+        let [_, _, d] = hidden.dims();
+        let weights = mask.float().reshape([batch, seq, 1]);
+        let summed = (hidden * weights.clone()).sum_dim(1).reshape([batch, d]);
+        let counts = weights.sum_dim(1).reshape([batch, 1]).clamp_min(1e-9);
+        summed / counts
+    }
+}
+
+impl BertLayer {
+    fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
+        let [batch, seq, d] = x.dims();
+        let head_dim = d / self.heads;
+        let split = |t: Tensor<3>| {
+            t.reshape([batch, seq, self.heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x.clone()));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt()) + bias;
+        let context = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, d]);
+        let x = self
+            .attention_norm
+            .forward(self.attention_out.forward(context) + x);
+        let h = self.output.forward(gelu(self.intermediate.forward(x.clone())));
+        self.output_norm.forward(h + x)
+    }
+}
+
+/// Token ids of several texts padded into one batch: `(ids [batch, seq], mask [batch, seq])`.
+pub fn pad_batch(sequences: &[Vec<u32>], pad_id: u32, device: &Device) -> (Tensor<2, Int>, Tensor<2, Bool>) {
+    let batch = sequences.len();
+    let seq = sequences.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut ids = vec![pad_id as i64; batch * seq];
+    let mut mask = vec![false; batch * seq];
+    for (row, s) in sequences.iter().enumerate() {
+        for (col, &id) in s.iter().enumerate() {
+            ids[row * seq + col] = i64::from(id);
+            mask[row * seq + col] = true;
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(ids, [batch, seq]), device),
+        Tensor::from_data(TensorData::new(mask, [batch, seq]), device),
+    )
+}
