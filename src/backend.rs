@@ -129,13 +129,15 @@ async fn gpu() -> Result<(Device, AdapterInfo), String> {
         return Ok(ready);
     }
     #[cfg(target_arch = "wasm32")]
-    crate::wasm::webgpu_available().await?;
+    let browser_name = crate::wasm::webgpu_available().await?;
 
     let (device, setup) = burn::tensor::Device::wgpu_options()
         .init_with_setup_async()
         .await
         .map_err(|e| e.to_string())?;
     let info = setup.adapter.get_info();
+    #[cfg(target_arch = "wasm32")]
+    let info = wgpu_info_with_name(info, browser_name);
     let adapter = AdapterInfo {
         name: info.name,
         api: format!("{:?}", info.backend),
@@ -144,6 +146,18 @@ async fn gpu() -> Result<(Device, AdapterInfo), String> {
     let ready = (device, adapter);
     *GPU.lock().map_err(|_| "GPU setup lock poisoned")? = Some(ready.clone());
     Ok(ready)
+}
+
+/// Browsers hide the adapter name from wgpu; use the one `GPUAdapter.info` gives.
+#[cfg(target_arch = "wasm32")]
+fn wgpu_info_with_name(
+    mut info: burn::tensor::wgpu::wgpu::AdapterInfo,
+    browser_name: String,
+) -> burn::tensor::wgpu::wgpu::AdapterInfo {
+    if info.name.is_empty() {
+        info.name = browser_name;
+    }
+    info
 }
 
 #[cfg(test)]

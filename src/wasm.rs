@@ -29,8 +29,9 @@ pub fn version() -> String {
 }
 
 /// Checks that WebGPU exists here and gives an adapter, before wgpu is asked for one: without
-/// `navigator.gpu`, creating wgpu's instance panics, and a panic kills the module.
-pub(crate) async fn webgpu_available() -> Result<(), String> {
+/// `navigator.gpu`, creating wgpu's instance panics, and a panic kills the module. Returns the
+/// adapter's name from `GPUAdapter.info` (wgpu reports an empty name in browsers).
+pub(crate) async fn webgpu_available() -> Result<String, String> {
     let navigator = Reflect::get(&js_sys::global(), &"navigator".into())
         .map_err(|_| "no navigator object".to_string())?;
     let gpu = Reflect::get(&navigator, &"gpu".into()).unwrap_or(JsValue::UNDEFINED);
@@ -52,7 +53,18 @@ pub(crate) async fn webgpu_available() -> Result<(), String> {
     if adapter.is_null() || adapter.is_undefined() {
         return Err("WebGPU gave no adapter".into());
     }
-    Ok(())
+    let info = Reflect::get(&adapter, &"info".into()).unwrap_or(JsValue::UNDEFINED);
+    let field = |k: &str| {
+        Reflect::get(&info, &k.into())
+            .ok()
+            .and_then(|v| v.as_string())
+            .filter(|s| !s.is_empty())
+    };
+    let name: Vec<String> = ["vendor", "architecture", "device", "description"]
+        .iter()
+        .filter_map(|k| field(k))
+        .collect();
+    Ok(name.join(" "))
 }
 
 /// Sets up a backend (`"auto"`, `"webgpu"` or `"cpu"`) and runs a small fixed computation on it.

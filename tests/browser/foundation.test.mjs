@@ -53,6 +53,7 @@ test("WebGPU: an adapter exists and the GPU backend computes the right numbers",
     return { ...r, check: Array.from(r.check) };
   });
   assert.equal(r.kind, "webgpu", JSON.stringify(r));
+  assert.match(r.adapter, /swiftshader/i, "the adapter is named");
   console.log(`# webgpu backend: ${r.description}; adapter info ${JSON.stringify(info)}`);
   assertClose(r.check, expectedProbe(), "webgpu");
 });
