@@ -148,6 +148,36 @@ async fn gpu() -> Result<(Device, AdapterInfo), String> {
     Ok(ready)
 }
 
+/// A small fixed computation (matmul, bias, softmax, reduction) used to check that a backend
+/// computes what the others do: `softmax(A·B + 0.5)` row by row, then each row's
+/// `sum(p²)`, with `A[i][k] = sin(0.37·i + 0.11·k)` (4×8) and `B[k][j] = cos(0.23·k − 0.41·j)`
+/// (8×3). Returns the 12 probabilities followed by the 4 sums. Reads back asynchronously, so it
+/// works on WebGPU in the browser too.
+pub async fn probe_computation(device: &Device) -> Result<Vec<f32>> {
+    use burn::tensor::{Tensor, TensorData, activation::softmax};
+    let a: Vec<f32> = (0..4)
+        .flat_map(|i| (0..8).map(move |k| (0.37 * i as f32 + 0.11 * k as f32).sin()))
+        .collect();
+    let b: Vec<f32> = (0..8)
+        .flat_map(|k| (0..3).map(move |j| (0.23 * k as f32 - 0.41 * j as f32).cos()))
+        .collect();
+    let a = Tensor::<2>::from_data(TensorData::new(a, [4, 8]), device);
+    let b = Tensor::<2>::from_data(TensorData::new(b, [8, 3]), device);
+    let p = softmax(a.matmul(b) + 0.5, 1);
+    let sums = p.clone().powf_scalar(2.0).sum_dim(1);
+    let read = |t: Tensor<2>| async move {
+        let data = t
+            .into_data_async()
+            .await
+            .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
+        data.try_to_vec::<f32>()
+            .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
+    };
+    let mut out = read(p).await?;
+    out.extend(read(sums).await?);
+    Ok(out)
+}
+
 /// Browsers hide the adapter name from wgpu; use the one `GPUAdapter.info` gives.
 #[cfg(target_arch = "wasm32")]
 fn wgpu_info_with_name(
@@ -178,34 +208,4 @@ mod tests {
         let err = "tpu".parse::<BackendChoice>().unwrap_err().to_string();
         assert!(err.contains("tpu") && err.contains("auto"), "{err}");
     }
-}
-
-/// A small fixed computation (matmul, bias, softmax, reduction) used to check that a backend
-/// computes what the others do: `softmax(A·B + 0.5)` row by row, then each row's
-/// `sum(p²)`, with `A[i][k] = sin(0.37·i + 0.11·k)` (4×8) and `B[k][j] = cos(0.23·k − 0.41·j)`
-/// (8×3). Returns the 12 probabilities followed by the 4 sums. Reads back asynchronously, so it
-/// works on WebGPU in the browser too.
-pub async fn probe_computation(device: &Device) -> Result<Vec<f32>> {
-    use burn::tensor::{Tensor, TensorData, activation::softmax};
-    let a: Vec<f32> = (0..4)
-        .flat_map(|i| (0..8).map(move |k| (0.37 * i as f32 + 0.11 * k as f32).sin()))
-        .collect();
-    let b: Vec<f32> = (0..8)
-        .flat_map(|k| (0..3).map(move |j| (0.23 * k as f32 - 0.41 * j as f32).cos()))
-        .collect();
-    let a = Tensor::<2>::from_data(TensorData::new(a, [4, 8]), device);
-    let b = Tensor::<2>::from_data(TensorData::new(b, [8, 3]), device);
-    let p = softmax(a.matmul(b) + 0.5, 1);
-    let sums = p.clone().powf_scalar(2.0).sum_dim(1);
-    let read = |t: Tensor<2>| async move {
-        let data = t
-            .into_data_async()
-            .await
-            .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
-        data.try_to_vec::<f32>()
-            .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
-    };
-    let mut out = read(p).await?;
-    out.extend(read(sums).await?);
-    Ok(out)
 }

@@ -603,7 +603,7 @@ impl<'a> Gguf<'a> {
         }
         let data_len = file_len.saturating_sub(data_offset);
         for t in &tensors {
-            let reason = if t.offset % alignment != 0 {
+            let reason = if !t.offset.is_multiple_of(alignment) {
                 Some("is not aligned")
             } else if t
                 .offset
@@ -751,7 +751,7 @@ fn read_tensor_info(cur: &mut Cursor<'_>) -> Result<TensorInfo, GgufError> {
     })?;
     let (block, type_size) = ggml_type.block_layout();
     // Rows are made of whole blocks, as in ggml.
-    if dims[0] % block != 0 {
+    if !dims[0].is_multiple_of(block) {
         return Err(GgufError::PartialBlock {
             name,
             ggml_type,
@@ -803,7 +803,7 @@ mod tests {
             self
         }
         fn pad(&mut self, alignment: usize) -> &mut Self {
-            while self.out.len() % alignment != 0 {
+            while !self.out.len().is_multiple_of(alignment) {
                 self.out.push(0);
             }
             self

@@ -1,0 +1,3 @@
+//! The neural networks, as burn modules on a runtime-chosen device.
+
+pub mod bert;
