@@ -21,6 +21,9 @@ TOOLS="$CACHE/tools"
 VENV="$CACHE/venv"
 NODE_DIR="$ROOT/tests/browser"
 export PATH="$TOOLS/bin:$HOME/.cargo/bin:$PATH"
+# Mesa's Vulkan loader complains on every start without it.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$CACHE/xdg-runtime}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
 step() { printf '\n==> %s [%s]\n' "$*" "$(date +%H:%M:%S)"; }
 die() { echo "error: $*" >&2; exit 1; }
