@@ -8,6 +8,7 @@
 //! The pieces, from bytes to answers:
 //! - [`weights`]: bounds-checked GGUF and safetensors parsing, dequantisation;
 //! - [`text`]: the two models' tokenizers;
+//! - [`models`]: the networks (the MiniLM encoder so far);
 //! - [`backend`]: WebGPU/Vulkan through burn-wgpu, or burn's CPU backend;
 //! - `wasm` (on `wasm32` only): the JavaScript API.
 //!
@@ -17,6 +18,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod models;
 pub mod text;
 pub mod weights;
 

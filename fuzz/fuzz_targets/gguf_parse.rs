@@ -4,16 +4,17 @@
 
 use libfuzzer_sys::fuzz_target;
 
+// The parser's own source files, compiled here directly (`super::quant` in gguf.rs resolves to
+// the crate root's `quant` below).
 #[allow(dead_code)]
-mod weights {
-    #[path = "../../../src/weights/gguf.rs"]
-    pub mod gguf;
-    #[path = "../../../src/weights/quant.rs"]
-    pub mod quant;
-}
+#[path = "../../src/weights/gguf.rs"]
+mod gguf;
+#[allow(dead_code)]
+#[path = "../../src/weights/quant.rs"]
+mod quant;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(g) = weights::gguf::Gguf::parse(data) {
+    if let Ok(g) = gguf::Gguf::parse(data) {
         for (key, _) in &g.metadata {
             let _ = g.require_str(key);
             let _ = g.require_u64(key);
