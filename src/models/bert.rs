@@ -91,6 +91,7 @@ pub struct Bert {
     embedding_norm: LayerNorm,
     layers: Vec<BertLayer>,
     max_tokens: usize,
+    vocab_size: usize,
 }
 
 /// Loads tensors by name with the shapes the config implies.
@@ -103,9 +104,9 @@ struct Loader<'a, 'b> {
 impl Loader<'_, '_> {
     /// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as a burn `Linear` (`[in, out]`).
     fn linear(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear> {
-        let weight = self
-            .file
-            .tensor::<2>(&format!("{prefix}.weight"), [d_out, d_in], self.device)?;
+        let weight =
+            self.file
+                .tensor::<2>(&format!("{prefix}.weight"), [d_out, d_in], self.device)?;
         let bias = self
             .file
             .tensor::<1>(&format!("{prefix}.bias"), [d_out], self.device)?;
@@ -180,12 +181,39 @@ impl Bert {
             embedding_norm: l.layer_norm("embeddings.LayerNorm", d)?,
             layers,
             max_tokens: config.max_position_embeddings,
+            vocab_size: config.vocab_size,
         })
     }
 
     /// The longest sequence (in tokens, `[CLS]` and `[SEP]` included) the encoder accepts.
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
+    }
+
+    /// Sentence embeddings `[batch, d]` for tokenized texts (each with `[CLS]` and `[SEP]`),
+    /// padded into one batch. Checks what would otherwise fail inside the backend: an empty
+    /// batch, an empty or over-long sequence, ids outside the vocabulary.
+    pub fn embed_sequences(&self, sequences: &[Vec<u32>], device: &Device) -> Result<Tensor<2>> {
+        if sequences.is_empty() {
+            return Err(Error::InvalidInput("no texts to embed".into()));
+        }
+        for (i, s) in sequences.iter().enumerate() {
+            if s.is_empty() || s.len() > self.max_tokens {
+                return Err(Error::InvalidInput(format!(
+                    "sequence {i} has {} tokens; the encoder takes 1 to {} (split longer texts into windows)",
+                    s.len(),
+                    self.max_tokens
+                )));
+            }
+            if let Some(id) = s.iter().find(|&&id| id as usize >= self.vocab_size) {
+                return Err(Error::InvalidInput(format!(
+                    "sequence {i}: token id {id} is outside the vocabulary of {}",
+                    self.vocab_size
+                )));
+            }
+        }
+        let (ids, mask) = pad_batch(sequences, 0, device);
+        Ok(self.embed(ids, mask))
     }
 
     /// Hidden states `[batch, seq, d]` for token ids `[batch, seq]` with `mask` true on real
@@ -197,7 +225,9 @@ impl Bert {
             .reshape([1, seq])
             .repeat_dim(0, batch);
         let types = Tensor::<2, Int>::zeros([batch, seq], &device);
-        let x = self.word.forward(ids) + self.position.forward(positions) + self.token_type.forward(types);
+        let x = self.word.forward(ids)
+            + self.position.forward(positions)
+            + self.token_type.forward(types);
         let mut x = self.embedding_norm.forward(x);
         // Padding gets a large negative score before the softmax (what HF BERT adds).
         let bias = mask
@@ -214,7 +244,12 @@ impl Bert {
     /// Sentence embeddings `[batch, d]`: mean of the hidden states over real tokens, L2-normalised.
     pub fn embed(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<2> {
         let pooled = self.mean_pool(ids, mask);
-        let norm = pooled.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
+        let norm = pooled
+            .clone()
+            .powf_scalar(2.0)
+            .sum_dim(1)
+            .sqrt()
+            .clamp_min(1e-12);
         pooled / norm
     }
 
@@ -241,7 +276,10 @@ impl BertLayer {
         let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x.clone()));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt()) + bias;
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .div_scalar((head_dim as f64).sqrt())
+            + bias;
         let context = softmax(scores, 3)
             .matmul(v)
             .swap_dims(1, 2)
@@ -249,13 +287,19 @@ impl BertLayer {
         let x = self
             .attention_norm
             .forward(self.attention_out.forward(context) + x);
-        let h = self.output.forward(gelu(self.intermediate.forward(x.clone())));
+        let h = self
+            .output
+            .forward(gelu(self.intermediate.forward(x.clone())));
         self.output_norm.forward(h + x)
     }
 }
 
 /// Token ids of several texts padded into one batch: `(ids [batch, seq], mask [batch, seq])`.
-pub fn pad_batch(sequences: &[Vec<u32>], pad_id: u32, device: &Device) -> (Tensor<2, Int>, Tensor<2, Bool>) {
+pub fn pad_batch(
+    sequences: &[Vec<u32>],
+    pad_id: u32,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Bool>) {
     let batch = sequences.len();
     let seq = sequences.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let mut ids = vec![pad_id as i64; batch * seq];

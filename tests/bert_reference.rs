@@ -1,0 +1,99 @@
+//! The MiniLM encoder against sentence-transformers (PyTorch, CPU):
+//! tests/reference/embeddings_minilm.json, made by scripts/make-embedding-reference.py.
+//! Each embedding must have cosine similarity >= 0.9999 with the reference.
+
+mod common;
+
+use burn::tensor::Device;
+use webguard::backend::{Backend, BackendChoice};
+use webguard::models::bert::{Bert, BertConfig, pad_batch};
+use webguard::text::Tokenizer;
+
+fn load(device: &Device) -> (Bert, Tokenizer) {
+    let dir = webguard::MINILM_DIR;
+    let config = BertConfig::from_json(&common::read_model(&format!("{dir}/config.json"))).unwrap();
+    let weights = common::read_model(&format!("{dir}/model.safetensors"));
+    let bert = Bert::load(&config, &weights, device).unwrap();
+    let tok = Tokenizer::from_tokenizer_json(&common::read_model(&format!("{dir}/tokenizer.json")))
+        .unwrap();
+    (bert, tok)
+}
+
+fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * y).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|y| y.powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn embeddings_match_sentence_transformers() {
+    let reference = common::reference("embeddings_minilm.json");
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    let want_ids: Vec<Vec<u32>> = serde_json::from_value(reference["token_ids"].clone()).unwrap();
+    let want: Vec<Vec<f64>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+    assert!(sentences.len() >= 50);
+
+    let device = Device::flex();
+    let (bert, tok) = load(&device);
+    let ids: Vec<Vec<u32>> = sentences.iter().map(|s| tok.encode(s).unwrap()).collect();
+    assert_eq!(ids, want_ids, "token ids");
+
+    // One padded batch: padding must not change any sentence's embedding.
+    let (batch_ids, mask) = pad_batch(&ids, 0, &device);
+    let got = bert
+        .embed(batch_ids, mask)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let mut worst = 1.0f64;
+    for (i, w) in want.iter().enumerate() {
+        let c = cosine(&got[i * 384..(i + 1) * 384], w);
+        assert!(c >= 0.9999, "sentence {i} {:?}: cosine {c}", sentences[i]);
+        worst = worst.min(c);
+    }
+    eprintln!("worst cosine over {} sentences: {worst:.7}", want.len());
+}
+
+#[test]
+fn embeddings_on_wgpu_match_too() {
+    let reference = common::reference("embeddings_minilm.json");
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    let want: Vec<Vec<f64>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+    let gpu = Backend::init_blocking(BackendChoice::Gpu).expect("a wgpu adapter (lavapipe)");
+    let (bert, tok) = load(&gpu.device);
+    // A few short sentences: lavapipe is a CPU pretending to be a GPU.
+    let n = 8;
+    let ids: Vec<Vec<u32>> = sentences[..n]
+        .iter()
+        .map(|s| tok.encode(s).unwrap())
+        .collect();
+    let got = bert.embed_sequences(&ids, &gpu.device).unwrap();
+    let got = pollster::block_on(got.into_data_async())
+        .unwrap()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for (i, w) in want[..n].iter().enumerate() {
+        let c = cosine(&got[i * 384..(i + 1) * 384], w);
+        assert!(c >= 0.9999, "wgpu sentence {i}: cosine {c}");
+    }
+}
+
+#[test]
+fn bad_sequences_are_errors() {
+    let device = Device::flex();
+    let (bert, _) = load(&device);
+    assert!(bert.embed_sequences(&[], &device).is_err());
+    assert!(bert.embed_sequences(&[vec![]], &device).is_err());
+    let too_long = vec![101u32; bert.max_tokens() + 1];
+    let err = bert
+        .embed_sequences(&[too_long], &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("513") && err.contains("512"), "{err}");
+    assert!(
+        bert.embed_sequences(&[vec![101, 30522, 102]], &device)
+            .is_err()
+    );
+    assert!(BertConfig::from_json(b"{}").is_err());
+}
