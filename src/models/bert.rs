@@ -58,7 +58,8 @@ impl BertConfig {
                 cfg.hidden_act
             )));
         }
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(Error::InvalidInput(format!(
                 "BERT config.json: hidden size {} is not divisible into {} heads",
                 cfg.hidden_size, cfg.num_attention_heads
@@ -314,4 +315,81 @@ pub fn pad_batch(
         Tensor::from_data(TensorData::new(ids, [batch, seq]), device),
         Tensor::from_data(TensorData::new(mask, [batch, seq]), device),
     )
+}
+
+/// Splits a tokenized text (`[CLS] ... [SEP]`) longer than `max_tokens` into windows of at most
+/// `max_tokens`, each wrapped in `[CLS]`/`[SEP]` again, consecutive windows sharing `overlap`
+/// tokens. A text that fits comes back as the one window. The filter scores a long text by its
+/// worst window, so a slur at the end of a long post is not cut away.
+pub fn windows(ids: &[u32], max_tokens: usize, overlap: usize) -> Result<Vec<Vec<u32>>> {
+    if ids.len() <= max_tokens {
+        return Ok(vec![ids.to_vec()]);
+    }
+    let body_max = max_tokens.saturating_sub(2);
+    if ids.len() < 2 || overlap >= body_max {
+        return Err(Error::InvalidInput(format!(
+            "cannot window {} tokens into {max_tokens} with an overlap of {overlap}",
+            ids.len()
+        )));
+    }
+    let (cls, sep) = (ids[0], ids[ids.len() - 1]);
+    let body = &ids[1..ids.len() - 1];
+    let step = body_max - overlap;
+    let mut out = Vec::with_capacity(body.len().div_ceil(step));
+    let mut start = 0;
+    loop {
+        let end = (start + body_max).min(body.len());
+        let mut w = Vec::with_capacity(end - start + 2);
+        w.push(cls);
+        w.extend_from_slice(&body[start..end]);
+        w.push(sep);
+        out.push(w);
+        if end == body.len() {
+            return Ok(out);
+        }
+        start += step;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_everything_with_the_overlap_asked_for() {
+        for len in [0usize, 1, 5, 10, 11, 12, 29, 100, 1000] {
+            let body: Vec<u32> = (1000..1000 + len as u32).collect();
+            let mut ids = vec![101];
+            ids.extend(&body);
+            ids.push(102);
+            let ws = windows(&ids, 12, 3).unwrap();
+            if ids.len() <= 12 {
+                assert_eq!(ws, vec![ids.clone()]);
+                continue;
+            }
+            let mut seen = vec![false; len];
+            for (k, w) in ws.iter().enumerate() {
+                assert!(w.len() <= 12 && w[0] == 101 && *w.last().unwrap() == 102);
+                for &t in &w[1..w.len() - 1] {
+                    seen[(t - 1000) as usize] = true;
+                }
+                if k > 0 {
+                    let prev = &ws[k - 1][1..ws[k - 1].len() - 1];
+                    let cur = &w[1..w.len() - 1];
+                    assert_eq!(&prev[prev.len() - 3..], &cur[..3], "overlap of 3");
+                }
+            }
+            assert!(
+                seen.iter().all(|&s| s),
+                "len {len}: every token in some window"
+            );
+        }
+    }
+
+    #[test]
+    fn impossible_windows_are_errors() {
+        let ids: Vec<u32> = (0..20).collect();
+        assert!(windows(&ids, 12, 10).is_err());
+        assert!(windows(&ids, 2, 0).is_err());
+    }
 }
