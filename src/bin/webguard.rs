@@ -56,11 +56,40 @@ mod cli {
             /// Texts to tokenize.
             text: Vec<String>,
         },
+        /// Measure speed and memory (see `bench --help`).
+        Bench {
+            #[command(subcommand)]
+            what: BenchWhat,
+        },
         /// Say which backend runs here and run a small computation on it.
         Backend {
             /// auto, gpu (webgpu/vulkan) or cpu.
             #[arg(long, default_value = "auto")]
             backend: String,
+        },
+    }
+
+    #[derive(Subcommand)]
+    enum BenchWhat {
+        /// MiniLM sentence embeddings (the filter's encoder): texts/s at each batch size for
+        /// texts of a fixed token length, per backend, next to sentence-transformers when
+        /// `--python` points at an interpreter that has it (scripts/bench-embeddings.py).
+        Embed {
+            /// Backends to measure: cpu, gpu or both.
+            #[arg(long, default_value = "cpu,gpu")]
+            backends: String,
+            /// Batch sizes.
+            #[arg(long, default_value = "1,32")]
+            batches: String,
+            /// Tokens per text, [CLS] and [SEP] included.
+            #[arg(long, default_value_t = 64)]
+            tokens: usize,
+            /// Seconds per measurement.
+            #[arg(long, default_value_t = 5.0)]
+            seconds: f64,
+            /// Python with sentence-transformers, for the side-by-side peer run.
+            #[arg(long)]
+            python: Option<PathBuf>,
         },
     }
 
@@ -121,6 +150,22 @@ mod cli {
                     println!("{:?}", tokenizer.encode(&t)?);
                 }
             }
+            Command::Bench { what } => match what {
+                BenchWhat::Embed {
+                    backends,
+                    batches,
+                    tokens,
+                    seconds,
+                    python,
+                } => bench::embed(
+                    &models,
+                    &backends,
+                    &batches,
+                    tokens,
+                    seconds,
+                    python.as_deref(),
+                )?,
+            },
             Command::Backend { backend } => {
                 let choice: BackendChoice = backend.parse()?;
                 let backend = Backend::init_blocking(choice)?;
@@ -130,6 +175,172 @@ mod cli {
             }
         }
         Ok(())
+    }
+
+    mod bench {
+        use std::path::Path;
+        use std::time::Instant;
+
+        use burn::tensor::Device;
+        use webguard::backend::{Backend, BackendChoice};
+        use webguard::models::bert::{Bert, BertConfig};
+        use webguard::text::Tokenizer;
+        use webguard::{Error, MINILM_DIR, Result};
+
+        use super::read;
+
+        /// Texts of exactly `tokens` tokens ([CLS] and [SEP] included), all different.
+        fn texts_of(tok: &Tokenizer, tokens: usize, n: usize) -> Result<Vec<String>> {
+            let words = [
+                "the", "filter", "reads", "every", "message", "before", "it", "is", "shown", "and",
+                "flags", "insults", "or", "threats", "quickly", "today",
+            ];
+            (0..n)
+                .map(|i| {
+                    let mut text = String::new();
+                    let mut k = i;
+                    while tok.encode(&text)?.len() < tokens {
+                        text.push_str(words[k % words.len()]);
+                        text.push(' ');
+                        k = k * 7 + 3;
+                    }
+                    while tok.encode(&text)?.len() > tokens {
+                        text = text
+                            .trim_end()
+                            .rsplit_once(' ')
+                            .map(|(a, _)| a.to_string())
+                            .unwrap_or_default();
+                    }
+                    Ok(text)
+                })
+                .collect()
+        }
+
+        /// Peak resident memory of this process (Linux), in MB.
+        fn peak_rss_mb() -> f64 {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                })
+                .map_or(f64::NAN, |kb| kb / 1024.0)
+        }
+
+        fn sync_read(device: &Device, t: burn::tensor::Tensor<2>) -> Result<()> {
+            let _ = device;
+            pollster::block_on(t.into_data_async())
+                .map(|_| ())
+                .map_err(|e| Error::Backend(format!("{e:?}")))
+        }
+
+        pub fn embed(
+            models: &Path,
+            backends: &str,
+            batches: &str,
+            tokens: usize,
+            seconds: f64,
+            python: Option<&Path>,
+        ) -> Result<()> {
+            let dir = models.join(MINILM_DIR);
+            let config = BertConfig::from_json(&read(&dir.join("config.json"))?)?;
+            let weights = read(&dir.join("model.safetensors"))?;
+            let tok = Tokenizer::from_tokenizer_json(&read(&dir.join("tokenizer.json"))?)?;
+            let batches: Vec<usize> = batches
+                .split(',')
+                .map(|b| {
+                    b.trim()
+                        .parse()
+                        .map_err(|_| Error::InvalidInput(format!("bad batch size {b:?}")))
+                })
+                .collect::<Result<_>>()?;
+            let max_batch = batches.iter().copied().max().unwrap_or(1);
+            let texts = texts_of(&tok, tokens, max_batch)?;
+            let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect::<Result<_>>()?;
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!(
+                "bench embed: all-MiniLM-L6-v2, {tokens}-token texts, {threads} threads, {seconds} s per figure"
+            );
+            let mut ours = Vec::new();
+            for name in backends.split(',') {
+                let backend = Backend::init_blocking(name.trim().parse::<BackendChoice>()?)?;
+                let bert = Bert::load(&config, &weights, &backend.device)?;
+                for &batch in &batches {
+                    let chunk = &ids[..batch];
+                    // Warm-up: kernel compilation and autotuning are not what is measured.
+                    sync_read(
+                        &backend.device,
+                        bert.embed_sequences(chunk, &backend.device)?,
+                    )?;
+                    let (mut done, start) = (0usize, Instant::now());
+                    while start.elapsed().as_secs_f64() < seconds {
+                        sync_read(
+                            &backend.device,
+                            bert.embed_sequences(chunk, &backend.device)?,
+                        )?;
+                        done += batch;
+                    }
+                    let rate = done as f64 / start.elapsed().as_secs_f64();
+                    println!("  webguard {backend}: batch {batch:>3}: {rate:8.1} texts/s");
+                    ours.push((name.trim().to_string(), batch, rate));
+                }
+            }
+            println!("  webguard peak resident memory: {:.0} MB", peak_rss_mb());
+            if let Some(python) = python {
+                let file = std::env::temp_dir()
+                    .join(format!("webguard-bench-{}.json", std::process::id()));
+                std::fs::write(&file, serde_json::to_string(&texts).unwrap_or_default())
+                    .map_err(|e| Error::io(&file, e))?;
+                let script =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-embeddings.py");
+                let out = std::process::Command::new(python)
+                    .arg(&script)
+                    .arg(&file)
+                    .args(["--threads", &threads.to_string()])
+                    .args([
+                        "--batches",
+                        &batches
+                            .iter()
+                            .map(|b| b.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ])
+                    .args(["--models", &models.display().to_string()])
+                    .args(["--seconds", &seconds.to_string()])
+                    .output()
+                    .map_err(|e| Error::io(python, e))?;
+                let _ = std::fs::remove_file(&file);
+                if !out.status.success() {
+                    return Err(Error::Backend(format!(
+                        "sentence-transformers run failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )));
+                }
+                let peer: serde_json::Value = serde_json::from_slice(&out.stdout)
+                    .map_err(|e| Error::Backend(format!("sentence-transformers output: {e}")))?;
+                println!(
+                    "  sentence-transformers (torch {}, {} threads), same texts:",
+                    peer["torch"], peer["threads"]
+                );
+                for r in peer["results"].as_array().into_iter().flatten() {
+                    let batch = r["batch"].as_u64().unwrap_or(0) as usize;
+                    let rate = r["texts_per_s"].as_f64().unwrap_or(f64::NAN);
+                    println!("    batch {batch:>3}: {rate:8.1} texts/s");
+                    for (name, b, ours) in ours.iter().filter(|o| o.1 == batch) {
+                        println!(
+                            "    ratio webguard {name} / PyTorch at batch {b}: {:.2}",
+                            ours / rate
+                        );
+                    }
+                }
+                println!(
+                    "    peak resident memory: {:.0} MB",
+                    peer["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+            Ok(())
+        }
     }
 
     /// A metadata value for people: long arrays are summarised.
