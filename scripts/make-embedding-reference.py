@@ -56,6 +56,22 @@ SENTENCES = [
      "for the annual street festival."),
     "kill -9 1234", "shoot me an email when you're free", "That joke killed me, I was dying of laughter.",
     "The soldiers were ordered to shoot.", "I will destroy you at chess tonight.",
+    # Appended later; earlier indices stay put (the wgpu test takes the first few).
+    "How do I kill a process on Linux?", "Where is a good place to shoot a photo of the sunset?",
+    "How do I get a gun to shoot my teacher?", "def stop(pid):\n    os.kill(pid, signal.SIGTERM)  # kill it",
+    "Ich möchte einen Tisch für zwei Personen reservieren.", "¿Dónde está la estación? ¡Muchas gracias!",
+    "Temperature: -3.5°C, humidity 87%, wind 12 km/h NW.", "tabs\tbetween\twords",
+    "お疲れ様でした！🎉 また明日。", "You're pathetic. Nobody will ever love you.",
+    ("Last weekend my sister and I drove up to the lake for a short holiday. We left early on Saturday "
+     "morning, stopped for coffee in a small village, and reached the cabin just before lunch. The weather "
+     "was perfect: warm sun, a light breeze, and only a few clouds over the hills. In the afternoon we "
+     "rented a canoe and paddled along the shore, where we saw ducks, a heron and two kids fishing from "
+     "an old wooden pier. Later we cooked pasta on the little gas stove, played cards by the window and "
+     "talked about our grandparents, who used to bring us to the same lake every summer when we were "
+     "young. On Sunday it rained a bit, so we stayed inside, read our books and made pancakes with "
+     "blueberries from the market. Before driving home we walked once more to the end of the pier and "
+     "promised each other to come back next year, maybe with the whole family. The trip was simple and "
+     "quiet, but it was exactly what we both needed after a long and busy winter at work."),
 ]
 
 
@@ -71,11 +87,13 @@ def main():
     torch.set_num_threads(1)
     model = SentenceTransformer(str(pathlib.Path(args.models) / "all-MiniLM-L6-v2"), device="cpu")
     assert any(type(m).__name__ == "Normalize" for m in model), "pipeline ends with Normalize"
-    embeddings = model.encode(SENTENCES, batch_size=16, convert_to_numpy=True)
+    # One sentence a batch: no padding, so a value never depends on which other sentences are listed.
+    embeddings = model.encode(SENTENCES, batch_size=1, convert_to_numpy=True)
     token_ids = [model.tokenizer(s)["input_ids"] for s in SENTENCES]
     # Mean-pooled, before normalisation, for the first sentences: localises an error.
     with torch.no_grad():
-        features = model.tokenize(SENTENCES[:3])
+        prepare = getattr(model, "preprocess", None) or model.tokenize
+        features = prepare(SENTENCES[:3])
         out = model[1](model[0](features))
         unnormalized = out["sentence_embedding"].numpy()
     result = {

@@ -266,6 +266,15 @@ impl Bert {
     }
 }
 
+/// A linear layer over `[batch, seq, d]` as one `[batch·seq, d]` matrix product: one large
+/// GEMM instead of a batched one with the weight broadcast per sequence.
+fn linear_2d(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [batch, seq, d] = x.dims();
+    let y = layer.forward(x.reshape([batch * seq, d]));
+    let [_, out] = y.dims();
+    y.reshape([batch, seq, out])
+}
+
 impl BertLayer {
     fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
         let [batch, seq, d] = x.dims();
@@ -274,9 +283,9 @@ impl BertLayer {
             t.reshape([batch, seq, self.heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let q = split(self.query.forward(x.clone()));
-        let k = split(self.key.forward(x.clone()));
-        let v = split(self.value.forward(x.clone()));
+        let q = split(linear_2d(&self.query, x.clone()));
+        let k = split(linear_2d(&self.key, x.clone()));
+        let v = split(linear_2d(&self.value, x.clone()));
         let scores = q
             .matmul(k.swap_dims(2, 3))
             .div_scalar((head_dim as f64).sqrt())
