@@ -90,19 +90,21 @@ def main():
     # One sentence a batch: no padding, so a value never depends on which other sentences are listed.
     embeddings = model.encode(SENTENCES, batch_size=1, convert_to_numpy=True)
     token_ids = [model.tokenizer(s)["input_ids"] for s in SENTENCES]
-    # Mean-pooled, before normalisation, for the first sentences: localises an error.
+    assert max(map(len, token_ids)) <= model.max_seq_length, "no sentence is truncated"
+    # Mean-pooled, before normalisation, for the first sentences (one at a time): localises an error.
+    prepare = getattr(model, "preprocess", None) or model.tokenize
+    unnormalized = []
     with torch.no_grad():
-        prepare = getattr(model, "preprocess", None) or model.tokenize
-        features = prepare(SENTENCES[:3])
-        out = model[1](model[0](features))
-        unnormalized = out["sentence_embedding"].numpy()
+        for sentence in SENTENCES[:3]:
+            out = model[1](model[0](prepare([sentence])))
+            unnormalized.append(out["sentence_embedding"][0].tolist())
     result = {
         "model": "all-MiniLM-L6-v2",
         "max_seq_length": model.max_seq_length,
         "sentences": SENTENCES,
         "token_ids": token_ids,
         "embeddings": [round7(e) for e in embeddings.tolist()],
-        "unnormalized_check": [round7(e) for e in unnormalized.tolist()],
+        "unnormalized_check": [round7(e) for e in unnormalized],
     }
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
