@@ -100,7 +100,13 @@ mod cli {
     }
 
     fn read(path: &Path) -> Result<Vec<u8>> {
-        std::fs::read(path).map_err(|e| Error::io(path, e))
+        std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Io {
+                path: path.display().to_string(),
+                message: "not found (scripts/fetch-models.sh fetches the models; --models or $WEBGUARD_MODELS points elsewhere)".into(),
+            },
+            _ => Error::io(path, e),
+        })
     }
 
     pub fn run() -> Result<()> {
@@ -181,7 +187,6 @@ mod cli {
         use std::path::Path;
         use std::time::Instant;
 
-        use burn::tensor::Device;
         use webguard::backend::{Backend, BackendChoice};
         use webguard::models::bert::{Bert, BertConfig};
         use webguard::text::Tokenizer;
@@ -228,8 +233,8 @@ mod cli {
                 .map_or(f64::NAN, |kb| kb / 1024.0)
         }
 
-        fn sync_read(device: &Device, t: burn::tensor::Tensor<2>) -> Result<()> {
-            let _ = device;
+        /// Waits for a result by reading it back, so each timing covers the whole computation.
+        fn sync_read(t: burn::tensor::Tensor<2>) -> Result<()> {
             pollster::block_on(t.into_data_async())
                 .map(|_| ())
                 .map_err(|e| Error::Backend(format!("{e:?}")))
@@ -269,16 +274,10 @@ mod cli {
                 for &batch in &batches {
                     let chunk = &ids[..batch];
                     // Warm-up: kernel compilation and autotuning are not what is measured.
-                    sync_read(
-                        &backend.device,
-                        bert.embed_sequences(chunk, &backend.device)?,
-                    )?;
+                    sync_read(bert.embed_sequences(chunk, &backend.device)?)?;
                     let (mut done, start) = (0usize, Instant::now());
                     while start.elapsed().as_secs_f64() < seconds {
-                        sync_read(
-                            &backend.device,
-                            bert.embed_sequences(chunk, &backend.device)?,
-                        )?;
+                        sync_read(bert.embed_sequences(chunk, &backend.device)?)?;
                         done += batch;
                     }
                     let rate = done as f64 / start.elapsed().as_secs_f64();
