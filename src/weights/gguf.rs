@@ -95,6 +95,14 @@ pub enum GgufError {
         /// The type id found.
         type_id: u32,
     },
+    /// A bool stored as a byte other than 0 or 1.
+    #[error("GGUF metadata at byte {offset}: bool value {byte} is neither 0 nor 1")]
+    InvalidBool {
+        /// Absolute byte offset of the value.
+        offset: u64,
+        /// The byte found.
+        byte: u8,
+    },
     /// Arrays nested deeper than [`MAX_ARRAY_DEPTH`].
     #[error("GGUF metadata at byte {offset}: arrays nested deeper than {MAX_ARRAY_DEPTH}")]
     ArrayTooDeep {
@@ -509,12 +517,7 @@ impl<'a> Cursor<'a> {
                 match self.u8()? {
                     0 => Value::Bool(false),
                     1 => Value::Bool(true),
-                    other => {
-                        return Err(GgufError::UnknownValueType {
-                            offset,
-                            type_id: 0x100 | u32::from(other),
-                        });
-                    }
+                    byte => return Err(GgufError::InvalidBool { offset, byte }),
                 }
             }
             ValueType::String => Value::String(self.string()?),
@@ -965,7 +968,10 @@ mod tests {
         // Bool that is neither 0 nor 1.
         let mut b = Builder::new(3, 0, 1);
         b.string("k").u32(7).out.push(7);
-        assert!(Gguf::parse(&b.out).is_err());
+        assert!(matches!(
+            Gguf::parse(&b.out),
+            Err(GgufError::InvalidBool { byte: 7, .. })
+        ));
     }
 
     fn one_tensor(dims: &[u64], type_id: u32, offset: u64, data: usize) -> Vec<u8> {
