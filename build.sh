@@ -154,6 +154,6 @@ case "$cmd" in
     (cd fuzz && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$CACHE/fuzz-target" cargo fuzz run gguf_parse -- \
       -max_total_time="${2:-60}" -rss_limit_mb=2048 corpus/gguf_parse seeds) ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || exit 2 ;;
 esac
