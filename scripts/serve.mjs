@@ -11,7 +11,7 @@ import { extname, join, normalize, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
-const SERVED = ["www", "pkg", "models", "tests/browser/pages", "tests/reference"];
+const SERVED = ["www", "pkg", "models", "assets", "tests/browser/pages", "tests/reference"];
 const TYPES = {
   ".html": "text/html; charset=utf-8",
   ".js": "text/javascript; charset=utf-8",

@@ -9,6 +9,7 @@
 //! - [`weights`]: bounds-checked GGUF and safetensors parsing, dequantisation;
 //! - [`text`]: the two models' tokenizers;
 //! - [`models`]: the networks (the MiniLM encoder so far);
+//! - [`filter`]: the toxicity filter (encoder + trained heads -> [`Verdict`] per text);
 //! - [`backend`]: WebGPU/Vulkan through burn-wgpu, or burn's CPU backend;
 //! - `wasm` (on `wasm32` only): the JavaScript API.
 //!
@@ -18,6 +19,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod filter;
 pub mod models;
 pub mod text;
 pub mod weights;
@@ -27,6 +29,7 @@ pub mod wasm;
 
 pub use backend::{Backend, BackendChoice, BackendKind};
 pub use error::{Error, Result};
+pub use filter::{Filter, FilterOptions, Verdict};
 
 /// The crate version, as in Cargo.toml.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -133,3 +133,133 @@ impl WasmTokenizer {
         self.inner.vocab_size()
     }
 }
+
+/// The toxicity filter, usable from JavaScript: `await Filter.create(backend, tokenizerJson,
+/// configJson, modelSafetensors, headsSafetensors)`, then `await filter.classify(texts)`.
+#[wasm_bindgen(js_name = Filter)]
+pub struct WasmFilter {
+    inner: std::rc::Rc<crate::filter::Filter>,
+    /// The caller's thresholds, apart from the filter so that changing them never waits for
+    /// (or races) a classification in flight.
+    thresholds: std::rc::Rc<std::cell::RefCell<Vec<f32>>>,
+    backend: Backend,
+}
+
+fn backend_kind(b: &Backend) -> &'static str {
+    match b.kind {
+        BackendKind::Wgpu => "webgpu",
+        BackendKind::Cpu => "cpu",
+    }
+}
+
+/// Strings from a JS array, refusing anything else and text that is not valid UTF-16 (a lone
+/// surrogate would otherwise be silently replaced and scored as something else).
+fn js_texts(texts: &JsValue) -> Result<Vec<String>, JsError> {
+    let array: &js_sys::Array = texts
+        .dyn_ref()
+        .ok_or_else(|| JsError::new("classify expects an array of strings"))?;
+    array
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let s: &js_sys::JsString = v.dyn_ref().ok_or_else(|| {
+                JsError::new(&format!(
+                    "text {i} is not a string (got {})",
+                    v.js_typeof().as_string().unwrap_or_default()
+                ))
+            })?;
+            if !s.is_valid_utf16() {
+                return Err(JsError::new(&format!(
+                    "text {i} is not valid UTF-16 (it holds a lone surrogate)"
+                )));
+            }
+            Ok(String::from(s))
+        })
+        .collect()
+}
+
+#[wasm_bindgen(js_class = Filter)]
+impl WasmFilter {
+    /// Sets up `backend` (`"auto"`, `"webgpu"` or `"cpu"`) and loads the encoder and heads from
+    /// their files' bytes.
+    pub async fn create(
+        backend: String,
+        tokenizer_json: Vec<u8>,
+        config_json: Vec<u8>,
+        model_safetensors: Vec<u8>,
+        heads_safetensors: Vec<u8>,
+    ) -> Result<WasmFilter, JsError> {
+        let choice: BackendChoice = backend.parse().map_err(js_err)?;
+        let backend = Backend::init(choice).await.map_err(js_err)?;
+        let inner = crate::filter::Filter::new(
+            &tokenizer_json,
+            &config_json,
+            &model_safetensors,
+            &heads_safetensors,
+            &backend.device,
+        )
+        .map_err(js_err)?;
+        Ok(WasmFilter {
+            thresholds: std::rc::Rc::new(std::cell::RefCell::new(inner.thresholds().to_vec())),
+            inner: std::rc::Rc::new(inner),
+            backend,
+        })
+    }
+
+    /// `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        backend_kind(&self.backend).into()
+    }
+
+    /// What runs, in words (adapter name, or why the CPU was chosen).
+    #[wasm_bindgen(getter, js_name = backendDescription)]
+    pub fn backend_description(&self) -> String {
+        self.backend.to_string()
+    }
+
+    /// Label names, in score order.
+    #[wasm_bindgen(getter)]
+    pub fn labels(&self) -> Vec<String> {
+        self.inner.labels().to_vec()
+    }
+
+    /// Current thresholds, in label order.
+    #[wasm_bindgen(getter)]
+    pub fn thresholds(&self) -> Vec<f32> {
+        self.thresholds.borrow().clone()
+    }
+
+    /// Overrides one label's threshold (0 to 1).
+    #[wasm_bindgen(js_name = setThreshold)]
+    pub fn set_threshold(&self, label: &str, threshold: f32) -> Result<(), JsError> {
+        let i = self
+            .inner
+            .check_threshold(label, threshold)
+            .map_err(js_err)?;
+        self.thresholds.borrow_mut()[i] = threshold;
+        Ok(())
+    }
+
+    /// Resolves to one verdict per text: `{ scores: { offensive, hate, harmful }, labels,
+    /// flagged }`.
+    pub fn classify(&self, texts: JsValue) -> Result<Promise, JsError> {
+        let texts = js_texts(&texts)?;
+        let filter = self.inner.clone();
+        let thresholds = self.thresholds.borrow().clone();
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let scores = filter
+                .scores(&refs)
+                .await
+                .map_err(|e| JsValue::from(js_err(e)))?;
+            let verdicts: Vec<crate::filter::Verdict> = scores
+                .iter()
+                .map(|s| filter.verdict_with(s, &thresholds))
+                .collect();
+            let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+            serde::Serialize::serialize(&verdicts, &serializer)
+                .map_err(|e| JsValue::from(JsError::new(&e.to_string())))
+        }))
+    }
+}

@@ -220,6 +220,15 @@ impl Bert {
     /// Hidden states `[batch, seq, d]` for token ids `[batch, seq]` with `mask` true on real
     /// tokens and false on padding.
     pub fn forward(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<3> {
+        let mut states = self.hidden_states(ids, mask);
+        states
+            .pop()
+            .expect("the embeddings' output is always there")
+    }
+
+    /// The embeddings' output followed by every layer's output (`1 + layers` tensors of
+    /// `[batch, seq, d]`): the filter pools earlier layers as well as the last.
+    pub fn hidden_states(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Vec<Tensor<3>> {
         let [batch, seq] = ids.dims();
         let device = ids.device();
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
@@ -236,34 +245,67 @@ impl Bert {
             .float()
             .mul_scalar(-1.0e9)
             .reshape([batch, 1, 1, seq]);
+        let mut states = Vec::with_capacity(self.layers.len() + 1);
         for layer in &self.layers {
+            states.push(x.clone());
             x = layer.forward(x, bias.clone());
         }
-        x
+        states.push(x);
+        states
     }
 
     /// Sentence embeddings `[batch, d]`: mean of the hidden states over real tokens, L2-normalised.
     pub fn embed(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<2> {
-        let pooled = self.mean_pool(ids, mask);
-        let norm = pooled
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
-        pooled / norm
+        l2_normalise(self.mean_pool(ids, mask))
     }
 
     /// Mean of the hidden states over real tokens, `[batch, d]`, before normalisation.
     pub fn mean_pool(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<2> {
-        let [batch, seq] = ids.dims();
         let hidden = self.forward(ids, mask.clone());
-        let [_, _, d] = hidden.dims();
-        let weights = mask.float().reshape([batch, seq, 1]);
-        let summed = (hidden * weights.clone()).sum_dim(1).reshape([batch, d]);
-        let counts = weights.sum_dim(1).reshape([batch, 1]).clamp_min(1e-9);
-        summed / counts
+        masked_mean(hidden, mask)
     }
+
+    /// Number of encoder layers.
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Hidden width.
+    pub fn width(&self) -> usize {
+        self.embedding_norm.gamma.dims()[0]
+    }
+}
+
+/// Rows scaled to unit L2 norm (a zero row stays zero).
+pub fn l2_normalise(x: Tensor<2>) -> Tensor<2> {
+    let norm = x
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(1e-12);
+    x / norm
+}
+
+/// Mean of `hidden [batch, seq, d]` over the positions where `mask [batch, seq]` is true.
+pub fn masked_mean(hidden: Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<2> {
+    let [batch, seq, d] = hidden.dims();
+    let weights = mask.float().reshape([batch, seq, 1]);
+    let summed = (hidden * weights.clone()).sum_dim(1).reshape([batch, d]);
+    let counts = weights.sum_dim(1).reshape([batch, 1]).clamp_min(1e-9);
+    summed / counts
+}
+
+/// Element-wise maximum of `hidden [batch, seq, d]` over the positions where `mask` is true
+/// (padding never wins: it is pushed far below any real activation first).
+pub fn masked_max(hidden: Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<2> {
+    let [batch, seq, d] = hidden.dims();
+    let padding = mask
+        .bool_not()
+        .float()
+        .mul_scalar(-1.0e9)
+        .reshape([batch, seq, 1]);
+    (hidden + padding).max_dim(1).reshape([batch, d])
 }
 
 /// A linear layer over `[batch, seq, d]` as one `[batch·seq, d]` matrix product: one large

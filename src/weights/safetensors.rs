@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 /// A parsed safetensors file borrowing its bytes.
 pub struct SafetensorsFile<'a> {
     inner: SafeTensors<'a>,
+    metadata: std::collections::HashMap<String, String>,
 }
 
 impl<'a> SafetensorsFile<'a> {
@@ -20,7 +21,15 @@ impl<'a> SafetensorsFile<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         let inner =
             SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors(e.to_string()))?;
-        Ok(Self { inner })
+        let (_, header) =
+            SafeTensors::read_metadata(bytes).map_err(|e| Error::Safetensors(e.to_string()))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        Ok(Self { inner, metadata })
+    }
+
+    /// The header's free-form `__metadata__` strings (empty when there are none).
+    pub fn metadata(&self) -> &std::collections::HashMap<String, String> {
+        &self.metadata
     }
 
     /// Names of all tensors, sorted.

@@ -15,11 +15,17 @@ fn main() -> std::process::ExitCode {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
+mod filter_cmds;
+#[cfg(not(target_arch = "wasm32"))]
+mod progress;
+
+#[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use std::path::{Path, PathBuf};
 
     use clap::{Parser, Subcommand, ValueEnum};
     use webguard::backend::{Backend, BackendChoice, probe_computation};
+    use webguard::filter::train::TrainConfig;
     use webguard::text::Tokenizer;
     use webguard::weights::{Gguf, Value};
     use webguard::{Error, MINILM_DIR, Result, SMOLLM2_GGUF};
@@ -61,6 +67,74 @@ mod cli {
             #[command(subcommand)]
             what: BenchWhat,
         },
+        /// Score texts with the toxicity filter (each TEXT, or each stdin line).
+        Classify {
+            /// One JSON object per line instead of a table.
+            #[arg(long)]
+            json: bool,
+            #[command(flatten)]
+            filter: FilterArgs,
+            /// Texts to classify.
+            text: Vec<String>,
+        },
+        /// Accuracy, precision, recall, macro-F1 and ROC-AUC of one filter label on labelled
+        /// texts (one text per line; labels 0/1, one per line).
+        EvalFilter {
+            /// Texts, one per line.
+            #[arg(long)]
+            texts: PathBuf,
+            /// 0/1 labels, one per line.
+            #[arg(long)]
+            labels: PathBuf,
+            /// Which label the 0/1 labels are for.
+            #[arg(long)]
+            label: String,
+            /// Print the figures as JSON.
+            #[arg(long)]
+            json: bool,
+            #[command(flatten)]
+            filter: FilterArgs,
+        },
+        /// Train the filter's heads from the shared data (see ../shared/data/README.md) and
+        /// write the heads file with its provenance and validation figures.
+        TrainFilter {
+            /// The shared data folder.
+            #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"))]
+            data: PathBuf,
+            /// Where to write the heads.
+            #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/filter-heads.safetensors"))]
+            out: PathBuf,
+            /// Poolings the heads read: embedding, mean:N, max:N (N = hidden state 0..=6).
+            #[arg(long, default_value = "embedding,max:6")]
+            features: String,
+            /// Backend that runs the encoder (the heads train on the CPU backend).
+            #[arg(long, default_value = "cpu")]
+            backend: String,
+            /// Hidden width of each head.
+            #[arg(long, default_value_t = TrainConfig::default().hidden)]
+            hidden: usize,
+            /// Dropout while training.
+            #[arg(long, default_value_t = TrainConfig::default().dropout)]
+            dropout: f64,
+            /// Passes over the training data.
+            #[arg(long, default_value_t = TrainConfig::default().epochs)]
+            epochs: usize,
+            /// Rows per step.
+            #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+            batch: usize,
+            /// Adam learning rate.
+            #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
+            lr: f64,
+            /// Weight decay.
+            #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
+            weight_decay: f32,
+            /// Seed of the weights, the row order and the AdvBench/self-instruct splits.
+            #[arg(long, default_value_t = TrainConfig::default().seed)]
+            seed: u64,
+            /// Where encoder features are cached between runs.
+            #[arg(long)]
+            cache: Option<PathBuf>,
+        },
         /// Say which backend runs here and run a small computation on it.
         Backend {
             /// auto, gpu (webgpu/vulkan) or cpu.
@@ -91,6 +165,43 @@ mod cli {
             #[arg(long)]
             python: Option<PathBuf>,
         },
+        /// The whole filter (tokenize, window, encode, pool, heads) on texts of a fixed token
+        /// length: texts/s per batch size and backend, next to sentence-transformers embedding
+        /// the same texts when `--python` is given (the peer has no heads; ours cost <1%).
+        Filter {
+            /// Backends to measure: cpu, gpu or both.
+            #[arg(long, default_value = "cpu,gpu")]
+            backends: String,
+            /// Batch sizes.
+            #[arg(long, default_value = "1,32")]
+            batches: String,
+            /// Tokens per text, [CLS] and [SEP] included.
+            #[arg(long, default_value_t = 64)]
+            tokens: usize,
+            /// Seconds per measurement.
+            #[arg(long, default_value_t = 5.0)]
+            seconds: f64,
+            /// Python with sentence-transformers, for the side-by-side peer run.
+            #[arg(long)]
+            python: Option<PathBuf>,
+            /// Heads file (default: the shipped one).
+            #[arg(long)]
+            heads: Option<PathBuf>,
+        },
+    }
+
+    /// Which filter to run and how.
+    #[derive(clap::Args)]
+    struct FilterArgs {
+        /// auto, gpu (webgpu/vulkan) or cpu.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Heads file (default: the shipped assets/filter-heads.safetensors).
+        #[arg(long)]
+        heads: Option<PathBuf>,
+        /// Override a label's threshold, e.g. --threshold offensive=0.7 (repeatable).
+        #[arg(long = "threshold")]
+        thresholds: Vec<String>,
     }
 
     #[derive(Clone, Copy, ValueEnum)]
@@ -99,7 +210,7 @@ mod cli {
         Minilm,
     }
 
-    fn read(path: &Path) -> Result<Vec<u8>> {
+    pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
         std::fs::read(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::Io {
                 path: path.display().to_string(),
@@ -163,7 +274,26 @@ mod cli {
                     tokens,
                     seconds,
                     python,
-                } => bench::embed(
+                } => bench::run(
+                    bench::Subject::Embed,
+                    &models,
+                    &backends,
+                    &batches,
+                    tokens,
+                    seconds,
+                    python.as_deref(),
+                )?,
+                BenchWhat::Filter {
+                    backends,
+                    batches,
+                    tokens,
+                    seconds,
+                    python,
+                    heads,
+                } => bench::run(
+                    bench::Subject::Filter(
+                        heads.unwrap_or_else(webguard::Filter::default_heads_path),
+                    ),
                     &models,
                     &backends,
                     &batches,
@@ -172,6 +302,81 @@ mod cli {
                     python.as_deref(),
                 )?,
             },
+            Command::Classify { json, filter, text } => {
+                let f = crate::filter_cmds::load_filter(
+                    &models,
+                    filter.heads.as_deref(),
+                    &filter.backend,
+                    &filter.thresholds,
+                )?;
+                let texts: Vec<String> = if text.is_empty() {
+                    std::io::stdin()
+                        .lines()
+                        .map_while(std::io::Result::ok)
+                        .collect()
+                } else {
+                    text
+                };
+                crate::filter_cmds::classify(&f, texts, json)?;
+            }
+            Command::EvalFilter {
+                texts,
+                labels,
+                label,
+                json,
+                filter,
+            } => {
+                let f = crate::filter_cmds::load_filter(
+                    &models,
+                    filter.heads.as_deref(),
+                    &filter.backend,
+                    &filter.thresholds,
+                )?;
+                crate::filter_cmds::eval(&f, &texts, &labels, &label, json)?;
+            }
+            Command::TrainFilter {
+                data,
+                out,
+                features,
+                backend,
+                hidden,
+                dropout,
+                epochs,
+                batch,
+                lr,
+                weight_decay,
+                seed,
+                cache,
+            } => {
+                let cache = cache.unwrap_or_else(|| {
+                    std::env::var_os("HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(std::env::temp_dir)
+                        .join(".cache/webguard/filter-features")
+                });
+                // The exact invocation, for the heads file's provenance.
+                let command_line = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+                crate::filter_cmds::train(
+                    &models,
+                    crate::filter_cmds::TrainArgs {
+                        data,
+                        out,
+                        features,
+                        backend,
+                        config: TrainConfig {
+                            hidden,
+                            dropout,
+                            epochs,
+                            batch_size: batch,
+                            learning_rate: lr,
+                            weight_decay,
+                            seed,
+                        },
+                        cache,
+                        command_line: format!("webguard {command_line}"),
+                    },
+                )?;
+            }
             Command::Backend { backend } => {
                 let choice: BackendChoice = backend.parse()?;
                 let backend = Backend::init_blocking(choice)?;
@@ -240,7 +445,16 @@ mod cli {
                 .map_err(|e| Error::Backend(format!("{e:?}")))
         }
 
-        pub fn embed(
+        /// What is measured.
+        pub enum Subject {
+            /// MiniLM sentence embeddings from token ids.
+            Embed,
+            /// `Filter::scores` from text, with this heads file.
+            Filter(std::path::PathBuf),
+        }
+
+        pub fn run(
+            subject: Subject,
             models: &Path,
             backends: &str,
             batches: &str,
@@ -264,20 +478,41 @@ mod cli {
             let texts = texts_of(&tok, tokens, max_batch)?;
             let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect::<Result<_>>()?;
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let what = match &subject {
+                Subject::Embed => "embed: all-MiniLM-L6-v2 sentence embeddings",
+                Subject::Filter(_) => "filter: text -> verdict scores (MiniLM + heads)",
+            };
             println!(
-                "bench embed: all-MiniLM-L6-v2, {tokens}-token texts, {threads} threads, {seconds} s per figure"
+                "bench {what}, {tokens}-token texts, {threads} threads, {seconds} s per figure"
             );
             let mut ours = Vec::new();
             for name in backends.split(',') {
                 let backend = Backend::init_blocking(name.trim().parse::<BackendChoice>()?)?;
-                let bert = Bert::load(&config, &weights, &backend.device)?;
+                let mut once: Box<dyn FnMut(usize) -> Result<()>> = match &subject {
+                    Subject::Embed => {
+                        let bert = Bert::load(&config, &weights, &backend.device)?;
+                        let ids = ids.clone();
+                        let device = backend.device.clone();
+                        Box::new(move |batch| {
+                            sync_read(bert.embed_sequences(&ids[..batch], &device)?)
+                        })
+                    }
+                    Subject::Filter(heads) => {
+                        let filter = webguard::Filter::load(models, heads, &backend.device)?;
+                        let texts = texts.clone();
+                        Box::new(move |batch| {
+                            let refs: Vec<&str> =
+                                texts[..batch].iter().map(String::as_str).collect();
+                            pollster::block_on(filter.scores(&refs)).map(|_| ())
+                        })
+                    }
+                };
                 for &batch in &batches {
-                    let chunk = &ids[..batch];
                     // Warm-up: kernel compilation and autotuning are not what is measured.
-                    sync_read(bert.embed_sequences(chunk, &backend.device)?)?;
+                    once(batch)?;
                     let (mut done, start) = (0usize, Instant::now());
                     while start.elapsed().as_secs_f64() < seconds {
-                        sync_read(bert.embed_sequences(chunk, &backend.device)?)?;
+                        once(batch)?;
                         done += batch;
                     }
                     let rate = done as f64 / start.elapsed().as_secs_f64();

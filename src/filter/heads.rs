@@ -1,0 +1,266 @@
+//! The filter's trained part: per-label heads over the encoder's pooled features, with the
+//! feature standardisation and thresholds they were trained with, in one safetensors file.
+//!
+//! ```text
+//! features [batch, F] -> (x - mean) * scale -> per label: Linear F->H -> ReLU -> Linear H->1 -> sigmoid
+//! ```
+//! One small network per label, so a label can be added (issue 6's user labels) or retrained
+//! without touching the others.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::Dtype;
+
+use crate::error::{Error, Result};
+use crate::filter::features::FeatureSpec;
+use crate::weights::safetensors::SafetensorsFile;
+
+/// What is written in a heads file's `format` metadata.
+pub const FORMAT: &str = "webguard-filter-heads/1";
+
+/// One label's classifier.
+#[derive(Module, Debug)]
+pub struct Head {
+    hidden: Linear,
+    out: Linear,
+    dropout: Dropout,
+}
+
+impl Head {
+    fn new(features: usize, hidden: usize, dropout: f64, device: &Device) -> Self {
+        Head {
+            hidden: LinearConfig::new(features, hidden).init(device),
+            out: LinearConfig::new(hidden, 1).init(device),
+            dropout: DropoutConfig::new(dropout).init(),
+        }
+    }
+
+    /// Logits `[batch]` for standardised features `[batch, F]`.
+    pub fn logits(&self, x: Tensor<2>) -> Tensor<1> {
+        let h = self.dropout.forward(relu(self.hidden.forward(x)));
+        let [batch, _] = h.dims();
+        self.out.forward(h).reshape([batch])
+    }
+}
+
+/// The heads of every label plus the feature standardisation they share.
+#[derive(Module, Debug)]
+pub struct Heads {
+    /// Per-feature mean subtracted first `[F]`.
+    mean: Param<Tensor<1>>,
+    /// Per-feature multiplier applied next (1/std) `[F]`.
+    scale: Param<Tensor<1>>,
+    heads: Vec<Head>,
+}
+
+/// Everything about a heads file that is not a weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadsInfo {
+    /// Label names, in head order.
+    pub labels: Vec<String>,
+    /// The features the heads read.
+    pub features: FeatureSpec,
+    /// Hidden width of each head.
+    pub hidden: usize,
+    /// Per-label thresholds chosen on validation data (same order as `labels`).
+    pub thresholds: Vec<f32>,
+    /// Free-form provenance: the command and data that made the file.
+    pub provenance: HashMap<String, String>,
+}
+
+impl Heads {
+    /// Fresh, randomly initialised heads for `labels` over `width` features standardised by
+    /// `mean`/`std` (std values of 0 are treated as 1).
+    pub fn new(
+        labels: usize,
+        width: usize,
+        hidden: usize,
+        dropout: f64,
+        mean: &[f32],
+        std: &[f32],
+        device: &Device,
+    ) -> Self {
+        let scale: Vec<f32> = std
+            .iter()
+            .map(|&s| if s > 1e-6 { 1.0 / s } else { 1.0 })
+            .collect();
+        Heads {
+            mean: Param::from_tensor(Tensor::from_data(
+                TensorData::new(mean.to_vec(), [width]),
+                device,
+            ))
+            .set_require_grad(false),
+            scale: Param::from_tensor(Tensor::from_data(TensorData::new(scale, [width]), device))
+                .set_require_grad(false),
+            heads: (0..labels)
+                .map(|_| Head::new(width, hidden, dropout, device))
+                .collect(),
+        }
+    }
+
+    /// Logits `[batch, labels]` for raw features `[batch, F]`.
+    pub fn logits(&self, features: Tensor<2>) -> Tensor<2> {
+        let [batch, width] = features.dims();
+        let x =
+            (features - self.mean.val().reshape([1, width])) * self.scale.val().reshape([1, width]);
+        let columns: Vec<Tensor<2>> = self
+            .heads
+            .iter()
+            .map(|h| h.logits(x.clone()).reshape([batch, 1]))
+            .collect();
+        Tensor::cat(columns, 1)
+    }
+
+    /// Scores in [0, 1], `[batch, labels]`.
+    pub fn scores(&self, features: Tensor<2>) -> Tensor<2> {
+        sigmoid(self.logits(features))
+    }
+
+    /// Number of labels.
+    pub fn label_count(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Loads heads from a safetensors file written by [`Heads::save`], checking every shape.
+    pub fn load(bytes: &[u8], device: &Device) -> Result<(Self, HeadsInfo)> {
+        let file = SafetensorsFile::parse(bytes)?;
+        let meta = file.metadata();
+        let get = |key: &str| {
+            meta.get(key).ok_or_else(|| {
+                Error::Safetensors(format!(
+                    "not a webguard filter heads file: metadata {key:?} is missing"
+                ))
+            })
+        };
+        if get("format")? != FORMAT {
+            return Err(Error::Safetensors(format!(
+                "heads file format {:?}; this build reads {FORMAT:?}",
+                get("format")?
+            )));
+        }
+        let labels: Vec<String> = get("labels")?.split(',').map(str::to_owned).collect();
+        let features: FeatureSpec = get("features")?.parse()?;
+        let hidden: usize = get("hidden")?
+            .parse()
+            .map_err(|_| Error::Safetensors("heads file: hidden is not a number".into()))?;
+        let thresholds: Vec<f32> = serde_json::from_str(get("thresholds")?)
+            .map_err(|e| Error::Safetensors(format!("heads file: thresholds: {e}")))?;
+        if labels.is_empty()
+            || labels.iter().any(String::is_empty)
+            || thresholds.len() != labels.len()
+        {
+            return Err(Error::Safetensors(
+                "heads file: labels and thresholds do not match".into(),
+            ));
+        }
+        let width: usize = file.shape("mean")?.first().copied().unwrap_or(0);
+        let mut heads = Vec::with_capacity(labels.len());
+        for label in &labels {
+            let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear> {
+                Ok(Linear {
+                    weight: Param::from_tensor(file.tensor::<2>(
+                        &format!("{label}.{name}.weight"),
+                        [d_in, d_out],
+                        device,
+                    )?),
+                    bias: Some(Param::from_tensor(file.tensor::<1>(
+                        &format!("{label}.{name}.bias"),
+                        [d_out],
+                        device,
+                    )?)),
+                })
+            };
+            heads.push(Head {
+                hidden: linear("hidden", width, hidden)?,
+                out: linear("out", hidden, 1)?,
+                dropout: DropoutConfig::new(0.0).init(),
+            });
+        }
+        let provenance = meta
+            .iter()
+            .filter(|(k, _)| {
+                !["format", "labels", "features", "hidden", "thresholds"].contains(&k.as_str())
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let heads = Heads {
+            mean: Param::from_tensor(file.tensor::<1>("mean", [width], device)?),
+            scale: Param::from_tensor(file.tensor::<1>("scale", [width], device)?),
+            heads,
+        };
+        Ok((
+            heads,
+            HeadsInfo {
+                labels,
+                features,
+                hidden,
+                thresholds,
+                provenance,
+            },
+        ))
+    }
+
+    /// Serialises the heads and `info` as safetensors bytes (f32, little-endian). Reads the
+    /// weights back asynchronously, so it works on WebGPU in the browser too.
+    pub async fn save(&self, info: &HeadsInfo) -> Result<Vec<u8>> {
+        if info.labels.len() != self.heads.len() || info.thresholds.len() != self.heads.len() {
+            return Err(Error::InvalidInput(
+                "one label name and threshold per head".into(),
+            ));
+        }
+        // (name, shape in the file, values as a 2-D tensor)
+        let row = |t: Tensor<1>| {
+            let n = t.dims()[0];
+            (vec![n], t.reshape([1, n]))
+        };
+        let mut parts: Vec<(String, Vec<usize>, Tensor<2>)> = Vec::new();
+        for (name, t) in [("mean", self.mean.val()), ("scale", self.scale.val())] {
+            let (shape, t) = row(t);
+            parts.push((name.into(), shape, t));
+        }
+        for (label, head) in info.labels.iter().zip(&self.heads) {
+            for (name, layer) in [("hidden", &head.hidden), ("out", &head.out)] {
+                let w = layer.weight.val();
+                parts.push((format!("{label}.{name}.weight"), w.dims().to_vec(), w));
+                let bias = layer
+                    .bias
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidInput("head without bias".into()))?;
+                let (shape, t) = row(bias.val());
+                parts.push((format!("{label}.{name}.bias"), shape, t));
+            }
+        }
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(parts.len());
+        for (name, shape, t) in parts {
+            let values = crate::filter::read_f32(t).await?;
+            tensors.push((
+                name,
+                shape,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::Safetensors(e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        let mut meta = info.provenance.clone();
+        meta.insert("format".into(), FORMAT.into());
+        meta.insert("labels".into(), info.labels.join(","));
+        meta.insert("features".into(), info.features.to_string());
+        meta.insert("hidden".into(), info.hidden.to_string());
+        meta.insert(
+            "thresholds".into(),
+            serde_json::to_string(&info.thresholds)
+                .map_err(|e| Error::InvalidInput(e.to_string()))?,
+        );
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Safetensors(e.to_string()))
+    }
+}

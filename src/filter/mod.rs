@@ -1,0 +1,266 @@
+//! The toxicity filter: the MiniLM encoder, pooled features and one small trained head per label
+//! (`offensive`, `hate`, `harmful`), turning texts into [`Verdict`]s.
+//!
+//! ```text
+//! text -> WordPiece ids -> windows of <= 128 tokens (overlapping) -> encoder -> poolings
+//!      -> heads -> sigmoid scores per window -> per label, the worst (highest) window
+//!      -> flagged labels: score >= that label's threshold
+//! ```
+//! The thresholds come with the heads (chosen on validation data for the best macro-F1) and
+//! can be overridden per label.
+
+pub mod encoder;
+pub mod features;
+pub mod heads;
+pub mod metrics;
+pub mod train;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod dataset;
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{Device, Tensor};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::models::bert::{Bert, BertConfig};
+use crate::text::Tokenizer;
+pub use encoder::{FilterOptions, TextEncoder};
+use heads::{Heads, HeadsInfo};
+
+/// The labels of the shipped heads, in order.
+pub const LABELS: [&str; 3] = ["offensive", "hate", "harmful"];
+
+/// The trained heads shipped with the crate (`assets/`), made by `webguard train-filter`.
+pub const HEADS_FILE: &str = "filter-heads.safetensors";
+
+/// What the filter says about one text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    /// Score in [0, 1] per label (higher: more likely).
+    pub scores: BTreeMap<String, f32>,
+    /// The labels whose score reached their threshold, in label order.
+    pub labels: Vec<String>,
+    /// Whether any label was reached.
+    pub flagged: bool,
+}
+
+/// Reads a tensor back as `f32` values, asynchronously (the only way that works on WebGPU in
+/// a browser).
+pub async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
+    data.try_to_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
+}
+
+/// The encoder and the heads, ready to classify.
+pub struct Filter {
+    encoder: TextEncoder,
+    heads: Heads,
+    info: HeadsInfo,
+    thresholds: Vec<f32>,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field("labels", &self.info.labels)
+            .field("thresholds", &self.thresholds)
+            .field("features", &self.info.features.to_string())
+            .field("options", self.encoder.options())
+            .finish()
+    }
+}
+
+impl Filter {
+    /// Builds the filter from the encoder's `tokenizer.json`, `config.json` and
+    /// `model.safetensors` bytes and a heads file.
+    pub fn new(
+        tokenizer_json: &[u8],
+        config_json: &[u8],
+        encoder_weights: &[u8],
+        heads_file: &[u8],
+        device: &Device,
+    ) -> Result<Self> {
+        let tokenizer = Tokenizer::from_tokenizer_json(tokenizer_json)?;
+        let config = BertConfig::from_json(config_json)?;
+        let bert = Bert::load(&config, encoder_weights, device)?;
+        let (heads, info) = Heads::load(heads_file, device)?;
+        Self::from_parts(TextEncoder::new(tokenizer, bert, device), heads, info)
+    }
+
+    /// Assembles a filter from loaded parts, checking that they fit together.
+    pub fn from_parts(encoder: TextEncoder, heads: Heads, info: HeadsInfo) -> Result<Self> {
+        info.features.check(encoder.bert())?;
+        if heads.label_count() != info.labels.len() {
+            return Err(Error::InvalidInput(
+                "heads and label names differ in number".into(),
+            ));
+        }
+        Ok(Filter {
+            encoder,
+            heads,
+            thresholds: info.thresholds.clone(),
+            info,
+        })
+    }
+
+    /// Loads the encoder from `models_dir` (as `scripts/fetch-models.sh` lays it out) and the
+    /// heads from `heads_path`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(
+        models_dir: &std::path::Path,
+        heads_path: &std::path::Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let encoder = TextEncoder::load(&models_dir.join(crate::MINILM_DIR), device)?;
+        let bytes = std::fs::read(heads_path).map_err(|e| Error::io(heads_path, e))?;
+        let (heads, info) = Heads::load(&bytes, device)?;
+        Self::from_parts(encoder, heads, info)
+    }
+
+    /// Where the shipped heads file is in a source checkout.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn default_heads_path() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("assets")
+            .join(HEADS_FILE)
+    }
+
+    /// Label names, in score order.
+    pub fn labels(&self) -> &[String] {
+        &self.info.labels
+    }
+
+    /// The heads file's description (features, provenance, trained thresholds).
+    pub fn info(&self) -> &HeadsInfo {
+        &self.info
+    }
+
+    /// Current per-label thresholds, in label order.
+    pub fn thresholds(&self) -> &[f32] {
+        &self.thresholds
+    }
+
+    /// Overrides one label's threshold (a score at or above it flags the text).
+    pub fn set_threshold(&mut self, label: &str, threshold: f32) -> Result<()> {
+        let i = self.check_threshold(label, threshold)?;
+        self.thresholds[i] = threshold;
+        Ok(())
+    }
+
+    /// Checks that `label` exists and `threshold` is within 0 to 1; returns the label's index.
+    pub fn check_threshold(&self, label: &str, threshold: f32) -> Result<usize> {
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(Error::InvalidInput(format!(
+                "threshold for {label:?} is {threshold}; it must be within 0 to 1"
+            )));
+        }
+        self.label_index(label)
+    }
+
+    /// Position of `label` among the labels.
+    pub fn label_index(&self, label: &str) -> Result<usize> {
+        self.info
+            .labels
+            .iter()
+            .position(|l| l == label)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "unknown label {label:?}; this filter has {}",
+                    self.info.labels.join(", ")
+                ))
+            })
+    }
+
+    /// Limits and batching in use.
+    pub fn options(&self) -> &FilterOptions {
+        self.encoder.options()
+    }
+
+    /// Changes limits and batching.
+    pub fn set_options(&mut self, options: FilterOptions) -> Result<()> {
+        self.encoder.set_options(options)
+    }
+
+    /// The text encoder (tokenizer, MiniLM, windows).
+    pub fn encoder(&self) -> &TextEncoder {
+        &self.encoder
+    }
+
+    /// The device the filter runs on.
+    pub fn device(&self) -> &Device {
+        self.encoder.device()
+    }
+
+    /// Scores `[text][label]` in [0, 1]: each label's highest score over the text's windows.
+    pub async fn scores(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let labels = self.info.labels.len();
+        let mut scores = vec![vec![0.0f32; labels]; texts.len()];
+        if texts.is_empty() {
+            return Ok(scores);
+        }
+        let windows = self.encoder.windows(texts)?;
+        for chunk in windows.chunks(self.encoder.options().batch_size) {
+            let rows: Vec<&[u32]> = chunk.iter().map(|(_, w)| w.as_slice()).collect();
+            let features = self.encoder.batch_features(&self.info.features, &rows);
+            let values = read_f32(self.heads.scores(features)).await?;
+            for ((text, _), row) in chunk.iter().zip(values.chunks_exact(labels)) {
+                for (best, &s) in scores[*text].iter_mut().zip(row) {
+                    if !s.is_finite() {
+                        return Err(Error::Backend(format!(
+                            "the filter produced a non-finite score ({s}); the device may be lost"
+                        )));
+                    }
+                    *best = best.max(s);
+                }
+            }
+        }
+        Ok(scores)
+    }
+
+    /// One [`Verdict`] per text, in order. Empty texts are scored too (as `[CLS] [SEP]`);
+    /// texts longer than `max_text_bytes` are an error and nothing is scored.
+    pub async fn classify(&self, texts: &[&str]) -> Result<Vec<Verdict>> {
+        let scores = self.scores(texts).await?;
+        Ok(scores.iter().map(|s| self.verdict(s)).collect())
+    }
+
+    /// [`Filter::classify`], blocking until done (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn classify_blocking(&self, texts: &[&str]) -> Result<Vec<Verdict>> {
+        pollster::block_on(self.classify(texts))
+    }
+
+    /// The verdict for one text's scores under the current thresholds.
+    pub fn verdict(&self, scores: &[f32]) -> Verdict {
+        self.verdict_with(scores, &self.thresholds)
+    }
+
+    /// The verdict for one text's scores under the given per-label thresholds.
+    pub fn verdict_with(&self, scores: &[f32], thresholds: &[f32]) -> Verdict {
+        let labels: Vec<String> = self
+            .info
+            .labels
+            .iter()
+            .zip(scores.iter().zip(thresholds))
+            .filter(|(_, (s, t))| s >= t)
+            .map(|(l, _)| l.clone())
+            .collect();
+        Verdict {
+            scores: self
+                .info
+                .labels
+                .iter()
+                .cloned()
+                .zip(scores.iter().copied())
+                .collect(),
+            flagged: !labels.is_empty(),
+            labels,
+        }
+    }
+}

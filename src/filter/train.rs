@@ -1,0 +1,265 @@
+//! Fitting the filter's heads on precomputed feature vectors: Adam on a masked, class-balanced
+//! binary cross-entropy, seeded, with per-label thresholds chosen afterwards on validation data.
+//!
+//! The encoder stays frozen, so its features are computed once per text and every epoch over
+//! tens of thousands of examples takes a second.
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
+use burn::tensor::activation::log_sigmoid;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::filter::heads::Heads;
+use crate::filter::metrics::{BinaryMetrics, best_threshold, evaluate};
+use crate::filter::read_f32;
+
+/// Feature vectors with a target (or none) per label.
+#[derive(Debug, Clone, Default)]
+pub struct FeatureSet {
+    /// Width of one feature vector.
+    pub width: usize,
+    /// Number of labels.
+    pub labels: usize,
+    /// Row-major features, `len() / width` rows.
+    pub features: Vec<f32>,
+    /// Row-major targets, `labels` per row.
+    pub targets: Vec<Option<bool>>,
+}
+
+impl FeatureSet {
+    /// An empty set for `width`-wide features and `labels` labels.
+    pub fn new(width: usize, labels: usize) -> Self {
+        FeatureSet {
+            width,
+            labels,
+            ..Default::default()
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.targets.len() / self.labels.max(1)
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends one row.
+    pub fn push(&mut self, features: &[f32], targets: &[Option<bool>]) -> Result<()> {
+        if features.len() != self.width || targets.len() != self.labels {
+            return Err(Error::InvalidInput(format!(
+                "a row of {} features and {} targets does not fit a set of {} and {}",
+                features.len(),
+                targets.len(),
+                self.width,
+                self.labels
+            )));
+        }
+        if features.iter().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidInput("non-finite feature value".into()));
+        }
+        self.features.extend_from_slice(features);
+        self.targets.extend_from_slice(targets);
+        Ok(())
+    }
+
+    /// Per-feature mean and standard deviation.
+    pub fn moments(&self) -> (Vec<f32>, Vec<f32>) {
+        let n = self.len().max(1) as f64;
+        let mut mean = vec![0f64; self.width];
+        let mut sq = vec![0f64; self.width];
+        for row in self.features.chunks_exact(self.width) {
+            for (j, &v) in row.iter().enumerate() {
+                mean[j] += v as f64;
+                sq[j] += (v as f64) * (v as f64);
+            }
+        }
+        let mean: Vec<f64> = mean.iter().map(|m| m / n).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| ((s / n - m * m).max(0.0)).sqrt() as f32)
+            .collect();
+        (mean.iter().map(|&m| m as f32).collect(), std)
+    }
+}
+
+/// How the heads are trained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Hidden width of each head.
+    pub hidden: usize,
+    /// Dropout on the hidden layer while training.
+    pub dropout: f64,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Rows per optimiser step.
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    pub learning_rate: f64,
+    /// L2 weight decay.
+    pub weight_decay: f32,
+    /// Seeds the initial weights and the order of the rows.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            hidden: 256,
+            dropout: 0.2,
+            epochs: 40,
+            batch_size: 256,
+            learning_rate: 1e-3,
+            weight_decay: 1e-4,
+            seed: 42,
+        }
+    }
+}
+
+/// A deterministic shuffle (splitmix64-driven Fisher–Yates), so the order does not depend on
+/// a random-number crate's version.
+pub fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..items.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// Trains heads for `data.labels` labels on `device` (made autodiff here). Each label's loss
+/// is the mean over the rows that have a target for it, positives weighted so both classes
+/// count equally; the labels' losses are averaged. `progress(epoch, mean loss)` after each epoch.
+pub fn train_heads(
+    data: &FeatureSet,
+    config: &TrainConfig,
+    device: &Device,
+    mut progress: impl FnMut(usize, f64),
+) -> Result<Heads> {
+    if data.is_empty() || config.batch_size == 0 || config.epochs == 0 {
+        return Err(Error::InvalidInput(
+            "training needs rows, a batch size and epochs".into(),
+        ));
+    }
+    let (l, w) = (data.labels, data.width);
+    // Class weights per label: each known class gets half of that label's total weight.
+    let mut class_weight = vec![[0f32; 2]; l];
+    for (j, cw) in class_weight.iter_mut().enumerate() {
+        let pos = data
+            .targets
+            .iter()
+            .skip(j)
+            .step_by(l)
+            .filter(|t| **t == Some(true))
+            .count();
+        let neg = data
+            .targets
+            .iter()
+            .skip(j)
+            .step_by(l)
+            .filter(|t| **t == Some(false))
+            .count();
+        let total = (pos + neg) as f32;
+        if pos > 0 && neg > 0 {
+            *cw = [total / (2.0 * neg as f32), total / (2.0 * pos as f32)];
+        } else {
+            *cw = [1.0, 1.0];
+        }
+    }
+    let ad = device.clone().autodiff();
+    ad.seed(config.seed);
+    let (mean, std) = data.moments();
+    let mut heads = Heads::new(l, w, config.hidden, config.dropout, &mean, &std, &ad);
+    let mut optim = AdamConfig::new()
+        .with_weight_decay(Some(WeightDecayConfig::new(config.weight_decay)))
+        .init();
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    for epoch in 0..config.epochs {
+        shuffle(&mut order, config.seed.wrapping_add(epoch as u64));
+        let (mut loss_sum, mut batches) = (0.0, 0usize);
+        for chunk in order.chunks(config.batch_size) {
+            let b = chunk.len();
+            let mut x = Vec::with_capacity(b * w);
+            let mut y = Vec::with_capacity(b * l);
+            let mut m = Vec::with_capacity(b * l);
+            for &r in chunk {
+                x.extend_from_slice(&data.features[r * w..(r + 1) * w]);
+                for (j, t) in data.targets[r * l..(r + 1) * l].iter().enumerate() {
+                    y.push(if *t == Some(true) { 1.0f32 } else { 0.0 });
+                    m.push(match t {
+                        Some(v) => class_weight[j][usize::from(*v)],
+                        None => 0.0,
+                    });
+                }
+            }
+            let x = Tensor::<2>::from_data(TensorData::new(x, [b, w]), &ad);
+            let y = Tensor::<2>::from_data(TensorData::new(y, [b, l]), &ad);
+            let m = Tensor::<2>::from_data(TensorData::new(m, [b, l]), &ad);
+            let z = heads.logits(x);
+            let bce =
+                -(y.clone() * log_sigmoid(z.clone()) + (y.neg() + 1.0) * log_sigmoid(z.neg()));
+            let per_label = (bce * m.clone()).sum_dim(0) / m.sum_dim(0).clamp_min(1e-6);
+            let loss = per_label.mean();
+            loss_sum += f64::from(read_scalar_blocking(loss.clone())?);
+            batches += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &heads);
+            heads = optim.step(config.learning_rate, heads, grads);
+        }
+        progress(epoch + 1, loss_sum / batches as f64);
+    }
+    Ok(heads.valid())
+}
+
+/// A one-element tensor's value, read synchronously (training runs natively or on the CPU
+/// backend, where that is allowed).
+fn read_scalar_blocking(t: Tensor<1>) -> Result<f32> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))?
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Backend("empty loss".into()))
+}
+
+/// Scores `[rows][labels]` of `heads` on a feature set, in batches.
+pub async fn score_features(
+    heads: &Heads,
+    data: &FeatureSet,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(data.len());
+    for rows in data.features.chunks(1024 * data.width) {
+        let b = rows.len() / data.width;
+        let x = Tensor::<2>::from_data(TensorData::new(rows.to_vec(), [b, data.width]), device);
+        let s = read_f32(heads.scores(x)).await?;
+        out.extend(s.chunks_exact(data.labels).map(<[f32]>::to_vec));
+    }
+    Ok(out)
+}
+
+/// For each label: the threshold with the best macro-F1 on the rows that have a target for
+/// it, and the metrics there. Labels without both classes keep 0.5.
+pub fn choose_thresholds(scores: &[Vec<f32>], data: &FeatureSet) -> Vec<BinaryMetrics> {
+    (0..data.labels)
+        .map(|j| {
+            let (s, y): (Vec<f32>, Vec<bool>) = scores
+                .iter()
+                .zip(data.targets.chunks_exact(data.labels))
+                .filter_map(|(s, t)| t[j].map(|y| (s[j], y)))
+                .unzip();
+            let both = y.iter().any(|&v| v) && y.iter().any(|&v| !v);
+            let t = if both { best_threshold(&s, &y) } else { 0.5 };
+            evaluate(&s, &y, t)
+        })
+        .collect()
+}
