@@ -94,7 +94,7 @@ fn heads_files_round_trip_and_bad_ones_are_refused() {
         thresholds: vec![0.25, 0.75],
         provenance: [("command".to_string(), "test".to_string())].into(),
     };
-    let bytes = pollster::block_on(heads.save(&info)).unwrap();
+    let bytes = pollster::block_on(heads.save(&info, &[])).unwrap();
     let (loaded, loaded_info) = Heads::load(&bytes, &device).unwrap();
     assert_eq!(loaded_info, info);
     let a = pollster::block_on(score_features(&heads, &data, &device)).unwrap();

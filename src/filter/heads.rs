@@ -57,6 +57,20 @@ pub struct Heads {
     heads: Vec<Head>,
 }
 
+/// A LoRA adapter of one encoder projection, carried in the heads file when the encoder was
+/// tuned with the heads; merged into the encoder's weight at load time.
+#[derive(Debug, Clone)]
+pub struct EncoderAdapter {
+    /// Projection name, e.g. `layers.5.query` (see `Bert::lora_adapters`).
+    pub name: String,
+    /// Down-projection `[in, rank]`.
+    pub a: Tensor<2>,
+    /// Up-projection `[rank, out]`.
+    pub b: Tensor<2>,
+    /// Multiplier of `A·B`.
+    pub scale: f64,
+}
+
 /// Everything about a heads file that is not a weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadsInfo {
@@ -118,6 +132,11 @@ impl Heads {
     /// Scores in [0, 1], `[batch, labels]`.
     pub fn scores(&self, features: Tensor<2>) -> Tensor<2> {
         sigmoid(self.logits(features))
+    }
+
+    /// The device the heads live on.
+    pub fn device(&self) -> Device {
+        self.mean.val().device()
     }
 
     /// Number of labels.
@@ -204,9 +223,44 @@ impl Heads {
         ))
     }
 
+    /// The encoder adapters stored in a heads file (none for heads trained on a frozen encoder).
+    pub fn load_adapters(bytes: &[u8], device: &Device) -> Result<Vec<EncoderAdapter>> {
+        let file = SafetensorsFile::parse(bytes)?;
+        let mut out = Vec::new();
+        for name in file.names() {
+            let Some(base) = name
+                .strip_prefix("encoder.")
+                .and_then(|n| n.strip_suffix(".lora_a"))
+            else {
+                continue;
+            };
+            let scale: f64 = file
+                .metadata()
+                .get("lora_scale")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::Safetensors("heads file: adapters without lora_scale".into()))?;
+            let a_shape = file.shape(&name)?;
+            let b_name = format!("encoder.{base}.lora_b");
+            let b_shape = file.shape(&b_name)?;
+            let (&[d_in, rank], &[rank_b, d_out]) = (a_shape.as_slice(), b_shape.as_slice()) else {
+                return Err(Error::Safetensors(format!("adapter {base}: factors must be 2-D")));
+            };
+            if rank != rank_b {
+                return Err(Error::Safetensors(format!("adapter {base}: ranks differ")));
+            }
+            out.push(EncoderAdapter {
+                name: base.to_owned(),
+                a: file.tensor::<2>(&name, [d_in, rank], device)?,
+                b: file.tensor::<2>(&b_name, [rank, d_out], device)?,
+                scale,
+            });
+        }
+        Ok(out)
+    }
+
     /// Serialises the heads and `info` as safetensors bytes (f32, little-endian). Reads the
     /// weights back asynchronously, so it works on WebGPU in the browser too.
-    pub async fn save(&self, info: &HeadsInfo) -> Result<Vec<u8>> {
+    pub async fn save(&self, info: &HeadsInfo, adapters: &[EncoderAdapter]) -> Result<Vec<u8>> {
         if info.labels.len() != self.heads.len() || info.thresholds.len() != self.heads.len() {
             return Err(Error::InvalidInput(
                 "one label name and threshold per head".into(),
@@ -234,6 +288,11 @@ impl Heads {
                 parts.push((format!("{label}.{name}.bias"), shape, t));
             }
         }
+        for ad in adapters {
+            for (suffix, t) in [("lora_a", &ad.a), ("lora_b", &ad.b)] {
+                parts.push((format!("encoder.{}.{suffix}", ad.name), t.dims().to_vec(), t.clone()));
+            }
+        }
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(parts.len());
         for (name, shape, t) in parts {
             let values = crate::filter::read_f32(t).await?;
@@ -252,6 +311,9 @@ impl Heads {
             })
             .collect::<Result<_>>()?;
         let mut meta = info.provenance.clone();
+        if let Some(ad) = adapters.first() {
+            meta.insert("lora_scale".into(), ad.scale.to_string());
+        }
         meta.insert("format".into(), FORMAT.into());
         meta.insert("labels".into(), info.labels.join(","));
         meta.insert("features".into(), info.features.to_string());

@@ -88,8 +88,11 @@ impl Filter {
     ) -> Result<Self> {
         let tokenizer = Tokenizer::from_tokenizer_json(tokenizer_json)?;
         let config = BertConfig::from_json(config_json)?;
-        let bert = Bert::load(&config, encoder_weights, device)?;
+        let mut bert = Bert::load(&config, encoder_weights, device)?;
         let (heads, info) = Heads::load(heads_file, device)?;
+        for ad in Heads::load_adapters(heads_file, device)? {
+            bert.merge_lora(&ad.name, ad.a, ad.b, ad.scale)?;
+        }
         Self::from_parts(TextEncoder::new(tokenizer, bert, device), heads, info)
     }
 
@@ -117,10 +120,15 @@ impl Filter {
         heads_path: &std::path::Path,
         device: &Device,
     ) -> Result<Self> {
-        let encoder = TextEncoder::load(&models_dir.join(crate::MINILM_DIR), device)?;
-        let bytes = std::fs::read(heads_path).map_err(|e| Error::io(heads_path, e))?;
-        let (heads, info) = Heads::load(&bytes, device)?;
-        Self::from_parts(encoder, heads, info)
+        let dir = models_dir.join(crate::MINILM_DIR);
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+        Self::new(
+            &read(&dir.join("tokenizer.json"))?,
+            &read(&dir.join("config.json"))?,
+            &read(&dir.join("model.safetensors"))?,
+            &read(heads_path)?,
+            device,
+        )
     }
 
     /// Where the shipped heads file is in a source checkout.

@@ -10,7 +10,9 @@ use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::filter::features::FeatureSpec;
 use crate::filter::heads::Heads;
+use crate::models::bert::{Bert, pad_batch};
 use crate::filter::metrics::{BinaryMetrics, best_threshold, evaluate};
 use crate::filter::read_f32;
 
@@ -152,30 +154,7 @@ pub fn train_heads(
         ));
     }
     let (l, w) = (data.labels, data.width);
-    // Class weights per label: each known class gets half of that label's total weight.
-    let mut class_weight = vec![[0f32; 2]; l];
-    for (j, cw) in class_weight.iter_mut().enumerate() {
-        let pos = data
-            .targets
-            .iter()
-            .skip(j)
-            .step_by(l)
-            .filter(|t| **t == Some(true))
-            .count();
-        let neg = data
-            .targets
-            .iter()
-            .skip(j)
-            .step_by(l)
-            .filter(|t| **t == Some(false))
-            .count();
-        let total = (pos + neg) as f32;
-        if pos > 0 && neg > 0 {
-            *cw = [total / (2.0 * neg as f32), total / (2.0 * pos as f32)];
-        } else {
-            *cw = [1.0, 1.0];
-        }
-    }
+    let class_weight = class_weights(&data.targets, l);
     let ad = device.clone().autodiff();
     ad.seed(config.seed);
     let (mean, std) = data.moments();
@@ -190,26 +169,14 @@ pub fn train_heads(
         for chunk in order.chunks(config.batch_size) {
             let b = chunk.len();
             let mut x = Vec::with_capacity(b * w);
-            let mut y = Vec::with_capacity(b * l);
-            let mut m = Vec::with_capacity(b * l);
             for &r in chunk {
                 x.extend_from_slice(&data.features[r * w..(r + 1) * w]);
-                for (j, t) in data.targets[r * l..(r + 1) * l].iter().enumerate() {
-                    y.push(if *t == Some(true) { 1.0f32 } else { 0.0 });
-                    m.push(match t {
-                        Some(v) => class_weight[j][usize::from(*v)],
-                        None => 0.0,
-                    });
-                }
             }
+            let targets: Vec<&[Option<bool>]> =
+                chunk.iter().map(|&r| &data.targets[r * l..(r + 1) * l]).collect();
+            let (y, m) = batch_targets(&targets, &class_weight, &ad);
             let x = Tensor::<2>::from_data(TensorData::new(x, [b, w]), &ad);
-            let y = Tensor::<2>::from_data(TensorData::new(y, [b, l]), &ad);
-            let m = Tensor::<2>::from_data(TensorData::new(m, [b, l]), &ad);
-            let z = heads.logits(x);
-            let bce =
-                -(y.clone() * log_sigmoid(z.clone()) + (y.neg() + 1.0) * log_sigmoid(z.neg()));
-            let per_label = (bce * m.clone()).sum_dim(0) / m.sum_dim(0).clamp_min(1e-6);
-            let loss = per_label.mean();
+            let loss = masked_bce(heads.logits(x), y, m);
             loss_sum += f64::from(read_scalar_blocking(loss.clone())?);
             batches += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &heads);
@@ -218,6 +185,129 @@ pub fn train_heads(
         progress(epoch + 1, loss_sum / batches as f64);
     }
     Ok(heads.valid())
+}
+
+/// Per label, the weight of a negative and of a positive example such that both classes
+/// weigh the same in total (1 each when a class is missing).
+pub fn class_weights(targets: &[Option<bool>], labels: usize) -> Vec<[f32; 2]> {
+    (0..labels)
+        .map(|j| {
+            let known = || targets.iter().skip(j).step_by(labels).flatten();
+            let pos = known().filter(|t| **t).count();
+            let neg = known().filter(|t| !**t).count();
+            let total = (pos + neg) as f32;
+            if pos > 0 && neg > 0 {
+                [total / (2.0 * neg as f32), total / (2.0 * pos as f32)]
+            } else {
+                [1.0, 1.0]
+            }
+        })
+        .collect()
+}
+
+/// Binary cross-entropy of logits `z` against targets `y`, weighted per entry by `m` (0 where
+/// the target is unknown), averaged per label over its weight, then over labels.
+fn masked_bce(z: Tensor<2>, y: Tensor<2>, m: Tensor<2>) -> Tensor<1> {
+    let bce = -(y.clone() * log_sigmoid(z.clone()) + (y.neg() + 1.0) * log_sigmoid(z.neg()));
+    let per_label = (bce * m.clone()).sum_dim(0) / m.sum_dim(0).clamp_min(1e-6);
+    per_label.mean()
+}
+
+/// Targets and weights of a batch as `[b, labels]` tensors.
+fn batch_targets(
+    rows: &[&[Option<bool>]],
+    class_weight: &[[f32; 2]],
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let l = class_weight.len();
+    let mut y = Vec::with_capacity(rows.len() * l);
+    let mut m = Vec::with_capacity(rows.len() * l);
+    for targets in rows {
+        for (j, t) in targets.iter().enumerate() {
+            y.push(if *t == Some(true) { 1.0f32 } else { 0.0 });
+            m.push(t.map_or(0.0, |v| class_weight[j][usize::from(v)]));
+        }
+    }
+    let shape = [rows.len(), l];
+    (
+        Tensor::from_data(TensorData::new(y, shape), device),
+        Tensor::from_data(TensorData::new(m, shape), device),
+    )
+}
+
+/// The encoder (with LoRA adapters) and the heads, trained together.
+#[derive(Module, Debug)]
+pub struct Tunable {
+    /// The encoder, frozen but for its adapters.
+    pub bert: Bert,
+    /// The heads.
+    pub heads: Heads,
+}
+
+/// A token window with its text's targets.
+#[derive(Debug, Clone)]
+pub struct TargetWindow {
+    /// `[CLS] ... [SEP]` ids.
+    pub ids: Vec<u32>,
+    /// One target (or none) per label.
+    pub targets: Vec<Option<bool>>,
+}
+
+/// Trains LoRA adapters already attached to `model.bert` (see `Bert::with_lora`) together
+/// with `model.heads`, both on an autodiff device, on token windows. Batches hold windows of
+/// similar length (shuffled in blocks, sorted within a block) so little is padding.
+/// `progress(step, steps, loss)` after each step.
+pub fn tune_encoder(
+    mut model: Tunable,
+    spec: &FeatureSpec,
+    windows: &[TargetWindow],
+    config: &TrainConfig,
+    mut progress: impl FnMut(usize, usize, f64),
+) -> Result<Tunable> {
+    let Some(first) = windows.first() else {
+        return Err(Error::InvalidInput("no training windows".into()));
+    };
+    let labels = first.targets.len();
+    let all: Vec<Option<bool>> = windows.iter().flat_map(|w| w.targets.iter().copied()).collect();
+    let class_weight = class_weights(&all, labels);
+    let device = model.heads.device();
+    let mut optim = AdamConfig::new()
+        .with_weight_decay(Some(WeightDecayConfig::new(config.weight_decay)))
+        .init();
+    let b = config.batch_size.max(1);
+    let steps_per_epoch = windows.len().div_ceil(b);
+    let total = steps_per_epoch * config.epochs;
+    let mut step = 0;
+    for epoch in 0..config.epochs {
+        let mut order: Vec<usize> = (0..windows.len()).collect();
+        shuffle(&mut order, config.seed.wrapping_add(1000 + epoch as u64));
+        let mut batches: Vec<Vec<usize>> = Vec::with_capacity(steps_per_epoch);
+        for block in order.chunks_mut(b * 16) {
+            block.sort_by_key(|&i| windows[i].ids.len());
+            batches.extend(block.chunks(b).map(<[usize]>::to_vec));
+        }
+        shuffle(&mut batches, config.seed.wrapping_add(2000 + epoch as u64));
+        for batch in batches {
+            let ids: Vec<Vec<u32>> = batch.iter().map(|&i| windows[i].ids.clone()).collect();
+            let targets: Vec<&[Option<bool>]> =
+                batch.iter().map(|&i| windows[i].targets.as_slice()).collect();
+            let (ids, mask) = pad_batch(&ids, 0, &device);
+            let (y, m) = batch_targets(&targets, &class_weight, &device);
+            let features = spec.compute(&model.bert, ids, mask);
+            let loss = masked_bce(model.heads.logits(features), y, m);
+            let value = read_scalar_blocking(loss.clone())?;
+            if !value.is_finite() {
+                return Err(Error::Backend(format!(
+                    "training diverged at step {step} (loss {value}); lower the learning rate"
+                )));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(config.learning_rate, model, grads);
+            step += 1;
+            progress(step, total, f64::from(value));
+        }
+    }
+    Ok(model.valid())
 }
 
 /// A one-element tensor's value, read synchronously (training runs natively or on the CPU

@@ -10,7 +10,7 @@
 //! Weights come from the model's `model.safetensors` (PyTorch layout, `[out, in]` for linear
 //! layers, transposed here once at load time).
 
-use burn::module::{Module, Param};
+use burn::module::{Lora, Module, Param, ParamGroup};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -273,6 +273,78 @@ impl Bert {
     /// Hidden width.
     pub fn width(&self) -> usize {
         self.embedding_norm.gamma.dims()[0]
+    }
+
+    /// The projections of layer `layer` that take LoRA adapters, by name.
+    fn lora_targets_mut(&mut self, layer: usize) -> Option<[(&'static str, &mut Linear); 4]> {
+        let l = self.layers.get_mut(layer)?;
+        Some([
+            ("query", &mut l.query),
+            ("value", &mut l.value),
+            ("intermediate", &mut l.intermediate),
+            ("output", &mut l.output),
+        ])
+    }
+
+    /// Freezes every weight and attaches trainable LoRA adapters (`W + alpha/rank · A·B`, B
+    /// starting at zero so the encoder is unchanged at first) to the query, value and both
+    /// feed-forward projections of layers `from_layer..`. burn's `apply_lora` does the work.
+    pub fn with_lora(mut self, rank: usize, alpha: f64, from_layer: usize) -> Self {
+        let mut ids = Vec::new();
+        for i in from_layer..self.layers.len() {
+            if let Some(targets) = self.lora_targets_mut(i) {
+                ids.extend(targets.iter().map(|(_, l)| l.weight.id));
+            }
+        }
+        self.apply_lora(Lora::new(rank, alpha).set_param_group(ParamGroup::from_ids(ids)))
+    }
+
+    /// The trained adapters: `(name, A [in, rank], B [rank, out], scale)` with names like
+    /// `layers.5.query`.
+    pub fn lora_adapters(&self) -> Vec<(String, Tensor<2>, Tensor<2>, f64)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (name, linear) in [
+                ("query", &l.query),
+                ("value", &l.value),
+                ("intermediate", &l.intermediate),
+                ("output", &l.output),
+            ] {
+                if let Some(a) = linear.weight.adapter() {
+                    out.push((format!("layers.{i}.{name}"), a.a.val(), a.b.val(), a.scale));
+                }
+            }
+        }
+        out
+    }
+
+    /// Folds an adapter into its weight for good (`W += scale · A·B`), so inference runs at
+    /// the plain encoder's speed. `name` as from [`Bert::lora_adapters`].
+    pub fn merge_lora(&mut self, name: &str, a: Tensor<2>, b: Tensor<2>, scale: f64) -> Result<()> {
+        let bad = || Error::InvalidInput(format!("no encoder projection named {name:?} takes an adapter"));
+        let mut parts = name.split('.');
+        let layer: usize = match (parts.next(), parts.next()) {
+            (Some("layers"), Some(i)) => i.parse().map_err(|_| bad())?,
+            _ => return Err(bad()),
+        };
+        let target = parts.next().ok_or_else(bad)?;
+        let mut targets = self.lora_targets_mut(layer).ok_or_else(bad)?;
+        let (_, linear) = targets
+            .iter_mut()
+            .find(|(n, _)| *n == target)
+            .ok_or_else(bad)?;
+        let [d_in, d_out] = linear.weight.dims();
+        let ([a_in, rank], [b_rank, b_out]) = (a.dims(), b.dims());
+        if a_in != d_in || b_out != d_out || rank != b_rank || !scale.is_finite() {
+            return Err(Error::InvalidInput(format!(
+                "adapter {name}: A {:?} and B {:?} do not fit a [{d_in}, {d_out}] weight",
+                a.dims(),
+                b.dims()
+            )));
+        }
+        let merged = linear.weight.val() + a.matmul(b).mul_scalar(scale);
+        linear.weight = Param::from_tensor(merged);
+        Ok(())
     }
 }
 

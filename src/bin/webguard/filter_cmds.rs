@@ -8,10 +8,11 @@ use sha2::{Digest, Sha256};
 use webguard::backend::{Backend, BackendChoice};
 use webguard::filter::dataset::{Dataset, Example, parse_labels};
 use webguard::filter::features::FeatureSpec;
-use webguard::filter::heads::HeadsInfo;
+use webguard::filter::heads::{EncoderAdapter, Heads, HeadsInfo};
+use webguard::models::bert::{Bert, BertConfig};
 use webguard::filter::metrics::evaluate;
 use webguard::filter::train::{
-    FeatureSet, TrainConfig, choose_thresholds, score_features, train_heads,
+    FeatureSet, TargetWindow, TrainConfig, Tunable, choose_thresholds, train_heads, tune_encoder,
 };
 use webguard::filter::{LABELS, TextEncoder};
 use webguard::{Error, Filter, MINILM_DIR, Result};
@@ -21,6 +22,8 @@ use crate::progress::Progress;
 
 /// Options of `train-filter`.
 pub struct TrainArgs {
+    /// LoRA in the encoder, trained with the heads; `None` keeps the encoder frozen.
+    pub lora: Option<LoraArgs>,
     pub data: PathBuf,
     pub out: PathBuf,
     pub features: String,
@@ -28,6 +31,14 @@ pub struct TrainArgs {
     pub config: TrainConfig,
     pub cache: PathBuf,
     pub command_line: String,
+}
+
+/// LoRA settings of `train-filter`.
+pub struct LoraArgs {
+    pub rank: usize,
+    pub alpha: f64,
+    pub from_layer: usize,
+    pub config: TrainConfig,
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
@@ -162,17 +173,6 @@ fn feature_set(
     Ok(set)
 }
 
-/// Each text's highest score per label over its windows.
-fn per_text_max(scores: &[Vec<f32>], owners: &[u32], texts: usize) -> Vec<Vec<f32>> {
-    let mut out = vec![vec![0.0f32; LABELS.len()]; texts];
-    for (s, &o) in scores.iter().zip(owners) {
-        for (best, v) in out[o as usize].iter_mut().zip(s) {
-            *best = best.max(*v);
-        }
-    }
-    out
-}
-
 pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
     let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/filter");
     let seed = args.config.seed;
@@ -206,17 +206,90 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
     let cache = args.cache.join(key);
     let d = encoder.bert().width();
     let train_f = split_features(&encoder, &spec, &data.train, &cache, "train")?;
-    let val_f = split_features(&encoder, &spec, &data.val, &cache, "val")?;
     let train_set = feature_set(&train_f, &spec, &data.train, d)?;
-    let val_set = feature_set(&val_f, &spec, &data.val, d)?;
 
     let cpu = Backend::cpu(None).device;
-    let mut bar = Progress::new("training heads", args.config.epochs);
-    let heads = train_heads(&train_set, &args.config, &cpu, |epoch, loss| {
-        bar.update(epoch, &format!("loss {loss:.4}"))
-    })?;
-    let row_scores = pollster::block_on(score_features(&heads, &val_set, &cpu))?;
-    let text_scores = per_text_max(&row_scores, &val_f.owners, data.val.len());
+    let mut adapters = Vec::new();
+    let heads = match &args.lora {
+        None => {
+            let mut bar = Progress::new("training heads", args.config.epochs);
+            train_heads(&train_set, &args.config, &cpu, |epoch, loss| {
+                bar.update(epoch, &format!("loss {loss:.4}"))
+            })?
+        }
+        Some(lora) => {
+            let ad = cpu.clone().autodiff();
+            ad.seed(lora.config.seed);
+            let config = BertConfig::from_json(&read(&dir.join("config.json"))?)?;
+            let bert = Bert::load(&config, &encoder_bytes, &ad)?.with_lora(
+                lora.rank,
+                lora.alpha,
+                lora.from_layer,
+            );
+            let (mean, std) = train_set.moments();
+            let heads = Heads::new(
+                LABELS.len(),
+                train_set.width,
+                lora.config.hidden,
+                lora.config.dropout,
+                &mean,
+                &std,
+                &ad,
+            );
+            let texts: Vec<&str> = data.train.iter().map(|e| e.text.as_str()).collect();
+            let windows: Vec<TargetWindow> = encoder
+                .windows(&texts)?
+                .into_iter()
+                .map(|(i, ids)| TargetWindow {
+                    ids,
+                    targets: data.train[i].targets.to_vec(),
+                })
+                .collect();
+            let mut bar = Progress::new("tuning encoder (LoRA) + heads", 1);
+            let tuned = tune_encoder(
+                Tunable { bert, heads },
+                &spec,
+                &windows,
+                &lora.config,
+                |step, total, loss| {
+                    if step == 1 {
+                        bar = Progress::new("tuning encoder (LoRA) + heads", total);
+                    }
+                    bar.update(step, &format!("loss {loss:.4}"))
+                },
+            )?;
+            adapters = tuned
+                .bert
+                .lora_adapters()
+                .into_iter()
+                .map(|(name, a, b, scale)| EncoderAdapter { name, a, b, scale })
+                .collect();
+            tuned.heads
+        }
+    };
+    // Validation runs the shipped path: the heads file as written, loaded into a Filter.
+    let draft = HeadsInfo {
+        labels: LABELS.iter().map(|s| s.to_string()).collect(),
+        features: spec.clone(),
+        hidden: heads_hidden(&args),
+        thresholds: vec![0.5; LABELS.len()],
+        provenance: HashMap::new(),
+    };
+    let draft_bytes = pollster::block_on(heads.save(&draft, &adapters))?;
+    let filter = Filter::new(
+        &read(&dir.join("tokenizer.json"))?,
+        &read(&dir.join("config.json"))?,
+        &encoder_bytes,
+        &draft_bytes,
+        &cpu,
+    )?;
+    let val_texts: Vec<&str> = data.val.iter().map(|e| e.text.as_str()).collect();
+    let mut text_scores = Vec::with_capacity(val_texts.len());
+    let mut bar = Progress::new("scoring validation texts", val_texts.len());
+    for chunk in val_texts.chunks(256) {
+        text_scores.extend(pollster::block_on(filter.scores(chunk))?);
+        bar.update(text_scores.len(), "texts");
+    }
     // Thresholds per label on the validation texts that have a target for it.
     let mut text_set = FeatureSet::new(0, LABELS.len());
     for e in &data.val {
@@ -255,6 +328,15 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
     provenance.insert("encoder_sha256".into(), hex_sha256(&encoder_bytes));
     provenance.insert("webguard_version".into(), webguard::VERSION.into());
     provenance.insert("train_config".into(), format!("{:?}", args.config));
+    if let Some(lora) = &args.lora {
+        provenance.insert(
+            "lora".into(),
+            format!(
+                "rank {} alpha {} from layer {}; {:?}",
+                lora.rank, lora.alpha, lora.from_layer, lora.config
+            ),
+        );
+    }
     let val_json: serde_json::Map<String, serde_json::Value> = LABELS
         .iter()
         .zip(&metrics)
@@ -271,11 +353,11 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
     let info = HeadsInfo {
         labels: LABELS.iter().map(|s| s.to_string()).collect(),
         features: spec,
-        hidden: args.config.hidden,
+        hidden: heads_hidden(&args),
         thresholds: metrics.iter().map(|m| m.threshold).collect(),
         provenance,
     };
-    let bytes = pollster::block_on(heads.save(&info))?;
+    let bytes = pollster::block_on(heads.save(&info, &adapters))?;
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
@@ -287,6 +369,10 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
         hex_sha256(&bytes)
     );
     Ok(())
+}
+
+fn heads_hidden(args: &TrainArgs) -> usize {
+    args.lora.as_ref().map_or(args.config.hidden, |l| l.config.hidden)
 }
 
 fn print_metrics_header() {

@@ -134,6 +134,24 @@ mod cli {
             /// Where encoder features are cached between runs.
             #[arg(long)]
             cache: Option<PathBuf>,
+            /// LoRA rank in the encoder, trained with the heads (0: frozen encoder, heads only).
+            #[arg(long, default_value_t = 0)]
+            lora_rank: usize,
+            /// LoRA alpha (the update is scaled by alpha / rank).
+            #[arg(long, default_value_t = 16.0)]
+            lora_alpha: f64,
+            /// First encoder layer that gets adapters (0..=5).
+            #[arg(long, default_value_t = 0)]
+            lora_from_layer: usize,
+            /// Passes over the data when tuning with LoRA.
+            #[arg(long, default_value_t = 1)]
+            lora_epochs: usize,
+            /// Windows per step when tuning with LoRA.
+            #[arg(long, default_value_t = 32)]
+            lora_batch: usize,
+            /// Learning rate when tuning with LoRA.
+            #[arg(long, default_value_t = 1e-3)]
+            lora_lr: f64,
         },
         /// Say which backend runs here and run a small computation on it.
         Backend {
@@ -347,6 +365,12 @@ mod cli {
                 weight_decay,
                 seed,
                 cache,
+                lora_rank,
+                lora_alpha,
+                lora_from_layer,
+                lora_epochs,
+                lora_batch,
+                lora_lr,
             } => {
                 let cache = cache.unwrap_or_else(|| {
                     std::env::var_os("HOME")
@@ -356,22 +380,35 @@ mod cli {
                 });
                 // The exact invocation, for the heads file's provenance.
                 let command_line = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+                let config = TrainConfig {
+                    hidden,
+                    dropout,
+                    epochs,
+                    batch_size: batch,
+                    learning_rate: lr,
+                    weight_decay,
+                    seed,
+                };
+                let lora = (lora_rank > 0).then(|| crate::filter_cmds::LoraArgs {
+                    rank: lora_rank,
+                    alpha: lora_alpha,
+                    from_layer: lora_from_layer,
+                    config: TrainConfig {
+                        epochs: lora_epochs,
+                        batch_size: lora_batch,
+                        learning_rate: lora_lr,
+                        ..config.clone()
+                    },
+                });
                 crate::filter_cmds::train(
                     &models,
                     crate::filter_cmds::TrainArgs {
+                        lora,
                         data,
                         out,
                         features,
                         backend,
-                        config: TrainConfig {
-                            hidden,
-                            dropout,
-                            epochs,
-                            batch_size: batch,
-                            learning_rate: lr,
-                            weight_decay,
-                            seed,
-                        },
+                        config,
                         cache,
                         command_line: format!("webguard {command_line}"),
                     },
