@@ -53,6 +53,8 @@ fn head_training_learns_separable_labels_and_ignores_unknown_targets() {
         hidden: 16,
         epochs: 15,
         dropout: 0.0,
+        batch_size: 64,
+        learning_rate: 1e-2,
         ..TrainConfig::default()
     };
     let mut losses = Vec::new();
@@ -120,7 +122,12 @@ fn shipped_heads_flag_clear_cases_and_say_where_they_came_from() {
     let filter = shipped_filter();
     assert_eq!(filter.labels(), ["offensive", "hate", "harmful"]);
     let info = filter.info();
-    assert!(info.provenance["command"].starts_with("webguard train-filter"));
+    assert!(
+        info.provenance["command"].starts_with("webguard ")
+            && info.provenance["command"].contains(" train-filter"),
+        "{:?}",
+        info.provenance["command"]
+    );
     assert!(info.provenance.contains_key("data_sha256"));
     let v = filter
         .classify_blocking(&[

@@ -157,7 +157,7 @@ impl Heads {
         };
         if get("format")? != FORMAT {
             return Err(Error::Safetensors(format!(
-                "heads file format {:?}; this build reads {FORMAT:?}",
+                "not a webguard filter heads file: format {:?}, this build reads {FORMAT:?}",
                 get("format")?
             )));
         }

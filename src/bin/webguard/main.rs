@@ -184,8 +184,8 @@ mod cli {
             python: Option<PathBuf>,
         },
         /// The whole filter (tokenize, window, encode, pool, heads) on texts of a fixed token
-        /// length: texts/s per batch size and backend, next to sentence-transformers embedding
-        /// the same texts when `--python` is given (the peer has no heads; ours cost <1%).
+        /// length: texts/s per batch size and backend, next to the same filter in PyTorch
+        /// (scripts/filter-torch.py) on the same texts when `--python` is given.
         Filter {
             /// Backends to measure: cpu, gpu or both.
             #[arg(long, default_value = "cpu,gpu")]
@@ -563,10 +563,17 @@ mod cli {
                     .join(format!("webguard-bench-{}.json", std::process::id()));
                 std::fs::write(&file, serde_json::to_string(&texts).unwrap_or_default())
                     .map_err(|e| Error::io(&file, e))?;
-                let script =
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-embeddings.py");
-                let out = std::process::Command::new(python)
-                    .arg(&script)
+                let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+                let mut command = std::process::Command::new(python);
+                match &subject {
+                    Subject::Embed => command.arg(scripts.join("bench-embeddings.py")),
+                    Subject::Filter(heads) => command
+                        .arg(scripts.join("filter-torch.py"))
+                        .arg("bench")
+                        .arg("--heads")
+                        .arg(heads),
+                };
+                let out = command
                     .arg(&file)
                     .args(["--threads", &threads.to_string()])
                     .args([
@@ -584,14 +591,18 @@ mod cli {
                 let _ = std::fs::remove_file(&file);
                 if !out.status.success() {
                     return Err(Error::Backend(format!(
-                        "sentence-transformers run failed: {}",
+                        "PyTorch peer run failed: {}",
                         String::from_utf8_lossy(&out.stderr)
                     )));
                 }
                 let peer: serde_json::Value = serde_json::from_slice(&out.stdout)
                     .map_err(|e| Error::Backend(format!("sentence-transformers output: {e}")))?;
+                let peer_name = match &subject {
+                    Subject::Embed => "sentence-transformers",
+                    Subject::Filter(_) => "the filter in PyTorch (scripts/filter-torch.py)",
+                };
                 println!(
-                    "  sentence-transformers (torch {}, {} threads), same texts:",
+                    "  {peer_name} (torch {}, {} threads), same texts:",
                     peer["torch"], peer["threads"]
                 );
                 for r in peer["results"].as_array().into_iter().flatten() {
