@@ -27,7 +27,7 @@ from safetensors import safe_open  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-WINDOW, OVERLAP = 128, 32  # FilterOptions::default() in src/filter/encoder.rs
+WINDOW, OVERLAP = 64, 16  # FilterOptions::default() in src/filter/encoder.rs
 
 
 class TorchFilter:

@@ -11,8 +11,8 @@
 //! | TweetEval hate train/val | – | 0/1 | 0 |
 //! | ToxiGen sentences (train only) | – | 0/1 by file name | 0 |
 //! | AdvBench goals (80% train / 20% val, seeded) | – | – | 1 |
-//! | self-instruct seed tasks (80/20) | – | – | 0 |
-//! | data/filter/benign-requests-train.txt (train only) | – | – | 0 |
+//! | self-instruct seed tasks (80/20) | 0 (train only) | 0 (train only) | 0 |
+//! | data/filter/benign-requests-train.txt (train only) | 0 | 0 | 0 |
 
 use std::path::{Path, PathBuf};
 
@@ -225,6 +225,10 @@ impl Dataset {
         );
         d.val
             .extend(val.into_iter().map(|t| example(t, None, None, Some(true))));
+        // Benign requests are not offensive or hateful either: saying so in training keeps
+        // request-style text with dangerous-sounding words ("a killer guacamole") from
+        // borrowing the tweets' vocabulary of insults. Validation keeps TweetEval alone for
+        // those two labels, so their figures stay comparable with published ones.
         let (train, val) = split80(
             self_instruct(&r.read("self-instruct/seed_tasks.jsonl")?)?,
             seed,
@@ -232,7 +236,7 @@ impl Dataset {
         d.train.extend(
             train
                 .into_iter()
-                .map(|t| example(t, None, None, Some(false))),
+                .map(|t| example(t, Some(false), Some(false), Some(false))),
         );
         d.val
             .extend(val.into_iter().map(|t| example(t, None, None, Some(false))));
@@ -242,8 +246,12 @@ impl Dataset {
         };
         for line in own_reader.read("benign-requests-train.txt")?.lines() {
             if !line.trim().is_empty() {
-                d.train
-                    .push(example(line.trim().to_owned(), None, None, Some(false)));
+                d.train.push(example(
+                    line.trim().to_owned(),
+                    Some(false),
+                    Some(false),
+                    Some(false),
+                ));
             }
         }
         d.files = r.files;
@@ -254,16 +262,6 @@ impl Dataset {
                 .map(|(p, h)| (format!("data/filter/{p}"), h)),
         );
         Ok(d)
-    }
-
-    /// The held-out harmful/benign requests of the validation split: AdvBench and
-    /// self-instruct (texts, harmful?).
-    pub fn harmful_val(&self) -> Vec<(&str, bool)> {
-        self.val
-            .iter()
-            .filter(|e| e.targets[0].is_none() && e.targets[1].is_none())
-            .filter_map(|e| e.targets[2].map(|y| (e.text.as_str(), y)))
-            .collect()
     }
 }
 

@@ -238,12 +238,16 @@ impl Heads {
                 .metadata()
                 .get("lora_scale")
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| Error::Safetensors("heads file: adapters without lora_scale".into()))?;
+                .ok_or_else(|| {
+                    Error::Safetensors("heads file: adapters without lora_scale".into())
+                })?;
             let a_shape = file.shape(&name)?;
             let b_name = format!("encoder.{base}.lora_b");
             let b_shape = file.shape(&b_name)?;
             let (&[d_in, rank], &[rank_b, d_out]) = (a_shape.as_slice(), b_shape.as_slice()) else {
-                return Err(Error::Safetensors(format!("adapter {base}: factors must be 2-D")));
+                return Err(Error::Safetensors(format!(
+                    "adapter {base}: factors must be 2-D"
+                )));
             };
             if rank != rank_b {
                 return Err(Error::Safetensors(format!("adapter {base}: ranks differ")));
@@ -290,7 +294,11 @@ impl Heads {
         }
         for ad in adapters {
             for (suffix, t) in [("lora_a", &ad.a), ("lora_b", &ad.b)] {
-                parts.push((format!("encoder.{}.{suffix}", ad.name), t.dims().to_vec(), t.clone()));
+                parts.push((
+                    format!("encoder.{}.{suffix}", ad.name),
+                    t.dims().to_vec(),
+                    t.clone(),
+                ));
             }
         }
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(parts.len());

@@ -2,7 +2,7 @@
 //! (`offensive`, `hate`, `harmful`), turning texts into [`Verdict`]s.
 //!
 //! ```text
-//! text -> WordPiece ids -> windows of <= 128 tokens (overlapping) -> encoder -> poolings
+//! text -> WordPiece ids -> windows of <= 64 tokens (overlapping) -> encoder -> poolings
 //!      -> heads -> sigmoid scores per window -> per label, the worst (highest) window
 //!      -> flagged labels: score >= that label's threshold
 //! ```

@@ -12,9 +12,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::error::{Error, Result};
 use crate::filter::features::FeatureSpec;
 use crate::filter::heads::Heads;
-use crate::models::bert::{Bert, pad_batch};
 use crate::filter::metrics::{BinaryMetrics, best_threshold, evaluate};
 use crate::filter::read_f32;
+use crate::models::bert::{Bert, pad_batch};
 
 /// Feature vectors with a target (or none) per label.
 #[derive(Debug, Clone, Default)]
@@ -172,8 +172,10 @@ pub fn train_heads(
             for &r in chunk {
                 x.extend_from_slice(&data.features[r * w..(r + 1) * w]);
             }
-            let targets: Vec<&[Option<bool>]> =
-                chunk.iter().map(|&r| &data.targets[r * l..(r + 1) * l]).collect();
+            let targets: Vec<&[Option<bool>]> = chunk
+                .iter()
+                .map(|&r| &data.targets[r * l..(r + 1) * l])
+                .collect();
             let (y, m) = batch_targets(&targets, &class_weight, &ad);
             let x = Tensor::<2>::from_data(TensorData::new(x, [b, w]), &ad);
             let loss = masked_bce(heads.logits(x), y, m);
@@ -268,7 +270,10 @@ pub fn tune_encoder(
         return Err(Error::InvalidInput("no training windows".into()));
     };
     let labels = first.targets.len();
-    let all: Vec<Option<bool>> = windows.iter().flat_map(|w| w.targets.iter().copied()).collect();
+    let all: Vec<Option<bool>> = windows
+        .iter()
+        .flat_map(|w| w.targets.iter().copied())
+        .collect();
     let class_weight = class_weights(&all, labels);
     let device = model.heads.device();
     let mut optim = AdamConfig::new()
@@ -289,8 +294,10 @@ pub fn tune_encoder(
         shuffle(&mut batches, config.seed.wrapping_add(2000 + epoch as u64));
         for batch in batches {
             let ids: Vec<Vec<u32>> = batch.iter().map(|&i| windows[i].ids.clone()).collect();
-            let targets: Vec<&[Option<bool>]> =
-                batch.iter().map(|&i| windows[i].targets.as_slice()).collect();
+            let targets: Vec<&[Option<bool>]> = batch
+                .iter()
+                .map(|&i| windows[i].targets.as_slice())
+                .collect();
             let (ids, mask) = pad_batch(&ids, 0, &device);
             let (y, m) = batch_targets(&targets, &class_weight, &device);
             let features = spec.compute(&model.bert, ids, mask);

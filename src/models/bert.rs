@@ -321,7 +321,11 @@ impl Bert {
     /// Folds an adapter into its weight for good (`W += scale · A·B`), so inference runs at
     /// the plain encoder's speed. `name` as from [`Bert::lora_adapters`].
     pub fn merge_lora(&mut self, name: &str, a: Tensor<2>, b: Tensor<2>, scale: f64) -> Result<()> {
-        let bad = || Error::InvalidInput(format!("no encoder projection named {name:?} takes an adapter"));
+        let bad = || {
+            Error::InvalidInput(format!(
+                "no encoder projection named {name:?} takes an adapter"
+            ))
+        };
         let mut parts = name.split('.');
         let layer: usize = match (parts.next(), parts.next()) {
             (Some("layers"), Some(i)) => i.parse().map_err(|_| bad())?,

@@ -9,12 +9,12 @@ use webguard::backend::{Backend, BackendChoice};
 use webguard::filter::dataset::{Dataset, Example, parse_labels};
 use webguard::filter::features::FeatureSpec;
 use webguard::filter::heads::{EncoderAdapter, Heads, HeadsInfo};
-use webguard::models::bert::{Bert, BertConfig};
 use webguard::filter::metrics::evaluate;
 use webguard::filter::train::{
     FeatureSet, TargetWindow, TrainConfig, Tunable, choose_thresholds, train_heads, tune_encoder,
 };
 use webguard::filter::{LABELS, TextEncoder};
+use webguard::models::bert::{Bert, BertConfig};
 use webguard::{Error, Filter, MINILM_DIR, Result};
 
 use crate::cli::read;
@@ -372,7 +372,9 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
 }
 
 fn heads_hidden(args: &TrainArgs) -> usize {
-    args.lora.as_ref().map_or(args.config.hidden, |l| l.config.hidden)
+    args.lora
+        .as_ref()
+        .map_or(args.config.hidden, |l| l.config.hidden)
 }
 
 fn print_metrics_header() {
