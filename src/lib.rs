@@ -8,7 +8,8 @@
 //! The pieces, from bytes to answers:
 //! - [`weights`]: bounds-checked GGUF and safetensors parsing, dequantisation;
 //! - [`text`]: the two models' tokenizers;
-//! - [`models`]: the networks (the MiniLM encoder so far);
+//! - [`models`]: the networks (the MiniLM encoder, SmolLM2);
+//! - [`generate`]: text generation with SmolLM2 (KV cache, sampling, stop strings, streaming);
 //! - [`filter`]: the toxicity filter (encoder + trained heads -> [`Verdict`] per text);
 //! - [`backend`]: WebGPU/Vulkan through burn-wgpu, or burn's CPU backend;
 //! - `wasm` (on `wasm32` only): the JavaScript API.
@@ -20,6 +21,7 @@
 pub mod backend;
 pub mod error;
 pub mod filter;
+pub mod generate;
 pub mod models;
 pub mod text;
 pub mod weights;

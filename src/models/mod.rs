@@ -1,3 +1,4 @@
 //! The neural networks, as burn modules on a runtime-chosen device.
 
 pub mod bert;
+pub mod llama;

@@ -15,6 +15,8 @@ fn main() -> std::process::ExitCode {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
+mod chat_cmd;
+#[cfg(not(target_arch = "wasm32"))]
 mod filter_cmds;
 #[cfg(not(target_arch = "wasm32"))]
 mod progress;
@@ -66,6 +68,35 @@ mod cli {
         Bench {
             #[command(subcommand)]
             what: BenchWhat,
+        },
+        /// Answer PROMPT with SmolLM2-135M-Instruct, streaming to stdout.
+        Chat {
+            /// System prompt (default: the model's own).
+            #[arg(long)]
+            system: Option<String>,
+            /// 0 for greedy decoding.
+            #[arg(long, default_value_t = 0.0)]
+            temperature: f32,
+            /// Nucleus sampling mass.
+            #[arg(long, default_value_t = 1.0)]
+            top_p: f32,
+            /// Sample among the K most likely tokens (0: all).
+            #[arg(long, default_value_t = 0)]
+            top_k: usize,
+            /// Penalty for repeating tokens (1: none).
+            #[arg(long, default_value_t = 1.0)]
+            repetition_penalty: f32,
+            /// Sampling seed.
+            #[arg(long, default_value_t = 0)]
+            seed: u64,
+            /// Most new tokens.
+            #[arg(long, default_value_t = 256)]
+            max_tokens: usize,
+            /// auto, gpu (webgpu/vulkan) or cpu.
+            #[arg(long, default_value = "cpu")]
+            backend: String,
+            /// The user's message.
+            prompt: String,
         },
         /// Score texts with the toxicity filter (each TEXT, or each stdin line).
         Classify {
@@ -320,6 +351,28 @@ mod cli {
                     python.as_deref(),
                 )?,
             },
+            Command::Chat {
+                system,
+                temperature,
+                top_p,
+                top_k,
+                repetition_penalty,
+                seed,
+                max_tokens,
+                backend,
+                prompt,
+            } => {
+                let options = webguard::generate::GenerateOptions {
+                    max_new_tokens: max_tokens,
+                    temperature,
+                    top_k,
+                    top_p,
+                    repetition_penalty,
+                    seed,
+                    stop: Vec::new(),
+                };
+                crate::chat_cmd::chat(&models, &backend, system.as_deref(), &prompt, &options)?;
+            }
             Command::Classify { json, filter, text } => {
                 let f = crate::filter_cmds::load_filter(
                     &models,

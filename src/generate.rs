@@ -1,0 +1,364 @@
+//! Text generation with the chat model: prefill the prompt once, then one position per new
+//! token through the KV cache; greedy or sampled (temperature, top-k, top-p, repetition
+//! penalty, seeded); stops on the end-of-turn tokens, caller stop strings or the token budget;
+//! streams valid UTF-8 pieces to a callback that can cancel.
+
+use crate::error::{Error, Result};
+use crate::filter::read_f32;
+use crate::models::llama::Llama;
+use crate::text::Tokenizer;
+
+/// How to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// 0 for greedy decoding; otherwise logits are divided by it before sampling.
+    pub temperature: f32,
+    /// Sample among the `top_k` most likely tokens (0: no limit).
+    pub top_k: usize,
+    /// Sample among the most likely tokens whose probabilities add up to `top_p` (1: no limit).
+    pub top_p: f32,
+    /// > 1 makes tokens already in the prompt or the answer less likely (llama.cpp's rule).
+    pub repetition_penalty: f32,
+    /// Seeds sampling.
+    pub seed: u64,
+    /// Generation ends before any of these strings (they are not part of the answer).
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl GenerateOptions {
+    /// Checks every value is in range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::InvalidInput(what));
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens must be at least 1".into());
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0 && self.temperature <= 10.0) {
+            return bad(format!(
+                "temperature {} is outside 0 to 10",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p {} is outside (0, 1]", self.top_p));
+        }
+        if !(self.repetition_penalty.is_finite()
+            && self.repetition_penalty >= 1.0
+            && self.repetition_penalty <= 10.0)
+        {
+            return bad(format!(
+                "repetition_penalty {} is outside 1 to 10",
+                self.repetition_penalty
+            ));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return bad("stop strings must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// An end-of-turn token.
+    EndOfTurn,
+    /// One of the caller's stop strings.
+    StopString(String),
+    /// `max_new_tokens` reached.
+    MaxTokens,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+/// What was generated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The answer's text (without a stop string).
+    pub text: String,
+    /// Generated token ids (end-of-turn token excluded).
+    pub tokens: Vec<u32>,
+    /// Why it ended.
+    pub stop_reason: StopReason,
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+}
+
+/// A small seeded generator (splitmix64) so sampling does not depend on a crate's version.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Picks the next token from `logits` (changed in place by the penalty).
+fn pick(logits: &mut [f32], history: &[u32], o: &GenerateOptions, rng: &mut Rng) -> u32 {
+    if o.repetition_penalty > 1.0 {
+        for &t in history {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 {
+                    *l / o.repetition_penalty
+                } else {
+                    *l * o.repetition_penalty
+                };
+            }
+        }
+    }
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i as u32)
+    };
+    if o.temperature == 0.0 {
+        return argmax();
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if o.top_k > 0 {
+        order.truncate(o.top_k);
+    }
+    let max = logits[order[0]];
+    let mut probs: Vec<f64> = order
+        .iter()
+        .map(|&i| (((logits[i] - max) / o.temperature) as f64).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if o.top_p < 1.0 {
+        let mut acc = 0.0;
+        let keep = probs
+            .iter()
+            .position(|p| {
+                acc += p;
+                acc >= o.top_p as f64
+            })
+            .map_or(probs.len(), |i| i + 1);
+        probs.truncate(keep);
+        order.truncate(keep);
+    }
+    let total: f64 = probs.iter().sum();
+    let mut r = rng.next_f64() * total;
+    for (p, &i) in probs.iter().zip(&order) {
+        r -= p;
+        if r <= 0.0 {
+            return i as u32;
+        }
+    }
+    order.last().map_or_else(argmax, |&i| i as u32)
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of a stop string: that much
+/// is held back from the stream until it is known not to start a stop string.
+fn held_back(text: &str, stop: &[String]) -> usize {
+    let mut keep = 0;
+    for s in stop {
+        for (i, _) in s.char_indices().skip(1) {
+            if text.ends_with(&s[..i]) {
+                keep = keep.max(i);
+            }
+        }
+    }
+    keep
+}
+
+/// Generates a continuation of `prompt` (token ids, e.g. a rendered chat). `on_text` receives
+/// each new piece of valid UTF-8 text and returns `false` to cancel. `end_tokens` end the turn
+/// (for SmolLM2: `<|im_end|>` and `<|endoftext|>`).
+pub async fn generate(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    end_tokens: &[u32],
+    options: &GenerateOptions,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<Generation> {
+    options.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::InvalidInput("the prompt is empty".into()));
+    }
+    let room = model.config().context_length.saturating_sub(prompt.len());
+    if room == 0 {
+        return Err(Error::InvalidInput(format!(
+            "the prompt has {} tokens; the context window is {}",
+            prompt.len(),
+            model.config().context_length
+        )));
+    }
+    let mut rng = Rng(options.seed);
+    let mut cache = model.new_cache();
+    let mut decoder = tokenizer.stream_decoder()?;
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    let mut emitted = 0;
+    let vocab = model.config().vocab_size;
+    let mut logits = model.forward(prompt, &mut cache)?;
+    let mut reason = StopReason::MaxTokens;
+    for _ in 0..options.max_new_tokens.min(room) {
+        let [rows, _] = logits.dims();
+        let last = logits.narrow(0, rows - 1, 1).reshape([vocab]);
+        let mut values = read_f32(last).await?;
+        let next = pick(&mut values, &history, options, &mut rng);
+        if end_tokens.contains(&next) {
+            reason = StopReason::EndOfTurn;
+            break;
+        }
+        tokens.push(next);
+        history.push(next);
+        text.push_str(&decoder.push(next)?);
+        if let Some((at, s)) = options
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|(at, _)| *at)
+        {
+            text.truncate(at);
+            if emitted < text.len() && !on_text(&text[emitted..]) {
+                reason = StopReason::Cancelled;
+                break;
+            }
+            emitted = text.len();
+            reason = StopReason::StopString(s.clone());
+            break;
+        }
+        let safe = text.len() - held_back(&text, &options.stop);
+        if safe > emitted {
+            let piece = &text[emitted..safe];
+            emitted = safe;
+            if !on_text(piece) {
+                reason = StopReason::Cancelled;
+                break;
+            }
+        }
+        logits = model.forward(&[next], &mut cache)?;
+    }
+    if !matches!(reason, StopReason::StopString(_) | StopReason::Cancelled) {
+        text.push_str(&decoder.finish());
+        if emitted < text.len() {
+            on_text(&text[emitted..]);
+        }
+    }
+    Ok(Generation {
+        text,
+        tokens,
+        stop_reason: reason,
+        prompt_tokens: prompt.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_argmax_and_sampling_is_seeded() {
+        let o = GenerateOptions::default();
+        let mut l = vec![0.1, 3.0, -1.0, 2.9];
+        assert_eq!(pick(&mut l, &[], &o, &mut Rng(1)), 1);
+        let o = GenerateOptions {
+            temperature: 1.0,
+            top_k: 2,
+            ..GenerateOptions::default()
+        };
+        let draws = |seed| {
+            let mut rng = Rng(seed);
+            (0..200)
+                .map(|_| pick(&mut [0.1, 3.0, -1.0, 2.9], &[], &o, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        let a = draws(7);
+        assert_eq!(a, draws(7));
+        assert!(
+            a.iter().all(|&t| t == 1 || t == 3),
+            "top-k 2 keeps tokens 1 and 3"
+        );
+        assert!(a.contains(&1) && a.contains(&3));
+    }
+
+    #[test]
+    fn repetition_penalty_and_top_p() {
+        let o = GenerateOptions {
+            repetition_penalty: 2.0,
+            ..GenerateOptions::default()
+        };
+        let mut l = vec![1.0, 1.8, 0.5];
+        // 1.8 / 2 = 0.9 < 1.0: the repeated token loses.
+        assert_eq!(pick(&mut l, &[1], &o, &mut Rng(0)), 0);
+        let o = GenerateOptions {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..GenerateOptions::default()
+        };
+        for seed in 0..50 {
+            assert_eq!(pick(&mut [5.0, 0.0, 0.0], &[], &o, &mut Rng(seed)), 0);
+        }
+    }
+
+    #[test]
+    fn options_out_of_range_are_errors() {
+        let ok = GenerateOptions::default();
+        assert!(ok.validate().is_ok());
+        for bad in [
+            GenerateOptions {
+                temperature: -1.0,
+                ..ok.clone()
+            },
+            GenerateOptions {
+                temperature: f32::NAN,
+                ..ok.clone()
+            },
+            GenerateOptions {
+                top_p: 0.0,
+                ..ok.clone()
+            },
+            GenerateOptions {
+                top_p: 1.5,
+                ..ok.clone()
+            },
+            GenerateOptions {
+                repetition_penalty: 0.5,
+                ..ok.clone()
+            },
+            GenerateOptions {
+                max_new_tokens: 0,
+                ..ok.clone()
+            },
+            GenerateOptions {
+                stop: vec![String::new()],
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stream_holds_back_what_may_start_a_stop_string() {
+        let stop = vec!["\nUser:".to_string()];
+        assert_eq!(held_back("hello\nUs", &stop), 3);
+        assert_eq!(held_back("hello", &stop), 0);
+    }
+}

@@ -1,0 +1,334 @@
+//! SmolLM2 (the llama architecture) built from its GGUF file.
+//!
+//! ```text
+//! ids -> token embedding
+//!     -> 30 x [ RMSNorm -> grouped-query attention (9 query heads, 3 KV heads, RoPE) -> +residual
+//!               RMSNorm -> SwiGLU feed-forward (gate, up 576->1536, down 1536->576) -> +residual ]
+//!     -> RMSNorm -> logits against the token embedding (tied output)
+//! ```
+//! RoPE rotates adjacent pairs `(x[2i], x[2i+1])`: the GGUF converter permuted the Q and K
+//! weights for that convention, which is llama.cpp's. Weights are dequantised to f32 at load
+//! (issue 4 notes: keeping them quantised is the next step). A [`KvCache`] holds each layer's
+//! keys and values so each generated token costs one position, not the whole prompt again.
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::weights::gguf::Gguf;
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width.
+    pub dim: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub kv_heads: usize,
+    /// Feed-forward width.
+    pub ffn_dim: usize,
+    /// RoPE base frequency.
+    pub rope_base: f64,
+    /// RMSNorm epsilon.
+    pub rms_eps: f64,
+    /// Longest sequence the model was trained for.
+    pub context_length: usize,
+}
+
+impl LlamaConfig {
+    /// Reads and checks the `llama.*` metadata.
+    pub fn from_gguf(gguf: &Gguf<'_>) -> Result<Self> {
+        let arch = gguf.require_str("general.architecture")?;
+        if arch != "llama" {
+            return Err(Error::InvalidInput(format!(
+                "GGUF architecture {arch:?}; only llama models are supported"
+            )));
+        }
+        let u =
+            |k: &str| -> Result<usize> { Ok(gguf.require_u64(&format!("llama.{k}"))? as usize) };
+        let embd = gguf.tensor_info("token_embd.weight")?.shape();
+        let c = LlamaConfig {
+            vocab_size: embd.first().copied().unwrap_or(0),
+            dim: u("embedding_length")?,
+            layers: u("block_count")?,
+            heads: u("attention.head_count")?,
+            kv_heads: u("attention.head_count_kv")?,
+            ffn_dim: u("feed_forward_length")?,
+            rope_base: gguf.require_f64("llama.rope.freq_base")?,
+            rms_eps: gguf.require_f64("llama.attention.layer_norm_rms_epsilon")?,
+            context_length: u("context_length")?,
+        };
+        let bad = c.heads == 0
+            || c.kv_heads == 0
+            || !c.dim.is_multiple_of(c.heads)
+            || !c.heads.is_multiple_of(c.kv_heads)
+            || !(c.dim / c.heads).is_multiple_of(2)
+            || c.layers == 0
+            || c.layers > 1024
+            || c.vocab_size == 0;
+        if bad {
+            return Err(Error::InvalidInput(format!(
+                "inconsistent llama hyper-parameters: {c:?}"
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.dim / self.heads
+    }
+}
+
+struct Block {
+    attn_norm: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    wo: Tensor<2>,
+    ffn_norm: Tensor<1>,
+    gate: Tensor<2>,
+    up: Tensor<2>,
+    down: Tensor<2>,
+}
+
+/// The model, on one device.
+pub struct Llama {
+    config: LlamaConfig,
+    /// `[vocab, dim]`; also the output projection.
+    embedding: Tensor<2>,
+    blocks: Vec<Block>,
+    output_norm: Tensor<1>,
+    device: Device,
+}
+
+/// Keys and values of the positions seen so far, per layer: `[1, kv_heads, t, head_dim]`.
+pub struct KvCache {
+    keys: Vec<Option<Tensor<4>>>,
+    values: Vec<Option<Tensor<4>>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A GGUF tensor dequantised to f32 on `device`, checked against the shape the model needs
+/// (row-major, PyTorch's `[out, in]` for projections).
+fn load<const D: usize>(
+    gguf: &Gguf<'_>,
+    name: &str,
+    shape: [usize; D],
+    device: &Device,
+) -> Result<Tensor<D>> {
+    let info = gguf.tensor_info(name)?;
+    if info.shape() != shape {
+        return Err(Error::InvalidInput(format!(
+            "GGUF tensor {name} has shape {:?}; the model needs {shape:?}",
+            info.shape()
+        )));
+    }
+    let values = gguf.dequantize(name)?;
+    Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
+    let [_, _, d] = x.dims();
+    let rms = x
+        .clone()
+        .powf_scalar(2.0)
+        .mean_dim(2)
+        .add_scalar(eps)
+        .sqrt();
+    (x / rms) * weight.clone().reshape([1, 1, d])
+}
+
+/// `x [b, s, in] · wᵀ` for `w [out, in]`, as one 2-D product.
+fn project(x: Tensor<3>, w: &Tensor<2>) -> Tensor<3> {
+    let [b, s, d] = x.dims();
+    let out = w.dims()[0];
+    x.reshape([b * s, d])
+        .matmul(w.clone().transpose())
+        .reshape([b, s, out])
+}
+
+impl Llama {
+    /// Builds the model from a parsed GGUF.
+    pub fn load(gguf: &Gguf<'_>, device: &Device) -> Result<Self> {
+        let c = LlamaConfig::from_gguf(gguf)?;
+        let (d, kv) = (c.dim, c.kv_heads * c.head_dim());
+        let mut blocks = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let n = |part: &str| format!("blk.{i}.{part}.weight");
+            blocks.push(Block {
+                attn_norm: load(gguf, &n("attn_norm"), [d], device)?,
+                wq: load(gguf, &n("attn_q"), [d, d], device)?,
+                wk: load(gguf, &n("attn_k"), [kv, d], device)?,
+                wv: load(gguf, &n("attn_v"), [kv, d], device)?,
+                wo: load(gguf, &n("attn_output"), [d, d], device)?,
+                ffn_norm: load(gguf, &n("ffn_norm"), [d], device)?,
+                gate: load(gguf, &n("ffn_gate"), [c.ffn_dim, d], device)?,
+                up: load(gguf, &n("ffn_up"), [c.ffn_dim, d], device)?,
+                down: load(gguf, &n("ffn_down"), [d, c.ffn_dim], device)?,
+            });
+        }
+        Ok(Llama {
+            embedding: load(gguf, "token_embd.weight", [c.vocab_size, d], device)?,
+            output_norm: load(gguf, "output_norm.weight", [d], device)?,
+            blocks,
+            config: c,
+            device: device.clone(),
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            keys: vec![None; self.config.layers],
+            values: vec![None; self.config.layers],
+            len: 0,
+        }
+    }
+
+    /// cos and sin `[s, head_dim / 2]` for positions `start..start + s`.
+    fn rope_tables(&self, start: usize, s: usize) -> (Tensor<2>, Tensor<2>) {
+        let half = self.config.head_dim() / 2;
+        let mut cos = Vec::with_capacity(s * half);
+        let mut sin = Vec::with_capacity(s * half);
+        for p in start..start + s {
+            for i in 0..half {
+                let freq = self
+                    .config
+                    .rope_base
+                    .powf(-(2.0 * i as f64) / self.config.head_dim() as f64);
+                let angle = p as f64 * freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        (
+            Tensor::from_data(TensorData::new(cos, [s, half]), &self.device),
+            Tensor::from_data(TensorData::new(sin, [s, half]), &self.device),
+        )
+    }
+
+    /// Rotates adjacent pairs of `x [b, h, s, head_dim]`.
+    fn rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+        let [b, h, s, hd] = x.dims();
+        let half = hd / 2;
+        let pairs = x.reshape([b, h, s, half, 2]);
+        let x0 = pairs.clone().narrow(4, 0, 1).reshape([b, h, s, half]);
+        let x1 = pairs.narrow(4, 1, 1).reshape([b, h, s, half]);
+        let cos = cos.clone().reshape([1, 1, s, half]);
+        let sin = sin.clone().reshape([1, 1, s, half]);
+        let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
+        let r1 = x0 * sin + x1 * cos;
+        Tensor::stack::<5>(vec![r0, r1], 4).reshape([b, h, s, hd])
+    }
+
+    /// Logits `[s, vocab]` for `ids` following the cached positions; the cache grows by
+    /// `ids.len()`. Errors for empty input, ids outside the vocabulary and overflowing the
+    /// context window.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<2>> {
+        let c = &self.config;
+        if ids.is_empty() {
+            return Err(Error::InvalidInput("no tokens to run".into()));
+        }
+        if let Some(id) = ids.iter().find(|&&i| i as usize >= c.vocab_size) {
+            return Err(Error::InvalidInput(format!(
+                "token id {id} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        if cache.len + ids.len() > c.context_length {
+            return Err(Error::InvalidInput(format!(
+                "{} cached + {} new tokens exceed the context window of {}",
+                cache.len,
+                ids.len(),
+                c.context_length
+            )));
+        }
+        let s = ids.len();
+        let (hd, h, kvh) = (c.head_dim(), c.heads, c.kv_heads);
+        let ids_t = Tensor::<1, Int>::from_data(
+            TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [s]),
+            &self.device,
+        );
+        let mut x = self
+            .embedding
+            .clone()
+            .select(0, ids_t)
+            .reshape([1, s, c.dim]);
+        let (cos, sin) = self.rope_tables(cache.len, s);
+        let start = cache.len;
+        let total = start + s;
+        // Causal mask over [new positions, all positions]: position start+i sees 0..=start+i.
+        let mask: Vec<f32> = (0..s)
+            .flat_map(|i| (0..total).map(move |j| if j <= start + i { 0.0 } else { -1e9 }))
+            .collect();
+        let mask = Tensor::<2>::from_data(TensorData::new(mask, [s, total]), &self.device)
+            .reshape([1, 1, s, total]);
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let a = rms_norm(x.clone(), &blk.attn_norm, c.rms_eps);
+            let split = |t: Tensor<3>, n: usize| t.reshape([1, s, n, hd]).swap_dims(1, 2);
+            let q = Self::rope(split(project(a.clone(), &blk.wq), h), &cos, &sin);
+            let k = Self::rope(split(project(a.clone(), &blk.wk), kvh), &cos, &sin);
+            let v = split(project(a, &blk.wv), kvh);
+            let k = match cache.keys[l].take() {
+                Some(prev) => Tensor::cat(vec![prev, k], 2),
+                None => k,
+            };
+            let v = match cache.values[l].take() {
+                Some(prev) => Tensor::cat(vec![prev, v], 2),
+                None => v,
+            };
+            cache.keys[l] = Some(k.clone());
+            cache.values[l] = Some(v.clone());
+            // Each KV head serves heads / kv_heads query heads (head j uses KV head j / group).
+            let group = h / kvh;
+            let expand = |t: Tensor<4>| {
+                t.reshape([1, kvh, 1, total, hd])
+                    .repeat_dim(2, group)
+                    .reshape([1, h, total, hd])
+            };
+            let scores = q
+                .matmul(expand(k).swap_dims(2, 3))
+                .div_scalar((hd as f64).sqrt())
+                + mask.clone();
+            let ctx = softmax(scores, 3)
+                .matmul(expand(v))
+                .swap_dims(1, 2)
+                .reshape([1, s, c.dim]);
+            x = x + project(ctx, &blk.wo);
+            let f = rms_norm(x.clone(), &blk.ffn_norm, c.rms_eps);
+            let ff = silu(project(f.clone(), &blk.gate)) * project(f, &blk.up);
+            x = x + project(ff, &blk.down);
+        }
+        cache.len = total;
+        let x = rms_norm(x, &self.output_norm, c.rms_eps).reshape([s, c.dim]);
+        Ok(x.matmul(self.embedding.clone().transpose()))
+    }
+}
