@@ -263,3 +263,133 @@ impl WasmFilter {
         }))
     }
 }
+
+/// The chat model, usable from JavaScript: `await Chat.create(backend, ggufBytes)`, then
+/// `await chat.generate(messages, options, onToken)`.
+#[wasm_bindgen(js_name = Chat)]
+pub struct WasmChat {
+    model: std::rc::Rc<crate::models::llama::Llama>,
+    tokenizer: std::rc::Rc<Tokenizer>,
+    end_tokens: Vec<u32>,
+    backend: Backend,
+}
+
+/// Generation options as JS passes them (all optional).
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+struct JsGenerateOptions {
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Vec<String>>,
+}
+
+#[wasm_bindgen(js_class = Chat)]
+impl WasmChat {
+    /// Sets up `backend` (`"auto"`, `"webgpu"` or `"cpu"`) and loads SmolLM2 from its GGUF bytes.
+    pub async fn create(backend: String, gguf: Vec<u8>) -> Result<WasmChat, JsError> {
+        let choice: BackendChoice = backend.parse().map_err(js_err)?;
+        let backend = Backend::init(choice).await.map_err(js_err)?;
+        let parsed = Gguf::parse(&gguf).map_err(|e| js_err(e.into()))?;
+        let tokenizer = Tokenizer::from_gguf(&parsed).map_err(js_err)?;
+        let model = crate::models::llama::Llama::load(&parsed, &backend.device).map_err(js_err)?;
+        let end_tokens = ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .collect();
+        Ok(WasmChat {
+            model: std::rc::Rc::new(model),
+            tokenizer: std::rc::Rc::new(tokenizer),
+            end_tokens,
+            backend,
+        })
+    }
+
+    /// `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        backend_kind(&self.backend).into()
+    }
+
+    /// What runs, in words.
+    #[wasm_bindgen(getter, js_name = backendDescription)]
+    pub fn backend_description(&self) -> String {
+        self.backend.to_string()
+    }
+
+    /// Resolves to `{ text, tokens, stopReason, promptTokens }` for `messages`
+    /// (`[{ role, content }]`) with `options` (`{ maxTokens, temperature, topK, topP,
+    /// repetitionPenalty, seed, stop }`); `onToken(piece)` gets each text piece and may return
+    /// `false` to stop.
+    pub fn generate(
+        &self,
+        messages: JsValue,
+        options: JsValue,
+        on_token: Option<js_sys::Function>,
+    ) -> Result<Promise, JsError> {
+        let messages: Vec<crate::text::chat_template::Message> =
+            serde_wasm_bindgen::from_value(messages)
+                .map_err(|e| JsError::new(&format!("messages: {e}")))?;
+        let o: JsGenerateOptions = if options.is_undefined() || options.is_null() {
+            JsGenerateOptions::default()
+        } else {
+            serde_wasm_bindgen::from_value(options)
+                .map_err(|e| JsError::new(&format!("options: {e}")))?
+        };
+        let d = crate::generate::GenerateOptions::default();
+        let options = crate::generate::GenerateOptions {
+            max_new_tokens: o.max_tokens.unwrap_or(d.max_new_tokens),
+            temperature: o.temperature.unwrap_or(d.temperature),
+            top_k: o.top_k.unwrap_or(d.top_k),
+            top_p: o.top_p.unwrap_or(d.top_p),
+            repetition_penalty: o.repetition_penalty.unwrap_or(d.repetition_penalty),
+            seed: o.seed.unwrap_or(d.seed),
+            stop: o.stop.unwrap_or_default(),
+        };
+        options.validate().map_err(js_err)?;
+        let prompt = crate::text::chat_template::render(&messages, true).map_err(js_err)?;
+        let ids = self.tokenizer.encode(&prompt).map_err(js_err)?;
+        let (model, tokenizer, end) = (
+            self.model.clone(),
+            self.tokenizer.clone(),
+            self.end_tokens.clone(),
+        );
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let generation =
+                crate::generate::generate(&model, &tokenizer, &ids, &end, &options, |piece| {
+                    match &on_token {
+                        Some(f) => f
+                            .call1(&JsValue::NULL, &JsValue::from_str(piece))
+                            .map(|r| r.as_bool() != Some(false))
+                            .unwrap_or(false),
+                        None => true,
+                    }
+                })
+                .await
+                .map_err(|e| JsValue::from(js_err(e)))?;
+            let out = js_sys::Object::new();
+            let set = |k: &str, v: JsValue| Reflect::set(&out, &k.into(), &v).map(|_| ());
+            let reason = match &generation.stop_reason {
+                crate::generate::StopReason::EndOfTurn => "endOfTurn".to_string(),
+                crate::generate::StopReason::StopString(s) => format!("stop:{s}"),
+                crate::generate::StopReason::MaxTokens => "maxTokens".to_string(),
+                crate::generate::StopReason::Cancelled => "cancelled".to_string(),
+            };
+            set("text", generation.text.clone().into())
+                .and(set(
+                    "tokens",
+                    js_sys::Uint32Array::from(generation.tokens.as_slice()).into(),
+                ))
+                .and(set("stopReason", reason.into()))
+                .and(set(
+                    "promptTokens",
+                    (generation.prompt_tokens as u32).into(),
+                ))
+                .map_err(|_| JsValue::from(JsError::new("could not build the result object")))?;
+            Ok(out.into())
+        }))
+    }
+}
