@@ -274,9 +274,20 @@ pub struct WasmChat {
     backend: Backend,
 }
 
+/// The option names `Chat.generate` accepts.
+const GENERATE_OPTION_NAMES: [&str; 7] = [
+    "maxTokens",
+    "temperature",
+    "topK",
+    "topP",
+    "repetitionPenalty",
+    "seed",
+    "stop",
+];
+
 /// Generation options as JS passes them (all optional).
 #[derive(serde::Deserialize, Default)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 struct JsGenerateOptions {
     max_tokens: Option<usize>,
     temperature: Option<f32>,
@@ -330,12 +341,31 @@ impl WasmChat {
         options: JsValue,
         on_token: Option<js_sys::Function>,
     ) -> Result<Promise, JsError> {
+        if !js_sys::Array::is_array(&messages) {
+            return Err(JsError::new(
+                "messages must be an array of { role, content } objects",
+            ));
+        }
         let messages: Vec<crate::text::chat_template::Message> =
             serde_wasm_bindgen::from_value(messages)
                 .map_err(|e| JsError::new(&format!("messages: {e}")))?;
         let o: JsGenerateOptions = if options.is_undefined() || options.is_null() {
             JsGenerateOptions::default()
         } else {
+            // serde-wasm-bindgen only reads the fields it knows, so a misspelt option would
+            // be ignored silently: check the keys first.
+            let object: &js_sys::Object = options
+                .dyn_ref()
+                .ok_or_else(|| JsError::new("options must be an object"))?;
+            for key in js_sys::Object::keys(object).iter() {
+                let key = key.as_string().unwrap_or_default();
+                if !GENERATE_OPTION_NAMES.contains(&key.as_str()) {
+                    return Err(JsError::new(&format!(
+                        "options: unknown option {key:?} (known: {})",
+                        GENERATE_OPTION_NAMES.join(", ")
+                    )));
+                }
+            }
             serde_wasm_bindgen::from_value(options)
                 .map_err(|e| JsError::new(&format!("options: {e}")))?
         };

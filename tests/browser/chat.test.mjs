@@ -43,10 +43,10 @@ test("a callback returning false cancels; bad input is a JS error", async () => 
   console.log(`# ${JSON.stringify(r)}`);
   assert.match(r.noMessages, /^Error: .*no messages/);
   assert.match(r.unknownRole, /^Error: .*unknown role "wizard"/);
-  assert.match(r.notMessages, /^Error: messages/);
+  assert.match(r.notMessages, /^Error: messages must be an array/);
   assert.match(r.badTemperature, /^Error: .*temperature/);
   assert.match(r.badTopP, /^Error: .*top_p/);
-  assert.match(r.unknownOption, /^Error: options: .*temprature/);
+  assert.match(r.unknownOption, /^Error: options: unknown option "temprature"/);
   assert.match(r.garbageGguf, /^Error: /);
   assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
 });

@@ -214,6 +214,19 @@ mod cli {
             #[arg(long)]
             python: Option<PathBuf>,
         },
+        /// SmolLM2: prefill tokens/s, decode tokens/s, time to first token and peak memory per
+        /// backend (the llama.cpp side-by-side run is not wired in yet; see notes/issue-4).
+        Chat {
+            /// Backends to measure: cpu, gpu or both.
+            #[arg(long, default_value = "cpu,gpu")]
+            backends: String,
+            /// Prompt length in tokens.
+            #[arg(long, default_value_t = 128)]
+            prompt_tokens: usize,
+            /// Tokens to decode (end-of-turn is ignored so every run decodes this many).
+            #[arg(long, default_value_t = 128)]
+            new_tokens: usize,
+        },
         /// The whole filter (tokenize, window, encode, pool, heads) on texts of a fixed token
         /// length: texts/s per batch size and backend, next to the same filter in PyTorch
         /// (scripts/filter-torch.py) on the same texts when `--python` is given.
@@ -332,6 +345,11 @@ mod cli {
                     seconds,
                     python.as_deref(),
                 )?,
+                BenchWhat::Chat {
+                    backends,
+                    prompt_tokens,
+                    new_tokens,
+                } => bench::chat(&models, &backends, prompt_tokens, new_tokens)?,
                 BenchWhat::Filter {
                     backends,
                     batches,
@@ -533,6 +551,76 @@ mod cli {
             pollster::block_on(t.into_data_async())
                 .map(|_| ())
                 .map_err(|e| Error::Backend(format!("{e:?}")))
+        }
+
+        /// `bench chat`: prefill, then greedy decode through the KV cache, timed per phase.
+        pub fn chat(
+            models: &Path,
+            backends: &str,
+            prompt_tokens: usize,
+            new_tokens: usize,
+        ) -> Result<()> {
+            use webguard::filter::read_f32;
+            use webguard::models::llama::Llama;
+            use webguard::weights::Gguf;
+            if prompt_tokens == 0 || new_tokens == 0 {
+                return Err(Error::InvalidInput(
+                    "prompt and new tokens must be at least 1".into(),
+                ));
+            }
+            let bytes = read(&models.join(webguard::SMOLLM2_GGUF))?;
+            let gguf = Gguf::parse(&bytes)?;
+            let tok = Tokenizer::from_gguf(&gguf)?;
+            // A prompt of exactly `prompt_tokens` tokens, from repeated ordinary text.
+            let base = tok.encode(
+                "The history of the printing press begins with movable type, paper and ink. ",
+            )?;
+            let prompt: Vec<u32> = base.iter().cycle().take(prompt_tokens).copied().collect();
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!(
+                "bench chat: SmolLM2-135M-Instruct Q4_1 (weights as f32), {prompt_tokens}-token prompt, {new_tokens} new tokens, {threads} threads"
+            );
+            for name in backends.split(',') {
+                let backend = Backend::init_blocking(name.trim().parse::<BackendChoice>()?)?;
+                let load_start = Instant::now();
+                let model = Llama::load(&gguf, &backend.device)?;
+                let load = load_start.elapsed().as_secs_f64();
+                let vocab = model.config().vocab_size;
+                let argmax = |v: &[f32]| {
+                    v.iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map_or(0, |(i, _)| i as u32)
+                };
+                // Warm-up (kernel compilation on wgpu), then the measured run.
+                let mut cache = model.new_cache();
+                let l = model.forward(&prompt[..prompt_tokens.min(8)], &mut cache)?;
+                sync_read(l)?;
+                let mut cache = model.new_cache();
+                let start = Instant::now();
+                let logits = model.forward(&prompt, &mut cache)?;
+                let last = logits.narrow(0, prompt_tokens - 1, 1).reshape([vocab]);
+                let mut next = argmax(&pollster::block_on(read_f32(last))?);
+                let ttft = start.elapsed().as_secs_f64();
+                let decode_start = Instant::now();
+                for _ in 1..new_tokens {
+                    let l = model.forward(&[next], &mut cache)?;
+                    next = argmax(&pollster::block_on(read_f32(l.reshape([vocab])))?);
+                }
+                let decode = decode_start.elapsed().as_secs_f64();
+                println!(
+                    "  webguard {backend}: load {load:.1} s, prefill {:.1} tokens/s, time to first token {:.0} ms, decode {:.1} tokens/s",
+                    prompt_tokens as f64 / ttft,
+                    ttft * 1000.0,
+                    (new_tokens - 1) as f64 / decode
+                );
+            }
+            println!(
+                "  webguard peak resident memory: {:.0} MB (GGUF file: {:.0} MB)",
+                peak_rss_mb(),
+                bytes.len() as f64 / 1e6
+            );
+            Ok(())
         }
 
         /// What is measured.
