@@ -142,6 +142,8 @@ pub fn shuffle<T>(items: &mut [T], seed: u64) {
 /// Trains heads for `data.labels` labels on `device` (made autodiff here). Each label's loss
 /// is the mean over the rows that have a target for it, positives weighted so both classes
 /// count equally; the labels' losses are averaged. `progress(epoch, mean loss)` after each epoch.
+/// Reads the loss back synchronously: natively or on the CPU backend only (in-browser tuning
+/// on WebGPU needs an async variant; issue 6).
 pub fn train_heads(
     data: &FeatureSet,
     config: &TrainConfig,
@@ -258,7 +260,8 @@ pub struct TargetWindow {
 /// Trains LoRA adapters already attached to `model.bert` (see `Bert::with_lora`) together
 /// with `model.heads`, both on an autodiff device, on token windows. Batches hold windows of
 /// similar length (shuffled in blocks, sorted within a block) so little is padding.
-/// `progress(step, steps, loss)` after each step.
+/// `progress(step, steps, loss)` after each step. Like [`train_heads`], natively or on the CPU
+/// backend only.
 pub fn tune_encoder(
     mut model: Tunable,
     spec: &FeatureSpec,
