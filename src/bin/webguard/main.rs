@@ -215,7 +215,8 @@ mod cli {
             python: Option<PathBuf>,
         },
         /// SmolLM2: prefill tokens/s, decode tokens/s, time to first token and peak memory per
-        /// backend (the llama.cpp side-by-side run is not wired in yet; see notes/issue-4).
+        /// backend, next to llama.cpp on the same GGUF with the same thread count when
+        /// `--python` points at an interpreter with llama-cpp-python (scripts/llamacpp-peer.py).
         Chat {
             /// Backends to measure: cpu, gpu or both.
             #[arg(long, default_value = "cpu,gpu")]
@@ -226,6 +227,9 @@ mod cli {
             /// Tokens to decode (end-of-turn is ignored so every run decodes this many).
             #[arg(long, default_value_t = 128)]
             new_tokens: usize,
+            /// Python with llama-cpp-python, for the side-by-side peer run.
+            #[arg(long)]
+            python: Option<PathBuf>,
         },
         /// The whole filter (tokenize, window, encode, pool, heads) on texts of a fixed token
         /// length: texts/s per batch size and backend, next to the same filter in PyTorch
@@ -349,7 +353,14 @@ mod cli {
                     backends,
                     prompt_tokens,
                     new_tokens,
-                } => bench::chat(&models, &backends, prompt_tokens, new_tokens)?,
+                    python,
+                } => bench::chat(
+                    &models,
+                    &backends,
+                    prompt_tokens,
+                    new_tokens,
+                    python.as_deref(),
+                )?,
                 BenchWhat::Filter {
                     backends,
                     batches,
@@ -559,6 +570,7 @@ mod cli {
             backends: &str,
             prompt_tokens: usize,
             new_tokens: usize,
+            python: Option<&Path>,
         ) -> Result<()> {
             use webguard::filter::read_f32;
             use webguard::models::llama::Llama;
@@ -577,6 +589,7 @@ mod cli {
             )?;
             let prompt: Vec<u32> = base.iter().cycle().take(prompt_tokens).copied().collect();
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let mut ours = Vec::new();
             println!(
                 "bench chat: SmolLM2-135M-Instruct Q4_1 (weights as f32), {prompt_tokens}-token prompt, {new_tokens} new tokens, {threads} threads"
             );
@@ -608,6 +621,11 @@ mod cli {
                     next = argmax(&pollster::block_on(read_f32(l.reshape([vocab])))?);
                 }
                 let decode = decode_start.elapsed().as_secs_f64();
+                ours.push((
+                    name.trim().to_string(),
+                    prompt_tokens as f64 / ttft,
+                    (new_tokens - 1) as f64 / decode,
+                ));
                 println!(
                     "  webguard {backend}: load {load:.1} s, prefill {:.1} tokens/s, time to first token {:.0} ms, decode {:.1} tokens/s",
                     prompt_tokens as f64 / ttft,
@@ -620,6 +638,41 @@ mod cli {
                 peak_rss_mb(),
                 bytes.len() as f64 / 1e6
             );
+            if let Some(python) = python {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llamacpp-peer.py");
+                let out = std::process::Command::new(python)
+                    .arg(&script)
+                    .arg("bench")
+                    .args(["--prompt-tokens", &prompt_tokens.to_string()])
+                    .args(["--new-tokens", &new_tokens.to_string()])
+                    .args(["--threads", &threads.to_string()])
+                    .output()
+                    .map_err(|e| Error::io(python, e))?;
+                if !out.status.success() {
+                    return Err(Error::Backend(format!(
+                        "llama.cpp peer run failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )));
+                }
+                let peer: serde_json::Value = serde_json::from_slice(&out.stdout)
+                    .map_err(|e| Error::Backend(format!("llama.cpp peer output: {e}")))?;
+                let prefill = peer["prefill_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+                let decode = peer["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "  llama.cpp (llama-cpp-python {}, {} threads), same GGUF: prefill {prefill:.1} tokens/s, time to first token {:.0} ms, decode {decode:.1} tokens/s, peak resident memory {:.0} MB",
+                    peer["llama_cpp_python"],
+                    peer["threads"],
+                    peer["ttft_ms"].as_f64().unwrap_or(f64::NAN),
+                    peer["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+                );
+                for (name, p, d) in &ours {
+                    println!(
+                        "    ratio webguard {name} / llama.cpp: prefill {:.2}, decode {:.2}",
+                        p / prefill,
+                        d / decode
+                    );
+                }
+            }
             Ok(())
         }
 

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""llama.cpp (PyPI `llama-cpp-python`, built from source) on the same GGUF: the peer of
+`webguard bench chat`, and a second opinion on the chat model's logits.
+
+    python3 -m venv ~/.cache/webguard/venv-llamacpp
+    ~/.cache/webguard/venv-llamacpp/bin/pip install llama-cpp-python==0.3.36 numpy   # compiles llama.cpp
+    PY=~/.cache/webguard/venv-llamacpp/bin/python
+    $PY scripts/llamacpp-peer.py bench --prompt-tokens 128 --new-tokens 128 --threads 2   # JSON
+    $PY scripts/llamacpp-peer.py compare      # logits and greedy tokens vs tests/reference/llama_smollm2.json
+
+llama.cpp multiplies Q4_1 weights with activations quantised to 8 bits, so its logits differ
+from an exact f32/f64 evaluation by more than webguard's do; `compare` reports by how much.
+"""
+import argparse
+import json
+import os
+import pathlib
+import resource
+import time
+
+import numpy as np
+from llama_cpp import Llama
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+GGUF = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load(threads, logits_all=False, n_ctx=1024):
+    return Llama(model_path=str(GGUF), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                 n_batch=512, logits_all=logits_all, verbose=False, seed=0)
+
+
+def bench(a):
+    llm = load(a.threads)
+    base = llm.tokenize(b"The history of the printing press begins with movable type, paper and ink. ",
+                        add_bos=False, special=False)
+    prompt = (base * (a.prompt_tokens // len(base) + 1))[:a.prompt_tokens]
+    # Warm-up, then the measured run: prefill, first token, greedy decode (EOS ignored).
+    llm.reset(); llm.eval(prompt[:8])
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt)
+    nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    ttft = time.perf_counter() - start
+    t0 = time.perf_counter()
+    for _ in range(a.new_tokens - 1):
+        llm.eval([nxt])
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    decode = time.perf_counter() - t0
+    print(json.dumps({
+        "llama_cpp_python": __import__("llama_cpp").__version__,
+        "threads": a.threads,
+        "prefill_tokens_per_s": a.prompt_tokens / ttft,
+        "ttft_ms": ttft * 1000,
+        "decode_tokens_per_s": (a.new_tokens - 1) / decode,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+def compare(a):
+    ref = json.loads((ROOT / "tests" / "reference" / "llama_smollm2.json").read_text())
+    llm = load(a.threads, logits_all=True)
+    for case in ref["cases"]:
+        llm.reset()
+        llm.eval(case["ids"])
+        logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+        ids = case["top_ids"] + case["sampled_ids"]
+        want = np.array(case["top_logits"] + case["sampled_logits"])
+        greedy = []
+        step = logits
+        for _ in range(len(case["greedy"])):
+            nxt = int(np.argmax(step))
+            greedy.append(nxt)
+            if nxt in (0, 2):
+                break
+            llm.eval([nxt])
+            step = np.array(llm.scores[llm.n_tokens - 1])
+        same = sum(1 for x, y in zip(greedy, case["greedy"]) if x == y)
+        first_diff = next((i for i, (x, y) in enumerate(zip(greedy, case["greedy"])) if x != y), None)
+        print(f"{case['prompt']!r}: max |logit - float64 ref| {np.abs(logits[ids] - want).max():.3f}, "
+              f"greedy tokens equal to the reference: {same}/{len(case['greedy'])}"
+              + ("" if first_diff is None else f" (first difference at {first_diff})"))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench")
+    b.add_argument("--prompt-tokens", type=int, default=128)
+    b.add_argument("--new-tokens", type=int, default=128)
+    b.add_argument("--threads", type=int, default=os.cpu_count())
+    c = sub.add_parser("compare")
+    c.add_argument("--threads", type=int, default=os.cpu_count())
+    a = p.parse_args()
+    bench(a) if a.cmd == "bench" else compare(a)
+
+
+if __name__ == "__main__":
+    main()
