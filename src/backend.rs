@@ -165,17 +165,20 @@ pub async fn probe_computation(device: &Device) -> Result<Vec<f32>> {
     let b = Tensor::<2>::from_data(TensorData::new(b, [8, 3]), device);
     let p = softmax(a.matmul(b) + 0.5, 1);
     let sums = p.clone().powf_scalar(2.0).sum_dim(1);
-    let read = |t: Tensor<2>| async move {
-        let data = t
-            .into_data_async()
-            .await
-            .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
-        data.try_to_vec::<f32>()
-            .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
-    };
-    let mut out = read(p).await?;
-    out.extend(read(sums).await?);
+    let mut out = read_f32(p).await?;
+    out.extend(read_f32(sums).await?);
     Ok(out)
+}
+
+/// Reads a tensor back as `f32` values, asynchronously (the only way that works on WebGPU in
+/// a browser).
+pub async fn read_f32<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
+    data.try_to_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
 }
 
 /// Browsers hide the adapter name from wgpu; use the one `GPUAdapter.info` gives.

@@ -20,7 +20,7 @@ pub mod dataset;
 
 use std::collections::BTreeMap;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -46,16 +46,7 @@ pub struct Verdict {
     pub flagged: bool,
 }
 
-/// Reads a tensor back as `f32` values, asynchronously (the only way that works on WebGPU in
-/// a browser).
-pub async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    let data = t
-        .into_data_async()
-        .await
-        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
-    data.try_to_vec::<f32>()
-        .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
-}
+pub use crate::backend::read_f32;
 
 /// The encoder and the heads, ready to classify.
 pub struct Filter {

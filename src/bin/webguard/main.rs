@@ -198,21 +198,8 @@ mod cli {
         /// texts of a fixed token length, per backend, next to sentence-transformers when
         /// `--python` points at an interpreter that has it (scripts/bench-embeddings.py).
         Embed {
-            /// Backends to measure: cpu, gpu or both.
-            #[arg(long, default_value = "cpu,gpu")]
-            backends: String,
-            /// Batch sizes.
-            #[arg(long, default_value = "1,32")]
-            batches: String,
-            /// Tokens per text, [CLS] and [SEP] included.
-            #[arg(long, default_value_t = 64)]
-            tokens: usize,
-            /// Seconds per measurement.
-            #[arg(long, default_value_t = 5.0)]
-            seconds: f64,
-            /// Python with sentence-transformers, for the side-by-side peer run.
-            #[arg(long)]
-            python: Option<PathBuf>,
+            #[command(flatten)]
+            args: EncoderBench,
         },
         /// SmolLM2: prefill tokens/s, decode tokens/s, time to first token and peak memory per
         /// backend, next to llama.cpp on the same GGUF with the same thread count when
@@ -235,25 +222,32 @@ mod cli {
         /// length: texts/s per batch size and backend, next to the same filter in PyTorch
         /// (scripts/filter-torch.py) on the same texts when `--python` is given.
         Filter {
-            /// Backends to measure: cpu, gpu or both.
-            #[arg(long, default_value = "cpu,gpu")]
-            backends: String,
-            /// Batch sizes.
-            #[arg(long, default_value = "1,32")]
-            batches: String,
-            /// Tokens per text, [CLS] and [SEP] included.
-            #[arg(long, default_value_t = 64)]
-            tokens: usize,
-            /// Seconds per measurement.
-            #[arg(long, default_value_t = 5.0)]
-            seconds: f64,
-            /// Python with sentence-transformers, for the side-by-side peer run.
-            #[arg(long)]
-            python: Option<PathBuf>,
+            #[command(flatten)]
+            args: EncoderBench,
             /// Heads file (default: the shipped one).
             #[arg(long)]
             heads: Option<PathBuf>,
         },
+    }
+
+    /// Options shared by the encoder benchmarks.
+    #[derive(clap::Args)]
+    struct EncoderBench {
+        /// Backends to measure: cpu, gpu or both.
+        #[arg(long, default_value = "cpu,gpu")]
+        backends: String,
+        /// Batch sizes.
+        #[arg(long, default_value = "1,32")]
+        batches: String,
+        /// Tokens per text, [CLS] and [SEP] included.
+        #[arg(long, default_value_t = 64)]
+        tokens: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Python with the PyTorch peer (sentence-transformers), for the side-by-side run.
+        #[arg(long)]
+        python: Option<PathBuf>,
     }
 
     /// Which filter to run and how.
@@ -334,21 +328,7 @@ mod cli {
                 }
             }
             Command::Bench { what } => match what {
-                BenchWhat::Embed {
-                    backends,
-                    batches,
-                    tokens,
-                    seconds,
-                    python,
-                } => bench::run(
-                    bench::Subject::Embed,
-                    &models,
-                    &backends,
-                    &batches,
-                    tokens,
-                    seconds,
-                    python.as_deref(),
-                )?,
+                BenchWhat::Embed { args } => bench::run(bench::Subject::Embed, &models, &args)?,
                 BenchWhat::Chat {
                     backends,
                     prompt_tokens,
@@ -361,23 +341,12 @@ mod cli {
                     new_tokens,
                     python.as_deref(),
                 )?,
-                BenchWhat::Filter {
-                    backends,
-                    batches,
-                    tokens,
-                    seconds,
-                    python,
-                    heads,
-                } => bench::run(
+                BenchWhat::Filter { args, heads } => bench::run(
                     bench::Subject::Filter(
                         heads.unwrap_or_else(webguard::Filter::default_heads_path),
                     ),
                     &models,
-                    &backends,
-                    &batches,
-                    tokens,
-                    seconds,
-                    python.as_deref(),
+                    &args,
                 )?,
             },
             Command::Chat {
@@ -684,15 +653,10 @@ mod cli {
             Filter(std::path::PathBuf),
         }
 
-        pub fn run(
-            subject: Subject,
-            models: &Path,
-            backends: &str,
-            batches: &str,
-            tokens: usize,
-            seconds: f64,
-            python: Option<&Path>,
-        ) -> Result<()> {
+        pub fn run(subject: Subject, models: &Path, args: &super::EncoderBench) -> Result<()> {
+            let (backends, batches, tokens, seconds) =
+                (&args.backends, &args.batches, args.tokens, args.seconds);
+            let python = args.python.as_deref();
             let dir = models.join(MINILM_DIR);
             let config = BertConfig::from_json(&read(&dir.join("config.json"))?)?;
             let weights = read(&dir.join("model.safetensors"))?;
