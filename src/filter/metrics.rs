@@ -34,9 +34,8 @@ fn f1(tp: f64, fp: f64, fn_: f64) -> f64 {
     }
 }
 
-/// Metrics of `scores` against 0/1 `labels` at `threshold`. Panics only if the lengths differ
-/// (a caller bug, not an input problem).
-pub fn evaluate(scores: &[f32], labels: &[bool], threshold: f32) -> BinaryMetrics {
+/// (true positives, false positives, true negatives, false negatives) at `threshold`.
+fn confusion(scores: &[f32], labels: &[bool], threshold: f32) -> (f64, f64, f64, f64) {
     assert_eq!(scores.len(), labels.len(), "one label per score");
     let (mut tp, mut fp, mut tn, mut fn_) = (0.0, 0.0, 0.0, 0.0);
     for (&s, &y) in scores.iter().zip(labels) {
@@ -47,6 +46,17 @@ pub fn evaluate(scores: &[f32], labels: &[bool], threshold: f32) -> BinaryMetric
             (false, true) => fn_ += 1.0,
         }
     }
+    (tp, fp, tn, fn_)
+}
+
+fn macro_f1(tp: f64, fp: f64, tn: f64, fn_: f64) -> f64 {
+    (f1(tp, fp, fn_) + f1(tn, fn_, fp)) / 2.0
+}
+
+/// Metrics of `scores` against 0/1 `labels` at `threshold`. Panics only if the lengths differ
+/// (a caller bug, not an input problem).
+pub fn evaluate(scores: &[f32], labels: &[bool], threshold: f32) -> BinaryMetrics {
+    let (tp, fp, tn, fn_) = confusion(scores, labels, threshold);
     let n = scores.len() as f64;
     let ratio = |a: f64, b: f64| if b == 0.0 { 0.0 } else { a / b };
     BinaryMetrics {
@@ -57,7 +67,7 @@ pub fn evaluate(scores: &[f32], labels: &[bool], threshold: f32) -> BinaryMetric
         precision: ratio(tp, tp + fp),
         recall: ratio(tp, tp + fn_),
         f1: f1(tp, fp, fn_),
-        macro_f1: (f1(tp, fp, fn_) + f1(tn, fn_, fp)) / 2.0,
+        macro_f1: macro_f1(tp, fp, tn, fn_),
         roc_auc: roc_auc(scores, labels),
     }
 }
@@ -102,7 +112,11 @@ pub fn best_threshold(scores: &[f32], labels: &[bool]) -> f32 {
     }
     let values: Vec<f64> = candidates
         .iter()
-        .map(|&t| evaluate(scores, labels, t).macro_f1)
+        .map(|&t| {
+            // Only the counts: the full `evaluate` would redo the ROC-AUC per candidate.
+            let (tp, fp, tn, fn_) = confusion(scores, labels, t);
+            macro_f1(tp, fp, tn, fn_)
+        })
         .collect();
     let best = values.iter().cloned().fold(f64::MIN, f64::max);
     let first = values.iter().position(|&v| v == best).unwrap_or(0);

@@ -102,19 +102,21 @@ fn split_features(
     }
     let want = FeatureSpec(missing.clone());
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-    let total = encoder.windows(&texts)?.len();
-    let mut bar = Progress::new(format!("encoding {split} ({want})"), total);
-    let rows = pollster::block_on(
-        encoder.window_features(&want, &texts, |done, _| bar.update(done, "windows")),
-    )?;
+    // The bar learns the window count from the first batch: no second tokenization pass.
+    let what = format!("encoding {split} ({want})");
+    let mut bar: Option<Progress> = None;
+    let rows = pollster::block_on(encoder.window_features(&want, &texts, |done, total| {
+        bar.get_or_insert_with(|| Progress::new(what.clone(), total))
+            .update(done, "windows")
+    }))?;
     let new_owners: Vec<u32> = rows.iter().map(|(i, _)| *i as u32).collect();
     if let Some(o) = &owners
         && *o != new_owners
         && !pools.is_empty()
     {
         // The cached poolings belong to another window order: start over.
-        pools.clear();
-        return split_features_uncached(encoder, spec, examples, dir, split);
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        return split_features(encoder, spec, examples, dir, split);
     }
     write_atomic(
         &owners_path,
@@ -141,17 +143,6 @@ fn split_features(
         owners: new_owners,
         pools,
     })
-}
-
-fn split_features_uncached(
-    encoder: &TextEncoder,
-    spec: &FeatureSpec,
-    examples: &[Example],
-    dir: &Path,
-    split: &str,
-) -> Result<SplitFeatures> {
-    std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    split_features(encoder, spec, examples, dir, split)
 }
 
 /// Rows of `spec`'s features with their examples' targets.

@@ -514,6 +514,23 @@ mod cli {
                 .collect()
         }
 
+        /// Runs a peer benchmark script and parses the one JSON object it prints.
+        fn peer_json(
+            command: &mut std::process::Command,
+            python: &Path,
+            peer: &str,
+        ) -> Result<serde_json::Value> {
+            let out = command.output().map_err(|e| Error::io(python, e))?;
+            if !out.status.success() {
+                return Err(Error::Backend(format!(
+                    "{peer} peer run failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            serde_json::from_slice(&out.stdout)
+                .map_err(|e| Error::Backend(format!("{peer} peer output: {e}")))
+        }
+
         /// Peak resident memory of this process (Linux), in MB.
         fn peak_rss_mb() -> f64 {
             std::fs::read_to_string("/proc/self/status")
@@ -609,22 +626,14 @@ mod cli {
             );
             if let Some(python) = python {
                 let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llamacpp-peer.py");
-                let out = std::process::Command::new(python)
+                let mut command = std::process::Command::new(python);
+                command
                     .arg(&script)
                     .arg("bench")
                     .args(["--prompt-tokens", &prompt_tokens.to_string()])
                     .args(["--new-tokens", &new_tokens.to_string()])
-                    .args(["--threads", &threads.to_string()])
-                    .output()
-                    .map_err(|e| Error::io(python, e))?;
-                if !out.status.success() {
-                    return Err(Error::Backend(format!(
-                        "llama.cpp peer run failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    )));
-                }
-                let peer: serde_json::Value = serde_json::from_slice(&out.stdout)
-                    .map_err(|e| Error::Backend(format!("llama.cpp peer output: {e}")))?;
+                    .args(["--threads", &threads.to_string()]);
+                let peer = peer_json(&mut command, python, "llama.cpp")?;
                 let prefill = peer["prefill_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
                 let decode = peer["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
                 println!(
@@ -731,7 +740,7 @@ mod cli {
                         .arg("--heads")
                         .arg(heads),
                 };
-                let out = command
+                command
                     .arg(&file)
                     .args(["--threads", &threads.to_string()])
                     .args([
@@ -743,18 +752,10 @@ mod cli {
                             .join(","),
                     ])
                     .args(["--models", &models.display().to_string()])
-                    .args(["--seconds", &seconds.to_string()])
-                    .output()
-                    .map_err(|e| Error::io(python, e))?;
+                    .args(["--seconds", &seconds.to_string()]);
+                let peer = peer_json(&mut command, python, "PyTorch");
                 let _ = std::fs::remove_file(&file);
-                if !out.status.success() {
-                    return Err(Error::Backend(format!(
-                        "PyTorch peer run failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    )));
-                }
-                let peer: serde_json::Value = serde_json::from_slice(&out.stdout)
-                    .map_err(|e| Error::Backend(format!("sentence-transformers output: {e}")))?;
+                let peer = peer?;
                 let peer_name = match &subject {
                     Subject::Embed => "sentence-transformers",
                     Subject::Filter(_) => "the filter in PyTorch (scripts/filter-torch.py)",
