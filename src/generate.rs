@@ -218,9 +218,7 @@ pub async fn generate(
     let mut logits = model.forward(prompt, &mut cache)?;
     let mut reason = StopReason::MaxTokens;
     for _ in 0..options.max_new_tokens.min(room) {
-        let [rows, _] = logits.dims();
-        let last = logits.narrow(0, rows - 1, 1).reshape([vocab]);
-        let mut values = read_f32(last).await?;
+        let mut values = read_f32(logits.reshape([vocab])).await?;
         let next = pick(&mut values, &history, options, &mut rng);
         if end_tokens.contains(&next) {
             reason = StopReason::EndOfTurn;

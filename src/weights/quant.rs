@@ -106,38 +106,64 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 /// dequantise. A trailing partial block is ignored (`Gguf::parse` refuses such tensors).
 pub fn dequantize(ty: GgmlType, data: &[u8]) -> Option<Vec<f32>> {
     let (block, size) = ty.block_layout();
+    let mut out = vec![0.0; data.len() / size as usize * block as usize];
+    dequantize_into(ty, data, &mut out).then_some(out)
+}
+
+/// Whether [`dequantize`] reads `ty`.
+pub fn can_dequantize(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1)
+}
+
+/// Dequantises whole blocks of `ty` from `data` into `out`, which holds exactly their elements
+/// (callers reuse one buffer per matrix row). `false` for a type this crate does not
+/// dequantise.
+pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
+    let (block, size) = ty.block_layout();
     let (block, size) = (block as usize, size as usize);
-    let blocks = data.chunks_exact(size);
-    let mut out = Vec::with_capacity(data.len() / size * block);
+    let pairs = data.chunks_exact(size).zip(out.chunks_exact_mut(block));
     match ty {
-        GgmlType::F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        GgmlType::F16 => out.extend(blocks.map(|b| f16_at(b, 0))),
-        GgmlType::BF16 => out.extend(blocks.map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        GgmlType::F32 => {
+            for (b, o) in pairs {
+                o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        GgmlType::F16 => pairs.for_each(|(b, o)| o[0] = f16_at(b, 0)),
+        GgmlType::BF16 => {
+            pairs.for_each(|(b, o)| o[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32())
+        }
         GgmlType::Q8_0 => {
-            for b in blocks {
+            for (b, o) in pairs {
                 let d = f16_at(b, 0);
-                out.extend(b[2..34].iter().map(|&q| d * f32::from(q as i8)));
+                for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+                    *o = d * f32::from(q as i8);
+                }
             }
         }
         GgmlType::Q4_0 => {
-            for b in blocks {
+            for (b, o) in pairs {
                 let d = f16_at(b, 0);
-                let qs = &b[2..18];
-                out.extend(qs.iter().map(|&q| d * (f32::from(q & 0x0f) - 8.0)));
-                out.extend(qs.iter().map(|&q| d * (f32::from(q >> 4) - 8.0)));
+                let (lo, hi) = o.split_at_mut(16);
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..18]) {
+                    *l = d * (f32::from(q & 0x0f) - 8.0);
+                    *h = d * (f32::from(q >> 4) - 8.0);
+                }
             }
         }
         GgmlType::Q4_1 => {
-            for b in blocks {
+            for (b, o) in pairs {
                 let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                let qs = &b[4..20];
-                out.extend(qs.iter().map(|&q| d * f32::from(q & 0x0f) + m));
-                out.extend(qs.iter().map(|&q| d * f32::from(q >> 4) + m));
+                let (lo, hi) = o.split_at_mut(16);
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[4..20]) {
+                    *l = d * f32::from(q & 0x0f) + m;
+                    *h = d * f32::from(q >> 4) + m;
+                }
             }
         }
-        _ => return None,
+        _ => return false,
     }
-    Some(out)
+    true
 }
 
 #[cfg(test)]

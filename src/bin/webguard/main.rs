@@ -577,7 +577,7 @@ mod cli {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             let mut ours = Vec::new();
             println!(
-                "bench chat: SmolLM2-135M-Instruct Q4_1 (weights as f32), {prompt_tokens}-token prompt, {new_tokens} new tokens, {threads} threads"
+                "bench chat: SmolLM2-135M-Instruct Q4_1, {prompt_tokens}-token prompt, {new_tokens} new tokens, {threads} threads"
             );
             for name in backends.split(',') {
                 let backend = Backend::init_blocking(name.trim().parse::<BackendChoice>()?)?;
@@ -598,8 +598,7 @@ mod cli {
                 let mut cache = model.new_cache();
                 let start = Instant::now();
                 let logits = model.forward(&prompt, &mut cache)?;
-                let last = logits.narrow(0, prompt_tokens - 1, 1).reshape([vocab]);
-                let mut next = argmax(&pollster::block_on(read_f32(last))?);
+                let mut next = argmax(&pollster::block_on(read_f32(logits.reshape([vocab])))?);
                 let ttft = start.elapsed().as_secs_f64();
                 let decode_start = Instant::now();
                 for _ in 1..new_tokens {
@@ -613,7 +612,8 @@ mod cli {
                     (new_tokens - 1) as f64 / decode,
                 ));
                 println!(
-                    "  webguard {backend}: load {load:.1} s, prefill {:.1} tokens/s, time to first token {:.0} ms, decode {:.1} tokens/s",
+                    "  webguard {backend}: load {load:.1} s, weights {:.0} MB resident, prefill {:.1} tokens/s, time to first token {:.0} ms, decode {:.1} tokens/s",
+                    model.resident_weight_bytes() as f64 / 1e6,
                     prompt_tokens as f64 / ttft,
                     ttft * 1000.0,
                     (new_tokens - 1) as f64 / decode
