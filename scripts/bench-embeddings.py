@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -17,6 +16,16 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
+
+
+def peak_rss_mb():
+    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries that
+    across exec, so a peer started by webguard would report webguard's peak as its own."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -40,5 +49,5 @@ for batch in [int(b) for b in a.batches.split(",")]:
         done += len(chunk)
     elapsed = time.perf_counter() - start
     out["results"].append({"batch": batch, "texts_per_s": done / elapsed})
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["peak_rss_mb"] = peak_rss_mb()
 print(json.dumps(out))

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -25,6 +24,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
+
+
+def peak_rss_mb():
+    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries that
+    across exec, so a peer started by webguard would report webguard's peak as its own."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WINDOW, OVERLAP = 64, 16  # FilterOptions::default() in src/filter/encoder.rs
@@ -178,7 +187,7 @@ def main():
                 f.scores(chunk)
                 done += len(chunk)
             res["results"].append({"batch": batch, "texts_per_s": done / (time.perf_counter() - start)})
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(res))
 
 

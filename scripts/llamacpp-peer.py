@@ -15,11 +15,20 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import time
 
 import numpy as np
 from llama_cpp import Llama
+
+
+def peak_rss_mb():
+    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries that
+    across exec, so a peer started by webguard would report webguard's peak as its own."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GGUF = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,7 +62,7 @@ def bench(a):
         "prefill_tokens_per_s": a.prompt_tokens / ttft,
         "ttft_ms": ttft * 1000,
         "decode_tokens_per_s": (a.new_tokens - 1) / decode,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }))
 
 

@@ -3,9 +3,12 @@
 //! penalty, seeded); stops on the end-of-turn tokens, caller stop strings or the token budget;
 //! streams valid UTF-8 pieces to a callback that can cancel.
 
+use burn::tensor::Tensor;
+
 use crate::error::{Error, Result};
 use crate::filter::read_f32;
-use crate::models::llama::Llama;
+use crate::models::llama::{KvCache, Llama};
+use crate::text::tokenizer::StreamDecoder;
 use crate::text::Tokenizer;
 
 /// How to generate.
@@ -184,6 +187,147 @@ fn held_back(text: &str, stop: &[String]) -> usize {
     keep
 }
 
+/// Generation one piece at a time, for callers that act between pieces (the moderation in
+/// [`crate::guard`] screens the text before showing it). [`generate`] is the simple loop.
+pub struct Generator<'a> {
+    model: &'a Llama,
+    options: &'a GenerateOptions,
+    end_tokens: &'a [u32],
+    cache: KvCache,
+    decoder: StreamDecoder<'a>,
+    rng: Rng,
+    /// Prompt and generated ids (the repetition penalty's history).
+    history: Vec<u32>,
+    tokens: Vec<u32>,
+    text: String,
+    /// Bytes of `text` handed out so far.
+    emitted: usize,
+    /// Logits for the next pick, or the token whose forward pass is due first.
+    next_input: NextInput,
+    remaining: usize,
+    reason: Option<StopReason>,
+    prompt_tokens: usize,
+}
+
+enum NextInput {
+    Logits(Tensor<2>),
+    Token(u32),
+}
+
+impl<'a> Generator<'a> {
+    /// Checks the options and runs the prompt (token ids, e.g. a rendered chat) through the
+    /// model. `end_tokens` end the turn (for SmolLM2: `<|im_end|>` and `<|endoftext|>`).
+    pub fn new(
+        model: &'a Llama,
+        tokenizer: &'a Tokenizer,
+        prompt: &[u32],
+        end_tokens: &'a [u32],
+        options: &'a GenerateOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        let room = model.config().context_length.saturating_sub(prompt.len());
+        if room == 0 {
+            return Err(Error::InvalidInput(format!(
+                "the prompt has {} tokens; the context window is {}",
+                prompt.len(),
+                model.config().context_length
+            )));
+        }
+        let mut cache = model.new_cache();
+        let logits = model.forward(prompt, &mut cache)?;
+        Ok(Generator {
+            model,
+            options,
+            end_tokens,
+            cache,
+            decoder: tokenizer.stream_decoder()?,
+            rng: Rng(options.seed),
+            history: prompt.to_vec(),
+            tokens: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            next_input: NextInput::Logits(logits),
+            remaining: options.max_new_tokens.min(room),
+            reason: None,
+            prompt_tokens: prompt.len(),
+        })
+    }
+
+    /// The next piece of text (valid UTF-8; empty while text is held back because it may
+    /// start a stop string), or `None` once generation has ended.
+    pub async fn next_piece(&mut self) -> Result<Option<String>> {
+        if self.reason.is_some() {
+            return Ok(None);
+        }
+        if self.remaining == 0 {
+            return Ok(self.end(StopReason::MaxTokens));
+        }
+        let logits = match std::mem::replace(&mut self.next_input, NextInput::Token(0)) {
+            NextInput::Logits(l) => l,
+            NextInput::Token(t) => self.model.forward(&[t], &mut self.cache)?,
+        };
+        let vocab = self.model.config().vocab_size;
+        let mut values = read_f32(logits.reshape([vocab])).await?;
+        let next = pick(&mut values, &self.history, self.options, &mut self.rng);
+        if self.end_tokens.contains(&next) {
+            return Ok(self.end(StopReason::EndOfTurn));
+        }
+        self.remaining -= 1;
+        self.tokens.push(next);
+        self.history.push(next);
+        self.next_input = NextInput::Token(next);
+        self.text.push_str(&self.decoder.push(next)?);
+        let stop = &self.options.stop;
+        if let Some((at, s)) = stop
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|(at, _)| *at)
+        {
+            self.text.truncate(at);
+            let piece = self.text[self.emitted.min(at)..].to_string();
+            self.emitted = self.text.len();
+            self.reason = Some(StopReason::StopString(s.clone()));
+            return Ok(Some(piece));
+        }
+        let safe = self.text.len() - held_back(&self.text, stop);
+        let piece = self.text[self.emitted.min(safe)..safe].to_string();
+        self.emitted = self.emitted.max(safe);
+        Ok(Some(piece))
+    }
+
+    /// Ends with `reason`; what was held back (or is an incomplete character) comes out last.
+    fn end(&mut self, reason: StopReason) -> Option<String> {
+        self.reason = Some(reason);
+        self.text.push_str(&self.decoder.finish());
+        let piece = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        (!piece.is_empty()).then_some(piece)
+    }
+
+    /// The text generated so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Stops here: no more pieces, and the result says [`StopReason::Cancelled`].
+    pub fn cancel(&mut self) {
+        self.reason.get_or_insert(StopReason::Cancelled);
+    }
+
+    /// The result.
+    pub fn finish(self) -> Generation {
+        Generation {
+            text: self.text,
+            tokens: self.tokens,
+            stop_reason: self.reason.unwrap_or(StopReason::Cancelled),
+            prompt_tokens: self.prompt_tokens,
+        }
+    }
+}
+
 /// Generates a continuation of `prompt` (token ids, e.g. a rendered chat). `on_text` receives
 /// each new piece of valid UTF-8 text and returns `false` to cancel. `end_tokens` end the turn
 /// (for SmolLM2: `<|im_end|>` and `<|endoftext|>`).
@@ -195,76 +339,14 @@ pub async fn generate(
     options: &GenerateOptions,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    options.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::InvalidInput("the prompt is empty".into()));
-    }
-    let room = model.config().context_length.saturating_sub(prompt.len());
-    if room == 0 {
-        return Err(Error::InvalidInput(format!(
-            "the prompt has {} tokens; the context window is {}",
-            prompt.len(),
-            model.config().context_length
-        )));
-    }
-    let mut rng = Rng(options.seed);
-    let mut cache = model.new_cache();
-    let mut decoder = tokenizer.stream_decoder()?;
-    let mut history: Vec<u32> = prompt.to_vec();
-    let mut tokens = Vec::new();
-    let mut text = String::new();
-    let mut emitted = 0;
-    let vocab = model.config().vocab_size;
-    let mut logits = model.forward(prompt, &mut cache)?;
-    let mut reason = StopReason::MaxTokens;
-    for _ in 0..options.max_new_tokens.min(room) {
-        let mut values = read_f32(logits.reshape([vocab])).await?;
-        let next = pick(&mut values, &history, options, &mut rng);
-        if end_tokens.contains(&next) {
-            reason = StopReason::EndOfTurn;
+    let mut generator = Generator::new(model, tokenizer, prompt, end_tokens, options)?;
+    while let Some(piece) = generator.next_piece().await? {
+        if !piece.is_empty() && !on_text(&piece) {
+            generator.cancel();
             break;
         }
-        tokens.push(next);
-        history.push(next);
-        text.push_str(&decoder.push(next)?);
-        if let Some((at, s)) = options
-            .stop
-            .iter()
-            .filter_map(|s| text.find(s.as_str()).map(|at| (at, s)))
-            .min_by_key(|(at, _)| *at)
-        {
-            text.truncate(at);
-            if emitted < text.len() && !on_text(&text[emitted..]) {
-                reason = StopReason::Cancelled;
-                break;
-            }
-            emitted = text.len();
-            reason = StopReason::StopString(s.clone());
-            break;
-        }
-        let safe = text.len() - held_back(&text, &options.stop);
-        if safe > emitted {
-            let piece = &text[emitted..safe];
-            emitted = safe;
-            if !on_text(piece) {
-                reason = StopReason::Cancelled;
-                break;
-            }
-        }
-        logits = model.forward(&[next], &mut cache)?;
     }
-    if !matches!(reason, StopReason::StopString(_) | StopReason::Cancelled) {
-        text.push_str(&decoder.finish());
-        if emitted < text.len() {
-            on_text(&text[emitted..]);
-        }
-    }
-    Ok(Generation {
-        text,
-        tokens,
-        stop_reason: reason,
-        prompt_tokens: prompt.len(),
-    })
+    Ok(generator.finish())
 }
 
 #[cfg(test)]

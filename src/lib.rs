@@ -22,6 +22,7 @@ pub mod backend;
 pub mod error;
 pub mod filter;
 pub mod generate;
+pub mod guard;
 pub mod models;
 pub mod text;
 pub mod weights;

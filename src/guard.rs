@@ -1,0 +1,458 @@
+//! Moderated chat: the filter around the chat model.
+//!
+//! 1. The user's new message is screened; if a label whose action is [`Action::Block`] flags
+//!    it, the answer is a refusal naming the reason and the model is not called.
+//! 2. The answer is generated and screened as it streams, one sentence at a time: text reaches
+//!    the caller only after the whole answer so far has passed, so a harmful answer is stopped
+//!    and replaced before any of it is shown.
+//! 3. Fail closed: if the filter itself fails (a lost GPU, a bug), the message is blocked.
+//!
+//! Each label has a threshold and an action ([`Policy`]); [`Action::Warn`] lets the text
+//! through and reports the label, [`Action::Allow`] ignores it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::filter::{Filter, Verdict};
+use crate::generate::{GenerateOptions, Generator, StopReason};
+use crate::models::llama::Llama;
+use crate::text::chat_template::{render, Message};
+use crate::text::Tokenizer;
+
+/// What a flagged label does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Refuse the message, or stop and replace the answer.
+    Block,
+    /// Let it through, reporting the label.
+    Warn,
+    /// Ignore the label.
+    Allow,
+}
+
+impl FromStr for Action {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "block" => Ok(Action::Block),
+            "warn" => Ok(Action::Warn),
+            "allow" => Ok(Action::Allow),
+            other => Err(Error::InvalidInput(format!(
+                "unknown action {other:?}: use \"block\", \"warn\" or \"allow\""
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Block => "block",
+            Action::Warn => "warn",
+            Action::Allow => "allow",
+        })
+    }
+}
+
+/// One label's rule.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Rule {
+    /// Scores at or above this flag the label (0 to 1).
+    pub threshold: f32,
+    /// What a flag does.
+    pub action: Action,
+}
+
+/// A rule per filter label, in the filter's label order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    labels: Vec<String>,
+    rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// The filter's own thresholds (chosen on validation data), every label blocking.
+    pub fn new(filter: &Filter) -> Self {
+        Policy {
+            labels: filter.labels().to_vec(),
+            rules: filter
+                .thresholds()
+                .iter()
+                .map(|&threshold| Rule {
+                    threshold,
+                    action: Action::Block,
+                })
+                .collect(),
+        }
+    }
+
+    /// Replaces the rule of `label`. Errors for an unknown label or a threshold outside 0..=1.
+    pub fn set(&mut self, label: &str, rule: Rule) -> Result<()> {
+        let i = self.labels.iter().position(|l| l == label).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "unknown label {label:?} (labels: {})",
+                self.labels.join(", ")
+            ))
+        })?;
+        if !(0.0..=1.0).contains(&rule.threshold) {
+            return Err(Error::InvalidInput(format!(
+                "threshold {} for {label} is outside 0 to 1",
+                rule.threshold
+            )));
+        }
+        self.rules[i] = rule;
+        Ok(())
+    }
+
+    /// `(label, rule)` pairs in label order.
+    pub fn rules(&self) -> impl Iterator<Item = (&str, Rule)> {
+        self.labels.iter().map(String::as_str).zip(self.rules.iter().copied())
+    }
+
+    /// The thresholds, in label order.
+    pub fn thresholds(&self) -> Vec<f32> {
+        self.rules.iter().map(|r| r.threshold).collect()
+    }
+
+    /// Applies the rules to one text's scores (label order).
+    pub fn screen(&self, scores: &[f32]) -> Screening {
+        let mut s = Screening {
+            scores: self.labels.iter().cloned().zip(scores.iter().copied()).collect(),
+            blocked: Vec::new(),
+            warned: Vec::new(),
+        };
+        for ((label, rule), &score) in self.labels.iter().zip(&self.rules).zip(scores) {
+            if score >= rule.threshold {
+                match rule.action {
+                    Action::Block => s.blocked.push(label.clone()),
+                    Action::Warn => s.warned.push(label.clone()),
+                    Action::Allow => {}
+                }
+            }
+        }
+        s
+    }
+
+    /// A filter verdict under these thresholds (labels flagged whatever their action).
+    pub fn verdict(&self, scores: &[f32]) -> Verdict {
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .zip(&self.rules)
+            .zip(scores)
+            .filter(|((_, r), s)| **s >= r.threshold)
+            .map(|((l, _), _)| l.clone())
+            .collect();
+        Verdict {
+            scores: self.labels.iter().cloned().zip(scores.iter().copied()).collect(),
+            flagged: !labels.is_empty(),
+            labels,
+        }
+    }
+
+    /// Why `screening` blocks, in words (`None` when it does not).
+    fn block_reason(&self, what: &str, screening: &Screening) -> Option<String> {
+        if screening.blocked.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = screening
+            .blocked
+            .iter()
+            .map(|l| {
+                let i = self.labels.iter().position(|x| x == l).unwrap_or(0);
+                format!(
+                    "{l} {:.2} >= {:.2}",
+                    screening.scores.get(l).copied().unwrap_or(f32::NAN),
+                    self.rules[i].threshold
+                )
+            })
+            .collect();
+        Some(format!("{what} flagged as {}", parts.join(", ")))
+    }
+}
+
+/// One text's scores under a [`Policy`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Screening {
+    /// Score per label.
+    pub scores: BTreeMap<String, f32>,
+    /// Flagged labels whose action is block.
+    pub blocked: Vec<String>,
+    /// Flagged labels whose action is warn.
+    pub warned: Vec<String>,
+}
+
+/// The outcome of one moderated turn.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModeratedReply {
+    /// What the user sees: the answer, or a refusal when blocked.
+    pub text: String,
+    /// Whether the input or the answer was blocked (or the filter failed).
+    pub blocked: bool,
+    /// Why it was blocked, in words.
+    pub reason: Option<String>,
+    /// The user's message, screened (absent when the filter failed on it).
+    pub input: Option<Screening>,
+    /// The answer, screened (absent when the model was not called or the filter failed).
+    pub output: Option<Screening>,
+    /// Labels flagged with the warn action, on input or output.
+    pub warnings: Vec<String>,
+    /// Tokens generated (0 when the model was not called).
+    pub tokens: usize,
+    /// Prompt length in tokens (0 when the model was not called).
+    pub prompt_tokens: usize,
+    /// Why generation ended (`None` when the model was not called).
+    pub stop_reason: Option<String>,
+}
+
+/// The text that replaces a blocked message or answer.
+fn refusal(reason: &str) -> String {
+    format!("Blocked by the content filter ({reason}).")
+}
+
+/// Whether `pending` ends a sentence (or is long enough to screen anyway).
+fn sentence_done(pending: &str) -> bool {
+    const LONGEST_UNSCREENED: usize = 240;
+    pending.len() >= LONGEST_UNSCREENED
+        || pending
+            .trim_end_matches([' ', '"', '\'', ')'])
+            .ends_with(['.', '!', '?', '\n', ':', ';'])
+}
+
+/// Screens `text` with `filter` under `policy`; `Err` carries the failure, for failing closed.
+async fn screen(filter: &Filter, policy: &Policy, text: &str) -> Result<Screening> {
+    let scores = filter.scores(&[text]).await?;
+    let first = scores
+        .first()
+        .ok_or_else(|| Error::Backend("the filter returned no scores".into()))?;
+    Ok(policy.screen(first))
+}
+
+/// The chat model and what it needs to generate.
+pub struct ChatModel {
+    /// SmolLM2.
+    pub model: Llama,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Tokens that end a turn.
+    pub end_tokens: Vec<u32>,
+}
+
+impl ChatModel {
+    /// Builds the chat model from a parsed GGUF on `device`.
+    pub fn load(gguf: &crate::weights::gguf::Gguf<'_>, device: &burn::tensor::Device) -> Result<Self> {
+        let tokenizer = Tokenizer::from_gguf(gguf)?;
+        let model = Llama::load(gguf, device)?;
+        let end_tokens = ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .collect();
+        Ok(ChatModel {
+            model,
+            tokenizer,
+            end_tokens,
+        })
+    }
+}
+
+/// One moderated chat turn: answers the last user message of `messages` (see the module
+/// docs). `on_text` receives screened pieces of the answer and returns `false` to stop.
+/// Invalid messages or options are errors; filter failures block (fail closed).
+pub async fn moderated_chat(
+    filter: &Filter,
+    policy: &Policy,
+    chat: &ChatModel,
+    messages: &[Message],
+    options: &GenerateOptions,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<ModeratedReply> {
+    options.validate()?;
+    let prompt = render(messages, true)?;
+    let user = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .ok_or_else(|| Error::InvalidInput("there is no user message to answer".into()))?;
+    let ids = chat.tokenizer.encode(&prompt)?;
+    let mut reply = ModeratedReply {
+        text: String::new(),
+        blocked: false,
+        reason: None,
+        input: None,
+        output: None,
+        warnings: Vec::new(),
+        tokens: 0,
+        prompt_tokens: 0,
+        stop_reason: None,
+    };
+    let fail_closed = |mut reply: ModeratedReply, e: Error| {
+        let reason = format!("the filter failed, so nothing is shown: {e}");
+        reply.text = refusal(&reason);
+        reply.blocked = true;
+        reply.reason = Some(reason);
+        reply
+    };
+    let input = match screen(filter, policy, &user.content).await {
+        Ok(s) => s,
+        Err(e) => return Ok(fail_closed(reply, e)),
+    };
+    reply.warnings.extend(input.warned.iter().cloned());
+    if let Some(reason) = policy.block_reason("the message was", &input) {
+        reply.text = refusal(&reason);
+        reply.blocked = true;
+        reply.reason = Some(reason);
+        reply.input = Some(input);
+        return Ok(reply);
+    }
+    reply.input = Some(input);
+
+    let mut generator = Generator::new(&chat.model, &chat.tokenizer, &ids, &chat.end_tokens, options)?;
+    let mut shown = 0;
+    let mut cancelled = false;
+    loop {
+        let piece = generator.next_piece().await?;
+        let ended = piece.is_none();
+        let pending = &generator.text()[shown..];
+        if pending.is_empty() || !(ended || sentence_done(pending)) {
+            if ended {
+                break;
+            }
+            continue;
+        }
+        let text = generator.text().to_string();
+        let screening = match screen(filter, policy, &text).await {
+            Ok(s) => s,
+            Err(e) => {
+                generator.cancel();
+                let mut reply = fail_closed(reply, e);
+                let g = generator.finish();
+                reply.tokens = g.tokens.len();
+                reply.prompt_tokens = g.prompt_tokens;
+                reply.stop_reason = Some("blocked".into());
+                return Ok(reply);
+            }
+        };
+        for w in &screening.warned {
+            if !reply.warnings.contains(w) {
+                reply.warnings.push(w.clone());
+            }
+        }
+        if let Some(reason) = policy.block_reason("the answer was", &screening) {
+            generator.cancel();
+            reply.text = refusal(&reason);
+            reply.blocked = true;
+            reply.reason = Some(reason);
+            reply.output = Some(screening);
+            let g = generator.finish();
+            reply.tokens = g.tokens.len();
+            reply.prompt_tokens = g.prompt_tokens;
+            reply.stop_reason = Some("blocked".into());
+            return Ok(reply);
+        }
+        reply.output = Some(screening);
+        let piece = text[shown..].to_string();
+        shown = text.len();
+        if !on_text(&piece) {
+            generator.cancel();
+            cancelled = true;
+            break;
+        }
+        if ended {
+            break;
+        }
+    }
+    let g = generator.finish();
+    // Only screened text counts: on cancel, what was generated past the last check is dropped.
+    reply.text = g.text[..shown.min(g.text.len())].to_string();
+    reply.tokens = g.tokens.len();
+    reply.prompt_tokens = g.prompt_tokens;
+    reply.stop_reason = Some(
+        match (&g.stop_reason, cancelled) {
+            (_, true) | (StopReason::Cancelled, _) => "cancelled".to_string(),
+            (StopReason::EndOfTurn, _) => "endOfTurn".into(),
+            (StopReason::MaxTokens, _) => "maxTokens".into(),
+            (StopReason::StopString(s), _) => format!("stop:{s}"),
+        },
+    );
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            labels: vec!["offensive".into(), "hate".into(), "harmful".into()],
+            rules: vec![
+                Rule {
+                    threshold: 0.5,
+                    action: Action::Block,
+                };
+                3
+            ],
+        }
+    }
+
+    #[test]
+    fn screening_applies_thresholds_and_actions() {
+        let mut p = policy();
+        p.set(
+            "offensive",
+            Rule {
+                threshold: 0.3,
+                action: Action::Warn,
+            },
+        )
+        .unwrap();
+        p.set(
+            "hate",
+            Rule {
+                threshold: 0.5,
+                action: Action::Allow,
+            },
+        )
+        .unwrap();
+        let s = p.screen(&[0.4, 0.9, 0.5]);
+        assert_eq!(s.warned, vec!["offensive"]);
+        assert_eq!(s.blocked, vec!["harmful"], "0.5 >= 0.5 blocks; allow ignores hate");
+        let reason = p.block_reason("the message was", &s).unwrap();
+        assert_eq!(reason, "the message was flagged as harmful 0.50 >= 0.50");
+        assert!(p.block_reason("x", &p.screen(&[0.1, 0.1, 0.1])).is_none());
+        let v = p.verdict(&[0.4, 0.9, 0.1]);
+        assert_eq!(v.labels, vec!["offensive", "hate"]);
+    }
+
+    #[test]
+    fn bad_rules_are_errors() {
+        let mut p = policy();
+        let rule = Rule {
+            threshold: 1.5,
+            action: Action::Block,
+        };
+        assert!(p.set("harmful", rule).is_err());
+        assert!(p
+            .set(
+                "spam",
+                Rule {
+                    threshold: 0.5,
+                    ..rule
+                }
+            )
+            .is_err());
+        assert!("ban".parse::<Action>().is_err());
+        assert_eq!("warn".parse::<Action>().unwrap(), Action::Warn);
+    }
+
+    #[test]
+    fn sentences_end_at_punctuation_or_length() {
+        assert!(sentence_done("The capital is Paris."));
+        assert!(sentence_done("Really?\" "));
+        assert!(!sentence_done("The capital is"));
+        assert!(sentence_done(&"word ".repeat(60)));
+    }
+}
