@@ -97,6 +97,8 @@ build() {
   step "wasm-bindgen --target web -> pkg/"
   wasm-bindgen --target web --out-dir pkg --out-name webguard \
     "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/webguard.wasm"
+  # The package ships the filter heads (guard.js loads them from next to itself by default).
+  cp assets/filter-heads.safetensors pkg/
   if [ "$opt" != none ]; then
     # npm's binaryen is itself wasm (single-threaded, minutes on this module), so the result is
     # cached by the input's hash: an unchanged module is not optimised twice.

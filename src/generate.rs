@@ -8,8 +8,8 @@ use burn::tensor::Tensor;
 use crate::error::{Error, Result};
 use crate::filter::read_f32;
 use crate::models::llama::{KvCache, Llama};
-use crate::text::tokenizer::StreamDecoder;
 use crate::text::Tokenizer;
+use crate::text::tokenizer::StreamDecoder;
 
 /// How to generate.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,7 +210,8 @@ pub struct Generator<'a> {
 }
 
 enum NextInput {
-    Logits(Tensor<2>),
+    /// Boxed: a tensor handle is several hundred bytes.
+    Logits(Box<Tensor<2>>),
     Token(u32),
 }
 
@@ -249,7 +250,7 @@ impl<'a> Generator<'a> {
             tokens: Vec::new(),
             text: String::new(),
             emitted: 0,
-            next_input: NextInput::Logits(logits),
+            next_input: NextInput::Logits(Box::new(logits)),
             remaining: options.max_new_tokens.min(room),
             reason: None,
             prompt_tokens: prompt.len(),
@@ -266,7 +267,7 @@ impl<'a> Generator<'a> {
             return Ok(self.end(StopReason::MaxTokens));
         }
         let logits = match std::mem::replace(&mut self.next_input, NextInput::Token(0)) {
-            NextInput::Logits(l) => l,
+            NextInput::Logits(l) => *l,
             NextInput::Token(t) => self.model.forward(&[t], &mut self.cache)?,
         };
         let vocab = self.model.config().vocab_size;

@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::filter::{Filter, Verdict};
 use crate::generate::{GenerateOptions, Generator, StopReason};
 use crate::models::llama::Llama;
-use crate::text::chat_template::{render, Message};
 use crate::text::Tokenizer;
+use crate::text::chat_template::{Message, render};
 
 /// What a flagged label does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -109,7 +109,10 @@ impl Policy {
 
     /// `(label, rule)` pairs in label order.
     pub fn rules(&self) -> impl Iterator<Item = (&str, Rule)> {
-        self.labels.iter().map(String::as_str).zip(self.rules.iter().copied())
+        self.labels
+            .iter()
+            .map(String::as_str)
+            .zip(self.rules.iter().copied())
     }
 
     /// The thresholds, in label order.
@@ -120,7 +123,12 @@ impl Policy {
     /// Applies the rules to one text's scores (label order).
     pub fn screen(&self, scores: &[f32]) -> Screening {
         let mut s = Screening {
-            scores: self.labels.iter().cloned().zip(scores.iter().copied()).collect(),
+            scores: self
+                .labels
+                .iter()
+                .cloned()
+                .zip(scores.iter().copied())
+                .collect(),
             blocked: Vec::new(),
             warned: Vec::new(),
         };
@@ -147,7 +155,12 @@ impl Policy {
             .map(|((l, _), _)| l.clone())
             .collect();
         Verdict {
-            scores: self.labels.iter().cloned().zip(scores.iter().copied()).collect(),
+            scores: self
+                .labels
+                .iter()
+                .cloned()
+                .zip(scores.iter().copied())
+                .collect(),
             flagged: !labels.is_empty(),
             labels,
         }
@@ -244,7 +257,10 @@ pub struct ChatModel {
 
 impl ChatModel {
     /// Builds the chat model from a parsed GGUF on `device`.
-    pub fn load(gguf: &crate::weights::gguf::Gguf<'_>, device: &burn::tensor::Device) -> Result<Self> {
+    pub fn load(
+        gguf: &crate::weights::gguf::Gguf<'_>,
+        device: &burn::tensor::Device,
+    ) -> Result<Self> {
         let tokenizer = Tokenizer::from_gguf(gguf)?;
         let model = Llama::load(gguf, device)?;
         let end_tokens = ["<|im_end|>", "<|endoftext|>"]
@@ -260,8 +276,10 @@ impl ChatModel {
 }
 
 /// One moderated chat turn: answers the last user message of `messages` (see the module
-/// docs). `on_text` receives screened pieces of the answer and returns `false` to stop.
-/// Invalid messages or options are errors; filter failures block (fail closed).
+/// docs). `on_text` receives screened pieces of the answer and returns `false` to stop;
+/// `should_stop` is asked after every token (pieces come a sentence at a time, too rarely to
+/// stop promptly). Invalid messages or options are errors; filter failures block (fail
+/// closed).
 pub async fn moderated_chat(
     filter: &Filter,
     policy: &Policy,
@@ -269,6 +287,7 @@ pub async fn moderated_chat(
     messages: &[Message],
     options: &GenerateOptions,
     mut on_text: impl FnMut(&str) -> bool,
+    mut should_stop: impl FnMut() -> bool,
 ) -> Result<ModeratedReply> {
     options.validate()?;
     let prompt = render(messages, true)?;
@@ -310,11 +329,22 @@ pub async fn moderated_chat(
     }
     reply.input = Some(input);
 
-    let mut generator = Generator::new(&chat.model, &chat.tokenizer, &ids, &chat.end_tokens, options)?;
+    let mut generator = Generator::new(
+        &chat.model,
+        &chat.tokenizer,
+        &ids,
+        &chat.end_tokens,
+        options,
+    )?;
     let mut shown = 0;
     let mut cancelled = false;
     loop {
         let piece = generator.next_piece().await?;
+        if piece.is_some() && should_stop() {
+            generator.cancel();
+            cancelled = true;
+            break;
+        }
         let ended = piece.is_none();
         let pending = &generator.text()[shown..];
         if pending.is_empty() || !(ended || sentence_done(pending)) {
@@ -370,14 +400,12 @@ pub async fn moderated_chat(
     reply.text = g.text[..shown.min(g.text.len())].to_string();
     reply.tokens = g.tokens.len();
     reply.prompt_tokens = g.prompt_tokens;
-    reply.stop_reason = Some(
-        match (&g.stop_reason, cancelled) {
-            (_, true) | (StopReason::Cancelled, _) => "cancelled".to_string(),
-            (StopReason::EndOfTurn, _) => "endOfTurn".into(),
-            (StopReason::MaxTokens, _) => "maxTokens".into(),
-            (StopReason::StopString(s), _) => format!("stop:{s}"),
-        },
-    );
+    reply.stop_reason = Some(match (&g.stop_reason, cancelled) {
+        (_, true) | (StopReason::Cancelled, _) => "cancelled".to_string(),
+        (StopReason::EndOfTurn, _) => "endOfTurn".into(),
+        (StopReason::MaxTokens, _) => "maxTokens".into(),
+        (StopReason::StopString(s), _) => format!("stop:{s}"),
+    });
     Ok(reply)
 }
 
@@ -419,7 +447,11 @@ mod tests {
         .unwrap();
         let s = p.screen(&[0.4, 0.9, 0.5]);
         assert_eq!(s.warned, vec!["offensive"]);
-        assert_eq!(s.blocked, vec!["harmful"], "0.5 >= 0.5 blocks; allow ignores hate");
+        assert_eq!(
+            s.blocked,
+            vec!["harmful"],
+            "0.5 >= 0.5 blocks; allow ignores hate"
+        );
         let reason = p.block_reason("the message was", &s).unwrap();
         assert_eq!(reason, "the message was flagged as harmful 0.50 >= 0.50");
         assert!(p.block_reason("x", &p.screen(&[0.1, 0.1, 0.1])).is_none());
@@ -435,15 +467,16 @@ mod tests {
             action: Action::Block,
         };
         assert!(p.set("harmful", rule).is_err());
-        assert!(p
-            .set(
+        assert!(
+            p.set(
                 "spam",
                 Rule {
                     threshold: 0.5,
                     ..rule
                 }
             )
-            .is_err());
+            .is_err()
+        );
         assert!("ban".parse::<Action>().is_err());
         assert_eq!("warn".parse::<Action>().unwrap(), Action::Warn);
     }

@@ -8,7 +8,11 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
 use crate::backend::{Backend, BackendChoice, BackendKind, probe_computation};
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use crate::error::Error;
+use crate::guard::{Action, ChatModel, Policy, Rule};
 use crate::text::Tokenizer;
 use crate::weights::gguf::Gguf;
 
@@ -268,9 +272,7 @@ impl WasmFilter {
 /// `await chat.generate(messages, options, onToken)`.
 #[wasm_bindgen(js_name = Chat)]
 pub struct WasmChat {
-    model: std::rc::Rc<crate::models::llama::Llama>,
-    tokenizer: std::rc::Rc<Tokenizer>,
-    end_tokens: Vec<u32>,
+    chat: Rc<ChatModel>,
     backend: Backend,
 }
 
@@ -298,23 +300,62 @@ struct JsGenerateOptions {
     stop: Option<Vec<String>>,
 }
 
+/// Chat messages from JS (`[{ role, content }]`).
+fn js_messages(messages: JsValue) -> Result<Vec<crate::text::chat_template::Message>, JsError> {
+    if !js_sys::Array::is_array(&messages) {
+        return Err(JsError::new(
+            "messages must be an array of { role, content } objects",
+        ));
+    }
+    serde_wasm_bindgen::from_value(messages).map_err(|e| JsError::new(&format!("messages: {e}")))
+}
+
+/// Checked generation options from JS (`undefined`, `null` or an object of
+/// [`GENERATE_OPTION_NAMES`]).
+fn js_generate_options(options: JsValue) -> Result<crate::generate::GenerateOptions, JsError> {
+    let o: JsGenerateOptions = if options.is_undefined() || options.is_null() {
+        JsGenerateOptions::default()
+    } else {
+        // serde-wasm-bindgen only reads the fields it knows, so a misspelt option would
+        // be ignored silently: check the keys first.
+        let object: &js_sys::Object = options
+            .dyn_ref()
+            .ok_or_else(|| JsError::new("options must be an object"))?;
+        for key in js_sys::Object::keys(object).iter() {
+            let key = key.as_string().unwrap_or_default();
+            if !GENERATE_OPTION_NAMES.contains(&key.as_str()) {
+                return Err(JsError::new(&format!(
+                    "options: unknown option {key:?} (known: {})",
+                    GENERATE_OPTION_NAMES.join(", ")
+                )));
+            }
+        }
+        serde_wasm_bindgen::from_value(options)
+            .map_err(|e| JsError::new(&format!("options: {e}")))?
+    };
+    let d = crate::generate::GenerateOptions::default();
+    let options = crate::generate::GenerateOptions {
+        max_new_tokens: o.max_tokens.unwrap_or(d.max_new_tokens),
+        temperature: o.temperature.unwrap_or(d.temperature),
+        top_k: o.top_k.unwrap_or(d.top_k),
+        top_p: o.top_p.unwrap_or(d.top_p),
+        repetition_penalty: o.repetition_penalty.unwrap_or(d.repetition_penalty),
+        seed: o.seed.unwrap_or(d.seed),
+        stop: o.stop.unwrap_or_default(),
+    };
+    options.validate().map_err(js_err)?;
+    Ok(options)
+}
+
 #[wasm_bindgen(js_class = Chat)]
 impl WasmChat {
     /// Sets up `backend` (`"auto"`, `"webgpu"` or `"cpu"`) and loads SmolLM2 from its GGUF bytes.
     pub async fn create(backend: String, gguf: Vec<u8>) -> Result<WasmChat, JsError> {
         let choice: BackendChoice = backend.parse().map_err(js_err)?;
         let backend = Backend::init(choice).await.map_err(js_err)?;
-        let parsed = Gguf::parse(&gguf).map_err(|e| js_err(e.into()))?;
-        let tokenizer = Tokenizer::from_gguf(&parsed).map_err(js_err)?;
-        let model = crate::models::llama::Llama::load(&parsed, &backend.device).map_err(js_err)?;
-        let end_tokens = ["<|im_end|>", "<|endoftext|>"]
-            .iter()
-            .filter_map(|t| tokenizer.token_to_id(t))
-            .collect();
+        let chat = load_chat(&gguf, &backend)?;
         Ok(WasmChat {
-            model: std::rc::Rc::new(model),
-            tokenizer: std::rc::Rc::new(tokenizer),
-            end_tokens,
+            chat: Rc::new(chat),
             backend,
         })
     }
@@ -341,65 +382,22 @@ impl WasmChat {
         options: JsValue,
         on_token: Option<js_sys::Function>,
     ) -> Result<Promise, JsError> {
-        if !js_sys::Array::is_array(&messages) {
-            return Err(JsError::new(
-                "messages must be an array of { role, content } objects",
-            ));
-        }
-        let messages: Vec<crate::text::chat_template::Message> =
-            serde_wasm_bindgen::from_value(messages)
-                .map_err(|e| JsError::new(&format!("messages: {e}")))?;
-        let o: JsGenerateOptions = if options.is_undefined() || options.is_null() {
-            JsGenerateOptions::default()
-        } else {
-            // serde-wasm-bindgen only reads the fields it knows, so a misspelt option would
-            // be ignored silently: check the keys first.
-            let object: &js_sys::Object = options
-                .dyn_ref()
-                .ok_or_else(|| JsError::new("options must be an object"))?;
-            for key in js_sys::Object::keys(object).iter() {
-                let key = key.as_string().unwrap_or_default();
-                if !GENERATE_OPTION_NAMES.contains(&key.as_str()) {
-                    return Err(JsError::new(&format!(
-                        "options: unknown option {key:?} (known: {})",
-                        GENERATE_OPTION_NAMES.join(", ")
-                    )));
-                }
-            }
-            serde_wasm_bindgen::from_value(options)
-                .map_err(|e| JsError::new(&format!("options: {e}")))?
-        };
-        let d = crate::generate::GenerateOptions::default();
-        let options = crate::generate::GenerateOptions {
-            max_new_tokens: o.max_tokens.unwrap_or(d.max_new_tokens),
-            temperature: o.temperature.unwrap_or(d.temperature),
-            top_k: o.top_k.unwrap_or(d.top_k),
-            top_p: o.top_p.unwrap_or(d.top_p),
-            repetition_penalty: o.repetition_penalty.unwrap_or(d.repetition_penalty),
-            seed: o.seed.unwrap_or(d.seed),
-            stop: o.stop.unwrap_or_default(),
-        };
-        options.validate().map_err(js_err)?;
+        let messages = js_messages(messages)?;
+        let options = js_generate_options(options)?;
         let prompt = crate::text::chat_template::render(&messages, true).map_err(js_err)?;
-        let ids = self.tokenizer.encode(&prompt).map_err(js_err)?;
-        let (model, tokenizer, end) = (
-            self.model.clone(),
-            self.tokenizer.clone(),
-            self.end_tokens.clone(),
-        );
+        let ids = self.chat.tokenizer.encode(&prompt).map_err(js_err)?;
+        let chat = self.chat.clone();
         Ok(wasm_bindgen_futures::future_to_promise(async move {
-            let generation =
-                crate::generate::generate(&model, &tokenizer, &ids, &end, &options, |piece| {
-                    match &on_token {
-                        Some(f) => f
-                            .call1(&JsValue::NULL, &JsValue::from_str(piece))
-                            .map(|r| r.as_bool() != Some(false))
-                            .unwrap_or(false),
-                        None => true,
-                    }
-                })
-                .await
-                .map_err(|e| JsValue::from(js_err(e)))?;
+            let generation = crate::generate::generate(
+                &chat.model,
+                &chat.tokenizer,
+                &ids,
+                &chat.end_tokens,
+                &options,
+                |piece| call_on_token(on_token.as_ref(), piece),
+            )
+            .await
+            .map_err(|e| JsValue::from(js_err(e)))?;
             let out = js_sys::Object::new();
             let set = |k: &str, v: JsValue| Reflect::set(&out, &k.into(), &v).map(|_| ());
             let reason = match &generation.stop_reason {
@@ -420,6 +418,199 @@ impl WasmChat {
                 ))
                 .map_err(|_| JsValue::from(JsError::new("could not build the result object")))?;
             Ok(out.into())
+        }))
+    }
+}
+
+/// Loads SmolLM2 from GGUF bytes on `backend`.
+fn load_chat(gguf: &[u8], backend: &Backend) -> Result<ChatModel, JsError> {
+    let parsed = Gguf::parse(gguf).map_err(|e| js_err(e.into()))?;
+    ChatModel::load(&parsed, &backend.device).map_err(js_err)
+}
+
+/// Hands `piece` to the caller's `onToken`; `false` stops generating. A callback that throws
+/// stops it too (its error is not lost: the console shows it).
+fn call_on_token(on_token: Option<&js_sys::Function>, piece: &str) -> bool {
+    match on_token {
+        Some(f) => match f.call1(&JsValue::NULL, &JsValue::from_str(piece)) {
+            Ok(r) => r.as_bool() != Some(false),
+            Err(e) => {
+                web_sys::console::error_2(&"webguard: onToken threw; stopping".into(), &e);
+                false
+            }
+        },
+        None => true,
+    }
+}
+
+/// Whether the caller's `shouldStop()` returns something truthy.
+fn asks_to_stop(should_stop: Option<&js_sys::Function>) -> bool {
+    should_stop
+        .and_then(|f| f.call0(&JsValue::NULL).ok())
+        .is_some_and(|r| r.is_truthy())
+}
+
+fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+    value
+        .serialize(&serializer)
+        .map_err(|e| JsValue::from(JsError::new(&e.to_string())))
+}
+
+/// The moderated chat and the filter together on one backend: what `pkg/guard.js` runs in its
+/// worker. `await Guard.create(backend, tokenizerJson, configJson, model, heads, gguf?)`;
+/// without `gguf` only `classify` works.
+#[wasm_bindgen(js_name = Guard)]
+pub struct WasmGuard {
+    filter: Rc<crate::filter::Filter>,
+    chat: Option<Rc<ChatModel>>,
+    /// Copied into each call, so changing it never races a call in flight.
+    policy: Rc<RefCell<Policy>>,
+    backend: Backend,
+}
+
+#[wasm_bindgen(js_class = Guard)]
+impl WasmGuard {
+    /// Sets up `backend` (`"auto"`, `"webgpu"` or `"cpu"`) and loads the filter (MiniLM's
+    /// `tokenizer.json`, `config.json`, `model.safetensors`, the heads file) and, when `gguf`
+    /// is given, the chat model.
+    pub async fn create(
+        backend: String,
+        tokenizer_json: Vec<u8>,
+        config_json: Vec<u8>,
+        model_safetensors: Vec<u8>,
+        heads_safetensors: Vec<u8>,
+        gguf: Option<Vec<u8>>,
+    ) -> Result<WasmGuard, JsError> {
+        let choice: BackendChoice = backend.parse().map_err(js_err)?;
+        let backend = Backend::init(choice).await.map_err(js_err)?;
+        let filter = crate::filter::Filter::new(
+            &tokenizer_json,
+            &config_json,
+            &model_safetensors,
+            &heads_safetensors,
+            &backend.device,
+        )
+        .map_err(|e| JsError::new(&format!("the filter could not be loaded: {e}")))?;
+        let chat = match gguf {
+            Some(bytes) => Some(Rc::new(load_chat(&bytes, &backend).map_err(|e| {
+                JsError::new(&format!(
+                    "the chat model could not be loaded: {}",
+                    String::from(js_sys::Error::from(JsValue::from(e)).message())
+                ))
+            })?)),
+            None => None,
+        };
+        Ok(WasmGuard {
+            policy: Rc::new(RefCell::new(Policy::new(&filter))),
+            filter: Rc::new(filter),
+            chat,
+            backend,
+        })
+    }
+
+    /// `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        backend_kind(&self.backend).into()
+    }
+
+    /// The GPU adapter's name, when WebGPU runs.
+    #[wasm_bindgen(getter)]
+    pub fn adapter(&self) -> Option<String> {
+        self.backend.adapter.as_ref().map(|a| a.name.clone())
+    }
+
+    /// Why the CPU runs (no WebGPU, no adapter, a failed device, or asked for).
+    #[wasm_bindgen(getter, js_name = fallbackReason)]
+    pub fn fallback_reason(&self) -> Option<String> {
+        self.backend.fallback_reason.clone()
+    }
+
+    /// Whether the chat model is loaded.
+    #[wasm_bindgen(getter, js_name = hasChat)]
+    pub fn has_chat(&self) -> bool {
+        self.chat.is_some()
+    }
+
+    /// Label names, in score order.
+    #[wasm_bindgen(getter)]
+    pub fn labels(&self) -> Vec<String> {
+        self.filter.labels().to_vec()
+    }
+
+    /// `{ label: { threshold, action } }`.
+    #[wasm_bindgen(getter)]
+    pub fn policy(&self) -> Result<JsValue, JsError> {
+        let rules: std::collections::BTreeMap<String, Rule> = self
+            .policy
+            .borrow()
+            .rules()
+            .map(|(l, r)| (l.to_string(), r))
+            .collect();
+        to_js(&rules).map_err(|_| JsError::new("could not build the policy object"))
+    }
+
+    /// Sets one label's threshold (0 to 1) and action (`"block"`, `"warn"` or `"allow"`).
+    #[wasm_bindgen(js_name = setRule)]
+    pub fn set_rule(&self, label: &str, threshold: f32, action: &str) -> Result<(), JsError> {
+        let action: Action = action.parse().map_err(js_err)?;
+        self.policy
+            .borrow_mut()
+            .set(label, Rule { threshold, action })
+            .map_err(js_err)
+    }
+
+    /// Resolves to one verdict per text: `{ scores: { offensive, hate, harmful }, labels,
+    /// flagged }`, under the current thresholds.
+    pub fn classify(&self, texts: JsValue) -> Result<Promise, JsError> {
+        let texts = js_texts(&texts)?;
+        let filter = self.filter.clone();
+        let policy = self.policy.borrow().clone();
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let scores = filter
+                .scores(&refs)
+                .await
+                .map_err(|e| JsValue::from(js_err(e)))?;
+            let verdicts: Vec<crate::filter::Verdict> =
+                scores.iter().map(|s| policy.verdict(s)).collect();
+            to_js(&verdicts)
+        }))
+    }
+
+    /// One moderated turn (see `guard.rs`): resolves to `{ text, blocked, reason, input,
+    /// output, warnings, tokens, promptTokens, stopReason }`. `options` are `Chat.generate`'s;
+    /// `onToken(piece)` receives screened text and may return `false` to stop; `shouldStop()`
+    /// is asked after each piece (the worker checks an abort flag there).
+    pub fn chat(
+        &self,
+        messages: JsValue,
+        options: JsValue,
+        on_token: Option<js_sys::Function>,
+        should_stop: Option<js_sys::Function>,
+    ) -> Result<Promise, JsError> {
+        let chat = self
+            .chat
+            .clone()
+            .ok_or_else(|| JsError::new("this Guard was created without a chat model"))?;
+        let messages = js_messages(messages)?;
+        let options = js_generate_options(options)?;
+        let filter = self.filter.clone();
+        let policy = self.policy.borrow().clone();
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let reply = crate::guard::moderated_chat(
+                &filter,
+                &policy,
+                &chat,
+                &messages,
+                &options,
+                |piece| call_on_token(on_token.as_ref(), piece),
+                || asks_to_stop(should_stop.as_ref()),
+            )
+            .await
+            .map_err(|e| JsValue::from(js_err(e)))?;
+            to_js(&reply)
         }))
     }
 }

@@ -44,6 +44,7 @@ fn ask(
             pieces.push(p.to_string());
             true
         },
+        || false,
     ))
     .unwrap();
     (reply, pieces)
@@ -70,7 +71,10 @@ fn moderated_chat_blocks_before_and_during_generation() {
     );
     assert!(reply.blocked, "{reply:?}");
     assert!(reply.reason.as_deref().unwrap().contains("harmful"));
-    assert!(reply.text.contains("harmful"), "the refusal names the reason");
+    assert!(
+        reply.text.contains("harmful"),
+        "the refusal names the reason"
+    );
     assert_eq!((reply.tokens, reply.output.clone()), (0, None));
     assert!(pieces.is_empty());
 
@@ -103,10 +107,17 @@ fn moderated_chat_blocks_before_and_during_generation() {
     let (reply, pieces) = ask(&filter, &strict, &chat, question);
     assert!(reply.blocked, "{reply:?}");
     assert!(
-        reply.reason.as_deref().unwrap().starts_with("the answer was"),
+        reply
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("the answer was"),
         "{reply:?}"
     );
-    assert!(pieces.is_empty(), "nothing of a blocked answer is shown: {pieces:?}");
+    assert!(
+        pieces.is_empty(),
+        "nothing of a blocked answer is shown: {pieces:?}"
+    );
     assert!(!reply.text.contains("Paris"));
 
     // The same label with the warn action lets the answer through and reports it.
@@ -137,6 +148,32 @@ fn moderated_chat_blocks_before_and_during_generation() {
 }
 
 #[test]
+fn should_stop_ends_generation_promptly_and_drops_unscreened_text() {
+    let (filter, chat) = models();
+    let policy = Policy::new(&filter);
+    let mut asked = 0;
+    let reply = pollster::block_on(moderated_chat(
+        &filter,
+        &policy,
+        &chat,
+        &[Message::new("user", "Tell me a long story about a dragon.")],
+        &GenerateOptions {
+            max_new_tokens: 200,
+            ..GenerateOptions::default()
+        },
+        |_| true,
+        || {
+            asked += 1;
+            asked > 3
+        },
+    ))
+    .unwrap();
+    assert_eq!(reply.stop_reason.as_deref(), Some("cancelled"));
+    assert_eq!(reply.tokens, 4, "stopped after the fourth token");
+    assert!(!reply.blocked);
+}
+
+#[test]
 fn moderated_chat_refuses_bad_input() {
     let (filter, chat) = models();
     let policy = Policy::new(&filter);
@@ -148,10 +185,17 @@ fn moderated_chat_refuses_bad_input() {
             messages,
             &options,
             |_| true,
+            || false,
         ))
     };
     assert!(run(&[], GenerateOptions::default()).is_err());
-    assert!(run(&[Message::new("system", "Be brief.")], GenerateOptions::default()).is_err());
+    assert!(
+        run(
+            &[Message::new("system", "Be brief.")],
+            GenerateOptions::default()
+        )
+        .is_err()
+    );
     assert!(run(&[Message::new("robot", "hi")], GenerateOptions::default()).is_err());
     let bad = GenerateOptions {
         top_p: 0.0,

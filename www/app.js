@@ -1,103 +1,307 @@
-// The demo page: loads the wasm module, says which backend runs, and tokenizes text.
-import init, { version, probeBackend, Tokenizer, Filter } from "../pkg/webguard.js";
+// The demo: moderated chat and a text checker over webguard's Guard (pkg/guard.js), which runs
+// the models in a Web Worker; this thread only renders.
+//
+// Query parameters (used by the tests, handy for trying things): backend=auto|webgpu|cpu,
+// filterUrl=, chatUrl=, chat=0 (filter only).
+import { Guard } from "../pkg/guard.js";
 
 const $ = (id) => document.getElementById(id);
-const tokenizers = {};
+const params = new URLSearchParams(location.search);
+const MODELS = new URL("../models/", location.href);
+const state = { guard: null, messages: [], busy: false, abort: null };
 
-async function fetchBytes(url) {
-  const r = await fetch(url);
-  if (!r.ok) throw new Error(`could not load ${url} (HTTP ${r.status}); run ./build.sh serve, which fetches the models`);
-  return new Uint8Array(await r.arrayBuffer());
-}
+// ---------------------------------------------------------------- loading
 
-async function tokenizer(which) {
-  tokenizers[which] ??= which === "smollm2"
-    ? Tokenizer.fromGguf(await fetchBytes("../models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    : Tokenizer.fromTokenizerJson(await fetchBytes("../models/all-MiniLM-L6-v2/tokenizer.json"));
-  return tokenizers[which];
-}
-
-let filterPromise;
-/** The filter on the best backend, loaded on first use (about 90 MB of model files). */
-function filter() {
-  filterPromise ??= (async () => {
-    const dir = "../models/all-MiniLM-L6-v2";
-    $("check-status").textContent = "loading the filter (MiniLM, 90 MB)…";
-    const [tok, config, model, heads] = await Promise.all([
-      fetchBytes(`${dir}/tokenizer.json`), fetchBytes(`${dir}/config.json`),
-      fetchBytes(`${dir}/model.safetensors`), fetchBytes("../assets/filter-heads.safetensors"),
-    ]);
-    return Filter.create("auto", tok, config, model, heads);
-  })();
-  filterPromise.catch(() => { filterPromise = undefined; });
-  return filterPromise;
-}
-
-/** One list item per text: its verdict and a bar per label with the threshold marked. */
-function renderVerdicts(texts, verdicts, labels, thresholds) {
-  const list = $("verdicts");
-  list.replaceChildren();
-  texts.forEach((text, i) => {
-    const v = verdicts[i];
-    const li = document.createElement("li");
-    li.className = v.flagged ? "flagged" : "ok";
-    const head = document.createElement("p");
-    head.className = "verdict";
-    head.textContent = `${v.flagged ? `Flagged: ${v.labels.join(", ")}` : "OK"} — ${text || "(empty)"}`;
-    li.append(head);
-    labels.forEach((label, j) => {
-      const row = document.createElement("div");
-      row.className = "score";
-      const name = document.createElement("span");
-      name.textContent = label;
-      const meter = document.createElement("meter");
-      meter.min = 0; meter.max = 1; meter.value = v.scores[label]; meter.high = thresholds[j];
-      meter.setAttribute("aria-label", `${label} score`);
-      const value = document.createElement("span");
-      value.textContent = `${v.scores[label].toFixed(3)} (threshold ${thresholds[j].toFixed(2)})`;
-      row.append(name, meter, value);
-      li.append(row);
-    });
-    list.append(li);
-  });
-}
-
-async function main() {
-  await init();
-  $("version").textContent = `v${version()}`;
-  try {
-    const b = await probeBackend("auto");
-    $("badge").textContent = b.kind === "webgpu" ? `WebGPU: ${b.adapter || "adapter"}` : `CPU (${b.reason})`;
-    $("badge").dataset.kind = b.kind;
-  } catch (e) {
-    $("badge").textContent = `backend error: ${e.message}`;
+const bars = new Map();
+function progressBar(file) {
+  if (!bars.has(file)) {
+    const row = document.createElement("div");
+    row.className = "progress-row";
+    const label = document.createElement("span");
+    label.textContent = file;
+    const bar = document.createElement("progress");
+    bar.setAttribute("aria-label", `${file} loaded`);
+    const note = document.createElement("span");
+    note.className = "progress-note";
+    row.append(label, bar, note);
+    $("progress").append(row);
+    bars.set(file, { bar, note });
   }
-  $("check").addEventListener("click", async () => {
-    const texts = $("check-text").value.split("\n");
-    $("check").disabled = true;
-    try {
-      const f = await filter();
-      $("check-status").textContent = `checking ${texts.length} text(s) on ${f.backendDescription}…`;
-      const t0 = performance.now();
-      const verdicts = await f.classify(texts);
-      renderVerdicts(texts, verdicts, f.labels, Array.from(f.thresholds));
-      $("check-status").textContent = `${texts.length} text(s) in ${Math.round(performance.now() - t0)} ms on ${f.backend}`;
-    } catch (e) {
-      $("check-status").textContent = `error: ${e.message}`;
-    } finally {
-      $("check").disabled = false;
-    }
-  });
-  $("go").addEventListener("click", async () => {
-    $("ids").textContent = "…";
-    try {
-      const tok = await tokenizer($("model").value);
-      const ids = tok.encode($("text").value);
-      $("ids").textContent = `${ids.length} tokens: [${Array.from(ids).join(", ")}]`;
-    } catch (e) {
-      $("ids").textContent = `error: ${e.message}`;
-    }
-  });
+  return bars.get(file);
 }
 
-main().catch((e) => { $("badge").textContent = `failed to start: ${e.message}`; });
+const mb = (n) => (n < 1e6 ? `${Math.ceil(n / 1e3)} kB` : `${(n / 1e6).toFixed(1)} MB`);
+
+function onProgress(p) {
+  if (p.phase === "init") {
+    $("load-status").textContent = "building the models…";
+    return;
+  }
+  const { bar, note } = progressBar(p.file);
+  if (p.total) { bar.max = p.total; bar.value = p.loaded; } else bar.removeAttribute("value");
+  const from = p.phase === "cache" ? "from cache" : "downloaded";
+  note.textContent = p.done ? `${mb(p.loaded)} ${from}` : `${mb(p.loaded)}${p.total ? ` of ${mb(p.total)}` : ""}`;
+}
+
+function showBackend(b) {
+  const badge = $("badge");
+  badge.dataset.kind = b.kind;
+  badge.textContent = b.kind === "webgpu" ? `WebGPU · ${b.adapter || "GPU"}` : "CPU (WebAssembly)";
+  badge.title = b.reason ? `Running on the CPU: ${b.reason}` : "Running on the GPU through WebGPU";
+  $("backend-note")?.remove();
+  if (b.kind === "cpu" && b.reason) {
+    const note = document.createElement("p");
+    note.id = "backend-note";
+    note.className = "hint";
+    note.textContent = `Running on the CPU: ${b.reason}.`;
+    $("loading").after(note);
+  }
+}
+
+async function load() {
+  state.guard?.dispose();
+  state.guard = null;
+  setReady(false);
+  bars.clear();
+  $("progress").replaceChildren();
+  $("loading").hidden = false;
+  $("load-error").hidden = true;
+  $("load-status").textContent = "starting…";
+  $("badge").textContent = "loading…";
+  const withChat = params.get("chat") !== "0";
+  const started = performance.now();
+  try {
+    const guard = await Guard.create({
+      filterUrl: params.get("filterUrl") ?? new URL("all-MiniLM-L6-v2/", MODELS).href,
+      chatUrl: withChat ? (params.get("chatUrl") ?? new URL("SmolLM2-135M-Instruct.Q4_1.gguf", MODELS).href) : undefined,
+      backend: $("backend").value,
+      onProgress,
+    });
+    state.guard = guard;
+    showBackend(guard.backend);
+    renderRules();
+    $("load-status").textContent = `ready in ${((performance.now() - started) / 1000).toFixed(1)} s`;
+    $("loading").hidden = true;
+    document.body.dataset.ready = "true";
+    setReady(true);
+  } catch (e) {
+    $("badge").textContent = "not loaded";
+    $("load-status").textContent = "";
+    $("load-error-text").textContent = `Could not load the models: ${e.message}`;
+    $("load-error").hidden = false;
+    document.body.dataset.ready = "error";
+  }
+}
+
+function setReady(ready) {
+  $("send").disabled = !ready || state.busy || !state.guard?.hasChat;
+  $("check").disabled = !ready;
+}
+
+// ---------------------------------------------------------------- scores
+
+/** Small bars, one per label, with the threshold marked. */
+function scoreBars(scores, flaggedLabels = []) {
+  const wrap = document.createElement("div");
+  wrap.className = "scores";
+  const policy = state.guard?.policy ?? {};
+  const order = state.guard?.labels ?? Object.keys(scores);
+  for (const label of order.filter((l) => l in scores)) {
+    const score = scores[label];
+    const row = document.createElement("div");
+    row.className = "score" + (flaggedLabels.includes(label) ? " over" : "");
+    const name = document.createElement("span");
+    name.textContent = label;
+    const meter = document.createElement("meter");
+    meter.min = 0; meter.max = 1; meter.value = score;
+    if (policy[label]) meter.high = policy[label].threshold;
+    meter.setAttribute("aria-label", `${label} score`);
+    const value = document.createElement("span");
+    value.textContent = score.toFixed(2);
+    row.append(name, meter, value);
+    wrap.append(row);
+  }
+  return wrap;
+}
+
+// ---------------------------------------------------------------- chat
+
+function addMessage(role, text) {
+  const li = document.createElement("li");
+  li.className = `message ${role}`;
+  const who = document.createElement("p");
+  who.className = "who";
+  who.textContent = role === "user" ? "You" : "Assistant";
+  const body = document.createElement("p");
+  body.className = "text";
+  body.textContent = text;
+  li.append(who, body);
+  $("messages").append(li);
+  li.scrollIntoView({ block: "end" });
+  return li;
+}
+
+function markBlocked(li, reason) {
+  li.classList.add("blocked");
+  const mark = document.createElement("p");
+  mark.className = "blocked-mark";
+  mark.textContent = reason;
+  li.append(mark);
+}
+
+function generationOptions() {
+  return {
+    temperature: Number($("temperature").value),
+    topP: Number($("top-p").value),
+    maxTokens: Number($("max-tokens").value) || 160,
+    seed: Number($("seed").value) || 0,
+  };
+}
+
+async function send(event) {
+  event?.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text || state.busy || !state.guard) return;
+  state.busy = true;
+  setReady(true);
+  $("stop").disabled = false;
+  $("prompt").value = "";
+  const userLi = addMessage("user", text);
+  const assistantLi = addMessage("assistant", "");
+  assistantLi.classList.add("streaming");
+  const body = assistantLi.querySelector(".text");
+  state.abort = new AbortController();
+  const history = [...state.messages, { role: "user", content: text }];
+  $("chat-stats").textContent = "checking your message…";
+  try {
+    const reply = await state.guard.chat(history, {
+      ...generationOptions(),
+      signal: state.abort.signal,
+      onToken: (piece) => {
+        body.textContent += piece;
+        $("chat-stats").textContent = "generating…";
+        assistantLi.scrollIntoView({ block: "end" });
+      },
+    });
+    if (reply.input) userLi.append(scoreBars(reply.input.scores, [...reply.input.blocked, ...reply.input.warned]));
+    body.textContent = reply.text;
+    if (reply.blocked) {
+      markBlocked(reply.input?.blocked.length ? userLi : assistantLi, reply.reason);
+      assistantLi.classList.add("refusal");
+    } else {
+      state.messages = [...history, { role: "assistant", content: reply.text }];
+    }
+    if (reply.output) assistantLi.append(scoreBars(reply.output.scores, [...reply.output.blocked, ...reply.output.warned]));
+    if (reply.warnings.length) {
+      const warn = document.createElement("p");
+      warn.className = "warn-mark";
+      warn.textContent = `Flagged (warn): ${reply.warnings.join(", ")}`;
+      assistantLi.append(warn);
+    }
+    $("chat-stats").textContent = reply.tokens
+      ? `${reply.tokens} tokens · ${reply.tokensPerSecond.toFixed(1)} tokens/s${reply.stopReason === "cancelled" ? " · stopped" : ""}`
+      : reply.blocked ? "blocked before generation" : "";
+  } catch (e) {
+    body.textContent = "";
+    markBlocked(assistantLi, `error: ${e.message}`);
+    $("chat-stats").textContent = "";
+  } finally {
+    assistantLi.classList.remove("streaming");
+    state.busy = false;
+    state.abort = null;
+    $("stop").disabled = true;
+    setReady(Boolean(state.guard));
+    $("prompt").focus();
+  }
+}
+
+// ---------------------------------------------------------------- check text
+
+async function check() {
+  const texts = $("check-text").value.split("\n");
+  $("check").disabled = true;
+  $("check-status").textContent = `checking ${texts.length} text(s)…`;
+  try {
+    const t0 = performance.now();
+    const verdicts = await state.guard.classify(texts);
+    const list = $("verdicts");
+    list.replaceChildren();
+    texts.forEach((text, i) => {
+      const v = verdicts[i];
+      const li = document.createElement("li");
+      li.className = v.flagged ? "flagged" : "ok";
+      const head = document.createElement("p");
+      head.className = "verdict";
+      head.textContent = `${v.flagged ? `Flagged: ${v.labels.join(", ")}` : "OK"} — ${text || "(empty)"}`;
+      li.append(head, scoreBars(v.scores, v.labels));
+      list.append(li);
+    });
+    $("check-status").textContent = `${texts.length} text(s) in ${Math.round(performance.now() - t0)} ms`;
+  } catch (e) {
+    $("check-status").textContent = `error: ${e.message}`;
+  } finally {
+    $("check").disabled = !state.guard;
+  }
+}
+
+// ---------------------------------------------------------------- settings
+
+function renderRules() {
+  const box = $("rules");
+  box.querySelectorAll(".rule").forEach((r) => r.remove());
+  const policy = state.guard.policy;
+  for (const label of state.guard.labels) {
+    const rule = policy[label];
+    const row = document.createElement("div");
+    row.className = "rule";
+    const id = `rule-${label}`;
+    row.innerHTML = `<label for="${id}">${label} <output id="${id}-value">${rule.threshold.toFixed(2)}</output></label>
+      <input id="${id}" type="range" min="0" max="1" step="0.01" value="${rule.threshold}">
+      <label class="inline" for="${id}-action">action</label>
+      <select id="${id}-action">
+        <option value="block">block</option><option value="warn">warn</option><option value="allow">allow</option>
+      </select>`;
+    box.append(row);
+    const range = row.querySelector("input");
+    const action = row.querySelector("select");
+    action.value = rule.action;
+    const apply = async () => {
+      row.querySelector("output").textContent = Number(range.value).toFixed(2);
+      await state.guard.setRule(label, { threshold: Number(range.value), action: action.value });
+    };
+    range.addEventListener("change", apply);
+    range.addEventListener("input", () => { row.querySelector("output").textContent = Number(range.value).toFixed(2); });
+    action.addEventListener("change", apply);
+  }
+}
+
+function toggleSettings(open) {
+  $("settings").hidden = !open;
+  $("open-settings").setAttribute("aria-expanded", String(open));
+  (open ? $("close-settings") : $("open-settings")).focus();
+}
+
+// ---------------------------------------------------------------- wiring
+
+function main() {
+  const backend = params.get("backend");
+  if (backend) $("backend").value = backend;
+  $("chat-form").addEventListener("submit", send);
+  $("prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) send(e);
+  });
+  $("stop").addEventListener("click", () => state.abort?.abort());
+  $("clear").addEventListener("click", () => { state.messages = []; $("messages").replaceChildren(); });
+  $("check").addEventListener("click", check);
+  $("retry").addEventListener("click", load);
+  $("reload").addEventListener("click", load);
+  $("open-settings").addEventListener("click", () => toggleSettings($("settings").hidden));
+  $("close-settings").addEventListener("click", () => toggleSettings(false));
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !$("settings").hidden) toggleSettings(false); });
+  for (const id of ["temperature", "top-p"]) {
+    $(id).addEventListener("input", () => { $(`${id}-value`).textContent = $(id).value; });
+  }
+  load();
+}
+
+main();

@@ -1,0 +1,191 @@
+// webguard's JavaScript API: a private chat model and toxicity filter that run in the page,
+// on WebGPU or the CPU, inside a Web Worker (guard-worker.js) so the page stays responsive.
+//
+//   import { Guard } from "webguard";            // or "./pkg/guard.js"
+//   const guard = await Guard.create({ filterUrl: "/models/all-MiniLM-L6-v2/",
+//                                      chatUrl: "/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+//                                      onProgress: (p) => console.log(p) });
+//   await guard.classify(["you are an idiot"]);  // [{ scores, labels, flagged }]
+//   await guard.chat([{ role: "user", content: "Hi!" }], { onToken: (t) => show(t) });
+//   guard.dispose();
+//
+// Model files are cached with the Cache API (keyed by URL: version your URLs when the files
+// change, or call Guard.clearCache()). Nothing is sent anywhere: the only requests are for the
+// model files and this package's own files.
+
+const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "backend", "thresholds",
+  "policy", "onProgress", "cache"];
+const CHAT_OPTIONS = ["maxTokens", "temperature", "topK", "topP", "repetitionPenalty", "seed",
+  "stop", "onToken", "signal"];
+const CACHE_NAME = "webguard-models-v1";
+
+/** A URL made absolute against the page, or bytes/File passed through (for the worker). */
+function source(value, what) {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === "string" || value instanceof URL) return new URL(String(value), location.href).href;
+  if (value instanceof ArrayBuffer || ArrayBuffer.isView(value) || value instanceof Blob) return value;
+  throw new TypeError(`${what}: expected a URL, an ArrayBuffer, a typed array or a File`);
+}
+
+function checkKeys(object, known, what) {
+  if (object === undefined || object === null) return {};
+  if (typeof object !== "object") throw new TypeError(`${what} must be an object`);
+  for (const k of Object.keys(object)) {
+    if (!known.includes(k)) throw new TypeError(`${what}: unknown option "${k}" (known: ${known.join(", ")})`);
+  }
+  return object;
+}
+
+export class Guard {
+  #worker;
+  #next = 1;
+  #pending = new Map();
+  #info;
+  #onProgress;
+
+  constructor(worker) {
+    this.#worker = worker;
+    worker.onmessage = (e) => this.#receive(e.data);
+    worker.onerror = (e) => this.#failAll(new Error(`the webguard worker failed: ${e.message ?? "unknown error"}`));
+  }
+
+  /**
+   * Loads the filter (and the chat model when `chatUrl`/`chat` is given) in a worker.
+   * Options: `filterUrl` (folder with MiniLM's tokenizer.json, config.json, model.safetensors),
+   * `headsUrl` (default: the heads file shipped in this package), `chatUrl` (SmolLM2's GGUF),
+   * or `filter: { tokenizer, config, model, heads }` / `chat` as ArrayBuffers or Files;
+   * `backend`: "auto" | "webgpu" | "cpu"; `thresholds: { label: number }`;
+   * `policy: { label: { threshold, action: "block" | "warn" | "allow" } }`;
+   * `onProgress({ file, phase: "download" | "cache" | "init", loaded, total, done })`;
+   * `cache` (default true).
+   */
+  static async create(options = {}) {
+    const o = checkKeys(options, OPTIONS, "Guard.create options");
+    const backend = o.backend ?? "auto";
+    if (!["auto", "webgpu", "cpu"].includes(backend)) {
+      throw new TypeError(`backend must be "auto", "webgpu" or "cpu" (got ${JSON.stringify(backend)})`);
+    }
+    const f = checkKeys(o.filter, ["tokenizer", "config", "model", "heads"], "filter");
+    const dir = o.filterUrl === undefined ? undefined : new URL(String(o.filterUrl).replace(/\/?$/, "/"), location.href);
+    const file = (name, given) => source(given ?? (dir && new URL(name, dir).href), `filter.${name}`);
+    const filter = {
+      tokenizer: file("tokenizer.json", f.tokenizer),
+      config: file("config.json", f.config),
+      model: file("model.safetensors", f.model),
+      heads: source(f.heads ?? o.headsUrl ?? new URL("./filter-heads.safetensors", import.meta.url), "headsUrl"),
+    };
+    for (const [k, v] of Object.entries(filter)) {
+      if (v === undefined) throw new TypeError(`the filter's ${k} file is missing: give filterUrl or filter.${k}`);
+    }
+    const chat = source(o.chat ?? o.chatUrl, "chatUrl");
+    const worker = new Worker(new URL("./guard-worker.js", import.meta.url), { type: "module", name: "webguard" });
+    const guard = new Guard(worker);
+    guard.#onProgress = o.onProgress;
+    try {
+      guard.#info = await guard.#call("create", { backend, files: { filter, chat }, cache: o.cache !== false });
+      for (const [label, threshold] of Object.entries(o.thresholds ?? {})) {
+        await guard.setRule(label, { threshold });
+      }
+      for (const [label, rule] of Object.entries(o.policy ?? {})) await guard.setRule(label, rule);
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+    return guard;
+  }
+
+  /** Deletes the cached model files (all Guards' caches in this origin). */
+  static async clearCache() {
+    return caches.delete(CACHE_NAME);
+  }
+
+  /** `{ kind: "webgpu" | "cpu", adapter, reason }`: what runs, on which adapter, or why the CPU. */
+  get backend() {
+    const { kind, adapter, reason } = this.#info;
+    return { kind, adapter, reason };
+  }
+
+  /** Filter labels, e.g. ["offensive", "hate", "harmful"]. */
+  get labels() { return [...this.#info.labels]; }
+
+  /** Whether a chat model was loaded. */
+  get hasChat() { return this.#info.hasChat; }
+
+  /** `{ label: { threshold, action } }`. */
+  get policy() { return structuredClone(this.#info.policy); }
+
+  /** Changes one label's threshold and/or action ("block", "warn" or "allow"). */
+  async setRule(label, { threshold, action } = {}) {
+    const current = this.#info.policy[label];
+    if (!current) throw new Error(`unknown label "${label}" (labels: ${this.#info.labels.join(", ")})`);
+    this.#info.policy = await this.#call("setRule", {
+      label, threshold: threshold ?? current.threshold, action: action ?? current.action,
+    });
+  }
+
+  /** One verdict per text: `{ scores: { offensive, hate, harmful }, labels, flagged }`. */
+  async classify(texts) {
+    if (typeof texts === "string") texts = [texts];
+    return this.#call("classify", { texts });
+  }
+
+  /**
+   * Answers the last user message of `messages` ([{ role, content }]) with moderation: the
+   * message is screened first, the answer sentence by sentence before it is shown. Resolves to
+   * `{ text, blocked, reason, input, output, warnings, tokens, tokensPerSecond, stopReason }`.
+   * Options: maxTokens, temperature, topK, topP, repetitionPenalty, seed, stop, `onToken(text)`,
+   * `signal` (an AbortSignal: stops generation; the promise resolves with what was shown).
+   */
+  async chat(messages, options = {}) {
+    const { onToken, signal, ...generation } = checkKeys(options, CHAT_OPTIONS, "chat options");
+    if (!this.#info.hasChat) throw new Error("this Guard was created without a chat model (give chatUrl)");
+    if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
+    // The worker is busy while it generates, so a message would arrive too late: it reads a
+    // shared flag after each piece instead (needs cross-origin isolation, i.e. COOP/COEP).
+    const abort = self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
+    const stop = () => { if (abort) Atomics.store(new Int32Array(abort), 0, 1); };
+    signal?.addEventListener("abort", stop, { once: true });
+    try {
+      return await this.#call("chat", { messages, options: generation, abort }, { onToken, signal });
+    } finally {
+      signal?.removeEventListener("abort", stop);
+    }
+  }
+
+  /** Frees the models (GPU and wasm memory) and stops the worker. */
+  dispose() {
+    if (!this.#worker) return;
+    this.#worker.terminate();
+    this.#worker = undefined;
+    this.#failAll(new Error("the Guard was disposed"));
+  }
+
+  #call(op, args, handlers = {}) {
+    if (!this.#worker) return Promise.reject(new Error("the Guard was disposed"));
+    const id = this.#next++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject, ...handlers });
+      this.#worker.postMessage({ id, op, args });
+    });
+  }
+
+  #receive({ id, type, data }) {
+    const p = this.#pending.get(id);
+    if (type === "progress") { this.#onProgress?.(data); return; }
+    if (type === "backend") { Object.assign(this.#info ??= {}, data); return; }
+    if (!p) return;
+    if (type === "token") {
+      // Without a shared flag, an abort at least stops the page from showing more.
+      if (!p.signal?.aborted) p.onToken?.(data);
+      return;
+    }
+    this.#pending.delete(id);
+    if (type === "result") p.resolve(data);
+    else p.reject(new Error(data.message));
+  }
+
+  #failAll(error) {
+    for (const p of this.#pending.values()) p.reject(error);
+    this.#pending.clear();
+  }
+}
