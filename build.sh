@@ -6,6 +6,8 @@
 #   ./build.sh build   native release build + wasm32 -> pkg/ (wasm-bindgen --target web, wasm-opt)
 #   ./build.sh serve   setup + build, then serve the demo on 127.0.0.1 with COOP/COEP headers
 #   ./build.sh test    setup + build + every test: format, lints, native, references, browser
+#   ./build.sh bench [ARGS]     browser benchmark: classify and chat on WebGPU and the CPU (wasm)
+#                      next to wllama on the same GGUF (scripts/bench-browser.mjs ARGS)
 #   ./build.sh fuzz [SECONDS]   bounded cargo-fuzz run of the GGUF parser
 #
 # Environment: CARGO_TARGET_DIR (default ~/.cache/webguard/target, kept between runs so warm
@@ -150,12 +152,16 @@ case "$cmd" in
     start=$(date +%s)
     setup; build; run_tests
     echo "all tests passed in $(( $(date +%s) - start )) s" ;;
+  bench)
+    setup; build
+    step "browser benchmark (headless Chromium)"
+    shift; node scripts/bench-browser.mjs "$@" ;;
   fuzz)
     command -v cargo-fuzz >/dev/null || CARGO_TARGET_DIR="$CACHE/install-target" cargo install cargo-fuzz --root "$TOOLS"
     # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
     (cd fuzz && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$CACHE/fuzz-target" cargo fuzz run gguf_parse -- \
       -max_total_time="${2:-60}" -rss_limit_mb=2048 corpus/gguf_parse seeds) ;;
   *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || exit 2 ;;
 esac

@@ -11,7 +11,9 @@ import { extname, join, normalize, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
-const SERVED = ["www", "pkg", "models", "assets", "tests/browser/pages", "tests/reference"];
+// wllama (npm, with its own wasm) is served for the browser benchmark's side-by-side peer.
+const SERVED = ["www", "pkg", "models", "assets", "tests/browser/pages", "tests/reference",
+  "tests/browser/node_modules/@wllama/wllama/esm"];
 const TYPES = {
   ".html": "text/html; charset=utf-8",
   ".js": "text/javascript; charset=utf-8",
