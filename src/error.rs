@@ -22,6 +22,9 @@ pub enum Error {
     /// An argument out of range or otherwise unusable.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The caller stopped a long operation; nothing was changed.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// Reading a file failed.
     #[error("{path}: {message}")]
     Io {

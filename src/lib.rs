@@ -25,6 +25,7 @@ pub mod generate;
 pub mod guard;
 pub mod models;
 pub mod text;
+pub mod tune;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]

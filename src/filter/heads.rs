@@ -22,6 +22,11 @@ use crate::weights::safetensors::SafetensorsFile;
 /// What is written in a heads file's `format` metadata.
 pub const FORMAT: &str = "webguard-filter-heads/1";
 
+/// The `format` of heads exported after tuning ([`crate::tune::filter`]): the same layout, but
+/// only valid on top of the filter they were tuned from (the encoder's own adapters are not in
+/// it), so a plain heads loader refuses it.
+pub const TUNED_FORMAT: &str = "webguard-filter-adapters/1";
+
 /// One label's classifier.
 #[derive(Module, Debug)]
 pub struct Head {
@@ -31,7 +36,8 @@ pub struct Head {
 }
 
 impl Head {
-    fn new(features: usize, hidden: usize, dropout: f64, device: &Device) -> Self {
+    /// A randomly initialised head (seed the device for reproducible weights).
+    pub fn new(features: usize, hidden: usize, dropout: f64, device: &Device) -> Self {
         Head {
             hidden: LinearConfig::new(features, hidden).init(device),
             out: LinearConfig::new(hidden, 1).init(device),
@@ -116,11 +122,49 @@ impl Heads {
         }
     }
 
+    /// Raw features `[batch, F]` standardised as every head expects them.
+    pub fn standardise(&self, features: Tensor<2>) -> Tensor<2> {
+        let [_, width] = features.dims();
+        (features - self.mean.val().reshape([1, width])) * self.scale.val().reshape([1, width])
+    }
+
+    /// Feature width.
+    pub fn width(&self) -> usize {
+        self.mean.val().dims()[0]
+    }
+
+    /// Head `i`.
+    pub fn head(&self, i: usize) -> &Head {
+        &self.heads[i]
+    }
+
+    /// Replaces head `i` (`i` = the label count appends one).
+    pub fn set_head(&mut self, i: usize, head: Head) {
+        if i == self.heads.len() {
+            self.heads.push(head);
+        } else {
+            self.heads[i] = head;
+        }
+    }
+
+    /// A 64-bit fingerprint (FNV-1a) of the feature standardisation, which identifies the
+    /// base heads a tuned file was made from.
+    pub async fn fingerprint(&self) -> Result<u64> {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for t in [self.mean.val(), self.scale.val()] {
+            for v in crate::filter::read_f32(t).await? {
+                for b in v.to_le_bytes() {
+                    hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+        }
+        Ok(hash)
+    }
+
     /// Logits `[batch, labels]` for raw features `[batch, F]`.
     pub fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        let [batch, width] = features.dims();
-        let x =
-            (features - self.mean.val().reshape([1, width])) * self.scale.val().reshape([1, width]);
+        let [batch, _] = features.dims();
+        let x = self.standardise(features);
         let columns: Vec<Tensor<2>> = self
             .heads
             .iter()
@@ -146,6 +190,11 @@ impl Heads {
 
     /// Loads heads from a safetensors file written by [`Heads::save`], checking every shape.
     pub fn load(bytes: &[u8], device: &Device) -> Result<(Self, HeadsInfo)> {
+        Self::load_format(bytes, FORMAT, device)
+    }
+
+    /// [`Heads::load`] for files whose `format` metadata is `format`.
+    pub fn load_format(bytes: &[u8], format: &str, device: &Device) -> Result<(Self, HeadsInfo)> {
         let file = SafetensorsFile::parse(bytes)?;
         let meta = file.metadata();
         let get = |key: &str| {
@@ -155,9 +204,9 @@ impl Heads {
                 ))
             })
         };
-        if get("format")? != FORMAT {
+        if get("format")? != format {
             return Err(Error::Safetensors(format!(
-                "not a webguard filter heads file: format {:?}, this build reads {FORMAT:?}",
+                "not a webguard filter heads file: format {:?}, expected {format:?}",
                 get("format")?
             )));
         }
@@ -265,6 +314,16 @@ impl Heads {
     /// Serialises the heads and `info` as safetensors bytes (f32, little-endian). Reads the
     /// weights back asynchronously, so it works on WebGPU in the browser too.
     pub async fn save(&self, info: &HeadsInfo, adapters: &[EncoderAdapter]) -> Result<Vec<u8>> {
+        self.save_format(info, adapters, FORMAT).await
+    }
+
+    /// [`Heads::save`] with `format` as the `format` metadata.
+    pub async fn save_format(
+        &self,
+        info: &HeadsInfo,
+        adapters: &[EncoderAdapter],
+        format: &str,
+    ) -> Result<Vec<u8>> {
         if info.labels.len() != self.heads.len() || info.thresholds.len() != self.heads.len() {
             return Err(Error::InvalidInput(
                 "one label name and threshold per head".into(),
@@ -322,7 +381,7 @@ impl Heads {
         if let Some(ad) = adapters.first() {
             meta.insert("lora_scale".into(), ad.scale.to_string());
         }
-        meta.insert("format".into(), FORMAT.into());
+        meta.insert("format".into(), format.into());
         meta.insert("labels".into(), info.labels.join(","));
         meta.insert("features".into(), info.features.to_string());
         meta.insert("hidden".into(), info.hidden.to_string());

@@ -54,6 +54,8 @@ pub struct Filter {
     heads: Heads,
     info: HeadsInfo,
     thresholds: Vec<f32>,
+    /// The heads as loaded, before any tuning (`reset_tuning` goes back to them).
+    base: Box<(Heads, HeadsInfo)>,
 }
 
 impl std::fmt::Debug for Filter {
@@ -97,6 +99,7 @@ impl Filter {
         }
         Ok(Filter {
             encoder,
+            base: Box::new((heads.clone(), info.clone())),
             heads,
             thresholds: info.thresholds.clone(),
             info,
@@ -174,6 +177,24 @@ impl Filter {
                     self.info.labels.join(", ")
                 ))
             })
+    }
+
+    /// The heads in use.
+    pub fn heads(&self) -> &Heads {
+        &self.heads
+    }
+
+    /// The heads and their description as loaded, before any tuning.
+    pub fn base_heads(&self) -> (&Heads, &HeadsInfo) {
+        (&self.base.0, &self.base.1)
+    }
+
+    /// Puts tuned (or reset) heads in place, with their labels and thresholds. The caller
+    /// checked that they fit this filter's features.
+    pub(crate) fn install_heads(&mut self, heads: Heads, info: HeadsInfo) {
+        self.thresholds = info.thresholds.clone();
+        self.heads = heads;
+        self.info = info;
     }
 
     /// Limits and batching in use.

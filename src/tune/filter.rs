@@ -1,0 +1,359 @@
+//! Teaching the filter from a few labelled texts: a new user-defined label (e.g. "spoiler"),
+//! or an adjusted existing one.
+//!
+//! Each tuned label's head (`Linear -> ReLU -> Linear` over the frozen encoder's pooled
+//! features, standardised as the shipped heads' are) is trained with Adam on all examples at
+//! once, positives and negatives weighted to count equally; labels tuned together share the
+//! steps. The encoder and the other labels' heads do not change, so the shipped labels'
+//! figures stay what they were. The tuned heads travel as a safetensors file
+//! ([`Filter::export_adapters`]) valid only on top of the filter they came from.
+
+use std::collections::BTreeMap;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
+use burn::tensor::activation::log_sigmoid;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::filter::heads::{Head, Heads, TUNED_FORMAT};
+use crate::filter::{Filter, read_f32};
+use crate::tune::{Step, TuneOptions, now_ms};
+
+/// One labelled text: `value` says whether `label` applies to `text`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct LabelExample {
+    /// The text.
+    pub text: String,
+    /// A label of the filter, or a new one.
+    pub label: String,
+    /// Whether the label applies.
+    pub value: bool,
+}
+
+/// What a tuning run did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilterTuneReport {
+    /// Labels tuned, in the order they first appear in the examples.
+    pub labels: Vec<String>,
+    /// Those of them that are new.
+    pub new_labels: Vec<String>,
+    /// The loss of the last step.
+    pub final_loss: f32,
+    /// Examples used.
+    pub examples: usize,
+}
+
+/// A new label's threshold: no validation data comes with a handful of examples, and the
+/// balanced loss centres the two classes on 0.5.
+pub const NEW_LABEL_THRESHOLD: f32 = 0.5;
+/// Longest label name, in characters.
+pub const MAX_LABEL_CHARS: usize = 48;
+/// Most examples per call: tuning is meant for a handful, and every one is encoded.
+pub const MAX_EXAMPLES: usize = 2000;
+/// Adam's weight decay on the tuned heads (a mild pull towards small weights, which a few
+/// examples need).
+const WEIGHT_DECAY: f32 = 1e-3;
+
+/// The heads being tuned, trained together.
+#[derive(Module, Debug)]
+struct TunedHeads {
+    heads: Vec<Head>,
+}
+
+fn check_label(label: &str) -> Result<()> {
+    let bad = label.trim().is_empty()
+        || label.chars().count() > MAX_LABEL_CHARS
+        || label.contains(',')
+        || label.chars().any(char::is_control)
+        || label.trim() != label;
+    if bad {
+        return Err(Error::InvalidInput(format!(
+            "label {label:?}: use 1 to {MAX_LABEL_CHARS} characters, no commas, control \
+             characters or surrounding spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// Per label, with its rows: `(label, window indices, targets)`.
+struct LabelRows {
+    label: String,
+    rows: Vec<usize>,
+    targets: Vec<bool>,
+}
+
+impl Filter {
+    /// Tunes the heads of the labels in `examples` (new labels get a new head, threshold
+    /// [`NEW_LABEL_THRESHOLD`]). `on_step` receives each step and returns `false` to cancel.
+    /// Errors (bad examples or options, a text over the length limit, a non-finite loss,
+    /// cancellation) leave the filter exactly as it was.
+    pub async fn tune(
+        &mut self,
+        examples: &[LabelExample],
+        options: &TuneOptions,
+        mut on_step: impl FnMut(&Step) -> bool,
+    ) -> Result<FilterTuneReport> {
+        options.validate()?;
+        if examples.is_empty() {
+            return Err(Error::InvalidInput("no examples to learn from".into()));
+        }
+        if examples.len() > MAX_EXAMPLES {
+            return Err(Error::InvalidInput(format!(
+                "{} examples; at most {MAX_EXAMPLES} per call",
+                examples.len()
+            )));
+        }
+        // Group by label, in first-seen order, and check each label has both classes.
+        let mut order: Vec<String> = Vec::new();
+        let mut counts: BTreeMap<&str, [usize; 2]> = BTreeMap::new();
+        for e in examples {
+            check_label(&e.label)?;
+            let c = counts.entry(e.label.as_str()).or_insert_with(|| {
+                order.push(e.label.clone());
+                [0, 0]
+            });
+            c[usize::from(e.value)] += 1;
+        }
+        for label in &order {
+            let [neg, pos] = counts[label.as_str()];
+            if neg == 0 || pos == 0 {
+                return Err(Error::InvalidInput(format!(
+                    "label {label:?} needs positive and negative examples (it has {pos} \
+                     positive, {neg} negative)"
+                )));
+            }
+        }
+
+        // Features of every window of every text, standardised, on the host.
+        let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+        let windows = self.encoder().windows(&texts)?;
+        let width = self.heads().width();
+        let mut features = Vec::with_capacity(windows.len() * width);
+        for chunk in windows.chunks(self.options().batch_size) {
+            let rows: Vec<&[u32]> = chunk.iter().map(|(_, w)| w.as_slice()).collect();
+            let raw = self.encoder().batch_features(&self.info().features, &rows);
+            features.extend(read_f32(self.heads().standardise(raw)).await?);
+        }
+        let per_label: Vec<LabelRows> = order
+            .iter()
+            .map(|label| {
+                let (rows, targets) = windows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (text, _))| examples[*text].label == *label)
+                    .map(|(row, (text, _))| (row, examples[*text].value))
+                    .unzip();
+                LabelRows {
+                    label: label.clone(),
+                    rows,
+                    targets,
+                }
+            })
+            .collect();
+
+        // Train copies on the autodiff device.
+        let device = self.device().clone();
+        let ad = device.clone().autodiff();
+        let hidden = self.info().hidden;
+        let mut tuned = TunedHeads {
+            heads: per_label
+                .iter()
+                .enumerate()
+                .map(|(j, l)| match self.label_index(&l.label) {
+                    Ok(i) => self.heads().head(i).clone().fork(&ad),
+                    Err(_) => {
+                        ad.seed(options.seed.wrapping_add(j as u64));
+                        Head::new(width, hidden, 0.0, &ad)
+                    }
+                })
+                .collect(),
+        };
+        let batches: Vec<(Tensor<2>, Tensor<1>, Tensor<1>)> = per_label
+            .iter()
+            .map(|l| label_batch(l, &features, width, &ad))
+            .collect();
+        let mut optim = AdamConfig::new()
+            .with_weight_decay(Some(WeightDecayConfig::new(WEIGHT_DECAY)))
+            .with_grad_clipping(Some(GradientClippingConfig::Norm(options.clip_norm)))
+            .init();
+        let mut final_loss = f32::NAN;
+        for step in 1..=options.steps {
+            let started = now_ms();
+            let losses: Vec<Tensor<1>> = tuned
+                .heads
+                .iter()
+                .zip(&batches)
+                .map(|(head, (x, y, w))| weighted_bce(head.logits(x.clone()), y.clone(), w.clone()))
+                .collect();
+            let loss = Tensor::cat(losses, 0).mean();
+            final_loss = read_f32(loss.clone())
+                .await?
+                .first()
+                .copied()
+                .unwrap_or(f32::NAN);
+            if !final_loss.is_finite() {
+                return Err(Error::InvalidInput(format!(
+                    "tuning diverged at step {step} (loss {final_loss}); try a smaller learning \
+                     rate. The filter is unchanged."
+                )));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &tuned);
+            tuned = optim.step(options.learning_rate, tuned, grads);
+            let report = Step {
+                step,
+                steps: options.steps,
+                loss: final_loss,
+                millis: now_ms() - started,
+            };
+            if !on_step(&report) {
+                return Err(Error::Cancelled(format!(
+                    "tuning stopped at step {step} of {}; the filter is unchanged",
+                    options.steps
+                )));
+            }
+        }
+
+        // Install: the tuned heads replace or extend a copy of the current ones.
+        let mut heads = self.heads().clone();
+        let mut info = self.info().clone();
+        let mut new_labels = Vec::new();
+        for (l, head) in per_label.iter().zip(tuned.valid().heads) {
+            let head = head.fork(&device);
+            match info.labels.iter().position(|x| *x == l.label) {
+                Some(i) => heads.set_head(i, head),
+                None => {
+                    heads.set_head(info.labels.len(), head);
+                    info.labels.push(l.label.clone());
+                    info.thresholds.push(NEW_LABEL_THRESHOLD);
+                    new_labels.push(l.label.clone());
+                }
+            }
+        }
+        // Thresholds set by the caller on existing labels stay.
+        let current = self.thresholds().to_vec();
+        info.thresholds[..current.len()].copy_from_slice(&current);
+        let mut tuned_labels: Vec<String> = info
+            .provenance
+            .get("tuned_labels")
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        for l in &order {
+            if !tuned_labels.contains(l) {
+                tuned_labels.push(l.clone());
+            }
+        }
+        info.provenance
+            .insert("tuned_labels".into(), tuned_labels.join(","));
+        self.install_heads(heads, info);
+        Ok(FilterTuneReport {
+            labels: order,
+            new_labels,
+            final_loss,
+            examples: examples.len(),
+        })
+    }
+
+    /// Labels tuned since the filter was loaded (or last reset).
+    pub fn tuned_labels(&self) -> Vec<String> {
+        self.info()
+            .provenance
+            .get("tuned_labels")
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// The tuned heads as safetensors bytes (every label's head, labels, thresholds, and a
+    /// fingerprint of the base heads they fit). Errors when nothing was tuned.
+    pub async fn export_adapters(&self) -> Result<Vec<u8>> {
+        if self.tuned_labels().is_empty() {
+            return Err(Error::InvalidInput(
+                "nothing to export: the filter has not been tuned".into(),
+            ));
+        }
+        let mut info = self.info().clone();
+        info.thresholds = self.thresholds().to_vec();
+        let fingerprint = self.base_heads().0.fingerprint().await?;
+        info.provenance
+            .insert("base_fingerprint".into(), format!("{fingerprint:016x}"));
+        self.heads().save_format(&info, &[], TUNED_FORMAT).await
+    }
+
+    /// Loads heads exported by [`Filter::export_adapters`] from a filter with the same base.
+    /// Files from another base, of another shape, or that are not tuned heads are errors, and
+    /// the filter is unchanged.
+    pub async fn import_adapters(&mut self, bytes: &[u8]) -> Result<()> {
+        let (heads, info) = Heads::load_format(bytes, TUNED_FORMAT, self.device())?;
+        let (base, base_info) = self.base_heads();
+        if info.features != base_info.features || heads.width() != base.width() {
+            return Err(Error::InvalidInput(format!(
+                "these adapters were made for filter features {} ({} wide); this filter's are \
+                 {} ({} wide)",
+                info.features,
+                heads.width(),
+                base_info.features,
+                base.width()
+            )));
+        }
+        let want = format!("{:016x}", base.fingerprint().await?);
+        let got = info.provenance.get("base_fingerprint").cloned();
+        if got.as_deref() != Some(want.as_str())
+            || heads.fingerprint().await? != base.fingerprint().await?
+        {
+            return Err(Error::InvalidInput(format!(
+                "these adapters were tuned from other filter heads (base {}, this filter's \
+                 {want})",
+                got.unwrap_or_else(|| "unknown".into())
+            )));
+        }
+        if !base_info.labels.iter().all(|l| info.labels.contains(l)) {
+            return Err(Error::InvalidInput(
+                "these adapters lack some of this filter's labels".into(),
+            ));
+        }
+        self.install_heads(heads, info);
+        Ok(())
+    }
+
+    /// Back to the heads as loaded: tuned and new labels are gone.
+    pub fn reset_adapters(&mut self) {
+        let (heads, info) = self.base_heads();
+        let (heads, info) = (heads.clone(), info.clone());
+        self.install_heads(heads, info);
+    }
+}
+
+/// Standardised features of one label's rows, targets and class weights on `device`.
+fn label_batch(
+    l: &LabelRows,
+    features: &[f32],
+    width: usize,
+    device: &Device,
+) -> (Tensor<2>, Tensor<1>, Tensor<1>) {
+    let n = l.rows.len();
+    let mut x = Vec::with_capacity(n * width);
+    for &r in &l.rows {
+        x.extend_from_slice(&features[r * width..(r + 1) * width]);
+    }
+    let pos = l.targets.iter().filter(|t| **t).count().max(1);
+    let neg = (n - pos.min(n)).max(1);
+    let y: Vec<f32> = l.targets.iter().map(|&t| f32::from(u8::from(t))).collect();
+    let w: Vec<f32> = l
+        .targets
+        .iter()
+        .map(|&t| n as f32 / (2.0 * if t { pos } else { neg } as f32))
+        .collect();
+    (
+        Tensor::from_data(TensorData::new(x, [n, width]), device),
+        Tensor::from_data(TensorData::new(y, [n]), device),
+        Tensor::from_data(TensorData::new(w, [n]), device),
+    )
+}
+
+/// Mean of class-weighted binary cross-entropy, `[1]`.
+fn weighted_bce(z: Tensor<1>, y: Tensor<1>, w: Tensor<1>) -> Tensor<1> {
+    let bce = -(y.clone() * log_sigmoid(z.clone()) + (y.neg() + 1.0) * log_sigmoid(z.neg()));
+    (bce * w).mean()
+}

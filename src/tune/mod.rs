@@ -1,0 +1,92 @@
+//! Few-step fine-tuning on the device, from a handful of the user's examples.
+//!
+//! - [`filter`]: teach the filter a new label (or adjust an existing one) from labelled texts;
+//!   a small head per label is trained on the frozen encoder's features.
+//!
+//! Every tuning call validates all its input first, trains on copies, and installs the result
+//! only when it finished: an error or a cancellation leaves the model exactly as it was.
+
+pub mod filter;
+
+use crate::error::{Error, Result};
+
+/// How to tune.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TuneOptions {
+    /// Optimiser steps (1 to 1000).
+    pub steps: usize,
+    /// Adam's learning rate (finite, above 0, at most 1).
+    pub learning_rate: f64,
+    /// Seeds initialisation (and any shuffling), so a run can be repeated exactly.
+    pub seed: u64,
+    /// Gradients are scaled down to at most this L2 norm per parameter tensor.
+    pub clip_norm: f32,
+}
+
+impl Default for TuneOptions {
+    fn default() -> Self {
+        TuneOptions {
+            steps: 30,
+            learning_rate: 1e-3,
+            seed: 0,
+            clip_norm: 1.0,
+        }
+    }
+}
+
+impl TuneOptions {
+    /// Checks every value is in range.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=1000).contains(&self.steps) {
+            return Err(Error::InvalidInput(format!(
+                "steps is {}; it must be 1 to 1000",
+                self.steps
+            )));
+        }
+        if !(self.learning_rate.is_finite()
+            && self.learning_rate > 0.0
+            && self.learning_rate <= 1.0)
+        {
+            return Err(Error::InvalidInput(format!(
+                "learning rate {} is outside (0, 1]",
+                self.learning_rate
+            )));
+        }
+        if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
+            return Err(Error::InvalidInput(format!(
+                "gradient clip norm {} must be a positive number",
+                self.clip_norm
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What the per-step callback receives.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Step {
+    /// 1-based step number.
+    pub step: usize,
+    /// Steps in the run.
+    pub steps: usize,
+    /// The training loss before this step's update.
+    pub loss: f32,
+    /// Wall-clock milliseconds the step took.
+    pub millis: f64,
+}
+
+/// Milliseconds from an arbitrary origin (`Instant` does not exist on wasm32).
+pub(crate) fn now_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    return js_sys::Date::now();
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+        ORIGIN
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs_f64()
+            * 1000.0
+    }
+}
