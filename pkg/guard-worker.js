@@ -121,6 +121,25 @@ const ops = {
     if (first !== undefined) reply.firstTextMs = first - started;
     return reply;
   },
+  async tuneFilter(id, { examples, options, abort }) {
+    const flag = abort ? new Int32Array(abort) : null;
+    const report = await guard.tuneFilter(examples, options, (step) => {
+      post(id, "step", step);
+      return true;
+    }, () => (flag ? Atomics.load(flag, 0) === 1 : false));
+    return { report, info: describe(guard) };
+  },
+  async exportAdapters() {
+    return guard.exportAdapters();
+  },
+  async importAdapters(id, { bytes }) {
+    await guard.importAdapters(bytes instanceof Blob ? new Uint8Array(await bytes.arrayBuffer()) : new Uint8Array(bytes));
+    return describe(guard);
+  },
+  async resetAdapters() {
+    guard.resetAdapters();
+    return describe(guard);
+  },
   async setRule(id, { label, threshold, action }) {
     guard.setRule(label, threshold, action);
     return guard.policy;

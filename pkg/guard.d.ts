@@ -37,16 +37,17 @@ export interface CreateOptions {
   cache?: boolean;
 }
 
+/** Scores of the shipped labels (Label) and of any label taught with tuneFilter. */
 export interface Verdict {
-  scores: Record<Label, number>;
-  labels: Label[];
+  scores: Record<string, number>;
+  labels: string[];
   flagged: boolean;
 }
 
 export interface Screening {
-  scores: Record<Label, number>;
-  blocked: Label[];
-  warned: Label[];
+  scores: Record<string, number>;
+  blocked: string[];
+  warned: string[];
 }
 
 export interface Message { role: "system" | "user" | "assistant"; content: string; }
@@ -71,7 +72,7 @@ export interface Reply {
   reason: string | null;
   input: Screening | null;
   output: Screening | null;
-  warnings: Label[];
+  warnings: string[];
   tokens: number;
   promptTokens: number;
   tokensPerSecond: number;
@@ -80,15 +81,39 @@ export interface Reply {
   stopReason: string | null;
 }
 
+export interface LabelExample { text: string; label: string; value: boolean; }
+
+export interface TuneStep { step: number; steps: number; loss: number; millis: number; }
+
+export interface TuneFilterOptions {
+  steps?: number;
+  learningRate?: number;
+  seed?: number;
+  onStep?: (step: TuneStep) => void;
+  signal?: AbortSignal;
+}
+
+export interface FilterTuneReport {
+  labels: string[];
+  newLabels: string[];
+  finalLoss: number;
+  examples: number;
+}
+
 export class Guard {
   static create(options?: CreateOptions): Promise<Guard>;
   static clearCache(): Promise<boolean>;
   readonly backend: { kind: "webgpu" | "cpu"; adapter: string | null; reason: string | null };
-  readonly labels: Label[];
+  /** The shipped labels plus any taught with tuneFilter. */
+  readonly labels: string[];
   readonly hasChat: boolean;
-  readonly policy: Record<Label, Rule>;
-  setRule(label: Label, rule: Partial<Rule>): Promise<void>;
+  readonly policy: Record<string, Rule>;
+  setRule(label: string, rule: Partial<Rule>): Promise<void>;
   classify(texts: string | string[]): Promise<Verdict[]>;
   chat(messages: Message[], options?: ChatOptions): Promise<Reply>;
+  tuneFilter(examples: LabelExample[], options?: TuneFilterOptions): Promise<FilterTuneReport>;
+  exportAdapters(): Promise<Uint8Array>;
+  importAdapters(bytes: ArrayBuffer | ArrayBufferView | Blob): Promise<void>;
+  resetAdapters(): Promise<void>;
   dispose(): void;
 }

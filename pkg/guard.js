@@ -17,6 +17,7 @@ const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "backend"
   "policy", "onProgress", "cache"];
 const CHAT_OPTIONS = ["maxTokens", "temperature", "topK", "topP", "repetitionPenalty", "seed",
   "stop", "onToken", "signal"];
+const TUNE_OPTIONS = ["steps", "learningRate", "seed", "onStep", "signal"];
 const CACHE_NAME = "webguard-models-v1";
 
 /** A URL made absolute against the page, or bytes/File passed through (for the worker). */
@@ -152,6 +153,47 @@ export class Guard {
     }
   }
 
+  /**
+   * Teaches the filter from labelled texts, `[{ text, label, value }]`: a new label (e.g.
+   * "spoiler", from as few as 8 examples, both classes) or an existing one. Options: `steps`
+   * (default 30), `learningRate` (default 0.001), `seed`, `onStep({ step, steps, loss,
+   * millis })`, `signal` (an AbortSignal: cancels; the filter stays as it was). New labels
+   * appear in `labels`, `policy` (threshold 0.5, action block) and every verdict. Resolves to
+   * `{ labels, newLabels, finalLoss, examples }`.
+   */
+  async tuneFilter(examples, options = {}) {
+    const { onStep, signal, ...tuning } = checkKeys(options, TUNE_OPTIONS, "tuneFilter options");
+    if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
+    const abort = self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
+    const stop = () => { if (abort) Atomics.store(new Int32Array(abort), 0, 1); };
+    signal?.addEventListener("abort", stop, { once: true });
+    try {
+      const { report, info } = await this.#call("tuneFilter", { examples, options: tuning, abort }, { onStep });
+      Object.assign(this.#info, info);
+      return report;
+    } finally {
+      signal?.removeEventListener("abort", stop);
+    }
+  }
+
+  /** The tuned filter heads as bytes (safetensors), to save and load back with importAdapters. */
+  async exportAdapters() {
+    return this.#call("exportAdapters", {});
+  }
+
+  /** Loads adapters from exportAdapters (bytes or a File), made from the same base filter. */
+  async importAdapters(bytes) {
+    if (!(bytes instanceof ArrayBuffer || ArrayBuffer.isView(bytes) || bytes instanceof Blob)) {
+      throw new TypeError("importAdapters expects an ArrayBuffer, a typed array or a File");
+    }
+    Object.assign(this.#info, await this.#call("importAdapters", { bytes }));
+  }
+
+  /** Forgets all tuning: the filter as loaded. */
+  async resetAdapters() {
+    Object.assign(this.#info, await this.#call("resetAdapters", {}));
+  }
+
   /** Frees the models (GPU and wasm memory) and stops the worker. */
   dispose() {
     if (!this.#worker) return;
@@ -179,6 +221,7 @@ export class Guard {
       if (!p.signal?.aborted) p.onToken?.(data);
       return;
     }
+    if (type === "step") { p.onStep?.(data); return; }
     this.#pending.delete(id);
     if (type === "result") p.resolve(data);
     else p.reject(new Error(data.message));

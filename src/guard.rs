@@ -89,6 +89,27 @@ impl Policy {
         }
     }
 
+    /// This policy for `filter`'s current labels (after tuning added or reset some): rules of
+    /// labels that still exist stay; new labels get the filter's threshold and block.
+    pub fn synced(&self, filter: &Filter) -> Policy {
+        let rules = filter
+            .labels()
+            .iter()
+            .zip(filter.thresholds())
+            .map(|(label, &threshold)| match self.labels.iter().position(|l| l == label) {
+                Some(i) => self.rules[i],
+                None => Rule {
+                    threshold,
+                    action: Action::Block,
+                },
+            })
+            .collect();
+        Policy {
+            labels: filter.labels().to_vec(),
+            rules,
+        }
+    }
+
     /// Replaces the rule of `label`. Errors for an unknown label or a threshold outside 0..=1.
     pub fn set(&mut self, label: &str, rule: Rule) -> Result<()> {
         let i = self.labels.iter().position(|l| l == label).ok_or_else(|| {

@@ -462,13 +462,18 @@ fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> {
 /// without `gguf` only `classify` works.
 #[wasm_bindgen(js_name = Guard)]
 pub struct WasmGuard {
-    filter: Rc<crate::filter::Filter>,
+    /// Borrowed for each call; tuning borrows it mutably. The worker runs one call at a
+    /// time, and an overlapping call gets a "busy" error instead of a panic.
+    filter: Rc<RefCell<crate::filter::Filter>>,
     chat: Option<Rc<ChatModel>>,
     /// Copied into each call, so changing it never races a call in flight.
     policy: Rc<RefCell<Policy>>,
     backend: Backend,
 }
 
+// The filter's `RefCell` is held across awaits on purpose: every access uses `try_borrow*`,
+// so an overlapping call gets a "busy" error rather than a panic (see `busy`).
+#[allow(clippy::await_holding_refcell_ref)]
 #[wasm_bindgen(js_class = Guard)]
 impl WasmGuard {
     /// Sets up `backend` (`"auto"`, `"webgpu"` or `"cpu"`) and loads the filter (MiniLM's
@@ -503,7 +508,7 @@ impl WasmGuard {
         };
         Ok(WasmGuard {
             policy: Rc::new(RefCell::new(Policy::new(&filter))),
-            filter: Rc::new(filter),
+            filter: Rc::new(RefCell::new(filter)),
             chat,
             backend,
         })
@@ -535,8 +540,8 @@ impl WasmGuard {
 
     /// Label names, in score order.
     #[wasm_bindgen(getter)]
-    pub fn labels(&self) -> Vec<String> {
-        self.filter.labels().to_vec()
+    pub fn labels(&self) -> Result<Vec<String>, JsError> {
+        Ok(busy(self.filter.try_borrow())?.labels().to_vec())
     }
 
     /// `{ label: { threshold, action } }`.
@@ -569,6 +574,7 @@ impl WasmGuard {
         let policy = self.policy.borrow().clone();
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let filter = busy(filter.try_borrow())?;
             let scores = filter
                 .scores(&refs)
                 .await
@@ -599,6 +605,7 @@ impl WasmGuard {
         let filter = self.filter.clone();
         let policy = self.policy.borrow().clone();
         Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let filter = busy(filter.try_borrow())?;
             let reply = crate::guard::moderated_chat(
                 &filter,
                 &policy,
@@ -613,4 +620,118 @@ impl WasmGuard {
             to_js(&reply)
         }))
     }
+
+    /// Teaches the filter from `examples` (`[{ text, label, value }]`; a new label gets its
+    /// own head) with `options` (`{ steps, learningRate, seed }`); `onStep({ step, steps,
+    /// loss, millis })` after each step may return `false` to cancel, as may `shouldStop()`.
+    /// Resolves to `{ labels, newLabels, finalLoss, examples }`; on any error the filter is as
+    /// it was.
+    #[wasm_bindgen(js_name = tuneFilter)]
+    pub fn tune_filter(
+        &self,
+        examples: JsValue,
+        options: JsValue,
+        on_step: Option<js_sys::Function>,
+        should_stop: Option<js_sys::Function>,
+    ) -> Result<Promise, JsError> {
+        if !js_sys::Array::is_array(&examples) {
+            return Err(JsError::new(
+                "examples must be an array of { text, label, value } objects",
+            ));
+        }
+        let examples: Vec<crate::tune::filter::LabelExample> =
+            serde_wasm_bindgen::from_value(examples)
+                .map_err(|e| JsError::new(&format!("examples: {e}")))?;
+        let options = js_tune_options(options)?;
+        let (filter, policy) = (self.filter.clone(), self.policy.clone());
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let mut f = busy(filter.try_borrow_mut())?;
+            let report = f
+                .tune(&examples, &options, |step| {
+                    let go_on = match &on_step {
+                        Some(cb) => to_js(step)
+                            .and_then(|s| cb.call1(&JsValue::NULL, &s))
+                            .map(|r| r.as_bool() != Some(false))
+                            .unwrap_or(false),
+                        None => true,
+                    };
+                    go_on && !asks_to_stop(should_stop.as_ref())
+                })
+                .await
+                .map_err(|e| JsValue::from(js_err(e)))?;
+            let synced = policy.borrow().synced(&f);
+            *policy.borrow_mut() = synced;
+            to_js(&report)
+        }))
+    }
+
+    /// The tuned filter heads as safetensors bytes (see `Filter::export_adapters`).
+    #[wasm_bindgen(js_name = exportAdapters)]
+    pub fn export_adapters(&self) -> Result<Promise, JsError> {
+        let filter = self.filter.clone();
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let f = busy(filter.try_borrow())?;
+            let bytes = f
+                .export_adapters()
+                .await
+                .map_err(|e| JsValue::from(js_err(e)))?;
+            Ok(js_sys::Uint8Array::from(bytes.as_slice()).into())
+        }))
+    }
+
+    /// Loads tuned filter heads exported from a Guard with the same base filter.
+    #[wasm_bindgen(js_name = importAdapters)]
+    pub fn import_adapters(&self, bytes: Vec<u8>) -> Result<Promise, JsError> {
+        let (filter, policy) = (self.filter.clone(), self.policy.clone());
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let mut f = busy(filter.try_borrow_mut())?;
+            f.import_adapters(&bytes)
+                .await
+                .map_err(|e| JsValue::from(js_err(e)))?;
+            let synced = policy.borrow().synced(&f);
+            *policy.borrow_mut() = synced;
+            Ok(JsValue::UNDEFINED)
+        }))
+    }
+
+    /// Forgets all tuning: the filter's labels and heads as loaded.
+    #[wasm_bindgen(js_name = resetAdapters)]
+    pub fn reset_adapters(&self) -> Result<(), JsError> {
+        let mut f = busy(self.filter.try_borrow_mut())?;
+        f.reset_adapters();
+        let synced = self.policy.borrow().synced(&f);
+        *self.policy.borrow_mut() = synced;
+        Ok(())
+    }
+}
+
+/// A `RefCell` borrow, or a JS error saying another call is using the models.
+fn busy<T>(r: Result<T, impl std::fmt::Debug>) -> Result<T, JsError> {
+    r.map_err(|_| JsError::new("the models are busy with another call; wait for it to finish"))
+}
+
+/// Checked tuning options from JS (`{ steps, learningRate, seed }`, all optional).
+fn js_tune_options(options: JsValue) -> Result<crate::tune::TuneOptions, JsError> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+    struct JsTuneOptions {
+        steps: Option<usize>,
+        learning_rate: Option<f64>,
+        seed: Option<u64>,
+    }
+    let o: JsTuneOptions = if options.is_undefined() || options.is_null() {
+        JsTuneOptions::default()
+    } else {
+        serde_wasm_bindgen::from_value(options)
+            .map_err(|e| JsError::new(&format!("tuning options: {e}")))?
+    };
+    let d = crate::tune::TuneOptions::default();
+    let options = crate::tune::TuneOptions {
+        steps: o.steps.unwrap_or(d.steps),
+        learning_rate: o.learning_rate.unwrap_or(d.learning_rate),
+        seed: o.seed.unwrap_or(d.seed),
+        ..d
+    };
+    options.validate().map_err(js_err)?;
+    Ok(options)
 }

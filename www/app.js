@@ -8,7 +8,7 @@ import { Guard } from "../pkg/guard.js";
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const MODELS = new URL("../models/", location.href);
-const state = { guard: null, messages: [], busy: false, abort: null };
+const state = { guard: null, messages: [], busy: false, abort: null, teaching: false, teachAbort: null };
 
 // ---------------------------------------------------------------- loading
 
@@ -96,6 +96,7 @@ async function load() {
 function setReady(ready) {
   $("send").disabled = !ready || state.busy || !state.guard?.hasChat;
   $("check").disabled = !ready;
+  for (const id of ["teach", "teach-reset", "teach-save"]) $(id).disabled = !ready || state.teaching;
 }
 
 // ---------------------------------------------------------------- scores
@@ -244,6 +245,145 @@ async function check() {
   }
 }
 
+// ---------------------------------------------------------------- teach
+
+/** Examples from JSONL, with the line number of anything malformed. */
+function parseExamples(text) {
+  const examples = [];
+  text.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    let e;
+    try { e = JSON.parse(line); } catch (err) { throw new Error(`line ${i + 1}: not JSON (${err.message})`); }
+    if (typeof e?.text !== "string" || typeof e?.label !== "string" || typeof e?.value !== "boolean") {
+      throw new Error(`line ${i + 1}: expected { "text": string, "label": string, "value": true | false }`);
+    }
+    examples.push({ text: e.text, label: e.label, value: e.value });
+  });
+  return examples;
+}
+
+function plotLoss(losses, steps) {
+  const canvas = $("loss-plot");
+  const ctx = canvas.getContext("2d");
+  const { width: w, height: h } = canvas;
+  const pad = { l: 44, r: 10, t: 12, b: 26 };
+  ctx.clearRect(0, 0, w, h);
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#57606a";
+  ctx.strokeStyle = "#d0d7de";
+  ctx.beginPath();
+  ctx.moveTo(pad.l, pad.t); ctx.lineTo(pad.l, h - pad.b); ctx.lineTo(w - pad.r, h - pad.b);
+  ctx.stroke();
+  const max = Math.max(...losses, 1e-6);
+  ctx.fillText(max.toFixed(2), 4, pad.t + 8);
+  ctx.fillText("0", 30, h - pad.b);
+  ctx.fillText("step", w - 40, h - 6);
+  ctx.fillText(`1`, pad.l, h - 8);
+  ctx.fillText(String(steps), w - pad.r - 16, h - 14);
+  ctx.fillText("loss", 4, h / 2);
+  if (!losses.length) return;
+  ctx.strokeStyle = "#0b5cad";
+  ctx.lineWidth = 2;
+  ctx.beginPath();
+  losses.forEach((l, i) => {
+    const x = pad.l + (steps > 1 ? i / (steps - 1) : 0) * (w - pad.l - pad.r);
+    const y = h - pad.b - (l / max) * (h - pad.t - pad.b);
+    if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+  });
+  ctx.stroke();
+}
+
+async function scoresFor(texts, labels) {
+  const verdicts = await state.guard.classify(texts);
+  return verdicts.map((v) => Object.fromEntries(labels.map((l) => [l, l in v.scores ? { score: v.scores[l], hit: v.labels.includes(l) } : null])));
+}
+
+function renderCompare(texts, labels, before, after) {
+  const body = $("teach-compare").querySelector("tbody");
+  body.replaceChildren();
+  const cell = (r, l) => (r[l] ? `${r[l].score.toFixed(2)}${r[l].hit ? " ✓" : ""}` : "—");
+  texts.forEach((t, i) => {
+    for (const l of labels) {
+      const tr = document.createElement("tr");
+      const name = document.createElement("td");
+      name.textContent = labels.length > 1 ? `[${l}] ${t}` : t;
+      const b = document.createElement("td");
+      b.className = "num"; b.textContent = cell(before[i], l);
+      const a = document.createElement("td");
+      a.className = "num" + (after[i][l]?.hit ? " hit" : ""); a.textContent = cell(after[i], l);
+      tr.append(name, b, a);
+      body.append(tr);
+    }
+  });
+  $("teach-compare").hidden = false;
+}
+
+async function teach() {
+  let examples;
+  try {
+    examples = parseExamples($("teach-examples").value);
+  } catch (e) {
+    $("teach-status").textContent = `error: ${e.message}`;
+    return;
+  }
+  const labels = [...new Set(examples.map((e) => e.label))];
+  const texts = $("teach-try").value.split("\n").filter((t) => t.trim());
+  const steps = Number($("teach-steps").value);
+  state.teaching = true;
+  setReady(true);
+  $("teach-stop").disabled = false;
+  state.teachAbort = new AbortController();
+  const losses = [];
+  plotLoss(losses, steps);
+  try {
+    const before = await scoresFor(texts, labels);
+    $("teach-status").textContent = `training ${labels.join(", ")} on ${examples.length} examples…`;
+    const report = await state.guard.tuneFilter(examples, {
+      steps, learningRate: Number($("teach-lr").value), signal: state.teachAbort.signal,
+      onStep: (s) => {
+        losses.push(s.loss);
+        plotLoss(losses, s.steps);
+        $("teach-status").textContent = `step ${s.step}/${s.steps} · loss ${s.loss.toFixed(4)} · ${s.millis.toFixed(0)} ms/step`;
+      },
+    });
+    const after = await scoresFor(texts, labels);
+    renderCompare(texts, labels, before, after);
+    renderRules();
+    $("teach-status").textContent = `trained ${report.labels.join(", ")}${report.newLabels.length ? ` (new: ${report.newLabels.join(", ")})` : ""} · final loss ${report.finalLoss.toFixed(4)}`;
+  } catch (e) {
+    $("teach-status").textContent = `error: ${e.message}`;
+  } finally {
+    state.teaching = false;
+    state.teachAbort = null;
+    $("teach-stop").disabled = true;
+    setReady(Boolean(state.guard));
+  }
+}
+
+async function saveAdapters() {
+  try {
+    const bytes = await state.guard.exportAdapters();
+    const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+    const a = document.createElement("a");
+    a.href = url; a.download = "webguard-adapters.safetensors";
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+    $("teach-status").textContent = `saved ${mb(bytes.byteLength)} of adapters`;
+  } catch (e) {
+    $("teach-status").textContent = `error: ${e.message}`;
+  }
+}
+
+async function loadAdapters(file) {
+  try {
+    await state.guard.importAdapters(file);
+    renderRules();
+    $("teach-status").textContent = `loaded adapters: labels ${state.guard.labels.join(", ")}`;
+  } catch (e) {
+    $("teach-status").textContent = `error: ${e.message}`;
+  }
+}
+
 // ---------------------------------------------------------------- settings
 
 function renderRules() {
@@ -293,6 +433,16 @@ function main() {
   $("stop").addEventListener("click", () => state.abort?.abort());
   $("clear").addEventListener("click", () => { state.messages = []; $("messages").replaceChildren(); });
   $("check").addEventListener("click", check);
+  $("teach").addEventListener("click", teach);
+  $("teach-stop").addEventListener("click", () => state.teachAbort?.abort());
+  $("teach-reset").addEventListener("click", async () => {
+    await state.guard.resetAdapters();
+    renderRules();
+    $("teach-status").textContent = `tuning forgotten: labels ${state.guard.labels.join(", ")}`;
+  });
+  $("teach-save").addEventListener("click", saveAdapters);
+  $("teach-load").addEventListener("change", (e) => { if (e.target.files[0]) loadAdapters(e.target.files[0]); e.target.value = ""; });
+  plotLoss([], Number($("teach-steps").value));
   $("retry").addEventListener("click", load);
   $("reload").addEventListener("click", load);
   $("open-settings").addEventListener("click", () => toggleSettings($("settings").hidden));
