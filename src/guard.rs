@@ -96,13 +96,15 @@ impl Policy {
             .labels()
             .iter()
             .zip(filter.thresholds())
-            .map(|(label, &threshold)| match self.labels.iter().position(|l| l == label) {
-                Some(i) => self.rules[i],
-                None => Rule {
-                    threshold,
-                    action: Action::Block,
+            .map(
+                |(label, &threshold)| match self.labels.iter().position(|l| l == label) {
+                    Some(i) => self.rules[i],
+                    None => Rule {
+                        threshold,
+                        action: Action::Block,
+                    },
                 },
-            })
+            )
             .collect();
         Policy {
             labels: filter.labels().to_vec(),

@@ -388,12 +388,17 @@ pub fn load_filter(
     heads: Option<&Path>,
     backend: &str,
     thresholds: &[String],
+    adapters: Option<&Path>,
 ) -> Result<Filter> {
     let backend = Backend::init_blocking(backend.parse::<BackendChoice>()?)?;
     let heads = heads
         .map(Path::to_path_buf)
         .unwrap_or_else(Filter::default_heads_path);
     let mut filter = Filter::load(models, &heads, &backend.device)?;
+    if let Some(path) = adapters {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        pollster::block_on(filter.import_adapters(&bytes))?;
+    }
     for t in thresholds {
         let (label, value) = t.split_once('=').ok_or_else(|| {
             Error::InvalidInput(format!("--threshold {t:?}: expected LABEL=VALUE"))
@@ -480,5 +485,51 @@ pub fn eval(filter: &Filter, texts: &Path, labels: &Path, label: &str, json: boo
         println!("  macro-F1  {:.4}", m.macro_f1);
         println!("  ROC-AUC   {:.4}", m.roc_auc);
     }
+    Ok(())
+}
+
+/// `tune-filter`: examples from JSONL, tuning with a line per step, adapters written to `out`.
+pub fn tune(
+    filter: &mut Filter,
+    examples: &Path,
+    options: &webguard::tune::TuneOptions,
+    out: &Path,
+) -> Result<()> {
+    let text = std::fs::read_to_string(examples).map_err(|e| Error::io(examples, e))?;
+    let examples: Vec<webguard::tune::filter::LabelExample> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "{}:{}: expected {{\"text\", \"label\", \"value\"}}: {e}",
+                    examples.display(),
+                    i + 1
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let report = pollster::block_on(filter.tune(&examples, options, |s| {
+        eprintln!(
+            "step {:>4}/{}  loss {:.5}  {:.0} ms",
+            s.step, s.steps, s.loss, s.millis
+        );
+        true
+    }))?;
+    let bytes = pollster::block_on(filter.export_adapters())?;
+    std::fs::write(out, &bytes).map_err(|e| Error::io(out, e))?;
+    eprintln!(
+        "tuned {} (new: {}) on {} examples; wrote {} ({} bytes); use with --adapters",
+        report.labels.join(", "),
+        if report.new_labels.is_empty() {
+            "none".to_string()
+        } else {
+            report.new_labels.join(", ")
+        },
+        report.examples,
+        out.display(),
+        bytes.len()
+    );
     Ok(())
 }

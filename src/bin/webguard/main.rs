@@ -108,6 +108,27 @@ mod cli {
             /// Texts to classify.
             text: Vec<String>,
         },
+        /// Teach the filter from labelled examples (JSONL: {"text", "label", "value"} per
+        /// line; a new label gets its own head) and write the tuned heads (adapters).
+        TuneFilter {
+            /// The examples.
+            #[arg(long)]
+            examples: PathBuf,
+            /// Where to write the adapters (safetensors).
+            #[arg(long)]
+            out: PathBuf,
+            /// Optimiser steps.
+            #[arg(long, default_value_t = 30)]
+            steps: usize,
+            /// Adam's learning rate.
+            #[arg(long, default_value_t = 1e-3)]
+            learning_rate: f64,
+            /// Seeds the new heads' initial weights.
+            #[arg(long, default_value_t = 0)]
+            seed: u64,
+            #[command(flatten)]
+            filter: FilterArgs,
+        },
         /// Accuracy, precision, recall, macro-F1 and ROC-AUC of one filter label on labelled
         /// texts (one text per line; labels 0/1, one per line).
         EvalFilter {
@@ -262,6 +283,9 @@ mod cli {
         /// Override a label's threshold, e.g. --threshold offensive=0.7 (repeatable).
         #[arg(long = "threshold")]
         thresholds: Vec<String>,
+        /// Tuned filter heads written by `tune-filter` (adds its labels).
+        #[arg(long)]
+        adapters: Option<PathBuf>,
     }
 
     #[derive(Clone, Copy, ValueEnum)]
@@ -377,6 +401,7 @@ mod cli {
                     filter.heads.as_deref(),
                     &filter.backend,
                     &filter.thresholds,
+                    filter.adapters.as_deref(),
                 )?;
                 let texts: Vec<String> = if text.is_empty() {
                     std::io::stdin()
@@ -400,8 +425,32 @@ mod cli {
                     filter.heads.as_deref(),
                     &filter.backend,
                     &filter.thresholds,
+                    filter.adapters.as_deref(),
                 )?;
                 crate::filter_cmds::eval(&f, &texts, &labels, &label, json)?;
+            }
+            Command::TuneFilter {
+                examples,
+                out,
+                steps,
+                learning_rate,
+                seed,
+                filter,
+            } => {
+                let mut f = crate::filter_cmds::load_filter(
+                    &models,
+                    filter.heads.as_deref(),
+                    &filter.backend,
+                    &filter.thresholds,
+                    filter.adapters.as_deref(),
+                )?;
+                let options = webguard::tune::TuneOptions {
+                    steps,
+                    learning_rate,
+                    seed,
+                    ..Default::default()
+                };
+                crate::filter_cmds::tune(&mut f, &examples, &options, &out)?;
             }
             Command::TrainFilter {
                 data,
