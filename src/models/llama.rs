@@ -17,6 +17,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::models::lora::{Lora, LoraConfig, Projection};
 use crate::models::packed::PackedMatrix;
 use crate::weights::gguf::Gguf;
 
@@ -141,6 +142,24 @@ impl Weight {
         }
     }
 
+    /// The matrix as f32 on `device` (a transient copy for training).
+    fn dense_on(&self, device: &Device) -> Tensor<2> {
+        match self {
+            Weight::Dense(w) => (**w).clone().to_device(device),
+            Weight::Packed(w) => {
+                Tensor::from_data(TensorData::new(w.dequantize(), w.shape()), device)
+            }
+        }
+    }
+
+    /// `[out, in]`.
+    fn shape(&self) -> [usize; 2] {
+        match self {
+            Weight::Dense(w) => w.dims(),
+            Weight::Packed(w) => w.shape(),
+        }
+    }
+
     /// Rows `ids` (the token embedding lookup): `[ids.len(), in]`.
     fn rows(&self, ids: &[u32], device: &Device) -> Tensor<2> {
         match self {
@@ -168,14 +187,93 @@ impl Weight {
 
 struct Block {
     attn_norm: Tensor<1>,
-    wq: Weight,
-    wk: Weight,
-    wv: Weight,
-    wo: Weight,
     ffn_norm: Tensor<1>,
-    gate: Weight,
-    up: Weight,
-    down: Weight,
+    /// In [`Projection::ALL`] order.
+    projections: Vec<Weight>,
+}
+
+/// Where the blocks get their weights: the model as loaded (generation), or f32 copies on an
+/// autodiff device plus trainable adapters (tuning). One forward pass serves both.
+trait BlockWeights {
+    fn device(&self) -> &Device;
+    /// Block `layer`'s attention (`false`) or feed-forward (`true`) RMSNorm weight.
+    fn norm(&self, layer: usize, ffn: bool) -> Tensor<1>;
+    /// `x [b, s, in]` through block `layer`'s projection `p`.
+    fn project(&self, layer: usize, p: Projection, x: Tensor<3>) -> Result<Tensor<3>>;
+}
+
+/// The adapters the model applies, with their configuration.
+#[derive(Debug, Clone)]
+pub struct Adapters {
+    /// Rank, scale and targets.
+    pub config: LoraConfig,
+    /// The factors, on the model's device.
+    pub lora: Lora,
+}
+
+/// Generation: the loaded weights, plus the installed adapters.
+struct Inference<'a>(&'a Llama);
+
+impl BlockWeights for Inference<'_> {
+    fn device(&self) -> &Device {
+        &self.0.device
+    }
+
+    fn norm(&self, layer: usize, ffn: bool) -> Tensor<1> {
+        let b = &self.0.blocks[layer];
+        if ffn {
+            b.ffn_norm.clone()
+        } else {
+            b.attn_norm.clone()
+        }
+    }
+
+    fn project(&self, layer: usize, p: Projection, x: Tensor<3>) -> Result<Tensor<3>> {
+        let adapter = self.0.adapters.as_ref().and_then(|a| {
+            let t = a.config.targets.iter().position(|&q| q == p)?;
+            Some((a, layer * a.config.targets.len() + t))
+        });
+        match adapter {
+            Some((a, i)) => {
+                let delta = a.lora.delta(i, x.clone(), a.config.scale());
+                Ok(self.0.blocks[layer].projections[p.index()].project(x)? + delta)
+            }
+            None => self.0.blocks[layer].projections[p.index()].project(x),
+        }
+    }
+}
+
+/// Tuning: f32 copies of the frozen weights on the autodiff device, and trainable adapters.
+struct Training<'a> {
+    model: &'a Llama,
+    lora: &'a Lora,
+    config: &'a LoraConfig,
+    device: Device,
+}
+
+impl BlockWeights for Training<'_> {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn norm(&self, layer: usize, ffn: bool) -> Tensor<1> {
+        Inference(self.model)
+            .norm(layer, ffn)
+            .to_device(&self.device)
+    }
+
+    fn project(&self, layer: usize, p: Projection, x: Tensor<3>) -> Result<Tensor<3>> {
+        // Dequantised per use: at most one f32 matrix (3.5 MB) beyond the packed weights.
+        let w = self.model.blocks[layer].projections[p.index()].dense_on(&self.device);
+        let y = project_dense(x.clone(), &w);
+        Ok(match self.config.targets.iter().position(|&q| q == p) {
+            Some(t) => {
+                let i = layer * self.config.targets.len() + t;
+                y + self.lora.delta(i, x, self.config.scale())
+            }
+            None => y,
+        })
+    }
 }
 
 /// The model, on one device.
@@ -186,6 +284,8 @@ pub struct Llama {
     blocks: Vec<Block>,
     output_norm: Tensor<1>,
     device: Device,
+    /// LoRA adapters applied on top of the weights (tuning), if any.
+    adapters: Option<Adapters>,
 }
 
 /// Keys and values of the positions seen so far, per layer: `[1, kv_heads, t, head_dim]`.
@@ -254,16 +354,25 @@ impl Llama {
         let mut blocks = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let n = |part: &str| format!("blk.{i}.{part}.weight");
+            let projections = Projection::ALL
+                .iter()
+                .map(|&p| {
+                    let (name, shape) = match p {
+                        Projection::Q => ("attn_q", [d, d]),
+                        Projection::K => ("attn_k", [kv, d]),
+                        Projection::V => ("attn_v", [kv, d]),
+                        Projection::O => ("attn_output", [d, d]),
+                        Projection::Gate => ("ffn_gate", [c.ffn_dim, d]),
+                        Projection::Up => ("ffn_up", [c.ffn_dim, d]),
+                        Projection::Down => ("ffn_down", [d, c.ffn_dim]),
+                    };
+                    Weight::load(gguf, &n(name), shape, device)
+                })
+                .collect::<Result<Vec<_>>>()?;
             blocks.push(Block {
                 attn_norm: load(gguf, &n("attn_norm"), [d], device)?,
-                wq: Weight::load(gguf, &n("attn_q"), [d, d], device)?,
-                wk: Weight::load(gguf, &n("attn_k"), [kv, d], device)?,
-                wv: Weight::load(gguf, &n("attn_v"), [kv, d], device)?,
-                wo: Weight::load(gguf, &n("attn_output"), [d, d], device)?,
                 ffn_norm: load(gguf, &n("ffn_norm"), [d], device)?,
-                gate: Weight::load(gguf, &n("ffn_gate"), [c.ffn_dim, d], device)?,
-                up: Weight::load(gguf, &n("ffn_up"), [c.ffn_dim, d], device)?,
-                down: Weight::load(gguf, &n("ffn_down"), [d, c.ffn_dim], device)?,
+                projections,
             });
         }
         Ok(Llama {
@@ -272,7 +381,60 @@ impl Llama {
             blocks,
             config: c,
             device: device.clone(),
+            adapters: None,
         })
+    }
+
+    /// `[out, in]` of projection `p` (the same in every block).
+    pub fn projection_shape(&self, p: Projection) -> [usize; 2] {
+        self.blocks[0].projections[p.index()].shape()
+    }
+
+    /// The `[out, in]` shapes of the factors `config` needs, block-major (see [`Lora`]).
+    pub fn lora_shapes(&self, config: &LoraConfig) -> Vec<[usize; 2]> {
+        (0..self.blocks.len())
+            .flat_map(|_| config.targets.iter().map(|&p| self.projection_shape(p)))
+            .collect()
+    }
+
+    /// The adapters applied, if any.
+    pub fn adapters(&self) -> Option<&Adapters> {
+        self.adapters.as_ref()
+    }
+
+    /// Applies `adapters` from now on (`None`: the base model). Errors, changing nothing, when
+    /// their shapes do not fit this model.
+    pub fn set_adapters(&mut self, adapters: Option<Adapters>) -> Result<()> {
+        if let Some(a) = &adapters {
+            a.config.validate()?;
+            let want = self.lora_shapes(&a.config);
+            let got: Vec<[usize; 2]> = a
+                .lora
+                .factors
+                .iter()
+                .map(|f| {
+                    let [d_in, r] = f.a.val().dims();
+                    let [r2, out] = f.b.val().dims();
+                    if r == a.config.rank && r2 == r {
+                        [out, d_in]
+                    } else {
+                        [0, 0]
+                    }
+                })
+                .collect();
+            if got != want {
+                return Err(Error::InvalidInput(format!(
+                    "these adapters do not fit this model: {} factors of rank {} for {} blocks \
+                     x {:?} were expected",
+                    want.len(),
+                    a.config.rank,
+                    self.blocks.len(),
+                    a.config.targets
+                )));
+            }
+        }
+        self.adapters = adapters;
+        Ok(())
     }
 
     /// The hyper-parameters.
@@ -286,7 +448,7 @@ impl Llama {
         let matrices: usize = self
             .blocks
             .iter()
-            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down])
+            .flat_map(|b| &b.projections)
             .map(Weight::resident_bytes)
             .sum();
         norms + matrices + self.embedding.resident_bytes()
@@ -306,8 +468,8 @@ impl Llama {
         }
     }
 
-    /// cos and sin `[s, head_dim / 2]` for positions `start..start + s`.
-    fn rope_tables(&self, start: usize, s: usize) -> (Tensor<2>, Tensor<2>) {
+    /// cos and sin `[s, head_dim / 2]` for positions `start..start + s`, on `device`.
+    fn rope_tables(&self, start: usize, s: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
         let half = self.config.head_dim() / 2;
         let mut cos = Vec::with_capacity(s * half);
         let mut sin = Vec::with_capacity(s * half);
@@ -323,8 +485,8 @@ impl Llama {
             }
         }
         (
-            Tensor::from_data(TensorData::new(cos, [s, half]), &self.device),
-            Tensor::from_data(TensorData::new(sin, [s, half]), &self.device),
+            Tensor::from_data(TensorData::new(cos, [s, half]), device),
+            Tensor::from_data(TensorData::new(sin, [s, half]), device),
         )
     }
 
@@ -342,11 +504,8 @@ impl Llama {
         Tensor::stack::<5>(vec![r0, r1], 4).reshape([b, h, s, hd])
     }
 
-    /// Logits `[1, vocab]` of the last of `ids`, which follow the cached positions (generation
-    /// needs no others, and skipping them saves the largest product); the cache grows by
-    /// `ids.len()`. Errors for empty input, ids outside the vocabulary and overflowing the
-    /// context window.
-    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<2>> {
+    /// Checks ids against the vocabulary and the context window.
+    fn check_ids(&self, ids: &[u32], cached: usize) -> Result<()> {
         let c = &self.config;
         if ids.is_empty() {
             return Err(Error::InvalidInput("no tokens to run".into()));
@@ -357,51 +516,130 @@ impl Llama {
                 c.vocab_size
             )));
         }
-        if cache.len + ids.len() > c.context_length {
+        if cached + ids.len() > c.context_length {
             return Err(Error::InvalidInput(format!(
                 "{} cached + {} new tokens exceed the context window of {}",
-                cache.len,
+                cached,
                 ids.len(),
                 c.context_length
             )));
         }
-        let s = ids.len();
-        let (hd, h, kvh) = (c.head_dim(), c.heads, c.kv_heads);
-        let mut x = self
-            .embedding
-            .rows(ids, &self.device)
-            .reshape([1, s, c.dim]);
-        let (cos, sin) = self.rope_tables(cache.len, s);
+        Ok(())
+    }
+
+    /// Logits `[1, vocab]` of the last of `ids`, which follow the cached positions (generation
+    /// needs no others, and skipping them saves the largest product); the cache grows by
+    /// `ids.len()`. Errors for empty input, ids outside the vocabulary and overflowing the
+    /// context window.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<2>> {
+        self.check_ids(ids, cache.len)?;
+        let (s, d) = (ids.len(), self.config.dim);
+        let x = self.embedding.rows(ids, &self.device).reshape([1, s, d]);
         let start = cache.len;
+        let x = self.blocks_forward(&Inference(self), x, start, Some(cache))?;
+        let last = x.narrow(1, s - 1, 1);
+        let last = rms_norm(last, &self.output_norm, self.config.rms_eps);
+        Ok(self
+            .embedding
+            .project(last)?
+            .reshape([1, self.config.vocab_size]))
+    }
+
+    /// Logits `[b, s, vocab]` at every position of `batch` (`b` sequences of equal length `s`)
+    /// with `lora` (on the autodiff `device`) applied: the training forward pass. The frozen
+    /// weights are copied to `device` as f32 one matrix at a time.
+    pub fn forward_train(
+        &self,
+        batch: &[Vec<u32>],
+        lora: &Lora,
+        config: &LoraConfig,
+        device: &Device,
+    ) -> Result<Tensor<3>> {
+        let s = batch.first().map_or(0, Vec::len);
+        if batch.iter().any(|ids| ids.len() != s) {
+            return Err(Error::InvalidInput(
+                "training sequences must have one length".into(),
+            ));
+        }
+        for ids in batch {
+            self.check_ids(ids, 0)?;
+        }
+        let (b, d) = (batch.len(), self.config.dim);
+        let ids: Vec<u32> = batch.concat();
+        let x = self
+            .embedding
+            .rows(&ids, &self.device)
+            .to_device(device)
+            .reshape([b, s, d]);
+        let weights = Training {
+            model: self,
+            lora,
+            config,
+            device: device.clone(),
+        };
+        let x = self.blocks_forward(&weights, x, 0, None)?;
+        let norm = self.output_norm.clone().to_device(device);
+        let x = rms_norm(x, &norm, self.config.rms_eps).reshape([b * s, d]);
+        let logits = x.matmul(self.embedding.dense_on(device).transpose());
+        Ok(logits.reshape([b, s, self.config.vocab_size]))
+    }
+
+    /// The blocks over `x [b, s, dim]` at positions `start..`, through the cache if given.
+    fn blocks_forward(
+        &self,
+        w: &dyn BlockWeights,
+        mut x: Tensor<3>,
+        start: usize,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
+        let c = &self.config;
+        let [b, s, _] = x.dims();
+        let (hd, h, kvh) = (c.head_dim(), c.heads, c.kv_heads);
+        let device = w.device().clone();
+        let (cos, sin) = self.rope_tables(start, s, &device);
         let total = start + s;
         // Causal mask over [new positions, all positions]: position start+i sees 0..=start+i.
         let mask: Vec<f32> = (0..s)
             .flat_map(|i| (0..total).map(move |j| if j <= start + i { 0.0 } else { -1e9 }))
             .collect();
-        let mask = Tensor::<2>::from_data(TensorData::new(mask, [s, total]), &self.device)
+        let mask = Tensor::<2>::from_data(TensorData::new(mask, [s, total]), &device)
             .reshape([1, 1, s, total]);
-        for (l, blk) in self.blocks.iter().enumerate() {
-            let a = rms_norm(x.clone(), &blk.attn_norm, c.rms_eps);
-            let split = |t: Tensor<3>, n: usize| t.reshape([1, s, n, hd]).swap_dims(1, 2);
-            let q = Self::rope(split(blk.wq.project(a.clone())?, h), &cos, &sin);
-            let k = Self::rope(split(blk.wk.project(a.clone())?, kvh), &cos, &sin);
-            let v = split(blk.wv.project(a)?, kvh);
-            let k = match cache.keys[l].take() {
-                Some(prev) => Tensor::cat(vec![prev, k], 2),
-                None => k,
+        for l in 0..self.blocks.len() {
+            let a = rms_norm(x.clone(), &w.norm(l, false), c.rms_eps);
+            let split = |t: Tensor<3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+            let q = Self::rope(
+                split(w.project(l, Projection::Q, a.clone())?, h),
+                &cos,
+                &sin,
+            );
+            let k = Self::rope(
+                split(w.project(l, Projection::K, a.clone())?, kvh),
+                &cos,
+                &sin,
+            );
+            let v = split(w.project(l, Projection::V, a)?, kvh);
+            let (k, v) = match cache.as_mut() {
+                Some(cache) => {
+                    let k = match cache.keys[l].take() {
+                        Some(prev) => Tensor::cat(vec![prev, k], 2),
+                        None => k,
+                    };
+                    let v = match cache.values[l].take() {
+                        Some(prev) => Tensor::cat(vec![prev, v], 2),
+                        None => v,
+                    };
+                    cache.keys[l] = Some(k.clone());
+                    cache.values[l] = Some(v.clone());
+                    (k, v)
+                }
+                None => (k, v),
             };
-            let v = match cache.values[l].take() {
-                Some(prev) => Tensor::cat(vec![prev, v], 2),
-                None => v,
-            };
-            cache.keys[l] = Some(k.clone());
-            cache.values[l] = Some(v.clone());
             // Each KV head serves heads / kv_heads query heads (head j uses KV head j / group).
             let group = h / kvh;
             let expand = |t: Tensor<4>| {
-                t.reshape([1, kvh, 1, total, hd])
+                t.reshape([b, kvh, 1, total, hd])
                     .repeat_dim(2, group)
-                    .reshape([1, h, total, hd])
+                    .reshape([b, h, total, hd])
             };
             let scores = q
                 .matmul(expand(k).swap_dims(2, 3))
@@ -410,15 +648,16 @@ impl Llama {
             let ctx = softmax(scores, 3)
                 .matmul(expand(v))
                 .swap_dims(1, 2)
-                .reshape([1, s, c.dim]);
-            x = x + blk.wo.project(ctx)?;
-            let f = rms_norm(x.clone(), &blk.ffn_norm, c.rms_eps);
-            let ff = silu(blk.gate.project(f.clone())?) * blk.up.project(f)?;
-            x = x + blk.down.project(ff)?;
+                .reshape([b, s, c.dim]);
+            x = x + w.project(l, Projection::O, ctx)?;
+            let f = rms_norm(x.clone(), &w.norm(l, true), c.rms_eps);
+            let ff = silu(w.project(l, Projection::Gate, f.clone())?)
+                * w.project(l, Projection::Up, f)?;
+            x = x + w.project(l, Projection::Down, ff)?;
         }
-        cache.len = total;
-        let last = x.narrow(1, s - 1, 1);
-        let last = rms_norm(last, &self.output_norm, c.rms_eps);
-        Ok(self.embedding.project(last)?.reshape([1, c.vocab_size]))
+        if let Some(cache) = cache {
+            cache.len = total;
+        }
+        Ok(x)
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod bert;
 pub mod llama;
+pub mod lora;
 pub mod packed;
