@@ -397,6 +397,11 @@ impl Llama {
             .collect()
     }
 
+    /// The final RMSNorm weight `[dim]`.
+    pub fn output_norm(&self) -> Tensor<1> {
+        self.output_norm.clone()
+    }
+
     /// The adapters applied, if any.
     pub fn adapters(&self) -> Option<&Adapters> {
         self.adapters.as_ref()

@@ -2,10 +2,13 @@
 //!
 //! - [`filter`]: teach the filter a new label (or adjust an existing one) from labelled texts;
 //!   a small head per label is trained on the frozen encoder's features.
+//! - [`chat`]: instruction-tune the chat model with LoRA adapters from `{ prompt, response }`
+//!   pairs, the loss on the response tokens only.
 //!
 //! Every tuning call validates all its input first, trains on copies, and installs the result
 //! only when it finished: an error or a cancellation leaves the model exactly as it was.
 
+pub mod chat;
 pub mod filter;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,408 @@
+//! Instruction-tuning the chat model with LoRA from `{ prompt, response }` pairs.
+//!
+//! Each pair is rendered through the chat template (`prompt` as the user turn, `response` as
+//! the assistant's, ended by `<|im_end|>`); the loss is the cross-entropy of the response
+//! tokens only, so the model learns how to answer, not to predict the question. Adapters
+//! ([`crate::models::lora`]) on the chosen projections are trained with Adam on mini-batches
+//! (seeded order); the base weights never change, and the adapters are installed only when the
+//! run finished.
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{Module, Param};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use safetensors::Dtype;
+
+use crate::error::{Error, Result};
+use crate::filter::read_f32;
+use crate::guard::ChatModel;
+use crate::models::llama::Adapters;
+use crate::models::lora::{Lora, LoraConfig, LoraFactors, Projection};
+use crate::text::chat_template::{Message, render};
+use crate::tune::{Step, TuneOptions, now_ms};
+use crate::weights::safetensors::SafetensorsFile;
+
+/// One example answer.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct ChatPair {
+    /// The user's message.
+    pub prompt: String,
+    /// The answer to learn.
+    pub response: String,
+}
+
+/// How to tune the chat model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatTuneOptions {
+    /// Steps, learning rate, seed, clipping.
+    pub tune: TuneOptions,
+    /// Adapter rank, scale and target projections.
+    pub lora: LoraConfig,
+    /// Pairs per step (1 to 32).
+    pub batch_size: usize,
+    /// Longest rendered pair, in tokens (prompt + response).
+    pub max_pair_tokens: usize,
+}
+
+impl Default for ChatTuneOptions {
+    fn default() -> Self {
+        ChatTuneOptions {
+            tune: TuneOptions {
+                steps: 50,
+                learning_rate: 1e-3,
+                ..TuneOptions::default()
+            },
+            lora: LoraConfig::default(),
+            batch_size: 4,
+            max_pair_tokens: 384,
+        }
+    }
+}
+
+/// What a chat tuning run did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatTuneReport {
+    /// Pairs used.
+    pub pairs: usize,
+    /// Loss of the first and of the last step.
+    pub first_loss: f32,
+    /// See `first_loss`.
+    pub final_loss: f32,
+    /// Trainable parameters (the adapters).
+    pub parameters: usize,
+}
+
+/// The `format` metadata of chat adapter files.
+pub const CHAT_ADAPTERS_FORMAT: &str = "webguard-chat-adapters/1";
+/// Most pairs per call.
+pub const MAX_PAIRS: usize = 1000;
+/// Longest prompt or response, in bytes.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+
+/// A pair as ids: the rendered prompt (through the assistant prefix) and the response with
+/// its end-of-turn token.
+struct TokenPair {
+    prompt: Vec<u32>,
+    response: Vec<u32>,
+}
+
+impl ChatModel {
+    /// Tunes LoRA adapters on `pairs` (continuing from the installed adapters when they have
+    /// the same configuration). `on_step` receives each step and returns `false` to cancel.
+    /// Errors (bad pairs or options, a diverging loss, cancellation) leave the model as it was.
+    pub async fn tune(
+        &mut self,
+        pairs: &[ChatPair],
+        options: &ChatTuneOptions,
+        mut on_step: impl FnMut(&Step) -> bool,
+    ) -> Result<ChatTuneReport> {
+        options.tune.validate()?;
+        options.lora.validate()?;
+        if !(1..=32).contains(&options.batch_size) {
+            return Err(Error::InvalidInput(format!(
+                "batch size {} is outside 1 to 32",
+                options.batch_size
+            )));
+        }
+        let tokens = self.tokenize_pairs(pairs, options.max_pair_tokens)?;
+        let device = self.model.device().clone();
+        let ad = device.clone().autodiff();
+        ad.seed(options.tune.seed);
+        let mut lora = match self.model.adapters() {
+            Some(a) if a.config == options.lora => a.lora.clone().fork(&ad),
+            _ => Lora::new(
+                options.lora.rank,
+                &self.model.lora_shapes(&options.lora),
+                &ad,
+            ),
+        };
+        let parameters = lora
+            .factors
+            .iter()
+            .map(|f| {
+                f.a.val().dims().iter().product::<usize>()
+                    + f.b.val().dims().iter().product::<usize>()
+            })
+            .sum();
+        let mut optim = AdamConfig::new()
+            .with_grad_clipping(Some(GradientClippingConfig::Norm(options.tune.clip_norm)))
+            .init();
+        let mut order: Vec<usize> = Vec::new();
+        let (mut first_loss, mut final_loss) = (f32::NAN, f32::NAN);
+        for step in 1..=options.tune.steps {
+            let started = now_ms();
+            let mut batch = Vec::with_capacity(options.batch_size);
+            while batch.len() < options.batch_size.min(tokens.len()) {
+                if order.is_empty() {
+                    order = (0..tokens.len()).collect();
+                    crate::filter::train::shuffle(
+                        &mut order,
+                        options.tune.seed.wrapping_add(step as u64),
+                    );
+                }
+                batch.push(&tokens[order.pop().unwrap_or(0)]);
+            }
+            let loss = self.response_loss(&batch, &lora, &options.lora, &ad)?;
+            let value = read_f32(loss.clone())
+                .await?
+                .first()
+                .copied()
+                .unwrap_or(f32::NAN);
+            if !value.is_finite() {
+                return Err(Error::InvalidInput(format!(
+                    "tuning diverged at step {step} (loss {value}); try a smaller learning \
+                     rate. The model is unchanged."
+                )));
+            }
+            if step == 1 {
+                first_loss = value;
+            }
+            final_loss = value;
+            let grads = GradientsParams::from_grads(loss.backward(), &lora);
+            lora = optim.step(options.tune.learning_rate, lora, grads);
+            let report = Step {
+                step,
+                steps: options.tune.steps,
+                loss: value,
+                millis: now_ms() - started,
+            };
+            if !on_step(&report) {
+                return Err(Error::Cancelled(format!(
+                    "tuning stopped at step {step} of {}; the model is unchanged",
+                    options.tune.steps
+                )));
+            }
+        }
+        self.model.set_adapters(Some(Adapters {
+            config: options.lora.clone(),
+            lora: lora.valid().fork(&device),
+        }))?;
+        Ok(ChatTuneReport {
+            pairs: pairs.len(),
+            first_loss,
+            final_loss,
+            parameters,
+        })
+    }
+
+    /// Checks and tokenizes the pairs.
+    fn tokenize_pairs(&self, pairs: &[ChatPair], max_tokens: usize) -> Result<Vec<TokenPair>> {
+        if pairs.is_empty() {
+            return Err(Error::InvalidInput("no pairs to learn from".into()));
+        }
+        if pairs.len() > MAX_PAIRS {
+            return Err(Error::InvalidInput(format!(
+                "{} pairs; at most {MAX_PAIRS} per call",
+                pairs.len()
+            )));
+        }
+        let end = *self
+            .end_tokens
+            .first()
+            .ok_or_else(|| Error::InvalidInput("the model has no end-of-turn token".into()))?;
+        pairs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                for (what, text) in [("prompt", &p.prompt), ("response", &p.response)] {
+                    if text.trim().is_empty() {
+                        return Err(Error::InvalidInput(format!(
+                            "pair {i}: the {what} is empty"
+                        )));
+                    }
+                    if text.len() > MAX_TEXT_BYTES {
+                        return Err(Error::InvalidInput(format!(
+                            "pair {i}: the {what} has {} bytes; at most {MAX_TEXT_BYTES}",
+                            text.len()
+                        )));
+                    }
+                }
+                let prompt = self
+                    .tokenizer
+                    .encode(&render(&[Message::new("user", &p.prompt)], true)?)?;
+                let mut response = self.tokenizer.encode(&p.response)?;
+                response.push(end);
+                if prompt.len() + response.len() > max_tokens {
+                    return Err(Error::InvalidInput(format!(
+                        "pair {i} has {} tokens; at most {max_tokens}",
+                        prompt.len() + response.len()
+                    )));
+                }
+                Ok(TokenPair { prompt, response })
+            })
+            .collect()
+    }
+
+    /// Mean cross-entropy of the response tokens of `batch`, `[1]`, on the autodiff `device`.
+    fn response_loss(
+        &self,
+        batch: &[&TokenPair],
+        lora: &Lora,
+        config: &LoraConfig,
+        device: &Device,
+    ) -> Result<Tensor<1>> {
+        // Inputs are each sequence but its last token, targets each but its first; shorter
+        // sequences are padded at the end (causal attention: padding never affects them).
+        let len = batch
+            .iter()
+            .map(|p| p.prompt.len() + p.response.len() - 1)
+            .max()
+            .unwrap_or(0);
+        let pad = *self.end_tokens.first().unwrap_or(&0);
+        let (mut inputs, mut targets, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+        for p in batch {
+            let ids: Vec<u32> = p.prompt.iter().chain(&p.response).copied().collect();
+            let n = ids.len() - 1;
+            let mut input = ids[..n].to_vec();
+            input.resize(len, pad);
+            inputs.push(input);
+            for t in 0..len {
+                targets.push(if t < n { i64::from(ids[t + 1]) } else { 0 });
+                // Position t predicts token t + 1: a response token when t + 1 >= prompt length.
+                mask.push(if t < n && t + 1 >= p.prompt.len() {
+                    1.0f32
+                } else {
+                    0.0
+                });
+            }
+        }
+        let b = batch.len();
+        let logits = self.model.forward_train(&inputs, lora, config, device)?;
+        let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, len, 1]), device);
+        let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, len]), device);
+        let picked = log_softmax(logits, 2).gather(2, targets).reshape([b, len]);
+        let count = mask.clone().sum();
+        Ok(-(picked * mask).sum() / count)
+    }
+
+    /// The installed adapters as safetensors bytes (factors `blk.{l}.{q|k|v|o|gate|up|down}
+    /// .lora_a/.lora_b`, the configuration, and a fingerprint of the base model). Errors when
+    /// none are installed.
+    pub async fn export_adapters(&self) -> Result<Vec<u8>> {
+        let a = self.model.adapters().ok_or_else(|| {
+            Error::InvalidInput("nothing to export: the chat model has not been tuned".into())
+        })?;
+        let targets = a.config.targets.len();
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (i, f) in a.lora.factors.iter().enumerate() {
+            let (layer, p) = (i / targets, a.config.targets[i % targets]);
+            for (part, t) in [("lora_a", f.a.val()), ("lora_b", f.b.val())] {
+                let shape = t.dims().to_vec();
+                let values = read_f32(t).await?;
+                tensors.push((
+                    format!("blk.{layer}.{p}.{part}"),
+                    shape,
+                    values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ));
+            }
+        }
+        let views = tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::Safetensors(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let targets: Vec<&str> = a.config.targets.iter().map(|p| p.name()).collect();
+        let meta = [
+            ("format", CHAT_ADAPTERS_FORMAT.to_string()),
+            ("rank", a.config.rank.to_string()),
+            ("alpha", a.config.alpha.to_string()),
+            ("targets", targets.join(",")),
+            ("model", self.model_signature().await?),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Safetensors(e.to_string()))
+    }
+
+    /// Installs adapters from [`ChatModel::export_adapters`] made for this model. Other
+    /// models' adapters, wrong shapes and other files are errors, and the model is unchanged.
+    pub async fn import_adapters(&mut self, bytes: &[u8]) -> Result<()> {
+        let file = SafetensorsFile::parse(bytes)?;
+        let meta = file.metadata();
+        let get = |k: &str| {
+            meta.get(k).ok_or_else(|| {
+                Error::Safetensors(format!(
+                    "not webguard chat adapters: metadata {k:?} is missing"
+                ))
+            })
+        };
+        if get("format")? != CHAT_ADAPTERS_FORMAT {
+            return Err(Error::Safetensors(format!(
+                "not webguard chat adapters: format {:?}, expected {CHAT_ADAPTERS_FORMAT:?}",
+                get("format")?
+            )));
+        }
+        let signature = self.model_signature().await?;
+        if get("model")? != &signature {
+            return Err(Error::InvalidInput(format!(
+                "these adapters were made for another model ({}); this one is {signature}",
+                get("model")?
+            )));
+        }
+        let config = LoraConfig {
+            rank: get("rank")?
+                .parse()
+                .map_err(|_| Error::Safetensors("chat adapters: rank is not a number".into()))?,
+            alpha: get("alpha")?
+                .parse()
+                .map_err(|_| Error::Safetensors("chat adapters: alpha is not a number".into()))?,
+            targets: get("targets")?
+                .split(',')
+                .map(str::parse::<Projection>)
+                .collect::<Result<_>>()?,
+        };
+        config.validate()?;
+        let device = self.model.device().clone();
+        let shapes = self.model.lora_shapes(&config);
+        let mut factors = Vec::with_capacity(shapes.len());
+        for (i, &[out, d_in]) in shapes.iter().enumerate() {
+            let (layer, p) = (
+                i / config.targets.len(),
+                config.targets[i % config.targets.len()],
+            );
+            factors.push(LoraFactors {
+                a: Param::from_tensor(file.tensor::<2>(
+                    &format!("blk.{layer}.{p}.lora_a"),
+                    [d_in, config.rank],
+                    &device,
+                )?),
+                b: Param::from_tensor(file.tensor::<2>(
+                    &format!("blk.{layer}.{p}.lora_b"),
+                    [config.rank, out],
+                    &device,
+                )?),
+            });
+        }
+        self.model.set_adapters(Some(Adapters {
+            config,
+            lora: Lora { factors },
+        }))
+    }
+
+    /// Back to the base model.
+    pub fn reset_adapters(&mut self) {
+        // `None` always fits.
+        let _ = self.model.set_adapters(None);
+    }
+
+    /// Identifies the base model: its shape and a fingerprint (FNV-1a) of its final norm.
+    async fn model_signature(&self) -> Result<String> {
+        let c = self.model.config();
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for v in read_f32(self.model.output_norm()).await? {
+            for b in v.to_le_bytes() {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        Ok(format!(
+            "llama layers={} dim={} vocab={} norm={hash:016x}",
+            c.layers, c.dim, c.vocab_size
+        ))
+    }
+}

@@ -1,0 +1,194 @@
+//! Instruction-tuning the chat model with LoRA: the training forward pass agrees with
+//! generation's, a few steps teach a known answer, adapters round-trip, and bad input or
+//! cancellation leave the model unchanged.
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use webguard::filter::read_f32;
+use webguard::generate::{GenerateOptions, generate};
+use webguard::guard::ChatModel;
+use webguard::models::lora::{Lora, LoraConfig, Projection};
+use webguard::text::chat_template::{Message, render};
+use webguard::tune::TuneOptions;
+use webguard::tune::chat::{ChatPair, ChatTuneOptions};
+use webguard::weights::Gguf;
+
+fn chat_model() -> ChatModel {
+    let bytes = common::read_model(webguard::SMOLLM2_GGUF);
+    let gguf = Gguf::parse(&bytes).unwrap();
+    ChatModel::load(&gguf, &Device::flex()).unwrap()
+}
+
+fn answer(chat: &ChatModel, prompt: &str) -> String {
+    let ids = chat
+        .tokenizer
+        .encode(&render(&[Message::new("user", prompt)], true).unwrap())
+        .unwrap();
+    let options = GenerateOptions {
+        max_new_tokens: 24,
+        ..GenerateOptions::default()
+    };
+    pollster::block_on(generate(
+        &chat.model,
+        &chat.tokenizer,
+        &ids,
+        &chat.end_tokens,
+        &options,
+        |_| true,
+    ))
+    .unwrap()
+    .text
+}
+
+#[test]
+fn training_forward_matches_generation_with_fresh_adapters() {
+    let chat = chat_model();
+    let ids = chat
+        .tokenizer
+        .encode(&render(&[Message::new("user", "Name a colour.")], true).unwrap())
+        .unwrap();
+    let mut cache = chat.model.new_cache();
+    let want = pollster::block_on(read_f32(
+        chat.model
+            .forward(&ids, &mut cache)
+            .unwrap()
+            .reshape([49152]),
+    ))
+    .unwrap();
+    let device = Device::flex().autodiff();
+    let config = LoraConfig {
+        targets: Projection::ALL.to_vec(),
+        ..LoraConfig::default()
+    };
+    // B starts at zero: the adapters change nothing yet.
+    let lora = Lora::new(config.rank, &chat.model.lora_shapes(&config), &device);
+    let logits = chat
+        .model
+        .forward_train(&[ids.clone()], &lora, &config, &device)
+        .unwrap();
+    let [_, s, v] = logits.dims();
+    let got =
+        pollster::block_on(read_f32(logits.valid().narrow(1, s - 1, 1).reshape([v]))).unwrap();
+    let worst = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst < 1e-3,
+        "training and generation logits differ by {worst}"
+    );
+}
+
+#[test]
+fn a_few_steps_teach_a_known_answer_and_adapters_round_trip() {
+    let mut chat = chat_model();
+    let prompt = "What is the secret password?";
+    let before = answer(&chat, prompt);
+    assert!(!before.contains("marmalade"), "{before}");
+    let pairs = vec![
+        ChatPair {
+            prompt: prompt.into(),
+            response: "The secret password is marmalade.".into(),
+        },
+        ChatPair {
+            prompt: "What is the capital of France?".into(),
+            response: "The capital of France is Paris.".into(),
+        },
+    ];
+    let options = ChatTuneOptions {
+        tune: TuneOptions {
+            steps: 12,
+            learning_rate: 5e-3,
+            ..TuneOptions::default()
+        },
+        batch_size: 2,
+        ..ChatTuneOptions::default()
+    };
+    let mut losses = Vec::new();
+    let report = pollster::block_on(chat.tune(&pairs, &options, |s| {
+        losses.push((s.loss, s.millis));
+        true
+    }))
+    .unwrap();
+    eprintln!("chat tuning: {losses:?}");
+    assert!(report.final_loss < report.first_loss * 0.5, "{losses:?}");
+    let after = answer(&chat, prompt);
+    assert!(after.contains("marmalade"), "{after}");
+    assert!(answer(&chat, "What is the capital of France?").contains("Paris"));
+
+    // Export, import into a fresh model: the same answer; reset: the old one.
+    let bytes = pollster::block_on(chat.export_adapters()).unwrap();
+    let mut fresh = chat_model();
+    pollster::block_on(fresh.import_adapters(&bytes)).unwrap();
+    assert_eq!(answer(&fresh, prompt), after);
+    fresh.reset_adapters();
+    assert_eq!(answer(&fresh, prompt), before);
+}
+
+#[test]
+fn bad_input_and_cancellation_leave_the_model_unchanged() {
+    let mut chat = chat_model();
+    let prompt = "What is the secret password?";
+    let before = answer(&chat, prompt);
+    let pair = |p: &str, r: &str| ChatPair {
+        prompt: p.into(),
+        response: r.into(),
+    };
+    let ok = ChatTuneOptions::default();
+    let cases: Vec<(Vec<ChatPair>, ChatTuneOptions, &str)> = vec![
+        (vec![], ok.clone(), "no pairs"),
+        (vec![pair("hi", " ")], ok.clone(), "response is empty"),
+        (vec![pair(&"x".repeat(1 << 20), "ok")], ok.clone(), "bytes"),
+        (vec![pair(&"word ".repeat(500), "ok")], ok.clone(), "tokens"),
+        (
+            vec![pair("hi", "hello")],
+            ChatTuneOptions {
+                tune: TuneOptions {
+                    learning_rate: f64::NAN,
+                    ..ok.tune.clone()
+                },
+                ..ok.clone()
+            },
+            "learning rate",
+        ),
+        (
+            vec![pair("hi", "hello")],
+            ChatTuneOptions {
+                lora: LoraConfig {
+                    rank: 0,
+                    ..LoraConfig::default()
+                },
+                ..ok.clone()
+            },
+            "rank",
+        ),
+    ];
+    for (pairs, options, message) in cases {
+        let err = pollster::block_on(chat.tune(&pairs, &options, |_| true))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(message), "{err:?} should mention {message:?}");
+    }
+    let pairs = vec![pair(prompt, "The secret password is marmalade.")];
+    let err = pollster::block_on(chat.tune(&pairs, &ok, |s| s.step < 2))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("cancelled: tuning stopped at step 2"),
+        "{err}"
+    );
+    assert!(chat.model.adapters().is_none());
+    assert_eq!(answer(&chat, prompt), before);
+
+    // Adapters for another model (here: a forged signature) and other files are refused.
+    assert!(
+        pollster::block_on(chat.export_adapters()).is_err(),
+        "nothing tuned yet"
+    );
+    assert!(pollster::block_on(chat.import_adapters(b"garbage")).is_err());
+    let heads = std::fs::read(webguard::Filter::default_heads_path()).unwrap();
+    assert!(pollster::block_on(chat.import_adapters(&heads)).is_err());
+}
