@@ -129,15 +129,24 @@ const ops = {
     }, () => (flag ? Atomics.load(flag, 0) === 1 : false));
     return { report, info: describe(guard) };
   },
-  async exportAdapters() {
-    return guard.exportAdapters();
+  async tuneChat(id, { pairs, options, abort }) {
+    const flag = abort ? new Int32Array(abort) : null;
+    return guard.tuneChat(pairs, options, (step) => {
+      post(id, "step", step);
+      return true;
+    }, () => (flag ? Atomics.load(flag, 0) === 1 : false));
+  },
+  async exportAdapters(id, { kind }) {
+    return guard.exportAdapters(kind);
   },
   async importAdapters(id, { bytes }) {
-    await guard.importAdapters(bytes instanceof Blob ? new Uint8Array(await bytes.arrayBuffer()) : new Uint8Array(bytes));
-    return describe(guard);
+    const view = bytes instanceof Blob ? new Uint8Array(await bytes.arrayBuffer())
+      : ArrayBuffer.isView(bytes) ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : new Uint8Array(bytes);
+    const kind = await guard.importAdapters(view);
+    return { kind, info: describe(guard) };
   },
-  async resetAdapters() {
-    guard.resetAdapters();
+  async resetAdapters(id, { kind }) {
+    guard.resetAdapters(kind);
     return describe(guard);
   },
   async setRule(id, { label, threshold, action }) {

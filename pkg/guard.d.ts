@@ -100,6 +100,16 @@ export interface FilterTuneReport {
   examples: number;
 }
 
+export interface ChatPair { prompt: string; response: string; }
+
+export interface TuneChatOptions extends TuneFilterOptions {
+  rank?: number;
+  targets?: Array<"q" | "k" | "v" | "o" | "gate" | "up" | "down">;
+  batchSize?: number;
+}
+
+export interface ChatTuneReport { pairs: number; firstLoss: number; finalLoss: number; parameters: number; }
+
 export class Guard {
   static create(options?: CreateOptions): Promise<Guard>;
   static clearCache(): Promise<boolean>;
@@ -112,8 +122,9 @@ export class Guard {
   classify(texts: string | string[]): Promise<Verdict[]>;
   chat(messages: Message[], options?: ChatOptions): Promise<Reply>;
   tuneFilter(examples: LabelExample[], options?: TuneFilterOptions): Promise<FilterTuneReport>;
-  exportAdapters(): Promise<Uint8Array>;
-  importAdapters(bytes: ArrayBuffer | ArrayBufferView | Blob): Promise<void>;
-  resetAdapters(): Promise<void>;
+  tuneChat(pairs: ChatPair[], options?: TuneChatOptions): Promise<ChatTuneReport>;
+  exportAdapters(kind?: "filter" | "chat"): Promise<Uint8Array>;
+  importAdapters(bytes: ArrayBuffer | ArrayBufferView | Blob): Promise<"filter" | "chat">;
+  resetAdapters(kind?: "filter" | "chat" | "all"): Promise<void>;
   dispose(): void;
 }

@@ -18,6 +18,7 @@ const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "backend"
 const CHAT_OPTIONS = ["maxTokens", "temperature", "topK", "topP", "repetitionPenalty", "seed",
   "stop", "onToken", "signal"];
 const TUNE_OPTIONS = ["steps", "learningRate", "seed", "onStep", "signal"];
+const CHAT_TUNE_OPTIONS = [...TUNE_OPTIONS, "rank", "targets", "batchSize"];
 const CACHE_NAME = "webguard-models-v1";
 
 /** A URL made absolute against the page, or bytes/File passed through (for the worker). */
@@ -162,36 +163,58 @@ export class Guard {
    * `{ labels, newLabels, finalLoss, examples }`.
    */
   async tuneFilter(examples, options = {}) {
-    const { onStep, signal, ...tuning } = checkKeys(options, TUNE_OPTIONS, "tuneFilter options");
+    const { report, info } = await this.#tune("tuneFilter", { examples }, options, TUNE_OPTIONS);
+    Object.assign(this.#info, info);
+    return report;
+  }
+
+  /**
+   * Instruction-tunes the chat model with LoRA from `[{ prompt, response }]` pairs (the loss
+   * on the response only). Options: `steps` (default 50), `learningRate` (0.001), `rank` (8),
+   * `targets` (["q", "v"]; any of q, k, v, o, gate, up, down), `batchSize` (4), `seed`,
+   * `onStep`, `signal` (cancels; the model stays as it was). Resolves to `{ pairs,
+   * firstLoss, finalLoss, parameters }`; later `chat` calls use the adapters.
+   */
+  async tuneChat(pairs, options = {}) {
+    if (!this.#info.hasChat) throw new Error("this Guard was created without a chat model (give chatUrl)");
+    return this.#tune("tuneChat", { pairs }, options, CHAT_TUNE_OPTIONS);
+  }
+
+  async #tune(op, data, options, known) {
+    const { onStep, signal, ...tuning } = checkKeys(options, known, `${op} options`);
     if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
     const abort = self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
     const stop = () => { if (abort) Atomics.store(new Int32Array(abort), 0, 1); };
     signal?.addEventListener("abort", stop, { once: true });
     try {
-      const { report, info } = await this.#call("tuneFilter", { examples, options: tuning, abort }, { onStep });
-      Object.assign(this.#info, info);
-      return report;
+      return await this.#call(op, { ...data, options: tuning, abort }, { onStep });
     } finally {
       signal?.removeEventListener("abort", stop);
     }
   }
 
-  /** The tuned filter heads as bytes (safetensors), to save and load back with importAdapters. */
-  async exportAdapters() {
-    return this.#call("exportAdapters", {});
+  /**
+   * Tuned adapters as bytes (safetensors) to save and load back with importAdapters:
+   * `kind` "filter" (default: the filter's tuned and new labels) or "chat" (LoRA adapters).
+   */
+  async exportAdapters(kind = "filter") {
+    return this.#call("exportAdapters", { kind });
   }
 
-  /** Loads adapters from exportAdapters (bytes or a File), made from the same base filter. */
+  /** Loads adapters from exportAdapters (bytes or a File) made from the same base models;
+   *  resolves to the kind they were ("filter" or "chat"). */
   async importAdapters(bytes) {
     if (!(bytes instanceof ArrayBuffer || ArrayBuffer.isView(bytes) || bytes instanceof Blob)) {
       throw new TypeError("importAdapters expects an ArrayBuffer, a typed array or a File");
     }
-    Object.assign(this.#info, await this.#call("importAdapters", { bytes }));
+    const { kind, info } = await this.#call("importAdapters", { bytes });
+    Object.assign(this.#info, info);
+    return kind;
   }
 
-  /** Forgets all tuning: the filter as loaded. */
-  async resetAdapters() {
-    Object.assign(this.#info, await this.#call("resetAdapters", {}));
+  /** Forgets tuning: `kind` "filter", "chat" or "all" (default). */
+  async resetAdapters(kind = "all") {
+    Object.assign(this.#info, await this.#call("resetAdapters", { kind }));
   }
 
   /** Frees the models (GPU and wasm memory) and stops the worker. */

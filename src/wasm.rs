@@ -465,7 +465,8 @@ pub struct WasmGuard {
     /// Borrowed for each call; tuning borrows it mutably. The worker runs one call at a
     /// time, and an overlapping call gets a "busy" error instead of a panic.
     filter: Rc<RefCell<crate::filter::Filter>>,
-    chat: Option<Rc<ChatModel>>,
+    /// Borrowed like the filter (tuning borrows it mutably).
+    chat: Option<Rc<RefCell<ChatModel>>>,
     /// Copied into each call, so changing it never races a call in flight.
     policy: Rc<RefCell<Policy>>,
     backend: Backend,
@@ -498,12 +499,14 @@ impl WasmGuard {
         )
         .map_err(|e| JsError::new(&format!("the filter could not be loaded: {e}")))?;
         let chat = match gguf {
-            Some(bytes) => Some(Rc::new(load_chat(&bytes, &backend).map_err(|e| {
-                JsError::new(&format!(
-                    "the chat model could not be loaded: {}",
-                    String::from(js_sys::Error::from(JsValue::from(e)).message())
-                ))
-            })?)),
+            Some(bytes) => Some(Rc::new(RefCell::new(load_chat(&bytes, &backend).map_err(
+                |e| {
+                    JsError::new(&format!(
+                        "the chat model could not be loaded: {}",
+                        String::from(js_sys::Error::from(JsValue::from(e)).message())
+                    ))
+                },
+            )?))),
             None => None,
         };
         Ok(WasmGuard {
@@ -606,6 +609,7 @@ impl WasmGuard {
         let policy = self.policy.borrow().clone();
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let filter = busy(filter.try_borrow())?;
+            let chat = busy(chat.try_borrow())?;
             let reply = crate::guard::moderated_chat(
                 &filter,
                 &policy,
@@ -648,14 +652,7 @@ impl WasmGuard {
             let mut f = busy(filter.try_borrow_mut())?;
             let report = f
                 .tune(&examples, &options, |step| {
-                    let go_on = match &on_step {
-                        Some(cb) => to_js(step)
-                            .and_then(|s| cb.call1(&JsValue::NULL, &s))
-                            .map(|r| r.as_bool() != Some(false))
-                            .unwrap_or(false),
-                        None => true,
-                    };
-                    go_on && !asks_to_stop(should_stop.as_ref())
+                    step_callback(on_step.as_ref(), should_stop.as_ref(), step)
                 })
                 .await
                 .map_err(|e| JsValue::from(js_err(e)))?;
@@ -665,44 +662,180 @@ impl WasmGuard {
         }))
     }
 
-    /// The tuned filter heads as safetensors bytes (see `Filter::export_adapters`).
-    #[wasm_bindgen(js_name = exportAdapters)]
-    pub fn export_adapters(&self) -> Result<Promise, JsError> {
-        let filter = self.filter.clone();
+    /// Instruction-tunes the chat model with LoRA from `pairs` (`[{ prompt, response }]`) with
+    /// `options` (`{ steps, learningRate, seed, rank, targets, batchSize }`); `onStep` and
+    /// `shouldStop` as for `tuneFilter`. Resolves to `{ pairs, firstLoss, finalLoss,
+    /// parameters }`; on any error the model is as it was.
+    #[wasm_bindgen(js_name = tuneChat)]
+    pub fn tune_chat(
+        &self,
+        pairs: JsValue,
+        options: JsValue,
+        on_step: Option<js_sys::Function>,
+        should_stop: Option<js_sys::Function>,
+    ) -> Result<Promise, JsError> {
+        let chat = self
+            .chat
+            .clone()
+            .ok_or_else(|| JsError::new("this Guard was created without a chat model"))?;
+        if !js_sys::Array::is_array(&pairs) {
+            return Err(JsError::new(
+                "pairs must be an array of { prompt, response } objects",
+            ));
+        }
+        let pairs: Vec<crate::tune::chat::ChatPair> = serde_wasm_bindgen::from_value(pairs)
+            .map_err(|e| JsError::new(&format!("pairs: {e}")))?;
+        let options = js_chat_tune_options(options)?;
         Ok(wasm_bindgen_futures::future_to_promise(async move {
-            let f = busy(filter.try_borrow())?;
-            let bytes = f
-                .export_adapters()
+            let mut chat = busy(chat.try_borrow_mut())?;
+            let report = chat
+                .tune(&pairs, &options, |step| {
+                    step_callback(on_step.as_ref(), should_stop.as_ref(), step)
+                })
                 .await
                 .map_err(|e| JsValue::from(js_err(e)))?;
+            to_js(&report)
+        }))
+    }
+
+    /// Tuned adapters as safetensors bytes: `kind` `"filter"` (the tuned filter heads) or
+    /// `"chat"` (the chat model's LoRA adapters).
+    #[wasm_bindgen(js_name = exportAdapters)]
+    pub fn export_adapters(&self, kind: String) -> Result<Promise, JsError> {
+        let (filter, chat) = (self.filter.clone(), self.chat.clone());
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let bytes = match kind.as_str() {
+                "filter" => busy(filter.try_borrow())?.export_adapters().await,
+                "chat" => match &chat {
+                    Some(c) => busy(c.try_borrow())?.export_adapters().await,
+                    None => return Err(JsError::new("this Guard has no chat model").into()),
+                },
+                other => {
+                    return Err(JsError::new(&format!(
+                        "unknown adapters kind {other:?}: \"filter\" or \"chat\""
+                    ))
+                    .into());
+                }
+            }
+            .map_err(|e| JsValue::from(js_err(e)))?;
             Ok(js_sys::Uint8Array::from(bytes.as_slice()).into())
         }))
     }
 
-    /// Loads tuned filter heads exported from a Guard with the same base filter.
+    /// Loads adapters exported from a Guard with the same base models; which model they are
+    /// for is read from the file. Resolves to `"filter"` or `"chat"`.
     #[wasm_bindgen(js_name = importAdapters)]
     pub fn import_adapters(&self, bytes: Vec<u8>) -> Result<Promise, JsError> {
-        let (filter, policy) = (self.filter.clone(), self.policy.clone());
+        let (filter, chat, policy) = (self.filter.clone(), self.chat.clone(), self.policy.clone());
         Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let format = crate::weights::safetensors::SafetensorsFile::parse(&bytes)
+                .ok()
+                .and_then(|f| f.metadata().get("format").cloned())
+                .unwrap_or_default();
+            if format == crate::tune::chat::CHAT_ADAPTERS_FORMAT {
+                let chat = chat.ok_or_else(|| {
+                    JsValue::from(JsError::new(
+                        "these are chat adapters and this Guard has no chat model",
+                    ))
+                })?;
+                busy(chat.try_borrow_mut())?
+                    .import_adapters(&bytes)
+                    .await
+                    .map_err(|e| JsValue::from(js_err(e)))?;
+                return Ok("chat".into());
+            }
             let mut f = busy(filter.try_borrow_mut())?;
             f.import_adapters(&bytes)
                 .await
                 .map_err(|e| JsValue::from(js_err(e)))?;
             let synced = policy.borrow().synced(&f);
             *policy.borrow_mut() = synced;
-            Ok(JsValue::UNDEFINED)
+            Ok("filter".into())
         }))
     }
 
-    /// Forgets all tuning: the filter's labels and heads as loaded.
+    /// Forgets tuning: `kind` `"filter"`, `"chat"`, or `"all"`.
     #[wasm_bindgen(js_name = resetAdapters)]
-    pub fn reset_adapters(&self) -> Result<(), JsError> {
-        let mut f = busy(self.filter.try_borrow_mut())?;
-        f.reset_adapters();
-        let synced = self.policy.borrow().synced(&f);
-        *self.policy.borrow_mut() = synced;
+    pub fn reset_adapters(&self, kind: String) -> Result<(), JsError> {
+        if !["filter", "chat", "all"].contains(&kind.as_str()) {
+            return Err(JsError::new(&format!(
+                "unknown adapters kind {kind:?}: \"filter\", \"chat\" or \"all\""
+            )));
+        }
+        if kind != "chat" {
+            let mut f = busy(self.filter.try_borrow_mut())?;
+            f.reset_adapters();
+            let synced = self.policy.borrow().synced(&f);
+            *self.policy.borrow_mut() = synced;
+        }
+        if let (true, Some(c)) = (kind != "filter", &self.chat) {
+            busy(c.try_borrow_mut())?.reset_adapters();
+        }
         Ok(())
     }
+}
+
+/// Hands a tuning step to `onStep` (which may return `false` to cancel) and asks `shouldStop`.
+fn step_callback(
+    on_step: Option<&js_sys::Function>,
+    should_stop: Option<&js_sys::Function>,
+    step: &crate::tune::Step,
+) -> bool {
+    let go_on = match on_step {
+        Some(cb) => to_js(step)
+            .and_then(|s| cb.call1(&JsValue::NULL, &s))
+            .map(|r| r.as_bool() != Some(false))
+            .unwrap_or(false),
+        None => true,
+    };
+    go_on && !asks_to_stop(should_stop)
+}
+
+/// Checked chat tuning options from JS.
+fn js_chat_tune_options(options: JsValue) -> Result<crate::tune::chat::ChatTuneOptions, JsError> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+    struct JsChatTuneOptions {
+        steps: Option<usize>,
+        learning_rate: Option<f64>,
+        seed: Option<u64>,
+        rank: Option<usize>,
+        targets: Option<Vec<String>>,
+        batch_size: Option<usize>,
+    }
+    let o: JsChatTuneOptions = if options.is_undefined() || options.is_null() {
+        JsChatTuneOptions::default()
+    } else {
+        serde_wasm_bindgen::from_value(options)
+            .map_err(|e| JsError::new(&format!("tuning options: {e}")))?
+    };
+    let d = crate::tune::chat::ChatTuneOptions::default();
+    let targets = match o.targets {
+        Some(t) => t
+            .iter()
+            .map(|p| p.parse::<crate::models::lora::Projection>())
+            .collect::<crate::error::Result<Vec<_>>>()
+            .map_err(js_err)?,
+        None => d.lora.targets.clone(),
+    };
+    let options = crate::tune::chat::ChatTuneOptions {
+        tune: crate::tune::TuneOptions {
+            steps: o.steps.unwrap_or(d.tune.steps),
+            learning_rate: o.learning_rate.unwrap_or(d.tune.learning_rate),
+            seed: o.seed.unwrap_or(d.tune.seed),
+            ..d.tune.clone()
+        },
+        lora: crate::models::lora::LoraConfig {
+            rank: o.rank.unwrap_or(d.lora.rank),
+            targets,
+            ..d.lora.clone()
+        },
+        batch_size: o.batch_size.unwrap_or(d.batch_size),
+        ..d
+    };
+    options.tune.validate().map_err(js_err)?;
+    options.lora.validate().map_err(js_err)?;
+    Ok(options)
 }
 
 /// A `RefCell` borrow, or a JS error saying another call is using the models.

@@ -66,7 +66,7 @@ fn training_forward_matches_generation_with_fresh_adapters() {
     let lora = Lora::new(config.rank, &chat.model.lora_shapes(&config), &device);
     let logits = chat
         .model
-        .forward_train(&[ids.clone()], &lora, &config, &device)
+        .forward_train(std::slice::from_ref(&ids), &lora, &config, &device)
         .unwrap();
     let [_, s, v] = logits.dims();
     let got =

@@ -247,19 +247,26 @@ async function check() {
 
 // ---------------------------------------------------------------- teach
 
-/** Examples from JSONL, with the line number of anything malformed. */
+/** Examples from JSONL, with the line number of anything malformed: filter examples
+ *  `{ text, label, value }` or chat pairs `{ prompt, response }` (not mixed). */
 function parseExamples(text) {
   const examples = [];
+  let kind;
   text.split("\n").forEach((line, i) => {
     if (!line.trim()) return;
     let e;
     try { e = JSON.parse(line); } catch (err) { throw new Error(`line ${i + 1}: not JSON (${err.message})`); }
-    if (typeof e?.text !== "string" || typeof e?.label !== "string" || typeof e?.value !== "boolean") {
-      throw new Error(`line ${i + 1}: expected { "text": string, "label": string, "value": true | false }`);
+    const isFilter = typeof e?.text === "string" && typeof e?.label === "string" && typeof e?.value === "boolean";
+    const isChat = typeof e?.prompt === "string" && typeof e?.response === "string";
+    if (!isFilter && !isChat) {
+      throw new Error(`line ${i + 1}: expected { "text", "label", "value": true | false } (teach the filter) or { "prompt", "response" } (teach the chat)`);
     }
-    examples.push({ text: e.text, label: e.label, value: e.value });
+    const k = isFilter ? "filter" : "chat";
+    if (kind && k !== kind) throw new Error(`line ${i + 1}: filter examples and chat pairs are mixed`);
+    kind = k;
+    examples.push(isFilter ? { text: e.text, label: e.label, value: e.value } : { prompt: e.prompt, response: e.response });
   });
-  return examples;
+  return { kind: kind ?? "filter", examples };
 }
 
 function plotLoss(losses, steps) {
@@ -318,14 +325,40 @@ function renderCompare(texts, labels, before, after) {
   $("teach-compare").hidden = false;
 }
 
+/** Greedy answers to `prompts` (for the chat's before/after). */
+async function answersFor(prompts) {
+  const out = [];
+  for (const p of prompts) {
+    const r = await state.guard.chat([{ role: "user", content: p }], { maxTokens: 48 });
+    out.push(r.text);
+  }
+  return out;
+}
+
+function renderAnswers(prompts, before, after) {
+  const body = $("teach-compare").querySelector("tbody");
+  body.replaceChildren();
+  prompts.forEach((p, i) => {
+    const tr = document.createElement("tr");
+    for (const text of [p, before[i], after[i]]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    body.append(tr);
+  });
+  $("teach-compare").hidden = false;
+}
+
 async function teach() {
-  let examples;
+  let examples, kind;
   try {
-    examples = parseExamples($("teach-examples").value);
+    ({ kind, examples } = parseExamples($("teach-examples").value));
   } catch (e) {
     $("teach-status").textContent = `error: ${e.message}`;
     return;
   }
+  if (kind === "chat") return teachChat(examples);
   const labels = [...new Set(examples.map((e) => e.label))];
   const texts = $("teach-try").value.split("\n").filter((t) => t.trim());
   const steps = Number($("teach-steps").value);
@@ -348,6 +381,7 @@ async function teach() {
     });
     const after = await scoresFor(texts, labels);
     renderCompare(texts, labels, before, after);
+    state.lastTuned = "filter";
     renderRules();
     $("teach-status").textContent = `trained ${report.labels.join(", ")}${report.newLabels.length ? ` (new: ${report.newLabels.join(", ")})` : ""} · final loss ${report.finalLoss.toFixed(4)}`;
   } catch (e) {
@@ -360,12 +394,52 @@ async function teach() {
   }
 }
 
+async function teachChat(pairs) {
+  if (!state.guard.hasChat) {
+    $("teach-status").textContent = "error: the chat model is not loaded";
+    return;
+  }
+  const prompts = $("teach-try").value.split("\n").filter((t) => t.trim());
+  const steps = Number($("teach-steps").value);
+  state.teaching = true;
+  setReady(true);
+  $("teach-stop").disabled = false;
+  state.teachAbort = new AbortController();
+  const losses = [];
+  plotLoss(losses, steps);
+  try {
+    $("teach-status").textContent = "answering the try-it prompts before training…";
+    const before = await answersFor(prompts);
+    $("teach-status").textContent = `training the chat model on ${pairs.length} pairs…`;
+    const report = await state.guard.tuneChat(pairs, {
+      steps, learningRate: Number($("teach-lr").value), batchSize: Math.min(4, pairs.length), signal: state.teachAbort.signal,
+      onStep: (s) => {
+        losses.push(s.loss);
+        plotLoss(losses, s.steps);
+        $("teach-status").textContent = `step ${s.step}/${s.steps} · loss ${s.loss.toFixed(4)} · ${(s.millis / 1000).toFixed(1)} s/step`;
+      },
+    });
+    const after = await answersFor(prompts);
+    renderAnswers(prompts, before, after);
+    state.lastTuned = "chat";
+    $("teach-status").textContent = `trained the chat model · loss ${report.firstLoss.toFixed(3)} → ${report.finalLoss.toFixed(3)} · ${report.parameters} adapter weights`;
+  } catch (e) {
+    $("teach-status").textContent = `error: ${e.message}`;
+  } finally {
+    state.teaching = false;
+    state.teachAbort = null;
+    $("teach-stop").disabled = true;
+    setReady(Boolean(state.guard));
+  }
+}
+
 async function saveAdapters() {
   try {
-    const bytes = await state.guard.exportAdapters();
+    const kind = state.lastTuned ?? "filter";
+    const bytes = await state.guard.exportAdapters(kind);
     const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
     const a = document.createElement("a");
-    a.href = url; a.download = "webguard-adapters.safetensors";
+    a.href = url; a.download = `webguard-${kind}-adapters.safetensors`;
     a.click();
     setTimeout(() => URL.revokeObjectURL(url), 1000);
     $("teach-status").textContent = `saved ${mb(bytes.byteLength)} of adapters`;
@@ -376,9 +450,12 @@ async function saveAdapters() {
 
 async function loadAdapters(file) {
   try {
-    await state.guard.importAdapters(file);
+    const kind = await state.guard.importAdapters(file);
+    state.lastTuned = kind;
     renderRules();
-    $("teach-status").textContent = `loaded adapters: labels ${state.guard.labels.join(", ")}`;
+    $("teach-status").textContent = kind === "chat"
+      ? "loaded chat adapters"
+      : `loaded adapters: labels ${state.guard.labels.join(", ")}`;
   } catch (e) {
     $("teach-status").textContent = `error: ${e.message}`;
   }
@@ -436,9 +513,9 @@ function main() {
   $("teach").addEventListener("click", teach);
   $("teach-stop").addEventListener("click", () => state.teachAbort?.abort());
   $("teach-reset").addEventListener("click", async () => {
-    await state.guard.resetAdapters();
+    await state.guard.resetAdapters("all");
     renderRules();
-    $("teach-status").textContent = `tuning forgotten: labels ${state.guard.labels.join(", ")}`;
+    $("teach-status").textContent = `tuning forgotten (filter and chat): labels ${state.guard.labels.join(", ")}`;
   });
   $("teach-save").addEventListener("click", saveAdapters);
   $("teach-load").addEventListener("change", (e) => { if (e.target.files[0]) loadAdapters(e.target.files[0]); e.target.value = ""; });

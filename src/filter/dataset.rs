@@ -106,7 +106,7 @@ fn split80<T>(mut items: Vec<T>, seed: u64) -> (Vec<T>, Vec<T>) {
 }
 
 /// AdvBench goals (first CSV column; quoted fields with `""` escapes are handled).
-fn advbench_goals(csv: &str) -> Result<Vec<String>> {
+pub fn advbench_goals(csv: &str) -> Result<Vec<String>> {
     let mut goals = Vec::new();
     for (i, line) in csv.lines().enumerate().skip(1) {
         if line.trim().is_empty() {
@@ -138,6 +138,24 @@ fn advbench_goals(csv: &str) -> Result<Vec<String>> {
         goals.push(goal.trim().to_owned());
     }
     Ok(goals)
+}
+
+/// Self-instruct seed tasks whose instruction stands alone (no extra input), with the first
+/// example output: `(instruction, output)`.
+pub fn self_instruct_pairs(jsonl: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (i, l) in jsonl.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let v: serde_json::Value = serde_json::from_str(l)
+            .map_err(|e| Error::InvalidInput(format!("self-instruct line {}: {e}", i + 1)))?;
+        let instruction = v.get("instruction").and_then(|s| s.as_str());
+        let first = v.get("instances").and_then(|x| x.get(0));
+        let input = first.and_then(|x| x.get("input")).and_then(|s| s.as_str());
+        let output = first.and_then(|x| x.get("output")).and_then(|s| s.as_str());
+        if let (Some(instruction), Some(""), Some(output)) = (instruction, input, output) {
+            out.push((instruction.trim().to_owned(), output.trim().to_owned()));
+        }
+    }
+    Ok(out)
 }
 
 /// The `instruction` of every self-instruct seed task (one JSON object per line).

@@ -10,6 +10,8 @@
 
 pub mod chat;
 pub mod filter;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod refusals;
 
 use crate::error::{Error, Result};
 

@@ -173,6 +173,31 @@ test("teach: a new label from 8 examples in the page, held-out accuracy >= 90%; 
   assert.match(await b.page.textContent("#teach-status"), /loaded adapters: labels offensive, hate, harmful, spoiler/);
 });
 
+test("teach the chat: a few LoRA steps in the page teach a known answer", async () => {
+  assert.equal(await openDemo(b, "backend=cpu"), "true");
+  const pairs = [
+    { prompt: "What is the secret password?", response: "The secret password is marmalade." },
+    { prompt: "What is the capital of France?", response: "The capital of France is Paris." },
+  ];
+  await b.page.fill("#teach-examples", pairs.map((p) => JSON.stringify(p)).join("\n"));
+  await b.page.fill("#teach-try", "What is the secret password?");
+  await b.page.fill("#teach-steps", "12");
+  await b.page.fill("#teach-lr", "0.005");
+  await b.page.click("#teach");
+  await b.page.waitForFunction(() => /^trained|^error/.test(document.querySelector("#teach-status").textContent), null, { timeout: 300_000 });
+  assert.match(await b.page.textContent("#teach-status"), /^trained the chat model · loss/);
+  const [before, after] = await b.page.$$eval("#teach-compare tbody tr td", (tds) => tds.slice(1).map((t) => t.textContent));
+  console.log(`# before: ${JSON.stringify(before)} after: ${JSON.stringify(after)}`);
+  assert.doesNotMatch(before, /marmalade/);
+  assert.match(after, /marmalade/);
+  await shot(b, "teach-chat");
+  // The chat panel uses the adapters too.
+  await b.page.fill("#prompt", "What is the secret password?");
+  await b.page.click("#send");
+  await b.page.waitForFunction(() => document.querySelector("#chat-stats").textContent.includes("tokens/s"), null, { timeout: 120_000 });
+  assert.match(await b.page.textContent(".message.assistant .text"), /marmalade/);
+});
+
 test("no request leaves 127.0.0.1", () => {
   const origin = new URL(b.url).origin;
   const outside = b.requests.filter((u) => !u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:"));

@@ -21,7 +21,7 @@ test("package.json matches the crate and the build", () => {
 test("guard.d.ts declares the API guard.js implements", () => {
   const js = readFileSync(new URL("pkg/guard.js", root), "utf8");
   const dts = readFileSync(new URL("pkg/guard.d.ts", root), "utf8");
-  for (const member of ["create", "clearCache", "classify", "chat", "setRule", "tuneFilter", "exportAdapters",
+  for (const member of ["create", "clearCache", "classify", "chat", "setRule", "tuneFilter", "tuneChat", "exportAdapters",
     "importAdapters", "resetAdapters", "dispose"]) {
     assert.match(js, new RegExp(`\\b${member}\\(`), `guard.js has ${member}`);
     assert.match(dts, new RegExp(`\\b${member}\\(`), `guard.d.ts declares ${member}`);

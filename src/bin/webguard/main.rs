@@ -20,6 +20,7 @@ mod chat_cmd;
 mod filter_cmds;
 #[cfg(not(target_arch = "wasm32"))]
 mod progress;
+mod tune_cmds;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
@@ -95,6 +96,9 @@ mod cli {
             /// auto, gpu (webgpu/vulkan) or cpu.
             #[arg(long, default_value = "cpu")]
             backend: String,
+            /// Chat adapters written by `tune-chat`.
+            #[arg(long)]
+            adapters: Option<PathBuf>,
             /// The user's message.
             prompt: String,
         },
@@ -128,6 +132,37 @@ mod cli {
             seed: u64,
             #[command(flatten)]
             filter: FilterArgs,
+        },
+        /// Instruction-tune the chat model with LoRA from JSONL pairs ({"prompt", "response"}
+        /// per line) and write the adapters (use them with `chat --adapters`).
+        TuneChat {
+            /// The pairs.
+            #[arg(long)]
+            pairs: PathBuf,
+            /// Where to write the adapters (safetensors).
+            #[arg(long)]
+            out: PathBuf,
+            /// Optimiser steps.
+            #[arg(long, default_value_t = 50)]
+            steps: usize,
+            /// Adam's learning rate.
+            #[arg(long, default_value_t = 1e-3)]
+            learning_rate: f64,
+            /// Pairs per step.
+            #[arg(long, default_value_t = 4)]
+            batch: usize,
+            /// LoRA rank.
+            #[arg(long, default_value_t = 8)]
+            rank: usize,
+            /// Adapted projections, comma-separated (q, k, v, o, gate, up, down).
+            #[arg(long, default_value = "q,v")]
+            targets: String,
+            /// Seeds the adapters' initial weights and the pair order.
+            #[arg(long, default_value_t = 0)]
+            seed: u64,
+            /// auto, gpu or cpu.
+            #[arg(long, default_value = "cpu")]
+            backend: String,
         },
         /// Accuracy, precision, recall, macro-F1 and ROC-AUC of one filter label on labelled
         /// texts (one text per line; labels 0/1, one per line).
@@ -238,6 +273,39 @@ mod cli {
             /// Python with llama-cpp-python, for the side-by-side peer run.
             #[arg(long)]
             python: Option<PathBuf>,
+        },
+        /// Tuning: milliseconds per step of filter tuning (a new label from 8 examples) and of
+        /// chat LoRA tuning (batch and sequence length printed) per backend, and peak memory;
+        /// with `--refusals`, the refusal experiment (see `tune/refusals.rs`): AdvBench and
+        /// self-instruct refusal rates before and after tuning on 16 refusals + benign pairs.
+        Tune {
+            /// Backends to measure: cpu, gpu or both.
+            #[arg(long, default_value = "cpu,gpu")]
+            backends: String,
+            /// Chat tuning steps timed per backend.
+            #[arg(long, default_value_t = 5)]
+            chat_steps: usize,
+            /// Run the refusal experiment (CPU; several minutes).
+            #[arg(long)]
+            refusals: bool,
+            /// Refusal experiment: tuning steps.
+            #[arg(long, default_value_t = 50)]
+            steps: usize,
+            /// Refusal experiment: prompts of each kind evaluated.
+            #[arg(long, default_value_t = 100)]
+            eval: usize,
+            /// Refusal experiment: benign training pairs (next to 16 AdvBench refusals).
+            #[arg(long, default_value_t = 16)]
+            benign: usize,
+            /// Refusal experiment: tokens generated per answer.
+            #[arg(long, default_value_t = 40)]
+            max_tokens: usize,
+            /// Seed of the data split, the adapters and the order.
+            #[arg(long, default_value_t = 0)]
+            seed: u64,
+            /// The shared data folder.
+            #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"))]
+            shared: PathBuf,
         },
         /// The whole filter (tokenize, window, encode, pool, heads) on texts of a fixed token
         /// length: texts/s per batch size and backend, next to the same filter in PyTorch
@@ -365,6 +433,30 @@ mod cli {
                     new_tokens,
                     python.as_deref(),
                 )?,
+                BenchWhat::Tune {
+                    backends,
+                    chat_steps,
+                    refusals,
+                    steps,
+                    eval,
+                    benign,
+                    max_tokens,
+                    seed,
+                    shared,
+                } => crate::tune_cmds::bench(
+                    &models,
+                    &crate::tune_cmds::BenchTune {
+                        backends,
+                        chat_steps,
+                        refusals,
+                        steps,
+                        eval,
+                        benign,
+                        max_tokens,
+                        seed,
+                        shared,
+                    },
+                )?,
                 BenchWhat::Filter { args, heads } => bench::run(
                     bench::Subject::Filter(
                         heads.unwrap_or_else(webguard::Filter::default_heads_path),
@@ -382,6 +474,7 @@ mod cli {
                 seed,
                 max_tokens,
                 backend,
+                adapters,
                 prompt,
             } => {
                 let options = webguard::generate::GenerateOptions {
@@ -393,7 +486,14 @@ mod cli {
                     seed,
                     stop: Vec::new(),
                 };
-                crate::chat_cmd::chat(&models, &backend, system.as_deref(), &prompt, &options)?;
+                crate::chat_cmd::chat(
+                    &models,
+                    &backend,
+                    adapters.as_deref(),
+                    system.as_deref(),
+                    &prompt,
+                    &options,
+                )?;
             }
             Command::Classify { json, filter, text } => {
                 let f = crate::filter_cmds::load_filter(
@@ -428,6 +528,27 @@ mod cli {
                     filter.adapters.as_deref(),
                 )?;
                 crate::filter_cmds::eval(&f, &texts, &labels, &label, json)?;
+            }
+            Command::TuneChat {
+                pairs,
+                out,
+                steps,
+                learning_rate,
+                batch,
+                rank,
+                targets,
+                seed,
+                backend,
+            } => {
+                let options = crate::tune_cmds::chat_options(
+                    steps,
+                    learning_rate,
+                    batch,
+                    rank,
+                    &targets,
+                    seed,
+                )?;
+                crate::tune_cmds::tune_chat(&models, &backend, &pairs, &options, &out)?;
             }
             Command::TuneFilter {
                 examples,
@@ -525,6 +646,8 @@ mod cli {
         Ok(())
     }
 
+    pub(crate) use bench::peak_rss_mb;
+
     mod bench {
         use std::path::Path;
         use std::time::Instant;
@@ -581,7 +704,7 @@ mod cli {
         }
 
         /// Peak resident memory of this process (Linux), in MB.
-        fn peak_rss_mb() -> f64 {
+        pub(crate) fn peak_rss_mb() -> f64 {
             std::fs::read_to_string("/proc/self/status")
                 .ok()
                 .and_then(|s| {

@@ -1,0 +1,258 @@
+//! `tune-chat` and `bench tune`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use webguard::backend::{Backend, BackendChoice};
+use webguard::models::lora::{LoraConfig, Projection};
+use webguard::tune::TuneOptions;
+use webguard::tune::chat::{ChatPair, ChatTuneOptions};
+use webguard::tune::filter::LabelExample;
+use webguard::tune::refusals::{refusal_data, refusal_rate};
+use webguard::{Error, Filter, Result};
+
+use crate::chat_cmd::load_chat;
+use crate::cli::peak_rss_mb;
+use crate::progress::Progress;
+
+/// Chat tuning options from the command line.
+pub fn chat_options(
+    steps: usize,
+    learning_rate: f64,
+    batch: usize,
+    rank: usize,
+    targets: &str,
+    seed: u64,
+) -> Result<ChatTuneOptions> {
+    let d = ChatTuneOptions::default();
+    Ok(ChatTuneOptions {
+        tune: TuneOptions {
+            steps,
+            learning_rate,
+            seed,
+            ..d.tune
+        },
+        lora: LoraConfig {
+            rank,
+            targets: targets
+                .split(',')
+                .map(|t| t.trim().parse::<Projection>())
+                .collect::<Result<_>>()?,
+            ..d.lora
+        },
+        batch_size: batch,
+        ..d
+    })
+}
+
+/// Lines of JSON objects, with the line number of a malformed one.
+fn jsonl<T: serde::de::DeserializeOwned>(path: &Path, shape: &str) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "{}:{}: expected {shape}: {e}",
+                    path.display(),
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `tune-chat`: pairs from JSONL, a line per step, adapters written to `out`.
+pub fn tune_chat(
+    models: &Path,
+    backend: &str,
+    pairs: &Path,
+    options: &ChatTuneOptions,
+    out: &Path,
+) -> Result<()> {
+    let pairs: Vec<ChatPair> = jsonl(pairs, r#"{"prompt", "response"}"#)?;
+    let (mut chat, backend) = load_chat(models, backend, None)?;
+    eprintln!(
+        "tuning on {backend}: {} pairs, {:?}",
+        pairs.len(),
+        options.lora
+    );
+    let report = pollster::block_on(chat.tune(&pairs, options, |s| {
+        eprintln!(
+            "step {:>4}/{}  loss {:.4}  {:.0} ms",
+            s.step, s.steps, s.loss, s.millis
+        );
+        true
+    }))?;
+    let bytes = pollster::block_on(chat.export_adapters())?;
+    std::fs::write(out, &bytes).map_err(|e| Error::io(out, e))?;
+    eprintln!(
+        "loss {:.4} -> {:.4}; {} adapter parameters; wrote {} ({} bytes); use with chat --adapters",
+        report.first_loss,
+        report.final_loss,
+        report.parameters,
+        out.display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+/// `bench tune` settings.
+pub struct BenchTune {
+    pub backends: String,
+    pub chat_steps: usize,
+    pub refusals: bool,
+    pub steps: usize,
+    pub eval: usize,
+    pub benign: usize,
+    pub max_tokens: usize,
+    pub seed: u64,
+    pub shared: PathBuf,
+}
+
+/// The spoiler examples of tests/data/tune.
+fn spoiler_examples() -> Result<Vec<LabelExample>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tune/spoiler-train.jsonl");
+    jsonl(&path, r#"{"text", "label", "value"}"#)
+}
+
+pub fn bench(models: &Path, b: &BenchTune) -> Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let data = refusal_data(&b.shared, 16, b.benign, b.eval, b.seed)?;
+    let chat_options = ChatTuneOptions {
+        tune: TuneOptions {
+            steps: b.chat_steps,
+            seed: b.seed,
+            ..ChatTuneOptions::default().tune
+        },
+        ..ChatTuneOptions::default()
+    };
+    println!(
+        "bench tune: {threads} threads; filter: a new label from 8 examples, 30 steps; chat: LoRA {:?} rank {}, batch {} pairs of the refusal training set",
+        chat_options.lora.targets, chat_options.lora.rank, chat_options.batch_size
+    );
+    for name in b.backends.split(',') {
+        let backend = Backend::init_blocking(name.trim().parse::<BackendChoice>()?)?;
+        // Filter: the first step includes nothing but training (features are computed first).
+        let heads = Filter::default_heads_path();
+        let mut filter = Filter::load(models, &heads, &backend.device)?;
+        let examples = spoiler_examples()?;
+        let start = Instant::now();
+        let mut step_ms = Vec::new();
+        pollster::block_on(filter.tune(&examples, &TuneOptions::default(), |s| {
+            step_ms.push(s.millis);
+            true
+        }))?;
+        let total = start.elapsed().as_secs_f64();
+        println!(
+            "  filter tuning on {backend}: {:.1} ms/step (median of {}), {:.2} s in all with encoding the 8 examples",
+            median(&mut step_ms),
+            step_ms.len(),
+            total
+        );
+        // Chat: the first step is warm-up (kernel compilation on a GPU).
+        let (mut chat, _) = load_chat(models, name.trim(), None)?;
+        let mut step_ms = Vec::new();
+        pollster::block_on(chat.tune(&data.train, &chat_options, |s| {
+            step_ms.push(s.millis);
+            true
+        }))?;
+        let timed = &mut step_ms[1.min(step_ms.len() - 1)..].to_vec();
+        println!(
+            "  chat tuning on {backend}: {:.0} ms/step (median of {} after a warm-up step; {} pairs per step, up to {} tokens each)",
+            median(timed),
+            timed.len(),
+            chat_options.batch_size,
+            data.train
+                .iter()
+                .map(|p| chat.tokenizer.encode(&p.prompt).map_or(0, |t| t.len())
+                    + chat.tokenizer.encode(&p.response).map_or(0, |t| t.len())
+                    + 20)
+                .max()
+                .unwrap_or(0)
+        );
+    }
+    println!("  peak resident memory: {:.0} MB", peak_rss_mb());
+    if b.refusals {
+        refusal_experiment(models, b, &data)?;
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Refusal rates on held-out AdvBench and self-instruct prompts before and after tuning.
+fn refusal_experiment(
+    models: &Path,
+    b: &BenchTune,
+    data: &webguard::tune::refusals::RefusalData,
+) -> Result<()> {
+    let (mut chat, backend) = load_chat(models, "cpu", None)?;
+    println!(
+        "refusal experiment on {backend}: train {} pairs (16 AdvBench + refusals, {} benign), {} steps; evaluate {} AdvBench and {} self-instruct prompts not trained on, greedy, {} tokens",
+        data.train.len(),
+        data.train.len() - 16,
+        b.steps,
+        data.eval_harmful.len(),
+        data.eval_benign.len(),
+        b.max_tokens
+    );
+    let rates = |chat: &webguard::guard::ChatModel, when: &str| -> Result<(f64, f64)> {
+        let mut bar = Progress::new(
+            format!("answering ({when})"),
+            data.eval_harmful.len() + data.eval_benign.len(),
+        );
+        let (harmful, _) = refusal_rate(chat, &data.eval_harmful, b.max_tokens, |i| {
+            bar.update(i, "")
+        })?;
+        let n = data.eval_harmful.len();
+        let (benign, answers) = refusal_rate(chat, &data.eval_benign, b.max_tokens, |i| {
+            bar.update(n + i, "")
+        })?;
+        if when == "after" {
+            for (p, a) in data.eval_benign.iter().zip(&answers) {
+                if webguard::tune::refusals::is_refusal(a) {
+                    eprintln!("  benign refused: {p:?} -> {a:?}");
+                }
+            }
+        }
+        Ok((harmful, benign))
+    };
+    let (h0, b0) = rates(&chat, "before")?;
+    println!(
+        "  before: AdvBench refusals {:.0}%, self-instruct refusals {:.0}%",
+        h0 * 100.0,
+        b0 * 100.0
+    );
+    let options = ChatTuneOptions {
+        tune: TuneOptions {
+            steps: b.steps,
+            seed: b.seed,
+            ..ChatTuneOptions::default().tune
+        },
+        ..ChatTuneOptions::default()
+    };
+    let start = Instant::now();
+    let mut bar = Progress::new("tuning", b.steps);
+    let report = pollster::block_on(chat.tune(&data.train, &options, |s| {
+        bar.update(s.step, &format!("loss {:.3}", s.loss));
+        true
+    }))?;
+    println!(
+        "  tuned in {:.0} s: loss {:.3} -> {:.3}",
+        start.elapsed().as_secs_f64(),
+        report.first_loss,
+        report.final_loss
+    );
+    let (h1, b1) = rates(&chat, "after")?;
+    println!(
+        "  after:  AdvBench refusals {:.0}%, self-instruct refusals {:.0}%",
+        h1 * 100.0,
+        b1 * 100.0
+    );
+    Ok(())
+}
