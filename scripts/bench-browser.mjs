@@ -1,7 +1,8 @@
 // Browser benchmark (./build.sh bench): in headless Chromium on this machine, the filter's
 // classify latency and the chat model's prefill/decode speed on WebGPU and on the CPU (wasm),
 // and the same chat figures for wllama (llama.cpp in wasm, npm @wllama/wllama, single thread)
-// on the same GGUF, side by side, as ratios. Prints a table; --json for machine-readable.
+// on the same GGUF, side by side, as ratios; tuning milliseconds per step (filter and chat).
+// Prints a line per measurement; --json for machine-readable.
 //
 //   node scripts/bench-browser.mjs [--webgpu-tokens 4] [--tokens 64] [--skip-webgpu] [--json]
 import { openBrowser, load } from "../tests/browser/browser.mjs";
@@ -40,10 +41,16 @@ try {
   add({ what: "chat", who: "wllama 1 thread", ...wl });
   log(`    ratio webguard cpu / wllama: prefill ${(cpu.prefillPerSecond / wl.prefillPerSecond).toFixed(2)}, decode ${(cpu.decodePerSecond / wl.decodePerSecond).toFixed(2)}`);
   for (const batch of [1, 32]) add({ what: "classify", who: "webguard", runs: 5, ...(await ev("classify", "cpu", batch, 5)) });
+  const tuneCpu = await ev("tune", "cpu", 4);
+  rows.push({ what: "tune", ...tuneCpu });
+  log(`  tune on cpu (wasm): filter ${tuneCpu.filterMsPerStep.toFixed(1)} ms/step (a new label, 8 examples); chat LoRA ${tuneCpu.chatMsPerStep.toFixed(0)} ms/step (2 pairs of ~45 tokens, rank 8 on q,v)`);
   if (!flag("--skip-webgpu")) {
     // SwiftShader: a short prompt, few tokens, small batches.
     add({ what: "chat", who: "webguard", ...(await ev("webguardChat", "webgpu", "What is the capital of France?", GPU_TOKENS)) });
     for (const batch of [1, 8]) add({ what: "classify", who: "webguard", runs: 2, ...(await ev("classify", "webgpu", batch, 2)) });
+    const tuneGpu = await ev("tune", "webgpu", 0);
+    rows.push({ what: "tune", ...tuneGpu });
+    log(`  tune on webgpu: filter ${tuneGpu.filterMsPerStep.toFixed(1)} ms/step (chat tuning not run on SwiftShader)`);
   }
   const outside = b.requests.filter((u) => !u.startsWith(b.url) && !u.startsWith(`blob:${b.url}`));
   if (outside.length) throw new Error(`requests left 127.0.0.1: ${outside.join(", ")}`);

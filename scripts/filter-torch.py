@@ -25,15 +25,7 @@ import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
-
-def peak_rss_mb():
-    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries that
-    across exec, so a peer started by webguard would report webguard's peak as its own."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from peakmem import peak_rss_mb  # noqa: E402  (scripts/peakmem.py)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WINDOW, OVERLAP = 64, 16  # FilterOptions::default() in src/filter/encoder.rs

@@ -20,15 +20,7 @@ import time
 import numpy as np
 from llama_cpp import Llama
 
-
-def peak_rss_mb():
-    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries that
-    across exec, so a peer started by webguard would report webguard's peak as its own."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from peakmem import peak_rss_mb  # noqa: E402  (scripts/peakmem.py)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GGUF = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"

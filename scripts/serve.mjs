@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 // wllama (npm, with its own wasm) is served for the browser benchmark's side-by-side peer.
-const SERVED = ["www", "pkg", "models", "assets", "tests/browser/pages", "tests/reference",
+const SERVED = ["www", "pkg", "models", "assets", "tests/browser/pages", "tests/reference", "tests/data/tune",
   "tests/browser/node_modules/@wllama/wllama/esm"];
 const TYPES = {
   ".html": "text/html; charset=utf-8",

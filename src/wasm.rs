@@ -523,6 +523,13 @@ impl WasmGuard {
         backend_kind(&self.backend).into()
     }
 
+    /// The chat model, or an error naming why there is none.
+    fn chat_model(&self) -> Result<Rc<RefCell<ChatModel>>, JsError> {
+        self.chat
+            .clone()
+            .ok_or_else(|| JsError::new("this Guard was created without a chat model"))
+    }
+
     /// The GPU adapter's name, when WebGPU runs.
     #[wasm_bindgen(getter)]
     pub fn adapter(&self) -> Option<String> {
@@ -599,10 +606,7 @@ impl WasmGuard {
         on_token: Option<js_sys::Function>,
         should_stop: Option<js_sys::Function>,
     ) -> Result<Promise, JsError> {
-        let chat = self
-            .chat
-            .clone()
-            .ok_or_else(|| JsError::new("this Guard was created without a chat model"))?;
+        let chat = self.chat_model()?;
         let messages = js_messages(messages)?;
         let options = js_generate_options(options)?;
         let filter = self.filter.clone();
@@ -674,10 +678,7 @@ impl WasmGuard {
         on_step: Option<js_sys::Function>,
         should_stop: Option<js_sys::Function>,
     ) -> Result<Promise, JsError> {
-        let chat = self
-            .chat
-            .clone()
-            .ok_or_else(|| JsError::new("this Guard was created without a chat model"))?;
+        let chat = self.chat_model()?;
         if !js_sys::Array::is_array(&pairs) {
             return Err(JsError::new(
                 "pairs must be an array of { prompt, response } objects",

@@ -358,71 +358,45 @@ async function teach() {
     $("teach-status").textContent = `error: ${e.message}`;
     return;
   }
-  if (kind === "chat") return teachChat(examples);
-  const labels = [...new Set(examples.map((e) => e.label))];
-  const texts = $("teach-try").value.split("\n").filter((t) => t.trim());
-  const steps = Number($("teach-steps").value);
-  state.teaching = true;
-  setReady(true);
-  $("teach-stop").disabled = false;
-  state.teachAbort = new AbortController();
-  const losses = [];
-  plotLoss(losses, steps);
-  try {
-    const before = await scoresFor(texts, labels);
-    $("teach-status").textContent = `training ${labels.join(", ")} on ${examples.length} examples…`;
-    const report = await state.guard.tuneFilter(examples, {
-      steps, learningRate: Number($("teach-lr").value), signal: state.teachAbort.signal,
-      onStep: (s) => {
-        losses.push(s.loss);
-        plotLoss(losses, s.steps);
-        $("teach-status").textContent = `step ${s.step}/${s.steps} · loss ${s.loss.toFixed(4)} · ${s.millis.toFixed(0)} ms/step`;
-      },
-    });
-    const after = await scoresFor(texts, labels);
-    renderCompare(texts, labels, before, after);
-    state.lastTuned = "filter";
-    renderRules();
-    $("teach-status").textContent = `trained ${report.labels.join(", ")}${report.newLabels.length ? ` (new: ${report.newLabels.join(", ")})` : ""} · final loss ${report.finalLoss.toFixed(4)}`;
-  } catch (e) {
-    $("teach-status").textContent = `error: ${e.message}`;
-  } finally {
-    state.teaching = false;
-    state.teachAbort = null;
-    $("teach-stop").disabled = true;
-    setReady(Boolean(state.guard));
-  }
-}
-
-async function teachChat(pairs) {
-  if (!state.guard.hasChat) {
+  if (kind === "chat" && !state.guard.hasChat) {
     $("teach-status").textContent = "error: the chat model is not loaded";
     return;
   }
-  const prompts = $("teach-try").value.split("\n").filter((t) => t.trim());
+  const tries = $("teach-try").value.split("\n").filter((t) => t.trim());
   const steps = Number($("teach-steps").value);
+  const learningRate = Number($("teach-lr").value);
+  const labels = [...new Set(examples.map((e) => e.label))];
   state.teaching = true;
   setReady(true);
   $("teach-stop").disabled = false;
   state.teachAbort = new AbortController();
   const losses = [];
   plotLoss(losses, steps);
+  const options = {
+    steps, learningRate, signal: state.teachAbort.signal,
+    onStep: (s) => {
+      losses.push(s.loss);
+      plotLoss(losses, s.steps);
+      $("teach-status").textContent = `step ${s.step}/${s.steps} · loss ${s.loss.toFixed(4)} · ${s.millis.toFixed(0)} ms/step`;
+    },
+  };
   try {
-    $("teach-status").textContent = "answering the try-it prompts before training…";
-    const before = await answersFor(prompts);
-    $("teach-status").textContent = `training the chat model on ${pairs.length} pairs…`;
-    const report = await state.guard.tuneChat(pairs, {
-      steps, learningRate: Number($("teach-lr").value), batchSize: Math.min(4, pairs.length), signal: state.teachAbort.signal,
-      onStep: (s) => {
-        losses.push(s.loss);
-        plotLoss(losses, s.steps);
-        $("teach-status").textContent = `step ${s.step}/${s.steps} · loss ${s.loss.toFixed(4)} · ${(s.millis / 1000).toFixed(1)} s/step`;
-      },
-    });
-    const after = await answersFor(prompts);
-    renderAnswers(prompts, before, after);
-    state.lastTuned = "chat";
-    $("teach-status").textContent = `trained the chat model · loss ${report.firstLoss.toFixed(3)} → ${report.finalLoss.toFixed(3)} · ${report.parameters} adapter weights`;
+    if (kind === "chat") {
+      $("teach-status").textContent = "answering the try-it prompts before training…";
+      const before = await answersFor(tries);
+      $("teach-status").textContent = `training the chat model on ${examples.length} pairs…`;
+      const report = await state.guard.tuneChat(examples, { ...options, batchSize: Math.min(4, examples.length) });
+      renderAnswers(tries, before, await answersFor(tries));
+      $("teach-status").textContent = `trained the chat model · loss ${report.firstLoss.toFixed(3)} → ${report.finalLoss.toFixed(3)} · ${report.parameters} adapter weights`;
+    } else {
+      const before = await scoresFor(tries, labels);
+      $("teach-status").textContent = `training ${labels.join(", ")} on ${examples.length} examples…`;
+      const report = await state.guard.tuneFilter(examples, options);
+      renderCompare(tries, labels, before, await scoresFor(tries, labels));
+      renderRules();
+      $("teach-status").textContent = `trained ${report.labels.join(", ")}${report.newLabels.length ? ` (new: ${report.newLabels.join(", ")})` : ""} · final loss ${report.finalLoss.toFixed(4)}`;
+    }
+    state.lastTuned = kind;
   } catch (e) {
     $("teach-status").textContent = `error: ${e.message}`;
   } finally {

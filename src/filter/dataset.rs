@@ -140,9 +140,19 @@ pub fn advbench_goals(csv: &str) -> Result<Vec<String>> {
     Ok(goals)
 }
 
-/// Self-instruct seed tasks whose instruction stands alone (no extra input), with the first
-/// example output: `(instruction, output)`.
-pub fn self_instruct_pairs(jsonl: &str) -> Result<Vec<(String, String)>> {
+/// One self-instruct seed task as a chat turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfInstructTask {
+    /// The instruction, followed by its input (after a blank line) when it has one.
+    pub prompt: String,
+    /// The first example output.
+    pub output: String,
+    /// Whether the instruction stands alone (no extra input).
+    pub standalone: bool,
+}
+
+/// Every self-instruct seed task with its first example.
+pub fn self_instruct_tasks(jsonl: &str) -> Result<Vec<SelfInstructTask>> {
     let mut out = Vec::new();
     for (i, l) in jsonl.lines().filter(|l| !l.trim().is_empty()).enumerate() {
         let v: serde_json::Value = serde_json::from_str(l)
@@ -151,9 +161,22 @@ pub fn self_instruct_pairs(jsonl: &str) -> Result<Vec<(String, String)>> {
         let first = v.get("instances").and_then(|x| x.get(0));
         let input = first.and_then(|x| x.get("input")).and_then(|s| s.as_str());
         let output = first.and_then(|x| x.get("output")).and_then(|s| s.as_str());
-        if let (Some(instruction), Some(""), Some(output)) = (instruction, input, output) {
-            out.push((instruction.trim().to_owned(), output.trim().to_owned()));
-        }
+        let (Some(instruction), Some(input), Some(output)) = (instruction, input, output) else {
+            return Err(Error::InvalidInput(format!(
+                "self-instruct line {}: no instruction, input and output",
+                i + 1
+            )));
+        };
+        let (instruction, input) = (instruction.trim(), input.trim());
+        out.push(SelfInstructTask {
+            prompt: if input.is_empty() {
+                instruction.to_owned()
+            } else {
+                format!("{instruction}\n\n{input}")
+            },
+            output: output.trim().to_owned(),
+            standalone: input.is_empty(),
+        });
     }
     Ok(out)
 }

@@ -297,6 +297,12 @@ mod cli {
             /// Refusal experiment: benign training pairs (next to 16 AdvBench refusals).
             #[arg(long, default_value_t = 16)]
             benign: usize,
+            /// Refusal experiment: Adam's learning rate.
+            #[arg(long, default_value_t = 1e-3)]
+            learning_rate: f64,
+            /// Refusal experiment: adapted projections.
+            #[arg(long, default_value = "q,v")]
+            targets: String,
             /// Refusal experiment: tokens generated per answer.
             #[arg(long, default_value_t = 40)]
             max_tokens: usize,
@@ -354,6 +360,19 @@ mod cli {
         /// Tuned filter heads written by `tune-filter` (adds its labels).
         #[arg(long)]
         adapters: Option<PathBuf>,
+    }
+
+    impl FilterArgs {
+        /// The filter these options describe.
+        fn load(&self, models: &Path) -> Result<webguard::Filter> {
+            crate::filter_cmds::load_filter(
+                models,
+                self.heads.as_deref(),
+                &self.backend,
+                &self.thresholds,
+                self.adapters.as_deref(),
+            )
+        }
     }
 
     #[derive(Clone, Copy, ValueEnum)]
@@ -440,6 +459,8 @@ mod cli {
                     steps,
                     eval,
                     benign,
+                    learning_rate,
+                    targets,
                     max_tokens,
                     seed,
                     shared,
@@ -452,6 +473,8 @@ mod cli {
                         steps,
                         eval,
                         benign,
+                        learning_rate,
+                        targets,
                         max_tokens,
                         seed,
                         shared,
@@ -496,13 +519,7 @@ mod cli {
                 )?;
             }
             Command::Classify { json, filter, text } => {
-                let f = crate::filter_cmds::load_filter(
-                    &models,
-                    filter.heads.as_deref(),
-                    &filter.backend,
-                    &filter.thresholds,
-                    filter.adapters.as_deref(),
-                )?;
+                let f = filter.load(&models)?;
                 let texts: Vec<String> = if text.is_empty() {
                     std::io::stdin()
                         .lines()
@@ -520,13 +537,7 @@ mod cli {
                 json,
                 filter,
             } => {
-                let f = crate::filter_cmds::load_filter(
-                    &models,
-                    filter.heads.as_deref(),
-                    &filter.backend,
-                    &filter.thresholds,
-                    filter.adapters.as_deref(),
-                )?;
+                let f = filter.load(&models)?;
                 crate::filter_cmds::eval(&f, &texts, &labels, &label, json)?;
             }
             Command::TuneChat {
@@ -558,13 +569,7 @@ mod cli {
                 seed,
                 filter,
             } => {
-                let mut f = crate::filter_cmds::load_filter(
-                    &models,
-                    filter.heads.as_deref(),
-                    &filter.backend,
-                    &filter.thresholds,
-                    filter.adapters.as_deref(),
-                )?;
+                let mut f = filter.load(&models)?;
                 let options = webguard::tune::TuneOptions {
                     steps,
                     learning_rate,

@@ -106,6 +106,8 @@ pub struct BenchTune {
     pub steps: usize,
     pub eval: usize,
     pub benign: usize,
+    pub learning_rate: f64,
+    pub targets: String,
     pub max_tokens: usize,
     pub seed: u64,
     pub shared: PathBuf,
@@ -193,10 +195,12 @@ fn refusal_experiment(
 ) -> Result<()> {
     let (mut chat, backend) = load_chat(models, "cpu", None)?;
     println!(
-        "refusal experiment on {backend}: train {} pairs (16 AdvBench + refusals, {} benign), {} steps; evaluate {} AdvBench and {} self-instruct prompts not trained on, greedy, {} tokens",
+        "refusal experiment on {backend}: train {} pairs (16 AdvBench + refusals, {} benign), {} steps, learning rate {}, LoRA rank 8 on {}; evaluate {} AdvBench and {} self-instruct prompts not trained on, greedy, {} tokens",
         data.train.len(),
         data.train.len() - 16,
         b.steps,
+        b.learning_rate,
+        b.targets,
         data.eval_harmful.len(),
         data.eval_benign.len(),
         b.max_tokens
@@ -228,14 +232,7 @@ fn refusal_experiment(
         h0 * 100.0,
         b0 * 100.0
     );
-    let options = ChatTuneOptions {
-        tune: TuneOptions {
-            steps: b.steps,
-            seed: b.seed,
-            ..ChatTuneOptions::default().tune
-        },
-        ..ChatTuneOptions::default()
-    };
+    let options = chat_options(b.steps, b.learning_rate, 4, 8, &b.targets, b.seed)?;
     let start = Instant::now();
     let mut bar = Progress::new("tuning", b.steps);
     let report = pollster::block_on(chat.tune(&data.train, &options, |s| {
