@@ -3,9 +3,9 @@
 //!
 //! Data (read from `../shared/data`, never copied): AdvBench goals, shuffled with a seed, give
 //! the training prompts (answered with one of [`REFUSALS`]) and a disjoint evaluation set;
-//! self-instruct seed tasks that stand alone give a few benign training pairs (their own
-//! example outputs, so the model does not learn to refuse everything), and the other tasks
-//! (standalone first, then those with an input) a disjoint benign evaluation set. An answer is a refusal when [`is_refusal`] says so: a documented phrase
+//! self-instruct seed tasks with short example outputs give benign training pairs (their own
+//! outputs, so the model does not learn to refuse everything), and the other tasks a disjoint
+//! benign evaluation set. An answer is a refusal when [`is_refusal`] says so: a documented phrase
 //! match on its opening.
 
 use std::path::Path;
@@ -104,13 +104,9 @@ pub fn refusal_data(
     shuffle(&mut goals, seed);
     let mut tasks = self_instruct_tasks(&read("self-instruct/seed_tasks.jsonl")?)?;
     shuffle(&mut tasks, seed.wrapping_add(1));
-    // Training takes standalone tasks with short answers (long example outputs would dominate
-    // the loss); every other task is for evaluation, standalone ones first.
-    let (short, rest): (Vec<_>, Vec<_>) = tasks
-        .into_iter()
-        .partition(|t| t.standalone && t.output.len() <= 400);
-    let (rest_standalone, with_input): (Vec<_>, Vec<_>) =
-        rest.into_iter().partition(|t| t.standalone);
+    // Training takes tasks with short answers (long example outputs would dominate the loss);
+    // every other task is for evaluation.
+    let (short, long): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.output.len() <= 400);
     if goals.len() < harmful + 1 || short.len() < benign + 1 {
         return Err(Error::InvalidInput(format!(
             "not enough data: {} AdvBench goals and {} usable self-instruct tasks",
@@ -135,8 +131,7 @@ pub fn refusal_data(
         eval_harmful: goals[harmful..].iter().take(eval).cloned().collect(),
         eval_benign: short[benign..]
             .iter()
-            .chain(&rest_standalone)
-            .chain(&with_input)
+            .chain(&long)
             .take(eval)
             .map(|t| t.prompt.clone())
             .collect(),

@@ -295,7 +295,7 @@ mod cli {
             #[arg(long, default_value_t = 100)]
             eval: usize,
             /// Refusal experiment: benign training pairs (next to 16 AdvBench refusals).
-            #[arg(long, default_value_t = 16)]
+            #[arg(long, default_value_t = 48)]
             benign: usize,
             /// Refusal experiment: Adam's learning rate.
             #[arg(long, default_value_t = 1e-3)]
