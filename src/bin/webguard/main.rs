@@ -282,7 +282,7 @@ mod cli {
             /// Backends to measure: cpu, gpu or both.
             #[arg(long, default_value = "cpu,gpu")]
             backends: String,
-            /// Chat tuning steps timed per backend.
+            /// Chat tuning steps timed per backend (0 skips chat tuning).
             #[arg(long, default_value_t = 5)]
             chat_steps: usize,
             /// Run the refusal experiment (CPU; several minutes).

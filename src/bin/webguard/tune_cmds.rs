@@ -154,6 +154,9 @@ pub fn bench(models: &Path, b: &BenchTune) -> Result<()> {
             total
         );
         // Chat: the first step is warm-up (kernel compilation on a GPU).
+        if b.chat_steps == 0 {
+            continue;
+        }
         let (mut chat, _) = load_chat(models, name.trim(), None)?;
         let mut step_ms = Vec::new();
         pollster::block_on(chat.tune(&data.train, &chat_options, |s| {
