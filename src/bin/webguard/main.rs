@@ -303,6 +303,10 @@ mod cli {
             /// Refusal experiment: adapted projections.
             #[arg(long, default_value = "q,v")]
             targets: String,
+            /// Refusal experiment: train the benign pairs on the base model's own answers
+            /// instead of the dataset's (keeps its benign behaviour as it was).
+            #[arg(long)]
+            self_distill: bool,
             /// Refusal experiment: tokens generated per answer.
             #[arg(long, default_value_t = 40)]
             max_tokens: usize,
@@ -461,6 +465,7 @@ mod cli {
                     benign,
                     learning_rate,
                     targets,
+                    self_distill,
                     max_tokens,
                     seed,
                     shared,
@@ -475,6 +480,7 @@ mod cli {
                         benign,
                         learning_rate,
                         targets,
+                        self_distill,
                         max_tokens,
                         seed,
                         shared,

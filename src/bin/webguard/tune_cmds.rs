@@ -108,6 +108,7 @@ pub struct BenchTune {
     pub benign: usize,
     pub learning_rate: f64,
     pub targets: String,
+    pub self_distill: bool,
     pub max_tokens: usize,
     pub seed: u64,
     pub shared: PathBuf,
@@ -235,10 +236,29 @@ fn refusal_experiment(
         h0 * 100.0,
         b0 * 100.0
     );
+    let mut train = data.train.clone();
+    if b.self_distill {
+        // The benign pairs keep the base model's own answers, so tuning teaches when to refuse
+        // without pulling the rest of its behaviour anywhere (a refusal it gave stays the
+        // dataset's answer instead).
+        let prompts: Vec<String> = train[16..].iter().map(|p| p.prompt.clone()).collect();
+        let (_, answers) = refusal_rate(&chat, &prompts, 96, |_| ())?;
+        let mut kept = 0;
+        for (pair, answer) in train[16..].iter_mut().zip(answers) {
+            if !webguard::tune::refusals::is_refusal(&answer) && !answer.trim().is_empty() {
+                pair.response = answer;
+                kept += 1;
+            }
+        }
+        println!(
+            "  self-distilled: {kept} of {} benign answers are the base model's own",
+            prompts.len()
+        );
+    }
     let options = chat_options(b.steps, b.learning_rate, 4, 8, &b.targets, b.seed)?;
     let start = Instant::now();
     let mut bar = Progress::new("tuning", b.steps);
-    let report = pollster::block_on(chat.tune(&data.train, &options, |s| {
+    let report = pollster::block_on(chat.tune(&train, &options, |s| {
         bar.update(s.step, &format!("loss {:.3}", s.loss));
         true
     }))?;
