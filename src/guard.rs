@@ -15,7 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::filter::{Filter, Verdict};
+use crate::filter::{Filter, Verdict, score_map};
 use crate::generate::{GenerateOptions, Generator, StopReason};
 use crate::models::llama::Llama;
 use crate::text::Tokenizer;
@@ -146,12 +146,7 @@ impl Policy {
     /// Applies the rules to one text's scores (label order).
     pub fn screen(&self, scores: &[f32]) -> Screening {
         let mut s = Screening {
-            scores: self
-                .labels
-                .iter()
-                .cloned()
-                .zip(scores.iter().copied())
-                .collect(),
+            scores: score_map(&self.labels, scores),
             blocked: Vec::new(),
             warned: Vec::new(),
         };
@@ -169,24 +164,7 @@ impl Policy {
 
     /// A filter verdict under these thresholds (labels flagged whatever their action).
     pub fn verdict(&self, scores: &[f32]) -> Verdict {
-        let labels: Vec<String> = self
-            .labels
-            .iter()
-            .zip(&self.rules)
-            .zip(scores)
-            .filter(|((_, r), s)| **s >= r.threshold)
-            .map(|((l, _), _)| l.clone())
-            .collect();
-        Verdict {
-            scores: self
-                .labels
-                .iter()
-                .cloned()
-                .zip(scores.iter().copied())
-                .collect(),
-            flagged: !labels.is_empty(),
-            labels,
-        }
+        Verdict::new(&self.labels, scores, &self.thresholds())
     }
 
     /// Why `screening` blocks, in words (`None` when it does not).
@@ -295,6 +273,26 @@ impl ChatModel {
             tokenizer,
             end_tokens,
         })
+    }
+}
+
+impl ChatModel {
+    /// An unmoderated answer to one user message: `prompt` rendered through the chat template
+    /// and generated with `options` (the refusal experiment and tests compare raw answers).
+    pub async fn answer(&self, prompt: &str, options: &GenerateOptions) -> Result<String> {
+        let ids = self
+            .tokenizer
+            .encode(&render(&[Message::new("user", prompt)], true)?)?;
+        let g = crate::generate::generate(
+            &self.model,
+            &self.tokenizer,
+            &ids,
+            &self.end_tokens,
+            options,
+            |_| true,
+        )
+        .await?;
+        Ok(g.text)
     }
 }
 

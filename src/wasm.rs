@@ -26,6 +26,12 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
+/// The backend named `choice` (`"auto"`, `"webgpu"` or `"cpu"`), set up.
+async fn init_backend(choice: &str) -> Result<Backend, JsError> {
+    let choice: BackendChoice = choice.parse().map_err(js_err)?;
+    Backend::init(choice).await.map_err(js_err)
+}
+
 /// The crate version.
 #[wasm_bindgen]
 pub fn version() -> String {
@@ -76,8 +82,7 @@ pub(crate) async fn webgpu_available() -> Result<String, String> {
 /// 16 numbers (see `probe_computation` in the Rust docs).
 #[wasm_bindgen(js_name = probeBackend)]
 pub async fn probe_backend(choice: String) -> Result<JsValue, JsError> {
-    let choice: BackendChoice = choice.parse().map_err(js_err)?;
-    let backend = Backend::init(choice).await.map_err(js_err)?;
+    let backend = init_backend(&choice).await?;
     let check = probe_computation(&backend.device).await.map_err(js_err)?;
     let out = js_sys::Object::new();
     let kind = match backend.kind {
@@ -193,8 +198,7 @@ impl WasmFilter {
         model_safetensors: Vec<u8>,
         heads_safetensors: Vec<u8>,
     ) -> Result<WasmFilter, JsError> {
-        let choice: BackendChoice = backend.parse().map_err(js_err)?;
-        let backend = Backend::init(choice).await.map_err(js_err)?;
+        let backend = init_backend(&backend).await?;
         let inner = crate::filter::Filter::new(
             &tokenizer_json,
             &config_json,
@@ -351,8 +355,7 @@ fn js_generate_options(options: JsValue) -> Result<crate::generate::GenerateOpti
 impl WasmChat {
     /// Sets up `backend` (`"auto"`, `"webgpu"` or `"cpu"`) and loads SmolLM2 from its GGUF bytes.
     pub async fn create(backend: String, gguf: Vec<u8>) -> Result<WasmChat, JsError> {
-        let choice: BackendChoice = backend.parse().map_err(js_err)?;
-        let backend = Backend::init(choice).await.map_err(js_err)?;
+        let backend = init_backend(&backend).await?;
         let chat = load_chat(&gguf, &backend)?;
         Ok(WasmChat {
             chat: Rc::new(chat),
@@ -488,8 +491,7 @@ impl WasmGuard {
         heads_safetensors: Vec<u8>,
         gguf: Option<Vec<u8>>,
     ) -> Result<WasmGuard, JsError> {
-        let choice: BackendChoice = backend.parse().map_err(js_err)?;
-        let backend = Backend::init(choice).await.map_err(js_err)?;
+        let backend = init_backend(&backend).await?;
         let filter = crate::filter::Filter::new(
             &tokenizer_json,
             &config_json,

@@ -7,7 +7,7 @@ mod common;
 use burn::module::Module;
 use burn::tensor::Device;
 use webguard::filter::read_f32;
-use webguard::generate::{GenerateOptions, generate};
+use webguard::generate::GenerateOptions;
 use webguard::guard::ChatModel;
 use webguard::models::lora::{Lora, LoraConfig, Projection};
 use webguard::text::chat_template::{Message, render};
@@ -22,24 +22,11 @@ fn chat_model() -> ChatModel {
 }
 
 fn answer(chat: &ChatModel, prompt: &str) -> String {
-    let ids = chat
-        .tokenizer
-        .encode(&render(&[Message::new("user", prompt)], true).unwrap())
-        .unwrap();
     let options = GenerateOptions {
         max_new_tokens: 24,
         ..GenerateOptions::default()
     };
-    pollster::block_on(generate(
-        &chat.model,
-        &chat.tokenizer,
-        &ids,
-        &chat.end_tokens,
-        &options,
-        |_| true,
-    ))
-    .unwrap()
-    .text
+    pollster::block_on(chat.answer(prompt, &options)).unwrap()
 }
 
 #[test]

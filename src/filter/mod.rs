@@ -46,6 +46,28 @@ pub struct Verdict {
     pub flagged: bool,
 }
 
+impl Verdict {
+    /// The verdict for `scores` under per-label `thresholds` (all in `labels` order).
+    pub fn new(labels: &[String], scores: &[f32], thresholds: &[f32]) -> Self {
+        let flagged: Vec<String> = labels
+            .iter()
+            .zip(scores.iter().zip(thresholds))
+            .filter(|(_, (s, t))| s >= t)
+            .map(|(l, _)| l.clone())
+            .collect();
+        Verdict {
+            scores: score_map(labels, scores),
+            flagged: !flagged.is_empty(),
+            labels: flagged,
+        }
+    }
+}
+
+/// Scores keyed by label.
+pub fn score_map(labels: &[String], scores: &[f32]) -> BTreeMap<String, f32> {
+    labels.iter().cloned().zip(scores.iter().copied()).collect()
+}
+
 pub use crate::backend::read_f32;
 
 /// The encoder and the heads, ready to classify.
@@ -263,24 +285,6 @@ impl Filter {
 
     /// The verdict for one text's scores under the given per-label thresholds.
     pub fn verdict_with(&self, scores: &[f32], thresholds: &[f32]) -> Verdict {
-        let labels: Vec<String> = self
-            .info
-            .labels
-            .iter()
-            .zip(scores.iter().zip(thresholds))
-            .filter(|(_, (s, t))| s >= t)
-            .map(|(l, _)| l.clone())
-            .collect();
-        Verdict {
-            scores: self
-                .info
-                .labels
-                .iter()
-                .cloned()
-                .zip(scores.iter().copied())
-                .collect(),
-            flagged: !labels.is_empty(),
-            labels,
-        }
+        Verdict::new(&self.info.labels, scores, thresholds)
     }
 }

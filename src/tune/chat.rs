@@ -20,7 +20,7 @@ use crate::guard::ChatModel;
 use crate::models::llama::Adapters;
 use crate::models::lora::{Lora, LoraConfig, LoraFactors, Projection};
 use crate::text::chat_template::{Message, render};
-use crate::tune::{Step, TuneOptions, now_ms};
+use crate::tune::{Step, TuneOptions, now_ms, report_step, step_loss};
 use crate::weights::safetensors::SafetensorsFile;
 
 /// One example answer.
@@ -145,17 +145,7 @@ impl ChatModel {
                 batch.push(&tokens[order.pop().unwrap_or(0)]);
             }
             let loss = self.response_loss(&batch, &lora, &options.lora, &ad)?;
-            let value = read_f32(loss.clone())
-                .await?
-                .first()
-                .copied()
-                .unwrap_or(f32::NAN);
-            if !value.is_finite() {
-                return Err(Error::InvalidInput(format!(
-                    "tuning diverged at step {step} (loss {value}); try a smaller learning \
-                     rate. The model is unchanged."
-                )));
-            }
+            let value = step_loss(loss.clone(), step, "The model").await?;
             if step == 1 {
                 first_loss = value;
             }
@@ -168,12 +158,7 @@ impl ChatModel {
                 loss: value,
                 millis: now_ms() - started,
             };
-            if !on_step(&report) {
-                return Err(Error::Cancelled(format!(
-                    "tuning stopped at step {step} of {}; the model is unchanged",
-                    options.tune.steps
-                )));
-            }
+            report_step(report, "The model", &mut on_step)?;
         }
         self.model.set_adapters(Some(Adapters {
             config: options.lora.clone(),

@@ -19,7 +19,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::error::{Error, Result};
 use crate::filter::heads::{Head, Heads, TUNED_FORMAT};
 use crate::filter::{Filter, read_f32};
-use crate::tune::{Step, TuneOptions, now_ms};
+use crate::tune::{Step, TuneOptions, now_ms, report_step, step_loss};
 
 /// One labelled text: `value` says whether `label` applies to `text`.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -189,17 +189,7 @@ impl Filter {
                 .map(|(head, (x, y, w))| weighted_bce(head.logits(x.clone()), y.clone(), w.clone()))
                 .collect();
             let loss = Tensor::cat(losses, 0).mean();
-            final_loss = read_f32(loss.clone())
-                .await?
-                .first()
-                .copied()
-                .unwrap_or(f32::NAN);
-            if !final_loss.is_finite() {
-                return Err(Error::InvalidInput(format!(
-                    "tuning diverged at step {step} (loss {final_loss}); try a smaller learning \
-                     rate. The filter is unchanged."
-                )));
-            }
+            final_loss = step_loss(loss.clone(), step, "The filter").await?;
             let grads = GradientsParams::from_grads(loss.backward(), &tuned);
             tuned = optim.step(options.learning_rate, tuned, grads);
             let report = Step {
@@ -208,12 +198,7 @@ impl Filter {
                 loss: final_loss,
                 millis: now_ms() - started,
             };
-            if !on_step(&report) {
-                return Err(Error::Cancelled(format!(
-                    "tuning stopped at step {step} of {}; the filter is unchanged",
-                    options.steps
-                )));
-            }
+            report_step(report, "The filter", &mut on_step)?;
         }
 
         // Install: the tuned heads replace or extend a copy of the current ones.
@@ -297,11 +282,10 @@ impl Filter {
                 base.width()
             )));
         }
-        let want = format!("{:016x}", base.fingerprint().await?);
+        let base_print = base.fingerprint().await?;
+        let want = format!("{base_print:016x}");
         let got = info.provenance.get("base_fingerprint").cloned();
-        if got.as_deref() != Some(want.as_str())
-            || heads.fingerprint().await? != base.fingerprint().await?
-        {
+        if got.as_deref() != Some(want.as_str()) || heads.fingerprint().await? != base_print {
             return Err(Error::InvalidInput(format!(
                 "these adapters were tuned from other filter heads (base {}, this filter's \
                  {want})",

@@ -80,6 +80,46 @@ pub struct Step {
     pub millis: f64,
 }
 
+/// The loss of a step, read back (asynchronously: WebGPU needs it); a non-finite loss ends the
+/// run with an error saying `what` (e.g. "the filter") is unchanged.
+pub(crate) async fn step_loss(
+    loss: burn::tensor::Tensor<1>,
+    step: usize,
+    what: &str,
+) -> Result<f32> {
+    let value = crate::backend::read_f32(loss)
+        .await?
+        .first()
+        .copied()
+        .unwrap_or(f32::NAN);
+    if !value.is_finite() {
+        return Err(Error::InvalidInput(format!(
+            "tuning diverged at step {step} (loss {value}); try a smaller learning rate. {what} \
+             is unchanged."
+        )));
+    }
+    Ok(value)
+}
+
+/// Hands the finished step to `on_step`; its `false` ends the run with a cancellation error
+/// saying `what` is unchanged.
+pub(crate) fn report_step(
+    step: Step,
+    what: &str,
+    on_step: &mut impl FnMut(&Step) -> bool,
+) -> Result<()> {
+    if on_step(&step) {
+        Ok(())
+    } else {
+        Err(Error::Cancelled(format!(
+            "tuning stopped at step {} of {}; {} is unchanged",
+            step.step,
+            step.steps,
+            what.to_lowercase()
+        )))
+    }
+}
+
 /// Milliseconds from an arbitrary origin (`Instant` does not exist on wasm32).
 pub(crate) fn now_ms() -> f64 {
     #[cfg(target_arch = "wasm32")]

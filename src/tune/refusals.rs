@@ -13,9 +13,8 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::filter::dataset::{advbench_goals, self_instruct_tasks};
 use crate::filter::train::shuffle;
-use crate::generate::{GenerateOptions, generate};
+use crate::generate::GenerateOptions;
 use crate::guard::ChatModel;
-use crate::text::chat_template::{Message, render};
 use crate::tune::chat::ChatPair;
 
 /// The answers taught for harmful requests (written for this project).
@@ -151,18 +150,7 @@ pub fn refusal_rate(
     };
     let mut answers = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
-        let ids = chat
-            .tokenizer
-            .encode(&render(&[Message::new("user", p)], true)?)?;
-        let g = pollster::block_on(generate(
-            &chat.model,
-            &chat.tokenizer,
-            &ids,
-            &chat.end_tokens,
-            &options,
-            |_| true,
-        ))?;
-        answers.push(g.text);
+        answers.push(pollster::block_on(chat.answer(p, &options))?);
         progress(i + 1);
     }
     let refusals = answers.iter().filter(|a| is_refusal(a)).count();

@@ -279,43 +279,8 @@ mod cli {
         /// with `--refusals`, the refusal experiment (see `tune/refusals.rs`): AdvBench and
         /// self-instruct refusal rates before and after tuning on 16 refusals + benign pairs.
         Tune {
-            /// Backends to measure: cpu, gpu or both.
-            #[arg(long, default_value = "cpu,gpu")]
-            backends: String,
-            /// Chat tuning steps timed per backend (0 skips chat tuning).
-            #[arg(long, default_value_t = 5)]
-            chat_steps: usize,
-            /// Run the refusal experiment (CPU; several minutes).
-            #[arg(long)]
-            refusals: bool,
-            /// Refusal experiment: tuning steps.
-            #[arg(long, default_value_t = 50)]
-            steps: usize,
-            /// Refusal experiment: prompts of each kind evaluated.
-            #[arg(long, default_value_t = 100)]
-            eval: usize,
-            /// Refusal experiment: benign training pairs (next to 16 AdvBench refusals).
-            #[arg(long, default_value_t = 48)]
-            benign: usize,
-            /// Refusal experiment: Adam's learning rate.
-            #[arg(long, default_value_t = 1e-3)]
-            learning_rate: f64,
-            /// Refusal experiment: adapted projections.
-            #[arg(long, default_value = "q,v")]
-            targets: String,
-            /// Refusal experiment: train the benign pairs on the base model's own answers
-            /// instead of the dataset's (keeps its benign behaviour as it was).
-            #[arg(long)]
-            self_distill: bool,
-            /// Refusal experiment: tokens generated per answer.
-            #[arg(long, default_value_t = 40)]
-            max_tokens: usize,
-            /// Seed of the data split, the adapters and the order.
-            #[arg(long, default_value_t = 0)]
-            seed: u64,
-            /// The shared data folder.
-            #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"))]
-            shared: PathBuf,
+            #[command(flatten)]
+            args: crate::tune_cmds::BenchTune,
         },
         /// The whole filter (tokenize, window, encode, pool, heads) on texts of a fixed token
         /// length: texts/s per batch size and backend, next to the same filter in PyTorch
@@ -456,36 +421,7 @@ mod cli {
                     new_tokens,
                     python.as_deref(),
                 )?,
-                BenchWhat::Tune {
-                    backends,
-                    chat_steps,
-                    refusals,
-                    steps,
-                    eval,
-                    benign,
-                    learning_rate,
-                    targets,
-                    self_distill,
-                    max_tokens,
-                    seed,
-                    shared,
-                } => crate::tune_cmds::bench(
-                    &models,
-                    &crate::tune_cmds::BenchTune {
-                        backends,
-                        chat_steps,
-                        refusals,
-                        steps,
-                        eval,
-                        benign,
-                        learning_rate,
-                        targets,
-                        self_distill,
-                        max_tokens,
-                        seed,
-                        shared,
-                    },
-                )?,
+                BenchWhat::Tune { args } => crate::tune_cmds::bench(&models, &args)?,
                 BenchWhat::Filter { args, heads } => bench::run(
                     bench::Subject::Filter(
                         heads.unwrap_or_else(webguard::Filter::default_heads_path),
@@ -582,7 +518,7 @@ mod cli {
                     seed,
                     ..Default::default()
                 };
-                crate::filter_cmds::tune(&mut f, &examples, &options, &out)?;
+                crate::tune_cmds::tune_filter(&mut f, &examples, &options, &out)?;
             }
             Command::TrainFilter {
                 data,

@@ -63,6 +63,38 @@ fn jsonl<T: serde::de::DeserializeOwned>(path: &Path, shape: &str) -> Result<Vec
         .collect()
 }
 
+/// `tune-filter`: examples from JSONL, a line per step, adapters written to `out`.
+pub fn tune_filter(
+    filter: &mut Filter,
+    examples: &Path,
+    options: &TuneOptions,
+    out: &Path,
+) -> Result<()> {
+    let examples: Vec<LabelExample> = jsonl(examples, r#"{"text", "label", "value"}"#)?;
+    let report = pollster::block_on(filter.tune(&examples, options, |s| {
+        eprintln!(
+            "step {:>4}/{}  loss {:.5}  {:.0} ms",
+            s.step, s.steps, s.loss, s.millis
+        );
+        true
+    }))?;
+    let bytes = pollster::block_on(filter.export_adapters())?;
+    std::fs::write(out, &bytes).map_err(|e| Error::io(out, e))?;
+    let new = if report.new_labels.is_empty() {
+        "none".to_string()
+    } else {
+        report.new_labels.join(", ")
+    };
+    eprintln!(
+        "tuned {} (new: {new}) on {} examples; wrote {} ({} bytes); use with --adapters",
+        report.labels.join(", "),
+        report.examples,
+        out.display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
 /// `tune-chat`: pairs from JSONL, a line per step, adapters written to `out`.
 pub fn tune_chat(
     models: &Path,
@@ -99,19 +131,45 @@ pub fn tune_chat(
 }
 
 /// `bench tune` settings.
+#[derive(clap::Args)]
 pub struct BenchTune {
-    pub backends: String,
-    pub chat_steps: usize,
-    pub refusals: bool,
-    pub steps: usize,
-    pub eval: usize,
-    pub benign: usize,
-    pub learning_rate: f64,
-    pub targets: String,
-    pub self_distill: bool,
-    pub max_tokens: usize,
-    pub seed: u64,
-    pub shared: PathBuf,
+    /// Backends to measure: cpu, gpu or both.
+    #[arg(long, default_value = "cpu,gpu")]
+    backends: String,
+    /// Chat tuning steps timed per backend (0 skips chat tuning).
+    #[arg(long, default_value_t = 5)]
+    chat_steps: usize,
+    /// Run the refusal experiment (CPU; several minutes).
+    #[arg(long)]
+    refusals: bool,
+    /// Refusal experiment: tuning steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Refusal experiment: prompts of each kind evaluated.
+    #[arg(long, default_value_t = 100)]
+    eval: usize,
+    /// Refusal experiment: benign training pairs (next to 16 AdvBench refusals).
+    #[arg(long, default_value_t = 48)]
+    benign: usize,
+    /// Refusal experiment: Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f64,
+    /// Refusal experiment: adapted projections.
+    #[arg(long, default_value = "q,v")]
+    targets: String,
+    /// Refusal experiment: train the benign pairs on the base model's own answers
+    /// instead of the dataset's (keeps its benign behaviour as it was).
+    #[arg(long)]
+    self_distill: bool,
+    /// Refusal experiment: tokens generated per answer.
+    #[arg(long, default_value_t = 40)]
+    max_tokens: usize,
+    /// Seed of the data split, the adapters and the order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The shared data folder.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"))]
+    shared: PathBuf,
 }
 
 /// The spoiler examples of tests/data/tune.
