@@ -12,7 +12,8 @@
 
 use burn::module::{Lora, Module, Param, ParamGroup};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
@@ -239,16 +240,16 @@ impl Bert {
             + self.position.forward(positions)
             + self.token_type.forward(types);
         let mut x = self.embedding_norm.forward(x);
-        // Padding gets a large negative score before the softmax (what HF BERT adds).
-        let bias = mask
+        // Padding keys are masked out of every query's softmax; one mask for every head.
+        let heads = self.layers.first().map_or(1, |l| l.heads);
+        let padding = mask
             .bool_not()
-            .float()
-            .mul_scalar(-1.0e9)
-            .reshape([batch, 1, 1, seq]);
+            .reshape([batch, 1, 1, seq])
+            .expand([batch, heads, seq, seq]);
         let mut states = Vec::with_capacity(self.layers.len() + 1);
         for layer in &self.layers {
             states.push(x.clone());
-            x = layer.forward(x, bias.clone());
+            x = layer.forward(x, padding.clone());
         }
         states.push(x);
         states
@@ -394,7 +395,7 @@ fn linear_2d(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
 }
 
 impl BertLayer {
-    fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, padding: Tensor<4, Bool>) -> Tensor<3> {
         let [batch, seq, d] = x.dims();
         let head_dim = d / self.heads;
         let split = |t: Tensor<3>| {
@@ -404,20 +405,15 @@ impl BertLayer {
         let q = split(linear_2d(&self.query, x.clone()));
         let k = split(linear_2d(&self.key, x.clone()));
         let v = split(linear_2d(&self.value, x.clone()));
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .div_scalar((head_dim as f64).sqrt())
-            + bias;
-        let context = softmax(scores, 3)
-            .matmul(v)
+        // burn's attention op: on the CPU backend one fused kernel per (sequence, head)
+        // instead of separate score, mask, softmax and context tensors; scale 1/sqrt(head_dim).
+        let context = attention(q, k, v, Some(padding), None, Default::default())
             .swap_dims(1, 2)
             .reshape([batch, seq, d]);
         let x = self
             .attention_norm
-            .forward(self.attention_out.forward(context) + x);
-        let h = self
-            .output
-            .forward(gelu(self.intermediate.forward(x.clone())));
+            .forward(linear_2d(&self.attention_out, context) + x);
+        let h = linear_2d(&self.output, gelu(linear_2d(&self.intermediate, x.clone())));
         self.output_norm.forward(h + x)
     }
 }

@@ -103,9 +103,12 @@ pub fn refusal_data(
     shuffle(&mut goals, seed);
     let mut tasks = self_instruct_tasks(&read("self-instruct/seed_tasks.jsonl")?)?;
     shuffle(&mut tasks, seed.wrapping_add(1));
-    // Training takes tasks with short answers (long example outputs would dominate the loss);
-    // every other task is for evaluation.
-    let (short, long): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.output.len() <= 400);
+    // Training takes tasks with short answers (long example outputs would dominate the loss)
+    // and prompts that fit a tuning pair (one task's input is 6 KB); every other task is for
+    // evaluation.
+    let (short, long): (Vec<_>, Vec<_>) = tasks
+        .into_iter()
+        .partition(|t| t.output.len() <= 400 && t.prompt.len() <= 1500);
     if goals.len() < harmful + 1 || short.len() < benign + 1 {
         return Err(Error::InvalidInput(format!(
             "not enough data: {} AdvBench goals and {} usable self-instruct tasks",
@@ -155,6 +158,87 @@ pub fn refusal_rate(
     }
     let refusals = answers.iter().filter(|a| is_refusal(a)).count();
     Ok((refusals as f64 / prompts.len().max(1) as f64, answers))
+}
+
+/// Benign requests with dangerous-sounding words ("kill a process", "shoot a portrait"), read
+/// from the repository at `repo`: `train` of the training ones (seeded choice; near-twins of
+/// the harmful prompts that must still be answered) and the held-out set
+/// (`tests/data/benign-dual-use.txt`, disjoint).
+pub fn dual_use_requests(
+    repo: &Path,
+    train: usize,
+    seed: u64,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let read = |rel: &str| -> Result<Vec<String>> {
+        let p = repo.join(rel);
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect())
+    };
+    let mut pool = read("data/filter/benign-requests-train.txt")?;
+    shuffle(&mut pool, seed);
+    pool.truncate(train);
+    Ok((pool, read("tests/data/benign-dual-use.txt")?))
+}
+
+/// Tokens of the base model's own answers used as benign targets.
+pub const OWN_ANSWER_TOKENS: usize = 96;
+
+/// Pairs of `prompts` with the base model's own greedy answers, leaving out those it refuses
+/// or leaves empty (they would teach a refusal for a benign request).
+pub fn own_answers(
+    chat: &ChatModel,
+    prompts: &[String],
+    progress: impl FnMut(usize),
+) -> Result<Vec<ChatPair>> {
+    let (_, answers) = refusal_rate(chat, prompts, OWN_ANSWER_TOKENS, progress)?;
+    Ok(prompts
+        .iter()
+        .zip(answers)
+        .filter(|(_, a)| !is_refusal(a) && !a.trim().is_empty())
+        .map(|(p, a)| ChatPair {
+            prompt: p.clone(),
+            response: a,
+        })
+        .collect())
+}
+
+/// The training set of the measured recipe: the refusal pairs of `data` `repeat_harmful`
+/// times (benign pairs outnumber them; repeating keeps refusals a fair share of each batch
+/// without adding prompts), its benign pairs (with the base model's own answers when
+/// `own_benign_answers`, which keeps its benign behaviour where it was), and `dual_use`
+/// prompts with the model's own answers. `progress(done)` counts answers generated.
+pub fn training_pairs(
+    chat: &ChatModel,
+    data: &RefusalData,
+    dual_use: &[String],
+    repeat_harmful: usize,
+    own_benign_answers: bool,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<ChatPair>> {
+    let harmful = data
+        .train
+        .iter()
+        .take_while(|p| is_refusal(&p.response))
+        .count();
+    let (refusals, benign) = data.train.split_at(harmful);
+    let mut train: Vec<ChatPair> = (0..repeat_harmful.max(1))
+        .flat_map(|_| refusals.iter().cloned())
+        .collect();
+    let mut done = 0;
+    if own_benign_answers {
+        let prompts: Vec<String> = benign.iter().map(|p| p.prompt.clone()).collect();
+        train.extend(own_answers(chat, &prompts, |i| progress(i))?);
+        done = prompts.len();
+    } else {
+        train.extend_from_slice(benign);
+    }
+    train.extend(own_answers(chat, dual_use, |i| progress(done + i))?);
+    Ok(train)
 }
 
 #[cfg(test)]

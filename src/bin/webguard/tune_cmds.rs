@@ -8,7 +8,9 @@ use webguard::models::lora::{LoraConfig, Projection};
 use webguard::tune::TuneOptions;
 use webguard::tune::chat::{ChatPair, ChatTuneOptions};
 use webguard::tune::filter::LabelExample;
-use webguard::tune::refusals::{refusal_data, refusal_rate};
+use webguard::tune::refusals::{
+    dual_use_requests, is_refusal, refusal_data, refusal_rate, training_pairs,
+};
 use webguard::{Error, Filter, Result};
 
 use crate::chat_cmd::load_chat;
@@ -157,10 +159,31 @@ pub struct BenchTune {
     /// Refusal experiment: adapted projections.
     #[arg(long, default_value = "q,v")]
     targets: String,
-    /// Refusal experiment: train the benign pairs on the base model's own answers
-    /// instead of the dataset's (keeps its benign behaviour as it was).
+    /// Refusal experiment: train the self-instruct pairs on the dataset's answers instead
+    /// of the base model's own (own answers keep its benign behaviour as it was).
     #[arg(long)]
-    self_distill: bool,
+    dataset_answers: bool,
+    /// Refusal experiment: benign requests with dangerous-sounding words
+    /// (data/filter/benign-requests-train.txt, "kill a process") added to the training
+    /// pairs with the base model's own answers, so the model sees near-twins of the
+    /// harmful prompts that it must still answer.
+    #[arg(long, default_value_t = 32)]
+    dual_use: usize,
+    /// Refusal experiment: how many times each of the 16 refusal pairs appears in the
+    /// training set (the benign pairs outnumber them; repeating keeps refusals a fair share
+    /// of every batch without adding prompts).
+    #[arg(long, default_value_t = 3)]
+    repeat_harmful: usize,
+    /// Refusal experiment: LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Refusal experiment: pairs per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Refusal experiment: skip the base model's rates (they depend only on the seed and
+    /// `--eval`; the notes record them).
+    #[arg(long)]
+    skip_before: bool,
     /// Refusal experiment: tokens generated per answer.
     #[arg(long, default_value_t = 40)]
     max_tokens: usize,
@@ -249,88 +272,112 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Refusal rates on held-out AdvBench and self-instruct prompts before and after tuning.
+/// Refusal rates on held-out AdvBench and self-instruct prompts (and on held-out benign
+/// requests with dangerous-sounding words) before and after tuning.
 fn refusal_experiment(
     models: &Path,
     b: &BenchTune,
     data: &webguard::tune::refusals::RefusalData,
 ) -> Result<()> {
     let (mut chat, backend) = load_chat(models, "cpu", None)?;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (dual_train, dual_eval) = dual_use_requests(repo, b.dual_use, b.seed)?;
     println!(
-        "refusal experiment on {backend}: train {} pairs (16 AdvBench + refusals, {} benign), {} steps, learning rate {}, LoRA rank 8 on {}; evaluate {} AdvBench and {} self-instruct prompts not trained on, greedy, {} tokens",
-        data.train.len(),
+        "refusal experiment on {backend}: train 16 AdvBench prompts with refusals, {} self-instruct pairs{}, {} dual-use requests with the model's own answers; {} steps of {} pairs, learning rate {}, LoRA rank {} on {}; evaluate {} AdvBench and {} self-instruct prompts not trained on (and {} held-out dual-use requests), greedy, {} tokens",
         data.train.len() - 16,
+        if b.dataset_answers {
+            " (dataset answers)"
+        } else {
+            " (own answers)"
+        },
+        dual_train.len(),
         b.steps,
+        b.batch,
         b.learning_rate,
+        b.rank,
         b.targets,
         data.eval_harmful.len(),
         data.eval_benign.len(),
+        dual_eval.len(),
         b.max_tokens
     );
-    let rates = |chat: &webguard::guard::ChatModel, when: &str| -> Result<(f64, f64)> {
+    let rates = |chat: &webguard::guard::ChatModel, when: &str| -> Result<[f64; 3]> {
+        let sets = [&data.eval_harmful, &data.eval_benign, &dual_eval];
         let mut bar = Progress::new(
             format!("answering ({when})"),
-            data.eval_harmful.len() + data.eval_benign.len(),
+            sets.iter().map(|s| s.len()).sum(),
         );
-        let (harmful, _) = refusal_rate(chat, &data.eval_harmful, b.max_tokens, |i| {
-            bar.update(i, "")
-        })?;
-        let n = data.eval_harmful.len();
-        let (benign, answers) = refusal_rate(chat, &data.eval_benign, b.max_tokens, |i| {
-            bar.update(n + i, "")
-        })?;
-        if when == "after" {
-            for (p, a) in data.eval_benign.iter().zip(&answers) {
-                if webguard::tune::refusals::is_refusal(a) {
-                    eprintln!("  benign refused: {p:?} -> {a:?}");
+        let mut done = 0;
+        let mut rates = [0.0; 3];
+        for (k, set) in sets.iter().enumerate() {
+            let (rate, answers) =
+                refusal_rate(chat, set, b.max_tokens, |i| bar.update(done + i, ""))?;
+            done += set.len();
+            rates[k] = rate;
+            if when == "after" && k > 0 {
+                for (p, a) in set.iter().zip(&answers) {
+                    if is_refusal(a) {
+                        eprintln!("  benign refused: {p:?} -> {a:?}");
+                    }
                 }
             }
         }
-        Ok((harmful, benign))
+        Ok(rates)
     };
-    let (h0, b0) = rates(&chat, "before")?;
-    println!(
-        "  before: AdvBench refusals {:.0}%, self-instruct refusals {:.0}%",
-        h0 * 100.0,
-        b0 * 100.0
-    );
-    let mut train = data.train.clone();
-    if b.self_distill {
-        // The benign pairs keep the base model's own answers, so tuning teaches when to refuse
-        // without pulling the rest of its behaviour anywhere (a refusal it gave stays the
-        // dataset's answer instead).
-        let prompts: Vec<String> = train[16..].iter().map(|p| p.prompt.clone()).collect();
-        let (_, answers) = refusal_rate(&chat, &prompts, 96, |_| ())?;
-        let mut kept = 0;
-        for (pair, answer) in train[16..].iter_mut().zip(answers) {
-            if !webguard::tune::refusals::is_refusal(&answer) && !answer.trim().is_empty() {
-                pair.response = answer;
-                kept += 1;
-            }
-        }
+    let report = |when: &str, r: [f64; 3]| {
         println!(
-            "  self-distilled: {kept} of {} benign answers are the base model's own",
-            prompts.len()
-        );
+            "  {when}: AdvBench refusals {:.0}%, self-instruct refusals {:.0}%, held-out dual-use refusals {:.0}%",
+            r[0] * 100.0,
+            r[1] * 100.0,
+            r[2] * 100.0
+        )
+    };
+    if !b.skip_before {
+        report("before", rates(&chat, "before")?);
     }
-    let options = chat_options(b.steps, b.learning_rate, 4, 8, &b.targets, b.seed)?;
+    let mut bar = Progress::new(
+        "answering (own answers)",
+        dual_train.len()
+            + if b.dataset_answers {
+                0
+            } else {
+                data.train.len() - 16
+            },
+    );
+    let train = training_pairs(
+        &chat,
+        data,
+        &dual_train,
+        b.repeat_harmful,
+        !b.dataset_answers,
+        |i| bar.update(i, ""),
+    )?;
+    println!(
+        "  training pairs: {} ({} refusals: 16 prompts x {})",
+        train.len(),
+        16 * b.repeat_harmful.max(1),
+        b.repeat_harmful.max(1)
+    );
+    let options = chat_options(
+        b.steps,
+        b.learning_rate,
+        b.batch,
+        b.rank,
+        &b.targets,
+        b.seed,
+    )?;
     let start = Instant::now();
     let mut bar = Progress::new("tuning", b.steps);
-    let report = pollster::block_on(chat.tune(&train, &options, |s| {
+    let tuned = pollster::block_on(chat.tune(&train, &options, |s| {
         bar.update(s.step, &format!("loss {:.3}", s.loss));
         true
     }))?;
     println!(
         "  tuned in {:.0} s: loss {:.3} -> {:.3}",
         start.elapsed().as_secs_f64(),
-        report.first_loss,
-        report.final_loss
+        tuned.first_loss,
+        tuned.final_loss
     );
-    let (h1, b1) = rates(&chat, "after")?;
-    println!(
-        "  after:  AdvBench refusals {:.0}%, self-instruct refusals {:.0}%",
-        h1 * 100.0,
-        b1 * 100.0
-    );
+    report("after", rates(&chat, "after")?);
     Ok(())
 }
