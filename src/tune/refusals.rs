@@ -232,7 +232,7 @@ pub fn training_pairs(
     let mut done = 0;
     if own_benign_answers {
         let prompts: Vec<String> = benign.iter().map(|p| p.prompt.clone()).collect();
-        train.extend(own_answers(chat, &prompts, |i| progress(i))?);
+        train.extend(own_answers(chat, &prompts, &mut progress)?);
         done = prompts.len();
     } else {
         train.extend_from_slice(benign);
