@@ -186,14 +186,16 @@ fn bad_input_and_cancellation_leave_the_model_unchanged() {
 /// benign tasks, where the base model refused none of the harmful ones. Several minutes.
 #[test]
 fn refusal_tuning_generalises_to_unseen_prompts() {
-    use webguard::tune::refusals::{dual_use_requests, refusal_data, refusal_rate, training_pairs};
+    use webguard::tune::refusals::{
+        HARMFUL_TRAIN_PROMPTS, dual_use_requests, refusal_data, refusal_rate, training_pairs,
+    };
     let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     if !shared.join("advbench").exists() {
         eprintln!("skipped: no ../shared/data here");
         return;
     }
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let data = refusal_data(&shared, 16, 48, 20, 0).unwrap();
+    let data = refusal_data(&shared, HARMFUL_TRAIN_PROMPTS, 48, 20, 0).unwrap();
     let (dual_use, _) = dual_use_requests(repo, 32, 0).unwrap();
     let mut chat = chat_model();
     let (before, _) = refusal_rate(&chat, &data.eval_harmful, 40, |_| ()).unwrap();

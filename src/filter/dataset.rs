@@ -105,6 +105,16 @@ fn split80<T>(mut items: Vec<T>, seed: u64) -> (Vec<T>, Vec<T>) {
     (items, val)
 }
 
+/// One request per non-empty line, trimmed (the format of `data/filter/benign-requests-train.txt`
+/// and `tests/data/benign-dual-use.txt`); lines starting with `#` are comments.
+pub fn request_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
 /// AdvBench goals (first CSV column; quoted fields with `""` escapes are handled).
 pub fn advbench_goals(csv: &str) -> Result<Vec<String>> {
     let mut goals = Vec::new();
@@ -285,15 +295,9 @@ impl Dataset {
             root: own.to_path_buf(),
             files: Vec::new(),
         };
-        for line in own_reader.read("benign-requests-train.txt")?.lines() {
-            if !line.trim().is_empty() {
-                d.train.push(example(
-                    line.trim().to_owned(),
-                    Some(false),
-                    Some(false),
-                    Some(false),
-                ));
-            }
+        for line in request_lines(&own_reader.read("benign-requests-train.txt")?) {
+            d.train
+                .push(example(line, Some(false), Some(false), Some(false)));
         }
         d.files = r.files;
         d.files.extend(

@@ -12,12 +12,12 @@
 
 use burn::module::{Lora, Module, Param, ParamGroup};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::models::gelu::gelu;
 use crate::weights::safetensors::SafetensorsFile;
 
 /// The parts of a BERT `config.json` the encoder needs.

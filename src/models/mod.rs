@@ -1,6 +1,7 @@
 //! The neural networks, as burn modules on a runtime-chosen device.
 
 pub mod bert;
+pub mod gelu;
 pub mod llama;
 pub mod lora;
 pub mod packed;

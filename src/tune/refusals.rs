@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::filter::dataset::{advbench_goals, self_instruct_tasks};
+use crate::filter::dataset::{advbench_goals, request_lines, self_instruct_tasks};
 use crate::filter::train::shuffle;
 use crate::generate::GenerateOptions;
 use crate::guard::ChatModel;
@@ -75,11 +75,16 @@ pub fn is_refusal(answer: &str) -> bool {
     REFUSAL_PHRASES.iter().any(|p| opening.contains(p))
 }
 
+/// Harmful training prompts in the measured recipe (the "16 AdvBench prompts").
+pub const HARMFUL_TRAIN_PROMPTS: usize = 16;
+
 /// Training pairs and evaluation prompts.
 #[derive(Debug, Clone)]
 pub struct RefusalData {
-    /// Harmful prompts with refusals, then benign pairs with their own answers.
-    pub train: Vec<ChatPair>,
+    /// Harmful training prompts, each with one of [`REFUSALS`].
+    pub refusals: Vec<ChatPair>,
+    /// Benign training prompts with their dataset answers.
+    pub benign: Vec<ChatPair>,
     /// Harmful prompts not in `train`.
     pub eval_harmful: Vec<String>,
     /// Benign prompts not in `train`.
@@ -116,7 +121,7 @@ pub fn refusal_data(
             short.len()
         )));
     }
-    let mut train: Vec<ChatPair> = goals[..harmful]
+    let refusals: Vec<ChatPair> = goals[..harmful]
         .iter()
         .enumerate()
         .map(|(i, g)| ChatPair {
@@ -124,12 +129,16 @@ pub fn refusal_data(
             response: REFUSALS[i % REFUSALS.len()].to_string(),
         })
         .collect();
-    train.extend(short[..benign].iter().map(|t| ChatPair {
-        prompt: t.prompt.clone(),
-        response: t.output.clone(),
-    }));
+    let benign_pairs = short[..benign]
+        .iter()
+        .map(|t| ChatPair {
+            prompt: t.prompt.clone(),
+            response: t.output.clone(),
+        })
+        .collect();
     Ok(RefusalData {
-        train,
+        refusals,
+        benign: benign_pairs,
         eval_harmful: goals[harmful..].iter().take(eval).cloned().collect(),
         eval_benign: short[benign..]
             .iter()
@@ -171,13 +180,9 @@ pub fn dual_use_requests(
 ) -> Result<(Vec<String>, Vec<String>)> {
     let read = |rel: &str| -> Result<Vec<String>> {
         let p = repo.join(rel);
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect())
+        Ok(request_lines(
+            &std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?,
+        ))
     };
     let mut pool = read("data/filter/benign-requests-train.txt")?;
     shuffle(&mut pool, seed);
@@ -220,22 +225,16 @@ pub fn training_pairs(
     own_benign_answers: bool,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<ChatPair>> {
-    let harmful = data
-        .train
-        .iter()
-        .take_while(|p| is_refusal(&p.response))
-        .count();
-    let (refusals, benign) = data.train.split_at(harmful);
     let mut train: Vec<ChatPair> = (0..repeat_harmful.max(1))
-        .flat_map(|_| refusals.iter().cloned())
+        .flat_map(|_| data.refusals.iter().cloned())
         .collect();
     let mut done = 0;
     if own_benign_answers {
-        let prompts: Vec<String> = benign.iter().map(|p| p.prompt.clone()).collect();
+        let prompts: Vec<String> = data.benign.iter().map(|p| p.prompt.clone()).collect();
         train.extend(own_answers(chat, &prompts, &mut progress)?);
         done = prompts.len();
     } else {
-        train.extend_from_slice(benign);
+        train.extend_from_slice(&data.benign);
     }
     train.extend(own_answers(chat, dual_use, |i| progress(done + i))?);
     Ok(train)
@@ -276,15 +275,15 @@ mod data_tests {
             return;
         }
         let d = refusal_data(&shared, 16, 16, 100, 0).unwrap();
-        assert_eq!(d.train.len(), 32);
+        assert_eq!((d.refusals.len(), d.benign.len()), (16, 16));
         assert_eq!(d.eval_harmful.len(), 100);
         assert!(d.eval_benign.len() >= 80, "{}", d.eval_benign.len());
-        for p in &d.train {
+        for p in d.refusals.iter().chain(&d.benign) {
             assert!(!d.eval_harmful.contains(&p.prompt) && !d.eval_benign.contains(&p.prompt));
         }
-        assert!(d.train[..16].iter().all(|p| is_refusal(&p.response)));
+        assert!(d.refusals.iter().all(|p| is_refusal(&p.response)));
         assert!(
-            d.train[16..].iter().all(|p| !is_refusal(&p.response)),
+            d.benign.iter().all(|p| !is_refusal(&p.response)),
             "benign answers comply"
         );
         assert_eq!(

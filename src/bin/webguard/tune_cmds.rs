@@ -9,7 +9,7 @@ use webguard::tune::TuneOptions;
 use webguard::tune::chat::{ChatPair, ChatTuneOptions};
 use webguard::tune::filter::LabelExample;
 use webguard::tune::refusals::{
-    dual_use_requests, is_refusal, refusal_data, refusal_rate, training_pairs,
+    HARMFUL_TRAIN_PROMPTS, dual_use_requests, is_refusal, refusal_data, refusal_rate, training_pairs,
 };
 use webguard::{Error, Filter, Result};
 
@@ -141,6 +141,10 @@ pub struct BenchTune {
     /// Chat tuning steps timed per backend (0 skips chat tuning).
     #[arg(long, default_value_t = 5)]
     chat_steps: usize,
+    /// Pairs per timed chat tuning step (AdvBench prompts with refusals, 40-60 tokens each
+    /// rendered; the same pairs in every backend and in the browser benchmark).
+    #[arg(long, default_value_t = 2)]
+    chat_batch: usize,
     /// Run the refusal experiment (CPU; several minutes).
     #[arg(long)]
     refusals: bool,
@@ -203,18 +207,22 @@ fn spoiler_examples() -> Result<Vec<LabelExample>> {
 
 pub fn bench(models: &Path, b: &BenchTune) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let data = refusal_data(&b.shared, 16, b.benign, b.eval, b.seed)?;
+    let data = refusal_data(&b.shared, HARMFUL_TRAIN_PROMPTS, b.benign, b.eval, b.seed)?;
     let chat_options = ChatTuneOptions {
         tune: TuneOptions {
             steps: b.chat_steps,
             seed: b.seed,
             ..ChatTuneOptions::default().tune
         },
+        batch_size: b.chat_batch,
         ..ChatTuneOptions::default()
     };
     println!(
-        "bench tune: {threads} threads; filter: a new label from 8 examples, 30 steps; chat: LoRA {:?} rank {}, batch {} pairs of the refusal training set",
-        chat_options.lora.targets, chat_options.lora.rank, chat_options.batch_size
+        "bench tune: {threads} threads; filter: a new label from 8 examples, 30 steps; chat: LoRA {:?} rank {}, batch {} of the {} AdvBench refusal pairs",
+        chat_options.lora.targets,
+        chat_options.lora.rank,
+        chat_options.batch_size,
+        data.refusals.len()
     );
     for name in b.backends.split(',') {
         let backend = Backend::init_blocking(name.trim().parse::<BackendChoice>()?)?;
@@ -241,7 +249,7 @@ pub fn bench(models: &Path, b: &BenchTune) -> Result<()> {
         }
         let (mut chat, _) = load_chat(models, name.trim(), None)?;
         let mut step_ms = Vec::new();
-        pollster::block_on(chat.tune(&data.train, &chat_options, |s| {
+        pollster::block_on(chat.tune(&data.refusals, &chat_options, |s| {
             step_ms.push(s.millis);
             true
         }))?;
@@ -251,7 +259,7 @@ pub fn bench(models: &Path, b: &BenchTune) -> Result<()> {
             median(timed),
             timed.len(),
             chat_options.batch_size,
-            data.train
+            data.refusals
                 .iter()
                 .map(|p| chat.tokenizer.encode(&p.prompt).map_or(0, |t| t.len())
                     + chat.tokenizer.encode(&p.response).map_or(0, |t| t.len())
@@ -283,8 +291,9 @@ fn refusal_experiment(
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (dual_train, dual_eval) = dual_use_requests(repo, b.dual_use, b.seed)?;
     println!(
-        "refusal experiment on {backend}: train 16 AdvBench prompts with refusals, {} self-instruct pairs{}, {} dual-use requests with the model's own answers; {} steps of {} pairs, learning rate {}, LoRA rank {} on {}; evaluate {} AdvBench and {} self-instruct prompts not trained on (and {} held-out dual-use requests), greedy, {} tokens",
-        data.train.len() - 16,
+        "refusal experiment on {backend}: train {} AdvBench prompts with refusals, {} self-instruct pairs{}, {} dual-use requests with the model's own answers; {} steps of {} pairs, learning rate {}, LoRA rank {} on {}; evaluate {} AdvBench and {} self-instruct prompts not trained on (and {} held-out dual-use requests), greedy, {} tokens",
+        data.refusals.len(),
+        data.benign.len(),
         if b.dataset_answers {
             " (dataset answers)"
         } else {
@@ -341,7 +350,7 @@ fn refusal_experiment(
             + if b.dataset_answers {
                 0
             } else {
-                data.train.len() - 16
+                data.benign.len()
             },
     );
     let train = training_pairs(
@@ -353,9 +362,10 @@ fn refusal_experiment(
         |i| bar.update(i, ""),
     )?;
     println!(
-        "  training pairs: {} ({} refusals: 16 prompts x {})",
+        "  training pairs: {} ({} refusals: {} prompts x {})",
         train.len(),
-        16 * b.repeat_harmful.max(1),
+        data.refusals.len() * b.repeat_harmful.max(1),
+        data.refusals.len(),
         b.repeat_harmful.max(1)
     );
     let options = chat_options(
