@@ -133,7 +133,10 @@ mod tests {
         let values: Vec<f32> = (0..3 * 1000).map(|i| (i as f32 - 1500.0) * 7e-3).collect();
         let x = Tensor::<2>::from_data(TensorData::new(values, [3, 1000]), &device);
         let ours = gelu(x.clone()).into_data().try_into_vec::<f32>().unwrap();
-        let burns = activation::gelu(x).into_data().try_into_vec::<f32>().unwrap();
+        let burns = activation::gelu(x)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         let worst = ours
             .iter()
             .zip(&burns)

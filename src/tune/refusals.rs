@@ -85,9 +85,9 @@ pub struct RefusalData {
     pub refusals: Vec<ChatPair>,
     /// Benign training prompts with their dataset answers.
     pub benign: Vec<ChatPair>,
-    /// Harmful prompts not in `train`.
+    /// Harmful prompts not in `refusals`.
     pub eval_harmful: Vec<String>,
-    /// Benign prompts not in `train`.
+    /// Benign prompts not in `benign`.
     pub eval_benign: Vec<String>,
 }
 

@@ -9,7 +9,8 @@ use webguard::tune::TuneOptions;
 use webguard::tune::chat::{ChatPair, ChatTuneOptions};
 use webguard::tune::filter::LabelExample;
 use webguard::tune::refusals::{
-    HARMFUL_TRAIN_PROMPTS, dual_use_requests, is_refusal, refusal_data, refusal_rate, training_pairs,
+    HARMFUL_TRAIN_PROMPTS, dual_use_requests, is_refusal, refusal_data, refusal_rate,
+    training_pairs,
 };
 use webguard::{Error, Filter, Result};
 
