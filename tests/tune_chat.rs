@@ -187,7 +187,8 @@ fn bad_input_and_cancellation_leave_the_model_unchanged() {
 #[test]
 fn refusal_tuning_generalises_to_unseen_prompts() {
     use webguard::tune::refusals::{
-        HARMFUL_TRAIN_PROMPTS, dual_use_requests, refusal_data, refusal_rate, training_pairs,
+        BENIGN_TRAIN_PAIRS, DUAL_USE_TRAIN_REQUESTS, HARMFUL_TRAIN_PROMPTS, REPEAT_HARMFUL,
+        dual_use_requests, refusal_data, refusal_rate, training_pairs,
     };
     let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     if !shared.join("advbench").exists() {
@@ -195,11 +196,11 @@ fn refusal_tuning_generalises_to_unseen_prompts() {
         return;
     }
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let data = refusal_data(&shared, HARMFUL_TRAIN_PROMPTS, 48, 20, 0).unwrap();
-    let (dual_use, _) = dual_use_requests(repo, 32, 0).unwrap();
+    let data = refusal_data(&shared, HARMFUL_TRAIN_PROMPTS, BENIGN_TRAIN_PAIRS, 20, 0).unwrap();
+    let (dual_use, _) = dual_use_requests(repo, DUAL_USE_TRAIN_REQUESTS, 0).unwrap();
     let mut chat = chat_model();
     let (before, _) = refusal_rate(&chat, &data.eval_harmful, 40, |_| ()).unwrap();
-    let train = training_pairs(&chat, &data, &dual_use, 3, true, |_| ()).unwrap();
+    let train = training_pairs(&chat, &data, &dual_use, REPEAT_HARMFUL, true, |_| ()).unwrap();
     let options = ChatTuneOptions::default();
     pollster::block_on(chat.tune(&train, &options, |_| true)).unwrap();
     let (harmful, _) = refusal_rate(&chat, &data.eval_harmful, 40, |_| ()).unwrap();

@@ -77,6 +77,12 @@ pub fn is_refusal(answer: &str) -> bool {
 
 /// Harmful training prompts in the measured recipe (the "16 AdvBench prompts").
 pub const HARMFUL_TRAIN_PROMPTS: usize = 16;
+/// Benign self-instruct training pairs in the measured recipe.
+pub const BENIGN_TRAIN_PAIRS: usize = 48;
+/// Benign requests with dangerous-sounding words in the measured recipe's training set.
+pub const DUAL_USE_TRAIN_REQUESTS: usize = 32;
+/// How many times each refusal pair appears in the measured recipe's training set.
+pub const REPEAT_HARMFUL: usize = 3;
 
 /// Training pairs and evaluation prompts.
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@ use webguard::tune::TuneOptions;
 use webguard::tune::chat::{ChatPair, ChatTuneOptions};
 use webguard::tune::filter::LabelExample;
 use webguard::tune::refusals::{
-    HARMFUL_TRAIN_PROMPTS, dual_use_requests, is_refusal, refusal_data, refusal_rate,
-    training_pairs,
+    BENIGN_TRAIN_PAIRS, DUAL_USE_TRAIN_REQUESTS, HARMFUL_TRAIN_PROMPTS, REPEAT_HARMFUL,
+    dual_use_requests, is_refusal, refusal_data, refusal_rate, training_pairs,
 };
 use webguard::{Error, Filter, Result};
 
@@ -156,7 +156,7 @@ pub struct BenchTune {
     #[arg(long, default_value_t = 100)]
     eval: usize,
     /// Refusal experiment: benign training pairs (next to 16 AdvBench refusals).
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = BENIGN_TRAIN_PAIRS)]
     benign: usize,
     /// Refusal experiment: Adam's learning rate.
     #[arg(long, default_value_t = 1e-3)]
@@ -172,12 +172,12 @@ pub struct BenchTune {
     /// (data/filter/benign-requests-train.txt, "kill a process") added to the training
     /// pairs with the base model's own answers, so the model sees near-twins of the
     /// harmful prompts that it must still answer.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = DUAL_USE_TRAIN_REQUESTS)]
     dual_use: usize,
     /// Refusal experiment: how many times each of the 16 refusal pairs appears in the
     /// training set (the benign pairs outnumber them; repeating keeps refusals a fair share
     /// of every batch without adding prompts).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = REPEAT_HARMFUL)]
     repeat_harmful: usize,
     /// Refusal experiment: LoRA rank.
     #[arg(long, default_value_t = 8)]
