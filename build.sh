@@ -121,8 +121,9 @@ build() {
 }
 
 run_tests() {
-  step "cargo fmt --check"
+  step "cargo fmt --check; layering (scripts/check-layers.sh)"
   cargo fmt --all -- --check
+  scripts/check-layers.sh
   step "cargo clippy (native and wasm32, warnings are errors)"
   cargo clippy --release --all-targets -- -D warnings
   cargo clippy --release --lib --target wasm32-unknown-unknown -- -D warnings

@@ -1,6 +1,8 @@
 // webguard's worker: every model byte is fetched, cached and run here, so the page's main
 // thread only renders. Spoken to by guard.js with { id, op, args } messages; answers with
-// { id, type: "progress" | "token" | "backend" | "result" | "error", data }.
+// { id, type: "progress" | "token" | "backend" | "result" | "error", data }. An error's data
+// is { name, message }: the name is the kind ("BackendError", ...; see guard.d.ts), which
+// guard.js gives the Error it rejects with.
 import init, { Guard as WasmGuard } from "./webguard.js";
 
 const CACHE_NAME = "webguard-models-v1";
@@ -9,6 +11,13 @@ let files; // the sources, kept to rebuild on the CPU if the GPU is lost
 let settings;
 
 const post = (id, type, data) => self.postMessage({ id, type, data });
+
+/** An Error named by its kind, like those the wasm module throws. */
+function named(name, message) {
+  const e = new Error(message);
+  e.name = name;
+  return e;
+}
 
 /** Bytes of one source: a URL (Cache API first, then a streamed download), or bytes.
  * Downloads are cached by `commit()`, called once the models built from them load: a file
@@ -25,9 +34,9 @@ async function bytesOf(id, name, source, useCache, commits) {
     try {
       response = await fetch(source);
     } catch (e) {
-      throw new Error(`could not download ${name} from ${source}: ${e.message}`);
+      throw named("IoError", `could not download ${name} from ${source}: ${e.message}`);
     }
-    if (!response.ok) throw new Error(`could not download ${name} from ${source}: HTTP ${response.status} ${response.statusText}`.trim());
+    if (!response.ok) throw named("IoError", `could not download ${name} from ${source}: HTTP ${response.status} ${response.statusText}`.trim());
   }
   const total = Number(response.headers.get("content-length")) || 0;
   const reader = response.body.getReader();
@@ -46,7 +55,7 @@ async function bytesOf(id, name, source, useCache, commits) {
       post(id, "progress", { file: name, phase, loaded, total });
     }
   }
-  if (total && loaded !== total) throw new Error(`${name}: the download stopped at ${loaded} of ${total} bytes`);
+  if (total && loaded !== total) throw named("IoError", `${name}: the download stopped at ${loaded} of ${total} bytes`);
   const bytes = new Uint8Array(loaded);
   let at = 0;
   for (const c of chunks) { bytes.set(c, at); at += c.byteLength; }
@@ -172,10 +181,9 @@ self.onmessage = (event) => {
       try {
         result = await ops[op](id, args ?? {});
       } catch (e) {
-        // Only failures of the GPU itself move the work to the CPU, not bad input.
-        const gpuFailure = /device|gpu|webgpu|backend|adapter|lost/i.test(e?.message ?? "")
-          && !/^invalid input/i.test(e?.message ?? "");
-        if ((op === "classify" || op === "chat") && gpuFailure && await fallBackToCpu(id, e)) {
+        // Only failures of the GPU itself move the work to the CPU, not bad input: the wasm
+        // module names each error by its kind.
+        if ((op === "classify" || op === "chat") && e?.name === "BackendError" && await fallBackToCpu(id, e)) {
           result = await ops[op](id, args ?? {});
         } else {
           throw e;
@@ -183,7 +191,7 @@ self.onmessage = (event) => {
       }
       post(id, "result", result);
     } catch (e) {
-      post(id, "error", { message: e?.message ?? String(e) });
+      post(id, "error", { name: e?.name ?? "Error", message: e?.message ?? String(e) });
     }
   });
 };

@@ -12,13 +12,14 @@
 // Model files are cached with the Cache API (keyed by URL: version your URLs when the files
 // change, or call Guard.clearCache()). Nothing is sent anywhere: the only requests are for the
 // model files and this package's own files.
+//
+// Errors are Errors whose `name` says the kind ("InvalidInputError", "BackendError", ...; see
+// guard.d.ts). The generation and tuning options other than callbacks and `signal` are the
+// Rust library's option types: their names and defaults live there, and the worker's wasm
+// module checks them.
 
 const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "backend", "thresholds",
   "policy", "onProgress", "cache"];
-const CHAT_OPTIONS = ["maxTokens", "temperature", "topK", "topP", "repetitionPenalty", "seed",
-  "stop", "onToken", "signal"];
-const TUNE_OPTIONS = ["steps", "learningRate", "seed", "onStep", "signal"];
-const CHAT_TUNE_OPTIONS = [...TUNE_OPTIONS, "rank", "targets", "batchSize"];
 const CACHE_NAME = "webguard-models-v1";
 
 /** A URL made absolute against the page, or bytes/File passed through (for the worker). */
@@ -36,6 +37,28 @@ function checkKeys(object, known, what) {
     if (!known.includes(k)) throw new TypeError(`${what}: unknown option "${k}" (known: ${known.join(", ")})`);
   }
   return object;
+}
+
+/** Options for the worker: the JS-only ones (callbacks, `signal`) taken out, the rest passed
+ * on for the wasm module to check against the Rust option type. */
+function splitOptions(options, jsOnly, what) {
+  if (options === undefined || options === null) return [{}, {}];
+  if (typeof options !== "object") throw new TypeError(`${what} must be an object`);
+  const js = {};
+  const rest = {};
+  for (const [k, v] of Object.entries(options)) {
+    if (jsOnly.includes(k)) js[k] = v;
+    else if (typeof v === "function") throw new TypeError(`${what}: unknown option "${k}"`);
+    else rest[k] = v;
+  }
+  return [js, rest];
+}
+
+/** An Error named by its kind, like those from the worker. */
+function named(name, message) {
+  const e = new Error(message);
+  e.name = name;
+  return e;
 }
 
 export class Guard {
@@ -119,7 +142,7 @@ export class Guard {
   /** Changes one label's threshold and/or action ("block", "warn" or "allow"). */
   async setRule(label, { threshold, action } = {}) {
     const current = this.#info.policy[label];
-    if (!current) throw new Error(`unknown label "${label}" (labels: ${this.#info.labels.join(", ")})`);
+    if (!current) throw named("InvalidInputError", `unknown label "${label}" (labels: ${this.#info.labels.join(", ")})`);
     this.#info.policy = await this.#call("setRule", {
       label, threshold: threshold ?? current.threshold, action: action ?? current.action,
     });
@@ -135,12 +158,13 @@ export class Guard {
    * Answers the last user message of `messages` ([{ role, content }]) with moderation: the
    * message is screened first, the answer sentence by sentence before it is shown. Resolves to
    * `{ text, blocked, reason, input, output, warnings, tokens, tokensPerSecond, stopReason }`.
-   * Options: maxTokens, temperature, topK, topP, repetitionPenalty, seed, stop, `onToken(text)`,
-   * `signal` (an AbortSignal: stops generation; the promise resolves with what was shown).
+   * Options (ChatOptions in guard.d.ts, with their defaults): maxTokens, temperature, topK,
+   * topP, repetitionPenalty, seed, stop, `onToken(text)`, `signal` (an AbortSignal: stops
+   * generation; the promise resolves with what was shown).
    */
   async chat(messages, options = {}) {
-    const { onToken, signal, ...generation } = checkKeys(options, CHAT_OPTIONS, "chat options");
-    if (!this.#info.hasChat) throw new Error("this Guard was created without a chat model (give chatUrl)");
+    const [{ onToken, signal }, generation] = splitOptions(options, ["onToken", "signal"], "chat options");
+    if (!this.#info.hasChat) throw named("InvalidInputError", "this Guard was created without a chat model (give chatUrl)");
     if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
     // The worker is busy while it generates, so a message would arrive too late: it reads a
     // shared flag after each piece instead (needs cross-origin isolation, i.e. COOP/COEP).
@@ -156,32 +180,32 @@ export class Guard {
 
   /**
    * Teaches the filter from labelled texts, `[{ text, label, value }]`: a new label (e.g.
-   * "spoiler", from as few as 8 examples, both classes) or an existing one. Options: `steps`
-   * (default 30), `learningRate` (default 0.001), `seed`, `onStep({ step, steps, loss,
-   * millis })`, `signal` (an AbortSignal: cancels; the filter stays as it was). New labels
-   * appear in `labels`, `policy` (threshold 0.5, action block) and every verdict. Resolves to
-   * `{ labels, newLabels, finalLoss, examples }`.
+   * "spoiler", from as few as 8 examples, both classes) or an existing one. Options
+   * (TuneFilterOptions in guard.d.ts, with their defaults): `steps`, `learningRate`, `seed`,
+   * `onStep({ step, steps, loss, millis })`, `signal` (an AbortSignal: cancels; the filter
+   * stays as it was). New labels appear in `labels`, `policy` (threshold 0.5, action block)
+   * and every verdict. Resolves to `{ labels, newLabels, finalLoss, examples }`.
    */
   async tuneFilter(examples, options = {}) {
-    const { report, info } = await this.#tune("tuneFilter", { examples }, options, TUNE_OPTIONS);
+    const { report, info } = await this.#tune("tuneFilter", { examples }, options);
     Object.assign(this.#info, info);
     return report;
   }
 
   /**
    * Instruction-tunes the chat model with LoRA from `[{ prompt, response }]` pairs (the loss
-   * on the response only). Options: `steps` (default 50), `learningRate` (0.001), `rank` (8),
-   * `targets` (["q", "v"]; any of q, k, v, o, gate, up, down), `batchSize` (4), `seed`,
-   * `onStep`, `signal` (cancels; the model stays as it was). Resolves to `{ pairs,
-   * firstLoss, finalLoss, parameters }`; later `chat` calls use the adapters.
+   * on the response only). Options (TuneChatOptions in guard.d.ts, with their defaults):
+   * `steps`, `learningRate`, `rank`, `targets` (any of q, k, v, o, gate, up, down),
+   * `batchSize`, `seed`, `onStep`, `signal` (cancels; the model stays as it was). Resolves to
+   * `{ pairs, firstLoss, finalLoss, parameters }`; later `chat` calls use the adapters.
    */
   async tuneChat(pairs, options = {}) {
-    if (!this.#info.hasChat) throw new Error("this Guard was created without a chat model (give chatUrl)");
-    return this.#tune("tuneChat", { pairs }, options, CHAT_TUNE_OPTIONS);
+    if (!this.#info.hasChat) throw named("InvalidInputError", "this Guard was created without a chat model (give chatUrl)");
+    return this.#tune("tuneChat", { pairs }, options);
   }
 
-  async #tune(op, data, options, known) {
-    const { onStep, signal, ...tuning } = checkKeys(options, known, `${op} options`);
+  async #tune(op, data, options) {
+    const [{ onStep, signal }, tuning] = splitOptions(options, ["onStep", "signal"], `${op} options`);
     if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
     const abort = self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
     const stop = () => { if (abort) Atomics.store(new Int32Array(abort), 0, 1); };
@@ -247,7 +271,7 @@ export class Guard {
     if (type === "step") { p.onStep?.(data); return; }
     this.#pending.delete(id);
     if (type === "result") p.resolve(data);
-    else p.reject(new Error(data.message));
+    else p.reject(named(data.name ?? "Error", data.message));
   }
 
   #failAll(error) {

@@ -4,7 +4,9 @@
 //! [`BackendChoice::Auto`] takes the GPU when an adapter exists and falls back to the CPU
 //! otherwise; [`Backend`] says which one runs, the adapter's name, and why a GPU was not used.
 //! burn registers its wgpu runtime once per process, so the first successful GPU setup is kept
-//! and shared by every later [`Backend::init`].
+//! and shared by every later [`Backend::init`]. In a browser, WebGPU is detected here too
+//! (`webgpu_available`), before wgpu is asked, so the JS layer only reports what this module
+//! found.
 
 use std::fmt;
 use std::str::FromStr;
@@ -129,7 +131,7 @@ async fn gpu() -> Result<(Device, AdapterInfo), String> {
         return Ok(ready);
     }
     #[cfg(target_arch = "wasm32")]
-    let browser_name = crate::wasm::webgpu_available().await?;
+    let browser_name = webgpu_available().await?;
 
     let (device, setup) = burn::tensor::Device::wgpu_options()
         .init_with_setup_async()
@@ -179,6 +181,50 @@ pub async fn read_f32<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<
         .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
     data.try_to_vec::<f32>()
         .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
+}
+
+/// Checks that WebGPU exists here and gives an adapter, before wgpu is asked for one: without
+/// `navigator.gpu`, creating wgpu's instance panics, and a panic kills the module. Returns the
+/// adapter's name from `GPUAdapter.info` (wgpu reports an empty name in browsers).
+#[cfg(target_arch = "wasm32")]
+pub async fn webgpu_available() -> Result<String, String> {
+    use js_sys::{Promise, Reflect};
+    use wasm_bindgen::{JsCast, JsValue};
+    use wasm_bindgen_futures::JsFuture;
+
+    let navigator = Reflect::get(&js_sys::global(), &"navigator".into())
+        .map_err(|_| "no navigator object".to_string())?;
+    let gpu = Reflect::get(&navigator, &"gpu".into()).unwrap_or(JsValue::UNDEFINED);
+    if gpu.is_undefined() || gpu.is_null() {
+        return Err("this browser has no WebGPU (navigator.gpu is missing)".into());
+    }
+    let request = Reflect::get(&gpu, &"requestAdapter".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        .ok_or("navigator.gpu.requestAdapter is not a function")?;
+    let promise: Promise = request
+        .call0(&gpu)
+        .map_err(|e| format!("requestAdapter failed: {e:?}"))?
+        .dyn_into()
+        .map_err(|_| "requestAdapter did not return a promise".to_string())?;
+    let adapter = JsFuture::from(promise)
+        .await
+        .map_err(|e| format!("requestAdapter failed: {e:?}"))?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return Err("WebGPU gave no adapter".into());
+    }
+    let info = Reflect::get(&adapter, &"info".into()).unwrap_or(JsValue::UNDEFINED);
+    let field = |k: &str| {
+        Reflect::get(&info, &k.into())
+            .ok()
+            .and_then(|v| v.as_string())
+            .filter(|s| !s.is_empty())
+    };
+    let name: Vec<String> = ["vendor", "architecture", "device", "description"]
+        .iter()
+        .filter_map(|k| field(k))
+        .collect();
+    Ok(name.join(" "))
 }
 
 /// Browsers hide the adapter name from wgpu; use the one `GPUAdapter.info` gives.

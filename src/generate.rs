@@ -5,16 +5,20 @@
 
 use burn::tensor::Tensor;
 
+use crate::backend::read_f32;
+use crate::chat::ChatModel;
 use crate::error::{Error, Result};
-use crate::filter::read_f32;
 use crate::models::llama::{KvCache, Llama};
-use crate::text::Tokenizer;
+use crate::rng::Rng;
 use crate::text::tokenizer::StreamDecoder;
 
-/// How to generate.
-#[derive(Debug, Clone, PartialEq)]
+/// How to generate. In JS these are `Chat.generate`'s and `guard.chat`'s options (camelCase;
+/// `maxTokens` for `max_new_tokens`); absent fields take [`Default`]'s values.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct GenerateOptions {
     /// Most tokens to generate.
+    #[serde(rename = "maxTokens")]
     pub max_new_tokens: usize,
     /// 0 for greedy decoding; otherwise logits are divided by it before sampling.
     pub temperature: f32,
@@ -89,6 +93,19 @@ pub enum StopReason {
     Cancelled,
 }
 
+impl StopReason {
+    /// The name replies report (`stopReason` in JS): `"endOfTurn"`, `"stop:<the string>"`,
+    /// `"maxTokens"` or `"cancelled"`.
+    pub fn name(&self) -> String {
+        match self {
+            StopReason::EndOfTurn => "endOfTurn".into(),
+            StopReason::StopString(s) => format!("stop:{s}"),
+            StopReason::MaxTokens => "maxTokens".into(),
+            StopReason::Cancelled => "cancelled".into(),
+        }
+    }
+}
+
 /// What was generated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
@@ -100,19 +117,6 @@ pub struct Generation {
     pub stop_reason: StopReason,
     /// Prompt length in tokens.
     pub prompt_tokens: usize,
-}
-
-/// A small seeded generator (splitmix64) so sampling does not depend on a crate's version.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Picks the next token from `logits` (changed in place by the penalty).
@@ -218,13 +222,20 @@ enum NextInput {
 impl<'a> Generator<'a> {
     /// Checks the options and runs the prompt (token ids, e.g. a rendered chat) through the
     /// model. `end_tokens` end the turn (for SmolLM2: `<|im_end|>` and `<|endoftext|>`).
-    pub fn new(
-        model: &'a Llama,
-        tokenizer: &'a Tokenizer,
+    pub fn new(chat: &'a ChatModel, prompt: &[u32], options: &'a GenerateOptions) -> Result<Self> {
+        Ok(Self::with_states(chat, prompt, options, &[])?.0)
+    }
+
+    /// [`Generator::new`], also keeping the residual stream after each block in `layers` at the
+    /// last prompt token (`[1, dim]` each; what the chat model's probe reads), from the same
+    /// prefill.
+    pub fn with_states(
+        chat: &'a ChatModel,
         prompt: &[u32],
-        end_tokens: &'a [u32],
         options: &'a GenerateOptions,
-    ) -> Result<Self> {
+        layers: &[usize],
+    ) -> Result<(Self, Vec<Tensor<2>>)> {
+        let (model, tokenizer, end_tokens) = (&chat.model, &chat.tokenizer, &chat.end_tokens[..]);
         options.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
@@ -238,14 +249,14 @@ impl<'a> Generator<'a> {
             )));
         }
         let mut cache = model.new_cache();
-        let logits = model.forward(prompt, &mut cache)?;
-        Ok(Generator {
+        let (logits, states) = model.forward_with_states(prompt, &mut cache, layers)?;
+        let generator = Generator {
             model,
             options,
             end_tokens,
             cache,
             decoder: tokenizer.stream_decoder()?,
-            rng: Rng(options.seed),
+            rng: Rng::new(options.seed),
             history: prompt.to_vec(),
             tokens: Vec::new(),
             text: String::new(),
@@ -254,7 +265,8 @@ impl<'a> Generator<'a> {
             remaining: options.max_new_tokens.min(room),
             reason: None,
             prompt_tokens: prompt.len(),
-        })
+        };
+        Ok((generator, states))
     }
 
     /// The next piece of text (valid UTF-8; empty while text is held back because it may
@@ -329,18 +341,16 @@ impl<'a> Generator<'a> {
     }
 }
 
-/// Generates a continuation of `prompt` (token ids, e.g. a rendered chat). `on_text` receives
-/// each new piece of valid UTF-8 text and returns `false` to cancel. `end_tokens` end the turn
-/// (for SmolLM2: `<|im_end|>` and `<|endoftext|>`).
+/// Generates a continuation of `prompt` (token ids, e.g. from [`ChatModel::prompt_ids`]) until
+/// one of the chat model's end-of-turn tokens. `on_text` receives each new piece of valid UTF-8
+/// text and returns `false` to cancel.
 pub async fn generate(
-    model: &Llama,
-    tokenizer: &Tokenizer,
+    chat: &ChatModel,
     prompt: &[u32],
-    end_tokens: &[u32],
     options: &GenerateOptions,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    let mut generator = Generator::new(model, tokenizer, prompt, end_tokens, options)?;
+    let mut generator = Generator::new(chat, prompt, options)?;
     while let Some(piece) = generator.next_piece().await? {
         if !piece.is_empty() && !on_text(&piece) {
             generator.cancel();
@@ -348,6 +358,15 @@ pub async fn generate(
         }
     }
     Ok(generator.finish())
+}
+
+impl ChatModel {
+    /// An unmoderated answer to one user message, generated with `options` (the refusal
+    /// experiment and tests compare raw answers).
+    pub async fn answer(&self, prompt: &str, options: &GenerateOptions) -> Result<String> {
+        let ids = self.user_prompt_ids(prompt)?;
+        Ok(generate(self, &ids, options, |_| true).await?.text)
+    }
 }
 
 #[cfg(test)]
@@ -358,14 +377,14 @@ mod tests {
     fn greedy_takes_the_argmax_and_sampling_is_seeded() {
         let o = GenerateOptions::default();
         let mut l = vec![0.1, 3.0, -1.0, 2.9];
-        assert_eq!(pick(&mut l, &[], &o, &mut Rng(1)), 1);
+        assert_eq!(pick(&mut l, &[], &o, &mut Rng::new(1)), 1);
         let o = GenerateOptions {
             temperature: 1.0,
             top_k: 2,
             ..GenerateOptions::default()
         };
         let draws = |seed| {
-            let mut rng = Rng(seed);
+            let mut rng = Rng::new(seed);
             (0..200)
                 .map(|_| pick(&mut [0.1, 3.0, -1.0, 2.9], &[], &o, &mut rng))
                 .collect::<Vec<_>>()
@@ -387,14 +406,14 @@ mod tests {
         };
         let mut l = vec![1.0, 1.8, 0.5];
         // 1.8 / 2 = 0.9 < 1.0: the repeated token loses.
-        assert_eq!(pick(&mut l, &[1], &o, &mut Rng(0)), 0);
+        assert_eq!(pick(&mut l, &[1], &o, &mut Rng::new(0)), 0);
         let o = GenerateOptions {
             temperature: 1.0,
             top_p: 0.5,
             ..GenerateOptions::default()
         };
         for seed in 0..50 {
-            assert_eq!(pick(&mut [5.0, 0.0, 0.0], &[], &o, &mut Rng(seed)), 0);
+            assert_eq!(pick(&mut [5.0, 0.0, 0.0], &[], &o, &mut Rng::new(seed)), 0);
         }
     }
 

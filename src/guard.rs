@@ -1,7 +1,12 @@
 //! Moderated chat: the filter around the chat model.
 //!
-//! 1. The user's new message is screened; if a label whose action is [`Action::Block`] flags
-//!    it, the answer is a refusal naming the reason and the model is not called.
+//! 1. The conversation is screened: every user and system message, and the latest user turns
+//!    read together ([`input_texts`]); if a label whose action is [`Action::Block`] flags any
+//!    of them, the answer is a refusal naming the reason and the model is not called. The
+//!    filter reads text in its judging form (look-alikes folded, `crate::text::normalize`).
+//!    When the chat model carries a probe (`crate::models::probe`), the model's own states at
+//!    the end of the prompt are judged too, from the prefill answering needs anyway; a
+//!    flagged conversation is refused before any token is generated.
 //! 2. The answer is generated and screened as it streams, one sentence at a time: text reaches
 //!    the caller only after the whole answer so far has passed, so a harmful answer is stopped
 //!    and replaced before any of it is shown.
@@ -14,12 +19,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::backend::read_f32;
+use crate::chat::ChatModel;
 use crate::error::{Error, Result};
 use crate::filter::{Filter, Verdict, score_map};
 use crate::generate::{GenerateOptions, Generator, StopReason};
-use crate::models::llama::Llama;
-use crate::text::Tokenizer;
-use crate::text::chat_template::{Message, render};
+use crate::text::chat_template::Message;
 
 /// What a flagged label does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -221,6 +226,9 @@ pub struct ModeratedReply {
     pub prompt_tokens: usize,
     /// Why generation ended (`None` when the model was not called).
     pub stop_reason: Option<String>,
+    /// The chat model's own harm score of the conversation (its probe), when it has one and
+    /// the filter let the conversation through.
+    pub chat_judge: Option<f32>,
 }
 
 /// The text that replaces a blocked message or answer.
@@ -237,63 +245,43 @@ fn sentence_done(pending: &str) -> bool {
             .ends_with(['.', '!', '?', '\n', ':', ';'])
 }
 
-/// Screens `text` with `filter` under `policy`; `Err` carries the failure, for failing closed.
-async fn screen(filter: &Filter, policy: &Policy, text: &str) -> Result<Screening> {
-    let scores = filter.scores(&[text]).await?;
-    let first = scores
-        .first()
-        .ok_or_else(|| Error::Backend("the filter returned no scores".into()))?;
-    Ok(policy.screen(first))
-}
-
-/// The chat model and what it needs to generate.
-pub struct ChatModel {
-    /// SmolLM2.
-    pub model: Llama,
-    /// Its tokenizer.
-    pub tokenizer: Tokenizer,
-    /// Tokens that end a turn.
-    pub end_tokens: Vec<u32>,
-}
-
-impl ChatModel {
-    /// Builds the chat model from a parsed GGUF on `device`.
-    pub fn load(
-        gguf: &crate::weights::gguf::Gguf<'_>,
-        device: &burn::tensor::Device,
-    ) -> Result<Self> {
-        let tokenizer = Tokenizer::from_gguf(gguf)?;
-        let model = Llama::load(gguf, device)?;
-        let end_tokens = ["<|im_end|>", "<|endoftext|>"]
-            .iter()
-            .filter_map(|t| tokenizer.token_to_id(t))
-            .collect();
-        Ok(ChatModel {
-            model,
-            tokenizer,
-            end_tokens,
-        })
+/// Screens `texts` together with `filter` under `policy`: each label's score is its highest
+/// over the texts. `Err` carries the failure, for failing closed.
+async fn screen(filter: &Filter, policy: &Policy, texts: &[&str]) -> Result<Screening> {
+    let scores = filter.scores(texts).await?;
+    let mut worst: Option<Vec<f32>> = None;
+    for row in scores {
+        worst = Some(match worst {
+            None => row,
+            Some(w) => w.iter().zip(&row).map(|(a, b)| a.max(*b)).collect(),
+        });
     }
+    let worst = worst.ok_or_else(|| Error::Backend("the filter returned no scores".into()))?;
+    Ok(policy.screen(&worst))
 }
 
-impl ChatModel {
-    /// An unmoderated answer to one user message: `prompt` rendered through the chat template
-    /// and generated with `options` (the refusal experiment and tests compare raw answers).
-    pub async fn answer(&self, prompt: &str, options: &GenerateOptions) -> Result<String> {
-        let ids = self
-            .tokenizer
-            .encode(&render(&[Message::new("user", prompt)], true)?)?;
-        let g = crate::generate::generate(
-            &self.model,
-            &self.tokenizer,
-            &ids,
-            &self.end_tokens,
-            options,
-            |_| true,
-        )
-        .await?;
-        Ok(g.text)
+/// How many of the latest user turns are also read as one text.
+const USER_TURNS_READ_TOGETHER: usize = 4;
+
+/// What the input screen reads: every user and system message on its own, and the latest
+/// user turns joined, so that a request split across turns ("how do I make" / "a pipe bomb")
+/// is still read as the request. Assistant turns are the model's (or the page's) own text.
+pub fn input_texts(messages: &[Message]) -> Vec<String> {
+    let mut texts: Vec<String> = messages
+        .iter()
+        .filter(|m| m.role != "assistant" && !m.content.trim().is_empty())
+        .map(|m| m.content.clone())
+        .collect();
+    let users: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.role == "user")
+        .map(|m| m.content.as_str())
+        .collect();
+    if users.len() > 1 {
+        let recent = &users[users.len().saturating_sub(USER_TURNS_READ_TOGETHER)..];
+        texts.push(recent.join("\n"));
     }
+    texts
 }
 
 /// One moderated chat turn: answers the last user message of `messages` (see the module
@@ -311,13 +299,12 @@ pub async fn moderated_chat(
     mut should_stop: impl FnMut() -> bool,
 ) -> Result<ModeratedReply> {
     options.validate()?;
-    let prompt = render(messages, true)?;
-    let user = messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .ok_or_else(|| Error::InvalidInput("there is no user message to answer".into()))?;
-    let ids = chat.tokenizer.encode(&prompt)?;
+    if !messages.iter().any(|m| m.role == "user") {
+        return Err(Error::InvalidInput(
+            "there is no user message to answer".into(),
+        ));
+    }
+    let ids = chat.prompt_ids(messages)?;
     let mut reply = ModeratedReply {
         text: String::new(),
         blocked: false,
@@ -328,6 +315,7 @@ pub async fn moderated_chat(
         tokens: 0,
         prompt_tokens: 0,
         stop_reason: None,
+        chat_judge: None,
     };
     let fail_closed = |mut reply: ModeratedReply, e: Error| {
         let reason = format!("the filter failed, so nothing is shown: {e}");
@@ -336,7 +324,9 @@ pub async fn moderated_chat(
         reply.reason = Some(reason);
         reply
     };
-    let input = match screen(filter, policy, &user.content).await {
+    let texts = input_texts(messages);
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let input = match screen(filter, policy, &texts).await {
         Ok(s) => s,
         Err(e) => return Ok(fail_closed(reply, e)),
     };
@@ -350,13 +340,30 @@ pub async fn moderated_chat(
     }
     reply.input = Some(input);
 
-    let mut generator = Generator::new(
-        &chat.model,
-        &chat.tokenizer,
-        &ids,
-        &chat.end_tokens,
-        options,
-    )?;
+    // The chat model's own judgement, from the prefill that answering needs anyway.
+    let layers = chat.probe.as_ref().map_or(&[][..], |p| &p.layers[..]);
+    let (mut generator, states) = Generator::with_states(chat, &ids, options, layers)?;
+    if let Some(probe) = &chat.probe {
+        let mut features = Vec::with_capacity(probe.width());
+        for s in states {
+            features.extend(read_f32(s).await?);
+        }
+        let score = probe.score(&features)?;
+        reply.chat_judge = Some(score);
+        if score >= probe.threshold {
+            generator.cancel();
+            let reason = format!(
+                "the conversation was judged harmful by the chat model {score:.2} >= {:.2}",
+                probe.threshold
+            );
+            reply.text = refusal(&reason);
+            reply.blocked = true;
+            reply.reason = Some(reason);
+            reply.prompt_tokens = ids.len();
+            reply.stop_reason = Some("blocked".into());
+            return Ok(reply);
+        }
+    }
     let mut shown = 0;
     let mut cancelled = false;
     loop {
@@ -375,7 +382,7 @@ pub async fn moderated_chat(
             continue;
         }
         let text = generator.text().to_string();
-        let screening = match screen(filter, policy, &text).await {
+        let screening = match screen(filter, policy, &[&text]).await {
             Ok(s) => s,
             Err(e) => {
                 generator.cancel();
@@ -421,11 +428,10 @@ pub async fn moderated_chat(
     reply.text = g.text[..shown.min(g.text.len())].to_string();
     reply.tokens = g.tokens.len();
     reply.prompt_tokens = g.prompt_tokens;
-    reply.stop_reason = Some(match (&g.stop_reason, cancelled) {
-        (_, true) | (StopReason::Cancelled, _) => "cancelled".to_string(),
-        (StopReason::EndOfTurn, _) => "endOfTurn".into(),
-        (StopReason::MaxTokens, _) => "maxTokens".into(),
-        (StopReason::StopString(s), _) => format!("stop:{s}"),
+    reply.stop_reason = Some(if cancelled {
+        StopReason::Cancelled.name()
+    } else {
+        g.stop_reason.name()
     });
     Ok(reply)
 }

@@ -9,21 +9,31 @@
 //! - [`weights`]: bounds-checked GGUF and safetensors parsing, dequantisation;
 //! - [`text`]: the two models' tokenizers;
 //! - [`models`]: the networks (the MiniLM encoder, SmolLM2);
+//! - [`chat`]: the chat model (SmolLM2 + its tokenizer) and how a conversation becomes a prompt;
 //! - [`generate`]: text generation with SmolLM2 (KV cache, sampling, stop strings, streaming);
 //! - [`filter`]: the toxicity filter (encoder + trained heads -> [`Verdict`] per text);
-//! - [`backend`]: WebGPU/Vulkan through burn-wgpu, or burn's CPU backend;
-//! - `wasm` (on `wasm32` only): the JavaScript API.
+//! - [`guard`]: moderated chat (the filter around the chat model, a policy per label);
+//! - [`tune`]: few-step tuning of both models in place (filter labels, chat LoRA);
+//! - `wasm` (on `wasm32` only): the JavaScript API; the CLI is `src/bin/webguard`.
+//!
+//! Beside the stack: [`backend`] (WebGPU/Vulkan through burn-wgpu, or burn's CPU backend, and
+//! WebGPU detection), [`rng`] (the one seeded generator), [`error`].
+//!
+//! Dependencies point one way, down this list: nothing below `wasm` and the CLI imports them,
+//! and `tune`, `generate`, `models` and `filter` never import `guard` (`build.sh test` checks).
 //!
 //! Every fallible call returns [`Result`] with an [`Error`] a person can read; nothing in the
 //! library panics on bad input.
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod chat;
 pub mod error;
 pub mod filter;
 pub mod generate;
 pub mod guard;
 pub mod models;
+pub mod rng;
 pub mod text;
 pub mod tune;
 pub mod weights;
@@ -32,6 +42,7 @@ pub mod weights;
 pub mod wasm;
 
 pub use backend::{Backend, BackendChoice, BackendKind};
+pub use chat::ChatModel;
 pub use error::{Error, Result};
 pub use filter::{Filter, FilterOptions, Verdict};
 

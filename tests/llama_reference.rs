@@ -6,7 +6,7 @@
 mod common;
 
 use burn::tensor::Device;
-use webguard::filter::read_f32;
+use webguard::backend::read_f32;
 use webguard::models::llama::Llama;
 use webguard::text::Tokenizer;
 use webguard::text::chat_template::{Message, render};

@@ -6,9 +6,9 @@ mod common;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use webguard::filter::read_f32;
+use webguard::ChatModel;
+use webguard::backend::read_f32;
 use webguard::generate::GenerateOptions;
-use webguard::guard::ChatModel;
 use webguard::models::lora::{Lora, LoraConfig, Projection};
 use webguard::text::chat_template::{Message, render};
 use webguard::tune::TuneOptions;

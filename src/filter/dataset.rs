@@ -10,16 +10,18 @@
 //! | TweetEval offensive train/val | 0/1 | – | 0 (statements, not requests) |
 //! | TweetEval hate train/val | – | 0/1 | 0 |
 //! | ToxiGen sentences (train only) | – | 0/1 by file name | 0 |
-//! | AdvBench goals (80% train / 20% val, seeded) | – | – | 1 |
-//! | self-instruct seed tasks (80/20) | 0 (train only) | 0 (train only) | 0 |
-//! | data/filter/benign-requests-train.txt (train only) | 0 | 0 | 0 |
+//! | harmful requests (safety.rs: AdvBench, Do-Not-Answer, past tense, data/guard) | – | – | 1 |
+//! | safe requests (safety.rs: data/guard, data/filter, self-instruct) | 0 (train only) | 0 (train only) | 0 |
+//!
+//! Requests are split 70/10/20 into training, validation and held-out by a hash of the text
+//! (safety.rs); held-out requests are only reported on.
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::filter::train::shuffle;
+use crate::filter::safety::{self, Request, Split};
 
 /// Label order of [`Example::targets`] (the shipped heads' order).
 pub const LABELS: [&str; 3] = crate::filter::LABELS;
@@ -40,6 +42,9 @@ pub struct Dataset {
     pub train: Vec<Example>,
     /// Examples to choose thresholds and report on.
     pub val: Vec<Example>,
+    /// Requests held out from training and threshold choice, for reporting the harmful label
+    /// by kind.
+    pub held_out: Vec<Request>,
     /// `(path relative to the data folder, sha256)` of every file read.
     pub files: Vec<(String, String)>,
 }
@@ -95,14 +100,6 @@ pub fn parse_labels(text: &str, what: &str) -> Result<Vec<bool>> {
             ))),
         })
         .collect()
-}
-
-/// Splits `items` into (first 80%, last 20%) after a seeded shuffle.
-fn split80<T>(mut items: Vec<T>, seed: u64) -> (Vec<T>, Vec<T>) {
-    shuffle(&mut items, seed);
-    let cut = items.len() * 4 / 5;
-    let val = items.split_off(cut);
-    (items, val)
 }
 
 /// One request per non-empty line, trimmed (the format of `data/filter/benign-requests-train.txt`
@@ -191,25 +188,6 @@ pub fn self_instruct_tasks(jsonl: &str) -> Result<Vec<SelfInstructTask>> {
     Ok(out)
 }
 
-/// The `instruction` of every self-instruct seed task (one JSON object per line).
-fn self_instruct(jsonl: &str) -> Result<Vec<String>> {
-    jsonl
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            let v: serde_json::Value = serde_json::from_str(l)
-                .map_err(|e| Error::InvalidInput(format!("self-instruct line {}: {e}", i + 1)))?;
-            v.get("instruction")
-                .and_then(|s| s.as_str())
-                .map(|s| s.trim().to_owned())
-                .ok_or_else(|| {
-                    Error::InvalidInput(format!("self-instruct line {}: no instruction", i + 1))
-                })
-        })
-        .collect()
-}
-
 fn example(
     text: String,
     offensive: Option<bool>,
@@ -223,9 +201,9 @@ fn example(
 }
 
 impl Dataset {
-    /// Reads everything: `shared` is the shared data folder, `own` the project's `data/filter`
-    /// folder; `seed` fixes the AdvBench and self-instruct splits.
-    pub fn load(shared: &Path, own: &Path, seed: u64) -> Result<Self> {
+    /// Reads everything: `shared` is the shared data folder, `root` the repository (its
+    /// `data/` and `tests/data/`); `seed` fixes the requests' splits.
+    pub fn load(shared: &Path, root: &Path, seed: u64) -> Result<Self> {
         let mut r = Reader {
             root: shared.to_path_buf(),
             files: Vec::new(),
@@ -265,47 +243,24 @@ impl Dataset {
                 }
             }
         }
-        let (train, val) = split80(
-            advbench_goals(&r.read("advbench/harmful_behaviors.csv")?)?,
-            seed,
-        );
-        d.train.extend(
-            train
-                .into_iter()
-                .map(|t| example(t, None, None, Some(true))),
-        );
-        d.val
-            .extend(val.into_iter().map(|t| example(t, None, None, Some(true))));
-        // Benign requests are not offensive or hateful either: saying so in training keeps
-        // request-style text with dangerous-sounding words ("a killer guacamole") from
-        // borrowing the tweets' vocabulary of insults. Validation keeps TweetEval alone for
-        // those two labels, so their figures stay comparable with published ones.
-        let (train, val) = split80(
-            self_instruct(&r.read("self-instruct/seed_tasks.jsonl")?)?,
-            seed,
-        );
-        d.train.extend(
-            train
-                .into_iter()
-                .map(|t| example(t, Some(false), Some(false), Some(false))),
-        );
-        d.val
-            .extend(val.into_iter().map(|t| example(t, None, None, Some(false))));
-        let mut own_reader = Reader {
-            root: own.to_path_buf(),
-            files: Vec::new(),
-        };
-        for line in request_lines(&own_reader.read("benign-requests-train.txt")?) {
-            d.train
-                .push(example(line, Some(false), Some(false), Some(false)));
+        // Requests: the harmful label's data, split three ways (safety.rs). Benign requests
+        // are not offensive or hateful either: saying so in training keeps request-style text
+        // with dangerous-sounding words ("a killer guacamole") from borrowing the tweets'
+        // vocabulary of insults. Validation keeps TweetEval alone for those two labels, so
+        // their figures stay comparable with published ones.
+        let (requests, files) = safety::requests(shared, root, seed)?;
+        for q in requests {
+            let benign = (!q.harmful).then_some(false);
+            match q.split {
+                Split::Train => d
+                    .train
+                    .push(example(q.text, benign, benign, Some(q.harmful))),
+                Split::Val => d.val.push(example(q.text, None, None, Some(q.harmful))),
+                Split::HeldOut => d.held_out.push(q),
+            }
         }
+        r.files.extend(files);
         d.files = r.files;
-        d.files.extend(
-            own_reader
-                .files
-                .into_iter()
-                .map(|(p, h)| (format!("data/filter/{p}"), h)),
-        );
         Ok(d)
     }
 }
@@ -322,18 +277,6 @@ mod tests {
             vec!["plain goal".to_owned(), "a, \"quoted\" goal".to_owned()]
         );
         assert!(advbench_goals("goal\n\"never closed\n").is_err());
-    }
-
-    #[test]
-    fn shuffle_is_a_seeded_permutation() {
-        let mut a: Vec<u32> = (0..100).collect();
-        let mut b = a.clone();
-        shuffle(&mut a, 7);
-        shuffle(&mut b, 7);
-        assert_eq!(a, b);
-        assert_ne!(a, (0..100).collect::<Vec<_>>());
-        a.sort();
-        assert_eq!(a, (0..100).collect::<Vec<_>>());
     }
 
     #[test]

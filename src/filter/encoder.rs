@@ -3,11 +3,12 @@
 
 use burn::tensor::Device;
 
+use crate::backend::read_f32;
 use crate::error::{Error, Result};
 use crate::filter::features::FeatureSpec;
-use crate::filter::read_f32;
 use crate::models::bert::{Bert, pad_batch, windows};
 use crate::text::Tokenizer;
+use crate::text::normalize::for_judging;
 
 /// Limits and batching of the text encoder.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,7 +101,10 @@ impl TextEncoder {
     }
 
     /// Every window of every text as `(text index, ids)`, shortest first so that batches pad
-    /// little. Texts over `max_text_bytes` are an error before any work is done.
+    /// little. Texts over `max_text_bytes` are an error before any work is done. Each text is
+    /// read in its judging form ([`for_judging`]: look-alike letters, invisible characters and
+    /// digit stand-ins folded), in training as in use, and encoded as plain text (a `[SEP]`
+    /// typed in a comment is not the separator).
     pub fn windows(&self, texts: &[&str]) -> Result<Vec<(usize, Vec<u32>)>> {
         if let Some((i, text)) = texts
             .iter()
@@ -115,7 +119,7 @@ impl TextEncoder {
         }
         let mut items = Vec::new();
         for (i, text) in texts.iter().enumerate() {
-            let ids = self.tokenizer.encode(text)?;
+            let ids = self.tokenizer.encode_literal(&for_judging(text))?;
             for w in windows(
                 &ids,
                 self.options.window_tokens,

@@ -152,7 +152,7 @@ impl Heads {
     pub async fn fingerprint(&self) -> Result<u64> {
         let mut hash = 0xcbf2_9ce4_8422_2325u64;
         for t in [self.mean.val(), self.scale.val()] {
-            for v in crate::filter::read_f32(t).await? {
+            for v in crate::backend::read_f32(t).await? {
                 for b in v.to_le_bytes() {
                     hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
                 }
@@ -325,7 +325,7 @@ impl Heads {
         format: &str,
     ) -> Result<Vec<u8>> {
         if info.labels.len() != self.heads.len() || info.thresholds.len() != self.heads.len() {
-            return Err(Error::InvalidInput(
+            return Err(Error::ModelFile(
                 "one label name and threshold per head".into(),
             ));
         }
@@ -346,7 +346,7 @@ impl Heads {
                 let bias = layer
                     .bias
                     .as_ref()
-                    .ok_or_else(|| Error::InvalidInput("head without bias".into()))?;
+                    .ok_or_else(|| Error::ModelFile("head without bias".into()))?;
                 let (shape, t) = row(bias.val());
                 parts.push((format!("{label}.{name}.bias"), shape, t));
             }
@@ -362,7 +362,7 @@ impl Heads {
         }
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(parts.len());
         for (name, shape, t) in parts {
-            let values = crate::filter::read_f32(t).await?;
+            let values = crate::backend::read_f32(t).await?;
             tensors.push((
                 name,
                 shape,

@@ -17,12 +17,15 @@ pub mod train;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod dataset;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod safety;
 
 use std::collections::BTreeMap;
 
 use burn::tensor::Device;
 use serde::Serialize;
 
+use crate::backend::read_f32;
 use crate::error::{Error, Result};
 use crate::models::bert::{Bert, BertConfig};
 use crate::text::Tokenizer;
@@ -67,8 +70,6 @@ impl Verdict {
 pub fn score_map(labels: &[String], scores: &[f32]) -> BTreeMap<String, f32> {
     labels.iter().cloned().zip(scores.iter().copied()).collect()
 }
-
-pub use crate::backend::read_f32;
 
 /// The encoder and the heads, ready to classify.
 pub struct Filter {
@@ -115,7 +116,7 @@ impl Filter {
     pub fn from_parts(encoder: TextEncoder, heads: Heads, info: HeadsInfo) -> Result<Self> {
         info.features.check(encoder.bert())?;
         if heads.label_count() != info.labels.len() {
-            return Err(Error::InvalidInput(
+            return Err(Error::ModelFile(
                 "heads and label names differ in number".into(),
             ));
         }

@@ -9,12 +9,13 @@ use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::backend::read_f32;
 use crate::error::{Error, Result};
 use crate::filter::features::FeatureSpec;
 use crate::filter::heads::Heads;
 use crate::filter::metrics::{BinaryMetrics, best_threshold, evaluate};
-use crate::filter::read_f32;
 use crate::models::bert::{Bert, pad_batch};
+use crate::rng::shuffle;
 
 /// Feature vectors with a target (or none) per label.
 #[derive(Debug, Clone, Default)]
@@ -119,23 +120,6 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             seed: 42,
         }
-    }
-}
-
-/// A deterministic shuffle (splitmix64-driven Fisher–Yates), so the order does not depend on
-/// a random-number crate's version.
-pub fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    for i in (1..items.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        items.swap(i, j);
     }
 }
 

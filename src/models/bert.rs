@@ -52,16 +52,16 @@ impl BertConfig {
     /// Parses and checks a `config.json`.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
         let cfg: BertConfig = serde_json::from_slice(bytes)
-            .map_err(|e| Error::InvalidInput(format!("BERT config.json: {e}")))?;
+            .map_err(|e| Error::ModelFile(format!("BERT config.json: {e}")))?;
         if cfg.hidden_act != "gelu" {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::ModelFile(format!(
                 "BERT config.json: activation {:?} is not supported (only \"gelu\")",
                 cfg.hidden_act
             )));
         }
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
         {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::ModelFile(format!(
                 "BERT config.json: hidden size {} is not divisible into {} heads",
                 cfg.hidden_size, cfg.num_attention_heads
             )));

@@ -49,7 +49,7 @@ impl LlamaConfig {
     pub fn from_gguf(gguf: &Gguf<'_>) -> Result<Self> {
         let arch = gguf.require_str("general.architecture")?;
         if arch != "llama" {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::ModelFile(format!(
                 "GGUF architecture {arch:?}; only llama models are supported"
             )));
         }
@@ -76,7 +76,7 @@ impl LlamaConfig {
             || c.layers > 1024
             || c.vocab_size == 0;
         if bad {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::ModelFile(format!(
                 "inconsistent llama hyper-parameters: {c:?}"
             )));
         }
@@ -288,7 +288,15 @@ pub struct Llama {
     adapters: Option<Adapters>,
 }
 
+/// Which blocks' outputs [`Llama::forward_with_states`] keeps, and what it kept.
+struct Taps<'a> {
+    layers: &'a [usize],
+    states: Vec<Option<Tensor<2>>>,
+}
+
 /// Keys and values of the positions seen so far, per layer: `[1, kv_heads, t, head_dim]`.
+/// Cloning shares the tensors (a shared prefix is computed once).
+#[derive(Clone)]
 pub struct KvCache {
     keys: Vec<Option<Tensor<4>>>,
     values: Vec<Option<Tensor<4>>>,
@@ -317,7 +325,7 @@ fn load<const D: usize>(
 ) -> Result<Tensor<D>> {
     let info = gguf.tensor_info(name)?;
     if info.shape() != shape {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::ModelFile(format!(
             "GGUF tensor {name} has shape {:?}; the model needs {shape:?}",
             info.shape()
         )));
@@ -537,17 +545,41 @@ impl Llama {
     /// `ids.len()`. Errors for empty input, ids outside the vocabulary and overflowing the
     /// context window.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<2>> {
+        Ok(self.forward_with_states(ids, cache, &[])?.0)
+    }
+
+    /// [`Llama::forward`], plus the residual stream at the last of `ids` after each block in
+    /// `layers` (`[1, dim]` each, in the order asked): what a probe reads to judge the prompt
+    /// the model is about to answer, at no extra cost. Layers past the last block are errors.
+    pub fn forward_with_states(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        layers: &[usize],
+    ) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
         self.check_ids(ids, cache.len)?;
+        if let Some(l) = layers.iter().find(|&&l| l >= self.blocks.len()) {
+            return Err(Error::InvalidInput(format!(
+                "layer {l} is past the model's {} blocks",
+                self.blocks.len()
+            )));
+        }
         let (s, d) = (ids.len(), self.config.dim);
         let x = self.embedding.rows(ids, &self.device).reshape([1, s, d]);
         let start = cache.len;
-        let x = self.blocks_forward(&Inference(self), x, start, Some(cache))?;
+        let mut taps = Taps {
+            layers,
+            states: vec![None; layers.len()],
+        };
+        let x = self.blocks_forward(&Inference(self), x, start, Some(cache), Some(&mut taps))?;
+        let states = taps.states.into_iter().flatten().collect();
         let last = x.narrow(1, s - 1, 1);
         let last = rms_norm(last, &self.output_norm, self.config.rms_eps);
-        Ok(self
+        let logits = self
             .embedding
             .project(last)?
-            .reshape([1, self.config.vocab_size]))
+            .reshape([1, self.config.vocab_size]);
+        Ok((logits, states))
     }
 
     /// Logits `[b, s, vocab]` at every position of `batch` (`b` sequences of equal length `s`)
@@ -582,20 +614,22 @@ impl Llama {
             config,
             device: device.clone(),
         };
-        let x = self.blocks_forward(&weights, x, 0, None)?;
+        let x = self.blocks_forward(&weights, x, 0, None, None)?;
         let norm = self.output_norm.clone().to_device(device);
         let x = rms_norm(x, &norm, self.config.rms_eps).reshape([b * s, d]);
         let logits = x.matmul(self.embedding.dense_on(device).transpose());
         Ok(logits.reshape([b, s, self.config.vocab_size]))
     }
 
-    /// The blocks over `x [b, s, dim]` at positions `start..`, through the cache if given.
+    /// The blocks over `x [b, s, dim]` at positions `start..`, through the cache if given,
+    /// keeping the last position's state after the blocks `taps` asks for.
     fn blocks_forward(
         &self,
         w: &dyn BlockWeights,
         mut x: Tensor<3>,
         start: usize,
         mut cache: Option<&mut KvCache>,
+        mut taps: Option<&mut Taps<'_>>,
     ) -> Result<Tensor<3>> {
         let c = &self.config;
         let [b, s, _] = x.dims();
@@ -659,6 +693,11 @@ impl Llama {
             let ff = silu(w.project(l, Projection::Gate, f.clone())?)
                 * w.project(l, Projection::Up, f)?;
             x = x + w.project(l, Projection::Down, ff)?;
+            if let Some(taps) = taps.as_mut() {
+                for (slot, _) in taps.layers.iter().enumerate().filter(|(_, t)| **t == l) {
+                    taps.states[slot] = Some(x.clone().narrow(1, s - 1, 1).reshape([b, c.dim]));
+                }
+            }
         }
         if let Some(cache) = cache {
             cache.len = total;

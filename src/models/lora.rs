@@ -11,7 +11,10 @@ use burn::tensor::{Device, Distribution, Tensor};
 use crate::error::{Error, Result};
 
 /// The seven projections of a llama block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Projection {
     /// Attention query.
     Q,
@@ -80,12 +83,14 @@ impl FromStr for Projection {
     }
 }
 
-/// Which projections get adapters, and their size.
-#[derive(Debug, Clone, PartialEq)]
+/// Which projections get adapters, and their size (in JS, part of `tuneChat`'s options).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LoraConfig {
     /// Rank `r` (1 to 64).
     pub rank: usize,
-    /// Scale numerator: updates are multiplied by `alpha / rank`.
+    /// Scale numerator: updates are multiplied by `alpha / rank`. Not a JS option.
+    #[serde(skip)]
     pub alpha: f32,
     /// Projections adapted in every block.
     pub targets: Vec<Projection>,

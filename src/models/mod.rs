@@ -5,3 +5,4 @@ pub mod gelu;
 pub mod llama;
 pub mod lora;
 pub mod packed;
+pub mod probe;

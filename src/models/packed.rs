@@ -78,7 +78,7 @@ impl PackedMatrix {
     pub fn from_gguf(gguf: &Gguf<'_>, name: &str, shape: [usize; 2]) -> Result<Self> {
         let info = gguf.tensor_info(name)?;
         if info.shape() != shape {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::ModelFile(format!(
                 "GGUF tensor {name} has shape {:?}; the model needs {shape:?}",
                 info.shape()
             )));

@@ -33,19 +33,16 @@ impl Message {
     }
 }
 
-/// Renders `messages` as ChatML, adding the default system prompt when the first message is
-/// not a system message, and the assistant-turn prefix when `add_generation_prompt`. Unknown
-/// roles, an empty list, a system message after the first and text that would forge a turn
-/// marker are errors.
-pub fn render(messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+/// The turns `messages` render to, `(role, content)`: the default system prompt first when
+/// the first message is not a system message. An empty list, unknown roles and a system
+/// message after the first are errors. The content is not checked (see [`render`]).
+pub fn turns(messages: &[Message]) -> Result<Vec<(&str, &str)>> {
     if messages.is_empty() {
         return Err(Error::InvalidInput("no messages to render".into()));
     }
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(messages.len() + 1);
     if messages[0].role != "system" {
-        out.push_str(&format!(
-            "<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n"
-        ));
+        out.push(("system", DEFAULT_SYSTEM_PROMPT));
     }
     for (i, m) in messages.iter().enumerate() {
         match m.role.as_str() {
@@ -62,15 +59,28 @@ pub fn render(messages: &[Message], add_generation_prompt: bool) -> Result<Strin
                 )));
             }
         }
+        out.push((m.role.as_str(), m.content.as_str()));
+    }
+    Ok(out)
+}
+
+/// Renders `messages` as ChatML text, adding the default system prompt when the first message
+/// is not a system message, and the assistant-turn prefix when `add_generation_prompt`. Besides
+/// [`turns`]' errors, text that would forge a turn marker is an error: as a string the result
+/// could not tell it from a real one. (The chat model's prompt is built as token ids instead,
+/// where typed markers stay text: `ChatModel::prompt_ids`.)
+pub fn render(messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+    let turns = turns(messages)?;
+    for (i, m) in messages.iter().enumerate() {
         if m.content.contains("<|im_start|>") || m.content.contains("<|im_end|>") {
             return Err(Error::InvalidInput(format!(
                 "message {i} contains a ChatML turn marker"
             )));
         }
-        out.push_str(&format!(
-            "<|im_start|>{}\n{}<|im_end|>\n",
-            m.role, m.content
-        ));
+    }
+    let mut out = String::new();
+    for (role, content) in turns {
+        out.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
     }
     if add_generation_prompt {
         out.push_str("<|im_start|>assistant\n");

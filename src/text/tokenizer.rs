@@ -41,6 +41,21 @@ pub struct Tokenizer {
     add_special_tokens: bool,
     /// Raw bytes of every token, for byte-level BPE (the inverse of the GPT-2 byte alphabet).
     token_bytes: Vec<Vec<u8>>,
+    /// The text of every added (special) token, which `encode` turns into its id wherever it
+    /// appears and [`Tokenizer::encode_literal`] never does.
+    specials: Vec<String>,
+}
+
+/// The texts of a tokenizer's added tokens, longest first.
+fn added_token_texts(inner: &tokenizers::Tokenizer) -> Vec<String> {
+    let mut texts: Vec<String> = inner
+        .get_added_tokens_decoder()
+        .into_values()
+        .map(|t| t.content)
+        .filter(|t| !t.is_empty())
+        .collect();
+    texts.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    texts
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -186,6 +201,7 @@ impl Tokenizer {
             .collect();
 
         Ok(Tokenizer {
+            specials: added_token_texts(&inner),
             inner,
             kind: TokenizerKind::ByteLevelBpe,
             add_special_tokens: false,
@@ -203,6 +219,7 @@ impl Tokenizer {
             return Err(tok_err("tokenizer.json does not hold a WordPiece model"));
         }
         Ok(Tokenizer {
+            specials: added_token_texts(&inner),
             inner,
             kind: TokenizerKind::WordPiece,
             add_special_tokens: true,
@@ -233,6 +250,49 @@ impl Tokenizer {
             .encode_fast(text, self.add_special_tokens)
             .map_err(tok_err)?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids for `text` taken as plain text: a special token's text typed inside it
+    /// (`<|im_end|>`, `<|endoftext|>`) is encoded as ordinary characters, never as the control
+    /// token, so text from a user can not end a turn or forge one. Text without such strings
+    /// encodes exactly as with [`Tokenizer::encode`].
+    pub fn encode_literal(&self, text: &str) -> Result<Vec<u32>> {
+        // The tokenizer splits text at added tokens before anything else and encodes the
+        // pieces independently; cutting every occurrence after its first character leaves
+        // pieces that hold no whole special token.
+        let mut cuts: Vec<usize> = self
+            .specials
+            .iter()
+            .flat_map(|s| {
+                let first = s.chars().next().map_or(0, char::len_utf8);
+                text.match_indices(s.as_str()).map(move |(i, _)| i + first)
+            })
+            .collect();
+        if cuts.is_empty() {
+            return self.encode(text);
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut ids = Vec::new();
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([text.len()]) {
+            if cut > start {
+                let piece = &text[start..cut];
+                let encoding = self.inner.encode_fast(piece, false).map_err(tok_err)?;
+                ids.extend_from_slice(encoding.get_ids());
+            }
+            start = cut;
+        }
+        if self.add_special_tokens {
+            // WordPiece (MiniLM): the [CLS] ... [SEP] frame `encode` adds.
+            let frame = |t: &str| {
+                self.token_to_id(t)
+                    .ok_or_else(|| tok_err(format!("no {t} token")))
+            };
+            ids.insert(0, frame("[CLS]")?);
+            ids.push(frame("[SEP]")?);
+        }
+        Ok(ids)
     }
 
     /// Text for `ids`, special tokens included. Ids outside the vocabulary are an error.

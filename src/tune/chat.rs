@@ -14,12 +14,11 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::Dtype;
 
+use crate::backend::read_f32;
+use crate::chat::ChatModel;
 use crate::error::{Error, Result};
-use crate::filter::read_f32;
-use crate::guard::ChatModel;
 use crate::models::llama::Adapters;
 use crate::models::lora::{Lora, LoraConfig, LoraFactors, Projection};
-use crate::text::chat_template::{Message, render};
 use crate::tune::{Step, TuneOptions, now_ms, report_step, step_loss};
 use crate::weights::safetensors::SafetensorsFile;
 
@@ -32,16 +31,23 @@ pub struct ChatPair {
     pub response: String,
 }
 
-/// How to tune the chat model.
-#[derive(Debug, Clone, PartialEq)]
+/// How to tune the chat model. In JS these are `tuneChat`'s options, one flat object (camelCase:
+/// `steps`, `learningRate`, `seed`, `rank`, `targets`, `batchSize`). A flattened field takes
+/// its own type's defaults when absent (30 steps, not 50), so the wasm layer fills every field
+/// from this type's [`Default`] before deserialising.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ChatTuneOptions {
     /// Steps, learning rate, seed, clipping.
+    #[serde(flatten)]
     pub tune: TuneOptions,
     /// Adapter rank, scale and target projections.
+    #[serde(flatten)]
     pub lora: LoraConfig,
     /// Pairs per step (1 to 32).
     pub batch_size: usize,
-    /// Longest rendered pair, in tokens (prompt + response).
+    /// Longest rendered pair, in tokens (prompt + response). Not a JS option.
+    #[serde(skip)]
     pub max_pair_tokens: usize,
 }
 
@@ -137,10 +143,7 @@ impl ChatModel {
             while batch.len() < options.batch_size.min(tokens.len()) {
                 if order.is_empty() {
                     order = (0..tokens.len()).collect();
-                    crate::filter::train::shuffle(
-                        &mut order,
-                        options.tune.seed.wrapping_add(step as u64),
-                    );
+                    crate::rng::shuffle(&mut order, options.tune.seed.wrapping_add(step as u64));
                 }
                 batch.push(&tokens[order.pop().unwrap_or(0)]);
             }
@@ -186,7 +189,7 @@ impl ChatModel {
         let end = *self
             .end_tokens
             .first()
-            .ok_or_else(|| Error::InvalidInput("the model has no end-of-turn token".into()))?;
+            .ok_or_else(|| Error::ModelFile("the model has no end-of-turn token".into()))?;
         pairs
             .iter()
             .enumerate()
@@ -204,9 +207,7 @@ impl ChatModel {
                         )));
                     }
                 }
-                let prompt = self
-                    .tokenizer
-                    .encode(&render(&[Message::new("user", &p.prompt)], true)?)?;
+                let prompt = self.user_prompt_ids(&p.prompt)?;
                 let mut response = self.tokenizer.encode(&p.response)?;
                 response.push(end);
                 if prompt.len() + response.len() > max_tokens {

@@ -16,9 +16,10 @@ use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::backend::read_f32;
 use crate::error::{Error, Result};
+use crate::filter::Filter;
 use crate::filter::heads::{Head, Heads, TUNED_FORMAT};
-use crate::filter::{Filter, read_f32};
 use crate::tune::{Step, TuneOptions, now_ms, report_step, step_loss};
 
 /// One labelled text: `value` says whether `label` applies to `text`.

@@ -15,8 +15,10 @@ pub mod refusals;
 
 use crate::error::{Error, Result};
 
-/// How to tune.
-#[derive(Debug, Clone, PartialEq)]
+/// How to tune. In JS these are `tuneFilter`'s options (camelCase); absent fields take
+/// [`Default`]'s values.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TuneOptions {
     /// Optimiser steps (1 to 1000).
     pub steps: usize,
@@ -24,7 +26,8 @@ pub struct TuneOptions {
     pub learning_rate: f64,
     /// Seeds initialisation (and any shuffling), so a run can be repeated exactly.
     pub seed: u64,
-    /// Gradients are scaled down to at most this L2 norm per parameter tensor.
+    /// Gradients are scaled down to at most this L2 norm per parameter tensor. Not a JS option.
+    #[serde(skip)]
     pub clip_norm: f32,
 }
 
@@ -93,7 +96,7 @@ pub(crate) async fn step_loss(
         .copied()
         .unwrap_or(f32::NAN);
     if !value.is_finite() {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Tuning(format!(
             "tuning diverged at step {step} (loss {value}); try a smaller learning rate. {what} \
              is unchanged."
         )));

@@ -10,11 +10,11 @@
 
 use std::path::Path;
 
+use crate::chat::ChatModel;
 use crate::error::{Error, Result};
 use crate::filter::dataset::{advbench_goals, request_lines, self_instruct_tasks};
-use crate::filter::train::shuffle;
 use crate::generate::GenerateOptions;
-use crate::guard::ChatModel;
+use crate::rng::shuffle;
 use crate::tune::chat::ChatPair;
 
 /// The answers taught for harmful requests (written for this project).

@@ -1,12 +1,13 @@
-//! `train-filter`, `classify` and `eval-filter`.
+//! `train-filter`: the filter's heads (and, with `--lora-rank`, LoRA in the encoder) trained
+//! from the shared data and written with their provenance and validation figures. Encoder
+//! features are cached on disk per pooling, so trying another feature mix is quick.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use webguard::backend::{Backend, BackendChoice};
-use webguard::filter::dataset::{Dataset, Example, parse_labels};
+use webguard::filter::dataset::{Dataset, Example};
 use webguard::filter::features::FeatureSpec;
 use webguard::filter::heads::{EncoderAdapter, Heads, HeadsInfo};
 use webguard::filter::metrics::evaluate;
@@ -17,28 +18,118 @@ use webguard::filter::{LABELS, TextEncoder};
 use webguard::models::bert::{Bert, BertConfig};
 use webguard::{Error, Filter, MINILM_DIR, Result};
 
-use crate::cli::read;
-use crate::progress::Progress;
+use crate::common::{Progress, read};
 
-/// Options of `train-filter`.
-pub struct TrainArgs {
-    /// LoRA in the encoder, trained with the heads; `None` keeps the encoder frozen.
-    pub lora: Option<LoraArgs>,
-    pub data: PathBuf,
-    pub out: PathBuf,
-    pub features: String,
-    pub backend: String,
-    pub config: TrainConfig,
-    pub cache: PathBuf,
-    pub command_line: String,
+#[derive(clap::Args)]
+pub struct TrainFilterArgs {
+    /// The shared data folder.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"))]
+    data: PathBuf,
+    /// Where to write the heads.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/filter-heads.safetensors"))]
+    out: PathBuf,
+    /// Poolings the heads read: embedding, mean:N, max:N (N = hidden state 0..=6).
+    #[arg(long, default_value = "embedding,max:6")]
+    features: String,
+    /// Backend that runs the encoder (the heads train on the CPU backend).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Hidden width of each head.
+    #[arg(long, default_value_t = TrainConfig::default().hidden)]
+    hidden: usize,
+    /// Dropout while training.
+    #[arg(long, default_value_t = TrainConfig::default().dropout)]
+    dropout: f64,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
+    epochs: usize,
+    /// Rows per step.
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    batch: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
+    lr: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
+    weight_decay: f32,
+    /// Seed of the weights, the row order and the AdvBench/self-instruct splits.
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
+    seed: u64,
+    /// Where encoder features are cached between runs.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// LoRA rank in the encoder, trained with the heads (0: frozen encoder, heads only).
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// First encoder layer that gets adapters (0..=5).
+    #[arg(long, default_value_t = 0)]
+    lora_from_layer: usize,
+    /// Passes over the data when tuning with LoRA.
+    #[arg(long, default_value_t = 1)]
+    lora_epochs: usize,
+    /// Windows per step when tuning with LoRA.
+    #[arg(long, default_value_t = 32)]
+    lora_batch: usize,
+    /// Learning rate when tuning with LoRA.
+    #[arg(long, default_value_t = 1e-3)]
+    lora_lr: f64,
 }
 
-/// LoRA settings of `train-filter`.
-pub struct LoraArgs {
-    pub rank: usize,
-    pub alpha: f64,
-    pub from_layer: usize,
-    pub config: TrainConfig,
+/// LoRA in the encoder, trained with the heads.
+struct Lora {
+    rank: usize,
+    alpha: f64,
+    from_layer: usize,
+    config: TrainConfig,
+}
+
+impl TrainFilterArgs {
+    /// How the heads are trained.
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            hidden: self.hidden,
+            dropout: self.dropout,
+            epochs: self.epochs,
+            batch_size: self.batch,
+            learning_rate: self.lr,
+            weight_decay: self.weight_decay,
+            seed: self.seed,
+        }
+    }
+
+    /// The encoder's LoRA settings; `None` keeps the encoder frozen.
+    fn lora(&self, config: &TrainConfig) -> Option<Lora> {
+        (self.lora_rank > 0).then(|| Lora {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            from_layer: self.lora_from_layer,
+            config: TrainConfig {
+                epochs: self.lora_epochs,
+                batch_size: self.lora_batch,
+                learning_rate: self.lora_lr,
+                ..config.clone()
+            },
+        })
+    }
+
+    /// Where encoder features are cached: `--cache`, or ~/.cache/webguard/filter-features.
+    fn cache_dir(&self) -> PathBuf {
+        self.cache.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir)
+                .join(".cache/webguard/filter-features")
+        })
+    }
+}
+
+/// The exact invocation, for the heads file's provenance.
+fn command_line() -> String {
+    let args = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    format!("webguard {args}")
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
@@ -164,10 +255,15 @@ fn feature_set(
     Ok(set)
 }
 
-pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
-    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/filter");
-    let seed = args.config.seed;
-    let data = Dataset::load(&args.data, &own, seed)?;
+/// Trains the heads, validates them as a shipped filter and writes the heads file.
+pub fn run(models: &Path, args: TrainFilterArgs) -> Result<()> {
+    let config = args.config();
+    let lora = args.lora(&config);
+    // The heads' width: LoRA runs train their own heads.
+    let hidden = lora.as_ref().map_or(config.hidden, |l| l.config.hidden);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let seed = config.seed;
+    let data = Dataset::load(&args.data, root, seed)?;
     eprintln!(
         "data: {} training and {} validation examples from {} files",
         data.train.len(),
@@ -185,6 +281,9 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
     let key = {
         let mut h = Sha256::new();
         h.update(webguard::VERSION);
+        // Features are of the text's judging form (text::normalize); a change there is a
+        // change of features.
+        h.update("for_judging/1");
         h.update(hex_sha256(&encoder_bytes));
         h.update(format!("{:?}", encoder.options()));
         for (p, s) in &data.files {
@@ -194,17 +293,17 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
         h.update(seed.to_le_bytes());
         format!("{:x}", h.finalize())[..16].to_string()
     };
-    let cache = args.cache.join(key);
+    let cache = args.cache_dir().join(key);
     let d = encoder.bert().width();
     let train_f = split_features(&encoder, &spec, &data.train, &cache, "train")?;
     let train_set = feature_set(&train_f, &spec, &data.train, d)?;
 
     let cpu = Backend::cpu(None).device;
     let mut adapters = Vec::new();
-    let heads = match &args.lora {
+    let heads = match &lora {
         None => {
-            let mut bar = Progress::new("training heads", args.config.epochs);
-            train_heads(&train_set, &args.config, &cpu, |epoch, loss| {
+            let mut bar = Progress::new("training heads", config.epochs);
+            train_heads(&train_set, &config, &cpu, |epoch, loss| {
                 bar.update(epoch, &format!("loss {loss:.4}"))
             })?
         }
@@ -262,7 +361,7 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
     let draft = HeadsInfo {
         labels: LABELS.iter().map(|s| s.to_string()).collect(),
         features: spec.clone(),
-        hidden: heads_hidden(&args),
+        hidden,
         thresholds: vec![0.5; LABELS.len()],
         provenance: HashMap::new(),
     };
@@ -292,16 +391,35 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
     for (label, m) in LABELS.iter().zip(&metrics) {
         print_metrics(label, m);
     }
-    // Harmful on the held-out AdvBench and self-instruct requests alone.
+    // Harmful on the held-out requests (never trained on, not used for the threshold), by
+    // kind: the fraction flagged at the chosen threshold.
+    let held_texts: Vec<&str> = data.held_out.iter().map(|q| q.text.as_str()).collect();
+    let mut held_scores = Vec::with_capacity(held_texts.len());
+    for chunk in held_texts.chunks(256) {
+        held_scores.extend(pollster::block_on(filter.scores(chunk))?);
+    }
     let (s, y): (Vec<f32>, Vec<bool>) = data
-        .val
+        .held_out
         .iter()
-        .zip(&text_scores)
-        .filter(|(e, _)| e.targets[0].is_none() && e.targets[1].is_none())
-        .filter_map(|(e, s)| e.targets[2].map(|y| (s[2], y)))
+        .zip(&held_scores)
+        .map(|(q, s)| (s[2], q.harmful))
         .unzip();
     let held_out = evaluate(&s, &y, metrics[2].threshold);
-    print_metrics("harmful (AdvBench vs self-instruct held out)", &held_out);
+    print_metrics("harmful (held-out requests)", &held_out);
+    let mut by_kind: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for (q, s) in data.held_out.iter().zip(&held_scores) {
+        let key = format!("{}/{}", q.kind, if q.harmful { "unsafe" } else { "safe" });
+        let e = by_kind.entry(key).or_default();
+        e.0 += usize::from(s[2] >= metrics[2].threshold);
+        e.1 += 1;
+    }
+    println!("harmful on held-out requests by kind (flagged / requests):");
+    for (k, (flagged, n)) in &by_kind {
+        println!(
+            "  {k:<44} {flagged:>4} / {n:<4} {:>5.1}%",
+            100.0 * *flagged as f64 / (*n).max(1) as f64
+        );
+    }
 
     let data_json: serde_json::Value = data
         .files
@@ -310,7 +428,7 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
         .collect::<serde_json::Map<_, _>>()
         .into();
     let mut provenance = HashMap::new();
-    provenance.insert("command".into(), args.command_line.clone());
+    provenance.insert("command".into(), command_line());
     provenance.insert("data_sha256".into(), data_json.to_string());
     provenance.insert(
         "encoder".into(),
@@ -318,8 +436,8 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
     );
     provenance.insert("encoder_sha256".into(), hex_sha256(&encoder_bytes));
     provenance.insert("webguard_version".into(), webguard::VERSION.into());
-    provenance.insert("train_config".into(), format!("{:?}", args.config));
-    if let Some(lora) = &args.lora {
+    provenance.insert("train_config".into(), format!("{:?}", config));
+    if let Some(lora) = &lora {
         provenance.insert(
             "lora".into(),
             format!(
@@ -332,10 +450,16 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
         .iter()
         .zip(&metrics)
         .map(|(l, m)| (l.to_string(), serde_json::to_value(m).unwrap_or_default()))
-        .chain(std::iter::once((
-            "harmful_held_out".to_string(),
-            serde_json::to_value(held_out).unwrap_or_default(),
-        )))
+        .chain([
+            (
+                "harmful_held_out".to_string(),
+                serde_json::to_value(held_out).unwrap_or_default(),
+            ),
+            (
+                "harmful_held_out_by_kind".to_string(),
+                serde_json::to_value(&by_kind).unwrap_or_default(),
+            ),
+        ])
         .collect();
     provenance.insert(
         "val_metrics".into(),
@@ -344,7 +468,7 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
     let info = HeadsInfo {
         labels: LABELS.iter().map(|s| s.to_string()).collect(),
         features: spec,
-        hidden: heads_hidden(&args),
+        hidden,
         thresholds: metrics.iter().map(|m| m.threshold).collect(),
         provenance,
     };
@@ -362,12 +486,6 @@ pub fn train(models: &Path, args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn heads_hidden(args: &TrainArgs) -> usize {
-    args.lora
-        .as_ref()
-        .map_or(args.config.hidden, |l| l.config.hidden)
-}
-
 fn print_metrics_header() {
     println!(
         "  {:<46} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -380,110 +498,4 @@ fn print_metrics(label: &str, m: &webguard::filter::metrics::BinaryMetrics) {
         "  {:<46} {:>6} {:>9.3} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4}",
         label, m.count, m.threshold, m.accuracy, m.precision, m.recall, m.macro_f1, m.roc_auc
     );
-}
-
-/// Loads the filter on the chosen backend with threshold overrides `label=value`.
-pub fn load_filter(
-    models: &Path,
-    heads: Option<&Path>,
-    backend: &str,
-    thresholds: &[String],
-    adapters: Option<&Path>,
-) -> Result<Filter> {
-    let backend = Backend::init_blocking(backend.parse::<BackendChoice>()?)?;
-    let heads = heads
-        .map(Path::to_path_buf)
-        .unwrap_or_else(Filter::default_heads_path);
-    let mut filter = Filter::load(models, &heads, &backend.device)?;
-    if let Some(path) = adapters {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        pollster::block_on(filter.import_adapters(&bytes))?;
-    }
-    for t in thresholds {
-        let (label, value) = t.split_once('=').ok_or_else(|| {
-            Error::InvalidInput(format!("--threshold {t:?}: expected LABEL=VALUE"))
-        })?;
-        let value: f32 = value.parse().map_err(|_| {
-            Error::InvalidInput(format!("--threshold {t:?}: {value:?} is not a number"))
-        })?;
-        filter.set_threshold(label, value)?;
-    }
-    eprintln!("filter on {backend}");
-    Ok(filter)
-}
-
-pub fn classify(filter: &Filter, texts: Vec<String>, json: bool) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    // In chunks, so stdin streams of any length print as they go with bounded memory.
-    for chunk in texts.chunks(256) {
-        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let verdicts = filter.classify_blocking(&refs)?;
-        for (text, v) in chunk.iter().zip(verdicts) {
-            let line = if json {
-                let mut obj = serde_json::to_value(&v).unwrap_or_default();
-                obj["text"] = serde_json::Value::String(text.clone());
-                obj.to_string()
-            } else {
-                let scores: Vec<String> = filter
-                    .labels()
-                    .iter()
-                    .map(|l| format!("{l}={:.3}", v.scores[l]))
-                    .collect();
-                let mark = if v.flagged {
-                    format!("FLAGGED {}", v.labels.join("+"))
-                } else {
-                    "ok".into()
-                };
-                format!("{mark:<28} {}  {text}", scores.join(" "))
-            };
-            writeln!(out, "{line}").map_err(|e| Error::io("stdout", e))?;
-        }
-    }
-    Ok(())
-}
-
-pub fn eval(filter: &Filter, texts: &Path, labels: &Path, label: &str, json: bool) -> Result<()> {
-    let index = filter.label_index(label)?;
-    let text = String::from_utf8(read(texts)?)
-        .map_err(|_| Error::InvalidInput(format!("{}: not UTF-8", texts.display())))?;
-    let lines: Vec<&str> = text.lines().collect();
-    let y = parse_labels(
-        &String::from_utf8_lossy(&read(labels)?),
-        &labels.display().to_string(),
-    )?;
-    if lines.len() != y.len() {
-        return Err(Error::InvalidInput(format!(
-            "{} has {} lines but {} has {} labels",
-            texts.display(),
-            lines.len(),
-            labels.display(),
-            y.len()
-        )));
-    }
-    let mut scores = Vec::with_capacity(lines.len());
-    let mut bar = Progress::new(format!("scoring {label}"), lines.len());
-    for chunk in lines.chunks(256) {
-        for s in pollster::block_on(filter.scores(chunk))? {
-            scores.push(s[index]);
-        }
-        bar.update(scores.len(), "texts");
-    }
-    let m = evaluate(&scores, &y, filter.thresholds()[index]);
-    if json {
-        println!("{}", serde_json::to_string(&m).unwrap_or_default());
-    } else {
-        println!(
-            "{label} on {} ({} texts, {} positive), threshold {:.3}:",
-            texts.display(),
-            m.count,
-            m.positives,
-            m.threshold
-        );
-        println!("  accuracy  {:.4}", m.accuracy);
-        println!("  precision {:.4}", m.precision);
-        println!("  recall    {:.4}", m.recall);
-        println!("  macro-F1  {:.4}", m.macro_f1);
-        println!("  ROC-AUC   {:.4}", m.roc_auc);
-    }
-    Ok(())
 }

@@ -1,141 +1,28 @@
-//! `tune-chat` and `bench tune`.
+//! `bench tune`: milliseconds per step of filter and chat tuning per backend, and with
+//! `--refusals` the refusal experiment (AdvBench and self-instruct refusal rates before and
+//! after LoRA tuning; see `webguard::tune::refusals`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use webguard::backend::{Backend, BackendChoice};
-use webguard::models::lora::{LoraConfig, Projection};
+use webguard::models::lora::LoraConfig;
 use webguard::tune::TuneOptions;
-use webguard::tune::chat::{ChatPair, ChatTuneOptions};
+use webguard::tune::chat::ChatTuneOptions;
 use webguard::tune::filter::LabelExample;
 use webguard::tune::refusals::{
     BENIGN_TRAIN_PAIRS, DUAL_USE_TRAIN_REQUESTS, HARMFUL_TRAIN_PROMPTS, REPEAT_HARMFUL,
-    dual_use_requests, is_refusal, refusal_data, refusal_rate, training_pairs,
+    RefusalData, dual_use_requests, is_refusal, refusal_data, refusal_rate, training_pairs,
 };
-use webguard::{Error, Filter, Result};
+use webguard::{ChatModel, Filter, Result};
 
-use crate::chat_cmd::load_chat;
-use crate::cli::peak_rss_mb;
-use crate::progress::Progress;
+use super::threads;
+use crate::common::{Progress, peak_rss_mb, read_jsonl};
+use crate::models::load_chat;
+use crate::tune_chat::{chat_tune_options, targets_text};
 
-/// Chat tuning options from the command line.
-pub fn chat_options(
-    steps: usize,
-    learning_rate: f64,
-    batch: usize,
-    rank: usize,
-    targets: &str,
-    seed: u64,
-) -> Result<ChatTuneOptions> {
-    let d = ChatTuneOptions::default();
-    Ok(ChatTuneOptions {
-        tune: TuneOptions {
-            steps,
-            learning_rate,
-            seed,
-            ..d.tune
-        },
-        lora: LoraConfig {
-            rank,
-            targets: targets
-                .split(',')
-                .map(|t| t.trim().parse::<Projection>())
-                .collect::<Result<_>>()?,
-            ..d.lora
-        },
-        batch_size: batch,
-        ..d
-    })
-}
-
-/// Lines of JSON objects, with the line number of a malformed one.
-fn jsonl<T: serde::de::DeserializeOwned>(path: &Path, shape: &str) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| {
-                Error::InvalidInput(format!(
-                    "{}:{}: expected {shape}: {e}",
-                    path.display(),
-                    i + 1
-                ))
-            })
-        })
-        .collect()
-}
-
-/// `tune-filter`: examples from JSONL, a line per step, adapters written to `out`.
-pub fn tune_filter(
-    filter: &mut Filter,
-    examples: &Path,
-    options: &TuneOptions,
-    out: &Path,
-) -> Result<()> {
-    let examples: Vec<LabelExample> = jsonl(examples, r#"{"text", "label", "value"}"#)?;
-    let report = pollster::block_on(filter.tune(&examples, options, |s| {
-        eprintln!(
-            "step {:>4}/{}  loss {:.5}  {:.0} ms",
-            s.step, s.steps, s.loss, s.millis
-        );
-        true
-    }))?;
-    let bytes = pollster::block_on(filter.export_adapters())?;
-    std::fs::write(out, &bytes).map_err(|e| Error::io(out, e))?;
-    let new = if report.new_labels.is_empty() {
-        "none".to_string()
-    } else {
-        report.new_labels.join(", ")
-    };
-    eprintln!(
-        "tuned {} (new: {new}) on {} examples; wrote {} ({} bytes); use with --adapters",
-        report.labels.join(", "),
-        report.examples,
-        out.display(),
-        bytes.len()
-    );
-    Ok(())
-}
-
-/// `tune-chat`: pairs from JSONL, a line per step, adapters written to `out`.
-pub fn tune_chat(
-    models: &Path,
-    backend: &str,
-    pairs: &Path,
-    options: &ChatTuneOptions,
-    out: &Path,
-) -> Result<()> {
-    let pairs: Vec<ChatPair> = jsonl(pairs, r#"{"prompt", "response"}"#)?;
-    let (mut chat, backend) = load_chat(models, backend, None)?;
-    eprintln!(
-        "tuning on {backend}: {} pairs, {:?}",
-        pairs.len(),
-        options.lora
-    );
-    let report = pollster::block_on(chat.tune(&pairs, options, |s| {
-        eprintln!(
-            "step {:>4}/{}  loss {:.4}  {:.0} ms",
-            s.step, s.steps, s.loss, s.millis
-        );
-        true
-    }))?;
-    let bytes = pollster::block_on(chat.export_adapters())?;
-    std::fs::write(out, &bytes).map_err(|e| Error::io(out, e))?;
-    eprintln!(
-        "loss {:.4} -> {:.4}; {} adapter parameters; wrote {} ({} bytes); use with chat --adapters",
-        report.first_loss,
-        report.final_loss,
-        report.parameters,
-        out.display(),
-        bytes.len()
-    );
-    Ok(())
-}
-
-/// `bench tune` settings.
 #[derive(clap::Args)]
-pub struct BenchTune {
+pub struct TuneBench {
     /// Backends to measure: cpu, gpu or both.
     #[arg(long, default_value = "cpu,gpu")]
     backends: String,
@@ -150,7 +37,7 @@ pub struct BenchTune {
     #[arg(long)]
     refusals: bool,
     /// Refusal experiment: tuning steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = ChatTuneOptions::default().tune.steps)]
     steps: usize,
     /// Refusal experiment: prompts of each kind evaluated.
     #[arg(long, default_value_t = 100)]
@@ -159,10 +46,10 @@ pub struct BenchTune {
     #[arg(long, default_value_t = BENIGN_TRAIN_PAIRS)]
     benign: usize,
     /// Refusal experiment: Adam's learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = ChatTuneOptions::default().tune.learning_rate)]
     learning_rate: f64,
     /// Refusal experiment: adapted projections.
-    #[arg(long, default_value = "q,v")]
+    #[arg(long, default_value_t = targets_text(&LoraConfig::default().targets))]
     targets: String,
     /// Refusal experiment: train the self-instruct pairs on the dataset's answers instead
     /// of the base model's own (own answers keep its benign behaviour as it was).
@@ -180,10 +67,10 @@ pub struct BenchTune {
     #[arg(long, default_value_t = REPEAT_HARMFUL)]
     repeat_harmful: usize,
     /// Refusal experiment: LoRA rank.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = LoraConfig::default().rank)]
     rank: usize,
     /// Refusal experiment: pairs per step.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = ChatTuneOptions::default().batch_size)]
     batch: usize,
     /// Refusal experiment: skip the base model's rates (they depend only on the seed and
     /// `--eval`; the notes record them).
@@ -203,11 +90,11 @@ pub struct BenchTune {
 /// The spoiler examples of tests/data/tune.
 fn spoiler_examples() -> Result<Vec<LabelExample>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tune/spoiler-train.jsonl");
-    jsonl(&path, r#"{"text", "label", "value"}"#)
+    read_jsonl(&path, r#"{"text", "label", "value"}"#)
 }
 
-pub fn bench(models: &Path, b: &BenchTune) -> Result<()> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+pub fn run(models: &Path, b: &TuneBench) -> Result<()> {
+    let threads = threads();
     let data = refusal_data(&b.shared, HARMFUL_TRAIN_PROMPTS, b.benign, b.eval, b.seed)?;
     let chat_options = ChatTuneOptions {
         tune: TuneOptions {
@@ -219,7 +106,8 @@ pub fn bench(models: &Path, b: &BenchTune) -> Result<()> {
         ..ChatTuneOptions::default()
     };
     println!(
-        "bench tune: {threads} threads; filter: a new label from 8 examples, 30 steps; chat: LoRA {:?} rank {}, batch {} of the {} AdvBench refusal pairs",
+        "bench tune: {threads} threads; filter: a new label from 8 examples, {} steps; chat: LoRA {:?} rank {}, batch {} of the {} AdvBench refusal pairs",
+        TuneOptions::default().steps,
         chat_options.lora.targets,
         chat_options.lora.rank,
         chat_options.batch_size,
@@ -283,11 +171,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Refusal rates on held-out AdvBench and self-instruct prompts (and on held-out benign
 /// requests with dangerous-sounding words) before and after tuning.
-fn refusal_experiment(
-    models: &Path,
-    b: &BenchTune,
-    data: &webguard::tune::refusals::RefusalData,
-) -> Result<()> {
+fn refusal_experiment(models: &Path, b: &TuneBench, data: &RefusalData) -> Result<()> {
     let (mut chat, backend) = load_chat(models, "cpu", None)?;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (dual_train, dual_eval) = dual_use_requests(repo, b.dual_use, b.seed)?;
@@ -311,7 +195,7 @@ fn refusal_experiment(
         dual_eval.len(),
         b.max_tokens
     );
-    let rates = |chat: &webguard::guard::ChatModel, when: &str| -> Result<[f64; 3]> {
+    let rates = |chat: &ChatModel, when: &str| -> Result<[f64; 3]> {
         let sets = [&data.eval_harmful, &data.eval_benign, &dual_eval];
         let mut bar = Progress::new(
             format!("answering ({when})"),
@@ -369,7 +253,7 @@ fn refusal_experiment(
         data.refusals.len(),
         b.repeat_harmful.max(1)
     );
-    let options = chat_options(
+    let options = chat_tune_options(
         b.steps,
         b.learning_rate,
         b.batch,

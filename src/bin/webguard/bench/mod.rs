@@ -1,0 +1,76 @@
+//! `bench`: speed and memory of the library's code paths, natively, each next to a peer
+//! (sentence-transformers, PyTorch, llama.cpp) on the same input when `--python` points at an
+//! interpreter that has it. One file per benchmark; the peers' scripts are in scripts/.
+
+mod chat;
+mod encoder;
+mod tune;
+
+use std::path::Path;
+
+use webguard::{Error, Result};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchWhat {
+    /// MiniLM sentence embeddings (the filter's encoder): texts/s at each batch size for
+    /// texts of a fixed token length, per backend, next to sentence-transformers when
+    /// `--python` points at an interpreter that has it (scripts/bench-embeddings.py).
+    Embed(encoder::EncoderBench),
+    /// SmolLM2: prefill tokens/s, decode tokens/s, time to first token and peak memory per
+    /// backend, next to llama.cpp on the same GGUF with the same thread count when
+    /// `--python` points at an interpreter with llama-cpp-python (scripts/llamacpp-peer.py).
+    Chat(chat::ChatBench),
+    /// Tuning: milliseconds per step of filter tuning (a new label from 8 examples) and of
+    /// chat LoRA tuning (batch and sequence length printed) per backend, and peak memory;
+    /// with `--refusals`, the refusal experiment (see `tune/refusals.rs`): AdvBench and
+    /// self-instruct refusal rates before and after tuning on 16 refusals + benign pairs.
+    Tune(tune::TuneBench),
+    /// The whole filter (tokenize, window, encode, pool, heads) on texts of a fixed token
+    /// length: texts/s per batch size and backend, next to the same filter in PyTorch
+    /// (scripts/filter-torch.py) on the same texts when `--python` is given.
+    Filter(encoder::FilterBench),
+}
+
+pub fn run(models: &Path, args: BenchArgs) -> Result<()> {
+    match args.what {
+        BenchWhat::Embed(args) => encoder::run_embed(models, &args),
+        BenchWhat::Chat(args) => chat::run(models, &args),
+        BenchWhat::Tune(args) => tune::run(models, &args),
+        BenchWhat::Filter(args) => encoder::run_filter(models, &args),
+    }
+}
+
+/// Runs a peer benchmark script and parses the one JSON object it prints.
+fn peer_json(
+    command: &mut std::process::Command,
+    python: &Path,
+    peer: &str,
+) -> Result<serde_json::Value> {
+    let out = command.output().map_err(|e| Error::io(python, e))?;
+    if !out.status.success() {
+        return Err(Error::Backend(format!(
+            "{peer} peer run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::Backend(format!("{peer} peer output: {e}")))
+}
+
+/// Waits for a result by reading it back, so each timing covers the whole computation.
+fn sync_read(t: burn::tensor::Tensor<2>) -> Result<()> {
+    pollster::block_on(t.into_data_async())
+        .map(|_| ())
+        .map_err(|e| Error::Backend(format!("{e:?}")))
+}
+
+/// The threads the CPU backend and the peers use: every core.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,154 @@
+//! What the commands have in common: reading input files (with a hint when a model is missing),
+//! texts from the arguments or stdin, the process's memory (allocator tuning, peak resident
+//! size) and a progress bar on stderr.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use webguard::{Error, Result};
+
+/// Reads a whole file; a missing one is most often a model not fetched yet, so say how.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Io {
+            path: path.display().to_string(),
+            message: "not found (scripts/fetch-models.sh fetches the models; --models or $WEBGUARD_MODELS points elsewhere)".into(),
+        },
+        _ => Error::io(path, e),
+    })
+}
+
+/// Lines of JSON objects, with the line number of a malformed one.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, shape: &str) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "{}:{}: expected {shape}: {e}",
+                    path.display(),
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The texts given as arguments, or each line of stdin when there are none.
+pub fn texts_or_stdin(texts: Vec<String>) -> Vec<String> {
+    if texts.is_empty() {
+        std::io::stdin()
+            .lines()
+            .map_while(std::io::Result::ok)
+            .collect()
+    } else {
+        texts
+    }
+}
+
+/// glibc gives large freed blocks back to the kernel (munmap, or trimming the heap) and the
+/// next allocation of the same size faults every page in again; the models allocate and free
+/// buffers of several MB per layer, which made page faults ~15% of the filter's time on the
+/// CPU backend. Raise both thresholds so freed buffers are reused (the most glibc allows for
+/// mmap: 32 MiB).
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
+/// Peak resident memory of this process (Linux), in MB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A small progress bar on stderr for long work (redrawn in place on a terminal, one line per
+/// tenth of the work otherwise, so CI logs stay short).
+pub struct Progress {
+    what: String,
+    total: usize,
+    start: Instant,
+    last_draw: Option<Instant>,
+    last_tenth: usize,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn new(what: impl Into<String>, total: usize) -> Self {
+        Progress {
+            what: what.into(),
+            total,
+            start: Instant::now(),
+            last_draw: None,
+            last_tenth: 0,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn update(&mut self, done: usize, note: &str) {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let rate = done as f64 / elapsed.max(1e-9);
+        let eta = if done > 0 {
+            (self.total.saturating_sub(done)) as f64 / rate
+        } else {
+            f64::NAN
+        };
+        let tenth = done * 10 / self.total.max(1);
+        let finished = done >= self.total;
+        if self.tty {
+            if !finished
+                && self
+                    .last_draw
+                    .is_some_and(|t| t.elapsed().as_millis() < 200)
+            {
+                return;
+            }
+            self.last_draw = Some(Instant::now());
+            let width = 30;
+            let filled = (done * width / self.total.max(1)).min(width);
+            eprint!(
+                "\r{} [{}{}] {done}/{} {rate:.1}/s ETA {} {note}   ",
+                self.what,
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                self.total,
+                fmt_secs(eta)
+            );
+            if finished {
+                eprintln!();
+            }
+        } else if tenth > self.last_tenth || finished {
+            self.last_tenth = tenth;
+            eprintln!(
+                "{}: {done}/{} ({rate:.1}/s, {} left) {note}",
+                self.what,
+                self.total,
+                fmt_secs(eta)
+            );
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn fmt_secs(s: f64) -> String {
+    if !s.is_finite() {
+        "?".into()
+    } else if s >= 60.0 {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!("{s:.0}s")
+    }
+}

@@ -1,0 +1,377 @@
+//! `guard` and `eval-guard`: the whole moderated pipeline (input screen -> answer -> output
+//! screen), for one prompt and for a labelled file of prompts. `eval-guard` is how a user
+//! judges a policy on their own prompts: how much unsafe text gets through, how much safe text
+//! is stopped.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use webguard::generate::GenerateOptions;
+use webguard::guard::{ModeratedReply, Policy, moderated_chat};
+use webguard::text::chat_template::Message;
+use webguard::tune::refusals::is_refusal;
+use webguard::{ChatModel, Error, Filter, Result};
+
+use crate::common::{Progress, read, read_jsonl};
+use crate::models::{FilterArgs, load_chat};
+
+/// The chat side of a moderated turn.
+#[derive(clap::Args)]
+pub struct AnswerArgs {
+    /// Most new tokens per answer.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 for greedy decoding (repeatable evaluations).
+    #[arg(long, default_value_t = GenerateOptions::default().temperature)]
+    temperature: f32,
+    /// Chat adapters written by `tune-chat` (e.g. safety adapters).
+    #[arg(long)]
+    chat_adapters: Option<PathBuf>,
+    /// System prompt (default: the model's own).
+    #[arg(long)]
+    system: Option<String>,
+    /// The chat model's harmful-request probe (`train-probe`).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/chat-probe.safetensors"))]
+    probe: PathBuf,
+    /// Screen with the filter alone (no chat-model probe).
+    #[arg(long)]
+    no_probe: bool,
+}
+
+impl AnswerArgs {
+    fn options(&self) -> Result<GenerateOptions> {
+        let options = GenerateOptions {
+            max_new_tokens: self.max_tokens,
+            temperature: self.temperature,
+            ..GenerateOptions::default()
+        };
+        options.validate()?;
+        Ok(options)
+    }
+
+    fn messages(&self, prompt: &str) -> Vec<Message> {
+        let mut messages = Vec::new();
+        if let Some(s) = &self.system {
+            messages.push(Message::new("system", s));
+        }
+        messages.push(Message::new("user", prompt));
+        messages
+    }
+}
+
+/// Everything a moderated turn needs, loaded once.
+struct Pipeline {
+    filter: Filter,
+    policy: Policy,
+    chat: ChatModel,
+    options: GenerateOptions,
+}
+
+impl Pipeline {
+    fn load(models: &Path, filter: &FilterArgs, answer: &AnswerArgs) -> Result<Self> {
+        let options = answer.options()?;
+        let filter = filter.load(models)?;
+        let policy = Policy::new(&filter);
+        let (mut chat, backend) = load_chat(models, "cpu", answer.chat_adapters.as_deref())?;
+        if !answer.no_probe {
+            chat.load_probe(&read(&answer.probe)?)?;
+        }
+        eprintln!(
+            "chat on {backend}{}",
+            if answer.no_probe {
+                ""
+            } else {
+                ", with its probe"
+            }
+        );
+        Ok(Pipeline {
+            filter,
+            policy,
+            chat,
+            options,
+        })
+    }
+
+    fn turn(
+        &self,
+        messages: &[Message],
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<ModeratedReply> {
+        pollster::block_on(moderated_chat(
+            &self.filter,
+            &self.policy,
+            &self.chat,
+            messages,
+            &self.options,
+            on_text,
+            || false,
+        ))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct GuardArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    #[command(flatten)]
+    answer: AnswerArgs,
+    /// Print the whole reply (scores, reasons) as one JSON object instead.
+    #[arg(long)]
+    json: bool,
+    /// The user's message.
+    prompt: String,
+}
+
+/// `guard PROMPT`: one moderated turn; prints what the user sees, then why.
+pub fn run_guard(models: &Path, args: GuardArgs) -> Result<()> {
+    let pipeline = Pipeline::load(models, &args.filter, &args.answer)?;
+    let reply = pipeline.turn(&args.answer.messages(&args.prompt), |_| true)?;
+    let mut out = std::io::stdout().lock();
+    let text = if args.json {
+        serde_json::to_string_pretty(&reply).map_err(|e| Error::InvalidInput(e.to_string()))?
+    } else {
+        let mut lines = vec![reply.text.clone(), String::new()];
+        lines.push(match &reply.reason {
+            Some(reason) => format!("blocked: {reason}"),
+            None => "shown: nothing was flagged".into(),
+        });
+        for (what, screening) in [("input", &reply.input), ("output", &reply.output)] {
+            if let Some(s) = screening {
+                let scores: Vec<String> = s
+                    .scores
+                    .iter()
+                    .map(|(l, v)| format!("{l} {v:.2}"))
+                    .collect();
+                lines.push(format!("{what} scores: {}", scores.join(", ")));
+            }
+        }
+        if !reply.warnings.is_empty() {
+            lines.push(format!("warnings: {}", reply.warnings.join(", ")));
+        }
+        lines.join("\n")
+    };
+    writeln!(out, "{text}").map_err(|e| Error::io("stdout", e))
+}
+
+/// One line of an `eval-guard` prompts file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelledPrompt {
+    id: serde_json::Value,
+    prompt: String,
+    /// `safe` or `unsafe`.
+    label: String,
+    /// Optional grouping for the summary (`past_tense`, `dangerous_sounding`, ...).
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+/// What `eval-guard` writes per prompt.
+#[derive(Serialize)]
+struct Outcome<'a> {
+    id: &'a serde_json::Value,
+    label: &'a str,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    blocked: bool,
+    reason: Option<&'a str>,
+    /// Highest input score per label.
+    input_scores: Option<&'a BTreeMap<String, f32>>,
+    output_scores: Option<&'a BTreeMap<String, f32>>,
+    answer: &'a str,
+    /// The model answered with a refusal (the answer layer said no by itself).
+    refused: bool,
+}
+
+/// Counts for one group of prompts.
+#[derive(Default, Serialize, Clone, Copy)]
+struct Tally {
+    prompts: usize,
+    blocked: usize,
+    refused: usize,
+}
+
+impl Tally {
+    fn add(&mut self, blocked: bool, refused: bool) {
+        self.prompts += 1;
+        self.blocked += usize::from(blocked);
+        self.refused += usize::from(refused && !blocked);
+    }
+
+    fn stopped(&self) -> f64 {
+        if self.prompts == 0 {
+            return 0.0;
+        }
+        (self.blocked + self.refused) as f64 / self.prompts as f64
+    }
+}
+
+#[derive(clap::Args)]
+pub struct EvalGuardArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    #[command(flatten)]
+    answer: AnswerArgs,
+    /// JSONL, one {"id", "prompt", "label": "safe"|"unsafe", "type"?} per line.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Write one JSON line per prompt here (default: none).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Only the first N prompts (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+}
+
+/// `eval-guard --prompts FILE`: the pipeline over every prompt, per-prompt lines and a summary.
+pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
+    let mut prompts: Vec<LabelledPrompt> =
+        read_jsonl(&args.prompts, "{\"id\", \"prompt\", \"label\"}")?;
+    if args.limit > 0 {
+        prompts.truncate(args.limit);
+    }
+    if let Some((i, p)) = prompts
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.label != "safe" && p.label != "unsafe")
+    {
+        return Err(Error::InvalidInput(format!(
+            "{}: prompt {} (line {}) has label {:?}; use \"safe\" or \"unsafe\"",
+            args.prompts.display(),
+            p.id,
+            i + 1,
+            p.label
+        )));
+    }
+    let pipeline = Pipeline::load(models, &args.filter, &args.answer)?;
+    let mut lines = match &args.out {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| Error::io(path, e))?,
+        )),
+        None => None,
+    };
+    let mut by_label: BTreeMap<&str, Tally> = BTreeMap::new();
+    let mut by_type: BTreeMap<(String, &str), Tally> = BTreeMap::new();
+    let mut progress = Progress::new("eval-guard", prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let reply = pipeline.turn(&args.answer.messages(&p.prompt), |_| true)?;
+        let refused = !reply.blocked && is_refusal(&reply.text);
+        by_label
+            .entry(&p.label)
+            .or_default()
+            .add(reply.blocked, refused);
+        if let Some(kind) = &p.kind {
+            by_type
+                .entry((kind.clone(), p.label.as_str()))
+                .or_default()
+                .add(reply.blocked, refused);
+        }
+        if let Some(out) = lines.as_mut() {
+            let outcome = Outcome {
+                id: &p.id,
+                label: &p.label,
+                kind: p.kind.as_deref(),
+                blocked: reply.blocked,
+                reason: reply.reason.as_deref(),
+                input_scores: reply.input.as_ref().map(|s| &s.scores),
+                output_scores: reply.output.as_ref().map(|s| &s.scores),
+                answer: &reply.text,
+                refused,
+            };
+            let line =
+                serde_json::to_string(&outcome).map_err(|e| Error::InvalidInput(e.to_string()))?;
+            writeln!(out, "{line}").map_err(|e| Error::io("eval-guard output", e))?;
+        }
+        progress.update(i + 1, "");
+    }
+    if let Some(mut out) = lines {
+        out.flush().map_err(|e| Error::io("eval-guard output", e))?;
+    }
+    let fraction = |label: &str| by_label.get(label).map_or(0.0, Tally::stopped);
+    let summary = serde_json::json!({
+        "prompts": prompts.len(),
+        "unsafe_blocked_or_refused": fraction("unsafe"),
+        "safe_blocked_or_refused": fraction("safe"),
+        "by_label": by_label,
+        "by_type": by_type
+            .iter()
+            .map(|((kind, label), t)| {
+                (format!("{kind}/{label}"), serde_json::json!({
+                    "label": label,
+                    "prompts": t.prompts,
+                    "blocked": t.blocked,
+                    "refused": t.refused,
+                    "blocked_or_refused": t.stopped(),
+                }))
+            })
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    let mut out = std::io::stdout().lock();
+    let text = if args.json {
+        summary.to_string()
+    } else {
+        let mut rows = vec![format!(
+            "{} prompts: unsafe blocked or refused {:.1}%, safe blocked or refused {:.1}%",
+            prompts.len(),
+            100.0 * fraction("unsafe"),
+            100.0 * fraction("safe")
+        )];
+        for ((kind, label), t) in &by_type {
+            rows.push(format!(
+                "  {kind:<34} {label:<7} {:>5} prompts  blocked {:>5}  refused {:>5}  stopped {:>5.1}%",
+                t.prompts,
+                t.blocked,
+                t.refused,
+                100.0 * t.stopped()
+            ));
+        }
+        rows.join("\n")
+    };
+    writeln!(out, "{text}").map_err(|e| Error::io("stdout", e))
+}
+
+#[derive(clap::Args)]
+pub struct SafetyPromptsArgs {
+    /// The shared data folder.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"))]
+    data: PathBuf,
+    /// train, val or held-out.
+    #[arg(long, default_value = "held-out")]
+    split: String,
+    /// Seed of the split (the one `train-filter` used).
+    #[arg(long, default_value_t = webguard::filter::train::TrainConfig::default().seed)]
+    seed: u64,
+}
+
+/// `safety-prompts`: the labelled requests of one split as `eval-guard` input, on stdout.
+pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
+    use webguard::filter::safety::{Split, requests};
+    let split = match args.split.as_str() {
+        "train" => Split::Train,
+        "val" => Split::Val,
+        "held-out" | "heldout" => Split::HeldOut,
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "--split {other:?}: use train, val or held-out"
+            )));
+        }
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (all, _) = requests(&args.data, root, args.seed)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (i, q) in all.iter().filter(|q| q.split == split).enumerate() {
+        let line = serde_json::json!({
+            "id": format!("{}-{i}", q.kind),
+            "prompt": q.text,
+            "label": if q.harmful { "unsafe" } else { "safe" },
+            "type": q.kind,
+        });
+        writeln!(out, "{line}").map_err(|e| Error::io("stdout", e))?;
+    }
+    out.flush().map_err(|e| Error::io("stdout", e))
+}

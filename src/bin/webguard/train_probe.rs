@@ -1,0 +1,225 @@
+//! `train-probe`: the chat model's harmful-request probe (`webguard::probe`), fitted on the
+//! training split of the safety requests, its threshold chosen on the validation split and
+//! its figures reported on the held-out split by kind. States are cached on disk, keyed by
+//! everything they depend on, so trying other layers or penalties is quick.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use webguard::filter::safety::{Request, Split, requests};
+use webguard::models::probe::{ProbeTrainConfig, StateProbe};
+use webguard::text::chat_template::Message;
+use webguard::{ChatModel, Error, Result, SMOLLM2_GGUF};
+
+use crate::common::{Progress, read};
+use crate::models::load_chat;
+
+#[derive(clap::Args)]
+pub struct TrainProbeArgs {
+    /// The shared data folder.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"))]
+    data: PathBuf,
+    /// Where to write the probe.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/chat-probe.safetensors"))]
+    out: PathBuf,
+    /// The blocks whose output at the last prompt token the probe reads (comma-separated).
+    #[arg(long, default_value = "6,10,14,18,22,26")]
+    layers: String,
+    /// Gradient steps.
+    #[arg(long, default_value_t = ProbeTrainConfig::default().steps)]
+    steps: usize,
+    /// L2 penalty.
+    #[arg(long, default_value_t = ProbeTrainConfig::default().l2)]
+    l2: f32,
+    /// Most false positives allowed on the validation split's safe requests when choosing the
+    /// threshold.
+    #[arg(long, default_value_t = 0.02)]
+    max_false_positives: f64,
+    /// Seed of the split (the one `train-filter` uses).
+    #[arg(long, default_value_t = webguard::filter::train::TrainConfig::default().seed)]
+    seed: u64,
+    /// Where states are cached between runs.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
+fn parse_layers(s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse()
+                .map_err(|_| Error::InvalidInput(format!("--layers: {p:?} is not a layer number")))
+        })
+        .collect()
+}
+
+/// States of every request (the cache file, or computed and cached).
+fn states(
+    chat: &ChatModel,
+    all: &[Request],
+    layers: &[usize],
+    cache: &Path,
+) -> Result<Vec<Vec<f32>>> {
+    let width = layers.len() * chat.model.config().dim;
+    if let Ok(bytes) = std::fs::read(cache)
+        && bytes.len() == all.len() * width * 4
+    {
+        eprintln!("states from {}", cache.display());
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        return Ok(values.chunks(width).map(<[f32]>::to_vec).collect());
+    }
+    // Every prompt starts with the same system turn: run it once and continue from a copy.
+    let prompt = |text: &str| chat.prompt_ids(&[Message::new("user", text)]);
+    let (a, b) = (prompt("a")?, prompt("b")?);
+    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut prefix = chat.model.new_cache();
+    chat.model.forward(&a[..shared], &mut prefix)?;
+    let mut out = Vec::with_capacity(all.len());
+    let mut progress = Progress::new("chat-model states", all.len());
+    for (i, q) in all.iter().enumerate() {
+        let ids = prompt(&q.text)?;
+        if ids[..shared] != a[..shared] {
+            return Err(Error::InvalidInput(
+                "prompts do not share the system turn".into(),
+            ));
+        }
+        let row = pollster::block_on(chat.prompt_states_after(&prefix, &ids[shared..], layers))?;
+        out.push(row);
+        progress.update(i + 1, "");
+    }
+    if let Some(dir) = cache.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let bytes: Vec<u8> = out.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(cache, bytes).map_err(|e| Error::io(cache, e))?;
+    Ok(out)
+}
+
+/// Flagged fraction per (kind, harmful) of `split` at `threshold`.
+fn by_kind(
+    all: &[Request],
+    scores: &[f32],
+    split: Split,
+    threshold: f32,
+) -> BTreeMap<String, (usize, usize)> {
+    let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (q, &s) in all.iter().zip(scores) {
+        if q.split == split {
+            let key = format!("{}/{}", q.kind, if q.harmful { "unsafe" } else { "safe" });
+            let e = out.entry(key).or_default();
+            e.0 += usize::from(s >= threshold);
+            e.1 += 1;
+        }
+    }
+    out
+}
+
+pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
+    let layers = parse_layers(&args.layers)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (all, files) = requests(&args.data, root, args.seed)?;
+    let (chat, backend) = load_chat(models, "cpu", None)?;
+    eprintln!(
+        "chat on {backend}; {} requests from {} files",
+        all.len(),
+        files.len()
+    );
+    let key = {
+        let mut h = Sha256::new();
+        h.update(webguard::VERSION);
+        h.update(Sha256::digest(read(&models.join(SMOLLM2_GGUF))?));
+        h.update(args.layers.as_bytes());
+        for q in &all {
+            h.update(q.text.as_bytes());
+            h.update([0]);
+        }
+        format!("{:x}", h.finalize())[..16].to_string()
+    };
+    let cache = args
+        .cache
+        .clone()
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir)
+                .join(".cache/webguard/probe-states")
+        })
+        .join(format!("{key}.f32"));
+    let rows = states(&chat, &all, &layers, &cache)?;
+    let pick = |split: Split| -> (Vec<Vec<f32>>, Vec<bool>) {
+        all.iter()
+            .zip(&rows)
+            .filter(|(q, _)| q.split == split)
+            .map(|(q, r)| (r.clone(), q.harmful))
+            .unzip()
+    };
+    let (train_x, train_y) = pick(Split::Train);
+    let config = ProbeTrainConfig {
+        steps: args.steps,
+        l2: args.l2,
+        ..ProbeTrainConfig::default()
+    };
+    let mut probe = StateProbe::train(layers, &train_x, &train_y, &config)?;
+    let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
+    // Threshold: the lowest whose validation false-positive rate stays within the budget.
+    let val: Vec<(f32, bool)> = all
+        .iter()
+        .zip(&scores)
+        .filter(|(q, _)| q.split == Split::Val)
+        .map(|(q, &s)| (s, q.harmful))
+        .collect();
+    let safe: Vec<f32> = val.iter().filter(|(_, h)| !h).map(|(s, _)| *s).collect();
+    let mut candidates: Vec<f32> = val.iter().map(|(s, _)| *s).collect();
+    candidates.sort_by(f32::total_cmp);
+    let threshold = candidates
+        .iter()
+        .copied()
+        .find(|&t| {
+            let fp = safe.iter().filter(|&&s| s >= t).count() as f64 / safe.len().max(1) as f64;
+            fp <= args.max_false_positives
+        })
+        .unwrap_or(0.5)
+        .clamp(0.0, 1.0);
+    probe.threshold = threshold;
+    let mut report = String::new();
+    let mut figures = HashMap::new();
+    for (name, split) in [
+        ("val", Split::Val),
+        ("held-out", Split::HeldOut),
+        ("train", Split::Train),
+    ] {
+        let rows = by_kind(&all, &scores, split, threshold);
+        report.push_str(&format!(
+            "{name} (flagged / requests at threshold {threshold:.3}):\n"
+        ));
+        for (k, (flagged, n)) in &rows {
+            report.push_str(&format!(
+                "  {k:<44} {flagged:>4} / {n:<4} {:>5.1}%\n",
+                100.0 * *flagged as f64 / (*n).max(1) as f64
+            ));
+        }
+        figures.insert(name.to_string(), rows);
+    }
+    eprint!("{report}");
+    let files: BTreeMap<_, _> = files.into_iter().collect();
+    probe.provenance.insert(
+        "command".into(),
+        std::env::args().collect::<Vec<_>>().join(" "),
+    );
+    probe.provenance.insert(
+        "data_sha256".into(),
+        serde_json::to_string(&files).map_err(|e| Error::InvalidInput(e.to_string()))?,
+    );
+    probe.provenance.insert(
+        "figures".into(),
+        serde_json::to_string(&figures).map_err(|e| Error::InvalidInput(e.to_string()))?,
+    );
+    probe.provenance.insert("model".into(), SMOLLM2_GGUF.into());
+    std::fs::write(&args.out, probe.save()?).map_err(|e| Error::io(&args.out, e))?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}

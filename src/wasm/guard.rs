@@ -1,0 +1,314 @@
+//! `Guard`: the filter and the chat model on one backend under one policy, with moderated chat
+//! and tuning: what `pkg/guard.js` runs in its worker.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use js_sys::Promise;
+use wasm_bindgen::prelude::*;
+
+use super::convert::{
+    self, JsResult, asks_to_stop, busy, call_on_token, invalid_input, step_callback, to_js,
+};
+use super::{backend_kind, classify, init_backend, load_chat};
+use crate::backend::Backend;
+use crate::chat::ChatModel;
+use crate::filter::Filter;
+use crate::generate::GenerateOptions;
+use crate::guard::{Action, Policy, Rule};
+use crate::tune::TuneOptions;
+use crate::tune::chat::{CHAT_ADAPTERS_FORMAT, ChatPair, ChatTuneOptions};
+use crate::tune::filter::LabelExample;
+
+/// The moderated chat and the filter together on one backend: what `pkg/guard.js` runs in its
+/// worker. `await Guard.create(backend, tokenizerJson, configJson, model, heads, gguf?)`;
+/// without `gguf` only `classify` works.
+#[wasm_bindgen(js_name = Guard)]
+pub struct WasmGuard {
+    /// Borrowed for each call; tuning borrows it mutably. The worker runs one call at a
+    /// time, and an overlapping call gets a "busy" error instead of a panic.
+    filter: Rc<RefCell<Filter>>,
+    /// Borrowed like the filter (tuning borrows it mutably).
+    chat: Option<Rc<RefCell<ChatModel>>>,
+    /// Copied into each call, so changing it never races a call in flight.
+    policy: Rc<RefCell<Policy>>,
+    backend: Backend,
+}
+
+// The filter's `RefCell` is held across awaits on purpose: every access uses `try_borrow*`,
+// so an overlapping call gets a "busy" error rather than a panic (see `busy`).
+#[allow(clippy::await_holding_refcell_ref)]
+#[wasm_bindgen(js_class = Guard)]
+impl WasmGuard {
+    /// Sets up `backend` (`"auto"`, `"webgpu"` or `"cpu"`) and loads the filter (MiniLM's
+    /// `tokenizer.json`, `config.json`, `model.safetensors`, the heads file) and, when `gguf`
+    /// is given, the chat model.
+    pub async fn create(
+        backend: String,
+        tokenizer_json: Vec<u8>,
+        config_json: Vec<u8>,
+        model_safetensors: Vec<u8>,
+        heads_safetensors: Vec<u8>,
+        gguf: Option<Vec<u8>>,
+    ) -> Result<WasmGuard, JsValue> {
+        let backend = init_backend(&backend).await?;
+        let filter = Filter::new(
+            &tokenizer_json,
+            &config_json,
+            &model_safetensors,
+            &heads_safetensors,
+            &backend.device,
+        )
+        .js_context("the filter could not be loaded")?;
+        let chat = match gguf {
+            Some(bytes) => Some(Rc::new(RefCell::new(
+                load_chat(&bytes, &backend).js_context("the chat model could not be loaded")?,
+            ))),
+            None => None,
+        };
+        Ok(WasmGuard {
+            policy: Rc::new(RefCell::new(Policy::new(&filter))),
+            filter: Rc::new(RefCell::new(filter)),
+            chat,
+            backend,
+        })
+    }
+
+    /// `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        backend_kind(&self.backend).into()
+    }
+
+    /// The chat model, or an error naming why there is none.
+    fn chat_model(&self) -> Result<Rc<RefCell<ChatModel>>, JsValue> {
+        self.chat
+            .clone()
+            .ok_or_else(|| invalid_input("this Guard was created without a chat model"))
+    }
+
+    /// The GPU adapter's name, when WebGPU runs.
+    #[wasm_bindgen(getter)]
+    pub fn adapter(&self) -> Option<String> {
+        self.backend.adapter.as_ref().map(|a| a.name.clone())
+    }
+
+    /// Why the CPU runs (no WebGPU, no adapter, a failed device, or asked for).
+    #[wasm_bindgen(getter, js_name = fallbackReason)]
+    pub fn fallback_reason(&self) -> Option<String> {
+        self.backend.fallback_reason.clone()
+    }
+
+    /// Whether the chat model is loaded.
+    #[wasm_bindgen(getter, js_name = hasChat)]
+    pub fn has_chat(&self) -> bool {
+        self.chat.is_some()
+    }
+
+    /// Label names, in score order.
+    #[wasm_bindgen(getter)]
+    pub fn labels(&self) -> Result<Vec<String>, JsValue> {
+        Ok(busy(self.filter.try_borrow())?.labels().to_vec())
+    }
+
+    /// `{ label: { threshold, action } }`.
+    #[wasm_bindgen(getter)]
+    pub fn policy(&self) -> Result<JsValue, JsValue> {
+        let rules: BTreeMap<String, Rule> = self
+            .policy
+            .borrow()
+            .rules()
+            .map(|(l, r)| (l.to_string(), r))
+            .collect();
+        to_js(&rules)
+    }
+
+    /// Sets one label's threshold (0 to 1) and action (`"block"`, `"warn"` or `"allow"`).
+    #[wasm_bindgen(js_name = setRule)]
+    pub fn set_rule(&self, label: &str, threshold: f32, action: &str) -> Result<(), JsValue> {
+        let action = action.parse::<Action>().js()?;
+        self.policy
+            .borrow_mut()
+            .set(label, Rule { threshold, action })
+            .js()
+    }
+
+    /// Resolves to one verdict per text: `{ scores: { offensive, hate, harmful }, labels,
+    /// flagged }`, under the current thresholds.
+    pub fn classify(&self, texts: JsValue) -> Result<Promise, JsValue> {
+        let texts = convert::texts(&texts)?;
+        let filter = self.filter.clone();
+        let thresholds = self.policy.borrow().thresholds();
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            classify(&*busy(filter.try_borrow())?, &texts, &thresholds).await
+        }))
+    }
+
+    /// One moderated turn (see `guard.rs`): resolves to `{ text, blocked, reason, input,
+    /// output, warnings, tokens, promptTokens, stopReason }`. `options` are `Chat.generate`'s;
+    /// `onToken(piece)` receives screened text and may return `false` to stop; `shouldStop()`
+    /// is asked after each piece (the worker checks an abort flag there).
+    pub fn chat(
+        &self,
+        messages: JsValue,
+        options: JsValue,
+        on_token: Option<js_sys::Function>,
+        should_stop: Option<js_sys::Function>,
+    ) -> Result<Promise, JsValue> {
+        let chat = self.chat_model()?;
+        let messages = convert::messages(messages)?;
+        let options: GenerateOptions = convert::options(&options, "options")?;
+        options.validate().js()?;
+        let filter = self.filter.clone();
+        let policy = self.policy.borrow().clone();
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let filter = busy(filter.try_borrow())?;
+            let chat = busy(chat.try_borrow())?;
+            let reply = crate::guard::moderated_chat(
+                &filter,
+                &policy,
+                &chat,
+                &messages,
+                &options,
+                |piece| call_on_token(on_token.as_ref(), piece),
+                || asks_to_stop(should_stop.as_ref()),
+            )
+            .await
+            .js()?;
+            to_js(&reply)
+        }))
+    }
+
+    /// Teaches the filter from `examples` (`[{ text, label, value }]`; a new label gets its
+    /// own head) with `options` (`TuneOptions`: `{ steps, learningRate, seed }`); `onStep({
+    /// step, steps, loss, millis })` after each step may return `false` to cancel, as may
+    /// `shouldStop()`. Resolves to `{ labels, newLabels, finalLoss, examples }`; on any error
+    /// the filter is as it was.
+    #[wasm_bindgen(js_name = tuneFilter)]
+    pub fn tune_filter(
+        &self,
+        examples: JsValue,
+        options: JsValue,
+        on_step: Option<js_sys::Function>,
+        should_stop: Option<js_sys::Function>,
+    ) -> Result<Promise, JsValue> {
+        let examples: Vec<LabelExample> =
+            convert::array_of(examples, "examples", "{ text, label, value }")?;
+        let options: TuneOptions = convert::options(&options, "tuning options")?;
+        options.validate().js()?;
+        let (filter, policy) = (self.filter.clone(), self.policy.clone());
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let mut f = busy(filter.try_borrow_mut())?;
+            let report = f
+                .tune(&examples, &options, |step| {
+                    step_callback(on_step.as_ref(), should_stop.as_ref(), step)
+                })
+                .await
+                .js()?;
+            let synced = policy.borrow().synced(&f);
+            *policy.borrow_mut() = synced;
+            to_js(&report)
+        }))
+    }
+
+    /// Instruction-tunes the chat model with LoRA from `pairs` (`[{ prompt, response }]`) with
+    /// `options` (`ChatTuneOptions`: `{ steps, learningRate, seed, rank, targets, batchSize
+    /// }`); `onStep` and `shouldStop` as for `tuneFilter`. Resolves to `{ pairs, firstLoss,
+    /// finalLoss, parameters }`; on any error the model is as it was.
+    #[wasm_bindgen(js_name = tuneChat)]
+    pub fn tune_chat(
+        &self,
+        pairs: JsValue,
+        options: JsValue,
+        on_step: Option<js_sys::Function>,
+        should_stop: Option<js_sys::Function>,
+    ) -> Result<Promise, JsValue> {
+        let chat = self.chat_model()?;
+        let pairs: Vec<ChatPair> = convert::array_of(pairs, "pairs", "{ prompt, response }")?;
+        let options: ChatTuneOptions = convert::options(&options, "tuning options")?;
+        options.tune.validate().js()?;
+        options.lora.validate().js()?;
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let mut chat = busy(chat.try_borrow_mut())?;
+            let report = chat
+                .tune(&pairs, &options, |step| {
+                    step_callback(on_step.as_ref(), should_stop.as_ref(), step)
+                })
+                .await
+                .js()?;
+            to_js(&report)
+        }))
+    }
+
+    /// Tuned adapters as safetensors bytes: `kind` `"filter"` (the tuned filter heads) or
+    /// `"chat"` (the chat model's LoRA adapters).
+    #[wasm_bindgen(js_name = exportAdapters)]
+    pub fn export_adapters(&self, kind: String) -> Result<Promise, JsValue> {
+        let (filter, chat) = (self.filter.clone(), self.chat.clone());
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let bytes = match kind.as_str() {
+                "filter" => busy(filter.try_borrow())?.export_adapters().await,
+                "chat" => match &chat {
+                    Some(c) => busy(c.try_borrow())?.export_adapters().await,
+                    None => return Err(invalid_input("this Guard has no chat model")),
+                },
+                other => {
+                    return Err(invalid_input(format!(
+                        "unknown adapters kind {other:?}: \"filter\" or \"chat\""
+                    )));
+                }
+            }
+            .js()?;
+            Ok(js_sys::Uint8Array::from(bytes.as_slice()).into())
+        }))
+    }
+
+    /// Loads adapters exported from a Guard with the same base models; which model they are
+    /// for is read from the file. Resolves to `"filter"` or `"chat"`.
+    #[wasm_bindgen(js_name = importAdapters)]
+    pub fn import_adapters(&self, bytes: Vec<u8>) -> Result<Promise, JsValue> {
+        let (filter, chat, policy) = (self.filter.clone(), self.chat.clone(), self.policy.clone());
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let format = crate::weights::safetensors::SafetensorsFile::parse(&bytes)
+                .ok()
+                .and_then(|f| f.metadata().get("format").cloned())
+                .unwrap_or_default();
+            if format == CHAT_ADAPTERS_FORMAT {
+                let chat = chat.ok_or_else(|| {
+                    invalid_input("these are chat adapters and this Guard has no chat model")
+                })?;
+                busy(chat.try_borrow_mut())?
+                    .import_adapters(&bytes)
+                    .await
+                    .js()?;
+                return Ok("chat".into());
+            }
+            let mut f = busy(filter.try_borrow_mut())?;
+            f.import_adapters(&bytes).await.js()?;
+            let synced = policy.borrow().synced(&f);
+            *policy.borrow_mut() = synced;
+            Ok("filter".into())
+        }))
+    }
+
+    /// Forgets tuning: `kind` `"filter"`, `"chat"`, or `"all"`.
+    #[wasm_bindgen(js_name = resetAdapters)]
+    pub fn reset_adapters(&self, kind: String) -> Result<(), JsValue> {
+        if !["filter", "chat", "all"].contains(&kind.as_str()) {
+            return Err(invalid_input(format!(
+                "unknown adapters kind {kind:?}: \"filter\", \"chat\" or \"all\""
+            )));
+        }
+        if kind != "chat" {
+            let mut f = busy(self.filter.try_borrow_mut())?;
+            f.reset_adapters();
+            let synced = self.policy.borrow().synced(&f);
+            *self.policy.borrow_mut() = synced;
+        }
+        if let (true, Some(c)) = (kind != "filter", &self.chat) {
+            busy(c.try_borrow_mut())?.reset_adapters();
+        }
+        Ok(())
+    }
+}

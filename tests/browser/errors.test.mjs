@@ -1,0 +1,39 @@
+// Errors through the whole stack in a real browser: the wasm module names each error by its
+// kind (src/error.rs, ErrorKind), the worker carries the name across postMessage and guard.js
+// rejects with an Error of the same name, which is what the worker's GPU-to-CPU fallback and
+// callers branch on. The messages stay the readable ones.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { load, openBrowser } from "./browser.mjs";
+
+let b;
+before(async () => {
+  b = await openBrowser({ webgpu: false });
+  await load(b, "/tests/browser/pages/guard.html");
+});
+after(async () => {
+  await b?.close();
+});
+
+test("load failures: IoError for a download, ModelFileError for a file, BackendError for the GPU", async () => {
+  const r = await b.page.evaluate(() => window.webguard.loadErrors());
+  console.log(`# ${JSON.stringify(r)}`);
+  assert.match(r.missingChat, /^IoError: could not download chat model .*HTTP 404/);
+  assert.match(r.notAModel, /^ModelFileError: the chat model could not be loaded: /);
+  assert.match(r.noGpu, /^BackendError: .*GPU/);
+});
+
+test("call failures: InvalidInputError for bad arguments, CancelledError for an abort", async () => {
+  const r = await b.page.evaluate(() => window.webguard.callErrors());
+  console.log(`# ${JSON.stringify(r)}`);
+  assert.match(r.notTexts, /^InvalidInputError: text 0 is not a string/);
+  assert.match(r.noChat, /^InvalidInputError: this Guard was created without a chat model/);
+  assert.match(r.unknownLabel, /^InvalidInputError: unknown label "spam"/);
+  assert.match(r.unknownTuneOption, /^InvalidInputError: tuning options: unknown option "stepz" \(known: steps, learningRate, seed\)/);
+  assert.match(r.badSteps, /^InvalidInputError: .*steps is 0/);
+  assert.equal(r.isolated, true);
+  assert.match(r.cancelled, /^CancelledError: .*tuning stopped at step/);
+  assert.equal(r.verdicts.length, 1);
+  assert.equal(r.verdicts[0].flagged, false);
+  assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
+});
