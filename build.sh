@@ -99,8 +99,9 @@ build() {
   step "wasm-bindgen --target web -> pkg/"
   wasm-bindgen --target web --out-dir pkg --out-name webguard \
     "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/webguard.wasm"
-  # The package ships the filter heads (guard.js loads them from next to itself by default).
-  cp assets/filter-heads.safetensors pkg/
+  # The package ships the filter heads and the chat probe (guard.js loads them from next to
+  # itself by default).
+  cp assets/filter-heads.safetensors assets/chat-probe.safetensors pkg/
   if [ "$opt" != none ]; then
     # npm's binaryen is itself wasm (single-threaded, minutes on this module), so the result is
     # cached by the input's hash: an unchanged module is not optimised twice.

@@ -70,12 +70,13 @@ async function build(id, backend) {
   const f = files;
   const names = ["tokenizer", "config", "model", "heads"];
   const commits = [];
-  const [tokenizer, config, model, heads, gguf] = await Promise.all([
+  const [tokenizer, config, model, heads, gguf, chatProbe] = await Promise.all([
     ...names.map((n) => bytesOf(id, `filter ${n}`, f.filter[n], settings.cache, commits)),
     f.chat ? bytesOf(id, "chat model", f.chat, settings.cache, commits) : undefined,
+    f.chat && f.chatProbe ? bytesOf(id, "chat probe", f.chatProbe, settings.cache, commits) : undefined,
   ]);
   post(id, "progress", { file: "models", phase: "init", loaded: 0, total: 0 });
-  const g = await WasmGuard.create(backend, tokenizer, config, model, heads, gguf);
+  const g = await WasmGuard.create(backend, tokenizer, config, model, heads, gguf, chatProbe);
   await Promise.all(commits.map((c) => c()));
   return g;
 }
@@ -87,6 +88,7 @@ function describe(g) {
     reason: g.fallbackReason ?? null,
     labels: g.labels,
     hasChat: g.hasChat,
+    chatProbe: g.chatProbe ?? null,
     policy: g.policy,
   };
 }

@@ -61,6 +61,13 @@ export interface CreateOptions {
   chatUrl?: string | URL;
   filter?: { tokenizer?: Source; config?: Source; model?: Source; heads?: Source };
   chat?: Source;
+  /**
+   * The chat model's harmful-request probe: it judges each conversation from the model's own
+   * states at the end of the prompt and blocks before any token is generated (Reply.chatJudge).
+   * Default: chat-probe.safetensors shipped in this package, loaded whenever a chat model is;
+   * `false` turns it off; a URL or bytes load another (a bad file is a ModelFileError).
+   */
+  chatProbe?: boolean | Source;
   backend?: "auto" | "webgpu" | "cpu";
   thresholds?: Partial<Record<Label, number>>;
   policy?: Partial<Record<Label, Partial<Rule>>>;
@@ -119,6 +126,16 @@ export interface Reply {
   seconds: number;
   firstTextMs?: number;
   stopReason: string | null;
+  /** The chat probe's harm score of the conversation, 0 to 1 (blocked at or above
+   * Guard.chatProbe.threshold); null without a probe or when the filter blocked first. */
+  chatJudge: number | null;
+}
+
+export interface ChatProbe {
+  /** Conversations scored at or above it are blocked. */
+  threshold: number;
+  /** The chat model's blocks whose states it reads. */
+  layers: number[];
 }
 
 export interface LabelExample { text: string; label: string; value: boolean; }
@@ -167,6 +184,8 @@ export class Guard {
   /** The shipped labels plus any taught with tuneFilter. */
   readonly labels: string[];
   readonly hasChat: boolean;
+  /** The loaded chat probe, or null (turned off, or no chat model). */
+  readonly chatProbe: ChatProbe | null;
   readonly policy: Record<string, Rule>;
   setRule(label: string, rule: Partial<Rule>): Promise<void>;
   classify(texts: string | string[]): Promise<Verdict[]>;

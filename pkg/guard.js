@@ -18,8 +18,8 @@
 // Rust library's option types: their names and defaults live there, and the worker's wasm
 // module checks them.
 
-const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "backend", "thresholds",
-  "policy", "onProgress", "cache"];
+const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "chatProbe", "backend",
+  "thresholds", "policy", "onProgress", "cache"];
 const CACHE_NAME = "webguard-models-v1";
 
 /** A URL made absolute against the page, or bytes/File passed through (for the worker). */
@@ -54,6 +54,17 @@ function splitOptions(options, jsOnly, what) {
   return [js, rest];
 }
 
+/** The chat probe to load: the shipped one by default (with a chat model only), none for
+ * `false`, or the page's own URL or bytes. */
+function probeSource(value, hasChat) {
+  if (value === false || value === null) return undefined;
+  if (value === undefined || value === true) {
+    return hasChat ? new URL("./chat-probe.safetensors", import.meta.url).href : undefined;
+  }
+  if (!hasChat) throw new TypeError("chatProbe was given without a chat model: give chatUrl or chat too");
+  return source(value, "chatProbe");
+}
+
 /** An Error named by its kind, like those from the worker. */
 function named(name, message) {
   const e = new Error(message);
@@ -79,6 +90,9 @@ export class Guard {
    * Options: `filterUrl` (folder with MiniLM's tokenizer.json, config.json, model.safetensors),
    * `headsUrl` (default: the heads file shipped in this package), `chatUrl` (SmolLM2's GGUF),
    * or `filter: { tokenizer, config, model, heads }` / `chat` as ArrayBuffers or Files;
+   * `chatProbe`: the chat model's harmful-request probe, which judges every conversation from
+   * the model's own states before it answers (default: chat-probe.safetensors shipped in this
+   * package, loaded with the chat model; `false` turns it off; or a URL / bytes of another);
    * `backend`: "auto" | "webgpu" | "cpu"; `thresholds: { label: number }`;
    * `policy: { label: { threshold, action: "block" | "warn" | "allow" } }`;
    * `onProgress({ file, phase: "download" | "cache" | "init", loaded, total, done })`;
@@ -103,11 +117,12 @@ export class Guard {
       if (v === undefined) throw new TypeError(`the filter's ${k} file is missing: give filterUrl or filter.${k}`);
     }
     const chat = source(o.chat ?? o.chatUrl, "chatUrl");
+    const chatProbe = probeSource(o.chatProbe, chat !== undefined);
     const worker = new Worker(new URL("./guard-worker.js", import.meta.url), { type: "module", name: "webguard" });
     const guard = new Guard(worker);
     guard.#onProgress = o.onProgress;
     try {
-      guard.#info = await guard.#call("create", { backend, files: { filter, chat }, cache: o.cache !== false });
+      guard.#info = await guard.#call("create", { backend, files: { filter, chat, chatProbe }, cache: o.cache !== false });
       for (const [label, threshold] of Object.entries(o.thresholds ?? {})) {
         await guard.setRule(label, { threshold });
       }
@@ -136,6 +151,10 @@ export class Guard {
   /** Whether a chat model was loaded. */
   get hasChat() { return this.#info.hasChat; }
 
+  /** The chat model's harmful-request probe, `{ threshold, layers }`, or null when it is off
+   *  (`chatProbe: false`) or there is no chat model. Replies carry its score as `chatJudge`. */
+  get chatProbe() { return this.#info.chatProbe ? structuredClone(this.#info.chatProbe) : null; }
+
   /** `{ label: { threshold, action } }`. */
   get policy() { return structuredClone(this.#info.policy); }
 
@@ -157,7 +176,8 @@ export class Guard {
   /**
    * Answers the last user message of `messages` ([{ role, content }]) with moderation: the
    * message is screened first, the answer sentence by sentence before it is shown. Resolves to
-   * `{ text, blocked, reason, input, output, warnings, tokens, tokensPerSecond, stopReason }`.
+   * `{ text, blocked, reason, input, output, warnings, tokens, tokensPerSecond, stopReason,
+   * chatJudge }` (chatJudge: the chat probe's score of the conversation, or null).
    * Options (ChatOptions in guard.d.ts, with their defaults): maxTokens, temperature, topK,
    * topP, repetitionPenalty, seed, stop, `onToken(text)`, `signal` (an AbortSignal: stops
    * generation; the promise resolves with what was shown).

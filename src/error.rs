@@ -64,6 +64,17 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind (the `match` in [`ErrorKind::name`] keeps the list honest: a new kind
+    /// needs a name, and the tests check every listed kind has a distinct one).
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::InvalidInput,
+        ErrorKind::ModelFile,
+        ErrorKind::Backend,
+        ErrorKind::Tuning,
+        ErrorKind::Cancelled,
+        ErrorKind::Io,
+    ];
+
     /// The name a JavaScript `Error` of this kind carries (`err.name`).
     pub fn name(self) -> &'static str {
         match self {
@@ -107,14 +118,7 @@ mod tests {
 
     #[test]
     fn every_kind_has_a_distinct_js_name() {
-        let kinds = [
-            ErrorKind::InvalidInput,
-            ErrorKind::ModelFile,
-            ErrorKind::Backend,
-            ErrorKind::Tuning,
-            ErrorKind::Cancelled,
-            ErrorKind::Io,
-        ];
+        let kinds = ErrorKind::ALL;
         let names: std::collections::BTreeSet<_> = kinds.iter().map(|k| k.name()).collect();
         assert_eq!(names.len(), kinds.len());
         assert!(names.iter().all(|n| n.ends_with("Error")));

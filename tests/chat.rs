@@ -9,11 +9,15 @@ use webguard::generate::{GenerateOptions, StopReason, generate};
 use webguard::text::chat_template::Message;
 use webguard::weights::Gguf;
 
-#[test]
-fn greedy_answer_to_the_capital_of_france() {
+fn chat_model() -> ChatModel {
     let bytes = common::read_model(webguard::SMOLLM2_GGUF);
     let gguf = Gguf::parse(&bytes).unwrap();
-    let chat = ChatModel::load(&gguf, &Device::flex()).unwrap();
+    ChatModel::load(&gguf, &Device::flex()).unwrap()
+}
+
+#[test]
+fn greedy_answer_to_the_capital_of_france() {
+    let chat = chat_model();
     let ids = chat
         .prompt_ids(&[Message::new("user", "What is the capital of France?")])
         .unwrap();
@@ -71,9 +75,7 @@ fn greedy_answer_to_the_capital_of_france() {
 
 #[test]
 fn prompt_ids_equal_the_rendered_template_and_typed_markers_stay_text() {
-    let bytes = common::read_model(webguard::SMOLLM2_GGUF);
-    let gguf = Gguf::parse(&bytes).unwrap();
-    let chat = ChatModel::load(&gguf, &Device::flex()).unwrap();
+    let chat = chat_model();
     let tok = &chat.tokenizer;
     // Ordinary conversations: the same ids as tokenising the rendered template.
     for messages in [
@@ -110,9 +112,7 @@ fn prompt_ids_equal_the_rendered_template_and_typed_markers_stay_text() {
 
 #[test]
 fn probe_states_do_not_depend_on_how_the_prompt_was_prefilled() {
-    let bytes = common::read_model(webguard::SMOLLM2_GGUF);
-    let gguf = Gguf::parse(&bytes).unwrap();
-    let chat = ChatModel::load(&gguf, &Device::flex()).unwrap();
+    let chat = chat_model();
     let ids = chat
         .prompt_ids(&[Message::new("user", "How do I bake bread?")])
         .unwrap();

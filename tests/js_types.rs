@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use webguard::error::ErrorKind;
 use webguard::generate::GenerateOptions;
+use webguard::guard::ModeratedReply;
 use webguard::tune::TuneOptions;
 use webguard::tune::chat::ChatTuneOptions;
 
@@ -166,29 +167,6 @@ fn all_problems(dts: &str) -> Vec<String> {
     out
 }
 
-/// Every error kind; the `match` stops compiling when a kind is added and not listed.
-fn error_kinds() -> Vec<ErrorKind> {
-    let kinds = vec![
-        ErrorKind::InvalidInput,
-        ErrorKind::ModelFile,
-        ErrorKind::Backend,
-        ErrorKind::Tuning,
-        ErrorKind::Cancelled,
-        ErrorKind::Io,
-    ];
-    for k in &kinds {
-        match k {
-            ErrorKind::InvalidInput
-            | ErrorKind::ModelFile
-            | ErrorKind::Backend
-            | ErrorKind::Tuning
-            | ErrorKind::Cancelled
-            | ErrorKind::Io => {}
-        }
-    }
-    kinds
-}
-
 /// The `ErrorName` union against the kinds' names.
 fn error_name_problems(dts: &str) -> Vec<String> {
     let Some(start) = dts.find("export type ErrorName =") else {
@@ -197,7 +175,7 @@ fn error_name_problems(dts: &str) -> Vec<String> {
     let union = &dts[start..];
     let union = &union[..union.find(';').unwrap_or(union.len())];
     let declared: Vec<&str> = union.split('"').skip(1).step_by(2).collect();
-    let names: Vec<&str> = error_kinds().iter().map(|k| k.name()).collect();
+    let names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
     let mut out = Vec::new();
     for n in &names {
         if !declared.contains(n) {
@@ -221,6 +199,42 @@ fn error_name_problems(dts: &str) -> Vec<String> {
 fn guard_d_ts_declares_the_rust_options_and_their_defaults() {
     let problems = all_problems(&dts());
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The d.ts `Reply` against what a moderated turn serialises to (`ModeratedReply`): every field
+/// the wasm module sends is declared (guard.js adds a few timings of its own).
+fn reply_problems(dts: &str) -> Vec<String> {
+    let fields = match interface(dts, "Reply") {
+        Ok(f) => f,
+        Err(e) => return vec![format!("Reply: {e}")],
+    };
+    let reply = ModeratedReply {
+        text: String::new(),
+        blocked: false,
+        reason: None,
+        input: None,
+        output: None,
+        warnings: Vec::new(),
+        tokens: 0,
+        prompt_tokens: 0,
+        stop_reason: None,
+        chat_judge: None,
+    };
+    let Value::Object(sent) = serde_json::to_value(reply).unwrap() else {
+        return vec!["Reply: ModeratedReply does not serialise to an object".into()];
+    };
+    sent.keys()
+        .filter(|k| !fields.iter().any(|f| &f.name == *k))
+        .map(|k| format!("Reply: the reply field `{k}` is not declared"))
+        .collect()
+}
+
+#[test]
+fn the_reply_type_declares_every_field_rust_sends() {
+    let problems = reply_problems(&dts());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let broken = dts().replacen("  chatJudge: number | null;\n", "", 1);
+    assert_eq!(reply_problems(&broken).len(), 1);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 // the models in a Web Worker; this thread only renders.
 //
 // Query parameters (used by the tests, handy for trying things): backend=auto|webgpu|cpu,
-// filterUrl=, chatUrl=, chat=0 (filter only).
+// filterUrl=, chatUrl=, chat=0 (filter only), chatProbe=0 (the chat model does not judge).
 import { Guard } from "../pkg/guard.js";
 
 const $ = (id) => document.getElementById(id);
@@ -74,6 +74,7 @@ async function load() {
     const guard = await Guard.create({
       filterUrl: params.get("filterUrl") ?? new URL("all-MiniLM-L6-v2/", MODELS).href,
       chatUrl: withChat ? (params.get("chatUrl") ?? new URL("SmolLM2-135M-Instruct.Q4_1.gguf", MODELS).href) : undefined,
+      chatProbe: params.get("chatProbe") !== "0",
       backend: $("backend").value,
       onProgress,
     });
@@ -101,25 +102,37 @@ function setReady(ready) {
 
 // ---------------------------------------------------------------- scores
 
-/** Small bars, one per label, with the threshold marked. */
-function scoreBars(scores, flaggedLabels = []) {
+/** One bar: a name, a meter with the threshold marked, the score. */
+function scoreRow(name, score, threshold, over) {
+  const row = document.createElement("div");
+  row.className = "score" + (over ? " over" : "");
+  const label = document.createElement("span");
+  label.textContent = name;
+  const meter = document.createElement("meter");
+  meter.min = 0; meter.max = 1; meter.value = score;
+  if (threshold !== undefined) meter.high = threshold;
+  meter.setAttribute("aria-label", `${name} score`);
+  const value = document.createElement("span");
+  value.textContent = score.toFixed(2);
+  row.append(label, meter, value);
+  return row;
+}
+
+/** Small bars, one per label, with the threshold marked; `chatJudge` (the chat model's own
+ *  score of the conversation) adds a "chat model" bar. */
+function scoreBars(scores, flaggedLabels = [], chatJudge = null) {
   const wrap = document.createElement("div");
   wrap.className = "scores";
   const policy = state.guard?.policy ?? {};
   const order = state.guard?.labels ?? Object.keys(scores);
   for (const label of order.filter((l) => l in scores)) {
-    const score = scores[label];
-    const row = document.createElement("div");
-    row.className = "score" + (flaggedLabels.includes(label) ? " over" : "");
-    const name = document.createElement("span");
-    name.textContent = label;
-    const meter = document.createElement("meter");
-    meter.min = 0; meter.max = 1; meter.value = score;
-    if (policy[label]) meter.high = policy[label].threshold;
-    meter.setAttribute("aria-label", `${label} score`);
-    const value = document.createElement("span");
-    value.textContent = score.toFixed(2);
-    row.append(name, meter, value);
+    wrap.append(scoreRow(label, scores[label], policy[label]?.threshold, flaggedLabels.includes(label)));
+  }
+  if (typeof chatJudge === "number") {
+    const threshold = state.guard?.chatProbe?.threshold;
+    const row = scoreRow("chat model", chatJudge, threshold, threshold !== undefined && chatJudge >= threshold);
+    row.classList.add("chat-judge");
+    row.title = "The chat model's own judgement of the conversation (a probe over its states)";
     wrap.append(row);
   }
   return wrap;
@@ -142,11 +155,18 @@ function addMessage(role, text) {
   return li;
 }
 
-function markBlocked(li, reason) {
+/** Marks `li` blocked with the reason in words; the chat model's score of the conversation is
+ *  added when it judged and the reason does not already give it. */
+function markBlocked(li, reason, chatJudge = null) {
   li.classList.add("blocked");
   const mark = document.createElement("p");
   mark.className = "blocked-mark";
-  mark.textContent = reason;
+  let text = reason ?? "blocked";
+  if (typeof chatJudge === "number" && !/by the chat model/.test(text)) {
+    const threshold = state.guard?.chatProbe?.threshold;
+    text += ` (the chat model judged the conversation ${chatJudge.toFixed(2)}${threshold === undefined ? "" : `, blocks at ${threshold.toFixed(2)}`})`;
+  }
+  mark.textContent = text;
   li.append(mark);
 }
 
@@ -184,10 +204,15 @@ async function send(event) {
         assistantLi.scrollIntoView({ block: "end" });
       },
     });
-    if (reply.input) userLi.append(scoreBars(reply.input.scores, [...reply.input.blocked, ...reply.input.warned]));
+    if (reply.input) {
+      userLi.append(scoreBars(reply.input.scores, [...reply.input.blocked, ...reply.input.warned], reply.chatJudge));
+    }
     body.textContent = reply.text;
     if (reply.blocked) {
-      markBlocked(reply.input?.blocked.length ? userLi : assistantLi, reply.reason);
+      // Blocked before answering (the filter or the chat model judged the conversation): the
+      // user's message carries the mark; otherwise the answer does.
+      const beforeAnswer = !reply.output && !reply.tokens;
+      markBlocked(beforeAnswer ? userLi : assistantLi, reply.reason, reply.chatJudge);
       assistantLi.classList.add("refusal");
     } else {
       state.messages = [...history, { role: "assistant", content: reply.text }];
@@ -445,25 +470,42 @@ function renderRules() {
     const rule = policy[label];
     const row = document.createElement("div");
     row.className = "rule";
-    const id = `rule-${label}`;
-    row.innerHTML = `<label for="${id}">${label} <output id="${id}-value">${rule.threshold.toFixed(2)}</output></label>
-      <input id="${id}" type="range" min="0" max="1" step="0.01" value="${rule.threshold}">
-      <label class="inline" for="${id}-action">action</label>
-      <select id="${id}-action">
-        <option value="block">block</option><option value="warn">warn</option><option value="allow">allow</option>
-      </select>`;
-    box.append(row);
-    const range = row.querySelector("input");
-    const action = row.querySelector("select");
+    // Built node by node: labels taught in the page are the user's own text.
+    const id = `rule-${state.guard.labels.indexOf(label)}`;
+    const title = document.createElement("label");
+    title.htmlFor = id;
+    const value = document.createElement("output");
+    value.textContent = rule.threshold.toFixed(2);
+    title.append(`${label} `, value);
+    const range = document.createElement("input");
+    Object.assign(range, { id, type: "range", min: "0", max: "1", step: "0.01", value: String(rule.threshold) });
+    const actionLabel = document.createElement("label");
+    actionLabel.className = "inline";
+    actionLabel.htmlFor = `${id}-action`;
+    actionLabel.textContent = "action";
+    const action = document.createElement("select");
+    action.id = `${id}-action`;
+    for (const a of ["block", "warn", "allow"]) {
+      const option = document.createElement("option");
+      option.value = a;
+      option.textContent = a;
+      action.append(option);
+    }
     action.value = rule.action;
+    row.append(title, range, actionLabel, action);
+    box.append(row);
     const apply = async () => {
-      row.querySelector("output").textContent = Number(range.value).toFixed(2);
+      value.textContent = Number(range.value).toFixed(2);
       await state.guard.setRule(label, { threshold: Number(range.value), action: action.value });
     };
     range.addEventListener("change", apply);
-    range.addEventListener("input", () => { row.querySelector("output").textContent = Number(range.value).toFixed(2); });
+    range.addEventListener("input", () => { value.textContent = Number(range.value).toFixed(2); });
     action.addEventListener("change", apply);
   }
+  const probe = state.guard.chatProbe;
+  $("chat-probe-note").textContent = !state.guard.hasChat ? ""
+    : probe ? `The chat model also judges each conversation before answering, from its own states: it blocks at a score of ${probe.threshold.toFixed(2)} or more.`
+      : "The chat model's own judgement is off (chatProbe=0).";
 }
 
 function toggleSettings(open) {

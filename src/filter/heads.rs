@@ -197,19 +197,8 @@ impl Heads {
     pub fn load_format(bytes: &[u8], format: &str, device: &Device) -> Result<(Self, HeadsInfo)> {
         let file = SafetensorsFile::parse(bytes)?;
         let meta = file.metadata();
-        let get = |key: &str| {
-            meta.get(key).ok_or_else(|| {
-                Error::Safetensors(format!(
-                    "not a webguard filter heads file: metadata {key:?} is missing"
-                ))
-            })
-        };
-        if get("format")? != format {
-            return Err(Error::Safetensors(format!(
-                "not a webguard filter heads file: format {:?}, expected {format:?}",
-                get("format")?
-            )));
-        }
+        let get = |key: &str| file.required_metadata(key, "a webguard filter heads file");
+        file.expect_format(format, "a webguard filter heads file")?;
         let labels: Vec<String> = get("labels")?.split(',').map(str::to_owned).collect();
         let features: FeatureSpec = get("features")?.parse()?;
         let hidden: usize = get("hidden")?

@@ -57,7 +57,9 @@ pub struct ProbeTrainConfig {
 impl Default for ProbeTrainConfig {
     fn default() -> Self {
         ProbeTrainConfig {
-            steps: 300,
+            // Chosen on the validation split (notes/issue-13-guard.md): 300 underfits the
+            // short plain requests, 3000 loses recall.
+            steps: 1000,
             learning_rate: 1.0,
             l2: 1e-3,
         }
@@ -199,19 +201,8 @@ impl StateProbe {
     pub fn load(bytes: &[u8], blocks: usize, dim: usize) -> Result<Self> {
         let file = SafetensorsFile::parse(bytes)?;
         let meta = file.metadata();
-        let get = |key: &str| {
-            meta.get(key).ok_or_else(|| {
-                Error::ModelFile(format!(
-                    "not a webguard chat probe: metadata {key:?} is missing"
-                ))
-            })
-        };
-        if get("format")? != FORMAT {
-            return Err(Error::ModelFile(format!(
-                "not a webguard chat probe: format {:?}, expected {FORMAT:?}",
-                get("format")?
-            )));
-        }
+        let get = |key: &str| file.required_metadata(key, "a webguard chat probe");
+        file.expect_format(FORMAT, "a webguard chat probe")?;
         let layers: Vec<usize> = serde_json::from_str(get("layers")?)
             .map_err(|e| Error::ModelFile(format!("chat probe: layers: {e}")))?;
         let threshold: f32 = get("threshold")?
@@ -292,7 +283,8 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    /// Two Gaussian clouds that differ along one direction.
+    /// Two clouds of uniform noise (width 4) that differ by 3 along one direction: the best
+    /// possible accuracy is 87.5%.
     fn clouds(n: usize, width: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<bool>) {
         let mut rng = Rng::new(seed);
         let mut rows = Vec::new();
@@ -302,7 +294,7 @@ mod tests {
             let row: Vec<f32> = (0..width)
                 .map(|j| {
                     let noise = (rng.next_f64() as f32 - 0.5) * 4.0;
-                    noise + if j == 3 && y { 1.5 } else { 0.0 } + 10.0
+                    noise + if j == 3 && y { 3.0 } else { 0.0 } + 10.0
                 })
                 .collect();
             rows.push(row);
@@ -322,7 +314,7 @@ mod tests {
             .zip(&test_labels)
             .filter(|(r, y)| (probe.score(r).unwrap() >= 0.5) == **y)
             .count();
-        assert!(correct > 300, "{correct}/400");
+        assert!(correct > 320, "{correct}/400");
     }
 
     #[test]

@@ -310,22 +310,10 @@ impl ChatModel {
     /// models' adapters, wrong shapes and other files are errors, and the model is unchanged.
     pub async fn import_adapters(&mut self, bytes: &[u8]) -> Result<()> {
         let file = SafetensorsFile::parse(bytes)?;
-        let meta = file.metadata();
-        let get = |k: &str| {
-            meta.get(k).ok_or_else(|| {
-                Error::Safetensors(format!(
-                    "not webguard chat adapters: metadata {k:?} is missing"
-                ))
-            })
-        };
-        if get("format")? != CHAT_ADAPTERS_FORMAT {
-            return Err(Error::Safetensors(format!(
-                "not webguard chat adapters: format {:?}, expected {CHAT_ADAPTERS_FORMAT:?}",
-                get("format")?
-            )));
-        }
+        let get = |key: &str| file.required_metadata(key, "webguard chat adapters");
+        file.expect_format(CHAT_ADAPTERS_FORMAT, "webguard chat adapters")?;
         let signature = self.model_signature().await?;
-        if get("model")? != &signature {
+        if get("model")? != signature {
             return Err(Error::InvalidInput(format!(
                 "these adapters were made for another model ({}); this one is {signature}",
                 get("model")?

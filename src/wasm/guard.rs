@@ -22,8 +22,9 @@ use crate::tune::chat::{CHAT_ADAPTERS_FORMAT, ChatPair, ChatTuneOptions};
 use crate::tune::filter::LabelExample;
 
 /// The moderated chat and the filter together on one backend: what `pkg/guard.js` runs in its
-/// worker. `await Guard.create(backend, tokenizerJson, configJson, model, heads, gguf?)`;
-/// without `gguf` only `classify` works.
+/// worker. `await Guard.create(backend, tokenizerJson, configJson, model, heads, gguf?,
+/// chatProbe?)`; without `gguf` only `classify` works, and `chatProbe` (a probe file, see
+/// `crate::models::probe`) needs `gguf`.
 #[wasm_bindgen(js_name = Guard)]
 pub struct WasmGuard {
     /// Borrowed for each call; tuning borrows it mutably. The worker runs one call at a
@@ -36,6 +37,13 @@ pub struct WasmGuard {
     backend: Backend,
 }
 
+/// What `Guard.chatProbe` says about a loaded probe.
+#[derive(serde::Serialize)]
+struct ProbeInfo {
+    threshold: f32,
+    layers: Vec<usize>,
+}
+
 // The filter's `RefCell` is held across awaits on purpose: every access uses `try_borrow*`,
 // so an overlapping call gets a "busy" error rather than a panic (see `busy`).
 #[allow(clippy::await_holding_refcell_ref)]
@@ -43,7 +51,8 @@ pub struct WasmGuard {
 impl WasmGuard {
     /// Sets up `backend` (`"auto"`, `"webgpu"` or `"cpu"`) and loads the filter (MiniLM's
     /// `tokenizer.json`, `config.json`, `model.safetensors`, the heads file) and, when `gguf`
-    /// is given, the chat model.
+    /// is given, the chat model, with the harmful-request probe over its states when
+    /// `chat_probe` is given (a malformed one, or one for another model, is a `ModelFileError`).
     pub async fn create(
         backend: String,
         tokenizer_json: Vec<u8>,
@@ -51,7 +60,13 @@ impl WasmGuard {
         model_safetensors: Vec<u8>,
         heads_safetensors: Vec<u8>,
         gguf: Option<Vec<u8>>,
+        chat_probe: Option<Vec<u8>>,
     ) -> Result<WasmGuard, JsValue> {
+        if chat_probe.is_some() && gguf.is_none() {
+            return Err(invalid_input(
+                "a chat probe was given without a chat model: it judges with the chat model's states",
+            ));
+        }
         let backend = init_backend(&backend).await?;
         let filter = Filter::new(
             &tokenizer_json,
@@ -62,9 +77,15 @@ impl WasmGuard {
         )
         .js_context("the filter could not be loaded")?;
         let chat = match gguf {
-            Some(bytes) => Some(Rc::new(RefCell::new(
-                load_chat(&bytes, &backend).js_context("the chat model could not be loaded")?,
-            ))),
+            Some(bytes) => {
+                let mut chat =
+                    load_chat(&bytes, &backend).js_context("the chat model could not be loaded")?;
+                if let Some(probe) = chat_probe {
+                    chat.load_probe(&probe)
+                        .js_context("the chat probe could not be loaded")?;
+                }
+                Some(Rc::new(RefCell::new(chat)))
+            }
             None => None,
         };
         Ok(WasmGuard {
@@ -104,6 +125,24 @@ impl WasmGuard {
     #[wasm_bindgen(getter, js_name = hasChat)]
     pub fn has_chat(&self) -> bool {
         self.chat.is_some()
+    }
+
+    /// The chat model's harmful-request probe: `{ threshold, layers }` (moderated chat blocks
+    /// a conversation it scores at or above `threshold`, reported as `chatJudge`), or `null`
+    /// when none is loaded.
+    #[wasm_bindgen(getter, js_name = chatProbe)]
+    pub fn chat_probe(&self) -> Result<JsValue, JsValue> {
+        let Some(chat) = &self.chat else {
+            return Ok(JsValue::NULL);
+        };
+        let chat = busy(chat.try_borrow())?;
+        match &chat.probe {
+            Some(p) => to_js(&ProbeInfo {
+                threshold: p.threshold,
+                layers: p.layers.clone(),
+            }),
+            None => Ok(JsValue::NULL),
+        }
     }
 
     /// Label names, in score order.
@@ -146,7 +185,7 @@ impl WasmGuard {
     }
 
     /// One moderated turn (see `guard.rs`): resolves to `{ text, blocked, reason, input,
-    /// output, warnings, tokens, promptTokens, stopReason }`. `options` are `Chat.generate`'s;
+    /// output, warnings, tokens, promptTokens, stopReason, chatJudge }`. `options` are `Chat.generate`'s;
     /// `onToken(piece)` receives screened text and may return `false` to stop; `shouldStop()`
     /// is asked after each piece (the worker checks an abort flag there).
     pub fn chat(

@@ -32,6 +32,26 @@ impl<'a> SafetensorsFile<'a> {
         &self.metadata
     }
 
+    /// Metadata `key`; its absence means the file is not `what` ("a webguard filter heads
+    /// file"), and the error says so.
+    pub fn required_metadata(&self, key: &str, what: &str) -> Result<&str> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| Error::Safetensors(format!("not {what}: metadata {key:?} is missing")))
+    }
+
+    /// Checks that the `format` metadata is `format`, for files that must be `what`.
+    pub fn expect_format(&self, format: &str, what: &str) -> Result<()> {
+        let found = self.required_metadata("format", what)?;
+        if found != format {
+            return Err(Error::Safetensors(format!(
+                "not {what}: format {found:?}, expected {format:?}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Names of all tensors, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.inner.names().into_iter().map(str::to_owned).collect();

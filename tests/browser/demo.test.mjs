@@ -1,9 +1,10 @@
 // The product in a real browser: the demo (www/) over the Guard API (pkg/guard.js), models in
 // a Web Worker. Loads with progress and from the Cache API the second time; classify on WebGPU
-// (SwiftShader) and with WebGPU off (CPU fallback); moderated chat (answer streamed, harmful
-// request blocked before generation, Stop); no request leaves 127.0.0.1; the main thread has
-// no long task while the model generates; bad model URLs and files are clear errors the page
-// recovers from. Screenshots go to tests/browser/out/.
+// (SwiftShader) and with WebGPU off (CPU fallback); moderated chat (answer streamed, the chat
+// model's own score shown, harmful request blocked before generation with the reason, Stop);
+// no request leaves 127.0.0.1; the main thread has no long task while the model generates; bad
+// model URLs and files are clear errors the page recovers from. Screenshots go to
+// tests/browser/out/.
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync } from "node:fs";
 import { after, before, test } from "node:test";
@@ -72,6 +73,8 @@ test("chat: the answer streams in and mentions Paris; a harmful request is block
   const answer = await b.page.textContent(".message.assistant .text");
   assert.match(answer, /Paris/);
   assert.match(await b.page.textContent("#chat-stats"), /\d+ tokens · [\d.]+ tokens\/s/);
+  // The chat model judged the conversation too (its probe is on by default): a bar of its own.
+  assert.match(await b.page.textContent(".message.user .chat-judge"), /^chat model\d\.\d\d$/);
   // The worker did the work: no long task on the main thread while the model generated.
   const long = await b.page.evaluate((start) => window.__longTasks.filter((t) => t.start >= start), t0);
   assert.deepEqual(long.filter((t) => t.duration > 200), [], JSON.stringify(long));

@@ -1,7 +1,9 @@
 // Errors through the whole stack in a real browser: the wasm module names each error by its
 // kind (src/error.rs, ErrorKind), the worker carries the name across postMessage and guard.js
 // rejects with an Error of the same name, which is what the worker's GPU-to-CPU fallback and
-// callers branch on. The messages stay the readable ones.
+// callers branch on. The messages stay the readable ones. Also the chat model's probe as a
+// page gets it: shipped and loaded by default, judging before generation, off with
+// `chatProbe: false`, a bad probe file a ModelFileError at create time.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { load, openBrowser } from "./browser.mjs";
@@ -35,5 +37,32 @@ test("call failures: InvalidInputError for bad arguments, CancelledError for an 
   assert.match(r.cancelled, /^CancelledError: .*tuning stopped at step/);
   assert.equal(r.verdicts.length, 1);
   assert.equal(r.verdicts[0].flagged, false);
+  assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
+});
+
+test("chat probe: on by default, blocks a harmful request by itself; chatProbe: false turns it off", async () => {
+  const r = await b.page.evaluate(() => window.webguard.chatProbe());
+  console.log(`# ${JSON.stringify(r)}`);
+  assert.ok(r.probe && r.probe.threshold > 0 && r.probe.threshold < 1 && r.probe.layers.length > 0, JSON.stringify(r.probe));
+  // Blocked before generation (by the filter, the chat model, or both).
+  assert.equal(r.bomb.blocked, true);
+  assert.equal(r.bomb.tokens, 0);
+  // With the filter's labels all allowed, the chat model's own judgement still blocks it.
+  assert.equal(r.bombJudgeOnly.blocked, true, JSON.stringify(r.bombJudgeOnly));
+  assert.deepEqual(r.bombJudgeOnly.filterBlocked, []);
+  assert.match(r.bombJudgeOnly.reason, /judged harmful by the chat model/);
+  assert.ok(r.bombJudgeOnly.chatJudge >= r.probe.threshold, JSON.stringify(r.bombJudgeOnly));
+  assert.equal(r.bombJudgeOnly.tokens, 0);
+  // An ordinary question is judged (a number) and answered.
+  assert.equal(typeof r.france.chatJudge, "number");
+  assert.ok(r.france.chatJudge < r.probe.threshold, JSON.stringify(r.france));
+  assert.equal(r.france.blocked, false);
+  assert.ok(r.france.tokens > 0);
+  // Turned off: no probe, no judgement.
+  assert.equal(r.offProbe, null);
+  assert.equal(r.offFrance.chatJudge, null);
+  assert.equal(r.offFrance.blocked, false);
+  assert.match(r.notAProbe, /^ModelFileError: the chat probe could not be loaded: .*not a webguard chat probe/);
+  assert.match(r.withoutChat, /^TypeError: chatProbe was given without a chat model/);
   assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
 });

@@ -26,7 +26,7 @@ test("guard.d.ts declares the API guard.js implements", () => {
     assert.match(js, new RegExp(`\\b${member}\\(`), `guard.js has ${member}`);
     assert.match(dts, new RegExp(`\\b${member}\\(`), `guard.d.ts declares ${member}`);
   }
-  for (const getter of ["backend", "labels", "hasChat", "policy"]) {
+  for (const getter of ["backend", "labels", "hasChat", "chatProbe", "policy"]) {
     assert.match(js, new RegExp(`get ${getter}\\(`));
     assert.match(dts, new RegExp(`readonly ${getter}:`));
   }
