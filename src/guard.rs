@@ -76,6 +76,10 @@ pub struct Rule {
 pub struct Policy {
     labels: Vec<String>,
     rules: Vec<Rule>,
+    /// Per label, the threshold the chat model's answers are held to: the filter's answer
+    /// threshold (calibrated on the model's benign answers, never below the label's own) until
+    /// the rule is set, then the rule's.
+    answer_thresholds: Vec<f32>,
 }
 
 impl Policy {
@@ -91,33 +95,41 @@ impl Policy {
                     action: Action::Block,
                 })
                 .collect(),
+            answer_thresholds: answer_thresholds(filter),
         }
     }
 
     /// This policy for `filter`'s current labels (after tuning added or reset some): rules of
     /// labels that still exist stay; new labels get the filter's threshold and block.
     pub fn synced(&self, filter: &Filter) -> Policy {
-        let rules = filter
+        let answers = answer_thresholds(filter);
+        let (rules, answer_thresholds) = filter
             .labels()
             .iter()
             .zip(filter.thresholds())
-            .map(
-                |(label, &threshold)| match self.labels.iter().position(|l| l == label) {
-                    Some(i) => self.rules[i],
-                    None => Rule {
-                        threshold,
-                        action: Action::Block,
-                    },
-                },
-            )
-            .collect();
+            .zip(answers)
+            .map(|((label, &threshold), answer)| {
+                match self.labels.iter().position(|l| l == label) {
+                    Some(i) => (self.rules[i], self.answer_thresholds[i]),
+                    None => (
+                        Rule {
+                            threshold,
+                            action: Action::Block,
+                        },
+                        answer,
+                    ),
+                }
+            })
+            .unzip();
         Policy {
             labels: filter.labels().to_vec(),
             rules,
+            answer_thresholds,
         }
     }
 
-    /// Replaces the rule of `label`. Errors for an unknown label or a threshold outside 0..=1.
+    /// Replaces the rule of `label`; a changed threshold then holds for answers too. Errors
+    /// for an unknown label or a threshold outside 0..=1.
     pub fn set(&mut self, label: &str, rule: Rule) -> Result<()> {
         let i = self.labels.iter().position(|l| l == label).ok_or_else(|| {
             Error::InvalidInput(format!(
@@ -130,6 +142,11 @@ impl Policy {
                 "threshold {} for {label} is outside 0 to 1",
                 rule.threshold
             )));
+        }
+        // A new threshold is the caller's choice for answers too; re-applying the same rule
+        // (the worker does after a GPU-to-CPU fallback) keeps the calibrated one.
+        if rule.threshold != self.rules[i].threshold {
+            self.answer_thresholds[i] = rule.threshold;
         }
         self.rules[i] = rule;
         Ok(())
@@ -150,14 +167,31 @@ impl Policy {
 
     /// Applies the rules to one text's scores (label order).
     pub fn screen(&self, scores: &[f32]) -> Screening {
+        self.screen_as(scores, Side::Input)
+    }
+
+    /// [`Policy::screen`] for an answer of the chat model, at the answer thresholds.
+    pub fn screen_answer(&self, scores: &[f32]) -> Screening {
+        self.screen_as(scores, Side::Answer)
+    }
+
+    /// The threshold label `i` is held to on `side`.
+    fn threshold(&self, i: usize, side: Side) -> f32 {
+        match side {
+            Side::Input => self.rules[i].threshold,
+            Side::Answer => self.answer_thresholds[i],
+        }
+    }
+
+    fn screen_as(&self, scores: &[f32], side: Side) -> Screening {
         let mut s = Screening {
             scores: score_map(&self.labels, scores),
             blocked: Vec::new(),
             warned: Vec::new(),
         };
-        for ((label, rule), &score) in self.labels.iter().zip(&self.rules).zip(scores) {
-            if score >= rule.threshold {
-                match rule.action {
+        for (i, (label, &score)) in self.labels.iter().zip(scores).enumerate() {
+            if score >= self.threshold(i, side) {
+                match self.rules[i].action {
                     Action::Block => s.blocked.push(label.clone()),
                     Action::Warn => s.warned.push(label.clone()),
                     Action::Allow => {}
@@ -172,8 +206,8 @@ impl Policy {
         Verdict::new(&self.labels, scores, &self.thresholds())
     }
 
-    /// Why `screening` blocks, in words (`None` when it does not).
-    fn block_reason(&self, what: &str, screening: &Screening) -> Option<String> {
+    /// Why `screening` (of `side`) blocks, in words (`None` when it does not).
+    fn block_reason(&self, what: &str, screening: &Screening, side: Side) -> Option<String> {
         if screening.blocked.is_empty() {
             return None;
         }
@@ -185,12 +219,30 @@ impl Policy {
                 format!(
                     "{l} {:.2} >= {:.2}",
                     screening.scores.get(l).copied().unwrap_or(f32::NAN),
-                    self.rules[i].threshold
+                    self.threshold(i, side)
                 )
             })
             .collect();
         Some(format!("{what} flagged as {}", parts.join(", ")))
     }
+}
+
+/// The filter's thresholds for answers: its calibrated answer threshold per label, never below
+/// the label's own.
+fn answer_thresholds(filter: &Filter) -> Vec<f32> {
+    filter
+        .thresholds()
+        .iter()
+        .zip(filter.answer_thresholds())
+        .map(|(&own, answer)| own.max(answer))
+        .collect()
+}
+
+/// What is screened: the conversation, or the chat model's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Input,
+    Answer,
 }
 
 /// One text's scores under a [`Policy`].
@@ -247,7 +299,7 @@ fn sentence_done(pending: &str) -> bool {
 
 /// Screens `texts` together with `filter` under `policy`: each label's score is its highest
 /// over the texts. `Err` carries the failure, for failing closed.
-async fn screen(filter: &Filter, policy: &Policy, texts: &[&str]) -> Result<Screening> {
+async fn screen(filter: &Filter, policy: &Policy, texts: &[&str], side: Side) -> Result<Screening> {
     let scores = filter.scores(texts).await?;
     let mut worst: Option<Vec<f32>> = None;
     for row in scores {
@@ -257,7 +309,7 @@ async fn screen(filter: &Filter, policy: &Policy, texts: &[&str]) -> Result<Scre
         });
     }
     let worst = worst.ok_or_else(|| Error::Backend("the filter returned no scores".into()))?;
-    Ok(policy.screen(&worst))
+    Ok(policy.screen_as(&worst, side))
 }
 
 /// How many of the latest user turns are also read as one text.
@@ -326,12 +378,12 @@ pub async fn moderated_chat(
     };
     let texts = input_texts(messages);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let input = match screen(filter, policy, &texts).await {
+    let input = match screen(filter, policy, &texts, Side::Input).await {
         Ok(s) => s,
         Err(e) => return Ok(fail_closed(reply, e)),
     };
     reply.warnings.extend(input.warned.iter().cloned());
-    if let Some(reason) = policy.block_reason("the message was", &input) {
+    if let Some(reason) = policy.block_reason("the message was", &input, Side::Input) {
         reply.text = refusal(&reason);
         reply.blocked = true;
         reply.reason = Some(reason);
@@ -382,7 +434,7 @@ pub async fn moderated_chat(
             continue;
         }
         let text = generator.text().to_string();
-        let screening = match screen(filter, policy, &[&text]).await {
+        let screening = match screen(filter, policy, &[&text], Side::Answer).await {
             Ok(s) => s,
             Err(e) => {
                 generator.cancel();
@@ -399,7 +451,7 @@ pub async fn moderated_chat(
                 reply.warnings.push(w.clone());
             }
         }
-        if let Some(reason) = policy.block_reason("the answer was", &screening) {
+        if let Some(reason) = policy.block_reason("the answer was", &screening, Side::Answer) {
             generator.cancel();
             reply.text = refusal(&reason);
             reply.blocked = true;
@@ -450,6 +502,7 @@ mod tests {
                 };
                 3
             ],
+            answer_thresholds: vec![0.5, 0.9, 0.5],
         }
     }
 
@@ -479,9 +532,51 @@ mod tests {
             vec!["harmful"],
             "0.5 >= 0.5 blocks; allow ignores hate"
         );
-        let reason = p.block_reason("the message was", &s).unwrap();
+        let reason = p.block_reason("the message was", &s, Side::Input).unwrap();
         assert_eq!(reason, "the message was flagged as harmful 0.50 >= 0.50");
-        assert!(p.block_reason("x", &p.screen(&[0.1, 0.1, 0.1])).is_none());
+        assert!(
+            p.block_reason("x", &p.screen(&[0.1, 0.1, 0.1]), Side::Input)
+                .is_none()
+        );
+        // Answers have their own thresholds: hate 0.85 flags a message, not an answer.
+        let mut p2 = policy();
+        assert_eq!(p2.screen(&[0.1, 0.85, 0.1]).blocked, vec!["hate"]);
+        assert!(p2.screen_answer(&[0.1, 0.85, 0.1]).blocked.is_empty());
+        let s = p2.screen_answer(&[0.1, 0.95, 0.1]);
+        assert_eq!(
+            p2.block_reason("the answer was", &s, Side::Answer).unwrap(),
+            "the answer was flagged as hate 0.95 >= 0.90"
+        );
+        // Setting a rule sets the threshold for answers too.
+        p2.set(
+            "hate",
+            Rule {
+                threshold: 0.97,
+                action: Action::Block,
+            },
+        )
+        .unwrap();
+        assert!(p2.screen_answer(&[0.1, 0.95, 0.1]).blocked.is_empty());
+        p2.set(
+            "hate",
+            Rule {
+                threshold: 0.3,
+                action: Action::Block,
+            },
+        )
+        .unwrap();
+        assert_eq!(p2.screen_answer(&[0.1, 0.4, 0.1]).blocked, vec!["hate"]);
+        // Re-applying an unchanged rule keeps the answer threshold.
+        let mut p3 = policy();
+        p3.set(
+            "hate",
+            Rule {
+                threshold: 0.5,
+                action: Action::Warn,
+            },
+        )
+        .unwrap();
+        assert!(p3.screen_answer(&[0.1, 0.85, 0.1]).warned.is_empty());
         let v = p.verdict(&[0.4, 0.9, 0.1]);
         assert_eq!(v.labels, vec!["offensive", "hate"]);
     }

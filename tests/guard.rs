@@ -34,6 +34,15 @@ fn ask(
     converse(filter, policy, chat, &[Message::new("user", question)], 48)
 }
 
+/// A policy with `rule(label)` for every label.
+fn policy_with(filter: &Filter, rule: impl Fn(&str) -> Rule) -> Policy {
+    let mut policy = Policy::new(filter);
+    for label in filter.labels() {
+        policy.set(label, rule(label)).unwrap();
+    }
+    policy
+}
+
 /// One moderated turn over `messages`, with the pieces shown.
 fn converse(
     filter: &Filter,
@@ -103,19 +112,10 @@ fn moderated_chat_blocks_before_and_during_generation() {
         .max_by(|x, y| (x.1.1 - x.1.0).total_cmp(&(y.1.1 - y.1.0)))
         .unwrap();
     assert!(a > q, "some label scores the answer above the question");
-    let mut strict = Policy::new(&filter);
-    for l in filter.labels() {
-        let threshold = if l == label { (q + a) / 2.0 } else { 1.0 };
-        strict
-            .set(
-                l,
-                Rule {
-                    threshold,
-                    action: Action::Block,
-                },
-            )
-            .unwrap();
-    }
+    let mut strict = policy_with(&filter, |l| Rule {
+        threshold: if l == label { (q + a) / 2.0 } else { 1.0 },
+        action: Action::Block,
+    });
     let (reply, pieces) = ask(&filter, &strict, &chat, question);
     assert!(reply.blocked, "{reply:?}");
     assert!(
@@ -307,17 +307,10 @@ fn the_chat_models_probe_refuses_before_generating_at_its_shipped_threshold() {
     .unwrap();
     chat.load_probe(&probe).unwrap();
     // The filter allows everything here, so what is refused is refused by the chat model.
-    let mut open = Policy::new(&filter);
-    for label in filter.labels() {
-        open.set(
-            label,
-            Rule {
-                threshold: 1.0,
-                action: Action::Allow,
-            },
-        )
-        .unwrap();
-    }
+    let open = policy_with(&filter, |_| Rule {
+        threshold: 1.0,
+        action: Action::Allow,
+    });
     let (reply, pieces) = ask(
         &filter,
         &open,

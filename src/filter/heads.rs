@@ -77,6 +77,9 @@ pub struct EncoderAdapter {
     pub scale: f64,
 }
 
+/// The metadata key of the per-label thresholds for answers (see [`HeadsInfo::answer_thresholds`]).
+pub const ANSWER_THRESHOLDS: &str = "answer_thresholds";
+
 /// Everything about a heads file that is not a weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadsInfo {
@@ -90,6 +93,28 @@ pub struct HeadsInfo {
     pub thresholds: Vec<f32>,
     /// Free-form provenance: the command and data that made the file.
     pub provenance: HashMap<String, String>,
+}
+
+impl HeadsInfo {
+    /// Per-label thresholds for screening the chat model's answers, when the file has them
+    /// (`webguard calibrate-answers` writes them): the heads were trained on tweets and short
+    /// requests, and long helpful answers ("kill the process", "gut the fish") score higher
+    /// than their meaning, so answers get thresholds chosen on the model's own benign answers.
+    /// Stored in the metadata (with the provenance) as a JSON list in label order; a list of
+    /// the wrong length or with values outside 0 to 1 is an error.
+    pub fn answer_thresholds(&self) -> Result<Option<Vec<f32>>> {
+        let Some(json) = self.provenance.get(ANSWER_THRESHOLDS) else {
+            return Ok(None);
+        };
+        let values: Vec<f32> = serde_json::from_str(json)
+            .map_err(|e| Error::ModelFile(format!("heads file: {ANSWER_THRESHOLDS}: {e}")))?;
+        if values.len() != self.labels.len() || values.iter().any(|v| !(0.0..=1.0).contains(v)) {
+            return Err(Error::ModelFile(format!(
+                "heads file: {ANSWER_THRESHOLDS} must hold one value in 0 to 1 per label"
+            )));
+        }
+        Ok(Some(values))
+    }
 }
 
 impl Heads {

@@ -77,6 +77,8 @@ pub struct Filter {
     heads: Heads,
     info: HeadsInfo,
     thresholds: Vec<f32>,
+    /// Per-label thresholds for the chat model's answers (0 where the file has none).
+    answer_thresholds: Vec<f32>,
     /// The heads as loaded, before any tuning (`reset_tuning` goes back to them).
     base: Box<(Heads, HeadsInfo)>,
 }
@@ -120,11 +122,15 @@ impl Filter {
                 "heads and label names differ in number".into(),
             ));
         }
+        let answer_thresholds = info
+            .answer_thresholds()?
+            .unwrap_or_else(|| vec![0.0; info.labels.len()]);
         Ok(Filter {
             encoder,
             base: Box::new((heads.clone(), info.clone())),
             heads,
             thresholds: info.thresholds.clone(),
+            answer_thresholds,
             info,
         })
     }
@@ -169,6 +175,15 @@ impl Filter {
     /// Current per-label thresholds, in label order.
     pub fn thresholds(&self) -> &[f32] {
         &self.thresholds
+    }
+
+    /// Per-label floors for screening the chat model's answers, in label order (0 for labels
+    /// the heads file has none for, e.g. labels taught in the page): see
+    /// [`heads::HeadsInfo::answer_thresholds`].
+    pub fn answer_thresholds(&self) -> Vec<f32> {
+        (0..self.info.labels.len())
+            .map(|i| self.answer_thresholds.get(i).copied().unwrap_or(0.0))
+            .collect()
     }
 
     /// Overrides one label's threshold (a score at or above it flags the text).

@@ -375,3 +375,90 @@ pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
     }
     out.flush().map_err(|e| Error::io("stdout", e))
 }
+
+#[derive(clap::Args)]
+pub struct CalibrateAnswersArgs {
+    /// `eval-guard --out` lines of a split not used for reporting (the validation split).
+    #[arg(long)]
+    outcomes: PathBuf,
+    /// The heads file to read and rewrite with its answer thresholds.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/filter-heads.safetensors"))]
+    heads: PathBuf,
+    /// Most of the safe prompts' answers a label may flag.
+    #[arg(long, default_value_t = 0.02)]
+    max_flagged: f64,
+}
+
+/// One `eval-guard` line, as far as calibration reads it.
+#[derive(Deserialize)]
+struct ScreenedAnswer {
+    label: String,
+    output_scores: Option<BTreeMap<String, f32>>,
+}
+
+/// `calibrate-answers`: per label, the least threshold at or above the label's own at which at
+/// most `--max-flagged` of the chat model's answers to safe prompts flag; written into the
+/// heads file's metadata (`answer_thresholds`), which answers are then screened with.
+pub fn run_calibrate_answers(args: CalibrateAnswersArgs) -> Result<()> {
+    use webguard::filter::heads::{ANSWER_THRESHOLDS, Heads};
+    let text = std::fs::read_to_string(&args.outcomes).map_err(|e| Error::io(&args.outcomes, e))?;
+    let answers: Vec<BTreeMap<String, f32>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<ScreenedAnswer>(l)
+                .map_err(|e| Error::InvalidInput(format!("{}: {e}", args.outcomes.display())))
+        })
+        .filter_map(|r| match r {
+            Ok(a) if a.label == "safe" => a.output_scores.map(Ok),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_>>()?;
+    if answers.len() < 20 {
+        return Err(Error::InvalidInput(format!(
+            "{}: {} answers to safe prompts; calibration needs at least 20",
+            args.outcomes.display(),
+            answers.len()
+        )));
+    }
+    let bytes = read(&args.heads)?;
+    let device = webguard::backend::Backend::cpu(None).device;
+    let (heads, mut info) = Heads::load(&bytes, &device)?;
+    let adapters = Heads::load_adapters(&bytes, &device)?;
+    let allowed = (args.max_flagged * answers.len() as f64).floor() as usize;
+    let mut thresholds = Vec::with_capacity(info.labels.len());
+    for (label, &own) in info.labels.iter().zip(&info.thresholds) {
+        let mut scores: Vec<f32> = answers
+            .iter()
+            .filter_map(|a| a.get(label).copied())
+            .collect();
+        scores.sort_by(|a, b| b.total_cmp(a));
+        // Just above the (allowed + 1)-th highest benign score, so at most `allowed` flag.
+        let above = scores.get(allowed).map_or(0.0, |&s| (s + 1e-4).min(1.0));
+        let t = own.max(above);
+        eprintln!(
+            "{label}: threshold {own:.3}; answers flagged at it {}/{}; answer threshold {t:.3}",
+            scores.iter().filter(|&&s| s >= own).count(),
+            scores.len()
+        );
+        thresholds.push(t);
+    }
+    info.provenance.insert(
+        ANSWER_THRESHOLDS.into(),
+        serde_json::to_string(&thresholds).map_err(|e| Error::InvalidInput(e.to_string()))?,
+    );
+    info.provenance.insert(
+        "answer_calibration".into(),
+        format!(
+            "{} (answers to {} safe prompts, at most {:.1}% flagged per label)",
+            std::env::args().collect::<Vec<_>>().join(" "),
+            answers.len(),
+            100.0 * args.max_flagged
+        ),
+    );
+    let out = pollster::block_on(heads.save(&info, &adapters))?;
+    std::fs::write(&args.heads, out).map_err(|e| Error::io(&args.heads, e))?;
+    eprintln!("wrote {}", args.heads.display());
+    Ok(())
+}

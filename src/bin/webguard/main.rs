@@ -100,6 +100,9 @@ enum Command {
     /// The moderated pipeline over a JSONL file of labelled prompts ({"id", "prompt",
     /// "label": "safe"|"unsafe", "type"?}): a line per prompt (--out) and a summary.
     EvalGuard(guard::EvalGuardArgs),
+    /// Choose the thresholds answers are screened with from `eval-guard` outcomes of safe
+    /// prompts (the validation split) and write them into the heads file.
+    CalibrateAnswers(guard::CalibrateAnswersArgs),
     /// Write one split of the labelled safety requests as `eval-guard` input (stdout).
     SafetyPrompts(guard::SafetyPromptsArgs),
     /// Fit the chat model's harmful-request probe on the safety requests' training split and
@@ -124,6 +127,7 @@ impl Command {
             Command::Guard(args) => guard::run_guard(models, args),
             Command::EvalGuard(args) => guard::run_eval_guard(models, args),
             Command::SafetyPrompts(args) => guard::run_safety_prompts(args),
+            Command::CalibrateAnswers(args) => guard::run_calibrate_answers(args),
             Command::TrainProbe(args) => train_probe::run(models, args),
         }
     }
