@@ -184,7 +184,7 @@ impl WasmGuard {
         }))
     }
 
-    /// One moderated turn (see `guard.rs`): resolves to `{ text, blocked, reason, input,
+    /// One moderated turn (see `src/guard/mod.rs`): resolves to `{ text, blocked, reason, input,
     /// output, warnings, tokens, promptTokens, stopReason, chatJudge }`. `options` are `Chat.generate`'s;
     /// `onToken(piece)` receives screened text and may return `false` to stop; `shouldStop()`
     /// is asked after each piece (the worker checks an abort flag there).

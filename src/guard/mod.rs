@@ -1,0 +1,273 @@
+//! Moderated chat: the filter around the chat model.
+//!
+//! 1. The conversation is screened: every user and system message, and the latest user turns
+//!    read together ([`input_texts`]); if a label whose action is [`Action::Block`] flags any
+//!    of them, the answer is a refusal naming the reason and the model is not called. The
+//!    filter reads text in its judging form (look-alikes folded, `crate::text::normalize`).
+//!    When the chat model carries a probe (`crate::models::probe`), the model's own states at
+//!    the end of the prompt are judged too, from the prefill answering needs anyway; a
+//!    flagged conversation is refused before any token is generated.
+//! 2. The answer is generated and screened as it streams, one sentence at a time: text reaches
+//!    the caller only after the whole answer so far has passed, so a harmful answer is stopped
+//!    and replaced before any of it is shown.
+//! 3. Fail closed: if the filter itself fails (a lost GPU, a bug), the message is blocked.
+//!
+//! Each label has a threshold and an action ([`Policy`]); [`Action::Warn`] lets the text
+//! through and reports the label, [`Action::Allow`] ignores it.
+
+mod policy;
+
+pub use policy::{Action, Policy, Rule, Screening};
+
+use crate::backend::read_f32;
+use crate::chat::ChatModel;
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::generate::{GenerateOptions, Generator, StopReason};
+use crate::text::chat_template::Message;
+use policy::Side;
+
+/// The outcome of one moderated turn.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModeratedReply {
+    /// What the user sees: the answer, or a refusal when blocked.
+    pub text: String,
+    /// Whether the input or the answer was blocked (or the filter failed).
+    pub blocked: bool,
+    /// Why it was blocked, in words.
+    pub reason: Option<String>,
+    /// The user's message, screened (absent when the filter failed on it).
+    pub input: Option<Screening>,
+    /// The answer, screened (absent when the model was not called or the filter failed).
+    pub output: Option<Screening>,
+    /// Labels flagged with the warn action, on input or output.
+    pub warnings: Vec<String>,
+    /// Tokens generated (0 when the model was not called).
+    pub tokens: usize,
+    /// Prompt length in tokens (0 when the model was not called).
+    pub prompt_tokens: usize,
+    /// Why generation ended (`None` when the model was not called).
+    pub stop_reason: Option<String>,
+    /// The chat model's own harm score of the conversation (its probe), when it has one and
+    /// the filter let the conversation through.
+    pub chat_judge: Option<f32>,
+}
+
+/// The text that replaces a blocked message or answer.
+fn refusal(reason: &str) -> String {
+    format!("Blocked by the content filter ({reason}).")
+}
+
+/// Whether `pending` ends a sentence (or is long enough to screen anyway).
+fn sentence_done(pending: &str) -> bool {
+    const LONGEST_UNSCREENED: usize = 240;
+    pending.len() >= LONGEST_UNSCREENED
+        || pending
+            .trim_end_matches([' ', '"', '\'', ')'])
+            .ends_with(['.', '!', '?', '\n', ':', ';'])
+}
+
+/// Screens `texts` together with `filter` under `policy`: each label's score is its highest
+/// over the texts. `Err` carries the failure, for failing closed.
+async fn screen(filter: &Filter, policy: &Policy, texts: &[&str], side: Side) -> Result<Screening> {
+    let scores = filter.scores(texts).await?;
+    let mut worst: Option<Vec<f32>> = None;
+    for row in scores {
+        worst = Some(match worst {
+            None => row,
+            Some(w) => w.iter().zip(&row).map(|(a, b)| a.max(*b)).collect(),
+        });
+    }
+    let worst = worst.ok_or_else(|| Error::Backend("the filter returned no scores".into()))?;
+    Ok(policy.screen_as(&worst, side))
+}
+
+/// How many of the latest user turns are also read as one text.
+const USER_TURNS_READ_TOGETHER: usize = 4;
+
+/// What the input screen reads: every user and system message on its own, and the latest
+/// user turns joined, so that a request split across turns ("how do I make" / "a pipe bomb")
+/// is still read as the request. Assistant turns are the model's (or the page's) own text.
+pub fn input_texts(messages: &[Message]) -> Vec<String> {
+    let mut texts: Vec<String> = messages
+        .iter()
+        .filter(|m| m.role != "assistant" && !m.content.trim().is_empty())
+        .map(|m| m.content.clone())
+        .collect();
+    let users: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.role == "user")
+        .map(|m| m.content.as_str())
+        .collect();
+    if users.len() > 1 {
+        let recent = &users[users.len().saturating_sub(USER_TURNS_READ_TOGETHER)..];
+        texts.push(recent.join("\n"));
+    }
+    texts
+}
+
+/// One moderated chat turn: answers the last user message of `messages` (see the module
+/// docs). `on_text` receives screened pieces of the answer and returns `false` to stop;
+/// `should_stop` is asked after every token (pieces come a sentence at a time, too rarely to
+/// stop promptly). Invalid messages or options are errors; filter failures block (fail
+/// closed).
+pub async fn moderated_chat(
+    filter: &Filter,
+    policy: &Policy,
+    chat: &ChatModel,
+    messages: &[Message],
+    options: &GenerateOptions,
+    mut on_text: impl FnMut(&str) -> bool,
+    mut should_stop: impl FnMut() -> bool,
+) -> Result<ModeratedReply> {
+    options.validate()?;
+    if !messages.iter().any(|m| m.role == "user") {
+        return Err(Error::InvalidInput(
+            "there is no user message to answer".into(),
+        ));
+    }
+    let ids = chat.prompt_ids(messages)?;
+    let mut reply = ModeratedReply {
+        text: String::new(),
+        blocked: false,
+        reason: None,
+        input: None,
+        output: None,
+        warnings: Vec::new(),
+        tokens: 0,
+        prompt_tokens: 0,
+        stop_reason: None,
+        chat_judge: None,
+    };
+    let fail_closed = |mut reply: ModeratedReply, e: Error| {
+        let reason = format!("the filter failed, so nothing is shown: {e}");
+        reply.text = refusal(&reason);
+        reply.blocked = true;
+        reply.reason = Some(reason);
+        reply
+    };
+    let texts = input_texts(messages);
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let input = match screen(filter, policy, &texts, Side::Input).await {
+        Ok(s) => s,
+        Err(e) => return Ok(fail_closed(reply, e)),
+    };
+    reply.warnings.extend(input.warned.iter().cloned());
+    if let Some(reason) = policy.block_reason("the message was", &input, Side::Input) {
+        reply.text = refusal(&reason);
+        reply.blocked = true;
+        reply.reason = Some(reason);
+        reply.input = Some(input);
+        return Ok(reply);
+    }
+    reply.input = Some(input);
+
+    // The chat model's own judgement, from the prefill that answering needs anyway.
+    let layers = chat.probe.as_ref().map_or(&[][..], |p| &p.layers[..]);
+    let (mut generator, states) = Generator::with_states(chat, &ids, options, layers)?;
+    if let Some(probe) = &chat.probe {
+        let mut features = Vec::with_capacity(probe.width());
+        for s in states {
+            features.extend(read_f32(s).await?);
+        }
+        let score = probe.score(&features)?;
+        reply.chat_judge = Some(score);
+        if score >= probe.threshold {
+            generator.cancel();
+            let reason = format!(
+                "the conversation was judged harmful by the chat model {score:.2} >= {:.2}",
+                probe.threshold
+            );
+            reply.text = refusal(&reason);
+            reply.blocked = true;
+            reply.reason = Some(reason);
+            reply.prompt_tokens = ids.len();
+            reply.stop_reason = Some("blocked".into());
+            return Ok(reply);
+        }
+    }
+    let mut shown = 0;
+    let mut cancelled = false;
+    loop {
+        let piece = generator.next_piece().await?;
+        if piece.is_some() && should_stop() {
+            generator.cancel();
+            cancelled = true;
+            break;
+        }
+        let ended = piece.is_none();
+        let pending = &generator.text()[shown..];
+        if pending.is_empty() || !(ended || sentence_done(pending)) {
+            if ended {
+                break;
+            }
+            continue;
+        }
+        let text = generator.text().to_string();
+        let screening = match screen(filter, policy, &[&text], Side::Answer).await {
+            Ok(s) => s,
+            Err(e) => {
+                generator.cancel();
+                let mut reply = fail_closed(reply, e);
+                let g = generator.finish();
+                reply.tokens = g.tokens.len();
+                reply.prompt_tokens = g.prompt_tokens;
+                reply.stop_reason = Some("blocked".into());
+                return Ok(reply);
+            }
+        };
+        for w in &screening.warned {
+            if !reply.warnings.contains(w) {
+                reply.warnings.push(w.clone());
+            }
+        }
+        if let Some(reason) = policy.block_reason("the answer was", &screening, Side::Answer) {
+            generator.cancel();
+            reply.text = refusal(&reason);
+            reply.blocked = true;
+            reply.reason = Some(reason);
+            reply.output = Some(screening);
+            let g = generator.finish();
+            reply.tokens = g.tokens.len();
+            reply.prompt_tokens = g.prompt_tokens;
+            reply.stop_reason = Some("blocked".into());
+            return Ok(reply);
+        }
+        reply.output = Some(screening);
+        let piece = text[shown..].to_string();
+        shown = text.len();
+        if !on_text(&piece) {
+            generator.cancel();
+            cancelled = true;
+            break;
+        }
+        if ended {
+            break;
+        }
+    }
+    let g = generator.finish();
+    // Only screened text counts: on cancel, what was generated past the last check is dropped.
+    reply.text = g.text[..shown.min(g.text.len())].to_string();
+    reply.tokens = g.tokens.len();
+    reply.prompt_tokens = g.prompt_tokens;
+    reply.stop_reason = Some(if cancelled {
+        StopReason::Cancelled.name()
+    } else {
+        g.stop_reason.name()
+    });
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_end_at_punctuation_or_length() {
+        assert!(sentence_done("The capital is Paris."));
+        assert!(sentence_done("Really?\" "));
+        assert!(!sentence_done("The capital is"));
+        assert!(sentence_done(&"word ".repeat(60)));
+    }
+}
