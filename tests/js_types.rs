@@ -208,18 +208,8 @@ fn reply_problems(dts: &str) -> Vec<String> {
         Ok(f) => f,
         Err(e) => return vec![format!("Reply: {e}")],
     };
-    let reply = ModeratedReply {
-        text: String::new(),
-        blocked: false,
-        reason: None,
-        input: None,
-        output: None,
-        warnings: Vec::new(),
-        tokens: 0,
-        prompt_tokens: 0,
-        stop_reason: None,
-        chat_judge: None,
-    };
+    // Every field serialises, `None`s included, so the default reply lists them all.
+    let reply = ModeratedReply::default();
     let Value::Object(sent) = serde_json::to_value(reply).unwrap() else {
         return vec!["Reply: ModeratedReply does not serialise to an object".into()];
     };

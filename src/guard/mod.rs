@@ -28,7 +28,7 @@ use crate::text::chat_template::Message;
 use policy::Side;
 
 /// The outcome of one moderated turn.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ModeratedReply {
     /// What the user sees: the answer, or a refusal when blocked.
@@ -52,6 +52,27 @@ pub struct ModeratedReply {
     /// The chat model's own harm score of the conversation (its probe), when it has one and
     /// the filter let the conversation through.
     pub chat_judge: Option<f32>,
+}
+
+impl ModeratedReply {
+    /// Turns this reply into a refusal for `reason`.
+    fn refuse(&mut self, reason: String) {
+        self.text = refusal(&reason);
+        self.blocked = true;
+        self.reason = Some(reason);
+    }
+
+    /// A refusal for `reason` after `generator` ran: it is cancelled, and what it spent is
+    /// reported.
+    fn blocked_while_generating(mut self, mut generator: Generator<'_>, reason: String) -> Self {
+        generator.cancel();
+        self.refuse(reason);
+        let g = generator.finish();
+        self.tokens = g.tokens.len();
+        self.prompt_tokens = g.prompt_tokens;
+        self.stop_reason = Some("blocked".into());
+        self
+    }
 }
 
 /// The text that replaces a blocked message or answer.
@@ -128,44 +149,28 @@ pub async fn moderated_chat(
         ));
     }
     let ids = chat.prompt_ids(messages)?;
-    let mut reply = ModeratedReply {
-        text: String::new(),
-        blocked: false,
-        reason: None,
-        input: None,
-        output: None,
-        warnings: Vec::new(),
-        tokens: 0,
-        prompt_tokens: 0,
-        stop_reason: None,
-        chat_judge: None,
-    };
-    let fail_closed = |mut reply: ModeratedReply, e: Error| {
-        let reason = format!("the filter failed, so nothing is shown: {e}");
-        reply.text = refusal(&reason);
-        reply.blocked = true;
-        reply.reason = Some(reason);
-        reply
-    };
+    let mut reply = ModeratedReply::default();
+    let filter_failed = |e: Error| format!("the filter failed, so nothing is shown: {e}");
     let texts = input_texts(messages);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let input = match screen(filter, policy, &texts, Side::Input).await {
         Ok(s) => s,
-        Err(e) => return Ok(fail_closed(reply, e)),
+        Err(e) => {
+            reply.refuse(filter_failed(e));
+            return Ok(reply);
+        }
     };
     reply.warnings.extend(input.warned.iter().cloned());
-    if let Some(reason) = policy.block_reason("the message was", &input, Side::Input) {
-        reply.text = refusal(&reason);
-        reply.blocked = true;
-        reply.reason = Some(reason);
-        reply.input = Some(input);
+    let blocked = policy.block_reason("the message was", &input, Side::Input);
+    reply.input = Some(input);
+    if let Some(reason) = blocked {
+        reply.refuse(reason);
         return Ok(reply);
     }
-    reply.input = Some(input);
 
     // The chat model's own judgement, from the prefill that answering needs anyway.
     let layers = chat.probe.as_ref().map_or(&[][..], |p| &p.layers[..]);
-    let (mut generator, states) = Generator::with_states(chat, &ids, options, layers)?;
+    let (generator, states) = Generator::with_states(chat, &ids, options, layers)?;
     if let Some(probe) = &chat.probe {
         let mut features = Vec::with_capacity(probe.width());
         for s in states {
@@ -174,19 +179,14 @@ pub async fn moderated_chat(
         let score = probe.score(&features)?;
         reply.chat_judge = Some(score);
         if score >= probe.threshold {
-            generator.cancel();
             let reason = format!(
                 "the conversation was judged harmful by the chat model {score:.2} >= {:.2}",
                 probe.threshold
             );
-            reply.text = refusal(&reason);
-            reply.blocked = true;
-            reply.reason = Some(reason);
-            reply.prompt_tokens = ids.len();
-            reply.stop_reason = Some("blocked".into());
-            return Ok(reply);
+            return Ok(reply.blocked_while_generating(generator, reason));
         }
     }
+    let mut generator = generator;
     let mut shown = 0;
     let mut cancelled = false;
     loop {
@@ -207,34 +207,18 @@ pub async fn moderated_chat(
         let text = generator.text().to_string();
         let screening = match screen(filter, policy, &[&text], Side::Answer).await {
             Ok(s) => s,
-            Err(e) => {
-                generator.cancel();
-                let mut reply = fail_closed(reply, e);
-                let g = generator.finish();
-                reply.tokens = g.tokens.len();
-                reply.prompt_tokens = g.prompt_tokens;
-                reply.stop_reason = Some("blocked".into());
-                return Ok(reply);
-            }
+            Err(e) => return Ok(reply.blocked_while_generating(generator, filter_failed(e))),
         };
         for w in &screening.warned {
             if !reply.warnings.contains(w) {
                 reply.warnings.push(w.clone());
             }
         }
-        if let Some(reason) = policy.block_reason("the answer was", &screening, Side::Answer) {
-            generator.cancel();
-            reply.text = refusal(&reason);
-            reply.blocked = true;
-            reply.reason = Some(reason);
-            reply.output = Some(screening);
-            let g = generator.finish();
-            reply.tokens = g.tokens.len();
-            reply.prompt_tokens = g.prompt_tokens;
-            reply.stop_reason = Some("blocked".into());
-            return Ok(reply);
-        }
+        let blocked = policy.block_reason("the answer was", &screening, Side::Answer);
         reply.output = Some(screening);
+        if let Some(reason) = blocked {
+            return Ok(reply.blocked_while_generating(generator, reason));
+        }
         let piece = text[shown..].to_string();
         shown = text.len();
         if !on_text(&piece) {
