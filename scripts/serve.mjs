@@ -5,7 +5,7 @@
 //
 // Only a few top-level folders are served, and paths are resolved and checked to stay inside
 // them, so nothing else on disk is reachable.
-import { createReadStream, statSync } from "node:fs";
+import { closeSync, createReadStream, fstatSync, openSync } from "node:fs";
 import { createServer } from "node:http";
 import { extname, join, normalize, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -41,40 +41,91 @@ function resolvePath(urlPath) {
   return null;
 }
 
+/** Opens `file` (or its index.html when it is a folder): `{ fd, size, file }`, or null when
+ * there is no such file. The descriptor is opened before its size is read, so a file swapped
+ * for a folder or removed between the two cannot make the read stream fail later. */
+function openFile(file) {
+  for (const candidate of [file, join(file, "index.html")]) {
+    let fd;
+    try {
+      fd = openSync(candidate, "r");
+      const stat = fstatSync(fd);
+      if (stat.isFile()) return { fd, size: stat.size, file: candidate };
+    } catch {
+      // missing, unreadable, or a name the file system refuses (a NUL byte): not found
+    }
+    if (fd !== undefined) closeSync(fd);
+  }
+  return null;
+}
+
+/** Sends one file; every way it can end (done, short read, read error, client gone) ends the
+ * response and closes the descriptor. */
+function sendFile(req, res, { fd, size, file }) {
+  res.writeHead(200, {
+    "Content-Type": TYPES[extname(file)] ?? "application/octet-stream",
+    "Content-Length": size,
+  });
+  if (req.method === "HEAD" || size === 0) {
+    closeSync(fd);
+    res.end();
+    return;
+  }
+  const stream = createReadStream(null, { fd, start: 0, end: size - 1 }); // closes fd when done or destroyed
+  // The client went away (an aborted download): stop reading, which closes the descriptor.
+  res.on("close", () => stream.destroy());
+  // The headers are out, so a failed read can only close the connection.
+  stream.on("error", () => res.destroy());
+  // A file that shrank mid-request ends early: close rather than leave the client waiting
+  // for the bytes Content-Length promised.
+  stream.on("end", () => { if (stream.bytesRead !== size) res.destroy(); });
+  stream.pipe(res);
+}
+
+function handle(req, res, log) {
+  res.setHeader("Cross-Origin-Opener-Policy", "same-origin");
+  res.setHeader("Cross-Origin-Embedder-Policy", "require-corp");
+  res.setHeader("Cross-Origin-Resource-Policy", "same-origin");
+  res.setHeader("X-Content-Type-Options", "nosniff");
+  res.setHeader("Cache-Control", "no-cache");
+  // The path as sent, without parsing it as a URL: "//%5B" is a valid request path but not a
+  // valid URL relative to anything (new URL throws "Invalid URL").
+  const path = String(req.url ?? "").split(/[?#]/)[0];
+  if (log) console.log(`${req.method} ${path}`);
+  if (!path.startsWith("/")) {
+    res.writeHead(400, { "Content-Type": "text/plain" }).end("bad request");
+    return;
+  }
+  if (path === "/") {
+    res.writeHead(302, { Location: "/www/index.html" }).end();
+    return;
+  }
+  const full = resolvePath(path);
+  const opened = full && openFile(full);
+  if (!opened) {
+    res.writeHead(404, { "Content-Type": "text/plain" }).end("not found");
+    return;
+  }
+  if (req.method !== "GET" && req.method !== "HEAD") {
+    closeSync(opened.fd);
+    res.writeHead(405, { "Content-Type": "text/plain", Allow: "GET, HEAD" }).end("method not allowed");
+    return;
+  }
+  sendFile(req, res, opened);
+}
+
 /** Starts the server; resolves to { server, url }. Port 0 picks a free port. */
 export function startServer({ port = 8080, host = "127.0.0.1", log = false } = {}) {
   const server = createServer((req, res) => {
-    const url = new URL(req.url, "http://localhost");
-    res.setHeader("Cross-Origin-Opener-Policy", "same-origin");
-    res.setHeader("Cross-Origin-Embedder-Policy", "require-corp");
-    res.setHeader("Cross-Origin-Resource-Policy", "same-origin");
-    res.setHeader("Cache-Control", "no-cache");
-    if (url.pathname === "/") {
-      res.writeHead(302, { Location: "/www/index.html" }).end();
-      return;
-    }
-    let file = resolvePath(url.pathname);
-    let stat;
+    // Nothing a request does may stop the server: anything unforeseen is a 500 (or, once
+    // the headers are out, a closed connection).
     try {
-      stat = file && statSync(file);
-      if (stat && stat.isDirectory()) {
-        file = join(file, "index.html");
-        stat = statSync(file);
-      }
-    } catch {
-      stat = null;
+      handle(req, res, log);
+    } catch (e) {
+      console.error(`serve.mjs: ${req.method} ${req.url}: ${e?.stack ?? e}`);
+      if (res.headersSent) res.destroy();
+      else res.writeHead(500, { "Content-Type": "text/plain" }).end("internal error");
     }
-    if (log) console.log(`${req.method} ${url.pathname} ${stat ? 200 : 404}`);
-    if (!stat || req.method !== "GET" && req.method !== "HEAD") {
-      res.writeHead(stat ? 405 : 404, { "Content-Type": "text/plain" }).end(stat ? "method not allowed" : "not found");
-      return;
-    }
-    res.writeHead(200, {
-      "Content-Type": TYPES[extname(file)] ?? "application/octet-stream",
-      "Content-Length": stat.size,
-    });
-    if (req.method === "HEAD") res.end();
-    else createReadStream(file).pipe(res);
   });
   return new Promise((ok, fail) => {
     server.once("error", fail);
