@@ -1,14 +1,33 @@
 // webguard's worker: every model byte is fetched, cached and run here, so the page's main
 // thread only renders. Spoken to by guard.js with { id, op, args } messages; answers with
-// { id, type: "progress" | "token" | "backend" | "result" | "error", data }. An error's data
-// is { name, message }: the name is the kind ("BackendError", ...; see guard.d.ts), which
-// guard.js gives the Error it rejects with.
+// { id, type: "progress" | "token" | "backend" | "result" | "error" | "fatal", data }. An
+// error's data is { name, message }: the name is the kind ("BackendError", ...; see guard.d.ts),
+// which guard.js gives the Error it rejects with. "fatal" says the wasm module trapped (a
+// Rust panic: panic=abort): nothing more can run here, and guard.js replaces this worker.
 import init, { Guard as WasmGuard } from "./webguard.js";
 
 const CACHE_NAME = "webguard-models-v1";
 let guard;
 let files; // the sources, kept to rebuild on the CPU if the GPU is lost
 let settings;
+// What the page changed since loading, as adapters files (tuned filter labels, chat LoRA),
+// exported right after each change while the backend works, so a rebuild (the CPU fallback
+// here, a crash recovery in guard.js) can restore them without reading a failed GPU.
+const saved = { filter: null, chat: null };
+
+// sha256 of every model file, by role: the files scripts/fetch-models.sh fetches (the same
+// hashes it checks) and the two this package ships (assets/). A file fetched from a URL is
+// checked against these before it is used or cached; `Guard.create({ integrity })` overrides
+// one (a page's own model) or turns the check off (`false`). tests/browser/manifest.test.mjs
+// keeps this table equal to fetch-models.sh and assets/.
+const MANIFEST = {
+  tokenizer: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037", // all-MiniLM-L6-v2/tokenizer.json
+  config: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41", // all-MiniLM-L6-v2/config.json
+  model: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", // all-MiniLM-L6-v2/model.safetensors
+  heads: "6ce1eaf8af52585a034cd25352eeb6e89a8062a6c3b6d08f9ef1f799960f19b5", // filter-heads.safetensors
+  chat: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", // SmolLM2-135M-Instruct.Q4_1.gguf
+  chatProbe: "0b088d2cd95775a17703ff1e77be6bfbdb8ea7907c1fa75df222f393cf6db9cb", // chat-probe.safetensors
+};
 
 const post = (id, type, data) => self.postMessage({ id, type, data });
 
@@ -19,66 +38,189 @@ function named(name, message) {
   return e;
 }
 
-/** Bytes of one source: a URL (Cache API first, then a streamed download), or bytes.
- * Downloads are cached by `commit()`, called once the models built from them load: a file
- * that arrives whole but is not a model (or is truncated at the source) is never cached. */
-async function bytesOf(id, name, source, useCache, commits) {
-  if (source instanceof ArrayBuffer) return new Uint8Array(source);
-  if (ArrayBuffer.isView(source)) return new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
-  if (source instanceof Blob) return new Uint8Array(await source.arrayBuffer());
-  if (typeof source !== "string") throw new Error(`${name}: expected a URL, an ArrayBuffer, a typed array or a File`);
-  const cache = useCache && self.caches ? await caches.open(CACHE_NAME).catch(() => null) : null;
-  let response = cache ? await cache.match(source) : undefined;
-  const fromCache = Boolean(response);
-  if (!response) {
-    try {
-      response = await fetch(source);
-    } catch (e) {
-      throw named("IoError", `could not download ${name} from ${source}: ${e.message}`);
-    }
-    if (!response.ok) throw named("IoError", `could not download ${name} from ${source}: HTTP ${response.status} ${response.statusText}`.trim());
+// ---------------------------------------------------------------- crashes
+// A Rust panic aborts: the wasm module traps (a WebAssembly.RuntimeError, "unreachable") and
+// its memory is in an unknown state, so nothing may run in it again. The trap surfaces as an
+// uncaught error (inside wasm-bindgen's future polling; the call's promise then never
+// settles), an unhandled rejection, or an exception from a call. Every path ends in `crash`,
+// which tells the page once; the page rejects what is pending and starts a new worker.
+let crashed = null; // { name, message } once the module has trapped
+let lastPanic = null;
+const consoleError = console.error.bind(console);
+console.error = (...args) => {
+  // console_error_panic_hook logs "panicked at file:line: message" just before the trap.
+  const text = args.map(String).join(" ");
+  if (text.includes("panicked at")) lastPanic = text.split(/\n\s*Stack:/)[0].replace(/\s+/g, " ").trim();
+  consoleError(...args);
+};
+const isTrap = (e) => e instanceof WebAssembly.RuntimeError;
+
+function crash(error) {
+  if (!crashed) {
+    const what = lastPanic ?? `${error?.name ?? "Error"}: ${error?.message ?? error}`;
+    crashed = { name: "CrashError", message: `the webguard worker crashed (${what}); the Guard reloads on the next call` };
+    post(0, "fatal", crashed);
   }
-  const total = Number(response.headers.get("content-length")) || 0;
+  return crashed;
+}
+self.addEventListener("error", (event) => {
+  event.preventDefault(); // reported by "fatal", not again as the page's own error
+  crash(event.error ?? event.message);
+});
+self.addEventListener("unhandledrejection", (event) => {
+  if (!isTrap(event.reason)) return;
+  event.preventDefault();
+  crash(event.reason);
+});
+
+// ---------------------------------------------------------------- model files
+
+/** Lowercase hex sha256 of `bytes`. */
+async function sha256(bytes) {
+  if (!self.crypto?.subtle) {
+    throw named("IoError", "model files cannot be checked: crypto.subtle needs a secure context (https or localhost); or pass integrity: false");
+  }
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Reads a response body with progress. Content-Length is only a hint for the bar: with a
+ * Content-Encoding it counts compressed bytes, and a cross-origin response may not expose the
+ * encoding; a short body fails in the browser's own read, and the hash catches the rest. */
+async function readBody(id, name, response, phase) {
+  let total = Number(response.headers.get("content-length")) || 0;
   const reader = response.body.getReader();
   const chunks = [];
   let loaded = 0;
   let last = 0;
-  const phase = fromCache ? "cache" : "download";
   post(id, "progress", { file: name, phase, loaded, total });
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
     chunks.push(value);
     loaded += value.byteLength;
+    if (loaded > total) total = 0; // decoded bytes outgrew the header: size unknown
     if (loaded - last > 1 << 20 || loaded === total) {
       last = loaded;
       post(id, "progress", { file: name, phase, loaded, total });
     }
   }
-  if (total && loaded !== total) throw named("IoError", `${name}: the download stopped at ${loaded} of ${total} bytes`);
   const bytes = new Uint8Array(loaded);
   let at = 0;
   for (const c of chunks) { bytes.set(c, at); at += c.byteLength; }
   post(id, "progress", { file: name, phase, loaded, total: loaded, done: true });
-  if (cache && !fromCache) {
-    commits.push(() => cache.put(source, new Response(bytes, { headers: { "content-length": String(loaded) } })).catch(() => {}));
-  }
   return bytes;
 }
 
-async function build(id, backend) {
+/** Bytes of one source: a URL (Cache API first, then a streamed download), or bytes.
+ * A URL's bytes must have the sha256 `expected` (when given): a cached copy that does not is
+ * evicted and downloaded again; a download that does not is an error and never cached.
+ * Downloads are cached by `commit()`, called once the models built from them load: a file
+ * that arrives whole but is not a model (or is truncated at the source) is never cached.
+ * `hits` collects the cached copies used, to evict them if the models fail to load. */
+async function bytesOf(id, name, source, expected, useCache, commits, hits) {
+  if (source instanceof ArrayBuffer) return new Uint8Array(source);
+  if (ArrayBuffer.isView(source)) return new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
+  if (source instanceof Blob) return new Uint8Array(await source.arrayBuffer());
+  if (typeof source !== "string") throw new Error(`${name}: expected a URL, an ArrayBuffer, a typed array or a File`);
+  const cache = useCache && self.caches ? await caches.open(CACHE_NAME).catch(() => null) : null;
+  const cached = cache ? await cache.match(source).catch(() => undefined) : undefined;
+  if (cached) {
+    const bytes = await readBody(id, name, cached, "cache").catch(() => null);
+    if (bytes && (!expected || await sha256(bytes) === expected)) {
+      hits.push(source);
+      return bytes;
+    }
+    // Stale (the file changed) or corrupt: forget it and fetch it again.
+    await cache.delete(source).catch(() => {});
+  }
+  let response;
+  try {
+    // After an evicted copy, revalidate past the HTTP cache too.
+    response = await fetch(source, cached ? { cache: "no-cache" } : {});
+  } catch (e) {
+    throw named("IoError", `could not download ${name} from ${source}: ${e.message}`);
+  }
+  if (!response.ok) throw named("IoError", `could not download ${name} from ${source}: HTTP ${response.status} ${response.statusText}`.trim());
+  let bytes;
+  try {
+    bytes = await readBody(id, name, response, "download");
+  } catch (e) {
+    throw named("IoError", `could not download ${name} from ${source}: the download stopped (${e.message})`);
+  }
+  if (expected) {
+    const actual = await sha256(bytes);
+    if (actual !== expected) {
+      throw named("ModelFileError", `the ${name} could not be loaded: ${source} is not the file expected (sha256 ${actual}, expected ${expected}; ${bytes.byteLength} bytes)`);
+    }
+  }
+  if (cache) commits.push(() => cache.put(source, new Response(bytes)).catch(() => {}));
+  return bytes;
+}
+
+/** The sha256 a source must have: the manifest's, the page's own, or none. */
+function expectedHash(key) {
+  const own = settings.integrity;
+  if (own === false) return null;
+  if (own && typeof own === "object" && key in own) return own[key] || null;
+  return MANIFEST[key];
+}
+
+/** Loads the models from `files` on `backend`; with `state` ({ adapters, policy }), restores
+ * the page's tuning and rules into them before they are returned, so a failure anywhere
+ * leaves nothing half-built. */
+async function build(id, backend, state) {
   const f = files;
   const names = ["tokenizer", "config", "model", "heads"];
   const commits = [];
-  const [tokenizer, config, model, heads, gguf, chatProbe] = await Promise.all([
-    ...names.map((n) => bytesOf(id, `filter ${n}`, f.filter[n], settings.cache, commits)),
-    f.chat ? bytesOf(id, "chat model", f.chat, settings.cache, commits) : undefined,
-    f.chat && f.chatProbe ? bytesOf(id, "chat probe", f.chatProbe, settings.cache, commits) : undefined,
-  ]);
-  post(id, "progress", { file: "models", phase: "init", loaded: 0, total: 0 });
-  const g = await WasmGuard.create(backend, tokenizer, config, model, heads, gguf, chatProbe);
+  const hits = [];
+  let g;
+  try {
+    const [tokenizer, config, model, heads, gguf, chatProbe] = await Promise.all([
+      ...names.map((n) => bytesOf(id, `filter ${n}`, f.filter[n], expectedHash(n), settings.cache, commits, hits)),
+      f.chat ? bytesOf(id, "chat model", f.chat, expectedHash("chat"), settings.cache, commits, hits) : undefined,
+      f.chat && f.chatProbe ? bytesOf(id, "chat probe", f.chatProbe, expectedHash("chatProbe"), settings.cache, commits, hits) : undefined,
+    ]);
+    post(id, "progress", { file: "models", phase: "init", loaded: 0, total: 0 });
+    g = await WasmGuard.create(backend, tokenizer, config, model, heads, gguf, chatProbe);
+  } catch (e) {
+    // Files that do not load from their cached copies (possible when a hash is not checked):
+    // forget those copies, so that the next try downloads them again.
+    if (hits.length && e?.name === "ModelFileError" && self.caches) {
+      const cache = await caches.open(CACHE_NAME).catch(() => null);
+      await Promise.all(hits.map((h) => cache?.delete(h).catch(() => {})));
+    }
+    throw e;
+  }
+  if (state) {
+    try {
+      await restore(g, state);
+    } catch (e) {
+      g.free();
+      throw e;
+    }
+  }
   await Promise.all(commits.map((c) => c()));
   return g;
+}
+
+/** Puts the page's tuning (adapters files) and rules back into a freshly built Guard. */
+async function restore(g, { adapters, policy }) {
+  for (const kind of ["filter", "chat"]) {
+    if (adapters?.[kind]) await g.importAdapters(adapters[kind]);
+  }
+  for (const [label, rule] of Object.entries(policy ?? {})) g.setRule(label, rule.threshold, rule.action);
+}
+
+/** Adapters of `kind` as they are now, for `saved` (kept as they were if the export fails). */
+async function snapshot(kind) {
+  try {
+    saved[kind] = await guard.exportAdapters(kind);
+  } catch (e) {
+    if (isTrap(e)) throw e;
+    console.warn(`webguard: could not keep a copy of the ${kind} adapters (a rebuild would lose them): ${e.message}`);
+  }
+  return { [kind]: saved[kind] };
 }
 
 function describe(g) {
@@ -93,13 +235,23 @@ function describe(g) {
   };
 }
 
-/** After a failure on WebGPU (e.g. a lost device), rebuild on the CPU and say so. */
+/** After a failure on WebGPU (e.g. a lost device), rebuild on the CPU and say so. The page's
+ * tuning and rules come along: the adapters as exported after each change (nothing is read
+ * back from the failed GPU) and the policy. All or nothing: if the CPU Guard cannot be built
+ * with them, the GPU one stays as it was and the call fails with the GPU's error. */
 async function fallBackToCpu(id, error) {
   if (!guard || guard.backend !== "webgpu") return false;
-  const policy = guard.policy;
-  try { guard.free(); } catch { /* already gone */ }
-  guard = await build(id, "cpu");
-  for (const [label, rule] of Object.entries(policy)) guard.setRule(label, rule.threshold, rule.action);
+  let cpu;
+  try {
+    cpu = await build(id, "cpu", { adapters: saved, policy: guard.policy });
+  } catch (e) {
+    if (isTrap(e)) throw e;
+    console.warn(`webguard: WebGPU failed (${error.message}) and the CPU could not take over: ${e.message}`);
+    return false;
+  }
+  const old = guard;
+  guard = cpu;
+  try { old.free(); } catch { /* already gone */ }
   const info = describe(guard);
   info.reason = `WebGPU failed (${error.message}); running on the CPU`;
   post(id, "backend", info);
@@ -110,8 +262,10 @@ const ops = {
   async create(id, args) {
     await init();
     files = args.files;
-    settings = { cache: args.cache !== false };
-    guard = await build(id, args.backend);
+    settings = { cache: args.cache !== false, integrity: args.integrity };
+    // After a crash, guard.js passes the tuning and rules the page had (`restore`).
+    Object.assign(saved, { filter: null, chat: null }, args.restore?.adapters);
+    guard = await build(id, args.backend, args.restore);
     return describe(guard);
   },
   async classify(id, { texts }) {
@@ -138,14 +292,15 @@ const ops = {
       post(id, "step", step);
       return true;
     }, () => (flag ? Atomics.load(flag, 0) === 1 : false));
-    return { report, info: describe(guard) };
+    return { report, info: describe(guard), saved: await snapshot("filter") };
   },
   async tuneChat(id, { pairs, options, abort }) {
     const flag = abort ? new Int32Array(abort) : null;
-    return guard.tuneChat(pairs, options, (step) => {
+    const report = await guard.tuneChat(pairs, options, (step) => {
       post(id, "step", step);
       return true;
     }, () => (flag ? Atomics.load(flag, 0) === 1 : false));
+    return { report, saved: await snapshot("chat") };
   },
   async exportAdapters(id, { kind }) {
     return guard.exportAdapters(kind);
@@ -154,11 +309,13 @@ const ops = {
     const view = bytes instanceof Blob ? new Uint8Array(await bytes.arrayBuffer())
       : ArrayBuffer.isView(bytes) ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : new Uint8Array(bytes);
     const kind = await guard.importAdapters(view);
-    return { kind, info: describe(guard) };
+    return { kind, info: describe(guard), saved: await snapshot(kind) };
   },
   async resetAdapters(id, { kind }) {
     guard.resetAdapters(kind);
-    return describe(guard);
+    if (kind !== "chat") saved.filter = null;
+    if (kind !== "filter") saved.chat = null;
+    return { info: describe(guard), saved: { ...saved } };
   },
   async setRule(id, { label, threshold, action }) {
     guard.setRule(label, threshold, action);
@@ -174,10 +331,11 @@ const ops = {
 // One operation at a time, in order: the models are not reentrant.
 let queue = Promise.resolve();
 self.onmessage = (event) => {
-  const { id, op, args } = event.data;
+  const { id, op, args } = event.data ?? {};
   queue = queue.then(async () => {
     try {
-      if (!ops[op]) throw new Error(`unknown operation ${op}`);
+      if (crashed) throw named(crashed.name, crashed.message);
+      if (!Object.hasOwn(ops, op)) throw new Error(`unknown operation ${op}`);
       if (op !== "create" && op !== "dispose" && !guard) throw new Error("the Guard is not loaded (or was disposed)");
       let result;
       try {
@@ -193,7 +351,8 @@ self.onmessage = (event) => {
       }
       post(id, "result", result);
     } catch (e) {
-      post(id, "error", { name: e?.name ?? "Error", message: e?.message ?? String(e) });
+      const error = isTrap(e) ? crash(e) : { name: e?.name ?? "Error", message: e?.message ?? String(e) };
+      post(id, "error", error);
     }
   });
 };

@@ -17,8 +17,11 @@
  * - "CancelledError": the caller cancelled (onStep returned false, or `signal` aborted a
  *   tuning run); nothing changed.
  * - "IoError": a model file could not be downloaded or read (HTTP 404, network, a short read).
- * Besides these, `TypeError` for arguments of the wrong type, and a plain `Error` when the
- * Guard was disposed or its worker failed.
+ * Besides these (which come from the wasm module), from guard.js itself: `TypeError` for
+ * arguments of the wrong type, a plain `Error` when the Guard was disposed, and "CrashError"
+ * when the worker died or its wasm module trapped (a bug: a Rust panic). A CrashError rejects
+ * every call that was pending; the next call loads the models again in a new worker (from the
+ * cache) with the page's tuning and rules restored, and goes ahead.
  */
 export type ErrorName =
   | "InvalidInputError"
@@ -30,7 +33,7 @@ export type ErrorName =
 
 /** What a Guard call rejects with. */
 export interface GuardError extends Error {
-  name: ErrorName | "TypeError" | "Error";
+  name: ErrorName | "CrashError" | "TypeError" | "Error";
 }
 
 /** A model file: a URL, or its bytes. */
@@ -74,6 +77,15 @@ export interface CreateOptions {
   onProgress?: (p: Progress) => void;
   /** Keep model files in the Cache API (default true). */
   cache?: boolean;
+  /**
+   * The sha256 (64 lowercase hex digits) each file fetched from a URL must have, checked
+   * before it is used or cached (a cached copy that does not match is evicted and downloaded
+   * again; a download that does not is a ModelFileError). Default: this package's manifest of
+   * the files it was built for (scripts/fetch-models.sh's and the shipped heads and probe).
+   * An object overrides single files (`null`: not checked); `false` checks none. Files given
+   * as bytes are not checked.
+   */
+  integrity?: boolean | Partial<Record<"tokenizer" | "config" | "model" | "heads" | "chat" | "chatProbe", string | null>>;
 }
 
 /** Scores of the shipped labels (Label) and of any label taught with tuneFilter. */

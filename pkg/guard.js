@@ -9,9 +9,15 @@
 //   await guard.chat([{ role: "user", content: "Hi!" }], { onToken: (t) => show(t) });
 //   guard.dispose();
 //
-// Model files are cached with the Cache API (keyed by URL: version your URLs when the files
-// change, or call Guard.clearCache()). Nothing is sent anywhere: the only requests are for the
+// Model files are cached with the Cache API (keyed by URL). Each file fetched from a URL must
+// have the sha256 the package's manifest gives it (the files scripts/fetch-models.sh fetches
+// and the ones shipped here; `integrity` to use other models); a cached copy that does not is
+// evicted and downloaded again. Nothing is sent anywhere: the only requests are for the
 // model files and this package's own files.
+//
+// If the wasm module dies (a Rust panic traps it) or the worker fails, every pending call
+// rejects with a "CrashError" and the next call starts a new worker: the models come from the
+// cache, and the page's tuning (as adapters files) and rules are restored.
 //
 // Errors are Errors whose `name` says the kind ("InvalidInputError", "BackendError", ...; see
 // guard.d.ts). The generation and tuning options other than callbacks and `signal` are the
@@ -19,7 +25,9 @@
 // module checks them.
 
 const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "chatProbe", "backend",
-  "thresholds", "policy", "onProgress", "cache"];
+  "thresholds", "policy", "onProgress", "cache", "integrity"];
+// The files `integrity` can name (the worker's manifest has the same keys).
+const FILES = ["tokenizer", "config", "model", "heads", "chat", "chatProbe"];
 const CACHE_NAME = "webguard-models-v1";
 
 /** A URL made absolute against the page, or bytes/File passed through (for the worker). */
@@ -65,6 +73,24 @@ function probeSource(value, hasChat) {
   return source(value, "chatProbe");
 }
 
+/** `integrity`: true/undefined (the manifest), false (no check), or `{ file: sha256 | null }`
+ * overriding single files (null: not checked). */
+function integrityOption(value) {
+  if (value === undefined || value === true) return undefined;
+  if (value === false) return false;
+  const o = checkKeys(value, FILES, "integrity");
+  for (const [k, v] of Object.entries(o)) {
+    if (v !== null && v !== false && !(typeof v === "string" && /^[0-9a-f]{64}$/.test(v))) {
+      throw new TypeError(`integrity.${k}: expected a sha256 as 64 lowercase hex digits, or null`);
+    }
+  }
+  return { ...o };
+}
+
+function newWorker() {
+  return new Worker(new URL("./guard-worker.js", import.meta.url), { type: "module", name: "webguard" });
+}
+
 /** An Error named by its kind, like those from the worker. */
 function named(name, message) {
   const e = new Error(message);
@@ -78,11 +104,37 @@ export class Guard {
   #pending = new Map();
   #info;
   #onProgress;
+  #config; // what `create` sent the worker, to load the models again after a crash
+  #adapters = { filter: null, chat: null }; // the page's tuning as adapters files (from the worker)
+  #reviving = null; // the promise of a new worker being loaded after a crash
+  #disposed = false;
 
   constructor(worker) {
+    this.#attach(worker);
+  }
+
+  /** Listens to `worker`; messages and errors from an older (crashed) worker are ignored. */
+  #attach(worker) {
     this.#worker = worker;
-    worker.onmessage = (e) => this.#receive(e.data);
-    worker.onerror = (e) => this.#failAll(new Error(`the webguard worker failed: ${e.message ?? "unknown error"}`));
+    worker.onmessage = (e) => { if (worker === this.#worker) this.#receive(e.data); };
+    // An uncaught error in the worker (its script failed to load, or escaped the worker's own
+    // handlers) or a message that cannot be read: the calls waiting on it would never settle.
+    worker.onerror = (e) => {
+      e.preventDefault?.();
+      this.#crash(worker, named("CrashError", `the webguard worker failed (${e.message ?? "unknown error"}); the Guard reloads on the next call`));
+    };
+    worker.onmessageerror = () => {
+      this.#crash(worker, named("CrashError", "the webguard worker sent a message that could not be read; the Guard reloads on the next call"));
+    };
+  }
+
+  /** The worker died or its wasm module trapped: it is stopped, every call waiting on it
+   *  rejects with `error`, and the next call loads a new one (see #revive). */
+  #crash(worker, error) {
+    if (worker !== this.#worker) return;
+    worker.terminate();
+    this.#worker = undefined;
+    this.#failAll(error);
   }
 
   /**
@@ -96,7 +148,9 @@ export class Guard {
    * `backend`: "auto" | "webgpu" | "cpu"; `thresholds: { label: number }`;
    * `policy: { label: { threshold, action: "block" | "warn" | "allow" } }`;
    * `onProgress({ file, phase: "download" | "cache" | "init", loaded, total, done })`;
-   * `cache` (default true).
+   * `cache` (default true); `integrity`: the sha256 each file fetched from a URL must have
+   * (default: this package's manifest of the shipped models; `{ chat: "<sha256>" }` for
+   * another chat model, `{ chat: null }` to skip one file, `false` to check none).
    */
   static async create(options = {}) {
     const o = checkKeys(options, OPTIONS, "Guard.create options");
@@ -118,17 +172,19 @@ export class Guard {
     }
     const chat = source(o.chat ?? o.chatUrl, "chatUrl");
     const chatProbe = probeSource(o.chatProbe, chat !== undefined);
-    const worker = new Worker(new URL("./guard-worker.js", import.meta.url), { type: "module", name: "webguard" });
+    const integrity = integrityOption(o.integrity);
+    const worker = newWorker();
     const guard = new Guard(worker);
     guard.#onProgress = o.onProgress;
+    guard.#config = { backend, files: { filter, chat, chatProbe }, cache: o.cache !== false, integrity };
     try {
-      guard.#info = await guard.#call("create", { backend, files: { filter, chat, chatProbe }, cache: o.cache !== false });
+      guard.#info = await guard.#call("create", guard.#config);
       for (const [label, threshold] of Object.entries(o.thresholds ?? {})) {
         await guard.setRule(label, { threshold });
       }
       for (const [label, rule] of Object.entries(o.policy ?? {})) await guard.setRule(label, rule);
     } catch (e) {
-      worker.terminate();
+      guard.dispose();
       throw e;
     }
     return guard;
@@ -207,8 +263,9 @@ export class Guard {
    * and every verdict. Resolves to `{ labels, newLabels, finalLoss, examples }`.
    */
   async tuneFilter(examples, options = {}) {
-    const { report, info } = await this.#tune("tuneFilter", { examples }, options);
+    const { report, info, saved } = await this.#tune("tuneFilter", { examples }, options);
     Object.assign(this.#info, info);
+    Object.assign(this.#adapters, saved);
     return report;
   }
 
@@ -221,7 +278,9 @@ export class Guard {
    */
   async tuneChat(pairs, options = {}) {
     if (!this.#info.hasChat) throw named("InvalidInputError", "this Guard was created without a chat model (give chatUrl)");
-    return this.#tune("tuneChat", { pairs }, options);
+    const { report, saved } = await this.#tune("tuneChat", { pairs }, options);
+    Object.assign(this.#adapters, saved);
+    return report;
   }
 
   async #tune(op, data, options) {
@@ -251,26 +310,38 @@ export class Guard {
     if (!(bytes instanceof ArrayBuffer || ArrayBuffer.isView(bytes) || bytes instanceof Blob)) {
       throw new TypeError("importAdapters expects an ArrayBuffer, a typed array or a File");
     }
-    const { kind, info } = await this.#call("importAdapters", { bytes });
+    const { kind, info, saved } = await this.#call("importAdapters", { bytes });
     Object.assign(this.#info, info);
+    Object.assign(this.#adapters, saved);
     return kind;
   }
 
   /** Forgets tuning: `kind` "filter", "chat" or "all" (default). */
   async resetAdapters(kind = "all") {
-    Object.assign(this.#info, await this.#call("resetAdapters", { kind }));
+    const { info, saved } = await this.#call("resetAdapters", { kind });
+    Object.assign(this.#info, info);
+    Object.assign(this.#adapters, saved);
   }
 
   /** Frees the models (GPU and wasm memory) and stops the worker. */
   dispose() {
-    if (!this.#worker) return;
-    this.#worker.terminate();
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#worker?.terminate();
     this.#worker = undefined;
     this.#failAll(new Error("the Guard was disposed"));
   }
 
   #call(op, args, handlers = {}) {
-    if (!this.#worker) return Promise.reject(new Error("the Guard was disposed"));
+    if (this.#disposed) return Promise.reject(new Error("the Guard was disposed"));
+    if (this.#worker && !this.#reviving) return this.#post(op, args, handlers);
+    // The worker crashed (or is being replaced): calls wait for the new one, in order.
+    return this.#revive().then(() => this.#post(op, args, handlers));
+  }
+
+  #post(op, args, handlers = {}) {
+    if (this.#disposed) return Promise.reject(new Error("the Guard was disposed"));
+    if (!this.#worker) return Promise.reject(named("CrashError", "the webguard worker crashed; the Guard reloads on the next call"));
     const id = this.#next++;
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject, ...handlers });
@@ -278,9 +349,31 @@ export class Guard {
     });
   }
 
+  /** After a crash: a new worker with the same model files (from the cache), the page's tuning
+   *  and its rules. Concurrent calls share one attempt; a failed one is tried again by the
+   *  next call. */
+  #revive() {
+    this.#reviving ??= (async () => {
+      this.#attach(newWorker());
+      // Where a GPU failure already moved the models to the CPU, they stay there.
+      const backend = this.#info?.kind === "cpu" ? "cpu" : this.#config.backend;
+      const restore = { adapters: { ...this.#adapters }, policy: this.#info?.policy };
+      try {
+        const info = await this.#post("create", { ...this.#config, backend, restore });
+        this.#info = { ...info, reason: info.reason ?? this.#info?.reason ?? null };
+      } catch (e) {
+        this.#worker?.terminate();
+        this.#worker = undefined;
+        throw named(e?.name ?? "Error", `the Guard could not be reloaded after its worker crashed: ${e?.message ?? e}`);
+      }
+    })().finally(() => { this.#reviving = null; });
+    return this.#reviving;
+  }
+
   #receive({ id, type, data }) {
     const p = this.#pending.get(id);
     if (type === "progress") { this.#onProgress?.(data); return; }
+    if (type === "fatal") { this.#crash(this.#worker, named(data.name, data.message)); return; }
     if (type === "backend") { Object.assign(this.#info ??= {}, data); return; }
     if (!p) return;
     if (type === "token") {

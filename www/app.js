@@ -3,11 +3,29 @@
 //
 // Query parameters (used by the tests, handy for trying things): backend=auto|webgpu|cpu,
 // filterUrl=, chatUrl=, chat=0 (filter only), chatProbe=0 (the chat model does not judge).
+//
+// A link is anyone's to craft, so model URLs from the query string must be on this site
+// (or on an origin the page's author lists in <meta name="webguard-model-origins">), and the
+// files must still have the sha256 the Guard's manifest gives them: a crafted link cannot
+// load, or cache, a neutered encoder or a hostile GGUF.
 import { Guard } from "../pkg/guard.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const MODELS = new URL("../models/", location.href);
+const MODEL_ORIGINS = [location.origin, ...(document.querySelector('meta[name="webguard-model-origins"]')?.content ?? "")
+  .split(/\s+/).filter(Boolean).map((o) => new URL(o).origin)];
+
+/** The model URL from query parameter `name`, or `fallback`; only from the allowed origins. */
+function modelUrl(name, fallback) {
+  const given = params.get(name);
+  if (given === null) return fallback;
+  const url = new URL(given, location.href);
+  if (!MODEL_ORIGINS.includes(url.origin)) {
+    throw new Error(`${name} ${url.href} is not on this site; this page loads models only from ${MODEL_ORIGINS.join(", ")}`);
+  }
+  return url.href;
+}
 const state = { guard: null, messages: [], busy: false, abort: null, teaching: false, teachAbort: null };
 
 // ---------------------------------------------------------------- loading
@@ -72,8 +90,8 @@ async function load() {
   const started = performance.now();
   try {
     const guard = await Guard.create({
-      filterUrl: params.get("filterUrl") ?? new URL("all-MiniLM-L6-v2/", MODELS).href,
-      chatUrl: withChat ? (params.get("chatUrl") ?? new URL("SmolLM2-135M-Instruct.Q4_1.gguf", MODELS).href) : undefined,
+      filterUrl: modelUrl("filterUrl", new URL("all-MiniLM-L6-v2/", MODELS).href),
+      chatUrl: withChat ? modelUrl("chatUrl", new URL("SmolLM2-135M-Instruct.Q4_1.gguf", MODELS).href) : undefined,
       chatProbe: params.get("chatProbe") !== "0",
       backend: $("backend").value,
       onProgress,

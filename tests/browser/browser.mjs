@@ -1,13 +1,20 @@
 // Shared set-up for the browser tests: the project's server plus Debian's Chromium, headless,
 // with SwiftShader WebGPU. Every request the page makes is recorded, to prove none leaves
 // 127.0.0.1.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { startServer } from "../../scripts/serve.mjs";
 
 export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+
+/** WEBGUARD_PKG_DIR=dir serves pkg/guard.js and pkg/guard-worker.js from `dir` instead (e.g.
+ *  copies from an older commit: how a test is shown to fail before a fix). */
+export function pkgOverride(file) {
+  const dir = process.env.WEBGUARD_PKG_DIR;
+  return dir ? readFileSync(join(dir, file), "utf8") : null;
+}
 
 export async function openBrowser({ webgpu = true } = {}) {
   const { server, url } = await startServer({ port: 0 });
@@ -20,6 +27,9 @@ export async function openBrowser({ webgpu = true } = {}) {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM, headless: true, args,
   });
+  for (const file of process.env.WEBGUARD_PKG_DIR ? ["guard.js", "guard-worker.js"] : []) {
+    await context.route(`**/pkg/${file}`, async (route) => route.fulfill({ response: await route.fetch(), body: pkgOverride(file) }));
+  }
   const requests = [];
   context.on("request", (r) => requests.push(r.url()));
   const page = context.pages()[0] ?? (await context.newPage());

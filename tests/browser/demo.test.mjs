@@ -121,8 +121,9 @@ test("bad model URLs and files are clear errors, and the page recovers", async (
   assert.match(await b.page.textContent("#load-error-text"), /could not download chat model .*HTTP 404/);
   await shot(b, "error");
 
+  // Not the file the Guard's manifest names (sha256): refused before it is parsed.
   assert.equal(await openDemo(b, "backend=cpu&chatUrl=/www/index.html"), "error");
-  assert.match(await b.page.textContent("#load-error-text"), /chat model could not be loaded: .*GGUF/i);
+  assert.match(await b.page.textContent("#load-error-text"), /chat model could not be loaded: .*index\.html is not the file expected \(sha256/);
 
   // A truncated GGUF (the first 5 MB), then "Try again" once the file is whole: it loads,
   // and the broken copy was not cached.
@@ -136,7 +137,7 @@ test("bad model URLs and files are clear errors, and the page recovers", async (
   await b.page.evaluate(() => caches.delete("webguard-models-v1"));
   assert.equal(await openDemo(b, "backend=cpu"), "error");
   assert.equal(truncated, 1);
-  assert.match(await b.page.textContent("#load-error-text"), /chat model could not be loaded: .*(truncated|past the end of the file)/i);
+  assert.match(await b.page.textContent("#load-error-text"), /chat model could not be loaded: .*is not the file expected \(sha256 .*; 5242880 bytes\)/i);
   await b.page.context().unroute("**/SmolLM2-135M-Instruct.Q4_1.gguf");
   await b.page.evaluate(() => { document.body.dataset.ready = ""; });
   await b.page.click("#retry");

@@ -21,7 +21,9 @@ test("load failures: IoError for a download, ModelFileError for a file, BackendE
   const r = await b.page.evaluate(() => window.webguard.loadErrors());
   console.log(`# ${JSON.stringify(r)}`);
   assert.match(r.missingChat, /^IoError: could not download chat model .*HTTP 404/);
-  assert.match(r.notAModel, /^ModelFileError: the chat model could not be loaded: /);
+  assert.match(r.notAModel, /^ModelFileError: the chat model could not be loaded: .*config\.json is not the file expected \(sha256/);
+  assert.match(r.notAModelUnchecked, /^ModelFileError: the chat model could not be loaded: /);
+  assert.doesNotMatch(r.notAModelUnchecked, /not the file expected/);
   assert.match(r.noGpu, /^BackendError: .*GPU/);
 });
 

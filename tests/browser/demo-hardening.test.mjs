@@ -1,4 +1,7 @@
-// Issue 17, item 3: the demo never turns data into markup. A label, a checked text, a try-it
+// Issue 17, items 3 and 6: the demo never turns data into markup, and a crafted link cannot
+// make it load models from elsewhere.
+//
+// Item 3: the demo never turns data into markup. A label, a checked text, a try-it
 // text, a chat message and an error message that each carry an HTML payload are shown as
 // text: no element is parsed out of them and no handler runs. (The Rust side restricts label
 // names separately; whether it accepts or refuses the label below, the demo must render what
@@ -89,4 +92,22 @@ test("demo: labels, texts, chat messages and errors with markup are shown as tex
   await b.page.waitForTimeout(500); // an injected onerror would fire once the image fails
   assert.deepEqual(await damage(), { pwned: [], elements: 0 });
   assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
+});
+
+test("demo: model URLs from the query string must be on this site (and be the manifest's files)", async () => {
+  const other = b.url.replace("127.0.0.1", "localhost"); // the same server, another origin
+  for (const param of ["chatUrl", "filterUrl"]) {
+    const from = b.requests.length;
+    const file = param === "chatUrl" ? "SmolLM2-135M-Instruct.Q4_1.gguf" : "all-MiniLM-L6-v2/";
+    await b.page.goto(`${b.url}/www/index.html?backend=cpu&${param}=${encodeURIComponent(`${other}/models/${file}`)}`);
+    await b.page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
+    assert.equal(await b.page.evaluate(() => document.body.dataset.ready), "error");
+    assert.match(await b.page.textContent("#load-error-text"), new RegExp(`${param} http://localhost:\\d+/models/.* is not on this site`));
+    assert.deepEqual(b.requests.slice(from).filter((u) => u.startsWith(other)), [], "no request to the other origin");
+  }
+  // On this site, but not a model the manifest names: refused before it is parsed or cached.
+  await b.page.goto(`${b.url}/www/index.html?backend=cpu&chatUrl=/www/style.css`);
+  await b.page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
+  assert.match(await b.page.textContent("#load-error-text"), /chat model could not be loaded: .*style\.css is not the file expected \(sha256/);
+  assert.equal(await b.page.evaluate(async () => (await caches.open("webguard-models-v1")).match(new URL("/www/style.css", location.href).href).then(Boolean)), false);
 });

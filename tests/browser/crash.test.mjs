@@ -1,0 +1,186 @@
+// Issue 17, items 1 (the JS half) and 4: a Guard outlives a crash of its worker, and the
+// GPU-to-CPU fallback keeps the page's tuning and rules.
+//
+// A Rust panic traps the wasm module (panic=abort). How it reaches JS is reproduced by a test
+// hook appended to the worker script as it is served (the shipped worker has none): a
+// `classify` whose first text is "__trap__" traps the way a panic inside wasm-bindgen's future
+// polling does (the call's promise never settles, an uncaught RuntimeError "unreachable"),
+// "__trap_sync__" traps inside the call itself, and "__gpu_lost__" fails with a BackendError on
+// WebGPU (a lost device). The real panic the issue names (`stop` cut back inside an answer) is
+// tried too, for as long as it exists.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { load, openBrowser, pkgOverride } from "./browser.mjs";
+
+const HOOK = `
+// ---- test hook, appended by tests/browser/crash.test.mjs ----
+const realClassify = WasmGuard.prototype.classify;
+WasmGuard.prototype.classify = function (texts) {
+  if (texts?.[0] === "__trap__") {
+    setTimeout(() => { throw new WebAssembly.RuntimeError("unreachable"); });
+    return new Promise(() => {});
+  }
+  if (texts?.[0] === "__trap_sync__") throw new WebAssembly.RuntimeError("unreachable");
+  if (texts?.[0] === "__gpu_lost__" && this.backend === "webgpu") {
+    const e = new Error("the device was lost (test hook)");
+    e.name = "BackendError";
+    throw e;
+  }
+  return realClassify.call(this, texts);
+};
+`;
+
+/** Serves guard-worker.js with the hook appended (headers as served). */
+async function hookWorker(b) {
+  await b.page.context().route("**/pkg/guard-worker.js", async (route) => {
+    const response = await route.fetch();
+    const body = pkgOverride("guard-worker.js") ?? await response.text();
+    await route.fulfill({ response, body: body + HOOK });
+  });
+}
+
+const noPageErrors = (b) => assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
+
+let b;
+let failModel = false; // the encoder's download fails (HTTP 503) while set
+before(async () => {
+  b = await openBrowser({ webgpu: true });
+  await hookWorker(b);
+  await b.page.exposeFunction("failModelDownloads", (on) => { failModel = on; });
+  await b.page.context().route("**/all-MiniLM-L6-v2/model.safetensors", (route) => (
+    failModel ? route.fulfill({ status: 503, body: "unavailable" }) : route.fallback()));
+  await load(b, "/tests/browser/pages/hardening.html");
+});
+after(async () => {
+  await b?.close();
+});
+
+test("a trapped worker rejects every pending call, and the next call reloads it with tuning and rules", async () => {
+  const start = b.requests.length;
+  const r = await b.page.evaluate(async () => {
+    const g = await Guard.create({ filterUrl: models.filterUrl, backend: "cpu" });
+    const out = {};
+    try {
+      await g.tuneFilter(await spoilers(), { steps: 5 });
+      await g.setRule("offensive", { threshold: 0.77, action: "warn" });
+      await g.setRule("spoiler", { threshold: 0.42 });
+      const texts = ["you are an idiot", "Snape kills Dumbledore at the end of the book"];
+      out.before = await g.classify(texts);
+      out.loadedAt = performance.now();
+      // The trap and two calls queued behind it: all three settle, as CrashErrors.
+      out.pending = await Promise.all([
+        settle(g.classify(["__trap__"]), 20_000),
+        settle(g.classify(["hello"]), 20_000),
+        settle(g.setRule("hate", { threshold: 0.6 }), 20_000),
+      ]);
+      // The next call works: a new worker, the models from the cache, tuning and rules back.
+      out.after = await settle(g.classify(texts), 120_000);
+      out.labels = g.labels;
+      out.policy = g.policy;
+      // A trap that surfaces as the call's own exception.
+      out.sync = await settle(g.classify(["__trap_sync__"]), 20_000);
+      out.again = await settle(g.classify(["have a nice day"]), 120_000);
+      out.adapters = await settle(g.exportAdapters("filter").then((a) => a.byteLength), 20_000);
+    } finally {
+      g.dispose();
+    }
+    out.disposed = await settle(g.classify(["x"]), 5_000);
+    return out;
+  });
+  console.log(`# pending: ${JSON.stringify(r.pending)}`);
+  for (const p of r.pending) {
+    assert.equal(p.ok, false);
+    assert.match(p.error, /^CrashError: the webguard worker crashed \(.*unreachable.*\); the Guard reloads on the next call/);
+  }
+  assert.equal(r.after.ok, true, r.after.error);
+  assert.deepEqual(r.labels, ["offensive", "hate", "harmful", "spoiler"]);
+  assert.equal(r.policy.offensive.action, "warn");
+  assert.equal(r.policy.offensive.threshold.toFixed(2), "0.77");
+  assert.equal(Math.round(r.policy.spoiler.threshold * 100), 42);
+  // The same scores as before the crash, tuned label included.
+  for (const [i, v] of r.after.value.entries()) {
+    for (const [label, score] of Object.entries(r.before[i].scores)) {
+      assert.ok(Math.abs(v.scores[label] - score) < 1e-4, `${label}: ${v.scores[label]} vs ${score}`);
+    }
+  }
+  assert.equal(r.sync.ok, false);
+  assert.match(r.sync.error, /^CrashError: .*unreachable/);
+  assert.equal(r.again.ok, true, r.again.error);
+  assert.ok(r.adapters.value > 0, r.adapters.error);
+  assert.match(r.disposed.error, /disposed/);
+  // Reloading read the models from the Cache API: each model file was downloaded once.
+  const downloads = b.requests.slice(start).filter((u) => u.includes("/models/"));
+  assert.equal(downloads.filter((u) => u.endsWith("model.safetensors")).length, 1, downloads.join("\n"));
+  noPageErrors(b);
+});
+
+test("the panic from the issue (stop inside an answer), while it exists, does not hang the Guard", async () => {
+  const r = await b.page.evaluate(async () => {
+    const g = await Guard.create({ ...models, backend: "cpu" });
+    try {
+      const messages = [{ role: "user", content: "Tell me two facts about Paris." }];
+      const first = await settle(g.chat(messages, { stop: [". "], maxTokens: 60 }), 120_000);
+      const next = await settle(g.chat([{ role: "user", content: "What is the capital of France?" }], { maxTokens: 8 }), 120_000);
+      return { first, next };
+    } finally {
+      g.dispose();
+    }
+  });
+  console.log(`# stop ". ": ${JSON.stringify(r.first).slice(0, 300)}`);
+  assert.ok(r.first.ok || /^CrashError: .*panicked at/.test(r.first.error), r.first.error);
+  assert.equal(r.next.ok, true, r.next.error);
+  assert.match(r.next.value.text, /Paris/);
+  noPageErrors(b);
+});
+
+test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot take over, nothing changes", async () => {
+  const r = await b.page.evaluate(async () => {
+    const out = {};
+    // Adapters tuned on the CPU (quicker than on SwiftShader), loaded into a WebGPU Guard.
+    const cpu = await Guard.create({ filterUrl: models.filterUrl, backend: "cpu" });
+    await cpu.tuneFilter(await spoilers(), { steps: 5 });
+    const adapters = await cpu.exportAdapters("filter");
+    cpu.dispose();
+    const g = await Guard.create({ filterUrl: models.filterUrl, backend: "webgpu", cache: false });
+    try {
+      out.kind = g.backend.kind;
+      await g.importAdapters(adapters);
+      await g.setRule("spoiler", { threshold: 0.33, action: "warn" });
+      await g.setRule("hate", { threshold: 0.9 });
+      const text = ["Snape kills Dumbledore at the end of the book"];
+      out.before = (await g.classify(text))[0];
+      // The CPU cannot take over (the encoder's download fails): the call fails with the
+      // GPU's error and the Guard is as it was, on WebGPU.
+      await failModelDownloads(true);
+      out.failed = await settle(g.classify(["__gpu_lost__"]), 120_000);
+      await failModelDownloads(false);
+      out.stillKind = g.backend.kind;
+      out.stillLabels = g.labels;
+      out.stillPolicy = g.policy;
+      // Now it can: the call is retried on the CPU, with the tuned label and the rules.
+      out.moved = await settle(g.classify(["__gpu_lost__"]), 120_000);
+      out.backend = g.backend;
+      out.labels = g.labels;
+      out.policy = g.policy;
+      out.after = (await g.classify(text))[0];
+    } finally {
+      g.dispose();
+    }
+    return out;
+  });
+  assert.equal(r.kind, "webgpu");
+  assert.match(r.failed.error ?? "", /^BackendError: the device was lost/);
+  assert.equal(r.stillKind, "webgpu");
+  assert.ok(r.stillLabels.includes("spoiler"));
+  assert.equal(r.stillPolicy.spoiler.action, "warn");
+  assert.equal(r.stillPolicy.spoiler.threshold.toFixed(2), "0.33");
+  assert.equal(r.moved.ok, true, r.moved.error);
+  assert.equal(r.backend.kind, "cpu");
+  assert.match(r.backend.reason, /WebGPU failed \(the device was lost/);
+  assert.deepEqual(r.labels, ["offensive", "hate", "harmful", "spoiler"]);
+  assert.equal(r.policy.spoiler.action, "warn");
+  assert.equal(r.policy.spoiler.threshold.toFixed(2), "0.33");
+  assert.equal(r.policy.hate.threshold.toFixed(2), "0.90");
+  assert.ok(Math.abs(r.after.scores.spoiler - r.before.scores.spoiler) < 0.02, `${r.after.scores.spoiler} vs ${r.before.scores.spoiler}`);
+  noPageErrors(b);
+});
