@@ -18,11 +18,11 @@ fn canon(value: &Value, out: &mut Vec<u8>) {
             out.extend((s.len() as u64).to_le_bytes());
             out.extend(s.as_bytes());
         }
-        Value::Array(_, items) => {
+        Value::Array(items) => {
             out.push(b'[');
             out.extend((items.len() as u64).to_le_bytes());
-            for item in items {
-                canon(item, out);
+            for item in items.iter() {
+                canon(&item, out);
             }
             out.push(b']');
         }
@@ -43,7 +43,7 @@ fn to_json(value: &Value) -> Json {
         Value::F32(v) => Json::from(f64::from(*v)),
         Value::F64(v) => Json::from(*v),
         Value::String(s) => Json::from(s.as_str()),
-        Value::Array(_, items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Array(items) => Json::Array(items.iter().map(|v| to_json(&v)).collect()),
         int => match int.as_i64() {
             Some(v) => Json::from(v),
             None => Json::from(int.as_u64().expect("integer")),
@@ -53,7 +53,7 @@ fn to_json(value: &Value) -> Json {
 
 fn types(value: &Value) -> Vec<String> {
     match value {
-        Value::Array(elem, _) => vec!["ARRAY".into(), elem.name().into()],
+        Value::Array(items) => vec!["ARRAY".into(), items.element_type().name().into()],
         other => vec![other.value_type().name().into()],
     }
 }
@@ -93,7 +93,7 @@ fn metadata_and_tensor_table_match_python_gguf() {
             );
             let head = exp["head"].as_array().unwrap();
             for (item, exp_item) in items.iter().zip(head) {
-                assert_eq!(&to_json(item), exp_item, "element of {key}");
+                assert_eq!(&to_json(&item), exp_item, "element of {key}");
             }
         } else {
             assert_eq!(to_json(value), exp["value"], "value of {key}");

@@ -17,6 +17,7 @@ use safetensors::Dtype;
 
 use crate::error::{Error, Result};
 use crate::filter::features::FeatureSpec;
+use crate::filter::heads_file::{HeadsLayout, check_file_threshold, check_label};
 use crate::weights::safetensors::SafetensorsFile;
 
 /// What is written in a heads file's `format` metadata.
@@ -43,6 +44,14 @@ impl Head {
             out: LinearConfig::new(hidden, 1).init(device),
             dropout: DropoutConfig::new(dropout).init(),
         }
+    }
+
+    /// A copy on `device` (an autodiff device), ready to train. `fork` alone keeps each
+    /// tensor's gradient state, and a head loaded from a file is not on an autodiff backend:
+    /// training such a copy panicked in `backward`. `train` reinstates every weight's
+    /// training state on the autodiff backend.
+    pub fn fork_trainable(&self, device: &Device) -> Self {
+        self.clone().fork(device).train()
     }
 
     /// Logits `[batch]` for standardised features `[batch, F]`.
@@ -218,30 +227,15 @@ impl Heads {
         Self::load_format(bytes, FORMAT, device)
     }
 
-    /// [`Heads::load`] for files whose `format` metadata is `format`.
+    /// [`Heads::load`] for files whose `format` metadata is `format`. The layout (label names,
+    /// thresholds, widths, every tensor's shape) is checked first ([`HeadsLayout::read`]).
     pub fn load_format(bytes: &[u8], format: &str, device: &Device) -> Result<(Self, HeadsInfo)> {
         let file = SafetensorsFile::parse(bytes)?;
-        let meta = file.metadata();
-        let get = |key: &str| file.required_metadata(key, "a webguard filter heads file");
-        file.expect_format(format, "a webguard filter heads file")?;
-        let labels: Vec<String> = get("labels")?.split(',').map(str::to_owned).collect();
-        let features: FeatureSpec = get("features")?.parse()?;
-        let hidden: usize = get("hidden")?
-            .parse()
-            .map_err(|_| Error::Safetensors("heads file: hidden is not a number".into()))?;
-        let thresholds: Vec<f32> = serde_json::from_str(get("thresholds")?)
-            .map_err(|e| Error::Safetensors(format!("heads file: thresholds: {e}")))?;
-        if labels.is_empty()
-            || labels.iter().any(String::is_empty)
-            || thresholds.len() != labels.len()
-        {
-            return Err(Error::Safetensors(
-                "heads file: labels and thresholds do not match".into(),
-            ));
-        }
-        let width: usize = file.shape("mean")?.first().copied().unwrap_or(0);
-        let mut heads = Vec::with_capacity(labels.len());
-        for label in &labels {
+        let layout = HeadsLayout::read(&file, format)?;
+        let features: FeatureSpec = layout.features.parse()?;
+        let (width, hidden) = (layout.width, layout.hidden);
+        let mut heads = Vec::with_capacity(layout.labels.len());
+        for label in &layout.labels {
             let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear> {
                 Ok(Linear {
                     weight: Param::from_tensor(file.tensor::<2>(
@@ -262,13 +256,6 @@ impl Heads {
                 dropout: DropoutConfig::new(0.0).init(),
             });
         }
-        let provenance = meta
-            .iter()
-            .filter(|(k, _)| {
-                !["format", "labels", "features", "hidden", "thresholds"].contains(&k.as_str())
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         let heads = Heads {
             mean: Param::from_tensor(file.tensor::<1>("mean", [width], device)?),
             scale: Param::from_tensor(file.tensor::<1>("scale", [width], device)?),
@@ -277,13 +264,29 @@ impl Heads {
         Ok((
             heads,
             HeadsInfo {
-                labels,
+                labels: layout.labels,
                 features,
                 hidden,
-                thresholds,
-                provenance,
+                thresholds: layout.thresholds,
+                provenance: layout.provenance,
             },
         ))
+    }
+
+    /// Every weight of head `i` (hidden weight and bias, out weight and bias), read back.
+    pub async fn head_values(&self, i: usize) -> Result<Vec<f32>> {
+        let head = self
+            .heads
+            .get(i)
+            .ok_or_else(|| Error::InvalidInput(format!("no head {i}")))?;
+        let mut out = Vec::new();
+        for layer in [&head.hidden, &head.out] {
+            out.extend(crate::backend::read_f32(layer.weight.val()).await?);
+            if let Some(b) = &layer.bias {
+                out.extend(crate::backend::read_f32(b.val()).await?);
+            }
+        }
+        Ok(out)
     }
 
     /// The encoder adapters stored in a heads file (none for heads trained on a frozen encoder).
@@ -342,6 +345,11 @@ impl Heads {
             return Err(Error::ModelFile(
                 "one label name and threshold per head".into(),
             ));
+        }
+        // What could not be loaded back is not written.
+        for (label, &t) in info.labels.iter().zip(&info.thresholds) {
+            check_label(label)?;
+            check_file_threshold(label, t)?;
         }
         // (name, shape in the file, values as a 2-D tensor)
         let row = |t: Tensor<1>| {

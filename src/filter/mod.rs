@@ -12,6 +12,7 @@
 pub mod encoder;
 pub mod features;
 pub mod heads;
+pub mod heads_file;
 pub mod metrics;
 pub mod train;
 
@@ -66,6 +67,19 @@ impl Verdict {
     }
 }
 
+/// Where a label of the filter came from: see [`Filter::label_origins`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelOrigin {
+    /// The heads the filter was loaded with, unchanged.
+    Shipped,
+    /// Taught (tuned) in this filter: a new label, or a loaded one adjusted.
+    Taught,
+    /// From imported adapters: a new label, or a loaded one replaced (which needs
+    /// `replace_shipped_labels`).
+    Imported,
+}
+
 /// Scores keyed by label.
 pub fn score_map(labels: &[String], scores: &[f32]) -> BTreeMap<String, f32> {
     labels.iter().cloned().zip(scores.iter().copied()).collect()
@@ -81,6 +95,8 @@ pub struct Filter {
     answer_thresholds: Vec<f32>,
     /// The heads as loaded, before any tuning (`reset_tuning` goes back to them).
     base: Box<(Heads, HeadsInfo)>,
+    /// Where each label came from, in label order.
+    origins: Vec<LabelOrigin>,
 }
 
 impl std::fmt::Debug for Filter {
@@ -127,6 +143,7 @@ impl Filter {
             .unwrap_or_else(|| vec![0.0; info.labels.len()]);
         Ok(Filter {
             encoder,
+            origins: vec![LabelOrigin::Shipped; info.labels.len()],
             base: Box::new((heads.clone(), info.clone())),
             heads,
             thresholds: info.thresholds.clone(),
@@ -227,12 +244,36 @@ impl Filter {
         (&self.base.0, &self.base.1)
     }
 
-    /// Puts tuned (or reset) heads in place, with their labels and thresholds. The caller
-    /// checked that they fit this filter's features.
-    pub(crate) fn install_heads(&mut self, heads: Heads, info: HeadsInfo) {
+    /// Where each label came from (`shipped`, `taught` or `imported`), in label order: what a
+    /// policy shows next to each rule, so that a page can tell the labels it loaded from
+    /// those added or changed since.
+    pub fn label_origins(&self) -> Vec<(String, LabelOrigin)> {
+        self.info
+            .labels
+            .iter()
+            .cloned()
+            .zip(self.origins.iter().copied())
+            .collect()
+    }
+
+    /// The labels the filter was loaded with (its shipped heads), in order.
+    pub fn shipped_labels(&self) -> &[String] {
+        &self.base.1.labels
+    }
+
+    /// Puts tuned (or reset) heads in place, with their labels, thresholds and each label's
+    /// origin. The caller checked that they fit this filter's features.
+    pub(crate) fn install_heads(
+        &mut self,
+        heads: Heads,
+        info: HeadsInfo,
+        origins: Vec<LabelOrigin>,
+    ) {
+        debug_assert_eq!(origins.len(), info.labels.len());
         self.thresholds = info.thresholds.clone();
         self.heads = heads;
         self.info = info;
+        self.origins = origins;
     }
 
     /// Limits and batching in use.

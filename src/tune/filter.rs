@@ -18,16 +18,27 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::backend::read_f32;
 use crate::error::{Error, Result};
-use crate::filter::Filter;
 use crate::filter::heads::{Head, Heads, TUNED_FORMAT};
+use crate::filter::heads_file::check_label;
+use crate::filter::{Filter, LabelOrigin};
 use crate::tune::{Step, TuneOptions, now_ms, report_step, step_loss};
+
+/// How [`Filter::import_adapters_with`] treats the labels the filter was loaded with.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ImportOptions {
+    /// Let the adapters replace the heads or thresholds of the labels the filter was loaded
+    /// with (the shipped `offensive`, `hate`, `harmful`). Off by default: adapters that change
+    /// one are refused, so a shared file cannot weaken or switch off moderation unnoticed.
+    pub replace_shipped_labels: bool,
+}
 
 /// One labelled text: `value` says whether `label` applies to `text`.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 pub struct LabelExample {
     /// The text.
     pub text: String,
-    /// A label of the filter, or a new one.
+    /// A label of the filter, or a new one (1 to 32 characters: `a-z`, `0-9`, `_`, `-`).
     pub label: String,
     /// Whether the label applies.
     pub value: bool,
@@ -50,8 +61,6 @@ pub struct FilterTuneReport {
 /// A new label's threshold: no validation data comes with a handful of examples, and the
 /// balanced loss centres the two classes on 0.5.
 pub const NEW_LABEL_THRESHOLD: f32 = 0.5;
-/// Longest label name, in characters.
-pub const MAX_LABEL_CHARS: usize = 48;
 /// Most examples per call: tuning is meant for a handful, and every one is encoded.
 pub const MAX_EXAMPLES: usize = 2000;
 /// Adam's weight decay on the tuned heads (a mild pull towards small weights, which a few
@@ -62,21 +71,6 @@ const WEIGHT_DECAY: f32 = 1e-3;
 #[derive(Module, Debug)]
 struct TunedHeads {
     heads: Vec<Head>,
-}
-
-fn check_label(label: &str) -> Result<()> {
-    let bad = label.trim().is_empty()
-        || label.chars().count() > MAX_LABEL_CHARS
-        || label.contains(',')
-        || label.chars().any(char::is_control)
-        || label.trim() != label;
-    if bad {
-        return Err(Error::InvalidInput(format!(
-            "label {label:?}: use 1 to {MAX_LABEL_CHARS} characters, no commas, control \
-             characters or surrounding spaces"
-        )));
-    }
-    Ok(())
 }
 
 /// Per label, with its rows: `(label, window indices, targets)`.
@@ -164,7 +158,7 @@ impl Filter {
                 .iter()
                 .enumerate()
                 .map(|(j, l)| match self.label_index(&l.label) {
-                    Ok(i) => self.heads().head(i).clone().fork(&ad),
+                    Ok(i) => self.heads().head(i).fork_trainable(&ad),
                     Err(_) => {
                         ad.seed(options.seed.wrapping_add(j as u64));
                         Head::new(width, hidden, 0.0, &ad)
@@ -205,15 +199,21 @@ impl Filter {
         // Install: the tuned heads replace or extend a copy of the current ones.
         let mut heads = self.heads().clone();
         let mut info = self.info().clone();
+        let mut origins: Vec<LabelOrigin> =
+            self.label_origins().into_iter().map(|(_, o)| o).collect();
         let mut new_labels = Vec::new();
         for (l, head) in per_label.iter().zip(tuned.valid().heads) {
             let head = head.fork(&device);
             match info.labels.iter().position(|x| *x == l.label) {
-                Some(i) => heads.set_head(i, head),
+                Some(i) => {
+                    heads.set_head(i, head);
+                    origins[i] = LabelOrigin::Taught;
+                }
                 None => {
                     heads.set_head(info.labels.len(), head);
                     info.labels.push(l.label.clone());
                     info.thresholds.push(NEW_LABEL_THRESHOLD);
+                    origins.push(LabelOrigin::Taught);
                     new_labels.push(l.label.clone());
                 }
             }
@@ -233,7 +233,7 @@ impl Filter {
         }
         info.provenance
             .insert("tuned_labels".into(), tuned_labels.join(","));
-        self.install_heads(heads, info);
+        self.install_heads(heads, info, origins);
         Ok(FilterTuneReport {
             labels: order,
             new_labels,
@@ -267,10 +267,25 @@ impl Filter {
         self.heads().save_format(&info, &[], TUNED_FORMAT).await
     }
 
-    /// Loads heads exported by [`Filter::export_adapters`] from a filter with the same base.
-    /// Files from another base, of another shape, or that are not tuned heads are errors, and
-    /// the filter is unchanged.
+    /// Loads heads exported by [`Filter::export_adapters`] from a filter with the same base,
+    /// with the default [`ImportOptions`]: adapters that change a label the filter was loaded
+    /// with are refused.
     pub async fn import_adapters(&mut self, bytes: &[u8]) -> Result<()> {
+        self.import_adapters_with(bytes, &ImportOptions::default())
+            .await
+    }
+
+    /// Loads heads exported by [`Filter::export_adapters`] from a filter with the same base.
+    /// Files from another base, of another shape, with invalid label names or thresholds, or
+    /// that are not tuned heads are errors; so are files that change the head or threshold
+    /// of a label the filter was loaded with, unless `options.replace_shipped_labels`. On any
+    /// error the filter is unchanged. Afterwards [`Filter::label_origins`] says `imported` for
+    /// every label the file added or replaced.
+    pub async fn import_adapters_with(
+        &mut self,
+        bytes: &[u8],
+        options: &ImportOptions,
+    ) -> Result<()> {
         let (heads, info) = Heads::load_format(bytes, TUNED_FORMAT, self.device())?;
         let (base, base_info) = self.base_heads();
         if info.features != base_info.features || heads.width() != base.width() {
@@ -293,12 +308,53 @@ impl Filter {
                 got.unwrap_or_else(|| "unknown".into())
             )));
         }
-        if !base_info.labels.iter().all(|l| info.labels.contains(l)) {
-            return Err(Error::InvalidInput(
-                "these adapters lack some of this filter's labels".into(),
-            ));
+        let missing: Vec<&str> = base_info
+            .labels
+            .iter()
+            .filter(|l| !info.labels.contains(l))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "these adapters lack some of this filter's labels ({})",
+                missing.join(", ")
+            )));
         }
-        self.install_heads(heads, info);
+        // Which of the labels the filter was loaded with the file changes.
+        let mut changed = Vec::new();
+        for (i, label) in base_info.labels.iter().enumerate() {
+            let j = info.labels.iter().position(|l| l == label).unwrap_or(i);
+            if info.thresholds[j] != base_info.thresholds[i]
+                || heads.head_values(j).await? != base.head_values(i).await?
+            {
+                changed.push(label.clone());
+            }
+        }
+        if !changed.is_empty() && !options.replace_shipped_labels {
+            return Err(Error::InvalidInput(format!(
+                "these adapters change the head or threshold of {} ({}), which this filter was \
+                 loaded with; nothing was imported. To accept that, import them with \
+                 replaceShippedLabels: true",
+                if changed.len() == 1 {
+                    "a shipped label"
+                } else {
+                    "shipped labels"
+                },
+                changed.join(", ")
+            )));
+        }
+        let origins = info
+            .labels
+            .iter()
+            .map(|l| {
+                if base_info.labels.contains(l) && !changed.contains(l) {
+                    LabelOrigin::Shipped
+                } else {
+                    LabelOrigin::Imported
+                }
+            })
+            .collect();
+        self.install_heads(heads, info, origins);
         Ok(())
     }
 
@@ -306,7 +362,8 @@ impl Filter {
     pub fn reset_adapters(&mut self) {
         let (heads, info) = self.base_heads();
         let (heads, info) = (heads.clone(), info.clone());
-        self.install_heads(heads, info);
+        let origins = vec![LabelOrigin::Shipped; info.labels.len()];
+        self.install_heads(heads, info, origins);
     }
 }
 

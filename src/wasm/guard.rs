@@ -19,7 +19,7 @@ use crate::generate::GenerateOptions;
 use crate::guard::{Action, Policy, Rule};
 use crate::tune::TuneOptions;
 use crate::tune::chat::{CHAT_ADAPTERS_FORMAT, ChatPair, ChatTuneOptions};
-use crate::tune::filter::LabelExample;
+use crate::tune::filter::{ImportOptions, LabelExample};
 
 /// The moderated chat and the filter together on one backend: what `pkg/guard.js` runs in its
 /// worker. `await Guard.create(backend, tokenizerJson, configJson, model, heads, gguf?,
@@ -149,6 +149,16 @@ impl WasmGuard {
     #[wasm_bindgen(getter)]
     pub fn labels(&self) -> Result<Vec<String>, JsValue> {
         Ok(busy(self.filter.try_borrow())?.labels().to_vec())
+    }
+
+    /// Where each label came from: `{ label: "shipped" | "taught" | "imported" }`.
+    #[wasm_bindgen(getter, js_name = labelOrigins)]
+    pub fn label_origins(&self) -> Result<JsValue, JsValue> {
+        let origins: BTreeMap<String, crate::filter::LabelOrigin> = busy(self.filter.try_borrow())?
+            .label_origins()
+            .into_iter()
+            .collect();
+        to_js(&origins)
     }
 
     /// `{ label: { threshold, action } }`.
@@ -304,9 +314,12 @@ impl WasmGuard {
     }
 
     /// Loads adapters exported from a Guard with the same base models; which model they are
-    /// for is read from the file. Resolves to `"filter"` or `"chat"`.
+    /// for is read from the file. Resolves to `"filter"` or `"chat"`. `options` (filter
+    /// adapters only; `ImportOptions`): `{ replaceShippedLabels }`, false by default, so that
+    /// adapters changing a shipped label's head or threshold are refused.
     #[wasm_bindgen(js_name = importAdapters)]
-    pub fn import_adapters(&self, bytes: Vec<u8>) -> Result<Promise, JsValue> {
+    pub fn import_adapters(&self, bytes: Vec<u8>, options: JsValue) -> Result<Promise, JsValue> {
+        let options: ImportOptions = convert::options(&options, "import options")?;
         let (filter, chat, policy) = (self.filter.clone(), self.chat.clone(), self.policy.clone());
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let format = crate::weights::safetensors::SafetensorsFile::parse(&bytes)
@@ -324,7 +337,7 @@ impl WasmGuard {
                 return Ok("chat".into());
             }
             let mut f = busy(filter.try_borrow_mut())?;
-            f.import_adapters(&bytes).await.js()?;
+            f.import_adapters_with(&bytes, &options).await.js()?;
             let synced = policy.borrow().synced(&f);
             *policy.borrow_mut() = synced;
             Ok("filter".into())

@@ -9,10 +9,13 @@
 //! ```
 //! Every read is bounds-checked and every length or count is checked against the bytes that
 //! are actually left before anything is allocated, so a 40-byte file that claims 2^60 tensors
-//! is rejected at once instead of exhausting memory. Parsing never panics; it returns a
+//! is rejected at once instead of exhausting memory. Arrays are kept as vectors of their
+//! element type ([`Array`]: a `u8` array takes a byte per element, a string array one buffer
+//! plus an end offset per string), so what parsing allocates stays within a small multiple of
+//! the file's size whatever the file says ([`PEAK_MEMORY_FACTOR`]; measured by
+//! `tests/gguf_memory.rs` and the fuzz target). Parsing never panics; it returns a
 //! [`GgufError`] that says which section was bad and where.
 
-use std::collections::HashSet;
 use std::fmt;
 
 use super::quant::{self, GgmlType};
@@ -23,6 +26,12 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_DIMS: u32 = 4;
 /// Arrays of arrays deeper than this are refused (real files use depth 1).
 pub const MAX_ARRAY_DEPTH: usize = 8;
+/// What [`Gguf::parse`] allocates at its peak is at most this many times the file's length
+/// (plus [`PEAK_MEMORY_SLACK`] bytes), for any input: the worst cases are files made of
+/// nothing but tiny metadata entries or empty nested arrays.
+pub const PEAK_MEMORY_FACTOR: usize = 8;
+/// The constant part of the bound above.
+pub const PEAK_MEMORY_SLACK: usize = 1024;
 
 /// Which part of the file a parse error was found in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,8 +306,9 @@ pub enum Value {
     Bool(bool),
     /// UTF-8 string
     String(String),
-    /// Homogeneous array; the element type is kept even when it is empty.
-    Array(ValueType, Vec<Value>),
+    /// Homogeneous array, stored as a vector of its element type (boxed: most values are
+    /// scalars, and a metadata entry stays 32 bytes).
+    Array(Box<Array>),
     /// `u64`
     U64(u64),
     /// `i64`
@@ -320,7 +330,7 @@ impl Value {
             Value::F32(_) => ValueType::F32,
             Value::Bool(_) => ValueType::Bool,
             Value::String(_) => ValueType::String,
-            Value::Array(..) => ValueType::Array,
+            Value::Array(_) => ValueType::Array,
             Value::U64(_) => ValueType::U64,
             Value::I64(_) => ValueType::I64,
             Value::F64(_) => ValueType::F64,
@@ -370,10 +380,179 @@ impl Value {
         }
     }
 
-    /// The array elements, if this is an array.
-    pub fn as_array(&self) -> Option<&[Value]> {
+    /// The array, if this is one.
+    pub fn as_array(&self) -> Option<&Array> {
         match self {
-            Value::Array(_, values) => Some(values),
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// The strings of a string array: one buffer and the end of each string in it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Strings {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Strings {
+    /// Number of strings.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// String `i`.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text.get(start..end)
+    }
+
+    /// The strings in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+impl<'s> FromIterator<&'s str> for Strings {
+    fn from_iter<I: IntoIterator<Item = &'s str>>(iter: I) -> Self {
+        let mut out = Strings::default();
+        for s in iter {
+            out.text.push_str(s);
+            out.ends.push(out.text.len());
+        }
+        out
+    }
+}
+
+/// A homogeneous metadata array, as a vector of its element type. The element type is kept
+/// even when it is empty.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Array {
+    /// `u8` elements
+    U8(Vec<u8>),
+    /// `i8` elements
+    I8(Vec<i8>),
+    /// `u16` elements
+    U16(Vec<u16>),
+    /// `i16` elements
+    I16(Vec<i16>),
+    /// `u32` elements
+    U32(Vec<u32>),
+    /// `i32` elements
+    I32(Vec<i32>),
+    /// `f32` elements
+    F32(Vec<f32>),
+    /// `bool` elements
+    Bool(Vec<bool>),
+    /// strings
+    String(Strings),
+    /// arrays (each with its own element type)
+    Array(Vec<Array>),
+    /// `u64` elements
+    U64(Vec<u64>),
+    /// `i64` elements
+    I64(Vec<i64>),
+    /// `f64` elements
+    F64(Vec<f64>),
+}
+
+impl Array {
+    /// The type of every element.
+    pub fn element_type(&self) -> ValueType {
+        match self {
+            Array::U8(_) => ValueType::U8,
+            Array::I8(_) => ValueType::I8,
+            Array::U16(_) => ValueType::U16,
+            Array::I16(_) => ValueType::I16,
+            Array::U32(_) => ValueType::U32,
+            Array::I32(_) => ValueType::I32,
+            Array::F32(_) => ValueType::F32,
+            Array::Bool(_) => ValueType::Bool,
+            Array::String(_) => ValueType::String,
+            Array::Array(_) => ValueType::Array,
+            Array::U64(_) => ValueType::U64,
+            Array::I64(_) => ValueType::I64,
+            Array::F64(_) => ValueType::F64,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Array::U8(v) => v.len(),
+            Array::I8(v) => v.len(),
+            Array::U16(v) => v.len(),
+            Array::I16(v) => v.len(),
+            Array::U32(v) => v.len(),
+            Array::I32(v) => v.len(),
+            Array::F32(v) => v.len(),
+            Array::Bool(v) => v.len(),
+            Array::String(v) => v.len(),
+            Array::Array(v) => v.len(),
+            Array::U64(v) => v.len(),
+            Array::I64(v) => v.len(),
+            Array::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` as a [`Value`] (a copy; strings and arrays are cloned).
+    pub fn get(&self, i: usize) -> Option<Value> {
+        Some(match self {
+            Array::U8(v) => Value::U8(*v.get(i)?),
+            Array::I8(v) => Value::I8(*v.get(i)?),
+            Array::U16(v) => Value::U16(*v.get(i)?),
+            Array::I16(v) => Value::I16(*v.get(i)?),
+            Array::U32(v) => Value::U32(*v.get(i)?),
+            Array::I32(v) => Value::I32(*v.get(i)?),
+            Array::F32(v) => Value::F32(*v.get(i)?),
+            Array::Bool(v) => Value::Bool(*v.get(i)?),
+            Array::String(v) => Value::String(v.get(i)?.to_owned()),
+            Array::Array(v) => Value::Array(Box::new(v.get(i)?.clone())),
+            Array::U64(v) => Value::U64(*v.get(i)?),
+            Array::I64(v) => Value::I64(*v.get(i)?),
+            Array::F64(v) => Value::F64(*v.get(i)?),
+        })
+    }
+
+    /// The elements as [`Value`]s, one at a time (see [`Array::get`]).
+    pub fn iter(&self) -> impl Iterator<Item = Value> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// The strings, if this is an array of strings.
+    pub fn as_strings(&self) -> Option<&Strings> {
+        match self {
+            Array::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Every element as `i64`, if this is an array of integers that all fit.
+    pub fn to_i64s(&self) -> Option<Vec<i64>> {
+        fn all<T: Copy>(v: &[T], f: impl Fn(T) -> Option<i64>) -> Option<Vec<i64>> {
+            v.iter().map(|&x| f(x)).collect()
+        }
+        match self {
+            Array::U8(v) => all(v, |x| Some(x.into())),
+            Array::I8(v) => all(v, |x| Some(x.into())),
+            Array::U16(v) => all(v, |x| Some(x.into())),
+            Array::I16(v) => all(v, |x| Some(x.into())),
+            Array::U32(v) => all(v, |x| Some(x.into())),
+            Array::I32(v) => all(v, |x| Some(x.into())),
+            Array::U64(v) => all(v, |x| i64::try_from(x).ok()),
+            Array::I64(v) => all(v, Some),
             _ => None,
         }
     }
@@ -420,6 +599,7 @@ pub struct Gguf<'a> {
 }
 
 /// A bounds-checked little-endian cursor over the file.
+#[derive(Clone, Copy)]
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -482,16 +662,19 @@ impl<'a> Cursor<'a> {
         Ok(value as usize)
     }
 
-    fn string(&mut self) -> Result<String, GgufError> {
+    /// A string, borrowed from the file.
+    fn str(&mut self) -> Result<&'a str, GgufError> {
         let len = self.count("string length", 1)?;
         let offset = self.pos as u64;
         let raw = self.take(len as u64)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| GgufError::InvalidUtf8 {
-                section: self.section,
-                offset,
-            })
+        std::str::from_utf8(raw).map_err(|_| GgufError::InvalidUtf8 {
+            section: self.section,
+            offset,
+        })
+    }
+
+    fn string(&mut self) -> Result<String, GgufError> {
+        self.str().map(str::to_owned)
     }
 
     fn value_type(&mut self) -> Result<ValueType, GgufError> {
@@ -500,7 +683,7 @@ impl<'a> Cursor<'a> {
         ValueType::from_id(type_id).ok_or(GgufError::UnknownValueType { offset, type_id })
     }
 
-    fn value(&mut self, ty: ValueType, depth: usize) -> Result<Value, GgufError> {
+    fn value(&mut self, ty: ValueType) -> Result<Value, GgufError> {
         Ok(match ty {
             ValueType::U8 => Value::U8(self.u8()?),
             ValueType::I8 => Value::I8(self.u8()? as i8),
@@ -521,21 +704,102 @@ impl<'a> Cursor<'a> {
                 }
             }
             ValueType::String => Value::String(self.string()?),
-            ValueType::Array => {
-                let offset = self.pos as u64;
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::ArrayTooDeep { offset });
+            ValueType::Array => Value::Array(Box::new(self.array_value(0)?)),
+        })
+    }
+
+    /// `n` fixed-size elements of `N` bytes each, converted by `f`, as one vector.
+    fn fixed<const N: usize, T>(
+        &mut self,
+        n: usize,
+        f: fn([u8; N]) -> T,
+    ) -> Result<Vec<T>, GgufError> {
+        let raw = self.take(n as u64 * N as u64)?;
+        Ok(raw
+            .chunks_exact(N)
+            .map(|c| {
+                let mut b = [0u8; N];
+                b.copy_from_slice(c);
+                f(b)
+            })
+            .collect())
+    }
+
+    /// An array (element type, count, elements) nested `depth` arrays deep, as a vector of
+    /// its element type: the count was checked against the bytes left, so each vector's
+    /// allocation is bounded by the file.
+    fn array_value(&mut self, depth: usize) -> Result<Array, GgufError> {
+        let offset = self.pos as u64;
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(GgufError::ArrayTooDeep { offset });
+        }
+        let elem = self.value_type()?;
+        let n = self.count("array length", elem.min_size())?;
+        Ok(match elem {
+            ValueType::U8 => Array::U8(self.take(n as u64)?.to_vec()),
+            ValueType::I8 => Array::I8(self.fixed(n, |[b]| b as i8)?),
+            ValueType::U16 => Array::U16(self.fixed(n, u16::from_le_bytes)?),
+            ValueType::I16 => Array::I16(self.fixed(n, i16::from_le_bytes)?),
+            ValueType::U32 => Array::U32(self.fixed(n, u32::from_le_bytes)?),
+            ValueType::I32 => Array::I32(self.fixed(n, i32::from_le_bytes)?),
+            ValueType::F32 => Array::F32(self.fixed(n, f32::from_le_bytes)?),
+            ValueType::U64 => Array::U64(self.fixed(n, u64::from_le_bytes)?),
+            ValueType::I64 => Array::I64(self.fixed(n, i64::from_le_bytes)?),
+            ValueType::F64 => Array::F64(self.fixed(n, f64::from_le_bytes)?),
+            ValueType::Bool => {
+                let start = self.pos as u64;
+                let raw = self.take(n as u64)?;
+                if let Some(i) = raw.iter().position(|&b| b > 1) {
+                    return Err(GgufError::InvalidBool {
+                        offset: start + i as u64,
+                        byte: raw[i],
+                    });
                 }
-                let elem = self.value_type()?;
-                let n = self.count("array length", elem.min_size())?;
-                let mut values = Vec::with_capacity(n);
+                Array::Bool(raw.iter().map(|&b| b == 1).collect())
+            }
+            ValueType::String => {
+                // Size the buffer first (a dry run over the lengths), so it is allocated once.
+                let mut dry = *self;
+                let total = (0..n)
+                    .try_fold(0u64, |sum, _| {
+                        let len = dry.count("string length", 1).ok()? as u64;
+                        dry.take(len).ok()?;
+                        Some(sum + len)
+                    })
+                    .unwrap_or(0);
+                let mut strings = Strings {
+                    text: String::with_capacity(total as usize),
+                    ends: Vec::with_capacity(n),
+                };
                 for _ in 0..n {
-                    values.push(self.value(elem, depth + 1)?);
+                    strings.text.push_str(self.str()?);
+                    strings.ends.push(strings.text.len());
                 }
-                Value::Array(elem, values)
+                Array::String(strings)
+            }
+            ValueType::Array => {
+                let mut arrays = Vec::with_capacity(n);
+                for _ in 0..n {
+                    arrays.push(self.array_value(depth + 1)?);
+                }
+                Array::Array(arrays)
             }
         })
     }
+}
+
+/// The first name that appears twice among `names` (sorted by an index, so nothing but one
+/// index per name is allocated).
+fn first_duplicate<'n>(names: impl Fn(usize) -> &'n str, n: usize) -> Option<&'n str> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_unstable_by(|&a, &b| names(a).cmp(names(b)).then(a.cmp(&b)));
+    // Of every run of equal names, the duplicate reported is the one seen second in the file.
+    order
+        .windows(2)
+        .filter(|w| names(w[0]) == names(w[1]))
+        .map(|w| w[1])
+        .min()
+        .map(names)
 }
 
 fn align_up(value: u64, alignment: u64) -> Option<u64> {
@@ -565,16 +829,15 @@ impl<'a> Gguf<'a> {
         let kv_count = cur.count("metadata count", 13)?;
 
         cur.section = Section::Metadata;
-        let mut metadata = Vec::with_capacity(kv_count);
-        let mut keys = HashSet::with_capacity(kv_count);
+        let mut metadata: Vec<(String, Value)> = Vec::with_capacity(kv_count);
         for _ in 0..kv_count {
             let key = cur.string()?;
             let ty = cur.value_type()?;
-            let value = cur.value(ty, 0)?;
-            if !keys.insert(key.clone()) {
-                return Err(GgufError::DuplicateKey(key));
-            }
+            let value = cur.value(ty)?;
             metadata.push((key, value));
+        }
+        if let Some(key) = first_duplicate(|i| &metadata[i].0, metadata.len()) {
+            return Err(GgufError::DuplicateKey(key.to_owned()));
         }
 
         let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
@@ -584,14 +847,12 @@ impl<'a> Gguf<'a> {
         };
 
         cur.section = Section::TensorInfo;
-        let mut tensors = Vec::with_capacity(tensor_count);
-        let mut names = HashSet::with_capacity(tensor_count);
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(tensor_count);
         for _ in 0..tensor_count {
-            let info = read_tensor_info(&mut cur)?;
-            if !names.insert(info.name.clone()) {
-                return Err(GgufError::DuplicateTensor(info.name));
-            }
-            tensors.push(info);
+            tensors.push(read_tensor_info(&mut cur)?);
+        }
+        if let Some(name) = first_duplicate(|i| &tensors[i].name, tensors.len()) {
+            return Err(GgufError::DuplicateTensor(name.to_owned()));
         }
 
         let data_offset = align_up(cur.pos as u64, alignment).unwrap_or(u64::MAX);
@@ -675,13 +936,10 @@ impl<'a> Gguf<'a> {
         let items = v
             .as_array()
             .ok_or_else(|| type_problem(key, "an array", v))?;
-        items
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .ok_or_else(|| type_problem(key, "an array of strings", v))
-            })
-            .collect()
+        let strings = items
+            .as_strings()
+            .ok_or_else(|| type_problem(key, "an array of strings", v))?;
+        Ok(strings.iter().collect())
     }
 
     /// The description of tensor `name`.
@@ -838,14 +1096,12 @@ mod tests {
         let nested = g.get("nested").unwrap();
         assert_eq!(
             nested,
-            &Value::Array(
-                ValueType::Array,
-                vec![
-                    Value::Array(ValueType::U8, vec![Value::U8(1), Value::U8(2)]),
-                    Value::Array(ValueType::U8, vec![Value::U8(3)]),
-                ]
-            )
+            &Value::Array(Box::new(Array::Array(vec![
+                Array::U8(vec![1, 2]),
+                Array::U8(vec![3]),
+            ])))
         );
+        assert_eq!(nested.as_array().unwrap().element_type(), ValueType::Array);
         let t = g.tensor_info("w").unwrap();
         assert_eq!(t.shape(), vec![2, 3]);
         assert_eq!(

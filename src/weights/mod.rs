@@ -4,5 +4,5 @@ pub mod gguf;
 pub mod quant;
 pub mod safetensors;
 
-pub use gguf::{Gguf, GgufError, TensorInfo, Value, ValueType};
+pub use gguf::{Array, Gguf, GgufError, Strings, TensorInfo, Value, ValueType};
 pub use quant::GgmlType;

@@ -47,19 +47,23 @@ fn show(value: &Value) -> String {
             &s[..s.floor_char_boundary(80)],
             s.len()
         ),
-        Value::Array(ty, items) if items.len() > 8 => {
-            let head: Vec<String> = items.iter().take(4).map(show).collect();
+        Value::Array(items) if items.len() > 8 => {
+            let head: Vec<String> = items.iter().take(4).map(|v| show(&v)).collect();
             format!(
                 "[{}, ...] ({} × {})",
                 head.join(", "),
                 items.len(),
-                ty.name()
+                items.element_type().name()
             )
         }
-        Value::Array(_, items) => {
+        Value::Array(items) => {
             format!(
                 "[{}]",
-                items.iter().map(show).collect::<Vec<_>>().join(", ")
+                items
+                    .iter()
+                    .map(|v| show(&v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         }
         Value::String(s) => format!("{s:?}"),
