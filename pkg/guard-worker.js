@@ -55,10 +55,13 @@ console.error = (...args) => {
 };
 const isTrap = (e) => e instanceof WebAssembly.RuntimeError;
 
+let running = null; // the operation in progress, named in a crash report
+
 function crash(error) {
   if (!crashed) {
     const what = lastPanic ?? `${error?.name ?? "Error"}: ${error?.message ?? error}`;
-    crashed = { name: "CrashError", message: `the webguard worker crashed (${what}); the Guard reloads on the next call` };
+    const during = running ? ` during ${running}` : "";
+    crashed = { name: "CrashError", message: `the webguard worker crashed${during} (${what}); the Guard reloads on the next call` };
     post(0, "fatal", crashed);
   }
   return crashed;
@@ -338,6 +341,7 @@ self.onmessage = (event) => {
       if (!Object.hasOwn(ops, op)) throw new Error(`unknown operation ${op}`);
       if (op !== "create" && op !== "dispose" && !guard) throw new Error("the Guard is not loaded (or was disposed)");
       let result;
+      running = op;
       try {
         result = await ops[op](id, args ?? {});
       } catch (e) {
@@ -349,9 +353,11 @@ self.onmessage = (event) => {
           throw e;
         }
       }
+      running = null;
       post(id, "result", result);
     } catch (e) {
       const error = isTrap(e) ? crash(e) : { name: e?.name ?? "Error", message: e?.message ?? String(e) };
+      running = null;
       post(id, "error", error);
     }
   });

@@ -216,7 +216,11 @@ export class Guard {
 
   /** Changes one label's threshold and/or action ("block", "warn" or "allow"). */
   async setRule(label, { threshold, action } = {}) {
-    const current = this.#info.policy[label];
+    // Checked here: the wasm glue reads a non-string as a string's pointer (a trap, not an error).
+    if (typeof label !== "string") throw new TypeError("setRule: the label must be a string");
+    if (threshold !== undefined && typeof threshold !== "number") throw new TypeError("setRule: threshold must be a number");
+    if (action !== undefined && typeof action !== "string") throw new TypeError('setRule: action must be "block", "warn" or "allow"');
+    const current = Object.hasOwn(this.#info.policy, label) ? this.#info.policy[label] : undefined;
     if (!current) throw named("InvalidInputError", `unknown label "${label}" (labels: ${this.#info.labels.join(", ")})`);
     this.#info.policy = await this.#call("setRule", {
       label, threshold: threshold ?? current.threshold, action: action ?? current.action,
@@ -301,6 +305,7 @@ export class Guard {
    * `kind` "filter" (default: the filter's tuned and new labels) or "chat" (LoRA adapters).
    */
   async exportAdapters(kind = "filter") {
+    if (typeof kind !== "string") throw new TypeError('exportAdapters: kind must be "filter" or "chat"');
     return this.#call("exportAdapters", { kind });
   }
 
@@ -318,6 +323,7 @@ export class Guard {
 
   /** Forgets tuning: `kind` "filter", "chat" or "all" (default). */
   async resetAdapters(kind = "all") {
+    if (typeof kind !== "string") throw new TypeError('resetAdapters: kind must be "filter", "chat" or "all"');
     const { info, saved } = await this.#call("resetAdapters", { kind });
     Object.assign(this.#info, info);
     Object.assign(this.#adapters, saved);

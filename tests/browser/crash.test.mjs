@@ -90,7 +90,7 @@ test("a trapped worker rejects every pending call, and the next call reloads it 
   console.log(`# pending: ${JSON.stringify(r.pending)}`);
   for (const p of r.pending) {
     assert.equal(p.ok, false);
-    assert.match(p.error, /^CrashError: the webguard worker crashed \(.*unreachable.*\); the Guard reloads on the next call/);
+    assert.match(p.error, /^CrashError: the webguard worker crashed during classify \(.*unreachable.*\); the Guard reloads on the next call/);
   }
   assert.equal(r.after.ok, true, r.after.error);
   assert.deepEqual(r.labels, ["offensive", "hate", "harmful", "spoiler"]);
