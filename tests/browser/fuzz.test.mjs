@@ -12,7 +12,7 @@ import { load, openBrowser } from "./browser.mjs";
 
 const SEED = Number(process.env.WEBGUARD_FUZZ_SEED ?? 17);
 const CALLS = Number(process.env.WEBGUARD_FUZZ_CALLS ?? 1000);
-const CHAT_CALLS = Number(process.env.WEBGUARD_FUZZ_CHAT_CALLS ?? 60);
+const CHAT_CALLS = Number(process.env.WEBGUARD_FUZZ_CHAT_CALLS ?? 30);
 const BOUND_MS = 180_000; // the longest any one call may take (the huge inputs)
 
 // Panics reported to the Rust side (notes/issue-17-js.md), matched on the panic's message.
