@@ -210,7 +210,9 @@ async function build(id, backend, state) {
 /** Puts the page's tuning (adapters files) and rules back into a freshly built Guard. */
 async function restore(g, { adapters, policy }) {
   for (const kind of ["filter", "chat"]) {
-    if (adapters?.[kind]) await g.importAdapters(adapters[kind]);
+    // The page's own earlier state, exported from this Guard: shipped labels it tuned may
+    // come back (the opt-in a shared file would need; ignored by builds before it).
+    if (adapters?.[kind]) await g.importAdapters(adapters[kind], { replaceShippedLabels: true });
   }
   for (const [label, rule] of Object.entries(policy ?? {})) g.setRule(label, rule.threshold, rule.action);
 }
@@ -308,10 +310,10 @@ const ops = {
   async exportAdapters(id, { kind }) {
     return guard.exportAdapters(kind);
   },
-  async importAdapters(id, { bytes }) {
+  async importAdapters(id, { bytes, options }) {
     const view = bytes instanceof Blob ? new Uint8Array(await bytes.arrayBuffer())
       : ArrayBuffer.isView(bytes) ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : new Uint8Array(bytes);
-    const kind = await guard.importAdapters(view);
+    const kind = await guard.importAdapters(view, options ?? {});
     return { kind, info: describe(guard), saved: await snapshot(kind) };
   },
   async resetAdapters(id, { kind }) {

@@ -310,12 +310,13 @@ export class Guard {
   }
 
   /** Loads adapters from exportAdapters (bytes or a File) made from the same base models;
-   *  resolves to the kind they were ("filter" or "chat"). */
-  async importAdapters(bytes) {
+   *  resolves to the kind they were ("filter" or "chat"). `options` are the wasm module's
+   *  import options (`{ replaceShippedLabels }`: let filter adapters change a shipped label). */
+  async importAdapters(bytes, options = {}) {
     if (!(bytes instanceof ArrayBuffer || ArrayBuffer.isView(bytes) || bytes instanceof Blob)) {
       throw new TypeError("importAdapters expects an ArrayBuffer, a typed array or a File");
     }
-    const { kind, info, saved } = await this.#call("importAdapters", { bytes });
+    const { kind, info, saved } = await this.#call("importAdapters", { bytes, options });
     Object.assign(this.#info, info);
     Object.assign(this.#adapters, saved);
     return kind;
