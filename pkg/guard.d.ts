@@ -141,6 +141,9 @@ export interface Reply {
   /** The chat probe's harm score of the conversation, 0 to 1 (blocked at or above
    * Guard.chatProbe.threshold); null without a probe or when the filter blocked first. */
   chatJudge: number | null;
+  /** The chat model's highest harm score of its own answer at a sentence end (its answer
+   * probe), 0 to 1 (stopped at or above Guard.chatProbe.answerThreshold); null without one. */
+  answerJudge: number | null;
 }
 
 export interface ChatProbe {
@@ -148,6 +151,8 @@ export interface ChatProbe {
   threshold: number;
   /** The chat model's blocks whose states it reads. */
   layers: number[];
+  /** Answers scored at or above it at a sentence end are stopped (null: no answer probe). */
+  answerThreshold: number | null;
 }
 
 export interface LabelExample { text: string; label: string; value: boolean; }

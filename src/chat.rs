@@ -8,11 +8,11 @@
 use crate::backend::read_f32;
 use crate::error::{Error, Result};
 use crate::models::llama::{KvCache, Llama};
-use crate::models::probe::StateProbe;
-use crate::text::Tokenizer;
+use crate::models::probe::{ChatProbes, StateProbe};
 #[cfg(doc)]
 use crate::text::chat_template::render;
 use crate::text::chat_template::{Message, turns};
+use crate::text::{Tokenizer, sentence_done};
 use crate::weights::gguf::Gguf;
 
 /// The chat model and what it needs to generate.
@@ -25,6 +25,9 @@ pub struct ChatModel {
     pub end_tokens: Vec<u32>,
     /// Judges prompts from the model's own states (the guard blocks what it flags).
     pub probe: Option<StateProbe>,
+    /// Judges the answer so far at each sentence end, from the states generation computes
+    /// anyway (it reads the layers `probe` reads).
+    pub answer_probe: Option<StateProbe>,
 }
 
 impl ChatModel {
@@ -41,6 +44,7 @@ impl ChatModel {
             tokenizer,
             end_tokens,
             probe: None,
+            answer_probe: None,
         })
     }
 
@@ -79,11 +83,13 @@ impl ChatModel {
         self.prompt_ids(&[Message::new("user", prompt)])
     }
 
-    /// Installs the harmful-request probe from a probe file's bytes (checked against this
-    /// model's blocks and width).
+    /// Installs the probes of a probe file (the request probe, and the answer probe when the
+    /// file has one), checked against this model's blocks and width.
     pub fn load_probe(&mut self, bytes: &[u8]) -> Result<()> {
         let c = self.model.config();
-        self.probe = Some(StateProbe::load(bytes, c.layers, c.dim)?);
+        let probes = ChatProbes::load(bytes, c.layers, c.dim)?;
+        self.probe = Some(probes.request);
+        self.answer_probe = probes.answer;
         Ok(())
     }
 
@@ -109,5 +115,59 @@ impl ChatModel {
             out.extend(read_f32(s).await?);
         }
         Ok(out)
+    }
+
+    /// Where the guard judges `answer` (token ids following a prompt) as it streams: the
+    /// index of each token after which the text not judged yet ends a sentence
+    /// ([`sentence_done`]), and the last token.
+    pub fn sentence_ends(&self, answer: &[u32]) -> Result<Vec<usize>> {
+        let mut decoder = self.tokenizer.stream_decoder()?;
+        let (mut text, mut judged, mut ends) = (String::new(), 0, Vec::new());
+        for (i, &t) in answer.iter().enumerate() {
+            text.push_str(&decoder.push(t)?);
+            if sentence_done(&text[judged..]) {
+                ends.push(i);
+                judged = text.len();
+            }
+        }
+        if !answer.is_empty() && ends.last() != Some(&(answer.len() - 1)) {
+            ends.push(answer.len() - 1);
+        }
+        Ok(ends)
+    }
+
+    /// The states the answer probe reads for `answer` (token ids) following `prompt` (from
+    /// [`ChatModel::prompt_ids`]): one row per [`ChatModel::sentence_ends`] entry, each the
+    /// output of `layers` at that token, concatenated. One forward pass over both; equal (to
+    /// rounding) to what generation computes token by token.
+    pub async fn answer_states(
+        &self,
+        prompt: &[u32],
+        answer: &[u32],
+        layers: &[usize],
+    ) -> Result<Vec<Vec<f32>>> {
+        let ends = self.sentence_ends(answer)?;
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
+        let (_, states) =
+            self.model
+                .forward_with_all_states(&ids, &mut self.model.new_cache(), layers)?;
+        let dim = self.model.config().dim;
+        let mut per_layer = Vec::with_capacity(states.len());
+        for s in states {
+            per_layer.push(read_f32(s).await?);
+        }
+        Ok(ends
+            .iter()
+            .map(|&e| {
+                let at = (prompt.len() + e) * dim;
+                per_layer
+                    .iter()
+                    .flat_map(|l| l[at..at + dim].iter().copied())
+                    .collect()
+            })
+            .collect())
     }
 }

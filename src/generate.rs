@@ -211,6 +211,11 @@ pub struct Generator<'a> {
     remaining: usize,
     reason: Option<StopReason>,
     prompt_tokens: usize,
+    /// Blocks whose states [`Generator::states_at_last_token`] returns.
+    layers: Vec<usize>,
+    /// Their states at the last token run through the model (set whenever `layers` is not
+    /// empty: the prefill's last token, then each token fed).
+    last_states: Vec<Tensor<2>>,
 }
 
 enum NextInput {
@@ -251,6 +256,8 @@ impl<'a> Generator<'a> {
         let mut cache = model.new_cache();
         let (logits, states) = model.forward_with_states(prompt, &mut cache, layers)?;
         let generator = Generator {
+            layers: layers.to_vec(),
+            last_states: states.clone(),
             model,
             options,
             end_tokens,
@@ -280,7 +287,7 @@ impl<'a> Generator<'a> {
         }
         let logits = match std::mem::replace(&mut self.next_input, NextInput::Token(0)) {
             NextInput::Logits(l) => *l,
-            NextInput::Token(t) => self.model.forward(&[t], &mut self.cache)?,
+            NextInput::Token(t) => self.feed(t)?,
         };
         let vocab = self.model.config().vocab_size;
         let mut values = read_f32(logits.reshape([vocab])).await?;
@@ -309,6 +316,41 @@ impl<'a> Generator<'a> {
         let piece = self.text[self.emitted.min(safe)..safe].to_string();
         self.emitted = self.emitted.max(safe);
         Ok(Some(piece))
+    }
+
+    /// Runs token `t` through the model: the logits for the next pick (and the states of `t`).
+    fn feed(&mut self, t: u32) -> Result<Tensor<2>> {
+        let (logits, states) =
+            self.model
+                .forward_with_states(&[t], &mut self.cache, &self.layers)?;
+        self.last_states = states;
+        Ok(logits)
+    }
+
+    /// The states (after the blocks given to [`Generator::with_states`], concatenated) at the
+    /// last token of the text so far: what the answer probe reads at a sentence end. Runs the
+    /// pending token through the model now rather than at the next pick, so it costs nothing
+    /// extra.
+    pub async fn states_at_last_token(&mut self) -> Result<Vec<f32>> {
+        if self.layers.is_empty() {
+            return Err(Error::InvalidInput(
+                "this generator keeps no states (no layers given)".into(),
+            ));
+        }
+        // A picked token not fed yet (none is pending once an end-of-turn token was picked:
+        // the last text token was fed to pick it).
+        if self.reason != Some(StopReason::EndOfTurn)
+            && let NextInput::Token(t) = self.next_input
+            && !self.tokens.is_empty()
+        {
+            let logits = self.feed(t)?;
+            self.next_input = NextInput::Logits(Box::new(logits));
+        }
+        let mut out = Vec::with_capacity(self.layers.len() * self.model.config().dim);
+        for s in &self.last_states {
+            out.extend(read_f32(s.clone()).await?);
+        }
+        Ok(out)
     }
 
     /// Ends with `reason`; what was held back (or is an incomplete character) comes out last.

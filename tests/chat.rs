@@ -133,3 +133,49 @@ fn probe_states_do_not_depend_on_how_the_prompt_was_prefilled() {
     assert_eq!(third, whole[chat.model.config().dim..]);
     assert!(pollster::block_on(chat.prompt_states(&ids, &[99])).is_err());
 }
+
+#[test]
+fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token() {
+    use webguard::generate::Generator;
+    use webguard::text::sentence_done;
+    let chat = chat_model();
+    let ids = chat
+        .prompt_ids(&[Message::new("user", "Name three fruits, one per sentence.")])
+        .unwrap();
+    let layers = [6, 26];
+    let options = GenerateOptions {
+        max_new_tokens: 40,
+        ..GenerateOptions::default()
+    };
+    // Streaming, as the guard does: at each sentence end, the states of its last token.
+    let (mut generator, _) = Generator::with_states(&chat, &ids, &options, &layers).unwrap();
+    let (mut judged, mut streamed) = (0, Vec::new());
+    loop {
+        let piece = pollster::block_on(generator.next_piece()).unwrap();
+        let ended = piece.is_none();
+        let pending = &generator.text()[judged..];
+        if !pending.is_empty() && (ended || sentence_done(pending)) {
+            streamed.push(pollster::block_on(generator.states_at_last_token()).unwrap());
+            judged = generator.text().len();
+        }
+        if ended {
+            break;
+        }
+    }
+    let generation = generator.finish();
+    assert!(streamed.len() >= 2, "{:?}", generation.text);
+    // One pass over prompt and answer, at the same sentence ends.
+    let whole = pollster::block_on(chat.answer_states(&ids, &generation.tokens, &layers)).unwrap();
+    assert_eq!(whole.len(), streamed.len(), "{:?}", generation.text);
+    for (a, b) in whole.iter().zip(&streamed) {
+        assert_eq!(a.len(), 2 * chat.model.config().dim);
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / x.abs().max(1.0))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "worst relative difference {worst}");
+    }
+    // Different sentence ends have different states (each row is its own token).
+    assert_ne!(whole[0], whole[1]);
+}

@@ -183,6 +183,41 @@ fn should_stop_ends_generation_promptly_and_drops_unscreened_text() {
     assert_eq!(reply.stop_reason.as_deref(), Some("cancelled"));
     assert_eq!(reply.tokens, 4, "stopped after the fourth token");
     assert!(!reply.blocked);
+    // Four tokens end no sentence, so nothing was screened: the reply's text is empty, not
+    // the four unscreened tokens.
+    assert_eq!(reply.text, "", "{reply:?}");
+}
+
+#[test]
+fn a_stop_string_ends_the_answer_before_it_and_shows_only_screened_text() {
+    let (filter, chat) = models();
+    let policy = Policy::new(&filter);
+    let mut pieces = Vec::new();
+    // A two-sentence answer, cut at the first ". ": the generator cuts its text back to where
+    // the stop string starts, after the guard has judged past it (this used to slice out of
+    // bounds and panic).
+    let reply = pollster::block_on(moderated_chat(
+        &filter,
+        &policy,
+        &chat,
+        &[Message::new("user", "Tell me two facts about Paris.")],
+        &GenerateOptions {
+            max_new_tokens: 64,
+            stop: vec![". ".into()],
+            ..GenerateOptions::default()
+        },
+        |p| {
+            pieces.push(p.to_string());
+            true
+        },
+        || false,
+    ))
+    .unwrap();
+    assert!(!reply.blocked, "{reply:?}");
+    assert_eq!(reply.stop_reason.as_deref(), Some("stop:. "), "{reply:?}");
+    assert!(!reply.text.contains(". "), "{reply:?}");
+    assert!(!reply.text.is_empty());
+    assert_eq!(reply.text, pieces.concat(), "the reply is what was shown");
 }
 
 #[test]

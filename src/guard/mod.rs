@@ -9,7 +9,9 @@
 //!    flagged conversation is refused before any token is generated.
 //! 2. The answer is generated and screened as it streams, one sentence at a time: text reaches
 //!    the caller only after the whole answer so far has passed, so a harmful answer is stopped
-//!    and replaced before any of it is shown.
+//!    and replaced before any of it is shown. With an answer probe, the chat model also judges
+//!    its own answer at each sentence end, from the states of the token generation has just
+//!    computed (the request and the answer so far, in context).
 //! 3. Fail closed: if the filter itself fails (a lost GPU, a bug), the message is blocked.
 //!
 //! Each label has a threshold and an action ([`Policy`]); [`Action::Warn`] lets the text
@@ -25,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::generate::{GenerateOptions, Generator, StopReason};
 use crate::text::chat_template::Message;
+use crate::text::sentence_done;
 use policy::Side;
 
 /// The outcome of one moderated turn.
@@ -52,6 +55,9 @@ pub struct ModeratedReply {
     /// The chat model's own harm score of the conversation (its probe), when it has one and
     /// the filter let the conversation through.
     pub chat_judge: Option<f32>,
+    /// The chat model's highest harm score of the answer at its sentence ends (its answer
+    /// probe), when it has one and an answer was judged.
+    pub answer_judge: Option<f32>,
 }
 
 impl ModeratedReply {
@@ -78,15 +84,6 @@ impl ModeratedReply {
 /// The text that replaces a blocked message or answer.
 fn refusal(reason: &str) -> String {
     format!("Blocked by the content filter ({reason}).")
-}
-
-/// Whether `pending` ends a sentence (or is long enough to screen anyway).
-fn sentence_done(pending: &str) -> bool {
-    const LONGEST_UNSCREENED: usize = 240;
-    pending.len() >= LONGEST_UNSCREENED
-        || pending
-            .trim_end_matches([' ', '"', '\'', ')'])
-            .ends_with(['.', '!', '?', '\n', ':', ';'])
 }
 
 /// Screens `texts` together with `filter` under `policy`: each label's score is its highest
@@ -169,7 +166,9 @@ pub async fn moderated_chat(
     }
 
     // The chat model's own judgement, from the prefill that answering needs anyway.
-    let layers = chat.probe.as_ref().map_or(&[][..], |p| &p.layers[..]);
+    let layers = (chat.probe.as_ref())
+        .or(chat.answer_probe.as_ref())
+        .map_or(&[][..], |p| &p.layers[..]);
     let (generator, states) = Generator::with_states(chat, &ids, options, layers)?;
     if let Some(probe) = &chat.probe {
         let mut features = Vec::with_capacity(probe.width());
@@ -187,6 +186,9 @@ pub async fn moderated_chat(
         }
     }
     let mut generator = generator;
+    // What the generator released (it holds back what may start a stop string and cuts the
+    // text at one), and how much of that was judged and shown.
+    let mut released = String::new();
     let mut shown = 0;
     let mut cancelled = false;
     loop {
@@ -197,15 +199,15 @@ pub async fn moderated_chat(
             break;
         }
         let ended = piece.is_none();
-        let pending = &generator.text()[shown..];
+        released.push_str(piece.as_deref().unwrap_or(""));
+        let pending = &released[shown..];
         if pending.is_empty() || !(ended || sentence_done(pending)) {
             if ended {
                 break;
             }
             continue;
         }
-        let text = generator.text().to_string();
-        let screening = match screen(filter, policy, &[&text], Side::Answer).await {
+        let screening = match screen(filter, policy, &[&released], Side::Answer).await {
             Ok(s) => s,
             Err(e) => return Ok(reply.blocked_while_generating(generator, filter_failed(e))),
         };
@@ -219,8 +221,26 @@ pub async fn moderated_chat(
         if let Some(reason) = blocked {
             return Ok(reply.blocked_while_generating(generator, reason));
         }
-        let piece = text[shown..].to_string();
-        shown = text.len();
+        if let Some(probe) = &chat.answer_probe {
+            let score = match generator.states_at_last_token().await {
+                Ok(states) => probe.score(&states),
+                Err(e) => Err(e),
+            };
+            let score = match score {
+                Ok(s) => s,
+                Err(e) => return Ok(reply.blocked_while_generating(generator, filter_failed(e))),
+            };
+            reply.answer_judge = Some(reply.answer_judge.map_or(score, |s| s.max(score)));
+            if score >= probe.threshold {
+                let reason = format!(
+                    "the answer was judged harmful by the chat model {score:.2} >= {:.2}",
+                    probe.threshold
+                );
+                return Ok(reply.blocked_while_generating(generator, reason));
+            }
+        }
+        let piece = released[shown..].to_string();
+        shown = released.len();
         if !on_text(&piece) {
             generator.cancel();
             cancelled = true;
@@ -232,7 +252,8 @@ pub async fn moderated_chat(
     }
     let g = generator.finish();
     // Only screened text counts: on cancel, what was generated past the last check is dropped.
-    reply.text = g.text[..shown.min(g.text.len())].to_string();
+    released.truncate(shown);
+    reply.text = released;
     reply.tokens = g.tokens.len();
     reply.prompt_tokens = g.prompt_tokens;
     reply.stop_reason = Some(if cancelled {
@@ -243,15 +264,59 @@ pub async fn moderated_chat(
     Ok(reply)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How the output side of a moderated turn judges a finished answer (see [`judge_answer`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerJudgement {
+    /// Whether the answer would be stopped.
+    pub blocked: bool,
+    /// Why, in words.
+    pub reason: Option<String>,
+    /// The filter's screening of the whole answer.
+    pub output: Screening,
+    /// The answer probe's highest score over the answer's sentence ends (`None` without one).
+    pub answer_judge: Option<f32>,
+}
 
-    #[test]
-    fn sentences_end_at_punctuation_or_length() {
-        assert!(sentence_done("The capital is Paris."));
-        assert!(sentence_done("Really?\" "));
-        assert!(!sentence_done("The capital is"));
-        assert!(sentence_done(&"word ".repeat(60)));
+/// Judges `answer`, given as the assistant's reply to `messages`, as the moderated turn judges
+/// answers: the filter at the answer thresholds and, when the chat model has one, its answer
+/// probe at every sentence end (states from one forward pass over the conversation and the
+/// answer, the model reading the request with it). For answers from elsewhere (another model,
+/// a person) and for evaluation. One difference from streaming: the filter reads the whole
+/// answer once, not each prefix.
+pub async fn judge_answer(
+    filter: &Filter,
+    policy: &Policy,
+    chat: &ChatModel,
+    messages: &[Message],
+    answer: &str,
+) -> Result<AnswerJudgement> {
+    if answer.trim().is_empty() {
+        return Err(Error::InvalidInput("the answer is empty".into()));
     }
+    let output = screen(filter, policy, &[answer], Side::Answer).await?;
+    let mut reason = policy.block_reason("the answer was", &output, Side::Answer);
+    let mut answer_judge = None;
+    if let Some(probe) = &chat.answer_probe {
+        let prompt = chat.prompt_ids(messages)?;
+        let ids = chat.tokenizer.encode_literal(answer)?;
+        let rows = chat.answer_states(&prompt, &ids, &probe.layers).await?;
+        let mut worst = 0f32;
+        for row in rows {
+            worst = worst.max(probe.score(&row)?);
+        }
+        answer_judge = Some(worst);
+        if reason.is_none() && worst >= probe.threshold {
+            reason = Some(format!(
+                "the answer was judged harmful by the chat model {worst:.2} >= {:.2}",
+                probe.threshold
+            ));
+        }
+    }
+    Ok(AnswerJudgement {
+        blocked: reason.is_some(),
+        reason,
+        output,
+        answer_judge,
+    })
 }

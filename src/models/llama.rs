@@ -291,6 +291,8 @@ pub struct Llama {
 /// Which blocks' outputs [`Llama::forward_with_states`] keeps, and what it kept.
 struct Taps<'a> {
     layers: &'a [usize],
+    /// Every position (`[b * s, dim]`), not only the last (`[b, dim]`).
+    all_positions: bool,
     states: Vec<Option<Tensor<2>>>,
 }
 
@@ -557,6 +559,27 @@ impl Llama {
         cache: &mut KvCache,
         layers: &[usize],
     ) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
+        self.forward_tapped(ids, cache, layers, false)
+    }
+
+    /// [`Llama::forward_with_states`] keeping every position of `ids` (`[ids.len(), dim]` per
+    /// layer): the answer probe reads an answer's states at its sentence ends.
+    pub fn forward_with_all_states(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        layers: &[usize],
+    ) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
+        self.forward_tapped(ids, cache, layers, true)
+    }
+
+    fn forward_tapped(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        layers: &[usize],
+        all_positions: bool,
+    ) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
         self.check_ids(ids, cache.len)?;
         if let Some(l) = layers.iter().find(|&&l| l >= self.blocks.len()) {
             return Err(Error::InvalidInput(format!(
@@ -569,6 +592,7 @@ impl Llama {
         let start = cache.len;
         let mut taps = Taps {
             layers,
+            all_positions,
             states: vec![None; layers.len()],
         };
         let x = self.blocks_forward(&Inference(self), x, start, Some(cache), Some(&mut taps))?;
@@ -622,7 +646,7 @@ impl Llama {
     }
 
     /// The blocks over `x [b, s, dim]` at positions `start..`, through the cache if given,
-    /// keeping the last position's state after the blocks `taps` asks for.
+    /// keeping the states after the blocks `taps` asks for.
     fn blocks_forward(
         &self,
         w: &dyn BlockWeights,
@@ -695,7 +719,11 @@ impl Llama {
             x = x + w.project(l, Projection::Down, ff)?;
             if let Some(taps) = taps.as_mut() {
                 for (slot, _) in taps.layers.iter().enumerate().filter(|(_, t)| **t == l) {
-                    taps.states[slot] = Some(x.clone().narrow(1, s - 1, 1).reshape([b, c.dim]));
+                    taps.states[slot] = Some(if taps.all_positions {
+                        x.clone().reshape([b * s, c.dim])
+                    } else {
+                        x.clone().narrow(1, s - 1, 1).reshape([b, c.dim])
+                    });
                 }
             }
         }

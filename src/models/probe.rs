@@ -22,8 +22,10 @@ use safetensors::Dtype;
 use crate::error::{Error, Result};
 use crate::weights::safetensors::SafetensorsFile;
 
-/// What is written in a probe file's `format` metadata.
+/// What is written in a probe file's `format` metadata: a request probe only.
 pub const FORMAT: &str = "webguard-chat-probe/1";
+/// The format of a file with an answer probe too (its names start with [`ANSWER_PREFIX`]).
+pub const FORMAT_WITH_ANSWERS: &str = "webguard-chat-probe/2";
 
 /// A linear probe over chat-model states.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,47 +199,63 @@ impl StateProbe {
         Ok(sigmoid(z))
     }
 
-    /// Reads a probe file, checking it fits a chat model with `blocks` blocks of width `dim`.
+    /// Reads a probe file's request probe, checking it fits a chat model with `blocks` blocks
+    /// of width `dim` (an answer probe in the same file is ignored: [`ChatProbes::load`]).
     pub fn load(bytes: &[u8], blocks: usize, dim: usize) -> Result<Self> {
-        let file = SafetensorsFile::parse(bytes)?;
+        Ok(ChatProbes::load(bytes, blocks, dim)?.request)
+    }
+
+    /// The probe stored under `prefix` (`""` for the request probe, [`ANSWER_PREFIX`] for the
+    /// answer probe) in a parsed probe file.
+    fn from_file(file: &SafetensorsFile, prefix: &str, blocks: usize, dim: usize) -> Result<Self> {
         let meta = file.metadata();
-        let get = |key: &str| file.required_metadata(key, "a webguard chat probe");
-        file.expect_format(FORMAT, "a webguard chat probe")?;
+        let what = if prefix.is_empty() {
+            "chat probe"
+        } else {
+            "chat answer probe"
+        };
+        let get =
+            |key: &str| file.required_metadata(&format!("{prefix}{key}"), "a webguard chat probe");
         let layers: Vec<usize> = serde_json::from_str(get("layers")?)
-            .map_err(|e| Error::ModelFile(format!("chat probe: layers: {e}")))?;
+            .map_err(|e| Error::ModelFile(format!("{what}: layers: {e}")))?;
         let threshold: f32 = get("threshold")?
             .parse()
-            .map_err(|_| Error::ModelFile("chat probe: threshold is not a number".into()))?;
+            .map_err(|_| Error::ModelFile(format!("{what}: threshold is not a number")))?;
         if layers.is_empty() || layers.iter().any(|&l| l >= blocks) {
             return Err(Error::ModelFile(format!(
-                "chat probe reads layers {layers:?}; the chat model has {blocks} blocks"
+                "{what} reads layers {layers:?}; the chat model has {blocks} blocks"
             )));
         }
         if !(0.0..=1.0).contains(&threshold) {
             return Err(Error::ModelFile(format!(
-                "chat probe threshold {threshold} is outside 0 to 1"
+                "{what} threshold {threshold} is outside 0 to 1"
             )));
         }
         let width = layers.len() * dim;
         let vector = |name: &str| -> Result<Vec<f32>> {
-            let (values, shape) = file.f32_values(name)?;
+            let (values, shape) = file.f32_values(&format!("{prefix}{name}"))?;
             if shape != [width] || values.iter().any(|v| !v.is_finite()) {
                 return Err(Error::ModelFile(format!(
-                    "chat probe: {name} has shape {shape:?}, or non-finite values; expected [{width}]"
+                    "{what}: {name} has shape {shape:?}, or non-finite values; expected [{width}]"
                 )));
             }
             Ok(values)
         };
-        let (bias, shape) = file.f32_values("bias")?;
+        let (bias, shape) = file.f32_values(&format!("{prefix}bias"))?;
         if shape != [1] || !bias[0].is_finite() {
-            return Err(Error::ModelFile(
-                "chat probe: bias must be one number".into(),
-            ));
+            return Err(Error::ModelFile(format!("{what}: bias must be one number")));
         }
         let provenance = meta
             .iter()
-            .filter(|(k, _)| !["format", "layers", "threshold"].contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter_map(|(k, v)| {
+                let key = if prefix.is_empty() {
+                    (!k.starts_with(ANSWER_PREFIX)).then_some(k.as_str())
+                } else {
+                    k.strip_prefix(prefix)
+                }?;
+                (!["format", "layers", "threshold"].contains(&key))
+                    .then(|| (key.to_string(), v.clone()))
+            })
             .collect();
         Ok(StateProbe {
             layers,
@@ -250,30 +268,110 @@ impl StateProbe {
         })
     }
 
-    /// The probe as a safetensors file.
-    pub fn save(&self) -> Result<Vec<u8>> {
+    /// This probe's tensors and metadata under `prefix`, added to `tensors` and `meta`.
+    fn store(
+        &self,
+        prefix: &str,
+        tensors: &mut Vec<(String, Vec<u8>, usize)>,
+        meta: &mut HashMap<String, String>,
+    ) -> Result<()> {
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let tensors = [
-            ("mean", bytes(&self.mean), self.width()),
-            ("scale", bytes(&self.scale), self.width()),
-            ("weight", bytes(&self.weight), self.width()),
-            ("bias", bytes(&[self.bias]), 1),
-        ];
+        for (name, values) in [
+            ("mean", &self.mean[..]),
+            ("scale", &self.scale[..]),
+            ("weight", &self.weight[..]),
+            ("bias", &[self.bias][..]),
+        ] {
+            tensors.push((format!("{prefix}{name}"), bytes(values), values.len()));
+        }
+        for (k, v) in &self.provenance {
+            meta.insert(format!("{prefix}{k}"), v.clone());
+        }
+        meta.insert(
+            format!("{prefix}layers"),
+            serde_json::to_string(&self.layers).map_err(|e| Error::InvalidInput(e.to_string()))?,
+        );
+        meta.insert(format!("{prefix}threshold"), self.threshold.to_string());
+        Ok(())
+    }
+
+    /// The probe alone as a probe file.
+    pub fn save(&self) -> Result<Vec<u8>> {
+        ChatProbes {
+            request: self.clone(),
+            answer: None,
+        }
+        .save()
+    }
+}
+
+/// Where an answer probe's tensors and metadata live in a probe file.
+pub const ANSWER_PREFIX: &str = "answer.";
+
+/// What a probe file holds: the request probe (the conversation, at the last prompt token)
+/// and, from format 2 on, the answer probe (the answer so far, at each sentence end).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatProbes {
+    /// Reads the conversation at the last prompt token.
+    pub request: StateProbe,
+    /// Reads the answer so far at each sentence end.
+    pub answer: Option<StateProbe>,
+}
+
+impl ChatProbes {
+    /// Reads a probe file, checking both probes fit a chat model with `blocks` blocks of
+    /// width `dim` and read the same layers (generation keeps one set of states).
+    pub fn load(bytes: &[u8], blocks: usize, dim: usize) -> Result<Self> {
+        let file = SafetensorsFile::parse(bytes)?;
+        let format = file.required_metadata("format", "a webguard chat probe")?;
+        let answer = match format {
+            FORMAT => None,
+            FORMAT_WITH_ANSWERS => Some(StateProbe::from_file(&file, ANSWER_PREFIX, blocks, dim)?),
+            other => {
+                return Err(Error::ModelFile(format!(
+                    "not a webguard chat probe: format {other:?} (expected {FORMAT:?} or {FORMAT_WITH_ANSWERS:?})"
+                )));
+            }
+        };
+        let request = StateProbe::from_file(&file, "", blocks, dim)?;
+        if let Some(a) = &answer
+            && a.layers != request.layers
+        {
+            return Err(Error::ModelFile(format!(
+                "chat probe: the answer probe reads layers {:?}, the request probe {:?}; they must be the same",
+                a.layers, request.layers
+            )));
+        }
+        Ok(ChatProbes { request, answer })
+    }
+
+    /// The probes as one safetensors file.
+    pub fn save(&self) -> Result<Vec<u8>> {
+        let mut tensors = Vec::new();
+        let mut meta = HashMap::new();
+        self.request.store("", &mut tensors, &mut meta)?;
+        if let Some(a) = &self.answer {
+            if a.layers != self.request.layers {
+                return Err(Error::InvalidInput(
+                    "the answer probe must read the request probe's layers".into(),
+                ));
+            }
+            a.store(ANSWER_PREFIX, &mut tensors, &mut meta)?;
+        }
+        let format = if self.answer.is_some() {
+            FORMAT_WITH_ANSWERS
+        } else {
+            FORMAT
+        };
+        meta.insert("format".into(), format.into());
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
             .iter()
             .map(|(name, data, n)| {
                 safetensors::tensor::TensorView::new(Dtype::F32, vec![*n], data)
-                    .map(|v| (name.to_string(), v))
+                    .map(|v| (name.clone(), v))
                     .map_err(|e| Error::Safetensors(e.to_string()))
             })
             .collect::<Result<_>>()?;
-        let mut meta = self.provenance.clone();
-        meta.insert("format".into(), FORMAT.into());
-        meta.insert(
-            "layers".into(),
-            serde_json::to_string(&self.layers).map_err(|e| Error::InvalidInput(e.to_string()))?,
-        );
-        meta.insert("threshold".into(), self.threshold.to_string());
         safetensors::serialize(views, Some(meta)).map_err(|e| Error::Safetensors(e.to_string()))
     }
 }
@@ -338,6 +436,37 @@ mod tests {
             );
         }
         assert!(probe.score(&[0.0; 3]).is_err());
+    }
+
+    #[test]
+    fn a_file_with_both_probes_round_trips_and_keeps_their_provenance_apart() {
+        let (rows, labels) = clouds(100, 8, 4);
+        let cfg = ProbeTrainConfig::default();
+        let mut request = StateProbe::train(vec![1, 3], &rows, &labels, &cfg).unwrap();
+        request
+            .provenance
+            .insert("figures".into(), "request".into());
+        let mut answer = StateProbe::train(vec![1, 3], &rows, &labels, &cfg).unwrap();
+        answer.threshold = 0.9;
+        answer.provenance.insert("figures".into(), "answer".into());
+        let both = ChatProbes {
+            request: request.clone(),
+            answer: Some(answer.clone()),
+        };
+        let bytes = both.save().unwrap();
+        assert_eq!(ChatProbes::load(&bytes, 4, 4).unwrap(), both);
+        // A reader of the request probe alone gets the request probe.
+        assert_eq!(StateProbe::load(&bytes, 4, 4).unwrap(), request);
+        // A request-only file (format 1) has no answer probe.
+        let old = ChatProbes::load(&request.save().unwrap(), 4, 4).unwrap();
+        assert_eq!(old.answer, None);
+        // Both must read the same layers (generation keeps one set of states).
+        answer.layers = vec![0, 2];
+        let mismatched = ChatProbes {
+            request,
+            answer: Some(answer),
+        };
+        assert!(mismatched.save().is_err());
     }
 
     #[test]

@@ -39,9 +39,12 @@ pub struct WasmGuard {
 
 /// What `Guard.chatProbe` says about a loaded probe.
 #[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ProbeInfo {
     threshold: f32,
     layers: Vec<usize>,
+    /// The answer probe's threshold, when the file has one.
+    answer_threshold: Option<f32>,
 }
 
 // The filter's `RefCell` is held across awaits on purpose: every access uses `try_borrow*`,
@@ -127,9 +130,10 @@ impl WasmGuard {
         self.chat.is_some()
     }
 
-    /// The chat model's harmful-request probe: `{ threshold, layers }` (moderated chat blocks
-    /// a conversation it scores at or above `threshold`, reported as `chatJudge`), or `null`
-    /// when none is loaded.
+    /// The chat model's probes: `{ threshold, layers, answerThreshold }` (moderated chat blocks
+    /// a conversation it scores at or above `threshold`, reported as `chatJudge`, and stops an
+    /// answer scored at or above `answerThreshold` at a sentence end, reported as
+    /// `answerJudge`), or `null` when none is loaded.
     #[wasm_bindgen(getter, js_name = chatProbe)]
     pub fn chat_probe(&self) -> Result<JsValue, JsValue> {
         let Some(chat) = &self.chat else {
@@ -140,6 +144,7 @@ impl WasmGuard {
             Some(p) => to_js(&ProbeInfo {
                 threshold: p.threshold,
                 layers: p.layers.clone(),
+                answer_threshold: chat.answer_probe.as_ref().map(|a| a.threshold),
             }),
             None => Ok(JsValue::NULL),
         }

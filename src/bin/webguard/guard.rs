@@ -158,14 +158,14 @@ pub fn run_guard(models: &Path, args: GuardArgs) -> Result<()> {
 /// One line of an `eval-guard` prompts file.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LabelledPrompt {
-    id: serde_json::Value,
-    prompt: String,
+pub struct LabelledPrompt {
+    pub id: serde_json::Value,
+    pub prompt: String,
     /// `safe` or `unsafe`.
-    label: String,
+    pub label: String,
     /// Optional grouping for the summary (`past_tense`, `dangerous_sounding`, ...).
     #[serde(default, rename = "type")]
-    kind: Option<String>,
+    pub kind: Option<String>,
 }
 
 /// What `eval-guard` writes per prompt.

@@ -9,6 +9,10 @@
 fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
+mod answer_probe;
+#[cfg(not(target_arch = "wasm32"))]
+mod answers;
+#[cfg(not(target_arch = "wasm32"))]
 mod backend;
 #[cfg(not(target_arch = "wasm32"))]
 mod bench;
@@ -108,6 +112,15 @@ enum Command {
     /// Fit the chat model's harmful-request probe on the safety requests' training split and
     /// write it with its figures.
     TrainProbe(train_probe::TrainProbeArgs),
+    /// The chat model's own unmoderated answers to a labelled prompts file (JSONL out,
+    /// resumable): what the answer probe is trained and judged on.
+    Answers(answers::AnswersArgs),
+    /// Fit the chat model's answer probe on `answers` output (training split), choose its
+    /// threshold on the validation split, and write it beside the request probe.
+    TrainAnswerProbe(answer_probe::TrainAnswerProbeArgs),
+    /// The guard's output side (filter, answer probe) over labelled answers: harmful answers
+    /// caught, benign answers flagged.
+    EvalAnswers(answer_probe::EvalAnswersArgs),
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -129,6 +142,9 @@ impl Command {
             Command::SafetyPrompts(args) => guard::run_safety_prompts(args),
             Command::CalibrateAnswers(args) => guard::run_calibrate_answers(args),
             Command::TrainProbe(args) => train_probe::run(models, args),
+            Command::Answers(args) => answers::run(models, args),
+            Command::TrainAnswerProbe(args) => answer_probe::run_train(models, args),
+            Command::EvalAnswers(args) => answer_probe::run_eval(models, args),
         }
     }
 }

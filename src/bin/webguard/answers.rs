@@ -1,0 +1,119 @@
+//! `answers`: the chat model's own, unmoderated answers to a labelled prompts file: the data
+//! the answer probe is trained and judged on (harmful answers are the model's compliant
+//! answers to harmful requests, benign ones its answers to safe requests). Greedy, so a rerun
+//! gives the same answers; appends to `--out` and skips ids already there, so a long run can
+//! be stopped and resumed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use webguard::generate::GenerateOptions;
+use webguard::rng::shuffle;
+use webguard::tune::refusals::is_refusal;
+use webguard::{Error, Result};
+
+use crate::common::{Progress, read_jsonl};
+use crate::guard::LabelledPrompt;
+use crate::models::load_chat;
+
+#[derive(clap::Args)]
+pub struct AnswersArgs {
+    /// JSONL, one {"id", "prompt", "label", "type"?} per line (`safety-prompts` writes it).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// JSONL to append the answers to (one `AnswerLine` per prompt).
+    #[arg(long)]
+    out: PathBuf,
+    /// Most new tokens per answer.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// At most N prompts of each (type, label), drawn with `--seed` (0: all).
+    #[arg(long, default_value_t = 0)]
+    per_type: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+/// One answer, as `answers` writes it and the answer probe reads it.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct AnswerLine {
+    pub id: serde_json::Value,
+    pub prompt: String,
+    pub label: String,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub answer: String,
+    /// Whether the answer opens like a refusal (`is_refusal`).
+    pub refusal: bool,
+}
+
+/// The prompts to answer: all, or `per_type` of each (type, label) drawn with `seed`.
+fn pick(prompts: Vec<LabelledPrompt>, per_type: usize, seed: u64) -> Vec<LabelledPrompt> {
+    if per_type == 0 {
+        return prompts;
+    }
+    let mut groups: BTreeMap<(String, String), Vec<LabelledPrompt>> = BTreeMap::new();
+    for p in prompts {
+        let key = (p.kind.clone().unwrap_or_default(), p.label.clone());
+        groups.entry(key).or_default().push(p);
+    }
+    let mut out = Vec::new();
+    for (i, (_, mut group)) in groups.into_iter().enumerate() {
+        shuffle(&mut group, seed.wrapping_add(i as u64));
+        group.truncate(per_type);
+        out.extend(group);
+    }
+    out
+}
+
+pub fn run(models: &Path, args: AnswersArgs) -> Result<()> {
+    let prompts: Vec<LabelledPrompt> =
+        read_jsonl(&args.prompts, "{\"id\", \"prompt\", \"label\"}")?;
+    let prompts = pick(prompts, args.per_type, args.seed);
+    let done: HashSet<String> = if args.out.exists() {
+        read_jsonl::<AnswerLine>(&args.out, "an `answers` line")?
+            .into_iter()
+            .map(|a| a.id.to_string())
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let todo: Vec<&LabelledPrompt> = prompts
+        .iter()
+        .filter(|p| !done.contains(&p.id.to_string()))
+        .collect();
+    let (chat, backend) = load_chat(models, "cpu", None)?;
+    eprintln!(
+        "chat on {backend}; {} prompts, {} answered already",
+        prompts.len(),
+        prompts.len() - todo.len()
+    );
+    let options = GenerateOptions {
+        max_new_tokens: args.max_tokens,
+        temperature: 0.0,
+        ..GenerateOptions::default()
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.out)
+        .map_err(|e| Error::io(&args.out, e))?;
+    let mut progress = Progress::new("answers", todo.len());
+    for (i, p) in todo.iter().enumerate() {
+        let answer = pollster::block_on(chat.answer(&p.prompt, &options))?;
+        let line = AnswerLine {
+            id: p.id.clone(),
+            prompt: p.prompt.clone(),
+            label: p.label.clone(),
+            kind: p.kind.clone(),
+            refusal: is_refusal(&answer),
+            answer,
+        };
+        let json = serde_json::to_string(&line).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        writeln!(file, "{json}").map_err(|e| Error::io(&args.out, e))?;
+        progress.update(i + 1, "");
+    }
+    Ok(())
+}
