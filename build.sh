@@ -160,9 +160,23 @@ case "$cmd" in
     shift; node scripts/bench-browser.mjs "$@" ;;
   fuzz)
     command -v cargo-fuzz >/dev/null || CARGO_TARGET_DIR="$CACHE/install-target" cargo install cargo-fuzz --root "$TOOLS"
-    # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
-    (cd fuzz && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$CACHE/fuzz-target" cargo fuzz run gguf_parse -- \
-      -max_total_time="${2:-60}" -rss_limit_mb=2048 corpus/gguf_parse seeds) ;;
+    # Every target (or those named after SECONDS), each for SECONDS (default 60) from its
+    # seeds (fuzz/seeds for GGUF, fuzz/seeds-TARGET for the others); libFuzzer's last lines say
+    # how many inputs ran ("Done N runs in S second(s)"). A crash stops here with the input
+    # saved under fuzz/artifacts/TARGET/. cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP
+    # lets the stable toolchain accept them.
+    targets="${*:3}"
+    for target in ${targets:-gguf_parse safetensors_parse filter_heads chat_template}; do
+      step "fuzz $target (${2:-60} s)"
+      seeds=seeds-$target; [ "$target" = gguf_parse ] && seeds=seeds
+      mkdir -p "fuzz/corpus/$target"
+      log="$CACHE/fuzz-$target.log" rc=0
+      (cd fuzz && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$CACHE/fuzz-target" cargo fuzz run "$target" -- \
+        -max_total_time="${2:-60}" -rss_limit_mb=2048 -print_final_stats=1 "corpus/$target" "$seeds") \
+        >"$log" 2>&1 || rc=$?
+      grep -E "^(Done [0-9]+ runs|stat::number_of_executed_units|stat::peak_rss_mb|thread '|SUMMARY|Test unit written)" "$log" || true
+      [ "$rc" = 0 ] || { tail -n 40 "$log"; die "fuzz $target failed (exit $rc): the whole log is $log"; }
+    done ;;
   *)
     sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || exit 2 ;;

@@ -191,10 +191,13 @@ fn refusal_tuning_generalises_to_unseen_prompts() {
         dual_use_requests, refusal_data, refusal_rate, training_pairs,
     };
     let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    if !shared.join("advbench").exists() {
-        eprintln!("skipped: no ../shared/data here");
-        return;
-    }
+    // The claim cannot be checked without the data: that is a failure, not a pass.
+    assert!(
+        shared.join("advbench").exists(),
+        "{} is missing: this test needs the AdvBench and self-instruct data in ../shared/data \
+         (the project's shared folder beside the clone)",
+        shared.join("advbench").display()
+    );
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let data = refusal_data(&shared, HARMFUL_TRAIN_PROMPTS, BENIGN_TRAIN_PAIRS, 20, 0).unwrap();
     let (dual_use, _) = dual_use_requests(repo, DUAL_USE_TRAIN_REQUESTS, 0).unwrap();

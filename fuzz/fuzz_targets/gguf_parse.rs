@@ -1,24 +1,34 @@
-//! Fuzzes the GGUF reader: any bytes must parse or give a typed error, never panic, and a
-//! parsed file's tensors must all be readable and dequantisable without panicking.
+//! Fuzzes the GGUF reader: any bytes must parse or give a typed error, never panic, and never
+//! allocate more than `PEAK_MEMORY_FACTOR` times their length at the parser's peak (measured
+//! by a counting allocator); a parsed file's tensors must all be readable and dequantisable
+//! without panicking.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use webguard_fuzz::weights::gguf::{self, PEAK_MEMORY_FACTOR, PEAK_MEMORY_SLACK};
+use webguard_fuzz::{Counting, peak_since, reset_peak};
 
-// The parser's own source files, compiled here directly (`super::quant` in gguf.rs resolves to
-// the crate root's `quant` below).
-#[allow(dead_code)]
-#[path = "../../src/weights/gguf.rs"]
-mod gguf;
-#[allow(dead_code)]
-#[path = "../../src/weights/quant.rs"]
-mod quant;
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(g) = gguf::Gguf::parse(data) {
-        for (key, _) in &g.metadata {
+    let start = reset_peak();
+    let parsed = gguf::Gguf::parse(data);
+    let peak = peak_since(start);
+    assert!(
+        peak <= PEAK_MEMORY_FACTOR * data.len() + PEAK_MEMORY_SLACK,
+        "parsing {} bytes used {peak} bytes of heap",
+        data.len()
+    );
+    if let Ok(g) = parsed {
+        for (key, value) in &g.metadata {
             let _ = g.require_str(key);
             let _ = g.require_u64(key);
             let _ = g.require_strings(key);
+            if let Some(a) = value.as_array() {
+                assert_eq!(a.iter().count(), a.len());
+                let _ = a.to_i64s();
+            }
         }
         for t in &g.tensors {
             let bytes = g.tensor_bytes(t);
