@@ -88,6 +88,9 @@ pub struct EncoderAdapter {
 
 /// The metadata key of the per-label thresholds for answers (see [`HeadsInfo::answer_thresholds`]).
 pub const ANSWER_THRESHOLDS: &str = "answer_thresholds";
+/// The metadata key of the per-label thresholds for chat conversations (see
+/// [`HeadsInfo::conversation_thresholds`]).
+pub const CONVERSATION_THRESHOLDS: &str = "conversation_thresholds";
 
 /// Everything about a heads file that is not a weight.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,14 +115,26 @@ impl HeadsInfo {
     /// Stored in the metadata (with the provenance) as a JSON list in label order; a list of
     /// the wrong length or with values outside 0 to 1 is an error.
     pub fn answer_thresholds(&self) -> Result<Option<Vec<f32>>> {
-        let Some(json) = self.provenance.get(ANSWER_THRESHOLDS) else {
+        self.calibrated_thresholds(ANSWER_THRESHOLDS)
+    }
+
+    /// Per-label thresholds for screening the messages of a chat conversation, when the file
+    /// has them (`webguard calibrate-answers`, from safe prompts' `input_scores`): chosen on safe requests to the chat
+    /// model ("how do I kill a process" scores high on heads trained on tweets). Stored like
+    /// [`HeadsInfo::answer_thresholds`].
+    pub fn conversation_thresholds(&self) -> Result<Option<Vec<f32>>> {
+        self.calibrated_thresholds(CONVERSATION_THRESHOLDS)
+    }
+
+    fn calibrated_thresholds(&self, key: &str) -> Result<Option<Vec<f32>>> {
+        let Some(json) = self.provenance.get(key) else {
             return Ok(None);
         };
         let values: Vec<f32> = serde_json::from_str(json)
-            .map_err(|e| Error::ModelFile(format!("heads file: {ANSWER_THRESHOLDS}: {e}")))?;
+            .map_err(|e| Error::ModelFile(format!("heads file: {key}: {e}")))?;
         if values.len() != self.labels.len() || values.iter().any(|v| !(0.0..=1.0).contains(v)) {
             return Err(Error::ModelFile(format!(
-                "heads file: {ANSWER_THRESHOLDS} must hold one value in 0 to 1 per label"
+                "heads file: {key} must hold one value in 0 to 1 per label"
             )));
         }
         Ok(Some(values))

@@ -93,6 +93,8 @@ pub struct Filter {
     thresholds: Vec<f32>,
     /// Per-label thresholds for the chat model's answers (0 where the file has none).
     answer_thresholds: Vec<f32>,
+    /// Per-label thresholds for chat conversations (0 where the file has none).
+    conversation_thresholds: Vec<f32>,
     /// The heads as loaded, before any tuning (`reset_tuning` goes back to them).
     base: Box<(Heads, HeadsInfo)>,
     /// Where each label came from, in label order.
@@ -141,6 +143,9 @@ impl Filter {
         let answer_thresholds = info
             .answer_thresholds()?
             .unwrap_or_else(|| vec![0.0; info.labels.len()]);
+        let conversation_thresholds = info
+            .conversation_thresholds()?
+            .unwrap_or_else(|| vec![0.0; info.labels.len()]);
         Ok(Filter {
             encoder,
             origins: vec![LabelOrigin::Shipped; info.labels.len()],
@@ -148,6 +153,7 @@ impl Filter {
             heads,
             thresholds: info.thresholds.clone(),
             answer_thresholds,
+            conversation_thresholds,
             info,
         })
     }
@@ -200,6 +206,14 @@ impl Filter {
     pub fn answer_thresholds(&self) -> Vec<f32> {
         (0..self.info.labels.len())
             .map(|i| self.answer_thresholds.get(i).copied().unwrap_or(0.0))
+            .collect()
+    }
+
+    /// Per-label floors for screening chat conversations, in label order (0 for labels the
+    /// heads file has none for): see [`heads::HeadsInfo::conversation_thresholds`].
+    pub fn conversation_thresholds(&self) -> Vec<f32> {
+        (0..self.info.labels.len())
+            .map(|i| self.conversation_thresholds.get(i).copied().unwrap_or(0.0))
             .collect()
     }
 

@@ -150,7 +150,7 @@ pub async fn moderated_chat(
     let filter_failed = |e: Error| format!("the filter failed, so nothing is shown: {e}");
     let texts = input_texts(messages);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let input = match screen(filter, policy, &texts, Side::Input).await {
+    let input = match screen(filter, policy, &texts, Side::Conversation).await {
         Ok(s) => s,
         Err(e) => {
             reply.refuse(filter_failed(e));
@@ -158,7 +158,7 @@ pub async fn moderated_chat(
         }
     };
     reply.warnings.extend(input.warned.iter().cloned());
-    let blocked = policy.block_reason("the message was", &input, Side::Input);
+    let blocked = policy.block_reason("the message was", &input, Side::Conversation);
     reply.input = Some(input);
     if let Some(reason) = blocked {
         reply.refuse(reason);

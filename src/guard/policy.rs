@@ -62,6 +62,10 @@ pub struct Policy {
     /// threshold (calibrated on the model's benign answers, never below the label's own) until
     /// the rule is set, then the rule's.
     answer_thresholds: Vec<f32>,
+    /// Per label, the threshold a chat conversation's messages are held to: the filter's
+    /// conversation threshold (calibrated on safe requests to the chat model, never below the
+    /// label's own) until the rule is set, then the rule's.
+    conversation_thresholds: Vec<f32>,
 }
 
 impl Policy {
@@ -77,37 +81,44 @@ impl Policy {
                     action: Action::Block,
                 })
                 .collect(),
-            answer_thresholds: answer_thresholds(filter),
+            answer_thresholds: calibrated(filter, filter.answer_thresholds()),
+            conversation_thresholds: calibrated(filter, filter.conversation_thresholds()),
         }
     }
 
     /// This policy for `filter`'s current labels (after tuning added or reset some): rules of
     /// labels that still exist stay; new labels get the filter's threshold and block.
     pub fn synced(&self, filter: &Filter) -> Policy {
-        let answers = answer_thresholds(filter);
-        let (rules, answer_thresholds) = filter
-            .labels()
-            .iter()
-            .zip(filter.thresholds())
-            .zip(answers)
-            .map(|((label, &threshold), answer)| {
-                match self.labels.iter().position(|l| l == label) {
-                    Some(i) => (self.rules[i], self.answer_thresholds[i]),
-                    None => (
-                        Rule {
-                            threshold,
-                            action: Action::Block,
-                        },
-                        answer,
-                    ),
-                }
-            })
-            .unzip();
-        Policy {
+        let answers = calibrated(filter, filter.answer_thresholds());
+        let conversations = calibrated(filter, filter.conversation_thresholds());
+        let mut synced = Policy {
             labels: filter.labels().to_vec(),
-            rules,
-            answer_thresholds,
+            rules: Vec::new(),
+            answer_thresholds: Vec::new(),
+            conversation_thresholds: Vec::new(),
+        };
+        for (i, (label, &threshold)) in filter.labels().iter().zip(filter.thresholds()).enumerate()
+        {
+            let (rule, answer, conversation) = match self.labels.iter().position(|l| l == label) {
+                Some(j) => (
+                    self.rules[j],
+                    self.answer_thresholds[j],
+                    self.conversation_thresholds[j],
+                ),
+                None => (
+                    Rule {
+                        threshold,
+                        action: Action::Block,
+                    },
+                    answers[i],
+                    conversations[i],
+                ),
+            };
+            synced.rules.push(rule);
+            synced.answer_thresholds.push(answer);
+            synced.conversation_thresholds.push(conversation);
         }
+        synced
     }
 
     /// Replaces the rule of `label`; a changed threshold then holds for answers too. Errors
@@ -129,6 +140,7 @@ impl Policy {
         // (the worker does after a GPU-to-CPU fallback) keeps the calibrated one.
         if rule.threshold != self.rules[i].threshold {
             self.answer_thresholds[i] = rule.threshold;
+            self.conversation_thresholds[i] = rule.threshold;
         }
         self.rules[i] = rule;
         Ok(())
@@ -161,6 +173,7 @@ impl Policy {
     fn threshold(&self, i: usize, side: Side) -> f32 {
         match side {
             Side::Input => self.rules[i].threshold,
+            Side::Conversation => self.conversation_thresholds[i],
             Side::Answer => self.answer_thresholds[i],
         }
     }
@@ -214,22 +227,25 @@ impl Policy {
     }
 }
 
-/// The filter's thresholds for answers: its calibrated answer threshold per label, never below
-/// the label's own.
-fn answer_thresholds(filter: &Filter) -> Vec<f32> {
+/// The filter's thresholds for one side of a chat: its `calibrated` threshold per label,
+/// never below the label's own.
+fn calibrated(filter: &Filter, calibrated: Vec<f32>) -> Vec<f32> {
     filter
         .thresholds()
         .iter()
-        .zip(filter.answer_thresholds())
-        .map(|(&own, answer)| own.max(answer))
+        .zip(calibrated)
+        .map(|(&own, c)| own.max(c))
         .collect()
 }
 
-/// What is screened: the conversation, or the chat model's answer.
+/// What is screened: a text (a comment, a message), a chat conversation, or the chat
+/// model's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
-    /// The conversation.
+    /// A text on its own ([`Policy::screen`]): the rules' thresholds.
     Input,
+    /// The messages of a conversation the chat model is to answer.
+    Conversation,
     /// The chat model's answer.
     Answer,
 }
@@ -260,7 +276,34 @@ mod tests {
                 3
             ],
             answer_thresholds: vec![0.5, 0.9, 0.5],
+            conversation_thresholds: vec![0.7, 0.5, 0.5],
         }
+    }
+
+    #[test]
+    fn conversations_have_their_own_thresholds_until_a_rule_is_set() {
+        let mut p = policy();
+        // offensive 0.6 flags a text on its own, not a chat message (0.7 there).
+        assert_eq!(p.screen(&[0.6, 0.1, 0.1]).blocked, vec!["offensive"]);
+        let s = p.screen_as(&[0.6, 0.1, 0.1], Side::Conversation);
+        assert!(s.blocked.is_empty());
+        let s = p.screen_as(&[0.75, 0.1, 0.1], Side::Conversation);
+        assert_eq!(
+            p.block_reason("the message was", &s, Side::Conversation)
+                .unwrap(),
+            "the message was flagged as offensive 0.75 >= 0.70"
+        );
+        // A rule the page sets holds everywhere.
+        p.set(
+            "offensive",
+            Rule {
+                threshold: 0.55,
+                action: Action::Block,
+            },
+        )
+        .unwrap();
+        let s = p.screen_as(&[0.6, 0.1, 0.1], Side::Conversation);
+        assert_eq!(s.blocked, vec!["offensive"]);
     }
 
     #[test]

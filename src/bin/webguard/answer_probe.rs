@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use webguard::guard::{Policy, judge_answer};
-use webguard::models::probe::{ChatProbes, ProbeTrainConfig, StateProbe};
+use webguard::models::probe::{ChatProbes, StateProbe};
 use webguard::text::chat_template::Message;
 use webguard::tune::refusals::REFUSALS;
 use webguard::{ChatModel, Error, Result, SMOLLM2_GGUF};
@@ -21,6 +21,7 @@ use webguard::{ChatModel, Error, Result, SMOLLM2_GGUF};
 use crate::answers::AnswerLine;
 use crate::common::{Progress, read, read_jsonl};
 use crate::models::{FilterArgs, load_chat};
+use crate::train_probe::ProbeFitArgs;
 
 #[derive(clap::Args)]
 pub struct TrainAnswerProbeArgs {
@@ -39,13 +40,8 @@ pub struct TrainAnswerProbeArgs {
     /// Where to write both probes (default: over `--probe`).
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, default_value_t = ProbeTrainConfig::default().steps)]
-    steps: usize,
-    #[arg(long, default_value_t = ProbeTrainConfig::default().l2)]
-    l2: f32,
-    /// Most of the validation split's benign answers the threshold may flag.
-    #[arg(long, default_value_t = 0.02)]
-    max_false_positives: f64,
+    #[command(flatten)]
+    fit: ProbeFitArgs,
 }
 
 /// One judged answer: its label and the states at its sentence ends.
@@ -189,33 +185,17 @@ pub fn run_train(models: &Path, args: TrainAnswerProbeArgs) -> Result<()> {
         train.len(),
         train.iter().filter(|e| e.harmful).count()
     );
-    let config = ProbeTrainConfig {
-        steps: args.steps,
-        l2: args.l2,
-        ..ProbeTrainConfig::default()
-    };
-    let mut probe = StateProbe::train(layers, &rows, &labels, &config)?;
+    let mut probe = StateProbe::train(layers, &rows, &labels, &args.fit.config())?;
     let score_all = |probe: &StateProbe, set: &[Example]| -> Result<Vec<f32>> {
         set.iter().map(|e| answer_score(probe, e)).collect()
     };
     let val_scores = score_all(&probe, &val)?;
-    // The lowest threshold at which at most the budget of validation benign answers flag.
-    let benign: Vec<f32> = val
-        .iter()
-        .zip(&val_scores)
-        .filter(|(e, _)| !e.harmful)
-        .map(|(_, &s)| s)
-        .collect();
-    let mut candidates = val_scores.clone();
-    candidates.sort_by(f32::total_cmp);
-    let threshold = candidates
+    let scored: Vec<(f32, bool)> = val_scores
         .iter()
         .copied()
-        .find(|&t| {
-            let fp = benign.iter().filter(|&&s| s >= t).count() as f64;
-            fp / benign.len().max(1) as f64 <= args.max_false_positives
-        })
-        .unwrap_or(0.5);
+        .zip(val.iter().map(|e| e.harmful))
+        .collect();
+    let threshold = args.fit.threshold(&scored);
     probe.threshold = threshold;
     let mut figures = BTreeMap::new();
     let mut report = String::new();

@@ -147,6 +147,20 @@ pub fn run_guard(models: &Path, args: GuardArgs) -> Result<()> {
                 lines.push(format!("{what} scores: {}", scores.join(", ")));
             }
         }
+        for (what, score) in [
+            (
+                "the chat model's judgement of the conversation",
+                reply.chat_judge,
+            ),
+            (
+                "the chat model's judgement of its answer",
+                reply.answer_judge,
+            ),
+        ] {
+            if let Some(score) = score {
+                lines.push(format!("{what}: {score:.2}"));
+            }
+        }
         if !reply.warnings.is_empty() {
             lines.push(format!("warnings: {}", reply.warnings.join(", ")));
         }
@@ -183,6 +197,10 @@ struct Outcome<'a> {
     answer: &'a str,
     /// The model answered with a refusal (the answer layer said no by itself).
     refused: bool,
+    /// The chat model's request probe score (absent when the filter blocked first).
+    chat_judge: Option<f32>,
+    /// The answer probe's highest score over the answer's sentence ends.
+    answer_judge: Option<f32>,
 }
 
 /// Counts for one group of prompts.
@@ -282,6 +300,8 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
                 output_scores: reply.output.as_ref().map(|s| &s.scores),
                 answer: &reply.text,
                 refused,
+                chat_judge: reply.chat_judge,
+                answer_judge: reply.answer_judge,
             };
             let line =
                 serde_json::to_string(&outcome).map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -378,47 +398,85 @@ pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
 
 #[derive(clap::Args)]
 pub struct CalibrateAnswersArgs {
-    /// `eval-guard --out` lines of a split not used for reporting (the validation split).
-    #[arg(long)]
-    outcomes: PathBuf,
-    /// The heads file to read and rewrite with its answer thresholds.
+    /// `eval-guard --out` or `eval-answers --out` lines of splits not used for reporting
+    /// (training, validation); repeatable. Safe prompts' `output_scores` calibrate the answer
+    /// thresholds, their `input_scores` the conversation thresholds.
+    #[arg(long, required = true)]
+    outcomes: Vec<PathBuf>,
+    /// The heads file to read and rewrite with its chat thresholds.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/filter-heads.safetensors"))]
     heads: PathBuf,
     /// Most of the safe prompts' answers a label may flag.
     #[arg(long, default_value_t = 0.02)]
     max_flagged: f64,
+    /// Most of the safe prompts themselves a label may flag in a conversation.
+    #[arg(long, default_value_t = 0.02)]
+    max_flagged_conversations: f64,
 }
 
-/// One `eval-guard` line, as far as calibration reads it.
+/// One `eval-guard` (or `eval-answers`) line, as far as calibration reads it.
 #[derive(Deserialize)]
 struct ScreenedAnswer {
     label: String,
+    /// The conversation's scores (`eval-guard` writes them for every prompt).
+    #[serde(default)]
+    input_scores: Option<BTreeMap<String, f32>>,
+    #[serde(default)]
     output_scores: Option<BTreeMap<String, f32>>,
 }
 
-/// `calibrate-answers`: per label, the least threshold at or above the label's own at which at
-/// most `--max-flagged` of the chat model's answers to safe prompts flag; written into the
-/// heads file's metadata (`answer_thresholds`), which answers are then screened with.
+/// Per label, the least threshold at or above the label's own at which at most `max_flagged`
+/// of `benign` score sets flag.
+fn calibrate(
+    what: &str,
+    labels: &[String],
+    own: &[f32],
+    benign: &[BTreeMap<String, f32>],
+    max_flagged: f64,
+) -> Vec<f32> {
+    let allowed = (max_flagged * benign.len() as f64).floor() as usize;
+    labels
+        .iter()
+        .zip(own)
+        .map(|(label, &own)| {
+            let mut scores: Vec<f32> = benign
+                .iter()
+                .filter_map(|a| a.get(label).copied())
+                .collect();
+            scores.sort_by(|a, b| b.total_cmp(a));
+            // Just above the (allowed + 1)-th highest benign score, so at most `allowed` flag.
+            let above = scores.get(allowed).map_or(0.0, |&s| (s + 1e-4).min(1.0));
+            let t = own.max(above);
+            eprintln!(
+                "{label}: threshold {own:.3}; {what} flagged at it {}/{}; {what} threshold {t:.3}",
+                scores.iter().filter(|&&s| s >= own).count(),
+                scores.len()
+            );
+            t
+        })
+        .collect()
+}
+
+/// `calibrate-answers`: the thresholds of the chat path, from the scores of safe prompts and
+/// of the chat model's answers to them, written into the heads file's metadata
+/// (`answer_thresholds`, `conversation_thresholds`; see `HeadsInfo`).
 pub fn run_calibrate_answers(args: CalibrateAnswersArgs) -> Result<()> {
-    use webguard::filter::heads::{ANSWER_THRESHOLDS, Heads};
-    let text = std::fs::read_to_string(&args.outcomes).map_err(|e| Error::io(&args.outcomes, e))?;
-    let answers: Vec<BTreeMap<String, f32>> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<ScreenedAnswer>(l)
-                .map_err(|e| Error::InvalidInput(format!("{}: {e}", args.outcomes.display())))
-        })
-        .filter_map(|r| match r {
-            Ok(a) if a.label == "safe" => a.output_scores.map(Ok),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
-        })
-        .collect::<Result<_>>()?;
+    use webguard::filter::heads::{ANSWER_THRESHOLDS, CONVERSATION_THRESHOLDS, Heads};
+    let (mut answers, mut conversations) = (Vec::new(), Vec::new());
+    for path in &args.outcomes {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let a: ScreenedAnswer = serde_json::from_str(line)
+                .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+            if a.label == "safe" {
+                answers.extend(a.output_scores);
+                conversations.extend(a.input_scores);
+            }
+        }
+    }
     if answers.len() < 20 {
         return Err(Error::InvalidInput(format!(
-            "{}: {} answers to safe prompts; calibration needs at least 20",
-            args.outcomes.display(),
+            "{} answers to safe prompts; calibration needs at least 20",
             answers.len()
         )));
     }
@@ -426,37 +484,31 @@ pub fn run_calibrate_answers(args: CalibrateAnswersArgs) -> Result<()> {
     let device = webguard::backend::Backend::cpu(None).device;
     let (heads, mut info) = Heads::load(&bytes, &device)?;
     let adapters = Heads::load_adapters(&bytes, &device)?;
-    let allowed = (args.max_flagged * answers.len() as f64).floor() as usize;
-    let mut thresholds = Vec::with_capacity(info.labels.len());
-    for (label, &own) in info.labels.iter().zip(&info.thresholds) {
-        let mut scores: Vec<f32> = answers
-            .iter()
-            .filter_map(|a| a.get(label).copied())
-            .collect();
-        scores.sort_by(|a, b| b.total_cmp(a));
-        // Just above the (allowed + 1)-th highest benign score, so at most `allowed` flag.
-        let above = scores.get(allowed).map_or(0.0, |&s| (s + 1e-4).min(1.0));
-        let t = own.max(above);
-        eprintln!(
-            "{label}: threshold {own:.3}; answers flagged at it {}/{}; answer threshold {t:.3}",
-            scores.iter().filter(|&&s| s >= own).count(),
-            scores.len()
+    let mut write = |key: &str, what: &str, benign: &[BTreeMap<String, f32>], max: f64| {
+        let t = calibrate(what, &info.labels, &info.thresholds, benign, max);
+        let json = serde_json::to_string(&t).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        info.provenance.insert(key.into(), json);
+        info.provenance.insert(
+            format!("{key}_calibration"),
+            format!(
+                "{} ({} {what} of safe prompts, at most {:.1}% flagged per label)",
+                std::env::args().collect::<Vec<_>>().join(" "),
+                benign.len(),
+                100.0 * max
+            ),
         );
-        thresholds.push(t);
+        Ok::<(), Error>(())
+    };
+    write(ANSWER_THRESHOLDS, "answers", &answers, args.max_flagged)?;
+    if conversations.len() >= 20 {
+        write(
+            CONVERSATION_THRESHOLDS,
+            "conversations",
+            &conversations,
+            args.max_flagged_conversations,
+        )?;
     }
-    info.provenance.insert(
-        ANSWER_THRESHOLDS.into(),
-        serde_json::to_string(&thresholds).map_err(|e| Error::InvalidInput(e.to_string()))?,
-    );
-    info.provenance.insert(
-        "answer_calibration".into(),
-        format!(
-            "{} (answers to {} safe prompts, at most {:.1}% flagged per label)",
-            std::env::args().collect::<Vec<_>>().join(" "),
-            answers.len(),
-            100.0 * args.max_flagged
-        ),
-    );
+    info.provenance.remove("answer_calibration");
     let out = pollster::block_on(heads.save(&info, &adapters))?;
     std::fs::write(&args.heads, out).map_err(|e| Error::io(&args.heads, e))?;
     eprintln!("wrote {}", args.heads.display());

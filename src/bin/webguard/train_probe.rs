@@ -26,22 +26,56 @@ pub struct TrainProbeArgs {
     /// The blocks whose output at the last prompt token the probe reads (comma-separated).
     #[arg(long, default_value = "6,10,14,18,22,26")]
     layers: String,
-    /// Gradient steps.
-    #[arg(long, default_value_t = ProbeTrainConfig::default().steps)]
-    steps: usize,
-    /// L2 penalty.
-    #[arg(long, default_value_t = ProbeTrainConfig::default().l2)]
-    l2: f32,
-    /// Most false positives allowed on the validation split's safe requests when choosing the
-    /// threshold.
-    #[arg(long, default_value_t = 0.02)]
-    max_false_positives: f64,
+    #[command(flatten)]
+    fit: ProbeFitArgs,
     /// Seed of the split (the one `train-filter` uses).
     #[arg(long, default_value_t = webguard::filter::train::TrainConfig::default().seed)]
     seed: u64,
     /// Where states are cached between runs.
     #[arg(long)]
     cache: Option<PathBuf>,
+}
+
+/// How a probe is fitted and its threshold chosen (shared with `train-answer-probe`).
+#[derive(clap::Args)]
+pub struct ProbeFitArgs {
+    /// Gradient steps.
+    #[arg(long, default_value_t = ProbeTrainConfig::default().steps)]
+    steps: usize,
+    /// L2 penalty.
+    #[arg(long, default_value_t = ProbeTrainConfig::default().l2)]
+    l2: f32,
+    /// Most false positives allowed on the validation split's safe examples when choosing the
+    /// threshold.
+    #[arg(long, default_value_t = 0.02)]
+    max_false_positives: f64,
+}
+
+impl ProbeFitArgs {
+    pub fn config(&self) -> ProbeTrainConfig {
+        ProbeTrainConfig {
+            steps: self.steps,
+            l2: self.l2,
+            ..ProbeTrainConfig::default()
+        }
+    }
+
+    /// The lowest threshold at which at most `--max-false-positives` of the validation
+    /// split's safe examples flag (`val`: score and whether the example is harmful).
+    pub fn threshold(&self, val: &[(f32, bool)]) -> f32 {
+        let safe: Vec<f32> = val.iter().filter(|(_, h)| !h).map(|(s, _)| *s).collect();
+        let mut candidates: Vec<f32> = val.iter().map(|(s, _)| *s).collect();
+        candidates.sort_by(f32::total_cmp);
+        candidates
+            .iter()
+            .copied()
+            .find(|&t| {
+                let fp = safe.iter().filter(|&&s| s >= t).count() as f64;
+                fp / safe.len().max(1) as f64 <= self.max_false_positives
+            })
+            .unwrap_or(0.5)
+            .clamp(0.0, 1.0)
+    }
 }
 
 fn parse_layers(s: &str) -> Result<Vec<usize>> {
@@ -158,32 +192,15 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
             .unzip()
     };
     let (train_x, train_y) = pick(Split::Train);
-    let config = ProbeTrainConfig {
-        steps: args.steps,
-        l2: args.l2,
-        ..ProbeTrainConfig::default()
-    };
-    let mut probe = StateProbe::train(layers, &train_x, &train_y, &config)?;
+    let mut probe = StateProbe::train(layers, &train_x, &train_y, &args.fit.config())?;
     let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
-    // Threshold: the lowest whose validation false-positive rate stays within the budget.
     let val: Vec<(f32, bool)> = all
         .iter()
         .zip(&scores)
         .filter(|(q, _)| q.split == Split::Val)
         .map(|(q, &s)| (s, q.harmful))
         .collect();
-    let safe: Vec<f32> = val.iter().filter(|(_, h)| !h).map(|(s, _)| *s).collect();
-    let mut candidates: Vec<f32> = val.iter().map(|(s, _)| *s).collect();
-    candidates.sort_by(f32::total_cmp);
-    let threshold = candidates
-        .iter()
-        .copied()
-        .find(|&t| {
-            let fp = safe.iter().filter(|&&s| s >= t).count() as f64 / safe.len().max(1) as f64;
-            fp <= args.max_false_positives
-        })
-        .unwrap_or(0.5)
-        .clamp(0.0, 1.0);
+    let threshold = args.fit.threshold(&val);
     probe.threshold = threshold;
     let mut report = String::new();
     let mut figures = HashMap::new();
