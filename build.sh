@@ -102,6 +102,10 @@ build() {
   # The package ships the filter heads and the chat probe (guard.js loads them from next to
   # itself by default).
   cp assets/filter-heads.safetensors assets/chat-probe.safetensors pkg/
+  # The filter's encoder in 8 bits, guard.js's default (a quarter of MiniLM's f32 download):
+  # byte-deterministic, its sha256 is pinned in pkg/guard-worker.js.
+  "$CARGO_TARGET_DIR/release/webguard" --models "$WEBGUARD_MODELS" quantize-filter \
+    --out pkg/all-MiniLM-L6-v2.int8.safetensors
   if [ "$opt" != none ]; then
     # npm's binaryen is itself wasm (single-threaded, minutes on this module), so the result is
     # cached by the input's hash: an unchanged module is not optimised twice.

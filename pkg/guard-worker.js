@@ -29,6 +29,14 @@ const MANIFEST = {
   chatProbe: "0b088d2cd95775a17703ff1e77be6bfbdb8ea7907c1fa75df222f393cf6db9cb", // chat-probe.safetensors
 };
 
+// The filter encoder in 8 bits, the default model (all-MiniLM-L6-v2.int8.safetensors, shipped
+// in this package): made from model.safetensors above by `webguard quantize-filter`
+// (./build.sh build), byte for byte the same on every machine, so its hash is fixed here;
+// tests/filter_int8.rs checks it against what the build makes. The `model` role accepts
+// either file.
+const MODEL_INT8 = "a53cd186970f88d8fefee75715480728972fe5e60a4109d99213c8e98854607e";
+const ALSO_ACCEPTED = { model: [MODEL_INT8] };
+
 const post = (id, type, data) => self.postMessage({ id, type, data });
 
 /** An Error named by its kind, like those the wasm module throws. */
@@ -116,8 +124,9 @@ async function readBody(id, name, response, phase) {
 }
 
 /** Bytes of one source: a URL (Cache API first, then a streamed download), or bytes.
- * A URL's bytes must have the sha256 `expected` (when given): a cached copy that does not is
- * evicted and downloaded again; a download that does not is an error and never cached.
+ * A URL's bytes must have one of the sha256s `expected` (when given): a cached copy that
+ * does not is evicted and downloaded again; a download that does not is an error and never
+ * cached.
  * Downloads are cached by `commit()`, called once the models built from them load: a file
  * that arrives whole but is not a model (or is truncated at the source) is never cached.
  * `hits` collects the cached copies used, to evict them if the models fail to load. */
@@ -130,7 +139,7 @@ async function bytesOf(id, name, source, expected, useCache, commits, hits) {
   const cached = cache ? await cache.match(source).catch(() => undefined) : undefined;
   if (cached) {
     const bytes = await readBody(id, name, cached, "cache").catch(() => null);
-    if (bytes && (!expected || await sha256(bytes) === expected)) {
+    if (bytes && (!expected || expected.includes(await sha256(bytes)))) {
       hits.push(source);
       return bytes;
     }
@@ -153,20 +162,20 @@ async function bytesOf(id, name, source, expected, useCache, commits, hits) {
   }
   if (expected) {
     const actual = await sha256(bytes);
-    if (actual !== expected) {
-      throw named("ModelFileError", `the ${name} could not be loaded: ${source} is not the file expected (sha256 ${actual}, expected ${expected}; ${bytes.byteLength} bytes)`);
+    if (!expected.includes(actual)) {
+      throw named("ModelFileError", `the ${name} could not be loaded: ${source} is not the file expected (sha256 ${actual}, expected ${expected.join(" or ")}; ${bytes.byteLength} bytes)`);
     }
   }
   if (cache) commits.push(() => cache.put(source, new Response(bytes)).catch(() => {}));
   return bytes;
 }
 
-/** The sha256 a source must have: the manifest's, the page's own, or none. */
+/** The sha256s a source may have (a list): the manifest's, the page's own, or null for any. */
 function expectedHash(key) {
   const own = settings.integrity;
   if (own === false) return null;
-  if (own && typeof own === "object" && key in own) return own[key] || null;
-  return MANIFEST[key];
+  if (own && typeof own === "object" && key in own) return own[key] ? [own[key]] : null;
+  return [MANIFEST[key], ...(ALSO_ACCEPTED[key] ?? [])];
 }
 
 /** Loads the models from `files` on `backend`; with `state` ({ adapters, policy }), restores

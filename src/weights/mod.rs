@@ -1,6 +1,7 @@
 //! Model files: GGUF (SmolLM2) and safetensors (MiniLM), parsed with bounds checks.
 
 pub mod gguf;
+pub mod int8;
 pub mod quant;
 pub mod safetensors;
 

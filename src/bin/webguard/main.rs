@@ -31,6 +31,8 @@ mod info;
 #[cfg(not(target_arch = "wasm32"))]
 mod models;
 #[cfg(not(target_arch = "wasm32"))]
+mod quantize_filter;
+#[cfg(not(target_arch = "wasm32"))]
 mod tokenize;
 #[cfg(not(target_arch = "wasm32"))]
 mod train_filter;
@@ -93,6 +95,9 @@ enum Command {
     /// Accuracy, precision, recall, macro-F1 and ROC-AUC of one filter label on labelled
     /// texts (one text per line; labels 0/1, one per line).
     EvalFilter(eval_filter::EvalFilterArgs),
+    /// Write the filter encoder's 8-bit weights (what the browser downloads) from MiniLM's
+    /// f32 model.safetensors; byte-deterministic.
+    QuantizeFilter(quantize_filter::QuantizeFilterArgs),
     /// Train the filter's heads from the shared data (see ../shared/data/README.md) and
     /// write the heads file with its provenance and validation figures.
     TrainFilter(train_filter::TrainFilterArgs),
@@ -135,6 +140,7 @@ impl Command {
             Command::TuneFilter(args) => tune_filter::run(models, args),
             Command::TuneChat(args) => tune_chat::run(models, args),
             Command::EvalFilter(args) => eval_filter::run(models, args),
+            Command::QuantizeFilter(args) => quantize_filter::run(models, args),
             Command::TrainFilter(args) => train_filter::run(models, args),
             Command::Backend(args) => backend::run(args),
             Command::Guard(args) => guard::run_guard(models, args),
