@@ -433,6 +433,10 @@ fn imported_adapters_cannot_change_shipped_labels_by_default() {
             "{bad}: {err}"
         );
     }
+    // The loaded labels listed in another order (the answer thresholds are kept by position).
+    let reordered = set_metadata(&spoiler, "labels", "hate,offensive,harmful,spoiler");
+    let err = pollster::block_on(fresh.import_adapters(&reordered)).unwrap_err();
+    assert!(is_invalid_input(&err, "another order"), "{err}");
     assert_eq!(fresh.labels(), ["offensive", "hate", "harmful"]);
     assert_eq!(scores(&fresh, &bomb), before);
     // The harmless file imports.
@@ -552,4 +556,25 @@ fn adjusting_a_shipped_label_trains_it() {
     }
     assert_ne!(before[1][2], after[1][2], "harmful changed");
     assert_eq!(filter.label_origins()[2].1, LabelOrigin::Taught);
+}
+
+/// A heads file (the shipped format) is held to the same rules as adapters: thresholds strictly
+/// between 0 and 1, each label once, widths in range.
+#[test]
+fn heads_files_with_bad_thresholds_or_labels_are_refused() {
+    let shipped = std::fs::read(Filter::default_heads_path()).unwrap();
+    let device = Device::flex();
+    assert!(Heads::load(&shipped, &device).is_ok());
+    let cases = [
+        ("thresholds", "[0.5,1.5,0.5]", "strictly between 0 and 1"),
+        ("thresholds", "[0.5,0.5]", "2 thresholds for 3 labels"),
+        ("labels", "offensive,offensive,harmful", "appears twice"),
+        ("labels", "offensive,hate,", "not a valid label name"),
+        ("hidden", "0", "hidden must be"),
+        ("hidden", "99999999", "hidden must be"),
+    ];
+    for (key, value, message) in cases {
+        let err = Heads::load(&set_metadata(&shipped, key, value), &device).unwrap_err();
+        assert!(err.to_string().contains(message), "{key}={value}: {err}");
+    }
 }

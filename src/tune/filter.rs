@@ -320,12 +320,21 @@ impl Filter {
                 missing.join(", ")
             )));
         }
+        // Exports list the loaded labels first, in their order; per-label settings kept by
+        // position (the answer thresholds) rely on it.
+        if info.labels[..base_info.labels.len()] != base_info.labels[..] {
+            return Err(Error::InvalidInput(format!(
+                "these adapters list this filter's labels in another order ({}; expected {} \
+                 first)",
+                info.labels.join(", "),
+                base_info.labels.join(", ")
+            )));
+        }
         // Which of the labels the filter was loaded with the file changes.
         let mut changed = Vec::new();
         for (i, label) in base_info.labels.iter().enumerate() {
-            let j = info.labels.iter().position(|l| l == label).unwrap_or(i);
-            if info.thresholds[j] != base_info.thresholds[i]
-                || heads.head_values(j).await? != base.head_values(i).await?
+            if info.thresholds[i] != base_info.thresholds[i]
+                || heads.head_values(i).await? != base.head_values(i).await?
             {
                 changed.push(label.clone());
             }
