@@ -136,20 +136,21 @@ impl ChatModel {
         Ok(ends)
     }
 
-    /// The states the answer probe reads for `answer` (token ids) following `prompt` (from
-    /// [`ChatModel::prompt_ids`]): one row per [`ChatModel::sentence_ends`] entry, each the
-    /// output of `layers` at that token, concatenated. One forward pass over both; equal (to
-    /// rounding) to what generation computes token by token.
+    /// The states the probes read for `answer` (token ids) following `prompt` (from
+    /// [`ChatModel::prompt_ids`]): at the last prompt token (the request probe's), and at each
+    /// [`ChatModel::sentence_ends`] entry (the answer probe's), each the output of `layers`
+    /// concatenated. One forward pass over both; equal (to rounding) to what prefill and
+    /// generation compute token by token.
     pub async fn answer_states(
         &self,
         prompt: &[u32],
         answer: &[u32],
         layers: &[usize],
-    ) -> Result<Vec<Vec<f32>>> {
-        let ends = self.sentence_ends(answer)?;
-        if ends.is_empty() {
-            return Ok(Vec::new());
+    ) -> Result<AnswerStates> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty".into()));
         }
+        let ends = self.sentence_ends(answer)?;
         let ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
         let (_, states) =
             self.model
@@ -159,15 +160,24 @@ impl ChatModel {
         for s in states {
             per_layer.push(read_f32(s).await?);
         }
-        Ok(ends
-            .iter()
-            .map(|&e| {
-                let at = (prompt.len() + e) * dim;
-                per_layer
-                    .iter()
-                    .flat_map(|l| l[at..at + dim].iter().copied())
-                    .collect()
-            })
-            .collect())
+        let row = |position: usize| -> Vec<f32> {
+            let at = position * dim;
+            per_layer
+                .iter()
+                .flat_map(|l| l[at..at + dim].iter().copied())
+                .collect()
+        };
+        Ok(AnswerStates {
+            prompt_end: row(prompt.len() - 1),
+            sentence_ends: ends.iter().map(|&e| row(prompt.len() + e)).collect(),
+        })
     }
+}
+
+/// What [`ChatModel::answer_states`] returns.
+pub struct AnswerStates {
+    /// At the last prompt token.
+    pub prompt_end: Vec<f32>,
+    /// At each sentence end of the answer, in order.
+    pub sentence_ends: Vec<Vec<f32>>,
 }

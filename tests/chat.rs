@@ -165,7 +165,19 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
     let generation = generator.finish();
     assert!(streamed.len() >= 2, "{:?}", generation.text);
     // One pass over prompt and answer, at the same sentence ends.
-    let whole = pollster::block_on(chat.answer_states(&ids, &generation.tokens, &layers)).unwrap();
+    let states = pollster::block_on(chat.answer_states(&ids, &generation.tokens, &layers)).unwrap();
+    // At the last prompt token: the request probe's states, as a prefill of the prompt alone.
+    let prompt_end = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    let worst = prompt_end
+        .iter()
+        .zip(&states.prompt_end)
+        .map(|(x, y)| (x - y).abs() / x.abs().max(1.0))
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-3,
+        "prompt end: worst relative difference {worst}"
+    );
+    let whole = states.sentence_ends;
     assert_eq!(whole.len(), streamed.len(), "{:?}", generation.text);
     for (a, b) in whole.iter().zip(&streamed) {
         assert_eq!(a.len(), 2 * chat.model.config().dim);

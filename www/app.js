@@ -136,9 +136,9 @@ function scoreRow(name, score, threshold, over) {
   return row;
 }
 
-/** Small bars, one per label, with the threshold marked; `chatJudge` (the chat model's own
- *  score of the conversation) adds a "chat model" bar. */
-function scoreBars(scores, flaggedLabels = [], chatJudge = null) {
+/** Small bars, one per label, with the threshold marked; `judge` (the chat model's own score,
+ *  `{ score, threshold, title }`) adds a "chat model" bar. */
+function scoreBars(scores, flaggedLabels = [], judge = null) {
   const wrap = document.createElement("div");
   wrap.className = "scores";
   const policy = state.guard?.policy ?? {};
@@ -146,11 +146,11 @@ function scoreBars(scores, flaggedLabels = [], chatJudge = null) {
   for (const label of order.filter((l) => l in scores)) {
     wrap.append(scoreRow(label, scores[label], policy[label]?.threshold, flaggedLabels.includes(label)));
   }
-  if (typeof chatJudge === "number") {
-    const threshold = state.guard?.chatProbe?.threshold;
-    const row = scoreRow("chat model", chatJudge, threshold, threshold !== undefined && chatJudge >= threshold);
+  if (typeof judge?.score === "number") {
+    const { score, threshold, title } = judge;
+    const row = scoreRow("chat model", score, threshold ?? undefined, typeof threshold === "number" && score >= threshold);
     row.classList.add("chat-judge");
-    row.title = "The chat model's own judgement of the conversation (a probe over its states)";
+    row.title = title;
     wrap.append(row);
   }
   return wrap;
@@ -223,7 +223,11 @@ async function send(event) {
       },
     });
     if (reply.input) {
-      userLi.append(scoreBars(reply.input.scores, [...reply.input.blocked, ...reply.input.warned], reply.chatJudge));
+      userLi.append(scoreBars(reply.input.scores, [...reply.input.blocked, ...reply.input.warned], {
+        score: reply.chatJudge,
+        threshold: state.guard?.chatProbe?.threshold,
+        title: "The chat model's own judgement of the conversation (a probe over its states)",
+      }));
     }
     body.textContent = reply.text;
     if (reply.blocked) {
@@ -235,7 +239,13 @@ async function send(event) {
     } else {
       state.messages = [...history, { role: "assistant", content: reply.text }];
     }
-    if (reply.output) assistantLi.append(scoreBars(reply.output.scores, [...reply.output.blocked, ...reply.output.warned]));
+    if (reply.output) {
+      assistantLi.append(scoreBars(reply.output.scores, [...reply.output.blocked, ...reply.output.warned], {
+        score: reply.answerJudge,
+        threshold: state.guard?.chatProbe?.answerThreshold,
+        title: "The chat model's own judgement of its answer at each sentence end (a probe over its states)",
+      }));
+    }
     if (reply.warnings.length) {
       const warn = document.createElement("p");
       warn.className = "warn-mark";

@@ -264,7 +264,7 @@ pub async fn moderated_chat(
     Ok(reply)
 }
 
-/// How the output side of a moderated turn judges a finished answer (see [`judge_answer`]).
+/// How a moderated turn would judge a finished answer (see [`judge_answer`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AnswerJudgement {
@@ -274,16 +274,19 @@ pub struct AnswerJudgement {
     pub reason: Option<String>,
     /// The filter's screening of the whole answer.
     pub output: Screening,
+    /// The request probe's score of the conversation (`None` without one).
+    pub chat_judge: Option<f32>,
     /// The answer probe's highest score over the answer's sentence ends (`None` without one).
     pub answer_judge: Option<f32>,
 }
 
-/// Judges `answer`, given as the assistant's reply to `messages`, as the moderated turn judges
-/// answers: the filter at the answer thresholds and, when the chat model has one, its answer
-/// probe at every sentence end (states from one forward pass over the conversation and the
-/// answer, the model reading the request with it). For answers from elsewhere (another model,
-/// a person) and for evaluation. One difference from streaming: the filter reads the whole
-/// answer once, not each prefix.
+/// Judges `answer`, given as the assistant's reply to `messages`, with what judges answers in
+/// a moderated turn: the filter at the answer thresholds; the chat model's request probe on
+/// the conversation (a turn it flags is never answered, so an answer to it is stopped); and
+/// its answer probe at every sentence end (the model reading the request with the answer).
+/// The states come from one forward pass over the conversation and the answer. For answers
+/// from elsewhere (another model, a person) and for evaluation. One difference from
+/// streaming: the filter reads the whole answer once, not each prefix.
 pub async fn judge_answer(
     filter: &Filter,
     policy: &Policy,
@@ -296,27 +299,41 @@ pub async fn judge_answer(
     }
     let output = screen(filter, policy, &[answer], Side::Answer).await?;
     let mut reason = policy.block_reason("the answer was", &output, Side::Answer);
-    let mut answer_judge = None;
-    if let Some(probe) = &chat.answer_probe {
+    let (mut chat_judge, mut answer_judge) = (None, None);
+    let layers = (chat.probe.as_ref()).or(chat.answer_probe.as_ref());
+    if let Some(layers) = layers.map(|p| &p.layers[..]) {
         let prompt = chat.prompt_ids(messages)?;
         let ids = chat.tokenizer.encode_literal(answer)?;
-        let rows = chat.answer_states(&prompt, &ids, &probe.layers).await?;
-        let mut worst = 0f32;
-        for row in rows {
-            worst = worst.max(probe.score(&row)?);
+        let states = chat.answer_states(&prompt, &ids, layers).await?;
+        if let Some(probe) = &chat.probe {
+            let score = probe.score(&states.prompt_end)?;
+            chat_judge = Some(score);
+            if reason.is_none() && score >= probe.threshold {
+                reason = Some(format!(
+                    "the conversation was judged harmful by the chat model {score:.2} >= {:.2}",
+                    probe.threshold
+                ));
+            }
         }
-        answer_judge = Some(worst);
-        if reason.is_none() && worst >= probe.threshold {
-            reason = Some(format!(
-                "the answer was judged harmful by the chat model {worst:.2} >= {:.2}",
-                probe.threshold
-            ));
+        if let Some(probe) = &chat.answer_probe {
+            let mut worst = 0f32;
+            for row in &states.sentence_ends {
+                worst = worst.max(probe.score(row)?);
+            }
+            answer_judge = Some(worst);
+            if reason.is_none() && worst >= probe.threshold {
+                reason = Some(format!(
+                    "the answer was judged harmful by the chat model {worst:.2} >= {:.2}",
+                    probe.threshold
+                ));
+            }
         }
     }
     Ok(AnswerJudgement {
         blocked: reason.is_some(),
         reason,
         output,
+        chat_judge,
         answer_judge,
     })
 }

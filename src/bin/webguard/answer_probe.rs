@@ -85,7 +85,7 @@ fn states(chat: &ChatModel, prompt: &str, answer: &str, layers: &[usize]) -> Res
     }
     let ids = chat.user_prompt_ids(prompt)?;
     let answer_ids = chat.tokenizer.encode_literal(answer)?;
-    let rows = pollster::block_on(chat.answer_states(&ids, &answer_ids, layers))?;
+    let rows = pollster::block_on(chat.answer_states(&ids, &answer_ids, layers))?.sentence_ends;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let bytes: Vec<u8> = rows
         .iter()
@@ -311,7 +311,7 @@ pub fn run_eval(models: &Path, args: EvalAnswersArgs) -> Result<()> {
             let line = serde_json::json!({
                 "id": a.id, "label": a.label, "type": a.kind, "harmful": harmful,
                 "blocked": j.blocked, "reason": j.reason, "output_scores": j.output.scores,
-                "answer_judge": j.answer_judge,
+                "chat_judge": j.chat_judge, "answer_judge": j.answer_judge,
             });
             writeln!(f, "{line}").map_err(|e| Error::io("--out", e))?;
         }
