@@ -148,32 +148,55 @@ fn shipped_heads_flag_clear_cases_and_say_where_they_came_from() {
 }
 
 #[test]
-fn shipped_answer_thresholds_are_calibrated_floors_not_looser_than_the_labels_own() {
+fn shipped_chat_thresholds_are_calibrated_floors_not_looser_than_the_labels_own() {
     let filter = shipped_filter();
-    let answer = filter.answer_thresholds();
-    assert_eq!(answer.len(), filter.labels().len());
-    for ((label, own), a) in filter.labels().iter().zip(filter.thresholds()).zip(&answer) {
+    for (side, thresholds, key) in [
+        (
+            "answer",
+            filter.answer_thresholds(),
+            webguard::filter::heads::ANSWER_THRESHOLDS,
+        ),
+        (
+            "conversation",
+            filter.conversation_thresholds(),
+            webguard::filter::heads::CONVERSATION_THRESHOLDS,
+        ),
+    ] {
+        assert_eq!(thresholds.len(), filter.labels().len());
+        for ((label, own), t) in filter
+            .labels()
+            .iter()
+            .zip(filter.thresholds())
+            .zip(&thresholds)
+        {
+            assert!(
+                (*own..=1.0).contains(t),
+                "{label}: {side} threshold {t}, own {own}"
+            );
+        }
         assert!(
-            (*own..=1.0).contains(a),
-            "{label}: answer threshold {a}, own {own}"
+            filter.info().provenance[&format!("{key}_calibration")].contains("calibrate-answers"),
+            "the file says how its {side} thresholds were chosen"
         );
     }
-    assert!(
-        filter.info().provenance["answer_calibration"].contains("calibrate-answers"),
-        "the file says how its answer thresholds were chosen"
-    );
-    // A heads file whose answer thresholds do not fit its labels is refused.
-    let mut info = filter.info().clone();
-    info.provenance.insert(
-        webguard::filter::heads::ANSWER_THRESHOLDS.into(),
-        "[0.5, 2.0, 0.5]".into(),
-    );
-    assert!(info.answer_thresholds().is_err());
-    info.provenance.insert(
-        webguard::filter::heads::ANSWER_THRESHOLDS.into(),
-        "[0.5]".into(),
-    );
-    assert!(info.answer_thresholds().is_err());
+    // A heads file whose chat thresholds do not fit its labels is refused.
+    for bad in ["[0.5, 2.0, 0.5]", "[0.5]"] {
+        let mut info = filter.info().clone();
+        info.provenance.insert(
+            webguard::filter::heads::ANSWER_THRESHOLDS.into(),
+            bad.into(),
+        );
+        assert!(info.answer_thresholds().is_err(), "answers {bad}");
+        let mut info = filter.info().clone();
+        info.provenance.insert(
+            webguard::filter::heads::CONVERSATION_THRESHOLDS.into(),
+            bad.into(),
+        );
+        assert!(
+            info.conversation_thresholds().is_err(),
+            "conversations {bad}"
+        );
+    }
 }
 
 /// tests/data/benign-dual-use.txt: hand-written benign requests with violent-sounding words

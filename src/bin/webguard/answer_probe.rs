@@ -267,6 +267,9 @@ pub struct EvalAnswersArgs {
     /// The chat model's probes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/chat-probe.safetensors"))]
     probe: PathBuf,
+    /// Judge with the filter alone (no chat-model probes; fast: no forward passes).
+    #[arg(long)]
+    no_probe: bool,
     /// Write one JSON line per answer here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -283,7 +286,9 @@ pub fn run_eval(models: &Path, args: EvalAnswersArgs) -> Result<()> {
     let filter = args.filter.load(models)?;
     let policy = Policy::new(&filter);
     let (mut chat, _) = load_chat(models, "cpu", None)?;
-    chat.load_probe(&read(&args.probe)?)?;
+    if !args.no_probe {
+        chat.load_probe(&read(&args.probe)?)?;
+    }
     let mut out = match &args.out {
         Some(p) => Some(std::fs::File::create(p).map_err(|e| Error::io(p, e))?),
         None => None,
