@@ -8,7 +8,8 @@
 #   ./build.sh test    setup + build + every test: format, lints, native, references, browser
 #   ./build.sh bench [ARGS]     browser benchmark: classify and chat on WebGPU and the CPU (wasm)
 #                      next to wllama on the same GGUF (scripts/bench-browser.mjs ARGS)
-#   ./build.sh fuzz [SECONDS]   bounded cargo-fuzz run of the GGUF parser
+#   ./build.sh fuzz [SECONDS] [TARGET...]   bounded cargo-fuzz runs (SECONDS each, default 60) of
+#                      gguf_parse, safetensors_parse, filter_heads and chat_template (or TARGETs)
 #
 # Environment: CARGO_TARGET_DIR (default ~/.cache/webguard/target, kept between runs so warm
 # builds take seconds), PORT (serve, default 8080), WASM_OPT (wasm-opt level, default -O1:

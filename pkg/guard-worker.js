@@ -243,6 +243,7 @@ function describe(g) {
     adapter: g.adapter ?? null,
     reason: g.fallbackReason ?? null,
     labels: g.labels,
+    labelOrigins: g.labelOrigins,
     hasChat: g.hasChat,
     chatProbe: g.chatProbe ?? null,
     policy: g.policy,
@@ -264,9 +265,13 @@ async function fallBackToCpu(id, error) {
     return false;
   }
   const old = guard;
+  // The labels' origins are the old Guard's (restoring its adapters marks them "imported").
+  let origins;
+  try { origins = old.labelOrigins; } catch { /* keep the new Guard's */ }
   guard = cpu;
   try { old.free(); } catch { /* already gone */ }
   const info = describe(guard);
+  if (origins) info.labelOrigins = origins;
   info.reason = `WebGPU failed (${error.message}); running on the CPU`;
   post(id, "backend", info);
   return true;

@@ -207,6 +207,10 @@ export class Guard {
   /** Filter labels, e.g. ["offensive", "hate", "harmful"]. */
   get labels() { return [...this.#info.labels]; }
 
+  /** Where each label came from: `{ offensive: "shipped", spoiler: "taught", ... }` ("shipped":
+   *  loaded with the Guard and unchanged; "taught": tuned here; "imported": from adapters). */
+  get labelOrigins() { return { ...this.#info.labelOrigins }; }
+
   /** Whether a chat model was loaded. */
   get hasChat() { return this.#info.hasChat; }
 
@@ -370,7 +374,9 @@ export class Guard {
       const restore = { adapters: { ...this.#adapters }, policy: this.#info?.policy };
       try {
         const info = await this.#post("create", { ...this.#config, backend, restore });
-        this.#info = { ...info, reason: info.reason ?? this.#info?.reason ?? null };
+        // The origins are the crashed worker's (restoring its adapters marks them "imported").
+        const labelOrigins = this.#info?.labelOrigins ?? info.labelOrigins;
+        this.#info = { ...info, labelOrigins, reason: info.reason ?? this.#info?.reason ?? null };
       } catch (e) {
         this.#worker?.terminate();
         this.#worker = undefined;

@@ -12,6 +12,7 @@ use webguard::generate::GenerateOptions;
 use webguard::guard::ModeratedReply;
 use webguard::tune::TuneOptions;
 use webguard::tune::chat::ChatTuneOptions;
+use webguard::tune::filter::ImportOptions;
 
 /// Fields guard.js handles itself and never sends to the wasm module.
 const JS_ONLY: [&str; 3] = ["onToken", "onStep", "signal"];
@@ -163,6 +164,7 @@ fn all_problems(dts: &str) -> Vec<String> {
     let mut out = problems::<GenerateOptions>(dts, "ChatOptions");
     out.extend(problems::<TuneOptions>(dts, "TuneFilterOptions"));
     out.extend(problems::<ChatTuneOptions>(dts, "TuneChatOptions"));
+    out.extend(problems::<ImportOptions>(dts, "ImportOptions"));
     out.extend(error_name_problems(dts));
     out
 }
@@ -276,6 +278,7 @@ fn option_types_round_trip_and_refuse_unknown_names() {
     round_trips::<GenerateOptions>();
     round_trips::<TuneOptions>();
     round_trips::<ChatTuneOptions>();
+    round_trips::<ImportOptions>();
     // Absent fields take the Default (the wasm module fills them in for ChatTuneOptions,
     // whose flattened TuneOptions would otherwise take its own).
     let empty = || Value::Object(Default::default());

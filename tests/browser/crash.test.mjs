@@ -39,6 +39,9 @@ async function hookWorker(b) {
   });
 }
 
+/** The filter's encoder as Guard.create fetches it by default (pkg/, 8-bit since issue 13). */
+const ENCODER = "pkg/all-MiniLM-L6-v2.int8.safetensors";
+
 const noPageErrors = (b) => assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
 
 let b;
@@ -47,7 +50,8 @@ before(async () => {
   b = await openBrowser({ webgpu: true });
   await hookWorker(b);
   await b.page.exposeFunction("failModelDownloads", (on) => { failModel = on; });
-  await b.page.context().route("**/all-MiniLM-L6-v2/model.safetensors", (route) => (
+  // The encoder Guard.create downloads by default: the package's 8-bit file.
+  await b.page.context().route(`**/${ENCODER}`, (route) => (
     failModel ? route.fulfill({ status: 503, body: "unavailable" }) : route.fallback()));
   await load(b, "/tests/browser/pages/hardening.html");
 });
@@ -66,6 +70,7 @@ test("a trapped worker rejects every pending call, and the next call reloads it 
       await g.setRule("spoiler", { threshold: 0.42 });
       const texts = ["you are an idiot", "Snape kills Dumbledore at the end of the book"];
       out.before = await g.classify(texts);
+      out.originsBefore = g.labelOrigins;
       out.loadedAt = performance.now();
       // The trap and two calls queued behind it: all three settle, as CrashErrors.
       out.pending = await Promise.all([
@@ -76,6 +81,7 @@ test("a trapped worker rejects every pending call, and the next call reloads it 
       // The next call works: a new worker, the models from the cache, tuning and rules back.
       out.after = await settle(g.classify(texts), 120_000);
       out.labels = g.labels;
+      out.origins = g.labelOrigins;
       out.policy = g.policy;
       // A trap that surfaces as the call's own exception.
       out.sync = await settle(g.classify(["__trap_sync__"]), 20_000);
@@ -94,6 +100,9 @@ test("a trapped worker rejects every pending call, and the next call reloads it 
   }
   assert.equal(r.after.ok, true, r.after.error);
   assert.deepEqual(r.labels, ["offensive", "hate", "harmful", "spoiler"]);
+  // The taught label is still "taught" (not "imported", though the reload imported it).
+  assert.deepEqual(r.originsBefore, { offensive: "shipped", hate: "shipped", harmful: "shipped", spoiler: "taught" });
+  assert.deepEqual(r.origins, r.originsBefore);
   assert.equal(r.policy.offensive.action, "warn");
   assert.equal(r.policy.offensive.threshold.toFixed(2), "0.77");
   assert.equal(Math.round(r.policy.spoiler.threshold * 100), 42);
@@ -109,8 +118,11 @@ test("a trapped worker rejects every pending call, and the next call reloads it 
   assert.ok(r.adapters.value > 0, r.adapters.error);
   assert.match(r.disposed.error, /disposed/);
   // Reloading read the models from the Cache API: each model file was downloaded once.
-  const downloads = b.requests.slice(start).filter((u) => u.includes("/models/"));
-  assert.equal(downloads.filter((u) => u.endsWith("model.safetensors")).length, 1, downloads.join("\n"));
+  const downloads = b.requests.slice(start).filter((u) => u.includes("/models/") || u.endsWith(".safetensors"));
+  assert.equal(downloads.filter((u) => u.endsWith(`/${ENCODER}`)).length, 1, downloads.join("\n"));
+  for (const f of ["tokenizer.json", "config.json"]) {
+    assert.equal(downloads.filter((u) => u.endsWith(`/all-MiniLM-L6-v2/${f}`)).length, 1, downloads.join("\n"));
+  }
   noPageErrors(b);
 });
 
@@ -161,6 +173,7 @@ test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot 
       out.moved = await settle(g.classify(["__gpu_lost__"]), 120_000);
       out.backend = g.backend;
       out.labels = g.labels;
+      out.origins = g.labelOrigins;
       out.policy = g.policy;
       out.after = (await g.classify(text))[0];
     } finally {
@@ -178,6 +191,7 @@ test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot 
   assert.equal(r.backend.kind, "cpu");
   assert.match(r.backend.reason, /WebGPU failed \(the device was lost/);
   assert.deepEqual(r.labels, ["offensive", "hate", "harmful", "spoiler"]);
+  assert.deepEqual(r.origins, { offensive: "shipped", hate: "shipped", harmful: "shipped", spoiler: "imported" });
   assert.equal(r.policy.spoiler.action, "warn");
   assert.equal(r.policy.spoiler.threshold.toFixed(2), "0.33");
   assert.equal(r.policy.hate.threshold.toFixed(2), "0.90");
