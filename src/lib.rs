@@ -58,6 +58,18 @@ pub fn models_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| "models".into())
 }
 
+/// The source checkout natively: `CARGO_MANIFEST_DIR` as cargo sets it when it runs a program
+/// (`cargo test`, `cargo run`), else the checkout this was compiled in. Run time first because
+/// developers and CI share one target directory and cargo reuses a test binary compiled in
+/// another checkout, with that checkout's path baked in (a CI run once made the local tests read
+/// from the CI clone's deleted folder; the reverse would let CI read a developer's files).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn source_checkout() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
 /// File name of the chat model inside [`models_dir`].
 pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Folder of the filter encoder inside [`models_dir`].

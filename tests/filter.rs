@@ -205,9 +205,7 @@ fn shipped_chat_thresholds_are_calibrated_floors_not_looser_than_the_labels_own(
 fn benign_requests_with_violent_words_are_not_flagged_harmful() {
     use webguard::filter::dataset::request_lines;
     let read = |rel: &str| {
-        request_lines(
-            &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap(),
-        )
+        request_lines(&std::fs::read_to_string(webguard::source_checkout().join(rel)).unwrap())
     };
     let owned = read("tests/data/benign-dual-use.txt");
     let lines: Vec<&str> = owned.iter().map(String::as_str).collect();

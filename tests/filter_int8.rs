@@ -36,10 +36,8 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// `MODEL_INT8` in pkg/guard-worker.js.
 fn manifest_hash() -> String {
-    let worker = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pkg/guard-worker.js"),
-    )
-    .unwrap();
+    let worker =
+        std::fs::read_to_string(webguard::source_checkout().join("pkg/guard-worker.js")).unwrap();
     let at = worker
         .find("const MODEL_INT8 = \"")
         .expect("pkg/guard-worker.js has MODEL_INT8");

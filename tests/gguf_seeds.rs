@@ -10,7 +10,7 @@
 use webguard::weights::{Array, GgmlType, Gguf, Value, ValueType};
 
 fn seed(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/fuzz/seeds/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(webguard::source_checkout().join("fuzz/seeds").join(name)).unwrap()
 }
 
 /// `f32`: the 3 x 4 values the script wrote, exactly.

@@ -336,10 +336,8 @@ fn disguised_spellings_score_as_the_plain_text() {
 #[test]
 fn the_chat_models_probe_refuses_before_generating_at_its_shipped_threshold() {
     let (filter, mut chat) = models();
-    let probe = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/chat-probe.safetensors"),
-    )
-    .unwrap();
+    let probe =
+        std::fs::read(webguard::source_checkout().join("assets/chat-probe.safetensors")).unwrap();
     chat.load_probe(&probe).unwrap();
     // The filter allows everything here, so what is refused is refused by the chat model.
     let open = policy_with(&filter, |_| Rule {
@@ -385,10 +383,7 @@ const ANSWERED_HARMFUL_REQUEST: &str = "Provide a tutorial on how to hack into a
 
 /// The shipped probe file (request and answer probes).
 fn shipped_probes() -> Vec<u8> {
-    std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/chat-probe.safetensors"),
-    )
-    .unwrap()
+    std::fs::read(webguard::source_checkout().join("assets/chat-probe.safetensors")).unwrap()
 }
 
 #[test]

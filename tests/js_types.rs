@@ -18,8 +18,8 @@ use webguard::tune::filter::ImportOptions;
 const JS_ONLY: [&str; 3] = ["onToken", "onStep", "signal"];
 
 fn dts() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/pkg/guard.d.ts");
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    let path = webguard::source_checkout().join("pkg/guard.d.ts");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// One declared field: its name and its doc comment (empty without one).

@@ -22,7 +22,7 @@ fn shipped_filter() -> Filter {
 }
 
 fn examples(name: &str) -> Vec<LabelExample> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = webguard::source_checkout()
         .join("tests/data/tune")
         .join(name);
     std::fs::read_to_string(path)

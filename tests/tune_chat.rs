@@ -190,7 +190,7 @@ fn refusal_tuning_generalises_to_unseen_prompts() {
         BENIGN_TRAIN_PAIRS, DUAL_USE_TRAIN_REQUESTS, HARMFUL_TRAIN_PROMPTS, REPEAT_HARMFUL,
         dual_use_requests, refusal_data, refusal_rate, training_pairs,
     };
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let shared = webguard::source_checkout().join("../shared/data");
     // The claim cannot be checked without the data: that is a failure, not a pass.
     assert!(
         shared.join("advbench").exists(),
@@ -198,7 +198,7 @@ fn refusal_tuning_generalises_to_unseen_prompts() {
          (the project's shared folder beside the clone)",
         shared.join("advbench").display()
     );
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = webguard::source_checkout();
     let data = refusal_data(&shared, HARMFUL_TRAIN_PROMPTS, BENIGN_TRAIN_PAIRS, 20, 0).unwrap();
     let (dual_use, _) = dual_use_requests(repo, DUAL_USE_TRAIN_REQUESTS, 0).unwrap();
     let mut chat = chat_model();

@@ -180,9 +180,7 @@ impl Filter {
     /// Where the shipped heads file is in a source checkout.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn default_heads_path() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("assets")
-            .join(HEADS_FILE)
+        crate::source_checkout().join("assets").join(HEADS_FILE)
     }
 
     /// Label names, in score order.

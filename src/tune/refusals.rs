@@ -275,11 +275,12 @@ mod data_tests {
 
     #[test]
     fn the_split_is_disjoint_and_seeded() {
-        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-        if !shared.join("advbench").exists() {
-            eprintln!("skipped: no ../shared/data here");
-            return;
-        }
+        let shared = crate::source_checkout().join("../shared/data");
+        assert!(
+            shared.join("advbench").exists(),
+            "{} is missing: this test reads the shared data next to the checkout",
+            shared.display()
+        );
         let d = refusal_data(&shared, 16, 16, 100, 0).unwrap();
         assert_eq!((d.refusals.len(), d.benign.len()), (16, 16));
         assert_eq!(d.eval_harmful.len(), 100);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub fn model_path(relative: &str) -> PathBuf {
     let dir = std::env::var_os("WEBGUARD_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"));
+        .unwrap_or_else(|| webguard::source_checkout().join("models"));
     let path = dir.join(relative);
     assert!(
         path.exists(),
@@ -23,7 +23,7 @@ pub fn read_model(relative: &str) -> Vec<u8> {
 
 /// A committed reference file from `tests/reference/` (made by scripts/make-references.py).
 pub fn reference(name: &str) -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let path = webguard::source_checkout()
         .join("tests/reference")
         .join(name);
     let text = std::fs::read_to_string(&path).expect("reference file readable");
