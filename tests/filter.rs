@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use burn::tensor::Device;
 use webguard::Filter;
 use webguard::filter::features::{FeatureSpec, Pooling};

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use burn::tensor::Device;
 use serde_json::{Map, Value as Json};
 use webguard::filter::LabelOrigin;

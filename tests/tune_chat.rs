@@ -200,7 +200,7 @@ fn refusal_tuning_generalises_to_unseen_prompts() {
     );
     let repo = webguard::source_checkout();
     let data = refusal_data(&shared, HARMFUL_TRAIN_PROMPTS, BENIGN_TRAIN_PAIRS, 20, 0).unwrap();
-    let (dual_use, _) = dual_use_requests(repo, DUAL_USE_TRAIN_REQUESTS, 0).unwrap();
+    let (dual_use, _) = dual_use_requests(&repo, DUAL_USE_TRAIN_REQUESTS, 0).unwrap();
     let mut chat = chat_model();
     let (before, _) = refusal_rate(&chat, &data.eval_harmful, 40, |_| ()).unwrap();
     let train = training_pairs(&chat, &data, &dual_use, REPEAT_HARMFUL, true, |_| ()).unwrap();
