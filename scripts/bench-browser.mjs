@@ -32,7 +32,7 @@ const show = (r) => {
 };
 const add = (r) => { rows.push(r); show(r); };
 try {
-  await load(b, "/tests/browser/pages/bench.html");
+  await load(b, "bench");
   const ev = (fn, ...args) => b.page.evaluate(([f, a]) => window.bench[f](...a), [fn, args]);
   log(`browser benchmark: headless Chromium ${b.page.context().browser()?.version() ?? ""}, ${TOKENS} new tokens (WebGPU: ${GPU_TOKENS})`);
   const cpu = await ev("webguardChat", "cpu", MESSAGE, TOKENS);

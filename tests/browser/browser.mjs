@@ -4,6 +4,7 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { after, before } from "node:test";
 import { chromium } from "playwright-core";
 import { startServer } from "../../scripts/serve.mjs";
 
@@ -46,10 +47,33 @@ export async function openBrowser({ webgpu = true } = {}) {
   };
 }
 
-/** Opens a page and waits until its script says "ready" (or fails with the page's own words). */
-export async function load(b, path) {
+/** The test harness's address for `page` (pages/harness.html imports pages/PAGE.mjs). */
+export const pageUrl = (page) => `/tests/browser/pages/harness.html?page=${page}`;
+
+/** Opens a test page ("chat": pages/chat.mjs in the harness) or any other path starting with
+ *  "/", and waits until the page says "ready" (or fails with the page's own words). */
+export async function load(b, page) {
+  const moved = page.match(/^\/tests\/browser\/pages\/([a-z0-9-]+)\.html$/);
+  if (moved && moved[1] !== "harness") throw new Error(`${page} is now pages/${moved[1]}.mjs in the harness: load(b, "${moved[1]}")`);
+  const path = page.startsWith("/") ? page : pageUrl(page);
   await b.page.goto(b.url + path);
   await b.page.waitForFunction(() => document.getElementById("status")?.textContent !== "loading…", null, { timeout: 120_000 });
   const status = await b.page.textContent("#status");
   if (status !== "ready") throw new Error(`${path}: ${status}\n${b.logs.join("\n")}`);
+}
+
+/** A test file's browser: opened (WebGPU on unless `webgpu: false`) before its tests, `setup(b)`
+ *  run (routes, exposed functions) before `page` loads, closed after the tests. Returns the
+ *  object `openBrowser` gives, filled in once the file's `before` hooks run. */
+export function usePage(page, { webgpu = true, setup } = {}) {
+  const b = {};
+  before(async () => {
+    Object.assign(b, await openBrowser({ webgpu }));
+    await setup?.(b);
+    await load(b, page);
+  });
+  after(async () => {
+    await b.close?.();
+  });
+  return b;
 }

@@ -8,8 +8,8 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { gzipSync } from "node:zlib";
-import { after, before, test } from "node:test";
-import { load, openBrowser } from "./browser.mjs";
+import { test } from "node:test";
+import { pageUrl, usePage } from "./browser.mjs";
 
 const ROOT = new URL("../../", import.meta.url);
 const sha256 = (path) => createHash("sha256").update(readFileSync(new URL(path, ROOT))).digest("hex");
@@ -27,19 +27,14 @@ test("the worker's manifest is fetch-models.sh's hashes and the shipped files'",
   assert.equal(manifest.chatProbe.hash, sha256("assets/chat-probe.safetensors"));
 });
 
-let b;
 let serve = null; // (url) => a route.fulfill argument, or null for the real file
-before(async () => {
-  b = await openBrowser({ webgpu: false });
-  await b.page.context().route("**/all-MiniLM-L6-v2/config.json", async (route) => {
+const b = usePage("hardening", {
+  webgpu: false,
+  setup: (b) => b.page.context().route("**/all-MiniLM-L6-v2/config.json", async (route) => {
     const replaced = serve?.(route.request().url());
     if (replaced) await route.fulfill(replaced);
     else await route.fallback();
-  });
-  await load(b, "/tests/browser/pages/hardening.html");
-});
-after(async () => {
-  await b?.close();
+  }),
 });
 
 const CONFIG = readFileSync(new URL("models/all-MiniLM-L6-v2/config.json", ROOT));
@@ -119,7 +114,7 @@ test("a gzipped download is not mistaken for a short one (Content-Length counts 
   });
   await new Promise((ok) => proxy.listen(0, "127.0.0.1", ok));
   try {
-    await b.page.goto(`http://127.0.0.1:${proxy.address().port}/tests/browser/pages/hardening.html`);
+    await b.page.goto(`http://127.0.0.1:${proxy.address().port}${pageUrl("hardening")}`);
     await b.page.waitForFunction(() => document.getElementById("status")?.textContent === "ready");
     assert.equal(await create(), "ok");
     assert.equal(await cachedConfig(), CONFIG.toString());

@@ -4,20 +4,13 @@
 // cancellation and bad input.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { after, before, test } from "node:test";
-import { load, openBrowser } from "./browser.mjs";
+import { test } from "node:test";
+import { usePage } from "./browser.mjs";
 
 const ref = JSON.parse(readFileSync(new URL("../reference/llama_smollm2.json", import.meta.url), "utf8"));
 const france = ref.cases[0];
 
-let b;
-before(async () => {
-  b = await openBrowser();
-  await load(b, "/tests/browser/pages/chat.html");
-});
-after(async () => {
-  await b?.close();
-});
+const b = usePage("chat");
 
 test("CPU backend in wasm: greedy answer equals the reference, streamed", async () => {
   const r = await b.page.evaluate((p) => window.webguard.generate("cpu", p, 32), france.prompt);

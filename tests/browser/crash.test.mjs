@@ -9,8 +9,8 @@
 // WebGPU (a lost device). The real panic the issue names (`stop` cut back inside an answer) is
 // tried too, for as long as it exists.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { load, openBrowser, pkgOverride } from "./browser.mjs";
+import { test } from "node:test";
+import { pkgOverride, usePage } from "./browser.mjs";
 
 const HOOK = `
 // ---- test hook, appended by tests/browser/crash.test.mjs ----
@@ -44,19 +44,16 @@ const ENCODER = "pkg/all-MiniLM-L6-v2.int8.safetensors";
 
 const noPageErrors = (b) => assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
 
-let b;
 let failModel = false; // the encoder's download fails (HTTP 503) while set
-before(async () => {
-  b = await openBrowser({ webgpu: true });
-  await hookWorker(b);
-  await b.page.exposeFunction("failModelDownloads", (on) => { failModel = on; });
-  // The encoder Guard.create downloads by default: the package's 8-bit file.
-  await b.page.context().route(`**/${ENCODER}`, (route) => (
-    failModel ? route.fulfill({ status: 503, body: "unavailable" }) : route.fallback()));
-  await load(b, "/tests/browser/pages/hardening.html");
-});
-after(async () => {
-  await b?.close();
+const b = usePage("hardening", {
+  webgpu: true,
+  async setup(b) {
+    await hookWorker(b);
+    await b.page.exposeFunction("failModelDownloads", (on) => { failModel = on; });
+    // The encoder Guard.create downloads by default: the package's 8-bit file.
+    await b.page.context().route(`**/${ENCODER}`, (route) => (
+      failModel ? route.fulfill({ status: 503, body: "unavailable" }) : route.fallback()));
+  },
 });
 
 test("a trapped worker rejects every pending call, and the next call reloads it with tuning and rules", async () => {

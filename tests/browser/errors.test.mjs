@@ -5,17 +5,10 @@
 // page gets it: shipped and loaded by default, judging before generation, off with
 // `chatProbe: false`, a bad probe file a ModelFileError at create time.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { load, openBrowser } from "./browser.mjs";
+import { test } from "node:test";
+import { usePage } from "./browser.mjs";
 
-let b;
-before(async () => {
-  b = await openBrowser({ webgpu: false });
-  await load(b, "/tests/browser/pages/guard.html");
-});
-after(async () => {
-  await b?.close();
-});
+const b = usePage("guard", { webgpu: false });
 
 test("load failures: IoError for a download, ModelFileError for a file, BackendError for the GPU", async () => {
   const r = await b.page.evaluate(() => window.webguard.loadErrors());

@@ -8,11 +8,12 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { after, before, test } from "node:test";
-import { load, openBrowser } from "./browser.mjs";
+import { usePage } from "./browser.mjs";
+import { assertScoresClose, models as modelsDir, nativeVerdicts, webguard } from "./native.mjs";
 
 const SCORE_TOLERANCE = 0.015;
 const TEXTS = [
@@ -27,44 +28,18 @@ const TEXTS = [
 ];
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
-const webguard = join(process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/webguard/target"), "release/webguard");
-const models = process.env.WEBGUARD_MODELS ?? join(root, "models");
 const tmp = mkdtempSync(join(tmpdir(), "webguard-int8-"));
 
-function nativeVerdicts(modelsDir) {
-  const out = execFileSync(webguard, ["--models", modelsDir, "classify", "--json", "--backend", "cpu"], {
-    input: TEXTS.join("\n") + "\n", encoding: "utf8", stdio: ["pipe", "pipe", "pipe"],
-  });
-  return out.trim().split("\n").map((l) => JSON.parse(l));
-}
-
-function worstDiff(got, want, label, tolerance) {
-  assert.equal(got.length, want.length, label);
-  let worst = 0;
-  got.forEach((v, i) => {
-    for (const l of Object.keys(want[i].scores)) {
-      const diff = Math.abs(v.scores[l] - want[i].scores[l]);
-      worst = Math.max(worst, diff);
-      assert.ok(diff <= tolerance, `${label}: text ${i} ${l}: ${v.scores[l]} vs ${want[i].scores[l]}`);
-    }
-  });
-  console.log(`# ${label}: worst abs score diff ${worst.toExponential(2)} (tolerance ${tolerance})`);
-  return worst;
-}
-
-let b;
 let native32;
 let native8;
-before(async () => {
+before(() => {
   // The native filter with the 8-bit encoder: a models folder laid out by quantize-filter.
-  execFileSync(webguard, ["--models", models, "quantize-filter", "--out", join(tmp, "int8.safetensors"), "--as-models", join(tmp, "models")]);
-  native32 = nativeVerdicts(models);
-  native8 = nativeVerdicts(join(tmp, "models"));
-  b = await openBrowser({ webgpu: false });
-  await load(b, "/tests/browser/pages/hardening.html");
+  execFileSync(webguard, ["--models", modelsDir, "quantize-filter", "--out", join(tmp, "int8.safetensors"), "--as-models", join(tmp, "models")]);
+  native32 = nativeVerdicts(TEXTS);
+  native8 = nativeVerdicts(TEXTS, join(tmp, "models"));
 });
-after(async () => {
-  await b?.close();
+const b = usePage("hardening", { webgpu: false });
+after(() => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -87,9 +62,9 @@ test("the Guard downloads the 8-bit encoder by default and scores like the nativ
   const requests = b.requests.slice(start);
   assert.ok(requests.some((u) => u.endsWith("/pkg/all-MiniLM-L6-v2.int8.safetensors")), requests.join("\n"));
   assert.ok(!requests.some((u) => u.endsWith("/model.safetensors")), requests.join("\n"));
-  worstDiff(r, native8, "browser 8-bit vs native 8-bit", 1e-3);
+  assertScoresClose(r, native8, "browser 8-bit vs native 8-bit", 1e-3);
   r.forEach((v, i) => assert.deepEqual(v.labels, native8[i].labels, `text ${i}`));
-  worstDiff(r, native32, "browser 8-bit vs native f32", SCORE_TOLERANCE);
+  assertScoresClose(r, native32, "browser 8-bit vs native f32", SCORE_TOLERANCE);
 });
 
 test("the f32 encoder still loads when given as filter.model", async () => {
@@ -106,5 +81,5 @@ test("the f32 encoder still loads when given as filter.model", async () => {
       g.dispose();
     }
   }, TEXTS);
-  worstDiff(r, native32, "browser f32 vs native f32", 1e-3);
+  assertScoresClose(r, native32, "browser f32 vs native f32", 1e-3);
 });

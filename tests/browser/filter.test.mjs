@@ -2,12 +2,9 @@
 // <= 1e-3) on WebGPU (SwiftShader) and on the CPU backend, and bad input gives clear errors.
 // Native scores come from the native CLI built by build.sh (`webguard classify --json`).
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { homedir } from "node:os";
-import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { after, before, test } from "node:test";
-import { load, openBrowser } from "./browser.mjs";
+import { before, test } from "node:test";
+import { usePage } from "./browser.mjs";
+import { assertScoresClose, nativeVerdicts } from "./native.mjs";
 
 const TEXTS = [
   "you are a complete idiot and everyone hates you",
@@ -20,43 +17,19 @@ const TEXTS = [
     "Honestly the people who wrote it are worthless morons.",
 ];
 
-const targetDir = process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/webguard/target");
-const models = process.env.WEBGUARD_MODELS ?? fileURLToPath(new URL("../../models", import.meta.url));
-
-function nativeVerdicts(texts) {
-  const out = execFileSync(join(targetDir, "release/webguard"), ["--models", models, "classify", "--json", "--backend", "cpu"], {
-    input: texts.join("\n") + "\n",
-    encoding: "utf8",
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  return out.trim().split("\n").map((l) => JSON.parse(l));
-}
-
-let b;
 let native;
-before(async () => {
+before(() => {
   native = nativeVerdicts(TEXTS);
   assert.equal(native.length, TEXTS.length);
-  b = await openBrowser();
-  await load(b, "/tests/browser/pages/filter.html");
 });
-after(async () => {
-  await b?.close();
-});
+const b = usePage("filter");
 
 function assertSameScores(got, label) {
-  assert.equal(got.length, native.length, label);
-  let worst = 0;
+  assertScoresClose(got, native, `${label} vs native`, 1e-3);
   got.forEach((v, i) => {
-    for (const l of Object.keys(native[i].scores)) {
-      const diff = Math.abs(v.scores[l] - native[i].scores[l]);
-      worst = Math.max(worst, diff);
-      assert.ok(diff <= 1e-3, `${label}: text ${i} ${l}: ${v.scores[l]} vs native ${native[i].scores[l]}`);
-    }
     assert.deepEqual(v.labels, native[i].labels, `${label}: text ${i} flagged labels`);
     assert.equal(v.flagged, native[i].flagged, `${label}: text ${i}`);
   });
-  console.log(`# ${label}: worst abs score diff vs native ${worst.toExponential(2)}`);
 }
 
 test("the native filter flags the insult and the harmful request and passes the benign texts", () => {

@@ -3,8 +3,8 @@
 // tokenizes exactly as the Python `tokenizers` reference (tests/reference) does.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { after, before, test } from "node:test";
-import { load, openBrowser } from "./browser.mjs";
+import { test } from "node:test";
+import { usePage } from "./browser.mjs";
 
 const ref = (name) => JSON.parse(readFileSync(new URL(`../reference/${name}`, import.meta.url), "utf8"));
 const cargoVersion = readFileSync(new URL("../../Cargo.toml", import.meta.url), "utf8").match(/^version = "(.+)"/m)[1];
@@ -31,14 +31,7 @@ function assertClose(got, want, label) {
   got.forEach((g, i) => assert.ok(Math.abs(g - want[i]) < 1e-5, `${label}[${i}]: ${g} vs ${want[i]}`));
 }
 
-let b;
-before(async () => {
-  b = await openBrowser();
-  await load(b, "/tests/browser/pages/foundation.html");
-});
-after(async () => {
-  await b?.close();
-});
+const b = usePage("foundation");
 
 test("the module loads and reports its version", async () => {
   assert.equal(await b.page.evaluate(() => window.webguard.version()), cargoVersion);

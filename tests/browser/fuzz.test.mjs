@@ -1,4 +1,4 @@
-// Issue 17, "Done means": at least 1,000 random calls against one Guard (pages/fuzz.html: odd
+// Issue 17, "Done means": at least 1,000 random calls against one Guard (pages/fuzz.mjs: odd
 // options, huge and empty inputs, concurrent calls, aborts; a few chat calls with tiny
 // maxTokens; dispose mid-call on other Guards). Every promise settles within a bound, the page
 // has no unhandled error, and afterwards the Guard answers as it did before.
@@ -7,8 +7,8 @@
 // each one with its call. Panics already reported (notes/issue-17-js.md) are in KNOWN; any
 // other fails the test. WEBGUARD_FUZZ_SEED and WEBGUARD_FUZZ_CALLS replay or lengthen a run.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { load, openBrowser } from "./browser.mjs";
+import { test } from "node:test";
+import { usePage } from "./browser.mjs";
 
 const SEED = Number(process.env.WEBGUARD_FUZZ_SEED ?? 17);
 const CALLS = Number(process.env.WEBGUARD_FUZZ_CALLS ?? 1000);
@@ -21,14 +21,7 @@ const KNOWN = [
   /Tensor::backward requires a tracked autodiff tensor/, // tuneFilter after importAdapters
 ];
 
-let b;
-before(async () => {
-  b = await openBrowser({ webgpu: false });
-  await load(b, "/tests/browser/pages/fuzz.html");
-});
-after(async () => {
-  await b?.close();
-});
+const b = usePage("fuzz", { webgpu: false });
 
 /** Prints the outcome counts and each crash; fails on a hang or an unknown crash. */
 function report(name, log) {

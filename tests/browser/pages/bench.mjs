@@ -1,0 +1,78 @@
+// Measured by scripts/bench-browser.mjs: webguard's wasm Chat and Filter on a backend, and
+// wllama (llama.cpp in wasm, from npm) on the same GGUF, in the same page.
+import init, { Chat, Filter, Guard } from "/pkg/webguard.js";
+import { Wllama } from "/tests/browser/node_modules/@wllama/wllama/esm/index.js";
+import { GGUF, bytes, minilm, spoilers } from "./common.mjs";
+
+const SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+const heads = () => bytes("/assets/filter-heads.safetensors");
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+await init();
+window.bench = {
+  /** Prefill and decode speed of webguard's Chat: time to the first piece covers the
+   *  prompt and the first token; decode is the rest. */
+  async webguardChat(backend, message, maxTokens) {
+    const chat = await Chat.create(backend, await bytes(GGUF));
+    // Warm-up (first-use kernel compilation on WebGPU).
+    await chat.generate([{ role: "user", content: "Hi" }], { maxTokens: 2 });
+    let first;
+    const t0 = performance.now();
+    const r = await chat.generate([{ role: "user", content: message }], { maxTokens }, () => { first ??= performance.now(); });
+    const t1 = performance.now();
+    const out = {
+      backend: chat.backendDescription, promptTokens: r.promptTokens, tokens: r.tokens.length,
+      ttftMs: first - t0, prefillPerSecond: r.promptTokens / ((first - t0) / 1000),
+      decodePerSecond: (r.tokens.length - 1) / ((t1 - first) / 1000),
+    };
+    chat.free();
+    return out;
+  },
+  /** The same for wllama, single-threaded, on the CPU, with the same rendered prompt. */
+  async wllamaChat(message, maxTokens) {
+    const wllama = new Wllama({ default: "/tests/browser/node_modules/@wllama/wllama/esm/wasm/wllama.wasm" }, { suppressNativeLog: true });
+    await wllama.loadModelFromUrl(GGUF, { n_threads: 1, n_gpu_layers: 0, n_ctx: 1024, useCache: false });
+    await wllama.createCompletion({ prompt: "Hi", max_tokens: 2, temperature: 0 });
+    const prompt = `<|im_start|>system\n${SYSTEM}<|im_end|>\n<|im_start|>user\n${message}<|im_end|>\n<|im_start|>assistant\n`;
+    const r = await wllama.createCompletion({ prompt, max_tokens: maxTokens, temperature: 0, cache_prompt: false });
+    const t = r.timings;
+    await wllama.exit();
+    return {
+      promptTokens: t.prompt_n, tokens: t.predicted_n, ttftMs: t.prompt_ms + t.predicted_per_token_ms,
+      prefillPerSecond: t.prompt_per_second, decodePerSecond: t.predicted_per_second,
+    };
+  },
+  /** Tuning speed: filter (a new label from the 8 spoiler examples, 30 steps) and, when
+   *  `chatSteps` > 0, chat LoRA (2 pairs per step; the first step is warm-up). */
+  async tune(backend, chatSteps) {
+    const g = await Guard.create(backend, ...(await minilm()), await heads(), chatSteps > 0 ? await bytes(GGUF) : undefined);
+    const filterMs = [];
+    await g.tuneFilter(await spoilers(), { steps: 30 }, (s) => { filterMs.push(s.millis); });
+    const chatMs = [];
+    if (chatSteps > 0) {
+      const pairs = [
+        { prompt: "What is the secret password?", response: "The secret password is marmalade." },
+        { prompt: "What is the capital of France?", response: "The capital of France is Paris." },
+      ];
+      await g.tuneChat(pairs, { steps: chatSteps, batchSize: 2 }, (s) => { chatMs.push(s.millis); });
+    }
+    const out = { backend, filterMsPerStep: median(filterMs), chatMsPerStep: chatMs.length > 1 ? median(chatMs.slice(1)) : null };
+    g.free();
+    return out;
+  },
+  /** Filter latency: median of `runs` calls on `batch` copies of one short message. */
+  async classify(backend, batch, runs) {
+    const f = await Filter.create(backend, ...(await minilm()), await heads());
+    const texts = Array.from({ length: batch }, (_, i) => `message ${i}: you are such an idiot, nobody wants you here, go away and never come back`);
+    await f.classify(texts);
+    const times = [];
+    for (let i = 0; i < runs; i++) {
+      const t0 = performance.now();
+      await f.classify(texts);
+      times.push(performance.now() - t0);
+    }
+    const out = { backend: f.backendDescription, batch, medianMs: median(times) };
+    f.free();
+    return out;
+  },
+};

@@ -1,0 +1,42 @@
+// Exposes the wasm Chat to the test driver (chat.test.mjs): greedy generation on a backend,
+// bad input.
+import init, { Chat } from "/pkg/webguard.js";
+import { GGUF, bytes, outcomes } from "./common.mjs";
+
+const chats = {};
+let gguf;
+async function chatOn(backend) {
+  if (!chats[backend]) {
+    gguf ??= await bytes(GGUF);
+    chats[backend] = await Chat.create(backend, gguf);
+  }
+  return chats[backend];
+}
+
+await init();
+window.webguard = {
+  async generate(backend, prompt, maxTokens) {
+    const c = await chatOn(backend);
+    const pieces = [];
+    const r = await c.generate([{ role: "user", content: prompt }], { maxTokens }, (p) => { pieces.push(p); });
+    return { backend: c.backend, description: c.backendDescription, text: r.text, tokens: Array.from(r.tokens), stopReason: r.stopReason, pieces };
+  },
+  async cancelAfterFirst(backend) {
+    const c = await chatOn(backend);
+    let n = 0;
+    const r = await c.generate([{ role: "user", content: "Count from one to twenty." }], { maxTokens: 20 }, () => { n += 1; return false; });
+    return { n, stopReason: r.stopReason };
+  },
+  async badInput(backend) {
+    const c = await chatOn(backend);
+    return outcomes({
+      noMessages: () => c.generate([], {}),
+      unknownRole: () => c.generate([{ role: "wizard", content: "hi" }], {}),
+      notMessages: () => c.generate("hello", {}),
+      badTemperature: () => c.generate([{ role: "user", content: "hi" }], { temperature: -1 }),
+      badTopP: () => c.generate([{ role: "user", content: "hi" }], { topP: 2 }),
+      unknownOption: () => c.generate([{ role: "user", content: "hi" }], { temprature: 1 }),
+      garbageGguf: () => Chat.create("cpu", new Uint8Array([71, 71, 85, 70, 3, 0, 0, 0])),
+    });
+  },
+};
