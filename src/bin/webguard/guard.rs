@@ -412,6 +412,10 @@ pub struct CalibrateAnswersArgs {
     /// Most of the safe prompts themselves a label may flag in a conversation.
     #[arg(long, default_value_t = 0.02)]
     max_flagged_conversations: f64,
+    /// Also set this probe file's answer-probe threshold from the same answers' `answer_judge`
+    /// (at most `--max-flagged` of them flagged; never below the threshold it has).
+    #[arg(long)]
+    answer_probe: Option<PathBuf>,
 }
 
 /// One `eval-guard` (or `eval-answers`) line, as far as calibration reads it.
@@ -423,6 +427,9 @@ struct ScreenedAnswer {
     input_scores: Option<BTreeMap<String, f32>>,
     #[serde(default)]
     output_scores: Option<BTreeMap<String, f32>>,
+    /// The answer probe's highest score over the answer's sentence ends.
+    #[serde(default)]
+    answer_judge: Option<f32>,
 }
 
 /// Per label, the least threshold at or above the label's own at which at most `max_flagged`
@@ -460,9 +467,9 @@ fn calibrate(
 /// `calibrate-answers`: the thresholds of the chat path, from the scores of safe prompts and
 /// of the chat model's answers to them, written into the heads file's metadata
 /// (`answer_thresholds`, `conversation_thresholds`; see `HeadsInfo`).
-pub fn run_calibrate_answers(args: CalibrateAnswersArgs) -> Result<()> {
+pub fn run_calibrate_answers(models: &Path, args: CalibrateAnswersArgs) -> Result<()> {
     use webguard::filter::heads::{ANSWER_THRESHOLDS, CONVERSATION_THRESHOLDS, Heads};
-    let (mut answers, mut conversations) = (Vec::new(), Vec::new());
+    let (mut answers, mut conversations, mut judged) = (Vec::new(), Vec::new(), Vec::new());
     for path in &args.outcomes {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -471,6 +478,7 @@ pub fn run_calibrate_answers(args: CalibrateAnswersArgs) -> Result<()> {
             if a.label == "safe" {
                 answers.extend(a.output_scores);
                 conversations.extend(a.input_scores);
+                judged.extend(a.answer_judge);
             }
         }
     }
@@ -512,5 +520,63 @@ pub fn run_calibrate_answers(args: CalibrateAnswersArgs) -> Result<()> {
     let out = pollster::block_on(heads.save(&info, &adapters))?;
     std::fs::write(&args.heads, out).map_err(|e| Error::io(&args.heads, e))?;
     eprintln!("wrote {}", args.heads.display());
+    if let Some(path) = &args.answer_probe {
+        calibrate_answer_probe(models, path, &judged, args.max_flagged)?;
+    }
+    Ok(())
+}
+
+/// The answer probe's threshold: the least at or above its own at which at most `max_flagged`
+/// of the safe prompts' answers flag. Why: the probe's own threshold was chosen on 64-token
+/// answers, and an answer's score is its highest over its sentence ends, so longer answers
+/// (the product's) flag more often at the same threshold.
+fn calibrate_answer_probe(
+    models: &Path,
+    path: &Path,
+    judged: &[f32],
+    max_flagged: f64,
+) -> Result<()> {
+    use webguard::models::probe::ChatProbes;
+    if judged.len() < 20 {
+        return Err(Error::InvalidInput(format!(
+            "{} safe answers with an answer_judge (eval-guard or eval-answers with the probe); \
+             calibration needs at least 20",
+            judged.len()
+        )));
+    }
+    let gguf_bytes = read(&models.join(webguard::SMOLLM2_GGUF))?;
+    let config = webguard::models::llama::LlamaConfig::from_gguf(
+        &webguard::weights::gguf::Gguf::parse(&gguf_bytes)?,
+    )?;
+    let mut probes = ChatProbes::load(&read(path)?, config.layers, config.dim)?;
+    let Some(answer) = probes.answer.as_mut() else {
+        return Err(Error::InvalidInput(format!(
+            "{}: no answer probe to calibrate",
+            path.display()
+        )));
+    };
+    let scores: Vec<BTreeMap<String, f32>> = judged
+        .iter()
+        .map(|&s| BTreeMap::from([("answer probe".to_string(), s)]))
+        .collect();
+    let t = calibrate(
+        "answers",
+        &["answer probe".to_string()],
+        &[answer.threshold],
+        &scores,
+        max_flagged,
+    )[0];
+    answer.threshold = t;
+    answer.provenance.insert(
+        "threshold_calibration".into(),
+        format!(
+            "{} ({} answers of safe prompts, at most {:.1}% flagged)",
+            std::env::args().collect::<Vec<_>>().join(" "),
+            judged.len(),
+            100.0 * max_flagged
+        ),
+    );
+    std::fs::write(path, probes.save()?).map_err(|e| Error::io(path, e))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }

@@ -146,7 +146,7 @@ impl Command {
             Command::Guard(args) => guard::run_guard(models, args),
             Command::EvalGuard(args) => guard::run_eval_guard(models, args),
             Command::SafetyPrompts(args) => guard::run_safety_prompts(args),
-            Command::CalibrateAnswers(args) => guard::run_calibrate_answers(args),
+            Command::CalibrateAnswers(args) => guard::run_calibrate_answers(models, args),
             Command::TrainProbe(args) => train_probe::run(models, args),
             Command::Answers(args) => answers::run(models, args),
             Command::TrainAnswerProbe(args) => answer_probe::run_train(models, args),
