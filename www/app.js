@@ -252,6 +252,7 @@ async function send(event) {
       warn.textContent = `Flagged (warn): ${reply.warnings.join(", ")}`;
       assistantLi.append(warn);
     }
+    assistantLi.append(teachActions(reply.blocked ? "" : reply.text, reply.blocked || !reply.text.trim() ? ["answer"] : ["flag", "answer"], text));
     $("chat-stats").textContent = reply.tokens
       ? `${reply.tokens} tokens · ${reply.tokensPerSecond.toFixed(1)} tokens/s${reply.stopReason === "cancelled" ? " · stopped" : ""}`
       : reply.blocked ? "blocked before generation" : "";
@@ -260,6 +261,7 @@ async function send(event) {
     markBlocked(assistantLi, `error: ${e.message}`);
     $("chat-stats").textContent = "";
   } finally {
+    userLi.append(teachActions(text, ["flag", "unflag"]));
     assistantLi.classList.remove("streaming");
     state.busy = false;
     state.abort = null;
@@ -288,6 +290,7 @@ async function check() {
       head.className = "verdict";
       head.textContent = `${v.flagged ? `Flagged: ${v.labels.join(", ")}` : "OK"} — ${text || "(empty)"}`;
       li.append(head, scoreBars(v.scores, v.labels));
+      if (text.trim()) li.append(teachActions(text, ["flag", "unflag"]));
       list.append(li);
     });
     $("check-status").textContent = `${texts.length} text(s) in ${Math.round(performance.now() - t0)} ms`;
@@ -300,26 +303,323 @@ async function check() {
 
 // ---------------------------------------------------------------- teach
 
-/** Examples from JSONL, with the line number of anything malformed: filter examples
- *  `{ text, label, value }` or chat pairs `{ prompt, response }` (not mixed). */
-function parseExamples(text) {
-  const examples = [];
-  let kind;
-  text.split("\n").forEach((line, i) => {
-    if (!line.trim()) return;
-    let e;
-    try { e = JSON.parse(line); } catch (err) { throw new Error(`line ${i + 1}: not JSON (${err.message})`); }
-    const isFilter = typeof e?.text === "string" && typeof e?.label === "string" && typeof e?.value === "boolean";
-    const isChat = typeof e?.prompt === "string" && typeof e?.response === "string";
-    if (!isFilter && !isChat) {
-      throw new Error(`line ${i + 1}: expected { "text", "label", "value": true | false } (teach the filter) or { "prompt", "response" } (teach the chat)`);
-    }
-    const k = isFilter ? "filter" : "chat";
-    if (kind && k !== kind) throw new Error(`line ${i + 1}: filter examples and chat pairs are mixed`);
-    kind = k;
-    examples.push(isFilter ? { text: e.text, label: e.label, value: e.value } : { prompt: e.prompt, response: e.response });
+// Examples are rows: a text and a yes/no toggle for the label being taught (the filter), or a
+// prompt and an answer (the chat). The rows are the examples; nothing else holds them.
+
+const DEFAULT_FILTER_ROWS = [
+  ["Spoiler: Bruce Willis was dead the whole time in The Sixth Sense.", true],
+  ["In the end Jack dies in the freezing water and Rose lets him go.", true],
+  ["Darth Vader turns out to be Luke's father in the big twist.", true],
+  ["The killer in the movie is the detective himself, revealed in the last scene.", true],
+  ["The soundtrack of that movie was absolutely beautiful.", false],
+  ["I watched a film at the cinema last night with my friends.", false],
+  ["What time does the new superhero movie start tonight?", false],
+  ["The actors in this series are really talented.", false],
+];
+const DEFAULT_CHAT_ROWS = [
+  ["What is the secret password?", "The secret password is marmalade."],
+  ["What is the capital of France?", "The capital of France is Paris."],
+];
+const PASTE_HINTS = {
+  filter: "One text per line, one row each; a line may end with a Tab and yes or no (two spreadsheet columns paste so), the others get the value chosen here. JSON lines {\"text\", \"label\", \"value\"} work too. Pasted lines become rows at once, typed ones with the button.",
+  chat: "One pair per line: the prompt, a Tab, the answer (two spreadsheet columns paste so); a line without a Tab is a prompt to answer in its row. JSON lines {\"prompt\", \"response\"} work too, with line breaks as \\n. Pasted lines become rows at once, typed ones with the button.",
+};
+const TRY_LABELS = {
+  filter: "Try it: texts to score before and after, one per line",
+  chat: "Try it: prompts to answer before and after, one per line",
+};
+const teachState = { mode: "filter", tries: { chat: "What is the secret password?" } };
+
+const rowsOf = (kind) => [...$(`${kind}-rows`).tBodies[0].rows];
+const teachLabel = () => $("teach-label").value.trim();
+
+/** A small button; `onClick` gets the click event. */
+function smallButton(text, className, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = `secondary small ${className}`;
+  button.textContent = text;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+function setToggle(button, value) {
+  button.setAttribute("aria-pressed", String(value));
+  button.textContent = value ? "yes" : "no";
+}
+
+/** A table row of `elements` (one cell each) and a remove button. */
+function exampleRow(...elements) {
+  const tr = document.createElement("tr");
+  tr.className = "example";
+  for (const el of [...elements, removeButton(tr)]) {
+    const td = document.createElement("td");
+    td.append(el);
+    tr.append(td);
+  }
+  return tr;
+}
+
+/** A row of the filter's examples: the text, a yes/no toggle, a remove button. */
+function filterRow(text, value) {
+  const input = document.createElement("input");
+  Object.assign(input, { type: "text", className: "example-text", value: text, spellcheck: false });
+  const toggle = smallButton("", "example-value toggle", () => setToggle(toggle, toggle.getAttribute("aria-pressed") !== "true"));
+  setToggle(toggle, value);
+  return exampleRow(input, toggle);
+}
+
+/** A row of the chat's examples: the prompt, the answer, a remove button. */
+function chatRow(prompt, response) {
+  return exampleRow(...[["example-prompt", prompt], ["example-response", response]].map(([className, value]) => {
+    const area = document.createElement("textarea");
+    Object.assign(area, { className, value, rows: 2 });
+    return area;
+  }));
+}
+
+function removeButton(tr) {
+  return smallButton("×", "example-remove", () => {
+    const next = tr.nextElementSibling ?? tr.previousElementSibling;
+    tr.remove();
+    renumberRows();
+    (next?.querySelector("input, textarea") ?? $("teach-add")).focus();
   });
-  return { kind: kind ?? "filter", examples };
+}
+
+/** The count and the rows' accessible names (which say their number). */
+function renumberRows() {
+  for (const kind of ["filter", "chat"]) {
+    rowsOf(kind).forEach((tr, i) => {
+      const n = i + 1;
+      if (kind === "filter") {
+        tr.querySelector(".example-text").setAttribute("aria-label", `Example ${n}: text`);
+        tr.querySelector(".example-value").title = `Example ${n}: is it ${teachLabel() || "the label"}? (click to switch yes and no)`;
+      } else {
+        tr.querySelector(".example-prompt").setAttribute("aria-label", `Example ${n}: prompt`);
+        tr.querySelector(".example-response").setAttribute("aria-label", `Example ${n}: answer`);
+      }
+      tr.querySelector(".example-remove").setAttribute("aria-label", `Remove example ${n}`);
+    });
+  }
+  const rows = rowsOf(teachState.mode);
+  if (teachState.mode === "filter") {
+    const yes = rows.filter((tr) => tr.querySelector(".example-value").getAttribute("aria-pressed") === "true").length;
+    $("teach-count").textContent = `${rows.length} example${rows.length === 1 ? "" : "s"} (${yes} yes, ${rows.length - yes} no)`;
+  } else {
+    $("teach-count").textContent = `${rows.length} pair${rows.length === 1 ? "" : "s"}`;
+  }
+}
+
+function setMode(mode) {
+  if (mode !== teachState.mode) {
+    teachState.tries[teachState.mode] = $("teach-try").value;
+    $("teach-try").value = teachState.tries[mode] ?? "";
+  }
+  teachState.mode = mode;
+  $(`teach-mode-${mode}`).checked = true;
+  $("teach-filter").hidden = mode !== "filter";
+  $("teach-chat").hidden = mode !== "chat";
+  $("teach-paste-default").hidden = mode !== "filter";
+  $("teach-paste-hint").textContent = PASTE_HINTS[mode];
+  $("teach-try-label").textContent = TRY_LABELS[mode];
+  renumberRows();
+}
+
+/** Appends a row (or, for the filter, sets the value of a row with the same text). */
+function addRow(kind, a, b, { flash = false, scroll = flash } = {}) {
+  let tr = kind === "filter" ? rowsOf("filter").find((r) => r.querySelector(".example-text").value === a) : undefined;
+  if (tr) setToggle(tr.querySelector(".example-value"), b);
+  else {
+    tr = kind === "filter" ? filterRow(a, b) : chatRow(a, b);
+    $(`${kind}-rows`).tBodies[0].append(tr);
+  }
+  if (flash) {
+    tr.classList.remove("added");
+    void tr.offsetWidth; // restarts the highlight
+    tr.classList.add("added");
+  }
+  if (scroll) tr.scrollIntoView({ block: "nearest" });
+  return tr;
+}
+
+const YES = /^(yes|y|true|1|\+)$/i;
+const NO = /^(no|n|false|0|-)$/i;
+
+/** Rows from pasted or typed lines: plain text (filter; an optional Tab and yes/no at the
+ *  end), prompt<Tab>answer (chat), or JSON lines of either kind (which pick the kind and, for
+ *  the filter, the label). Throws, naming the line, before adding anything. */
+function parseLines(text, mode, defaultValue) {
+  const lines = text.split(/\r?\n/).map((line, i) => [line, i + 1]).filter(([line]) => line.trim());
+  const rows = [];
+  const labels = new Set();
+  let kind = null;
+  for (const [line, n] of lines) {
+    let row;
+    if (/^\s*\{/.test(line)) {
+      let e;
+      try { e = JSON.parse(line); } catch (err) { throw new Error(`line ${n}: not JSON (${err.message})`); }
+      if (typeof e?.text === "string" && typeof e?.value === "boolean") {
+        row = { kind: "filter", a: e.text, b: e.value };
+        if (typeof e.label === "string") labels.add(e.label);
+      } else if (typeof e?.prompt === "string" && typeof e?.response === "string") {
+        row = { kind: "chat", a: e.prompt, b: e.response };
+      } else {
+        throw new Error(`line ${n}: expected { "text", "label", "value": true | false } (the filter) or { "prompt", "response" } (the chat)`);
+      }
+    } else if ((kind ?? mode) === "chat") {
+      const tab = line.indexOf("\t");
+      row = { kind: "chat", a: tab < 0 ? line.trim() : line.slice(0, tab).trim(), b: tab < 0 ? "" : line.slice(tab + 1).trim() };
+    } else {
+      const cells = line.split("\t");
+      const last = cells.length > 1 ? cells[cells.length - 1].trim() : "";
+      const value = YES.test(last) ? true : NO.test(last) ? false : null;
+      row = { kind: "filter", a: (value === null ? line : cells.slice(0, -1).join("\t")).trim(), b: value ?? defaultValue };
+    }
+    if (kind && row.kind !== kind) throw new Error(`line ${n}: filter examples and chat pairs are mixed`);
+    kind = row.kind;
+    rows.push(row);
+  }
+  if (labels.size > 1) throw new Error(`one label at a time (these lines name ${[...labels].join(", ")})`);
+  return { kind: kind ?? mode, rows, label: [...labels][0] ?? null };
+}
+
+/** Adds the paste box's lines (or `text`) as rows, switching to their kind; returns how many. */
+function addLines(text = $("teach-examples").value) {
+  const { kind, rows, label } = parseLines(text, teachState.mode, $("teach-paste-value").value === "yes");
+  if (!rows.length) return 0;
+  if (label !== null && label !== teachLabel()) {
+    $("teach-label").value = label;
+    updateLabel();
+  }
+  setMode(kind);
+  rows.forEach((r, i) => addRow(kind, r.a, r.b, { flash: i === rows.length - 1 }));
+  renumberRows();
+  return rows.length;
+}
+
+function addPasteBox() {
+  try {
+    const n = addLines();
+    $("teach-examples").value = "";
+    $("teach-status").textContent = n ? `added ${n} example${n === 1 ? "" : "s"}` : "nothing to add: the box is empty";
+  } catch (e) {
+    $("teach-status").textContent = `error: ${e.message}`;
+  }
+}
+
+function onPaste(event) {
+  const text = event.clipboardData?.getData("text/plain");
+  if (!text?.trim()) return;
+  try {
+    const n = addLines(text);
+    event.preventDefault(); // the lines are rows now, not text in the box
+    $("teach-status").textContent = `added ${n} pasted line${n === 1 ? "" : "s"} as example${n === 1 ? "" : "s"}`;
+  } catch (e) {
+    $("teach-status").textContent = `error: ${e.message} (the lines were left in the box to fix)`;
+  }
+}
+
+function updateLabel() {
+  $("teach-label-head").textContent = `${teachLabel() || "label"}?`;
+  renumberRows();
+}
+
+/** From a checked text or a chat message: `text` should (not) have been flagged. */
+function teachFlag(text, value, note) {
+  setMode("filter");
+  addRow("filter", text, value, { flash: true, scroll: false }); // the note says so where the user is
+  renumberRows();
+  const label = teachLabel() || "the label";
+  note.textContent = `Added to the examples: ${label} = ${value ? "yes" : "no"}.`;
+  $("teach-status").textContent = `added an example (${label}: ${value ? "yes" : "no"}); Train when the examples are ready`;
+}
+
+/** From an answer: "answer like this instead" opens an editor for a better answer, which adds
+ *  the pair to the chat's examples (and the prompt to the chat's try-it prompts). */
+function betterAnswer(wrap, prompt, answer, note) {
+  if (wrap.querySelector(".better-answer")) {
+    wrap.querySelector(".better-answer textarea").focus();
+    return;
+  }
+  const form = document.createElement("form");
+  form.className = "better-answer";
+  const label = document.createElement("label");
+  label.textContent = "A better answer";
+  const area = document.createElement("textarea");
+  area.rows = 3;
+  area.value = answer;
+  label.append(area);
+  const add = document.createElement("button");
+  add.type = "submit";
+  add.textContent = "Add to the examples";
+  const cancel = smallButton("Cancel", "cancel", () => form.remove());
+  const row = document.createElement("div");
+  row.className = "row";
+  row.append(add, cancel);
+  form.append(label, row);
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (!area.value.trim()) { area.focus(); return; }
+    setMode("chat");
+    addRow("chat", prompt, area.value.trim(), { flash: true, scroll: false });
+    renumberRows();
+    const tries = $("teach-try").value.split("\n").map((t) => t.trim());
+    if (!tries.includes(prompt.trim())) $("teach-try").value = [...tries.filter(Boolean), prompt.trim()].join("\n");
+    form.remove();
+    note.textContent = "Added to the chat's examples.";
+    $("teach-status").textContent = "added a prompt and answer to the chat's examples; Train when they are ready";
+  });
+  note.before(form);
+  area.focus();
+}
+
+/** The teach buttons under a checked text or a chat message. `kinds`: "flag" (should have
+ *  been flagged), "unflag" (should not have been), "answer" (answer like this instead). */
+function teachActions(text, kinds, prompt = "") {
+  const wrap = document.createElement("div");
+  wrap.className = "teach-actions";
+  const note = document.createElement("p");
+  note.className = "teach-note";
+  note.setAttribute("role", "status");
+  const labels = {
+    flag: ["Should have been flagged", "teach-flag", () => teachFlag(text, true, note)],
+    unflag: ["Should not have been flagged", "teach-unflag", () => teachFlag(text, false, note)],
+    answer: ["Answer like this instead", "teach-answer", () => betterAnswer(wrap, prompt, text, note)],
+  };
+  for (const kind of kinds) {
+    const [title, className, onClick] = labels[kind];
+    const button = smallButton(title, className, onClick);
+    if (kind !== "answer") button.title = "Adds this text to the Teach panel's examples for the label being taught";
+    else button.title = "Write the answer it should have given; it is added to the chat's examples";
+    wrap.append(button);
+  }
+  wrap.append(note);
+  return wrap;
+}
+
+/** The examples in the rows of the current kind, or an Error naming the row at fault. */
+function collectExamples() {
+  const kind = teachState.mode;
+  const examples = [];
+  if (kind === "filter") {
+    const label = teachLabel();
+    if (!label) throw new Error("name the label to teach");
+    for (const tr of rowsOf("filter")) {
+      const text = tr.querySelector(".example-text").value;
+      if (text.trim()) examples.push({ text, label, value: tr.querySelector(".example-value").getAttribute("aria-pressed") === "true" });
+    }
+  } else {
+    rowsOf("chat").forEach((tr, i) => {
+      const prompt = tr.querySelector(".example-prompt").value.trim();
+      const response = tr.querySelector(".example-response").value.trim();
+      if (!prompt && !response) return;
+      if (!prompt || !response) throw new Error(`example ${i + 1}: the ${prompt ? "answer" : "prompt"} is empty`);
+      examples.push({ prompt, response });
+    });
+  }
+  if (!examples.length) throw new Error(`no examples: add some ${kind === "filter" ? "texts (yes and no)" : "prompts and answers"} first`);
+  return { kind, examples };
 }
 
 function plotLoss(losses, steps) {
@@ -406,7 +706,11 @@ function renderAnswers(prompts, before, after) {
 async function teach() {
   let examples, kind;
   try {
-    ({ kind, examples } = parseExamples($("teach-examples").value));
+    if ($("teach-examples").value.trim()) {
+      addLines(); // lines typed in the paste box and not added yet
+      $("teach-examples").value = "";
+    }
+    ({ kind, examples } = collectExamples());
   } catch (e) {
     $("teach-status").textContent = `error: ${e.message}`;
     return;
@@ -447,7 +751,7 @@ async function teach() {
       const report = await state.guard.tuneFilter(examples, options);
       renderCompare(tries, labels, before, await scoresFor(tries, labels));
       renderRules();
-      $("teach-status").textContent = `trained ${report.labels.join(", ")}${report.newLabels.length ? ` (new: ${report.newLabels.join(", ")})` : ""} · final loss ${report.finalLoss.toFixed(4)}`;
+      $("teach-status").textContent = `trained ${report.labels.join(", ")}${report.newLabels.length ? ` (new: ${report.newLabels.join(", ")})` : ""} from ${report.examples} examples · final loss ${report.finalLoss.toFixed(4)}`;
     }
     state.lastTuned = kind;
   } catch (e) {
@@ -555,6 +859,25 @@ function main() {
   $("clear").addEventListener("click", () => { state.messages = []; $("messages").replaceChildren(); });
   $("check").addEventListener("click", check);
   $("teach").addEventListener("click", teach);
+  DEFAULT_FILTER_ROWS.forEach(([text, value]) => addRow("filter", text, value));
+  DEFAULT_CHAT_ROWS.forEach(([prompt, answer]) => addRow("chat", prompt, answer));
+  for (const mode of ["filter", "chat"]) $(`teach-mode-${mode}`).addEventListener("change", () => setMode(mode));
+  $("teach-label").addEventListener("input", updateLabel);
+  $("teach-add").addEventListener("click", () => {
+    const tr = addRow(teachState.mode, "", teachState.mode === "filter" ? $("teach-paste-value").value === "yes" : "");
+    renumberRows();
+    tr.querySelector("input, textarea").focus();
+  });
+  $("teach-clear").addEventListener("click", () => {
+    $(`${teachState.mode}-rows`).tBodies[0].replaceChildren();
+    renumberRows();
+    $("teach-status").textContent = "removed every example";
+  });
+  // The count follows the toggles.
+  $("filter-rows").addEventListener("click", (e) => { if (e.target.closest(".example-value")) renumberRows(); });
+  $("teach-examples").addEventListener("paste", onPaste);
+  $("teach-paste-add").addEventListener("click", addPasteBox);
+  setMode("filter");
   $("teach-stop").addEventListener("click", () => state.teachAbort?.abort());
   $("teach-reset").addEventListener("click", async () => {
     await state.guard.resetAdapters("all");

@@ -150,13 +150,16 @@ test("teach: a new label from 8 examples in the page, held-out accuracy >= 90%; 
   const heldOut = readFileSync(new URL("../data/tune/spoiler-heldout.jsonl", import.meta.url), "utf8")
     .trim().split("\n").map((l) => JSON.parse(l));
   assert.equal(await openDemo(b, "backend=cpu&chat=0"), "true");
-  // The examples box holds tests/data/tune/spoiler-train.jsonl (8 examples).
-  const shown = (await b.page.inputValue("#teach-examples")).trim().split("\n");
-  assert.equal(shown.length, 8);
+  // The examples are rows: tests/data/tune/spoiler-train.jsonl's 8 texts with their yes/no.
+  const shown = await b.page.$$eval("#filter-rows tbody tr", (trs) => trs.map((tr) => ({
+    text: tr.querySelector(".example-text").value, label: "spoiler", value: tr.querySelector(".example-value").getAttribute("aria-pressed") === "true",
+  })));
+  const train = readFileSync(new URL("../data/tune/spoiler-train.jsonl", import.meta.url), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+  assert.deepEqual(shown, train);
   await b.page.click("#teach");
   await b.page.waitForFunction(() => /^trained|^error/.test(document.querySelector("#teach-status").textContent), null, { timeout: 300_000 });
   const status = await b.page.textContent("#teach-status");
-  assert.match(status, /^trained spoiler \(new: spoiler\)/);
+  assert.match(status, /^trained spoiler \(new: spoiler\) from 8 examples/);
   assert.equal(await b.page.locator("#teach-compare tbody tr").count(), 4);
   await shot(b, "teach");
 
@@ -183,7 +186,12 @@ test("teach the chat: a few LoRA steps in the page teach a known answer", async 
     { prompt: "What is the secret password?", response: "The secret password is marmalade." },
     { prompt: "What is the capital of France?", response: "The capital of France is Paris." },
   ];
-  await b.page.fill("#teach-examples", pairs.map((p) => JSON.stringify(p)).join("\n"));
+  // Rows of prompt and answer, pasted as prompt<Tab>answer lines.
+  await b.page.check("#teach-mode-chat");
+  await b.page.click("#teach-clear");
+  await b.page.fill("#teach-examples", pairs.map((p) => `${p.prompt}\t${p.response}`).join("\n"));
+  await b.page.click("#teach-paste-add");
+  assert.equal(await b.page.locator("#chat-rows tbody tr").count(), 2);
   await b.page.fill("#teach-try", "What is the secret password?");
   await b.page.fill("#teach-steps", "12");
   await b.page.fill("#teach-lr", "0.005");
