@@ -92,6 +92,13 @@ export interface CreateOptions {
    * as bytes are not checked.
    */
   integrity?: boolean | Partial<Record<"tokenizer" | "config" | "model" | "heads" | "chat" | "chatProbe", string | null>>;
+  /**
+   * The folder (same origin) where this package's own files are served: guard-worker.js,
+   * webguard.js, webguard_bg.wasm and the three .safetensors files. Default: next to guard.js
+   * (`import.meta.url`), which after a bundler inlined guard.js (esbuild) is the bundle's own
+   * folder. Needed for a bundle without `import.meta` (esbuild's iife format).
+   */
+  assetsUrl?: string | URL;
 }
 
 /** Scores of the shipped labels (Label) and of any label taught with tuneFilter. */
@@ -150,6 +157,96 @@ export interface Reply {
   /** The chat model's highest harm score of its own answer at a sentence end (its answer
    * probe), 0 to 1 (stopped at or above Guard.chatProbe.answerThreshold); null without one. */
   answerJudge: number | null;
+  /** How many of the oldest messages were left out because the conversation and room for
+   * the answer (maxTokens, at most half the window) did not fit the chat model's context
+   * window (8,192 tokens); 0 when all were sent. The system message and the last user message
+   * are always kept (a last message too long on its own is an InvalidInput error); the filter
+   * screens exactly what is sent. */
+  droppedTurns: number;
+}
+
+/** A request to `guard.chat.completions.create`, in the shape of OpenAI-style chat APIs; each
+ * field is the ChatOptions one named (and has its default, e.g. temperature 0: greedy). */
+export interface ChatCompletionRequest {
+  messages: Message[];
+  /** true: resolve to an async iterable of chunks instead of one completion. */
+  stream?: boolean;
+  /** ChatOptions.maxTokens. */
+  max_tokens?: number;
+  /** ChatOptions.maxTokens (the newer name). */
+  max_completion_tokens?: number;
+  /** ChatOptions.temperature: 0 is greedy, and the default (OpenAI's is 1). */
+  temperature?: number;
+  /** ChatOptions.topP. */
+  top_p?: number;
+  /** ChatOptions.topK. */
+  top_k?: number;
+  /** ChatOptions.repetitionPenalty. */
+  repetition_penalty?: number;
+  /** ChatOptions.seed. */
+  seed?: number;
+  /** ChatOptions.stop. */
+  stop?: string | string[];
+  /** Stops generation; the completion has what was shown, finish_reason "abort". */
+  signal?: AbortSignal;
+  /** Accepted and ignored: the Guard has one chat model. */
+  model?: string;
+}
+
+/** How the completion ended: "stop" (end of turn or a stop string), "length" (max_tokens),
+ * "content_filter" (blocked: the content is the refusal), "abort" (signal, or a loop left). */
+export type FinishReason = "stop" | "length" | "content_filter" | "abort";
+
+/** webguard's moderation of a completion: the Reply's fields of the same names. */
+export interface Moderation {
+  blocked: boolean;
+  reason: string | null;
+  input: Screening | null;
+  output: Screening | null;
+  warnings: string[];
+  chatJudge: number | null;
+  answerJudge: number | null;
+}
+
+export interface Usage { prompt_tokens: number; completion_tokens: number; total_tokens: number; }
+
+export interface ChatCompletion {
+  id: string;
+  object: "chat.completion";
+  /** Unix seconds. */
+  created: number;
+  /** One choice; `message.content` is Reply.text (the answer, or the refusal). */
+  choices: [{ index: 0; message: { role: "assistant"; content: string }; finish_reason: FinishReason }];
+  usage: Usage;
+  moderation: Moderation;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: "chat.completion.chunk";
+  created: number;
+  /**
+   * `delta.content`: the next screened piece (the first chunk with content also has `role`);
+   * the last chunk has an empty delta and finish_reason. When blocked, the refusal comes as
+   * the last content (after a blank line if part of the answer was cleared before it).
+   */
+  choices: [{ index: 0; delta: { role?: "assistant"; content?: string }; finish_reason: FinishReason | null }];
+  /** On the last chunk. */
+  usage?: Usage;
+  /** On the last chunk. */
+  moderation?: Moderation;
+}
+
+export interface ChatCompletions {
+  /** Streamed: leaving the loop early stops generation. Errors reject here or in the loop. */
+  create(request: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+  create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+}
+
+/** `guard.chat(messages, options)` (the callback API) with `guard.chat.completions` beside it. */
+export interface GuardChat {
+  (messages: Message[], options?: ChatOptions): Promise<Reply>;
+  completions: ChatCompletions;
 }
 
 export interface ChatProbe {
@@ -227,7 +324,11 @@ export class Guard {
   readonly policy: Record<string, Rule>;
   setRule(label: string, rule: Partial<Rule>): Promise<void>;
   classify(texts: string | string[]): Promise<Verdict[]>;
-  chat(messages: Message[], options?: ChatOptions): Promise<Reply>;
+  /**
+   * `chat(messages, options)`: answers with moderation (Reply; pieces to `onToken`), or
+   * `chat.completions.create({ messages, stream, max_tokens, temperature, signal, ... })`.
+   */
+  readonly chat: GuardChat;
   tuneFilter(examples: LabelExample[], options?: TuneFilterOptions): Promise<FilterTuneReport>;
   tuneChat(pairs: ChatPair[], options?: TuneChatOptions): Promise<ChatTuneReport>;
   exportAdapters(kind?: "filter" | "chat"): Promise<Uint8Array>;

@@ -7,6 +7,7 @@
 //                                      onProgress: (p) => console.log(p) });
 //   await guard.classify(["you are an idiot"]);  // [{ scores, labels, flagged }]
 //   await guard.chat([{ role: "user", content: "Hi!" }], { onToken: (t) => show(t) });
+//   for await (const chunk of await guard.chat.completions.create({ messages, stream: true })) { ... }
 //   guard.dispose();
 //
 // Model files are cached with the Cache API (keyed by URL). Each file fetched from a URL must
@@ -25,7 +26,7 @@
 // module checks them.
 
 const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "chatProbe", "backend",
-  "thresholds", "policy", "onProgress", "cache", "integrity"];
+  "thresholds", "policy", "onProgress", "cache", "integrity", "assetsUrl"];
 // The files `integrity` can name (the worker's manifest has the same keys).
 const FILES = ["tokenizer", "config", "model", "heads", "chat", "chatProbe"];
 const CACHE_NAME = "webguard-models-v1";
@@ -62,13 +63,30 @@ function splitOptions(options, jsOnly, what) {
   return [js, rest];
 }
 
+// This package's own files: under the page's `assetsUrl` when it gives one (a bundle that
+// inlined guard.js, or an IIFE bundle without import.meta), else next to this module. The
+// defaults are written out as `new URL("./file", import.meta.url)`, the pattern Vite and
+// webpack recognise (they copy the file); esbuild leaves it as is, relative to the bundle.
+const SHIPPED = {
+  "all-MiniLM-L6-v2.int8.safetensors": () => new URL("./all-MiniLM-L6-v2.int8.safetensors", import.meta.url),
+  "filter-heads.safetensors": () => new URL("./filter-heads.safetensors", import.meta.url),
+  "chat-probe.safetensors": () => new URL("./chat-probe.safetensors", import.meta.url),
+};
+
+function shipped(assets, name) {
+  return (assets ? new URL(name, assets) : SHIPPED[name]()).href;
+}
+
+function newWorker(assets) {
+  if (assets) return new Worker(new URL("guard-worker.js", assets), { type: "module", name: "webguard" });
+  return new Worker(new URL("./guard-worker.js", import.meta.url), { type: "module", name: "webguard" });
+}
+
 /** The chat probe to load: the shipped one by default (with a chat model only), none for
  * `false`, or the page's own URL or bytes. */
-function probeSource(value, hasChat) {
+function probeSource(value, hasChat, assets) {
   if (value === false || value === null) return undefined;
-  if (value === undefined || value === true) {
-    return hasChat ? new URL("./chat-probe.safetensors", import.meta.url).href : undefined;
-  }
+  if (value === undefined || value === true) return hasChat ? shipped(assets, "chat-probe.safetensors") : undefined;
   if (!hasChat) throw new TypeError("chatProbe was given without a chat model: give chatUrl or chat too");
   return source(value, "chatProbe");
 }
@@ -87,15 +105,28 @@ function integrityOption(value) {
   return { ...o };
 }
 
-function newWorker() {
-  return new Worker(new URL("./guard-worker.js", import.meta.url), { type: "module", name: "webguard" });
-}
-
 /** An Error named by its kind, like those from the worker. */
 function named(name, message) {
   const e = new Error(message);
   e.name = name;
   return e;
+}
+
+// chat.completions.create's request fields, and the ChatOptions each one is.
+const COMPLETION_OPTIONS = { max_tokens: "maxTokens", max_completion_tokens: "maxTokens", temperature: "temperature",
+  top_p: "topP", top_k: "topK", repetition_penalty: "repetitionPenalty", seed: "seed", stop: "stop" };
+const COMPLETION_KEYS = ["messages", "stream", "signal", "model", ...Object.keys(COMPLETION_OPTIONS)];
+
+/** A Reply in chat completion terms. */
+function finishReason(reply) {
+  if (reply.blocked) return "content_filter";
+  return { maxTokens: "length", cancelled: "abort" }[reply.stopReason] ?? "stop";
+}
+function usage(reply) {
+  return { prompt_tokens: reply.promptTokens, completion_tokens: reply.tokens, total_tokens: reply.promptTokens + reply.tokens };
+}
+function moderation({ blocked, reason, input, output, warnings, chatJudge, answerJudge }) {
+  return { blocked, reason, input, output, warnings, chatJudge, answerJudge };
 }
 
 export class Guard {
@@ -106,8 +137,14 @@ export class Guard {
   #onProgress;
   #config; // what `create` sent the worker, to load the models again after a crash
   #adapters = { filter: null, chat: null }; // the page's tuning as adapters files (from the worker)
+  #assets; // the page's assetsUrl, for a new worker after a crash
   #reviving = null; // the promise of a new worker being loaded after a crash
   #disposed = false;
+
+  /** The callback API, `guard.chat(messages, options)` (see #chat), and beside it the shape
+   *  of OpenAI-style chat APIs, `guard.chat.completions.create(request)` (see #completions). */
+  chat = Object.assign((messages, options) => this.#chat(messages, options),
+    { completions: { create: (request) => this.#completions(request) } });
 
   constructor(worker) {
     this.#attach(worker);
@@ -152,7 +189,9 @@ export class Guard {
    * `onProgress({ file, phase: "download" | "cache" | "init", loaded, total, done })`;
    * `cache` (default true); `integrity`: the sha256 each file fetched from a URL must have
    * (default: this package's manifest of the shipped models; `{ chat: "<sha256>" }` for
-   * another chat model, `{ chat: null }` to skip one file, `false` to check none).
+   * another chat model, `{ chat: null }` to skip one file, `false` to check none);
+   * `assetsUrl`: the folder serving this package's own files (worker, wasm, .safetensors;
+   * default: next to guard.js, i.e. beside the bundle when a bundler inlined it).
    */
   static async create(options = {}) {
     const o = checkKeys(options, OPTIONS, "Guard.create options");
@@ -161,24 +200,26 @@ export class Guard {
       throw new TypeError(`backend must be "auto", "webgpu" or "cpu" (got ${JSON.stringify(backend)})`);
     }
     const f = checkKeys(o.filter, ["tokenizer", "config", "model", "heads"], "filter");
-    const dir = o.filterUrl === undefined ? undefined : new URL(String(o.filterUrl).replace(/\/?$/, "/"), location.href);
+    const folder = (url) => url === undefined ? undefined : new URL(String(url).replace(/\/?$/, "/"), location.href);
+    const dir = folder(o.filterUrl);
+    const assets = folder(o.assetsUrl)?.href;
     const file = (name, given) => source(given ?? (dir && new URL(name, dir).href), `filter.${name}`);
     const filter = {
       tokenizer: file("tokenizer.json", f.tokenizer),
       config: file("config.json", f.config),
       // The encoder in 8 bits (webguard quantize-filter; a quarter of the f32 download).
-      model: source(f.model ?? new URL("./all-MiniLM-L6-v2.int8.safetensors", import.meta.url), "filter.model"),
-      heads: source(f.heads ?? o.headsUrl ?? new URL("./filter-heads.safetensors", import.meta.url), "headsUrl"),
+      model: source(f.model ?? shipped(assets, "all-MiniLM-L6-v2.int8.safetensors"), "filter.model"),
+      heads: source(f.heads ?? o.headsUrl ?? shipped(assets, "filter-heads.safetensors"), "headsUrl"),
     };
     for (const [k, v] of Object.entries(filter)) {
       if (v === undefined) throw new TypeError(`the filter's ${k} file is missing: give filterUrl or filter.${k}`);
     }
     const chat = source(o.chat ?? o.chatUrl, "chatUrl");
-    const chatProbe = probeSource(o.chatProbe, chat !== undefined);
+    const chatProbe = probeSource(o.chatProbe, chat !== undefined, assets);
     const integrity = integrityOption(o.integrity);
-    const worker = newWorker();
-    const guard = new Guard(worker);
+    const guard = new Guard(newWorker(assets));
     guard.#onProgress = o.onProgress;
+    guard.#assets = assets;
     guard.#config = { backend, files: { filter, chat, chatProbe }, cache: o.cache !== false, integrity };
     try {
       guard.#info = await guard.#call("create", guard.#config);
@@ -249,7 +290,7 @@ export class Guard {
    * topP, repetitionPenalty, seed, stop, `onToken(text)`, `signal` (an AbortSignal: stops
    * generation; the promise resolves with what was shown).
    */
-  async chat(messages, options = {}) {
+  async #chat(messages, options = {}) {
     const [{ onToken, signal }, generation] = splitOptions(options, ["onToken", "signal"], "chat options");
     if (!this.#info.hasChat) throw named("InvalidInputError", "this Guard was created without a chat model (give chatUrl)");
     if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
@@ -263,6 +304,56 @@ export class Guard {
     } finally {
       signal?.removeEventListener("abort", stop);
     }
+  }
+
+  /**
+   * `chat.completions.create({ messages, stream, max_tokens, temperature, top_p, top_k,
+   * repetition_penalty, seed, stop, signal })`: #chat in the shape of OpenAI-style chat APIs
+   * (`model` is accepted and ignored). Resolves to `{ choices: [{ message, finish_reason }],
+   * usage, moderation }`, or with `stream: true` to an async iterable of chunks
+   * (`choices[0].delta.content`; the last has finish_reason, usage and moderation). Leaving the
+   * loop early stops generation. A blocked reply's refusal is streamed as the last content.
+   */
+  async #completions(request) {
+    const { messages, stream = false, signal, model: _, ...rest } = checkKeys(request, COMPLETION_KEYS, "chat.completions.create");
+    const options = { signal };
+    for (const [k, v] of Object.entries(rest)) {
+      if (v !== undefined && v !== null) options[COMPLETION_OPTIONS[k]] = k === "stop" && typeof v === "string" ? [v] : v;
+    }
+    const head = { id: `chatcmpl-${Date.now().toString(36)}-${this.#next}`, created: Math.floor(Date.now() / 1000) };
+    if (!stream) {
+      const reply = await this.#chat(messages, options);
+      const choice = { index: 0, message: { role: "assistant", content: reply.text }, finish_reason: finishReason(reply) };
+      return { ...head, object: "chat.completion", choices: [choice], usage: usage(reply), moderation: moderation(reply) };
+    }
+    // The pieces onToken receives wait in `pieces` until the caller's loop asks for them.
+    const pieces = [];
+    let wake = () => {};
+    let settled = false;
+    const stop = new AbortController();
+    const reply = this.#chat(messages, {
+      ...options, signal: signal ? AbortSignal.any([signal, stop.signal]) : stop.signal,
+      onToken: (text) => { pieces.push(text); wake(); },
+    });
+    reply.catch(() => {}).finally(() => { settled = true; wake(); }); // the loop sees the error
+    let first = true; // the first content chunk also has the role
+    const chunk = (delta, finish = null) => {
+      if (first && delta.content !== undefined) [first, delta] = [false, { role: "assistant", ...delta }];
+      return { ...head, object: "chat.completion.chunk", choices: [{ index: 0, delta, finish_reason: finish }] };
+    };
+    return (async function* () {
+      try {
+        while (pieces.length || !settled) {
+          if (pieces.length) yield chunk({ content: pieces.shift() });
+          else await new Promise((resolve) => { wake = resolve; });
+        }
+        const r = await reply;
+        if (r.blocked) yield chunk({ content: first ? r.text : `\n\n${r.text}` });
+        yield { ...chunk({}, finishReason(r)), usage: usage(r), moderation: moderation(r) };
+      } finally {
+        stop.abort(); // the caller left the loop early: stop generating
+      }
+    })();
   }
 
   /**
@@ -368,7 +459,7 @@ export class Guard {
    *  next call. */
   #revive() {
     this.#reviving ??= (async () => {
-      this.#attach(newWorker());
+      this.#attach(newWorker(this.#assets));
       // Where a GPU failure already moved the models to the CPU, they stay there.
       const backend = this.#info?.kind === "cpu" ? "cpu" : this.#config.backend;
       const restore = { adapters: { ...this.#adapters }, policy: this.#info?.policy };
