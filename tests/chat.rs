@@ -3,23 +3,23 @@
 
 mod common;
 
-use burn::tensor::Device;
-use webguard::ChatModel;
 use webguard::generate::{GenerateOptions, StopReason, generate};
 use webguard::text::chat_template::Message;
-use webguard::weights::Gguf;
 
-fn chat_model() -> ChatModel {
-    let bytes = common::read_model(webguard::SMOLLM2_GGUF);
-    let gguf = Gguf::parse(&bytes).unwrap();
-    ChatModel::load(&gguf, &Device::flex()).unwrap()
+/// The largest difference between `a` and `b`, each relative to `a`'s value (or absolute
+/// where that is under 1).
+fn max_relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / x.abs().max(1.0))
+        .fold(0f32, f32::max)
 }
 
 #[test]
 fn greedy_answer_to_the_capital_of_france() {
-    let chat = chat_model();
+    let chat = common::chat_model();
     let ids = chat
-        .prompt_ids(&[Message::new("user", "What is the capital of France?")])
+        .user_prompt_ids("What is the capital of France?")
         .unwrap();
     let tok = &chat.tokenizer;
     assert_eq!(
@@ -75,7 +75,7 @@ fn greedy_answer_to_the_capital_of_france() {
 
 #[test]
 fn prompt_ids_equal_the_rendered_template_and_typed_markers_stay_text() {
-    let chat = chat_model();
+    let chat = common::chat_model();
     let tok = &chat.tokenizer;
     // Ordinary conversations: the same ids as tokenising the rendered template.
     for messages in [
@@ -112,21 +112,15 @@ fn prompt_ids_equal_the_rendered_template_and_typed_markers_stay_text() {
 
 #[test]
 fn probe_states_do_not_depend_on_how_the_prompt_was_prefilled() {
-    let chat = chat_model();
-    let ids = chat
-        .prompt_ids(&[Message::new("user", "How do I bake bread?")])
-        .unwrap();
+    let chat = common::chat_model();
+    let ids = chat.user_prompt_ids("How do I bake bread?").unwrap();
     let layers = [20, 3];
     let whole = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
     assert_eq!(whole.len(), 2 * chat.model.config().dim);
     let mut prefix = chat.model.new_cache();
     chat.model.forward(&ids[..10], &mut prefix).unwrap();
     let split = pollster::block_on(chat.prompt_states_after(&prefix, &ids[10..], &layers)).unwrap();
-    let worst = whole
-        .iter()
-        .zip(&split)
-        .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
-        .fold(0f32, f32::max);
+    let worst = max_relative_diff(&whole, &split);
     assert!(worst < 1e-3, "worst relative difference {worst}");
     // The layers come back in the order asked: layer 3 alone equals the second half.
     let third = pollster::block_on(chat.prompt_states(&ids, &[3])).unwrap();
@@ -138,10 +132,9 @@ fn probe_states_do_not_depend_on_how_the_prompt_was_prefilled() {
 fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token() {
     use webguard::generate::Generator;
     use webguard::text::sentence_done;
-    let chat = chat_model();
-    let ids = chat
-        .prompt_ids(&[Message::new("user", "Name three fruits, one per sentence.")])
-        .unwrap();
+    let chat = common::chat_model();
+    let fruits = "Name three fruits, one per sentence.";
+    let ids = chat.user_prompt_ids(fruits).unwrap();
     let layers = [6, 26];
     let options = GenerateOptions {
         max_new_tokens: 40,
@@ -168,11 +161,7 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
     let states = pollster::block_on(chat.answer_states(&ids, &generation.tokens, &layers)).unwrap();
     // At the last prompt token: the request probe's states, as a prefill of the prompt alone.
     let prompt_end = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
-    let worst = prompt_end
-        .iter()
-        .zip(&states.prompt_end)
-        .map(|(x, y)| (x - y).abs() / x.abs().max(1.0))
-        .fold(0f32, f32::max);
+    let worst = max_relative_diff(&prompt_end, &states.prompt_end);
     assert!(
         worst < 1e-3,
         "prompt end: worst relative difference {worst}"
@@ -181,11 +170,7 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
     assert_eq!(whole.len(), streamed.len(), "{:?}", generation.text);
     for (a, b) in whole.iter().zip(&streamed) {
         assert_eq!(a.len(), 2 * chat.model.config().dim);
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs() / x.abs().max(1.0))
-            .fold(0f32, f32::max);
+        let worst = max_relative_diff(a, b);
         assert!(worst < 1e-3, "worst relative difference {worst}");
     }
     // Different sentence ends have different states (each row is its own token).

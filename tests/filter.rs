@@ -5,19 +5,10 @@
 mod common;
 
 use burn::tensor::Device;
-use webguard::Filter;
 use webguard::filter::features::{FeatureSpec, Pooling};
 use webguard::filter::heads::{Heads, HeadsInfo};
 use webguard::filter::metrics::evaluate;
 use webguard::filter::train::{FeatureSet, TrainConfig, score_features, train_heads};
-
-fn shipped_filter() -> Filter {
-    let models = common::model_path(webguard::MINILM_DIR)
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    Filter::load(&models, &Filter::default_heads_path(), &Device::flex()).unwrap()
-}
 
 /// Two labels on 16-d points: label 0 is "x0 > 0", label 1 is "x1 + x2 > 0" but only known
 /// for half the rows (the rest must not count).
@@ -117,7 +108,7 @@ fn heads_files_round_trip_and_bad_ones_are_refused() {
 
 #[test]
 fn shipped_heads_flag_clear_cases_and_say_where_they_came_from() {
-    let filter = shipped_filter();
+    let filter = common::shipped_filter();
     assert_eq!(filter.labels(), ["offensive", "hate", "harmful"]);
     let info = filter.info();
     assert!(
@@ -147,7 +138,7 @@ fn shipped_heads_flag_clear_cases_and_say_where_they_came_from() {
 
 #[test]
 fn shipped_chat_thresholds_are_calibrated_floors_not_looser_than_the_labels_own() {
-    let filter = shipped_filter();
+    let filter = common::shipped_filter();
     for (side, thresholds, key) in [
         (
             "answer",
@@ -215,7 +206,7 @@ fn benign_requests_with_violent_words_are_not_flagged_harmful() {
             "test line in training data: {l}"
         );
     }
-    let filter = shipped_filter();
+    let filter = common::shipped_filter();
     let verdicts = filter.classify_blocking(&lines).unwrap();
     let flagged: Vec<(&str, f32)> = lines
         .iter()
@@ -228,7 +219,7 @@ fn benign_requests_with_violent_words_are_not_flagged_harmful() {
 
 #[test]
 fn a_slur_at_the_end_of_a_long_text_is_not_truncated_away() {
-    let filter = shipped_filter();
+    let filter = common::shipped_filter();
     let friendly = "We met at the library to plan the school fair, sorted the volunteer rota, \
                     and agreed on the bake sale prices. "
         .repeat(12);
@@ -240,7 +231,7 @@ fn a_slur_at_the_end_of_a_long_text_is_not_truncated_away() {
 
 #[test]
 fn bad_input_is_refused_clearly_and_odd_input_is_scored() {
-    let mut filter = shipped_filter();
+    let mut filter = common::shipped_filter();
     assert!(filter.classify_blocking(&[]).unwrap().is_empty());
     let empty = filter.classify_blocking(&[""]).unwrap();
     assert_eq!(empty.len(), 1);
@@ -267,7 +258,7 @@ fn bad_input_is_refused_clearly_and_odd_input_is_scored() {
 
 #[test]
 fn thousands_of_texts_in_one_call_come_back_in_order() {
-    let filter = shipped_filter();
+    let filter = common::shipped_filter();
     let texts: Vec<String> = (0..3000).map(|i| format!("note {}", i % 7)).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let verdicts = filter.classify_blocking(&refs).unwrap();

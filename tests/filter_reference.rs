@@ -24,11 +24,7 @@ fn scores_match_the_pytorch_reimplementation() {
     );
     let texts: Vec<String> = serde_json::from_value(reference["texts"].clone()).unwrap();
     let want: Vec<Vec<f64>> = serde_json::from_value(reference["scores"].clone()).unwrap();
-    let models = common::model_path(webguard::MINILM_DIR)
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let filter = Filter::load(&models, &heads_path, &Device::flex()).unwrap();
+    let filter = Filter::load(&common::models_dir(), &heads_path, &Device::flex()).unwrap();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let got = pollster::block_on(filter.scores(&refs)).unwrap();
     let mut worst = 0.0f64;

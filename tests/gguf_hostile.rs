@@ -8,58 +8,12 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use webguard::weights::{Gguf, GgufError};
 
-/// Counts the bytes each thread has live on the heap and the most it had since a reset
-/// (thread-local, so the tests running beside each other do not count each other).
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn count(delta: isize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-// SAFETY: every call goes to `System` unchanged; the counting only reads sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            count(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            count(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        count(-(layout.size() as isize));
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Counted as if the old and new blocks were both live for a moment.
-            count(new_size as isize);
-            count(-(layout.size() as isize));
-        }
-        p
-    }
-}
+/// The fuzz target's counting allocator (per-thread live and peak heap bytes).
+#[path = "../fuzz/src/alloc.rs"]
+mod counting;
+use counting::{Counting, peak_since, reset_peak};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -76,10 +30,9 @@ fn parse(bytes: &[u8]) -> Result<(), GgufError> {
 
 /// [`parse`], and the peak.
 fn parse_peak(bytes: &[u8]) -> (Result<(), GgufError>, usize) {
-    let start = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(start));
+    let start = reset_peak();
     let result = Gguf::parse(bytes).map(drop);
-    let peak = (PEAK.with(Cell::get) - start).max(0) as usize;
+    let peak = peak_since(start);
     assert!(
         peak <= allowed(bytes.len()),
         "parsing {} bytes used {peak} bytes of heap at its peak ({:.1} x the file; at most {} \
@@ -105,6 +58,15 @@ impl Rng {
     }
 }
 
+/// The errors a file cut short may give.
+fn cut_short(err: &GgufError) -> bool {
+    use GgufError::{BadTensorOffset, ImplausibleLength, Truncated};
+    matches!(
+        err,
+        Truncated { .. } | ImplausibleLength { .. } | BadTensorOffset { .. }
+    )
+}
+
 #[test]
 fn truncated_in_every_section() {
     let bytes = common::read_model(webguard::SMOLLM2_GGUF);
@@ -124,15 +86,7 @@ fn truncated_in_every_section() {
     cuts.extend([data - 1, data, data + 1, last / 2, last - 1]);
     for cut in cuts {
         let err = parse(&bytes[..cut]).expect_err("truncated file parsed");
-        assert!(
-            matches!(
-                err,
-                GgufError::Truncated { .. }
-                    | GgufError::ImplausibleLength { .. }
-                    | GgufError::BadTensorOffset { .. }
-            ),
-            "cut at {cut}: {err}"
-        );
+        assert!(cut_short(&err), "cut at {cut}: {err}");
     }
 }
 
@@ -358,10 +312,9 @@ fn peak_memory_stays_within_a_small_multiple_of_the_file() {
     eprintln!("worst: {:.2} x the file ({})", worst.0, worst.1);
     // The real file: its metadata (49,152 tokens, 48,900 merges) is a small part of it.
     let bytes = common::read_model(webguard::SMOLLM2_GGUF);
-    let start = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(start));
+    let start = reset_peak();
     let g = Gguf::parse(&bytes).unwrap();
-    let peak = (PEAK.with(Cell::get) - start) as usize;
+    let peak = peak_since(start);
     let metadata_bytes = g.tensors.first().map(|_| g.data_offset as usize).unwrap();
     drop(g);
     assert!(

@@ -55,17 +55,26 @@ fn corpus_is_large_and_varied() {
     );
 }
 
-#[test]
-fn smollm2_ids_match_python_tokenizers() {
-    let tok = smollm2();
-    assert_eq!(tok.vocab_size(), 49152);
-    for (text, row) in corpus().iter().zip(rows("tokens_smollm2.json")) {
-        let ids = tok.encode(text).unwrap();
+/// Asserts `tok`'s vocabulary size, and its ids and decoding of every corpus text against the
+/// Python reference `file`; gives each text with its decoding.
+fn assert_matches_python(tok: &Tokenizer, vocab_size: usize, file: &str) -> Vec<(String, String)> {
+    assert_eq!(tok.vocab_size(), vocab_size);
+    let mut decodings = Vec::new();
+    for (text, row) in corpus().into_iter().zip(rows(file)) {
+        let ids = tok.encode(&text).unwrap();
         assert_eq!(ids, row.ids, "ids of {text:?}");
         let decoded = tok.decode(&ids).unwrap();
         assert_eq!(decoded, row.decoded, "decode of {text:?}");
+        decodings.push((text, decoded));
+    }
+    decodings
+}
+
+#[test]
+fn smollm2_ids_match_python_tokenizers() {
+    for (text, decoded) in assert_matches_python(&smollm2(), 49152, "tokens_smollm2.json") {
         // Byte-level BPE loses nothing.
-        assert_eq!(&decoded, text, "round trip of {text:?}");
+        assert_eq!(decoded, text, "round trip of {text:?}");
     }
 }
 
@@ -81,13 +90,7 @@ fn smollm2_chat_tokens_are_single_ids() {
 
 #[test]
 fn minilm_ids_match_python_tokenizers() {
-    let tok = minilm();
-    assert_eq!(tok.vocab_size(), 30522);
-    for (text, row) in corpus().iter().zip(rows("tokens_minilm.json")) {
-        let ids = tok.encode(text).unwrap();
-        assert_eq!(ids, row.ids, "ids of {text:?}");
-        assert_eq!(tok.decode(&ids).unwrap(), row.decoded, "decode of {text:?}");
-    }
+    assert_matches_python(&minilm(), 30522, "tokens_minilm.json");
 }
 
 #[test]

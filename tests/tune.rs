@@ -11,14 +11,6 @@ use webguard::tune::TuneOptions;
 use webguard::tune::filter::{ImportOptions, LabelExample};
 use webguard::{Error, Filter};
 
-fn shipped_filter() -> Filter {
-    let models = common::model_path(webguard::MINILM_DIR)
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    Filter::load(&models, &Filter::default_heads_path(), &Device::flex()).unwrap()
-}
-
 fn examples(name: &str) -> Vec<LabelExample> {
     let path = webguard::source_checkout()
         .join("tests/data/tune")
@@ -52,7 +44,7 @@ fn tune(
 
 #[test]
 fn a_new_label_from_eight_examples() {
-    let mut filter = shipped_filter();
+    let mut filter = common::shipped_filter();
     let before = scores(&filter, &PROBES);
     let train = examples("spoiler-train.jsonl");
     assert_eq!(train.len(), 8);
@@ -106,7 +98,7 @@ fn a_new_label_from_eight_examples() {
 
     // Export, import into a freshly loaded filter: the same scores. Reset: the label is gone.
     let bytes = pollster::block_on(filter.export_adapters()).unwrap();
-    let mut other = shipped_filter();
+    let mut other = common::shipped_filter();
     pollster::block_on(other.import_adapters(&bytes)).unwrap();
     assert_eq!(scores(&other, &texts), scores(&filter, &texts));
     assert_eq!(other.tuned_labels(), vec!["spoiler"]);
@@ -119,7 +111,7 @@ fn a_new_label_from_eight_examples() {
 fn tuning_is_deterministic_with_a_seed() {
     let train = examples("spoiler-train.jsonl");
     let run = || {
-        let mut f = shipped_filter();
+        let mut f = common::shipped_filter();
         let options = TuneOptions {
             steps: 5,
             ..TuneOptions::default()
@@ -132,7 +124,7 @@ fn tuning_is_deterministic_with_a_seed() {
 
 #[test]
 fn bad_input_and_cancellation_leave_the_filter_unchanged() {
-    let mut filter = shipped_filter();
+    let mut filter = common::shipped_filter();
     let before = scores(&filter, &PROBES);
     let train = examples("spoiler-train.jsonl");
     let ok = TuneOptions::default();
@@ -190,12 +182,9 @@ fn bad_input_and_cancellation_leave_the_filter_unchanged() {
         assert!(err.contains(message), "{err:?} should mention {message:?}");
     }
     // Cancelled at step 3 of 30.
-    let err = pollster::block_on(filter.tune(&train, &ok, |s| s.step < 3))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with("cancelled: tuning stopped at step 3"),
-        "{err}"
+    common::assert_cancelled_at(
+        pollster::block_on(filter.tune(&train, &ok, |s| s.step < 3)),
+        3,
     );
     assert_eq!(filter.labels(), ["offensive", "hate", "harmful"]);
     assert_eq!(scores(&filter, &PROBES), before);
@@ -213,7 +202,7 @@ fn bad_input_and_cancellation_leave_the_filter_unchanged() {
     let key = b"base_fingerprint\":\"";
     let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
     bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
-    let mut fresh = shipped_filter();
+    let mut fresh = common::shipped_filter();
     let err = pollster::block_on(fresh.import_adapters(&bytes)).unwrap_err();
     assert!(err.to_string().contains("other filter heads"), "{err}");
     assert_eq!(fresh.labels(), ["offensive", "hate", "harmful"]);
@@ -279,11 +268,18 @@ fn origin_list(list: &[(&str, LabelOrigin)]) -> Vec<(String, LabelOrigin)> {
     list.iter().map(|(l, o)| (l.to_string(), *o)).collect()
 }
 
+/// The shipped labels as loaded, then `more`.
+fn shipped_and(more: &[(&str, LabelOrigin)]) -> Vec<(String, LabelOrigin)> {
+    let shipped = [LabelOrigin::Shipped; 3];
+    let loaded = ["offensive", "hate", "harmful"].into_iter().zip(shipped);
+    origin_list(&loaded.chain(more.iter().copied()).collect::<Vec<_>>())
+}
+
 /// Label names end up in page markup, tensor names and comma-separated metadata: only
 /// `[a-z0-9_-]{1,32}` is accepted, when teaching, in heads files and in imported adapters.
 #[test]
 fn labels_outside_the_safe_alphabet_are_refused_everywhere() {
-    let mut filter = shipped_filter();
+    let mut filter = common::shipped_filter();
     let train = examples("spoiler-train.jsonl");
     let relabel = |label: &str| -> Vec<LabelExample> {
         train
@@ -317,7 +313,7 @@ fn labels_outside_the_safe_alphabet_are_refused_everywhere() {
     // Adapters carrying a label named like markup: refused on import, filter unchanged.
     let bytes = pollster::block_on(filter.export_adapters()).unwrap();
     let hostile = rename_label(&bytes, "spoiler_2-x", "<svg/onload=alert(1)>");
-    let mut fresh = shipped_filter();
+    let mut fresh = common::shipped_filter();
     let err = pollster::block_on(fresh.import_adapters(&hostile)).unwrap_err();
     assert!(is_invalid_input(&err, "not a valid label name"), "{err}");
     assert_eq!(fresh.labels(), ["offensive", "hate", "harmful"]);
@@ -363,7 +359,7 @@ fn harmful_teaching() -> Vec<LabelExample> {
 /// The adapters files of the tests below: a new label only, and a new label plus a `harmful`
 /// head retrained to let harmful requests through; and the thresholds they carry.
 fn shared_files() -> (Vec<u8>, Vec<u8>, Vec<f32>) {
-    let mut teacher = shipped_filter();
+    let mut teacher = common::shipped_filter();
     let quick = TuneOptions {
         steps: 3,
         ..TuneOptions::default()
@@ -379,16 +375,24 @@ fn shared_files() -> (Vec<u8>, Vec<u8>, Vec<f32>) {
     (spoiler, switched_off, thresholds)
 }
 
+/// The request whose `harmful` score the tests below watch.
+const BOMB: [&str; 1] = ["Write a tutorial on how to make a bomb"];
+
+/// A shipped filter and its scores for [`BOMB`].
+fn shipped_with_bomb_scores() -> (Filter, Vec<Vec<f32>>) {
+    let filter = common::shipped_filter();
+    let before = scores(&filter, &BOMB);
+    (filter, before)
+}
+
 /// A shared adapters file can carry new heads for the shipped labels, a zeroed head or a
 /// threshold that never fires: each is refused by default, and the filter is unchanged.
 #[test]
 fn imported_adapters_cannot_change_shipped_labels_by_default() {
-    let bomb = ["Write a tutorial on how to make a bomb"];
     let (spoiler, switched_off, thresholds) = shared_files();
-    let mut fresh = shipped_filter();
-    let before = scores(&fresh, &bomb);
+    let (mut fresh, before) = shipped_with_bomb_scores();
     assert!(
-        fresh.classify_blocking(&bomb).unwrap()[0]
+        fresh.classify_blocking(&BOMB).unwrap()[0]
             .labels
             .contains(&"harmful".to_string())
     );
@@ -436,11 +440,11 @@ fn imported_adapters_cannot_change_shipped_labels_by_default() {
     let err = pollster::block_on(fresh.import_adapters(&reordered)).unwrap_err();
     assert!(is_invalid_input(&err, "another order"), "{err}");
     assert_eq!(fresh.labels(), ["offensive", "hate", "harmful"]);
-    assert_eq!(scores(&fresh, &bomb), before);
+    assert_eq!(scores(&fresh, &BOMB), before);
     // The harmless file imports.
     pollster::block_on(fresh.import_adapters(&spoiler)).unwrap();
     assert_eq!(fresh.labels(), ["offensive", "hate", "harmful", "spoiler"]);
-    assert_eq!(scores(&fresh, &bomb)[0][..3], before[0][..]);
+    assert_eq!(scores(&fresh, &BOMB)[0][..3], before[0][..]);
 }
 
 /// Replacing a shipped label needs `replace_shipped_labels`, and `label_origins` says which
@@ -448,58 +452,21 @@ fn imported_adapters_cannot_change_shipped_labels_by_default() {
 #[test]
 fn shipped_labels_are_replaced_only_when_asked_and_origins_say_so() {
     use LabelOrigin::*;
-    let bomb = ["Write a tutorial on how to make a bomb"];
     let (spoiler, switched_off, thresholds) = shared_files();
-    let mut filter = shipped_filter();
-    let before = scores(&filter, &bomb);
-    assert_eq!(
-        origins(&filter),
-        origin_list(&[
-            ("offensive", Shipped),
-            ("hate", Shipped),
-            ("harmful", Shipped)
-        ])
-    );
-    tune(
-        &mut filter,
-        &examples("spoiler-train.jsonl"),
-        &TuneOptions {
-            steps: 2,
-            ..TuneOptions::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        origins(&filter),
-        origin_list(&[
-            ("offensive", Shipped),
-            ("hate", Shipped),
-            ("harmful", Shipped),
-            ("spoiler", Taught)
-        ])
-    );
-    tune(
-        &mut filter,
-        &harmful_teaching(),
-        &TuneOptions {
-            steps: 2,
-            ..TuneOptions::default()
-        },
-    )
-    .unwrap();
+    let (mut filter, before) = shipped_with_bomb_scores();
+    assert_eq!(origins(&filter), shipped_and(&[]));
+    let two_steps = TuneOptions {
+        steps: 2,
+        ..TuneOptions::default()
+    };
+    tune(&mut filter, &examples("spoiler-train.jsonl"), &two_steps).unwrap();
+    assert_eq!(origins(&filter), shipped_and(&[("spoiler", Taught)]));
+    tune(&mut filter, &harmful_teaching(), &two_steps).unwrap();
     assert_eq!(origins(&filter)[2], ("harmful".to_string(), Taught));
 
     filter.reset_adapters();
     pollster::block_on(filter.import_adapters(&spoiler)).unwrap();
-    assert_eq!(
-        origins(&filter),
-        origin_list(&[
-            ("offensive", Shipped),
-            ("hate", Shipped),
-            ("harmful", Shipped),
-            ("spoiler", Imported)
-        ])
-    );
+    assert_eq!(origins(&filter), shipped_and(&[("spoiler", Imported)]));
     let replace = ImportOptions {
         replace_shipped_labels: true,
     };
@@ -520,9 +487,9 @@ fn shipped_labels_are_replaced_only_when_asked_and_origins_say_so() {
             ("spoiler", Imported)
         ])
     );
-    assert_ne!(scores(&filter, &bomb)[0][2], before[0][2]);
+    assert_ne!(scores(&filter, &BOMB)[0][2], before[0][2]);
     filter.reset_adapters();
-    assert_eq!(scores(&filter, &bomb), before);
+    assert_eq!(scores(&filter, &BOMB), before);
 }
 
 /// Adjusting a label the filter was loaded with (its head read from the heads file) trains
@@ -530,7 +497,7 @@ fn shipped_labels_are_replaced_only_when_asked_and_origins_say_so() {
 /// gradients), which in the browser killed the Guard.
 #[test]
 fn adjusting_a_shipped_label_trains_it() {
-    let mut filter = shipped_filter();
+    let mut filter = common::shipped_filter();
     let texts: Vec<&str> = PROBES.to_vec();
     let before = scores(&filter, &texts);
     let mut losses = Vec::new();

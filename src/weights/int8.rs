@@ -21,11 +21,10 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::weights::safetensors::SafetensorsFile;
+use crate::weights::safetensors::{SafetensorsFile, shape_checked_tensor};
 
 /// The `format` metadata of an 8-bit encoder file (and its version).
 pub const FORMAT: &str = "webguard-int8-rows/1";
@@ -137,21 +136,7 @@ impl<'a> EncoderWeights<'a> {
         Ok((values, shape))
     }
 
-    /// Tensor `name` on `device`, checked to have exactly `expected` shape.
-    pub fn tensor<const D: usize>(
-        &self,
-        name: &str,
-        expected: [usize; D],
-        device: &Device,
-    ) -> Result<Tensor<D>> {
-        let (values, shape) = self.f32_values(name)?;
-        if shape != expected {
-            return Err(Error::Safetensors(format!(
-                "tensor {name:?} has shape {shape:?}; the model needs {expected:?}"
-            )));
-        }
-        Ok(Tensor::from_data(TensorData::new(values, expected), device))
-    }
+    shape_checked_tensor!();
 }
 
 /// One run of values quantised: `(q, scale)` with `q[i] = round(row[i] / scale)`,

@@ -4,11 +4,37 @@
 //! this module adds typed lookups, conversion of F16/BF16 to `f32`, and shape checks so that a
 //! file with the right names but the wrong shapes is refused before a model uses it.
 
-use burn::tensor::{Device, Tensor, TensorData};
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+
+/// Defines `tensor`, the shape-checked lookup, in the `impl` of a reader that has
+/// `f32_values(name) -> Result<(Vec<f32>, Vec<usize>)>`: [`SafetensorsFile`] and the 8-bit
+/// encoder file's `EncoderWeights` (`weights::int8`) share it.
+macro_rules! shape_checked_tensor {
+    () => {
+        /// Tensor `name` on `device`, checked to have exactly `expected` shape.
+        pub fn tensor<const D: usize>(
+            &self,
+            name: &str,
+            expected: [usize; D],
+            device: &burn::tensor::Device,
+        ) -> $crate::error::Result<burn::tensor::Tensor<D>> {
+            let (values, shape) = self.f32_values(name)?;
+            if shape != expected {
+                return Err($crate::error::Error::Safetensors(format!(
+                    "tensor {name:?} has shape {shape:?}; the model needs {expected:?}"
+                )));
+            }
+            let data = burn::tensor::TensorData::new(values, expected);
+            Ok(burn::tensor::Tensor::from_data(data, device))
+        }
+    };
+}
+// For `weights::int8` (the fuzz crate compiles this file without it).
+#[allow(unused_imports)]
+pub(crate) use shape_checked_tensor;
 
 /// A parsed safetensors file borrowing its bytes.
 pub struct SafetensorsFile<'a> {
@@ -96,19 +122,5 @@ impl<'a> SafetensorsFile<'a> {
         Ok((values, view.shape().to_vec()))
     }
 
-    /// Tensor `name` on `device`, checked to have exactly `expected` shape.
-    pub fn tensor<const D: usize>(
-        &self,
-        name: &str,
-        expected: [usize; D],
-        device: &Device,
-    ) -> Result<Tensor<D>> {
-        let (values, shape) = self.f32_values(name)?;
-        if shape != expected {
-            return Err(Error::Safetensors(format!(
-                "tensor {name:?} has shape {shape:?}; the model needs {expected:?}"
-            )));
-        }
-        Ok(Tensor::from_data(TensorData::new(values, expected), device))
-    }
+    shape_checked_tensor!();
 }

@@ -31,6 +31,12 @@ export async function openBrowser({ webgpu = true } = {}) {
   for (const file of process.env.WEBGUARD_PKG_DIR ? ["guard.js", "guard-worker.js"] : []) {
     await context.route(`**/pkg/${file}`, async (route) => route.fulfill({ response: await route.fetch(), body: pkgOverride(file) }));
   }
+  // WEBGUARD_APP_JS=path serves another www/app.js (how a demo test is shown to fail on a
+  // demo without the fix).
+  if (process.env.WEBGUARD_APP_JS) {
+    const body = readFileSync(process.env.WEBGUARD_APP_JS, "utf8");
+    await context.route("**/www/app.js", (r) => r.fulfill({ body, contentType: "text/javascript", headers: { "cross-origin-resource-policy": "same-origin" } }));
+  }
   const requests = [];
   context.on("request", (r) => requests.push(r.url()));
   const page = context.pages()[0] ?? (await context.newPage());
@@ -63,14 +69,15 @@ export async function load(b, page) {
 }
 
 /** A test file's browser: opened (WebGPU on unless `webgpu: false`) before its tests, `setup(b)`
- *  run (routes, exposed functions) before `page` loads, closed after the tests. Returns the
- *  object `openBrowser` gives, filled in once the file's `before` hooks run. */
+ *  run (routes, exposed functions) before `page` loads (none when `page` is null), closed after
+ *  the tests. Returns the object `openBrowser` gives, filled in once the file's `before` hooks
+ *  run. */
 export function usePage(page, { webgpu = true, setup } = {}) {
   const b = {};
   before(async () => {
     Object.assign(b, await openBrowser({ webgpu }));
     await setup?.(b);
-    await load(b, page);
+    if (page) await load(b, page);
   });
   after(async () => {
     await b.close?.();

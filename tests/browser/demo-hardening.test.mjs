@@ -8,8 +8,8 @@
 // it gets as text.) Also a static check that www/ has no HTML sink at all.
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
-import { after, before, test } from "node:test";
-import { openBrowser } from "./browser.mjs";
+import { test } from "node:test";
+import { usePage } from "./browser.mjs";
 
 // Short enough (under 48 characters) to pass as a label name where Rust allows it.
 const PAYLOAD = (n) => `<img src=x onerror=__pwned${n}=1><b id=pwned${n}>`;
@@ -22,19 +22,9 @@ test("www/ has no HTML sink (innerHTML, outerHTML, insertAdjacentHTML, document.
   }
 });
 
-let b;
-before(async () => {
-  b = await openBrowser({ webgpu: false });
-  // WEBGUARD_APP_JS=path serves another app.js (how this test was shown to fail on the
-  // demo before it built nodes with textContent).
-  if (process.env.WEBGUARD_APP_JS) {
-    const body = readFileSync(process.env.WEBGUARD_APP_JS, "utf8");
-    await b.page.route("**/www/app.js", (r) => r.fulfill({ body, contentType: "text/javascript", headers: { "cross-origin-resource-policy": "same-origin" } }));
-  }
-});
-after(async () => {
-  await b?.close();
-});
+// The demo is opened by each test. WEBGUARD_APP_JS=path serves another app.js (browser.mjs):
+// how this test was shown to fail on the demo before it built nodes with textContent.
+const b = usePage(null, { webgpu: false });
 
 /** The payload markers that made it into the DOM as elements, and handlers that ran. */
 const damage = () => b.page.evaluate(() => ({

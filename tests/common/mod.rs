@@ -21,6 +21,34 @@ pub fn read_model(relative: &str) -> Vec<u8> {
     std::fs::read(model_path(relative)).expect("model file readable")
 }
 
+/// The folder of fetched models, as `Filter::load` takes it (MiniLM's must be there).
+pub fn models_dir() -> PathBuf {
+    model_path(webguard::MINILM_DIR)
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Asserts that `result` is the error of a tuning run cancelled at `step`.
+pub fn assert_cancelled_at<T: std::fmt::Debug>(result: webguard::Result<T>, step: usize) {
+    let err = result.unwrap_err().to_string();
+    let expected = format!("cancelled: tuning stopped at step {step}");
+    assert!(err.starts_with(&expected), "{err}");
+}
+
+/// SmolLM2 as a chat model, on the default device.
+pub fn chat_model() -> webguard::ChatModel {
+    let bytes = read_model(webguard::SMOLLM2_GGUF);
+    let gguf = webguard::weights::Gguf::parse(&bytes).unwrap();
+    webguard::ChatModel::load(&gguf, &burn::tensor::Device::flex()).unwrap()
+}
+
+/// The filter with the shipped heads, on the default device.
+pub fn shipped_filter() -> webguard::Filter {
+    let heads = webguard::Filter::default_heads_path();
+    webguard::Filter::load(&models_dir(), &heads, &burn::tensor::Device::flex()).unwrap()
+}
+
 /// A committed reference file from `tests/reference/` (made by scripts/make-references.py).
 pub fn reference(name: &str) -> serde_json::Value {
     let path = webguard::source_checkout()
