@@ -13,13 +13,6 @@ use webguard::models::lora::{Lora, LoraConfig, Projection};
 use webguard::text::chat_template::{Message, render};
 use webguard::tune::TuneOptions;
 use webguard::tune::chat::{ChatPair, ChatTuneOptions};
-use webguard::weights::Gguf;
-
-fn chat_model() -> ChatModel {
-    let bytes = common::read_model(webguard::SMOLLM2_GGUF);
-    let gguf = Gguf::parse(&bytes).unwrap();
-    ChatModel::load(&gguf, &Device::flex()).unwrap()
-}
 
 fn answer(chat: &ChatModel, prompt: &str) -> String {
     let options = GenerateOptions {
@@ -31,7 +24,7 @@ fn answer(chat: &ChatModel, prompt: &str) -> String {
 
 #[test]
 fn training_forward_matches_generation_with_fresh_adapters() {
-    let chat = chat_model();
+    let chat = common::chat_model();
     let ids = chat
         .tokenizer
         .encode(&render(&[Message::new("user", "Name a colour.")], true).unwrap())
@@ -71,7 +64,7 @@ fn training_forward_matches_generation_with_fresh_adapters() {
 
 #[test]
 fn a_few_steps_teach_a_known_answer_and_adapters_round_trip() {
-    let mut chat = chat_model();
+    let mut chat = common::chat_model();
     let prompt = "What is the secret password?";
     let before = answer(&chat, prompt);
     assert!(!before.contains("marmalade"), "{before}");
@@ -108,7 +101,7 @@ fn a_few_steps_teach_a_known_answer_and_adapters_round_trip() {
 
     // Export, import into a fresh model: the same answer; reset: the old one.
     let bytes = pollster::block_on(chat.export_adapters()).unwrap();
-    let mut fresh = chat_model();
+    let mut fresh = common::chat_model();
     pollster::block_on(fresh.import_adapters(&bytes)).unwrap();
     assert_eq!(answer(&fresh, prompt), after);
     fresh.reset_adapters();
@@ -117,7 +110,7 @@ fn a_few_steps_teach_a_known_answer_and_adapters_round_trip() {
 
 #[test]
 fn bad_input_and_cancellation_leave_the_model_unchanged() {
-    let mut chat = chat_model();
+    let mut chat = common::chat_model();
     let prompt = "What is the secret password?";
     let before = answer(&chat, prompt);
     let pair = |p: &str, r: &str| ChatPair {
@@ -160,12 +153,9 @@ fn bad_input_and_cancellation_leave_the_model_unchanged() {
         assert!(err.contains(message), "{err:?} should mention {message:?}");
     }
     let pairs = vec![pair(prompt, "The secret password is marmalade.")];
-    let err = pollster::block_on(chat.tune(&pairs, &ok, |s| s.step < 2))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with("cancelled: tuning stopped at step 2"),
-        "{err}"
+    common::assert_cancelled_at(
+        pollster::block_on(chat.tune(&pairs, &ok, |s| s.step < 2)),
+        2,
     );
     assert!(chat.model.adapters().is_none());
     assert_eq!(answer(&chat, prompt), before);
@@ -201,7 +191,7 @@ fn refusal_tuning_generalises_to_unseen_prompts() {
     let repo = webguard::source_checkout();
     let data = refusal_data(&shared, HARMFUL_TRAIN_PROMPTS, BENIGN_TRAIN_PAIRS, 20, 0).unwrap();
     let (dual_use, _) = dual_use_requests(&repo, DUAL_USE_TRAIN_REQUESTS, 0).unwrap();
-    let mut chat = chat_model();
+    let mut chat = common::chat_model();
     let (before, _) = refusal_rate(&chat, &data.eval_harmful, 40, |_| ()).unwrap();
     let train = training_pairs(&chat, &data, &dual_use, REPEAT_HARMFUL, true, |_| ()).unwrap();
     let options = ChatTuneOptions::default();
