@@ -24,9 +24,9 @@ const MANIFEST = {
   tokenizer: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037", // all-MiniLM-L6-v2/tokenizer.json
   config: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41", // all-MiniLM-L6-v2/config.json
   model: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", // all-MiniLM-L6-v2/model.safetensors
-  heads: "d5f505721a0bf65bda6aca4e2f7d527ad4153d7304aa2c0faa98fdad902b4ef9", // filter-heads.safetensors
+  heads: "0bfa26c4b88de1426b1cb449942053c377be9337bf29b73ec52327f226e3541f", // filter-heads.safetensors
   chat: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", // SmolLM2-135M-Instruct.Q4_1.gguf
-  chatProbe: "d698c5e10e0dfeb777ea20b6dc254b8c71273310be32dde2d8c6341a366b1288", // chat-probe.safetensors
+  chatProbe: "ca1d1422d94553dcc09b02255c1dab8159dff068bd07c72bdde83760c1bb8fc7", // chat-probe.safetensors
 };
 
 // The filter encoder in 8 bits, the default model (all-MiniLM-L6-v2.int8.safetensors, shipped
