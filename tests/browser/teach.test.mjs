@@ -6,8 +6,8 @@
 // Tuning from rows works end to end: a few steps, and the new label shows up in the checks.
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync } from "node:fs";
-import { after, before, test } from "node:test";
-import { openBrowser } from "./browser.mjs";
+import { test } from "node:test";
+import { usePage } from "./browser.mjs";
 
 const OUT = new URL("./out/", import.meta.url);
 mkdirSync(OUT, { recursive: true });
@@ -15,19 +15,9 @@ const shot = (name) => b.page.screenshot({ path: new URL(`teach-${name}.png`, OU
 const SPOILERS = readFileSync(new URL("../data/tune/spoiler-train.jsonl", import.meta.url), "utf8")
   .trim().split("\n").map((l) => JSON.parse(l));
 
-let b;
-before(async () => {
-  b = await openBrowser({ webgpu: false });
-  // WEBGUARD_APP_JS=path serves another app.js (how these tests are shown to fail on a demo
-  // that gets the rows wrong).
-  if (process.env.WEBGUARD_APP_JS) {
-    const body = readFileSync(process.env.WEBGUARD_APP_JS, "utf8");
-    await b.page.route("**/www/app.js", (r) => r.fulfill({ body, contentType: "text/javascript", headers: { "cross-origin-resource-policy": "same-origin" } }));
-  }
-});
-after(async () => {
-  await b?.close();
-});
+// WEBGUARD_APP_JS=path serves another www/app.js (browser.mjs): how these tests are shown to
+// fail on a demo that gets the rows wrong.
+const b = usePage(null, { webgpu: false });
 
 async function openDemo(query) {
   await b.page.goto(`${b.url}/www/index.html?${query}`);
