@@ -178,7 +178,7 @@ export class Guard {
    * Loads the filter (and the chat model when `chatUrl`/`chat` is given) in a worker.
    * Options: `filterUrl` (folder with MiniLM's tokenizer.json and config.json), the encoder's
    * weights (default: the 8-bit file shipped in this package, all-MiniLM-L6-v2.int8.safetensors,
-   * 24.1 MB; `filter: { model: url }` for another, e.g. MiniLM's f32 model.safetensors, 91 MB),
+   * 19.0 MB; `filter: { model: url }` for another, e.g. MiniLM's f32 model.safetensors, 91 MB),
    * `headsUrl` (default: the heads file shipped in this package), `chatUrl` (SmolLM2's GGUF),
    * or `filter: { tokenizer, config, model, heads }` / `chat` as ArrayBuffers or Files;
    * `chatProbe`: the chat model's harmful-request probe, which judges every conversation from

@@ -11,12 +11,19 @@ use sha2::{Digest, Sha256};
 use webguard::Filter;
 use webguard::error::ErrorKind;
 use webguard::models::bert::{Bert, BertConfig, quantise_weights};
-use webguard::weights::int8::{EncoderWeights, FORMAT};
+use webguard::weights::int8::{EncoderWeights, FORMAT, FORMAT_V1};
 
-/// Largest |score(8-bit) - score(f32)| allowed on the reference texts (measured worst: see
-/// notes/issue-13-filter-size.md).
-const SCORE_TOLERANCE: f64 = 0.015;
-/// The filter's first-visit download budget for the encoder (issue 13), bytes.
+/// Largest |score(8-bit) - score(f32)| allowed on the reference texts. Measured worst 0.036
+/// since the word-embedding table is 4-bit (7.3e-3 when all was 8-bit): text 17's `harmful`,
+/// 0.600 -> 0.564, where the sigmoid is steepest and far from its 0.954 threshold; the mean is
+/// 0.004, and the verdicts must be the same (notes/issue-13-filter-size.md).
+const SCORE_TOLERANCE: f64 = 0.04;
+/// Smallest cosine allowed between the 8-bit encoder's embeddings and sentence-transformers'
+/// (the f32 encoder's test asks 0.9999). Measured worst 0.9968 with the 4-bit word embeddings
+/// (0.99921 when all was 8-bit).
+const MIN_COSINE: f64 = 0.996;
+/// The filter's first-visit download budget (issue 13), bytes: the encoder, the heads,
+/// tokenizer.json and config.json together.
 const BUDGET: usize = 25_000_000;
 
 fn f32_file() -> Vec<u8> {
@@ -50,7 +57,14 @@ fn the_8bit_file_is_deterministic_small_and_in_the_manifest() {
     let a = quantise_weights(&f32).unwrap();
     let b = quantise_weights(&f32).unwrap();
     assert!(a == b, "two runs gave different bytes");
-    assert!(a.len() <= BUDGET, "{} bytes", a.len());
+    let heads = std::fs::read(Filter::default_heads_path()).unwrap().len();
+    let (tok, config) = (minilm("tokenizer.json").len(), minilm("config.json").len());
+    let download = a.len() + heads + tok + config;
+    assert!(
+        download <= BUDGET,
+        "{download} bytes: encoder {} + heads {heads} + tokenizer.json {tok} + config.json {config}",
+        a.len()
+    );
     assert_eq!(
         sha256(&a),
         manifest_hash(),
@@ -60,7 +74,7 @@ fn the_8bit_file_is_deterministic_small_and_in_the_manifest() {
     assert!(w.is_int8());
     assert_eq!(w.metadata()["source_sha256"], sha256(&f32));
     eprintln!(
-        "8-bit encoder: {} bytes ({:.1}% of {})",
+        "8-bit encoder: {} bytes ({:.1}% of {}); the filter's first visit: {download} bytes",
         a.len(),
         100.0 * a.len() as f64 / f32.len() as f64,
         f32.len()
@@ -82,13 +96,20 @@ fn the_8bit_filter_scores_within_tolerance_of_the_f32_filter() {
         (
             pollster::block_on(filter.scores(&refs)).unwrap(),
             filter.labels().to_vec(),
+            filter.thresholds().to_vec(),
         )
     };
-    let (want, labels) = scores(&f32);
-    let (got, _) = scores(&q8);
+    let (want, labels, thresholds) = scores(&f32);
+    let (got, _, _) = scores(&q8);
     let mut worst = (0.0f64, String::new());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        for (label, (a, b)) in labels.iter().zip(g.iter().zip(w)) {
+        for ((label, t), (a, b)) in labels.iter().zip(&thresholds).zip(g.iter().zip(w)) {
+            // The same verdict at the shipped thresholds, and a score close to the f32 one.
+            assert_eq!(
+                a >= t,
+                b >= t,
+                "text {i} {label}: 8-bit {a} vs f32 {b}, threshold {t}"
+            );
             let diff = f64::from(a - b).abs();
             if diff > worst.0 {
                 worst = (diff, format!("text {i} {label}: {a} vs f32 {b}"));
@@ -128,7 +149,7 @@ fn the_8bit_encoder_embeds_like_sentence_transformers() {
         worst = worst.min(dot / (na * nb));
     }
     eprintln!("worst cosine, 8-bit encoder vs sentence-transformers: {worst:.6}");
-    assert!(worst >= 0.999, "{worst}");
+    assert!(worst >= MIN_COSINE, "{worst}");
 }
 
 /// Splits a safetensors file into its header (JSON) and data.
@@ -171,7 +192,8 @@ fn odd_8bit_files_are_refused_with_clear_errors() {
     let heads = std::fs::read(Filter::default_heads_path()).unwrap();
     let device = Device::flex();
     let q8 = quantise_weights(&f32_file()).unwrap();
-    let word = "embeddings.word_embeddings.weight";
+    let word = webguard::models::bert::WORD_EMBEDDINGS;
+    let query = "encoder.layer.0.attention.self.query.weight";
     let none = |_: &serde_json::Value, _: &mut Vec<u8>| {};
     let keep = |_: &mut serde_json::Value| {};
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -180,10 +202,10 @@ fn odd_8bit_files_are_refused_with_clear_errors() {
             "a later format version",
             variant(
                 &q8,
-                |h| h["__metadata__"]["format"] = "webguard-int8-rows/2".into(),
+                |h| h["__metadata__"]["format"] = "webguard-int8-rows/3".into(),
                 none,
             ),
-            "format \"webguard-int8-rows/2\" is not supported",
+            "format \"webguard-int8-rows/3\" is not supported",
         ),
         (
             "8-bit tensors without the format",
@@ -194,7 +216,7 @@ fn odd_8bit_files_are_refused_with_clear_errors() {
                 },
                 none,
             ),
-            "is 8-bit but the file is not a webguard 8-bit encoder file",
+            "-bit but the file is not a webguard 8-bit encoder file",
         ),
         (
             "scales missing",
@@ -213,7 +235,7 @@ fn odd_8bit_files_are_refused_with_clear_errors() {
             "scales of the wrong shape",
             variant(
                 &q8,
-                |h| h[format!("{word}.scale")]["shape"] = serde_json::json!([15261, 12]),
+                |h| h[format!("{word}.scale")]["shape"] = serde_json::json!([15261, 48]),
                 none,
             ),
             "expected [30522, groups] with groups dividing 384",
@@ -221,21 +243,65 @@ fn odd_8bit_files_are_refused_with_clear_errors() {
         (
             "a NaN scale",
             variant(&q8, keep, |h, d| {
-                let at = offset(h, &format!("{word}.scale")) + 4 * 7;
+                let at = offset(h, &format!("{query}.scale")) + 4 * 7;
                 d[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
             }),
             "row 1 group 1 is NaN",
         ),
         (
+            "a NaN 4-bit scale",
+            variant(&q8, keep, |h, d| {
+                let at = offset(h, &format!("{word}.scale")) + 2 * 25;
+                d[at..at + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+            }),
+            "row 1 group 1 is NaN",
+        ),
+        (
             "a value outside the symmetric range",
-            variant(&q8, keep, |h, d| d[offset(h, word) + 3] = 0x80),
+            variant(&q8, keep, |h, d| d[offset(h, query) + 3] = 0x80),
             "holds -128",
+        ),
+        (
+            "a 4-bit value outside the symmetric range",
+            variant(&q8, keep, |h, d| d[offset(h, word) + 3] = 0x80),
+            "holds the 4-bit -8",
+        ),
+        (
+            "4-bit tensors in a version 1 file",
+            variant(
+                &q8,
+                |h| h["__metadata__"]["format"] = FORMAT_V1.into(),
+                none,
+            ),
+            "is 4-bit (U8), which format \"webguard-int8-rows/1\" does not have",
+        ),
+        (
+            "4-bit scales stored as F32",
+            variant(
+                &q8,
+                |h| {
+                    let s = &mut h[format!("{word}.scale")];
+                    s["dtype"] = "F32".into();
+                    s["shape"] = serde_json::json!([30522, 12]);
+                },
+                none,
+            ),
+            "are F32; expected F16",
         ),
         (
             "a 3-D 8-bit tensor",
             variant(
                 &q8,
-                |h| h[word]["shape"] = serde_json::json!([30522, 2, 192]),
+                |h| h[query]["shape"] = serde_json::json!([384, 2, 192]),
+                none,
+            ),
+            "only matrices are quantised",
+        ),
+        (
+            "a 3-D 4-bit tensor",
+            variant(
+                &q8,
+                |h| h[word]["shape"] = serde_json::json!([30522, 2, 96]),
                 none,
             ),
             "only matrices are quantised",
@@ -250,6 +316,23 @@ fn odd_8bit_files_are_refused_with_clear_errors() {
         assert!(msg.contains(want), "{what}: {msg}");
         eprintln!("{what}: {msg}");
     }
+    // 4-bit runs of an odd length (a small file: the shipped one's sizes leave no such shape).
+    let header = serde_json::json!({
+        "__metadata__": { "format": FORMAT },
+        "t": { "dtype": "U8", "shape": [2, 3], "data_offsets": [0, 6] },
+        "t.scale": { "dtype": "F16", "shape": [2, 2], "data_offsets": [6, 14] },
+    });
+    let odd = join(&header, &[0; 14]);
+    let err = EncoderWeights::parse(&odd)
+        .unwrap()
+        .f32_values("t")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ModelFile, "{err}");
+    assert!(
+        err.to_string()
+            .contains("runs of 3 4-bit values are not whole bytes"),
+        "{err}"
+    );
     // The f32 file is still accepted, and the 8-bit one is told apart by its metadata only.
     assert!(!EncoderWeights::parse(&f32_file()).unwrap().is_int8());
     assert_eq!(

@@ -78,8 +78,11 @@ pub fn reads_tensor(name: &str) -> bool {
     !name.starts_with("pooler.") && name != "embeddings.position_ids"
 }
 
+/// The word-embedding table: only looked up by row, so the shipped file keeps it at 4 bits.
+pub const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
+
 /// The shipped 8-bit encoder: [`crate::weights::int8::quantise`] of MiniLM's f32 `model.safetensors` with the
-/// tensors the encoder reads ([`reads_tensor`]) and fixed provenance
+/// tensors the encoder reads ([`reads_tensor`]), the word-embedding table at 4 bits, and fixed provenance
 /// metadata (the source's sha256). `webguard quantize-filter` writes it; the worker's manifest
 /// (pkg/guard-worker.js) pins its sha256, which tests/filter_int8.rs checks.
 #[cfg(not(target_arch = "wasm32"))]
@@ -99,6 +102,9 @@ pub fn quantise_weights(f32_file: &[u8]) -> Result<Vec<u8>> {
             "quantisation".to_string(),
             "2-D tensors: symmetric int8, a scale per 64 consecutive values of a row \
              (F32, NAME.scale [rows, cols/64]), scale = max|run|/127, q = round(x/scale); \
+             except embeddings.word_embeddings.weight: symmetric 4-bit packed two a byte \
+             (U8 [rows, cols/2], low nibble first), a scale per 16 values (F16, NAME.scale \
+             [rows, cols/16]), scale = f16(max|run|/7), q = round(x/scale) in -7..7; \
              1-D tensors F32; pooler and position_ids left out"
                 .to_string(),
         ),
@@ -107,12 +113,12 @@ pub fn quantise_weights(f32_file: &[u8]) -> Result<Vec<u8>> {
             "webguard quantize-filter".to_string(),
         ),
     ]);
-    crate::weights::int8::quantise(
-        f32_file,
-        reads_tensor,
-        crate::weights::int8::GROUP,
-        &metadata,
-    )
+    let recipe = crate::weights::int8::Recipe {
+        group: crate::weights::int8::GROUP,
+        group4: crate::weights::int8::GROUP4,
+        four_bit: &|name| name == WORD_EMBEDDINGS,
+    };
+    crate::weights::int8::quantise(f32_file, reads_tensor, &recipe, &metadata)
 }
 
 /// One encoder layer.
@@ -216,7 +222,7 @@ impl Bert {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Bert {
-            word: l.embedding("embeddings.word_embeddings.weight", config.vocab_size, d)?,
+            word: l.embedding(WORD_EMBEDDINGS, config.vocab_size, d)?,
             position: l.embedding(
                 "embeddings.position_embeddings.weight",
                 config.max_position_embeddings,

@@ -1,5 +1,5 @@
-//! The filter encoder's weights in 8 bits: what the browser downloads instead of MiniLM's f32
-//! `model.safetensors` (24.1 MB instead of 90.9 MB).
+//! The filter encoder's weights in 8 bits (the word-embedding table in 4): what the browser
+//! downloads instead of MiniLM's f32 `model.safetensors` (19.0 MB instead of 90.9 MB).
 //!
 //! The file is an ordinary safetensors file with `format` metadata [`FORMAT`]:
 //! - every 2-D tensor `[rows, cols]` (the embedding tables and the linear layers' `[out, in]`
@@ -9,6 +9,12 @@
 //!   `q = round(value / scale)` (half away from zero) in `[-127, 127]`; symmetric. The shipped
 //!   file uses runs of [`GROUP`] values (one scale per row was measured too: 4x the encoder's
 //!   error for 5% fewer bytes; notes/issue-13-filter-size.md);
+//! - except the 2-D tensors chosen for 4 bits (the shipped file: the word-embedding table
+//!   only, which is only ever looked up by row, never multiplied): `U8` of shape
+//!   `[rows, cols / 2]`, two values a byte (the even column in the low nibble), each a 4-bit
+//!   two's-complement `q` in `[-7, 7]` (`-8` is refused), with `F16` scales `[rows, groups]`
+//!   under `NAME.scale`: `scale = f16(max |run| / 7)`, `q = round(value / scale)` clamped,
+//!   runs of [`GROUP4`] values (format version 2; version 1 files, all 8-bit, are still read);
 //! - 1-D tensors (biases, LayerNorm) stay `F32`;
 //! - tensors the encoder never reads (`pooler.*`, `position_ids`) are left out.
 //!
@@ -21,17 +27,24 @@
 
 use std::collections::BTreeMap;
 
+use half::f16;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::weights::safetensors::{SafetensorsFile, shape_checked_tensor};
 
-/// The `format` metadata of an 8-bit encoder file (and its version).
-pub const FORMAT: &str = "webguard-int8-rows/1";
+/// The `format` metadata of an 8-bit encoder file (and its version): version 2 adds 4-bit
+/// tensors.
+pub const FORMAT: &str = "webguard-int8-rows/2";
+/// The first version (8-bit tensors only), still read.
+pub const FORMAT_V1: &str = "webguard-int8-rows/1";
 /// Suffix of a quantised tensor's scales.
 pub const SCALE_SUFFIX: &str = ".scale";
-/// Values per scale in the shipped file (rows whose length it does not divide get one scale).
+/// Values per scale of 8-bit tensors in the shipped file (rows whose length it does not divide
+/// get one scale).
 pub const GROUP: usize = 64;
+/// Values per scale of 4-bit tensors in the shipped file (the same rule).
+pub const GROUP4: usize = 16;
 
 fn bad(msg: String) -> Error {
     Error::Safetensors(format!("8-bit encoder file: {msg}"))
@@ -43,6 +56,8 @@ pub struct EncoderWeights<'a> {
     file: SafetensorsFile<'a>,
     raw: SafeTensors<'a>,
     int8: bool,
+    /// Whether 4-bit tensors may appear (format version 2).
+    int4: bool,
 }
 
 impl<'a> EncoderWeights<'a> {
@@ -50,17 +65,23 @@ impl<'a> EncoderWeights<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         let file = SafetensorsFile::parse(bytes)?;
         let raw = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors(e.to_string()))?;
-        let int8 = match file.metadata().get("format").map(String::as_str) {
-            Some(FORMAT) => true,
+        let (int8, int4) = match file.metadata().get("format").map(String::as_str) {
+            Some(FORMAT) => (true, true),
+            Some(FORMAT_V1) => (true, false),
             Some(f) if f.starts_with("webguard-int8") => {
                 return Err(bad(format!(
-                    "format {f:?} is not supported (this build reads {FORMAT:?}); \
-                     make it again with `webguard quantize-filter`"
+                    "format {f:?} is not supported (this build reads {FORMAT:?} and \
+                     {FORMAT_V1:?}); make it again with `webguard quantize-filter`"
                 )));
             }
-            _ => false,
+            _ => (false, false),
         };
-        Ok(Self { file, raw, int8 })
+        Ok(Self {
+            file,
+            raw,
+            int8,
+            int4,
+        })
     }
 
     /// Whether this is an 8-bit file.
@@ -73,27 +94,41 @@ impl<'a> EncoderWeights<'a> {
         self.file.metadata()
     }
 
-    /// Tensor `name` as `f32` values and its shape; an 8-bit tensor is dequantised.
+    /// Tensor `name` as `f32` values and its shape; an 8-bit or 4-bit tensor is dequantised.
     pub fn f32_values(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let view = self
             .raw
             .tensor(name)
             .map_err(|_| Error::Safetensors(format!("no tensor named {name:?}")))?;
-        if view.dtype() != Dtype::I8 {
-            return self.file.f32_values(name);
-        }
+        let bits = match view.dtype() {
+            Dtype::I8 => 8,
+            Dtype::U8 => 4,
+            _ => return self.file.f32_values(name),
+        };
         if !self.int8 {
             return Err(Error::Safetensors(format!(
-                "tensor {name:?} is 8-bit but the file is not a webguard 8-bit encoder file \
-                 (its format metadata is not {FORMAT:?})"
+                "tensor {name:?} is {bits}-bit but the file is not a webguard 8-bit encoder \
+                 file (its format metadata is not {FORMAT:?})"
             )));
         }
-        let shape = view.shape().to_vec();
-        let [rows, cols] = shape[..] else {
+        if bits == 4 && !self.int4 {
             return Err(bad(format!(
-                "tensor {name:?} is 8-bit with shape {shape:?}; only matrices are quantised"
+                "tensor {name:?} is 4-bit (U8), which format {FORMAT_V1:?} does not have"
+            )));
+        }
+        let stored = view.shape().to_vec();
+        let [rows, stored_cols] = stored[..] else {
+            return Err(bad(format!(
+                "tensor {name:?} is {bits}-bit with shape {stored:?}; only matrices are quantised"
             )));
         };
+        // A 4-bit tensor's bytes hold two values each.
+        let cols = if bits == 4 {
+            2 * stored_cols
+        } else {
+            stored_cols
+        };
+        let shape = vec![rows, cols];
         let scale_name = format!("{name}{SCALE_SUFFIX}");
         let scales = self
             .raw
@@ -108,13 +143,25 @@ impl<'a> EncoderWeights<'a> {
                 )));
             }
         };
-        if scales.dtype() != Dtype::F32 {
+        let want = if bits == 4 { Dtype::F16 } else { Dtype::F32 };
+        if scales.dtype() != want {
             return Err(bad(format!(
-                "scales {scale_name:?} are {:?}; expected F32",
+                "scales {scale_name:?} are {:?}; expected {want:?}",
                 scales.dtype()
             )));
         }
         let run = cols / groups;
+        if bits == 4 && !run.is_multiple_of(2) {
+            return Err(bad(format!(
+                "scales {scale_name:?} have shape {:?}: runs of {run} 4-bit values are not \
+                 whole bytes",
+                scales.shape()
+            )));
+        }
+        if bits == 4 {
+            return dequantise4(name, &scale_name, view.data(), scales.data(), run, groups)
+                .map(|values| (values, shape));
+        }
         let data = view.data();
         let mut values = Vec::with_capacity(rows * cols);
         for (i, s) in scales.data().chunks_exact(4).enumerate() {
@@ -139,6 +186,60 @@ impl<'a> EncoderWeights<'a> {
     shape_checked_tensor!();
 }
 
+/// The values of a 4-bit tensor: `data` two values a byte (low nibble first), `scales` F16
+/// bytes, one per `run` values (`groups` a row).
+fn dequantise4(
+    name: &str,
+    scale_name: &str,
+    data: &[u8],
+    scales: &[u8],
+    run: usize,
+    groups: usize,
+) -> Result<Vec<f32>> {
+    let mut values = Vec::with_capacity(2 * data.len());
+    for (i, s) in scales.chunks_exact(2).enumerate() {
+        let (r, g) = (i / groups, i % groups);
+        let scale = f16::from_le_bytes([s[0], s[1]]).to_f32();
+        if !scale.is_finite() || scale < 0.0 {
+            return Err(bad(format!("{scale_name:?} row {r} group {g} is {scale}")));
+        }
+        for &b in &data[i * run / 2..(i + 1) * run / 2] {
+            for nibble in [b & 0x0f, b >> 4] {
+                if nibble == 0x08 {
+                    return Err(bad(format!(
+                        "tensor {name:?} row {r} holds the 4-bit -8 (the format is symmetric: \
+                         -7..7)"
+                    )));
+                }
+                // Sign-extend the nibble: 0..7 stay, 9..15 are -7..-1.
+                let q = ((nibble << 4) as i8) >> 4;
+                values.push(f32::from(q) * scale);
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// One run of values at 4 bits: `(q, scale)` with `scale = f16(max|row| / 7)` and
+/// `q[i] = round(row[i] / scale)` clamped to `[-7, 7]` (the scale is rounded to f16 first, so
+/// the values read back are exactly `q * scale`). `None` if the scale overflows f16.
+pub fn quantise_row4(row: &[f32]) -> Option<(Vec<i8>, f16)> {
+    let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = f16::from_f32(max / 7.0);
+    if !scale.is_finite() {
+        return None;
+    }
+    let s = scale.to_f32();
+    if s == 0.0 {
+        return Some((vec![0; row.len()], scale));
+    }
+    let q = row
+        .iter()
+        .map(|v| (v / s).round().clamp(-7.0, 7.0) as i8)
+        .collect();
+    Some((q, scale))
+}
+
 /// One run of values quantised: `(q, scale)` with `q[i] = round(row[i] / scale)`,
 /// `scale = max|row| / 127`.
 pub fn quantise_row(row: &[f32]) -> (Vec<i8>, f32) {
@@ -154,20 +255,41 @@ pub fn quantise_row(row: &[f32]) -> (Vec<i8>, f32) {
     (q, scale)
 }
 
+/// How [`quantise`] stores 2-D tensors: `group` values per scale at 8 bits, and the tensors
+/// `four_bit` picks at 4 bits with `group4` values per scale (per row where a group size does
+/// not divide the row).
+pub struct Recipe<'f> {
+    /// Values per scale of 8-bit tensors.
+    pub group: usize,
+    /// Values per scale of 4-bit tensors (even).
+    pub group4: usize,
+    /// Which 2-D tensors (by name) are stored at 4 bits.
+    pub four_bit: &'f dyn Fn(&str) -> bool,
+}
+
 /// The 8-bit file of an f32 (or f16/bf16) safetensors file: 2-D tensors int8 with a scale per
-/// `group` consecutive values of a row (per row where `group` does not divide the row), 1-D
-/// tensors f32, tensors whose name `keep` refuses left out, `metadata` added to the header
-/// (next to `format`). Byte-deterministic: tensors are laid out f32 first then int8, each
+/// `recipe.group` consecutive values of a row (or 4-bit, see [`Recipe`]), 1-D tensors f32,
+/// tensors whose name `keep` refuses left out, `metadata` added to the header (next to
+/// `format`). Byte-deterministic: tensors are laid out f32 first, then f16, int8 and 4-bit, each
 /// group sorted by name, and the header's keys are sorted.
 pub fn quantise(
     bytes: &[u8],
     keep: impl Fn(&str) -> bool,
-    group: usize,
+    recipe: &Recipe,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {
     let src = SafetensorsFile::parse(bytes)?;
     let mut f32s: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut f16s: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut int8s: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut int4s: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let run_of = |group: usize, cols: usize| {
+        if group > 0 && cols.is_multiple_of(group) {
+            group
+        } else {
+            cols
+        }
+    };
     for name in src.names().into_iter().filter(|n| keep(n)) {
         if name.ends_with(SCALE_SUFFIX) {
             return Err(bad(format!(
@@ -180,12 +302,37 @@ pub fn quantise(
         }
         match shape[..] {
             [_] => f32s.push((name, shape, le_bytes(&values))),
+            [rows, cols] if rows > 0 && cols > 0 && (recipe.four_bit)(&name) => {
+                let run = run_of(recipe.group4, cols);
+                if !run.is_multiple_of(2) {
+                    return Err(bad(format!(
+                        "source tensor {name:?} has shape {shape:?}: runs of {run} values \
+                         cannot be packed two a byte"
+                    )));
+                }
+                let mut packed = Vec::with_capacity(rows * cols / 2);
+                let mut scales = Vec::with_capacity(2 * rows * cols / run);
+                for part in values.chunks_exact(run) {
+                    let (q, s) = quantise_row4(part).ok_or_else(|| {
+                        bad(format!(
+                            "source tensor {name:?} holds values too large for f16 scales"
+                        ))
+                    })?;
+                    packed.extend(
+                        q.chunks_exact(2)
+                            .map(|p| (p[0] as u8 & 0x0f) | ((p[1] as u8) << 4)),
+                    );
+                    scales.extend_from_slice(&s.to_le_bytes());
+                }
+                f16s.push((
+                    format!("{name}{SCALE_SUFFIX}"),
+                    vec![rows, cols / run],
+                    scales,
+                ));
+                int4s.push((name, vec![rows, cols / 2], packed));
+            }
             [rows, cols] if rows > 0 && cols > 0 => {
-                let run = if group > 0 && cols.is_multiple_of(group) {
-                    group
-                } else {
-                    cols
-                };
+                let run = run_of(recipe.group, cols);
                 let mut q = Vec::with_capacity(rows * cols);
                 let mut scales = Vec::with_capacity(rows * cols / run);
                 for part in values.chunks_exact(run) {
@@ -207,15 +354,21 @@ pub fn quantise(
             }
         }
     }
-    f32s.sort_by(|a, b| a.0.cmp(&b.0));
-    int8s.sort_by(|a, b| a.0.cmp(&b.0));
+    for group in [&mut f32s, &mut f16s, &mut int8s, &mut int4s] {
+        group.sort_by(|a, b| a.0.cmp(&b.0));
+    }
 
     let mut meta = metadata.clone();
     meta.insert("format".into(), FORMAT.into());
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::to_value(&meta).unwrap());
     let mut offset = 0usize;
-    let groups = [("F32", &f32s), ("I8", &int8s)];
+    let groups = [
+        ("F32", &f32s),
+        ("F16", &f16s),
+        ("I8", &int8s),
+        ("U8", &int4s),
+    ];
     for (dtype, group) in groups {
         for (name, shape, data) in group.iter() {
             header.insert(
@@ -263,5 +416,31 @@ mod tests {
             assert!((f32::from(*q) * s - v).abs() <= s / 2.0 + 1e-7);
         }
         assert_eq!(quantise_row(&[0.0, 0.0]), (vec![0, 0], 0.0));
+    }
+
+    #[test]
+    fn four_bit_rows_round_trip_within_half_a_step() {
+        let row = [0.5f32, -1.4, 0.0, 1e-3, 0.9, -0.21, 1.4, 0.07];
+        let (q, s) = quantise_row4(&row).unwrap();
+        assert_eq!((q[1], q[6]), (-7, 7));
+        let packed: Vec<u8> = q
+            .chunks_exact(2)
+            .map(|p| (p[0] as u8 & 0x0f) | ((p[1] as u8) << 4))
+            .collect();
+        let back = dequantise4("t", "t.scale", &packed, &s.to_le_bytes(), 8, 1).unwrap();
+        let s = s.to_f32();
+        for ((v, b), q) in row.iter().zip(&back).zip(&q) {
+            assert_eq!(*b, f32::from(*q) * s);
+            // Half a step, plus what rounding the scale to f16 moved the ends.
+            assert!((b - v).abs() <= s / 2.0 + 7.0 * s * 2e-3, "{v} -> {b}");
+        }
+        assert_eq!(quantise_row4(&[0.0; 4]).unwrap().0, vec![0; 4]);
+        assert!(quantise_row4(&[1e6, 0.0]).is_none());
+        let nibble8 = dequantise4("t", "t.scale", &[0x80], &s16(1.0), 2, 1);
+        assert!(nibble8.unwrap_err().to_string().contains("the 4-bit -8"));
+    }
+
+    fn s16(v: f32) -> [u8; 2] {
+        f16::from_f32(v).to_le_bytes()
     }
 }

@@ -1,5 +1,6 @@
 // The filter's 8-bit encoder in the browser (issue 13's download budget): a Guard made with
-// only `filterUrl` downloads pkg/all-MiniLM-L6-v2.int8.safetensors (24.1 MB) and never MiniLM's
+// only `filterUrl` downloads pkg/all-MiniLM-L6-v2.int8.safetensors (19.0 MB, the word-embedding
+// table at 4 bits) and never MiniLM's
 // f32 model.safetensors (91 MB); its scores equal the native filter's with the same 8-bit file
 // (1e-3, as tests/browser/filter.test.mjs asks of the f32 build) and stay within
 // SCORE_TOLERANCE of the native f32 filter's (tests/filter_int8.rs states the same bound);
@@ -15,7 +16,7 @@ import { after, before, test } from "node:test";
 import { usePage } from "./browser.mjs";
 import { assertScoresClose, models as modelsDir, nativeVerdicts, webguard } from "./native.mjs";
 
-const SCORE_TOLERANCE = 0.015;
+const SCORE_TOLERANCE = 0.04;
 const TEXTS = [
   "you are a complete idiot and everyone hates you",
   "have a nice day, see you at the meeting tomorrow",
@@ -43,10 +44,14 @@ after(() => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-test("the package ships the 8-bit encoder, under the 25 MB budget", () => {
+test("the package ships the 8-bit encoder; the filter's first visit is under the 25 MB budget", () => {
   const size = statSync(join(root, "pkg/all-MiniLM-L6-v2.int8.safetensors")).size;
-  console.log(`# pkg/all-MiniLM-L6-v2.int8.safetensors: ${size} bytes`);
-  assert.ok(size <= 25_000_000, `${size}`);
+  // What a Guard made with only `filterUrl` downloads: the encoder, the heads, the tokenizer, the config.
+  const others = [join(root, "pkg/filter-heads.safetensors"), join(modelsDir, "all-MiniLM-L6-v2/tokenizer.json"),
+    join(modelsDir, "all-MiniLM-L6-v2/config.json")].map((f) => statSync(f).size);
+  const total = size + others.reduce((a, n) => a + n, 0);
+  console.log(`# pkg/all-MiniLM-L6-v2.int8.safetensors: ${size} bytes; with heads, tokenizer.json, config.json: ${total}`);
+  assert.ok(total <= 25_000_000, `${total}`);
 });
 
 test("the Guard downloads the 8-bit encoder by default and scores like the native filter", async () => {
