@@ -28,6 +28,20 @@ pub struct ChatModel {
     /// Judges the answer so far at each sentence end, from the states generation computes
     /// anyway (it reads the layers `probe` reads).
     pub answer_probe: Option<StateProbe>,
+    /// Most tokens a prompt and its answer take together (see [`ChatModel::context_window`]).
+    context_window: usize,
+}
+
+/// What [`ChatModel::fit_context`] keeps of a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FittedChat {
+    /// The messages sent to the model: the system message when the conversation starts with
+    /// one, then the latest messages (always from the last user message on).
+    pub messages: Vec<Message>,
+    /// Their prompt, as [`ChatModel::prompt_ids`] builds it.
+    pub ids: Vec<u32>,
+    /// How many of the oldest non-system messages were left out (0 when all fit).
+    pub dropped: usize,
 }
 
 impl ChatModel {
@@ -40,12 +54,34 @@ impl ChatModel {
             .filter_map(|t| tokenizer.token_to_id(t))
             .collect();
         Ok(ChatModel {
-            model,
             tokenizer,
             end_tokens,
             probe: None,
             answer_probe: None,
+            context_window: model.config().context_length,
+            model,
         })
+    }
+
+    /// Most tokens a prompt and its answer take together: the model's context length (8,192
+    /// for SmolLM2) unless lowered with [`ChatModel::set_context_window`]. Generation stops
+    /// there, and [`ChatModel::fit_context`] drops old turns to stay under it.
+    pub fn context_window(&self) -> usize {
+        self.context_window
+    }
+
+    /// Lowers (or restores) the context window: 16 tokens up to the model's context length,
+    /// else an error. Memory and prefill time grow with it (a smaller window bounds them
+    /// further; tests use one to make long histories cheap).
+    pub fn set_context_window(&mut self, tokens: usize) -> Result<()> {
+        let most = self.model.config().context_length;
+        if !(16..=most).contains(&tokens) {
+            return Err(Error::InvalidInput(format!(
+                "a context window of {tokens} tokens is outside 16 to {most}"
+            )));
+        }
+        self.context_window = tokens;
+        Ok(())
     }
 
     /// The prompt for answering `messages`: the chat template (see
@@ -56,26 +92,123 @@ impl ChatModel {
     /// without such strings the ids equal the tokenised [`render`] output. Invalid
     /// conversations (no messages, unknown roles) are errors.
     pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        let control = |t: &str| {
-            self.tokenizer.token_to_id(t).ok_or_else(|| {
-                Error::ModelFile(format!("the chat model's vocabulary has no {t} token"))
-            })
-        };
-        let (start, end) = (control("<|im_start|>")?, control("<|im_end|>")?);
+        let turns = self.turn_ids(messages)?;
+        let mut ids: Vec<u32> = turns.into_iter().flatten().collect();
+        ids.extend(self.generation_prefix()?);
+        Ok(ids)
+    }
+
+    /// The ids of each turn of `messages` (the default system prompt first when there is no
+    /// system message): `<|im_start|>`, the role and text as literal text, `<|im_end|>`, a
+    /// newline.
+    fn turn_ids(&self, messages: &[Message]) -> Result<Vec<Vec<u32>>> {
+        let (start, end) = (self.control("<|im_start|>")?, self.control("<|im_end|>")?);
         let newline = self.tokenizer.encode("\n")?;
-        let mut ids = Vec::new();
-        for (role, content) in turns(messages)? {
-            ids.push(start);
-            ids.extend(
-                self.tokenizer
-                    .encode_literal(&format!("{role}\n{content}"))?,
-            );
-            ids.push(end);
-            ids.extend_from_slice(&newline);
-        }
-        ids.push(start);
+        turns(messages)?
+            .into_iter()
+            .map(|(role, content)| {
+                let mut ids = vec![start];
+                ids.extend(
+                    self.tokenizer
+                        .encode_literal(&format!("{role}\n{content}"))?,
+                );
+                ids.push(end);
+                ids.extend_from_slice(&newline);
+                Ok(ids)
+            })
+            .collect()
+    }
+
+    /// What opens the assistant's turn after the conversation.
+    fn generation_prefix(&self) -> Result<Vec<u32>> {
+        let mut ids = vec![self.control("<|im_start|>")?];
         ids.extend(self.tokenizer.encode("assistant\n")?);
         Ok(ids)
+    }
+
+    fn control(&self, token: &str) -> Result<u32> {
+        self.tokenizer.token_to_id(token).ok_or_else(|| {
+            Error::ModelFile(format!("the chat model's vocabulary has no {token} token"))
+        })
+    }
+
+    /// The context policy for long chats: the part of `messages` that is sent to the model so
+    /// that its prompt leaves room for the answer within [`ChatModel::context_window`].
+    ///
+    /// - Room is kept for `max_new_tokens` answer tokens, but at most half the window (so a
+    ///   large `maxTokens` does not squeeze the conversation out; the answer then ends at the
+    ///   window).
+    /// - When the whole conversation does not fit, the oldest messages after the system
+    ///   message are dropped, one at a time, until it does; assistant messages that would
+    ///   then open the history are dropped too, so it starts with a user turn. The system
+    ///   message (or the default system prompt) and everything from the last user message on
+    ///   are always kept.
+    /// - When even those do not fit, the answer is an [`Error::InvalidInput`] naming the sizes.
+    ///
+    /// Invalid conversations are errors as for [`ChatModel::prompt_ids`]; so is one without a
+    /// user message. Each message is tokenized once.
+    pub fn fit_context(&self, messages: &[Message], max_new_tokens: usize) -> Result<FittedChat> {
+        let last_user = messages
+            .iter()
+            .rposition(|m| m.role == "user")
+            .ok_or_else(|| Error::InvalidInput("there is no user message to answer".into()))?;
+        let turns = self.turn_ids(messages)?;
+        let prefix = self.generation_prefix()?;
+        // `turns` has the default system prompt first when `messages` has no system message.
+        let has_system = messages[0].role == "system";
+        let shift = usize::from(!has_system);
+        let first_droppable = usize::from(has_system);
+        let cost = |m: usize| turns[m + shift].len();
+        let room = max_new_tokens.min(self.context_window / 2);
+        let budget = self.context_window - room;
+        let kept_always = turns[0].len() * usize::from(!has_system)
+            + (0..first_droppable)
+                .chain(last_user..messages.len())
+                .map(cost)
+                .sum::<usize>()
+            + prefix.len();
+        if kept_always > budget {
+            let after = messages.len() - 1 - last_user;
+            return Err(Error::InvalidInput(format!(
+                "the last user message does not fit the context: with the system prompt{} it \
+                 takes {kept_always} prompt tokens, and the context window of {} tokens leaves \
+                 {budget} after keeping {room} for the answer (maxTokens, at most half the \
+                 window); shorten the message or lower maxTokens",
+                if after > 0 {
+                    format!(" and the {after} message(s) after it")
+                } else {
+                    String::new()
+                },
+                self.context_window
+            )));
+        }
+        let mut total = kept_always + (first_droppable..last_user).map(cost).sum::<usize>();
+        let mut cut = first_droppable;
+        while total > budget && cut < last_user {
+            total -= cost(cut);
+            cut += 1;
+        }
+        if cut > first_droppable {
+            while cut < last_user && messages[cut].role == "assistant" {
+                total -= cost(cut);
+                cut += 1;
+            }
+        }
+        let kept: Vec<usize> = (0..first_droppable).chain(cut..messages.len()).collect();
+        let mut ids = Vec::with_capacity(total);
+        if !has_system {
+            ids.extend_from_slice(&turns[0]);
+        }
+        for &m in &kept {
+            ids.extend_from_slice(&turns[m + shift]);
+        }
+        ids.extend(prefix);
+        debug_assert_eq!(ids.len(), total);
+        Ok(FittedChat {
+            messages: kept.iter().map(|&m| messages[m].clone()).collect(),
+            ids,
+            dropped: cut - first_droppable,
+        })
     }
 
     /// [`ChatModel::prompt_ids`] for a single user message.

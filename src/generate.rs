@@ -245,12 +245,12 @@ impl<'a> Generator<'a> {
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }
-        let room = model.config().context_length.saturating_sub(prompt.len());
+        let window = chat.context_window();
+        let room = window.saturating_sub(prompt.len());
         if room == 0 {
             return Err(Error::InvalidInput(format!(
-                "the prompt has {} tokens; the context window is {}",
+                "the prompt has {} tokens; the context window is {window}",
                 prompt.len(),
-                model.config().context_length
             )));
         }
         let mut cache = model.new_cache();

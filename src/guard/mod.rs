@@ -16,6 +16,15 @@
 //!
 //! Each label has a threshold and an action ([`Policy`]); [`Action::Warn`] lets the text
 //! through and reports the label, [`Action::Allow`] ignores it.
+//!
+//! Long chats (pages resend the whole history every turn): when the conversation and room for
+//! the answer exceed the chat model's context window, the oldest messages after the system
+//! message are left out ([`ChatModel::fit_context`]: the system prompt and the last user
+//! message always stay; a last message too long on its own is an `InvalidInput` error) and
+//! the reply says how many (`dropped_turns`, `droppedTurns` in JS). The screen reads exactly
+//! the messages sent to the model, so its work is bounded by the window too. Without this a
+//! history past 8,192 tokens was an error on every later turn, and a prefill near the window
+//! needed gigabytes (see `crate::models::llama::ATTENTION_CHUNK`).
 
 mod policy;
 
@@ -58,6 +67,10 @@ pub struct ModeratedReply {
     /// The chat model's highest harm score of the answer at its sentence ends (its answer
     /// probe), when it has one and an answer was judged.
     pub answer_judge: Option<f32>,
+    /// How many of the oldest messages were left out because the conversation did not fit the
+    /// context window with room for the answer (see [`ChatModel::fit_context`]; 0 when all
+    /// were sent). Neither the model nor the input screen read them.
+    pub dropped_turns: usize,
 }
 
 impl ModeratedReply {
@@ -145,8 +158,13 @@ pub async fn moderated_chat(
             "there is no user message to answer".into(),
         ));
     }
-    let ids = chat.prompt_ids(messages)?;
-    let mut reply = ModeratedReply::default();
+    // The context policy: old turns left out of a conversation too long for the window.
+    let fitted = chat.fit_context(messages, options.max_new_tokens)?;
+    let (messages, ids) = (&fitted.messages[..], fitted.ids);
+    let mut reply = ModeratedReply {
+        dropped_turns: fitted.dropped,
+        ..ModeratedReply::default()
+    };
     let filter_failed = |e: Error| format!("the filter failed, so nothing is shown: {e}");
     let texts = input_texts(messages);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();

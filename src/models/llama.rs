@@ -11,9 +11,12 @@
 //! in the file's Q4_1/Q8_0 blocks ([`PackedMatrix`]: the resident size is the file's, and
 //! decoding reads 5.5x fewer bytes than f32); on a GPU they are dequantised to f32 at load. A
 //! [`KvCache`] holds each layer's keys and values so each generated token costs one position,
-//! not the whole prompt again.
+//! not the whole prompt again. Attention runs [`ATTENTION_CHUNK`] query positions at a time,
+//! so a long prompt's prefill holds `O(chunk x positions)` scores, not `O(positions²)`.
 
 use burn::tensor::activation::{silu, softmax};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
@@ -96,6 +99,16 @@ enum Weight {
     /// The GGUF's blocks in host memory (CPU backend).
     Packed(PackedMatrix),
 }
+
+/// Query positions per attention chunk. Attention over `s` new positions after `start` cached
+/// ones is computed this many query rows at a time, each chunk against the keys it can see,
+/// so its scores are `[heads, rows, keys]` rather than `[heads, s, start + s]`: peak memory
+/// O(rows x positions) instead of O(positions²). An 8,191-token prompt needed a 2.4 GB scores
+/// tensor (9 heads x 8,191² x 4 bytes; softmax holds about two more of that size), past
+/// wasm32's 4 GiB with the model loaded; in chunks of 256 it is at most 75 MB. Keys a row cannot
+/// see add exactly 0 to its softmax (`exp(-1e9)` underflows), so chunked and whole attention
+/// agree to rounding (`tests/context.rs`). Prompts up to this long run as one chunk, as before.
+pub const ATTENTION_CHUNK: usize = 256;
 
 /// Up to this many positions, packed products run row by row on the blocks; longer prompts
 /// (prefill) dequantise one matrix at a time and use the backend's matrix multiply, which is
@@ -286,6 +299,11 @@ pub struct Llama {
     device: Device,
     /// LoRA adapters applied on top of the weights (tuning), if any.
     adapters: Option<Adapters>,
+    /// Query rows per attention chunk ([`ATTENTION_CHUNK`] unless a test sets another).
+    attention_chunk: usize,
+    /// Elements of the largest attention scores tensor built (see
+    /// [`Llama::largest_attention_scores`]).
+    attention_peak: AtomicUsize,
 }
 
 /// Which blocks' outputs [`Llama::forward_with_states`] keeps, and what it kept.
@@ -392,7 +410,39 @@ impl Llama {
             config: c,
             device: device.clone(),
             adapters: None,
+            attention_chunk: ATTENTION_CHUNK,
+            attention_peak: AtomicUsize::new(0),
         })
+    }
+
+    /// Query rows per attention chunk.
+    pub fn attention_chunk(&self) -> usize {
+        self.attention_chunk
+    }
+
+    /// Computes attention `rows` query positions at a time from now on (default
+    /// [`ATTENTION_CHUNK`]). The results are the same for any value, to rounding; smaller
+    /// values hold smaller scores tensors and run more, smaller products. 0 is an error.
+    pub fn set_attention_chunk(&mut self, rows: usize) -> Result<()> {
+        if rows == 0 {
+            return Err(Error::InvalidInput(
+                "attention chunks need at least one query row".into(),
+            ));
+        }
+        self.attention_chunk = rows;
+        Ok(())
+    }
+
+    /// The number of elements of the largest attention scores tensor (`[batch, heads, rows,
+    /// keys]`, f32) built since loading or the last [`Llama::reset_attention_peak`]: at most
+    /// `batch x heads x attention_chunk x positions`, whatever the prompt's length.
+    pub fn largest_attention_scores(&self) -> usize {
+        self.attention_peak.load(Ordering::Relaxed)
+    }
+
+    /// Starts [`Llama::largest_attention_scores`] again from 0.
+    pub fn reset_attention_peak(&self) {
+        self.attention_peak.store(0, Ordering::Relaxed);
     }
 
     /// `[out, in]` of projection `p` (the same in every block).
@@ -661,12 +711,22 @@ impl Llama {
         let device = w.device().clone();
         let (cos, sin) = self.rope_tables(start, s, &device);
         let total = start + s;
-        // Causal mask over [new positions, all positions]: position start+i sees 0..=start+i.
-        let mask: Vec<f32> = (0..s)
-            .flat_map(|i| (0..total).map(move |j| if j <= start + i { 0.0 } else { -1e9 }))
+        // Causal attention in chunks of query rows (see `ATTENTION_CHUNK`). Rows `q0..q0 + n`
+        // see every key before `start + q0` and, of the chunk's own keys, those up to their
+        // position: one `[n, n]` triangle, the same for every chunk.
+        let rows = self.attention_chunk.min(s);
+        let triangle: Vec<f32> = (0..rows)
+            .flat_map(|i| (0..rows).map(move |j| if j <= i { 0.0 } else { -1e9 }))
             .collect();
-        let mask = Tensor::<2>::from_data(TensorData::new(mask, [s, total]), &device)
-            .reshape([1, 1, s, total]);
+        let triangle = Tensor::<2>::from_data(TensorData::new(triangle, [rows, rows]), &device);
+        let chunk_mask = |q0: usize, n: usize| -> Tensor<2> {
+            let own = triangle.clone().narrow(0, 0, n).narrow(1, 0, n);
+            match start + q0 {
+                0 => own,
+                seen => Tensor::cat(vec![Tensor::zeros([n, seen], &device), own], 1),
+            }
+        };
+        let scale = (hd as f64).sqrt();
         for l in 0..self.blocks.len() {
             let a = rms_norm(x.clone(), &w.norm(l, false), c.rms_eps);
             let split = |t: Tensor<3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
@@ -704,14 +764,32 @@ impl Llama {
                     .repeat_dim(2, group)
                     .reshape([b, h, total, hd])
             };
-            let scores = q
-                .matmul(expand(k).swap_dims(2, 3))
-                .div_scalar((hd as f64).sqrt())
-                + mask.clone();
-            let ctx = softmax(scores, 3)
-                .matmul(expand(v))
-                .swap_dims(1, 2)
-                .reshape([b, s, c.dim]);
+            let (keys_t, values) = (expand(k).swap_dims(2, 3), expand(v));
+            let mut parts = Vec::with_capacity(s.div_ceil(rows));
+            for q0 in (0..s).step_by(rows) {
+                let n = rows.min(s - q0);
+                let seen = start + q0 + n;
+                self.attention_peak
+                    .fetch_max(b * h * n * seen, Ordering::Relaxed);
+                let scores = q
+                    .clone()
+                    .narrow(2, q0, n)
+                    .matmul(keys_t.clone().narrow(3, 0, seen))
+                    .div_scalar(scale);
+                // One row sees every key: nothing to mask (each generated token).
+                let scores = if n == 1 {
+                    scores
+                } else {
+                    scores + chunk_mask(q0, n).reshape([1, 1, n, seen])
+                };
+                parts.push(softmax(scores, 3).matmul(values.clone().narrow(2, 0, seen)));
+            }
+            let ctx = if parts.len() == 1 {
+                parts.remove(0)
+            } else {
+                Tensor::cat(parts, 2)
+            };
+            let ctx = ctx.swap_dims(1, 2).reshape([b, s, c.dim]);
             x = x + w.project(l, Projection::O, ctx)?;
             let f = rms_norm(x.clone(), &w.norm(l, true), c.rms_eps);
             let ff = silu(w.project(l, Projection::Gate, f.clone())?)

@@ -6,10 +6,23 @@
 //! ([`crate::models::lora`]) on the chosen projections are trained with Adam on mini-batches
 //! (seeded order); the base weights never change, and the adapters are installed only when the
 //! run finished.
+//!
+//! Memory: a training pass holds its logits (`positions x 49,152 x 4` bytes, and as much again
+//! for their log-softmax and its gradient), every block's activations for the backward pass,
+//! and f32 copies of the frozen weights. Measured natively with a counting allocator
+//! (`tests/context.rs`, pairs of 369 tokens, so 368 positions each): one pair per pass peaked
+//! at 1.46 GB, two in one pass 2.40 GB, four 4.29 GB: about 0.52 GB plus 2.56 MB per position.
+//! `batchSize: 32` with 384-token pairs ran as one pass of 12,288 positions (about 31 GB by
+//! that rule; even the default 4 such pairs passed wasm32's 4 GiB). Now a mini-batch of more
+//! than [`MAX_PASS_TOKENS`] positions runs as several passes ([`plan_passes`]) whose gradients
+//! are added before the one optimiser step, each pass's loss divided by the whole batch's
+//! response tokens: the same step as one pass, to rounding, in at most about 1.5 GB (four
+//! long pairs as four passes peaked at 1.46 GB, and took less time than one pass: 28.7 s
+//! against 48.4 s on this shared 2-core machine).
 
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{Module, Param};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::Dtype;
@@ -49,6 +62,12 @@ pub struct ChatTuneOptions {
     /// Longest rendered pair, in tokens (prompt + response). Not a JS option.
     #[serde(skip)]
     pub max_pair_tokens: usize,
+    /// Most tokens (pairs x padded length) in one forward and backward pass: a batch larger
+    /// than that is split into passes whose gradients add up to the batch's (the same step,
+    /// to rounding). At least `max_pair_tokens`. Not a JS option (default
+    /// [`MAX_PASS_TOKENS`]).
+    #[serde(skip)]
+    pub max_pass_tokens: usize,
 }
 
 impl Default for ChatTuneOptions {
@@ -62,6 +81,7 @@ impl Default for ChatTuneOptions {
             lora: LoraConfig::default(),
             batch_size: 4,
             max_pair_tokens: 384,
+            max_pass_tokens: MAX_PASS_TOKENS,
         }
     }
 }
@@ -86,12 +106,45 @@ pub const CHAT_ADAPTERS_FORMAT: &str = "webguard-chat-adapters/1";
 pub const MAX_PAIRS: usize = 1000;
 /// Longest prompt or response, in bytes.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// Most positions (pairs x padded length) one training pass runs (see
+/// [`ChatTuneOptions::max_pass_tokens`]): one pair of the longest kind (384 tokens), or
+/// several shorter ones; about 1.5 GB at most (see the module docs).
+pub const MAX_PASS_TOKENS: usize = 384;
+
+/// Splits a batch of sequences of `lengths` tokens into consecutive passes of at most
+/// `max_tokens` tokens each, counting every sequence of a pass at the pass's longest (they
+/// are padded to it): the ranges of the batch each pass takes. A sequence longer than
+/// `max_tokens` gets a pass of its own (callers refuse those first).
+pub fn plan_passes(lengths: &[usize], max_tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut passes = Vec::new();
+    let (mut from, mut longest) = (0, 0);
+    for (i, &len) in lengths.iter().enumerate() {
+        let wider = longest.max(len);
+        if i > from && wider * (i + 1 - from) > max_tokens {
+            passes.push(from..i);
+            (from, longest) = (i, len);
+        } else {
+            longest = wider;
+        }
+    }
+    if from < lengths.len() {
+        passes.push(from..lengths.len());
+    }
+    passes
+}
 
 /// A pair as ids: the rendered prompt (through the assistant prefix) and the response with
 /// its end-of-turn token.
 struct TokenPair {
     prompt: Vec<u32>,
     response: Vec<u32>,
+}
+
+impl TokenPair {
+    /// Positions a training pass runs for it (every token but the last).
+    fn len(&self) -> usize {
+        self.prompt.len() + self.response.len() - 1
+    }
 }
 
 impl ChatModel {
@@ -110,6 +163,13 @@ impl ChatModel {
             return Err(Error::InvalidInput(format!(
                 "batch size {} is outside 1 to 32",
                 options.batch_size
+            )));
+        }
+        if options.max_pair_tokens > options.max_pass_tokens {
+            return Err(Error::InvalidInput(format!(
+                "pairs of up to {} tokens do not fit the memory budget of {} tokens per \
+                 training pass",
+                options.max_pair_tokens, options.max_pass_tokens
             )));
         }
         let tokens = self.tokenize_pairs(pairs, options.max_pair_tokens)?;
@@ -147,14 +207,22 @@ impl ChatModel {
                 }
                 batch.push(&tokens[order.pop().unwrap_or(0)]);
             }
-            let loss = self.response_loss(&batch, &lora, &options.lora, &ad)?;
-            let value = step_loss(loss.clone(), step, "The model").await?;
+            // The batch's loss is the mean over all its response tokens; each pass adds its
+            // share (its sum over that count), and the gradients add up the same way.
+            let count: usize = batch.iter().map(|p| p.response.len()).sum();
+            let lengths: Vec<usize> = batch.iter().map(|p| p.len()).collect();
+            let mut grads = GradientsAccumulator::new();
+            let mut value = 0.0;
+            for pass in plan_passes(&lengths, options.max_pass_tokens) {
+                let loss = self.response_loss(&batch[pass], count, &lora, &options.lora, &ad)?;
+                value += step_loss(loss.clone(), step, "The model").await?;
+                grads.accumulate(&lora, GradientsParams::from_grads(loss.backward(), &lora));
+            }
             if step == 1 {
                 first_loss = value;
             }
             final_loss = value;
-            let grads = GradientsParams::from_grads(loss.backward(), &lora);
-            lora = optim.step(options.tune.learning_rate, lora, grads);
+            lora = optim.step(options.tune.learning_rate, lora, grads.grads());
             let report = Step {
                 step,
                 steps: options.tune.steps,
@@ -221,21 +289,19 @@ impl ChatModel {
             .collect()
     }
 
-    /// Mean cross-entropy of the response tokens of `batch`, `[1]`, on the autodiff `device`.
+    /// Cross-entropy of the response tokens of `batch`, summed and divided by `count` (the
+    /// response tokens of the whole step's batch), `[1]`, on the autodiff `device`.
     fn response_loss(
         &self,
         batch: &[&TokenPair],
+        count: usize,
         lora: &Lora,
         config: &LoraConfig,
         device: &Device,
     ) -> Result<Tensor<1>> {
         // Inputs are each sequence but its last token, targets each but its first; shorter
         // sequences are padded at the end (causal attention: padding never affects them).
-        let len = batch
-            .iter()
-            .map(|p| p.prompt.len() + p.response.len() - 1)
-            .max()
-            .unwrap_or(0);
+        let len = batch.iter().map(|p| p.len()).max().unwrap_or(0);
         let pad = *self.end_tokens.first().unwrap_or(&0);
         let (mut inputs, mut targets, mut mask) = (Vec::new(), Vec::new(), Vec::new());
         for p in batch {
@@ -259,8 +325,7 @@ impl ChatModel {
         let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, len, 1]), device);
         let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, len]), device);
         let picked = log_softmax(logits, 2).gather(2, targets).reshape([b, len]);
-        let count = mask.clone().sum();
-        Ok(-(picked * mask).sum() / count)
+        Ok(-(picked * mask).sum().div_scalar(count as f64))
     }
 
     /// The installed adapters as safetensors bytes (factors `blk.{l}.{q|k|v|o|gate|up|down}

@@ -54,6 +54,29 @@ impl<T, E: Into<Error>> JsResult<T> for Result<T, E> {
     }
 }
 
+/// `value` as a string, or an `InvalidInputError` naming `what` and what was passed instead
+/// (an argument typed `String` in wasm-bindgen's glue fails on a non-string in JS code the
+/// caller did not write, with no such message).
+pub(crate) fn string(value: &JsValue, what: &str) -> Result<String, JsValue> {
+    value.as_string().ok_or_else(|| {
+        invalid_input(format!(
+            "{what} must be a string, not {}",
+            value.js_typeof().as_string().unwrap_or_default()
+        ))
+    })
+}
+
+/// `value` as a number, or an `InvalidInputError` naming `what` (wasm-bindgen would turn
+/// anything else into NaN, or throw for a BigInt or a Symbol).
+pub(crate) fn number(value: &JsValue, what: &str) -> Result<f64, JsValue> {
+    value.as_f64().ok_or_else(|| {
+        invalid_input(format!(
+            "{what} must be a number, not {}",
+            value.js_typeof().as_string().unwrap_or_default()
+        ))
+    })
+}
+
 /// A `RefCell` borrow, or an error saying another call is using the models.
 pub(crate) fn busy<T>(r: Result<T, impl std::fmt::Debug>) -> Result<T, JsValue> {
     r.map_err(|_| invalid_input("the models are busy with another call; wait for it to finish"))

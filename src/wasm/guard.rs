@@ -179,12 +179,21 @@ impl WasmGuard {
     }
 
     /// Sets one label's threshold (0 to 1) and action (`"block"`, `"warn"` or `"allow"`).
+    /// Arguments of other types are an `InvalidInputError`.
     #[wasm_bindgen(js_name = setRule)]
-    pub fn set_rule(&self, label: &str, threshold: f32, action: &str) -> Result<(), JsValue> {
+    pub fn set_rule(
+        &self,
+        label: JsValue,
+        threshold: JsValue,
+        action: JsValue,
+    ) -> Result<(), JsValue> {
+        let label = convert::string(&label, "the label")?;
+        let threshold = convert::number(&threshold, "the threshold")? as f32;
+        let action = convert::string(&action, "the action")?;
         let action = action.parse::<Action>().js()?;
         self.policy
             .borrow_mut()
-            .set(label, Rule { threshold, action })
+            .set(&label, Rule { threshold, action })
             .js()
     }
 
@@ -200,7 +209,9 @@ impl WasmGuard {
     }
 
     /// One moderated turn (see `src/guard/mod.rs`): resolves to `{ text, blocked, reason, input,
-    /// output, warnings, tokens, promptTokens, stopReason, chatJudge }`. `options` are `Chat.generate`'s;
+    /// output, warnings, tokens, promptTokens, stopReason, chatJudge, answerJudge, droppedTurns
+    /// }` (`droppedTurns`: the oldest messages left out to fit the context window). `options`
+    /// are `Chat.generate`'s;
     /// `onToken(piece)` receives screened text and may return `false` to stop; `shouldStop()`
     /// is asked after each piece (the worker checks an abort flag there).
     pub fn chat(
@@ -298,7 +309,8 @@ impl WasmGuard {
     /// Tuned adapters as safetensors bytes: `kind` `"filter"` (the tuned filter heads) or
     /// `"chat"` (the chat model's LoRA adapters).
     #[wasm_bindgen(js_name = exportAdapters)]
-    pub fn export_adapters(&self, kind: String) -> Result<Promise, JsValue> {
+    pub fn export_adapters(&self, kind: JsValue) -> Result<Promise, JsValue> {
+        let kind = convert::string(&kind, "the adapters kind")?;
         let (filter, chat) = (self.filter.clone(), self.chat.clone());
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let bytes = match kind.as_str() {
@@ -351,7 +363,8 @@ impl WasmGuard {
 
     /// Forgets tuning: `kind` `"filter"`, `"chat"`, or `"all"`.
     #[wasm_bindgen(js_name = resetAdapters)]
-    pub fn reset_adapters(&self, kind: String) -> Result<(), JsValue> {
+    pub fn reset_adapters(&self, kind: JsValue) -> Result<(), JsValue> {
+        let kind = convert::string(&kind, "the adapters kind")?;
         if !["filter", "chat", "all"].contains(&kind.as_str()) {
             return Err(invalid_input(format!(
                 "unknown adapters kind {kind:?}: \"filter\", \"chat\" or \"all\""
