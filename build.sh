@@ -7,7 +7,8 @@
 #   ./build.sh serve   setup + build, then serve the demo on 127.0.0.1 with COOP/COEP headers
 #   ./build.sh test    setup + build + every test: format, lints, native, references, browser
 #   ./build.sh bench [ARGS]     browser benchmark: classify and chat on WebGPU and the CPU (wasm)
-#                      next to wllama on the same GGUF (scripts/bench-browser.mjs ARGS)
+#                      next to wllama on the same GGUF, and a moderated chat turn next to the
+#                      unmoderated answer (scripts/bench-browser.mjs ARGS, e.g. --guard-only)
 #   ./build.sh fuzz [SECONDS] [TARGET...]   bounded cargo-fuzz runs (SECONDS each, default 60) of
 #                      gguf_parse, safetensors_parse, filter_heads and chat_template (or TARGETs)
 #
@@ -183,6 +184,6 @@ case "$cmd" in
       [ "$rc" = 0 ] || { tail -n 40 "$log"; die "fuzz $target failed (exit $rc): the whole log is $log"; }
     done ;;
   *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || exit 2 ;;
 esac

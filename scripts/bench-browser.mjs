@@ -1,10 +1,14 @@
 // Browser benchmark (./build.sh bench): in headless Chromium on this machine, the filter's
 // classify latency and the chat model's prefill/decode speed on WebGPU and on the CPU (wasm),
 // and the same chat figures for wllama (llama.cpp in wasm, npm @wllama/wllama, single thread)
-// on the same GGUF, side by side, as ratios; tuning milliseconds per step (filter and chat).
-// Prints a line per measurement; --json for machine-readable.
+// on the same GGUF, side by side, as ratios; a moderated chat turn (the wasm Guard's chat, as
+// pkg/guard.js's worker runs it) next to the same answer unmoderated, on the CPU (wasm), as a
+// ratio (issue 13's budget: at most 1.2); tuning milliseconds per step (filter and chat).
+// Prints a line per measurement; --json for machine-readable; --guard-only runs only the
+// moderated-turn comparison.
 //
-//   node scripts/bench-browser.mjs [--webgpu-tokens 4] [--tokens 64] [--skip-webgpu] [--json]
+//   node scripts/bench-browser.mjs [--webgpu-tokens 4] [--tokens 64] [--guard-tokens 128]
+//     [--guard-runs 3] [--guard-only] [--skip-webgpu] [--json]
 import { openBrowser, load } from "../tests/browser/browser.mjs";
 
 const arg = (name, fallback) => {
@@ -16,6 +20,10 @@ const TOKENS = arg("--tokens", 64);
 // SwiftShader (a CPU rasteriser) runs WebGPU at well under 1 GFLOP/s: a short prompt and run prove the
 // path and gives its order of magnitude; a real GPU would take the full length.
 const GPU_TOKENS = arg("--webgpu-tokens", 4);
+// The moderated-turn comparison: tokens per answer (the essay below takes them all) and
+// alternating runs of each (medians).
+const GUARD_TOKENS = arg("--guard-tokens", 128);
+const GUARD_RUNS = arg("--guard-runs", 3);
 const MESSAGE = "Write a long, detailed essay about the history of the printing press in Europe, "
   + "covering Gutenberg, the spread of print shops, the books they made, and how printing changed "
   + "religion, science and politics over the following three centuries.";
@@ -24,7 +32,13 @@ const b = await openBrowser();
 const rows = [];
 const log = (s) => { if (!flag("--json")) console.log(s); };
 const show = (r) => {
-  if (r.what === "chat") {
+  if (r.what === "guard") {
+    const line = (what, ms, perS, firstMs) => `${what} ${(ms / 1000).toFixed(2)} s, ${perS.toFixed(2)} tokens/s (${(ms / r.tokens).toFixed(1)} ms/token), first text after ${firstMs.toFixed(0)} ms`;
+    log(`  moderated turn ${r.backend}: ${r.tokens} tokens, median of ${r.runs} alternating runs each`);
+    log(`    ${line("unmoderated (Chat.generate):", r.unmoderatedMs, r.unmoderatedPerSecond, r.unmoderatedFirstMs)}`);
+    log(`    ${line("moderated (Guard.chat):     ", r.moderatedMs, r.moderatedPerSecond, r.moderatedFirstMs)}`);
+    log(`    ratio moderated / unmoderated: ${r.ratio.toFixed(3)} (median of the pairs' ${r.ratios.map((x) => x.toFixed(3)).join(", ")}; budget 1.20)`);
+  } else if (r.what === "chat") {
     log(`  chat ${r.who} ${r.backend ?? "cpu (wasm)"}: prompt ${r.promptTokens} tokens, prefill ${r.prefillPerSecond.toFixed(1)} tokens/s, time to first token ${r.ttftMs.toFixed(0)} ms, decode ${r.decodePerSecond.toFixed(2)} tokens/s (${r.tokens} tokens)`);
   } else {
     log(`  classify ${r.backend}: ${r.batch} text(s) in ${r.medianMs.toFixed(0)} ms (median of ${r.runs})`);
@@ -35,22 +49,25 @@ try {
   await load(b, "bench");
   const ev = (fn, ...args) => b.page.evaluate(([f, a]) => window.bench[f](...a), [fn, args]);
   log(`browser benchmark: headless Chromium ${b.page.context().browser()?.version() ?? ""}, ${TOKENS} new tokens (WebGPU: ${GPU_TOKENS})`);
-  const cpu = await ev("webguardChat", "cpu", MESSAGE, TOKENS);
-  add({ what: "chat", who: "webguard", ...cpu });
-  const wl = await ev("wllamaChat", MESSAGE, TOKENS);
-  add({ what: "chat", who: "wllama 1 thread", ...wl });
-  log(`    ratio webguard cpu / wllama: prefill ${(cpu.prefillPerSecond / wl.prefillPerSecond).toFixed(2)}, decode ${(cpu.decodePerSecond / wl.decodePerSecond).toFixed(2)}`);
-  for (const batch of [1, 32]) add({ what: "classify", who: "webguard", runs: 5, ...(await ev("classify", "cpu", batch, 5)) });
-  const tuneCpu = await ev("tune", "cpu", 4);
-  rows.push({ what: "tune", ...tuneCpu });
-  log(`  tune on cpu (wasm): filter ${tuneCpu.filterMsPerStep.toFixed(1)} ms/step (a new label, 8 examples); chat LoRA ${tuneCpu.chatMsPerStep.toFixed(0)} ms/step (2 pairs of ~45 tokens, rank 8 on q,v)`);
-  if (!flag("--skip-webgpu")) {
-    // SwiftShader: a short prompt, few tokens, small batches.
-    add({ what: "chat", who: "webguard", ...(await ev("webguardChat", "webgpu", "What is the capital of France?", GPU_TOKENS)) });
-    for (const batch of [1, 8]) add({ what: "classify", who: "webguard", runs: 2, ...(await ev("classify", "webgpu", batch, 2)) });
-    const tuneGpu = await ev("tune", "webgpu", 0);
-    rows.push({ what: "tune", ...tuneGpu });
-    log(`  tune on webgpu: filter ${tuneGpu.filterMsPerStep.toFixed(1)} ms/step (chat tuning not run on SwiftShader)`);
+  add({ what: "guard", ...(await ev("guardChat", MESSAGE, GUARD_TOKENS, GUARD_RUNS)) });
+  if (!flag("--guard-only")) {
+    const cpu = await ev("webguardChat", "cpu", MESSAGE, TOKENS);
+    add({ what: "chat", who: "webguard", ...cpu });
+    const wl = await ev("wllamaChat", MESSAGE, TOKENS);
+    add({ what: "chat", who: "wllama 1 thread", ...wl });
+    log(`    ratio webguard cpu / wllama: prefill ${(cpu.prefillPerSecond / wl.prefillPerSecond).toFixed(2)}, decode ${(cpu.decodePerSecond / wl.decodePerSecond).toFixed(2)}`);
+    for (const batch of [1, 32]) add({ what: "classify", who: "webguard", runs: 5, ...(await ev("classify", "cpu", batch, 5)) });
+    const tuneCpu = await ev("tune", "cpu", 4);
+    rows.push({ what: "tune", ...tuneCpu });
+    log(`  tune on cpu (wasm): filter ${tuneCpu.filterMsPerStep.toFixed(1)} ms/step (a new label, 8 examples); chat LoRA ${tuneCpu.chatMsPerStep.toFixed(0)} ms/step (2 pairs of ~45 tokens, rank 8 on q,v)`);
+    if (!flag("--skip-webgpu")) {
+      // SwiftShader: a short prompt, few tokens, small batches.
+      add({ what: "chat", who: "webguard", ...(await ev("webguardChat", "webgpu", "What is the capital of France?", GPU_TOKENS)) });
+      for (const batch of [1, 8]) add({ what: "classify", who: "webguard", runs: 2, ...(await ev("classify", "webgpu", batch, 2)) });
+      const tuneGpu = await ev("tune", "webgpu", 0);
+      rows.push({ what: "tune", ...tuneGpu });
+      log(`  tune on webgpu: filter ${tuneGpu.filterMsPerStep.toFixed(1)} ms/step (chat tuning not run on SwiftShader)`);
+    }
   }
   const outside = b.requests.filter((u) => !u.startsWith(b.url) && !u.startsWith(`blob:${b.url}`));
   if (outside.length) throw new Error(`requests left 127.0.0.1: ${outside.join(", ")}`);

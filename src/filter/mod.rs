@@ -85,6 +85,20 @@ pub fn score_map(labels: &[String], scores: &[f32]) -> BTreeMap<String, f32> {
     labels.iter().cloned().zip(scores.iter().copied()).collect()
 }
 
+/// Scores of the windows a filter has judged, keyed by the windows' token ids: what
+/// [`Filter::scores_cached`] reads before running the encoder. Only meaningful for the filter
+/// that filled it, as it was then (a moderated turn keeps one per answer).
+#[derive(Debug, Clone, Default)]
+pub struct WindowScores {
+    scores: std::collections::HashMap<Vec<u32>, Vec<f32>>,
+    /// The label count the scores have (a change empties the cache).
+    labels: Option<usize>,
+    /// Windows judged through this cache, counting each call's windows.
+    pub windows: usize,
+    /// Of those, the windows the encoder ran (the others were read from the cache).
+    pub run: usize,
+}
+
 /// The encoder and the heads, ready to classify.
 pub struct Filter {
     encoder: TextEncoder,
@@ -310,28 +324,83 @@ impl Filter {
 
     /// Scores `[text][label]` in [0, 1]: each label's highest score over the text's windows.
     pub async fn scores(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.scores_with(texts, None).await
+    }
+
+    /// [`Filter::scores`], reusing the scores of windows already judged through `cache` and
+    /// adding those it runs: screening a growing text (a streaming answer, judged whole at
+    /// every sentence end) then runs only the windows that changed, the last one and any new
+    /// ones, instead of the whole text again. The same windows are judged either way, so the
+    /// scores are the same (up to the rounding of being batched with other windows).
+    pub async fn scores_cached(
+        &self,
+        texts: &[&str],
+        cache: &mut WindowScores,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.scores_with(texts, Some(cache)).await
+    }
+
+    async fn scores_with(
+        &self,
+        texts: &[&str],
+        cache: Option<&mut WindowScores>,
+    ) -> Result<Vec<Vec<f32>>> {
         let labels = self.info.labels.len();
         let mut scores = vec![vec![0.0f32; labels]; texts.len()];
         if texts.is_empty() {
             return Ok(scores);
         }
         let windows = self.encoder.windows(texts)?;
-        for chunk in windows.chunks(self.encoder.options().batch_size) {
-            let rows: Vec<&[u32]> = chunk.iter().map(|(_, w)| w.as_slice()).collect();
-            let features = self.encoder.batch_features(&self.info.features, &rows);
-            let values = read_f32(self.heads.scores(features)).await?;
-            for ((text, _), row) in chunk.iter().zip(values.chunks_exact(labels)) {
-                for (best, &s) in scores[*text].iter_mut().zip(row) {
-                    if !s.is_finite() {
-                        return Err(Error::Backend(format!(
-                            "the filter produced a non-finite score ({s}); the device may be lost"
-                        )));
-                    }
-                    *best = best.max(s);
-                }
+        let merge = |best: &mut Vec<f32>, row: &[f32]| {
+            for (b, &s) in best.iter_mut().zip(row) {
+                *b = b.max(s);
             }
+        };
+        let Some(cache) = cache else {
+            let rows: Vec<&[u32]> = windows.iter().map(|(_, w)| w.as_slice()).collect();
+            let values = self.window_scores(&rows).await?;
+            for ((text, _), row) in windows.iter().zip(values.chunks_exact(labels)) {
+                merge(&mut scores[*text], row);
+            }
+            return Ok(scores);
+        };
+        if cache.labels != Some(labels) {
+            cache.scores.clear();
+            cache.labels = Some(labels);
+        }
+        // Each window not judged yet, once (still shortest first).
+        let mut seen = std::collections::HashSet::new();
+        let rows: Vec<&[u32]> = windows
+            .iter()
+            .map(|(_, w)| w.as_slice())
+            .filter(|w| !cache.scores.contains_key(*w) && seen.insert(*w))
+            .collect();
+        let values = self.window_scores(&rows).await?;
+        cache.windows += windows.len();
+        cache.run += rows.len();
+        for (w, row) in rows.iter().zip(values.chunks_exact(labels)) {
+            cache.scores.insert(w.to_vec(), row.to_vec());
+        }
+        for (text, w) in &windows {
+            merge(&mut scores[*text], &cache.scores[w]);
         }
         Ok(scores)
+    }
+
+    /// Every label's score of each window, `[window][label]` flattened, in batches.
+    async fn window_scores(&self, rows: &[&[u32]]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(rows.len() * self.info.labels.len());
+        for chunk in rows.chunks(self.encoder.options().batch_size) {
+            let features = self.encoder.batch_features(&self.info.features, chunk);
+            let values = read_f32(self.heads.scores(features)).await?;
+            if let Some(s) = values.iter().find(|s| !s.is_finite()) {
+                return Err(Error::Backend(format!(
+                    "the filter produced a non-finite score ({s}); the device may be lost"
+                )));
+            }
+            out.extend(values);
+        }
+        Ok(out)
     }
 
     /// One [`Verdict`] per text, in order. Empty texts are scored too (as `[CLS] [SEP]`);

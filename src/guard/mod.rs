@@ -33,7 +33,7 @@ pub use policy::{Action, Policy, Rule, Screening};
 use crate::backend::read_f32;
 use crate::chat::ChatModel;
 use crate::error::{Error, Result};
-use crate::filter::Filter;
+use crate::filter::{Filter, WindowScores};
 use crate::generate::{GenerateOptions, Generator, StopReason};
 use crate::text::chat_template::Message;
 use crate::text::sentence_done;
@@ -101,8 +101,19 @@ fn refusal(reason: &str) -> String {
 
 /// Screens `texts` together with `filter` under `policy`: each label's score is its highest
 /// over the texts. `Err` carries the failure, for failing closed.
-async fn screen(filter: &Filter, policy: &Policy, texts: &[&str], side: Side) -> Result<Screening> {
-    let scores = filter.scores(texts).await?;
+/// With `cache`, windows already judged through it are not run again
+/// ([`Filter::scores_cached`]).
+async fn screen(
+    filter: &Filter,
+    policy: &Policy,
+    texts: &[&str],
+    side: Side,
+    cache: Option<&mut WindowScores>,
+) -> Result<Screening> {
+    let scores = match cache {
+        Some(cache) => filter.scores_cached(texts, cache).await?,
+        None => filter.scores(texts).await?,
+    };
     let mut worst: Option<Vec<f32>> = None;
     for row in scores {
         worst = Some(match worst {
@@ -168,7 +179,7 @@ pub async fn moderated_chat(
     let filter_failed = |e: Error| format!("the filter failed, so nothing is shown: {e}");
     let texts = input_texts(messages);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let input = match screen(filter, policy, &texts, Side::Conversation).await {
+    let input = match screen(filter, policy, &texts, Side::Conversation, None).await {
         Ok(s) => s,
         Err(e) => {
             reply.refuse(filter_failed(e));
@@ -209,6 +220,7 @@ pub async fn moderated_chat(
     let mut released = String::new();
     let mut shown = 0;
     let mut cancelled = false;
+    let mut answer_windows = WindowScores::default();
     loop {
         let piece = generator.next_piece().await?;
         if piece.is_some() && should_stop() {
@@ -225,7 +237,16 @@ pub async fn moderated_chat(
             }
             continue;
         }
-        let screening = match screen(filter, policy, &[&released], Side::Answer).await {
+        // The whole answer so far is judged; its windows already judged are not run again.
+        let screening = match screen(
+            filter,
+            policy,
+            &[&released],
+            Side::Answer,
+            Some(&mut answer_windows),
+        )
+        .await
+        {
             Ok(s) => s,
             Err(e) => return Ok(reply.blocked_while_generating(generator, filter_failed(e))),
         };
@@ -315,7 +336,7 @@ pub async fn judge_answer(
     if answer.trim().is_empty() {
         return Err(Error::InvalidInput("the answer is empty".into()));
     }
-    let output = screen(filter, policy, &[answer], Side::Answer).await?;
+    let output = screen(filter, policy, &[answer], Side::Answer, None).await?;
     let mut reason = policy.block_reason("the answer was", &output, Side::Answer);
     let (mut chat_judge, mut answer_judge) = (None, None);
     let layers = (chat.probe.as_ref()).or(chat.answer_probe.as_ref());

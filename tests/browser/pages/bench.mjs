@@ -1,8 +1,8 @@
-// Measured by scripts/bench-browser.mjs: webguard's wasm Chat and Filter on a backend, and
+// Measured by scripts/bench-browser.mjs: webguard's wasm Chat, Guard and Filter on a backend, and
 // wllama (llama.cpp in wasm, from npm) on the same GGUF, in the same page.
 import init, { Chat, Filter, Guard } from "/pkg/webguard.js";
 import { Wllama } from "/tests/browser/node_modules/@wllama/wllama/esm/index.js";
-import { GGUF, bytes, minilm, spoilers } from "./common.mjs";
+import { GGUF, MINILM, bytes, minilm, spoilers } from "./common.mjs";
 
 const SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 const heads = () => bytes("/assets/filter-heads.safetensors");
@@ -26,6 +26,57 @@ window.bench = {
       decodePerSecond: (r.tokens.length - 1) / ((t1 - first) / 1000),
     };
     chat.free();
+    return out;
+  },
+  /** A moderated turn (the wasm Guard's chat, what pkg/guard.js's worker runs, with the
+   *  worker's default files: the 8-bit filter encoder, the shipped heads and chat probes) next
+   *  to the chat model alone (Chat.generate) on the same message and token budget, greedy,
+   *  alternating `runs` times after a warm-up of each; medians (the ratio: of each pair's).
+   *  The answers must be the same tokens (a long benign essay, never blocked), so the times
+   *  compare per generated token. */
+  async guardChat(message, maxTokens, runs) {
+    const [tokenizer, config] = [await bytes(`${MINILM}/tokenizer.json`), await bytes(`${MINILM}/config.json`)];
+    const model = await bytes("/pkg/all-MiniLM-L6-v2.int8.safetensors");
+    const gguf = await bytes(GGUF);
+    const g = await Guard.create("cpu", tokenizer, config, model, await heads(), gguf, await bytes("/assets/chat-probe.safetensors"));
+    const chat = await Chat.create("cpu", gguf);
+    const messages = [{ role: "user", content: message }];
+    const options = { maxTokens };
+    const plain = async () => {
+      let first;
+      const t0 = performance.now();
+      const r = await chat.generate(messages, options, () => { first ??= performance.now(); });
+      return { ms: performance.now() - t0, firstMs: first - t0, tokens: r.tokens.length, text: r.text };
+    };
+    const guarded = async () => {
+      let first;
+      const t0 = performance.now();
+      const r = await g.chat(messages, options, () => { first ??= performance.now(); });
+      return { ms: performance.now() - t0, firstMs: first - t0, tokens: r.tokens, text: r.text, blocked: r.blocked, reason: r.reason };
+    };
+    await plain();
+    await guarded();
+    const p = [], m = [];
+    for (let i = 0; i < runs; i++) {
+      p.push(await plain());
+      m.push(await guarded());
+      const [a, b] = [p.at(-1), m.at(-1)];
+      if (b.blocked) throw new Error(`the benchmark's answer was blocked: ${b.reason}`);
+      if (a.tokens !== b.tokens || a.text !== b.text) throw new Error(`the answers differ: ${a.tokens} tokens unmoderated, ${b.tokens} moderated`);
+    }
+    const ms = median(p.map((r) => r.ms)), guardedMs = median(m.map((r) => r.ms));
+    const tokens = p[0].tokens;
+    const out = {
+      backend: chat.backendDescription, tokens, runs,
+      unmoderatedMs: ms, moderatedMs: guardedMs,
+      unmoderatedPerSecond: tokens / (ms / 1000), moderatedPerSecond: tokens / (guardedMs / 1000),
+      // Each pair's ratio, then their median: load from other processes falls on both sides.
+      ratio: median(m.map((r, i) => r.ms / p[i].ms)), ratios: m.map((r, i) => r.ms / p[i].ms),
+      unmoderatedFirstMs: median(p.map((r) => r.firstMs)), moderatedFirstMs: median(m.map((r) => r.firstMs)),
+      unmoderatedRunsMs: p.map((r) => r.ms), moderatedRunsMs: m.map((r) => r.ms),
+    };
+    chat.free();
+    g.free();
     return out;
   },
   /** The same for wllama, single-threaded, on the CPU, with the same rendered prompt. */

@@ -4,6 +4,7 @@
 
 mod chat;
 mod encoder;
+mod guard;
 mod tune;
 
 use std::path::Path;
@@ -35,6 +36,10 @@ enum BenchWhat {
     /// length: texts/s per batch size and backend, next to the same filter in PyTorch
     /// (scripts/filter-torch.py) on the same texts when `--python` is given.
     Filter(encoder::FilterBench),
+    /// A moderated chat turn (input screen, probes, the answer screened at every sentence end)
+    /// next to the chat model alone, same prompt and answer: tokens/s of each, the ratio
+    /// (budget 1.2), and what the screens cost on their own.
+    Guard(guard::GuardBench),
 }
 
 pub fn run(models: &Path, args: BenchArgs) -> Result<()> {
@@ -43,6 +48,7 @@ pub fn run(models: &Path, args: BenchArgs) -> Result<()> {
         BenchWhat::Chat(args) => chat::run(models, &args),
         BenchWhat::Tune(args) => tune::run(models, &args),
         BenchWhat::Filter(args) => encoder::run_filter(models, &args),
+        BenchWhat::Guard(args) => guard::run(models, &args),
     }
 }
 
