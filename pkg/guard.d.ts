@@ -206,6 +206,8 @@ export interface Moderation {
   warnings: string[];
   chatJudge: number | null;
   answerJudge: number | null;
+  /** The oldest turns left out to fit the context window (the Reply's `droppedTurns`). */
+  droppedTurns: number;
 }
 
 export interface Usage { prompt_tokens: number; completion_tokens: number; total_tokens: number; }
@@ -241,6 +243,7 @@ export interface ChatCompletions {
   /** Streamed: leaving the loop early stops generation. Errors reject here or in the loop. */
   create(request: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
   create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+  create(request: ChatCompletionRequest & { stream?: boolean }): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
 }
 
 /** `guard.chat(messages, options)` (the callback API) with `guard.chat.completions` beside it. */

@@ -73,12 +73,19 @@ const SHIPPED = {
   "chat-probe.safetensors": () => new URL("./chat-probe.safetensors", import.meta.url),
 };
 
+// An IIFE bundle has no import.meta.url: without assetsUrl the files cannot be found.
+function needAssets() {
+  if (!import.meta.url) throw new TypeError("this bundle has no import.meta.url (an IIFE bundle?): give Guard.create({ assetsUrl })");
+}
+
 function shipped(assets, name) {
+  if (!assets) needAssets();
   return (assets ? new URL(name, assets) : SHIPPED[name]()).href;
 }
 
 function newWorker(assets) {
   if (assets) return new Worker(new URL("guard-worker.js", assets), { type: "module", name: "webguard" });
+  needAssets();
   return new Worker(new URL("./guard-worker.js", import.meta.url), { type: "module", name: "webguard" });
 }
 
@@ -125,8 +132,8 @@ function finishReason(reply) {
 function usage(reply) {
   return { prompt_tokens: reply.promptTokens, completion_tokens: reply.tokens, total_tokens: reply.promptTokens + reply.tokens };
 }
-function moderation({ blocked, reason, input, output, warnings, chatJudge, answerJudge }) {
-  return { blocked, reason, input, output, warnings, chatJudge, answerJudge };
+function moderation({ blocked, reason, input, output, warnings, chatJudge, answerJudge, droppedTurns }) {
+  return { blocked, reason, input, output, warnings, chatJudge, answerJudge, droppedTurns };
 }
 
 export class Guard {
@@ -316,6 +323,9 @@ export class Guard {
    */
   async #completions(request) {
     const { messages, stream = false, signal, model: _, ...rest } = checkKeys(request, COMPLETION_KEYS, "chat.completions.create");
+    if (rest.max_tokens != null && rest.max_completion_tokens != null) {
+      throw new TypeError("chat.completions.create: give max_tokens or max_completion_tokens, not both");
+    }
     const options = { signal };
     for (const [k, v] of Object.entries(rest)) {
       if (v !== undefined && v !== null) options[COMPLETION_OPTIONS[k]] = k === "stop" && typeof v === "string" ? [v] : v;

@@ -124,7 +124,11 @@ impl<'a> EncoderWeights<'a> {
         };
         // A 4-bit tensor's bytes hold two values each.
         let cols = if bits == 4 {
-            2 * stored_cols
+            stored_cols.checked_mul(2).ok_or_else(|| {
+                bad(format!(
+                    "tensor {name:?} has {stored_cols} columns of 4-bit pairs: too many"
+                ))
+            })?
         } else {
             stored_cols
         };

@@ -17,7 +17,7 @@ const BOUND_MS = 180_000; // the longest any one call may take (the huge inputs)
 
 const b = usePage("fuzz", { webgpu: false });
 
-/** Prints the outcome counts and each crash; fails on a hang or an unknown crash. */
+/** Prints the outcome counts and each crash; fails on a hang or any crash. */
 function report(name, log) {
   const counts = {};
   for (const r of log) {
