@@ -103,14 +103,6 @@ fn long_prompt(chat: &ChatModel, tokens: usize) -> Vec<u32> {
     }
 }
 
-fn worst_difference(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// The last position's logits and every position's states after `layers`, from one prefill of
 /// `ids` after `prefix` of them were cached by an earlier call.
 fn prefill(chat: &ChatModel, ids: &[u32], prefix: usize, layers: &[usize]) -> Vec<Vec<f32>> {
@@ -155,14 +147,14 @@ fn chunked_attention_equals_whole_attention_and_bounds_the_scores() {
             "chunk {chunk}: a scores tensor of {peak} elements"
         );
         // Logits at the last position; states at every position the chunked run computed.
-        let logits = worst_difference(&whole[0], &chunked[0]);
+        let logits = common::max_diff(&whole[0], &chunked[0]);
         assert!(
             logits < 1e-4,
             "chunk {chunk}, prefix {prefix}: logits differ by {logits}"
         );
         let d = chat.model.config().dim;
         for (l, (w, c)) in whole[1..].iter().zip(&chunked[1..]).enumerate() {
-            let diff = worst_difference(&w[prefix * d..], c);
+            let diff = common::max_diff(&w[prefix * d..], c);
             // Relative: the residual stream reaches 10⁴ (an ulp there is 10⁻³).
             let largest = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             assert!(
@@ -477,7 +469,7 @@ fn a_batch_split_into_passes_takes_the_same_step() {
         (one.final_loss - split.final_loss).abs() < 1e-4,
         "{one:?} {split:?}"
     );
-    let diff = worst_difference(&one_logits, &split_logits);
+    let diff = common::max_diff(&one_logits, &split_logits);
     assert!(diff < 1e-3, "the tuned models' logits differ by {diff}");
 
     // A pair that could not fit a pass is refused before anything runs.

@@ -8,6 +8,8 @@
 //! `numpy.random.default_rng(1)` drawn as the script draws them, and `gguf.quants.dequantize`
 //! of the file's `q8_0` and `q4_1` blocks (gguf 0.x, numpy 2.3).
 
+mod common;
+
 use webguard::weights::{Array, GgmlType, Gguf, Value, ValueType};
 
 fn seed(name: &str) -> Vec<u8> {
@@ -22,15 +24,6 @@ fn values(name: &str) -> Vec<f32> {
     let path = webguard::source_checkout().join("tests/data/gguf-seeds.json");
     let all: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     serde_json::from_value(all[name].clone()).unwrap()
-}
-
-/// Largest difference between two equally long slices.
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -77,7 +70,7 @@ fn every_value_type_round_trips_from_python_gguf() {
     let q8 = g.dequantize("q8_0").unwrap();
     let q4 = g.dequantize("q4_1").unwrap();
     for (name, got) in [("q8_0", &q8), ("q4_1", &q4)] {
-        let diff = max_diff(got, &values(name));
+        let diff = common::max_diff(got, &values(name));
         assert!(diff <= 1e-6, "{name}: {diff}");
     }
     // ... and is within its format's rounding of the values quantised: per block of 32, half a
@@ -92,8 +85,8 @@ fn every_value_type_round_trips_from_python_gguf() {
         let q4_step = (hi - lo) / 15.0;
         let at = block * 32..block * 32 + 32;
         let (d8, d4) = (
-            max_diff(&q8[at.clone()], original),
-            max_diff(&q4[at], original),
+            common::max_diff(&q8[at.clone()], original),
+            common::max_diff(&q4[at], original),
         );
         assert!(
             d8 <= q8_step * 0.51 + 1e-3 * q8_step * 127.0,

@@ -57,3 +57,12 @@ pub fn reference(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(&path).expect("reference file readable");
     serde_json::from_str(&text).expect("reference file is JSON")
 }
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
