@@ -3,7 +3,8 @@
 #
 #   ./build.sh setup   toolchain targets, wasm-bindgen-cli (pinned to Cargo.lock), Debian packages
 #                      (chromium, mesa-vulkan-drivers), npm packages, Python reference tools, models
-#   ./build.sh build   native release build + wasm32 -> pkg/ (wasm-bindgen --target web, wasm-opt)
+#   ./build.sh build   native release build + two wasm32 modules -> pkg/ (wasm-bindgen --target web,
+#                      wasm-opt), then what each page downloads (scripts/sizes.mjs)
 #   ./build.sh serve   setup + build, then serve the demo on 127.0.0.1 with COOP/COEP headers
 #   ./build.sh test    setup + build + every test: format, lints, native, references, browser
 #   ./build.sh bench [ARGS]     browser benchmark: classify and chat on WebGPU and the CPU (wasm)
@@ -92,15 +93,44 @@ setup() {
   scripts/fetch-models.sh "$WEBGUARD_MODELS"
 }
 
+# wasm-opt LEVEL on FILE in place. npm's binaryen is itself wasm (single-threaded, minutes on
+# these modules), so the result is cached by the input's hash: an unchanged module is not
+# optimised twice. LEVEL "none" skips it.
+optimize_wasm() {
+  local file="$1" opt="$2"
+  [ "$opt" != none ] || return 0
+  local key; key="$(cat "$file" <(echo "$opt") | sha256sum | cut -c1-32)"
+  local cached="$CACHE/wasm-opt/$key.wasm"
+  if [ ! -f "$cached" ]; then
+    step "wasm-opt $opt $file"
+    mkdir -p "$CACHE/wasm-opt"
+    find "$CACHE/wasm-opt" -name '*.wasm' -mtime +7 -delete
+    "$NODE_DIR/node_modules/.bin/wasm-opt" "$opt" --enable-bulk-memory --enable-nontrapping-float-to-int \
+      --enable-simd --enable-sign-ext --enable-mutable-globals --enable-reference-types \
+      "$file" -o "$cached.tmp"
+    mv "$cached.tmp" "$cached"
+  fi
+  cp "$cached" "$file"
+}
+
 build() {
   local opt="${WASM_OPT:--O1}"
   step "cargo build --release (native)"
   cargo build --release
-  step "cargo build --release --target wasm32-unknown-unknown"
-  cargo build --release --lib --target wasm32-unknown-unknown
-  step "wasm-bindgen --target web -> pkg/"
-  wasm-bindgen --target web --out-dir pkg --out-name webguard \
-    "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/webguard.wasm"
+  # Two wasm modules from one crate (issue 18): webguard.js without the `tune` feature
+  # (autodiff and the optimiser: the smaller first download every page takes) and
+  # webguard_tune.js with it (fetched when a page first tunes). The `wasm` profile builds cold
+  # code for size (Cargo.toml). The two share every dependency build but burn's top crates.
+  local wasm_out="$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm"
+  local variant name features
+  for variant in core tune; do
+    if [ "$variant" = core ]; then name=webguard features=--no-default-features; else name=webguard_tune features=; fi
+    step "cargo build --profile wasm --target wasm32-unknown-unknown $features"
+    cargo build --profile wasm --lib --target wasm32-unknown-unknown $features
+    step "wasm-bindgen --target web -> pkg/$name.js"
+    wasm-bindgen --target web --out-dir pkg --out-name "$name" "$wasm_out/webguard.wasm"
+    optimize_wasm "pkg/${name}_bg.wasm" "$opt"
+  done
   # The package ships the filter heads and the chat probe (guard.js loads them from next to
   # itself by default).
   cp assets/filter-heads.safetensors assets/chat-probe.safetensors pkg/
@@ -108,23 +138,8 @@ build() {
   # byte-deterministic, its sha256 is pinned in pkg/guard-worker.js.
   "$CARGO_TARGET_DIR/release/webguard" --models "$WEBGUARD_MODELS" quantize-filter \
     --out pkg/all-MiniLM-L6-v2.int8.safetensors
-  if [ "$opt" != none ]; then
-    # npm's binaryen is itself wasm (single-threaded, minutes on this module), so the result is
-    # cached by the input's hash: an unchanged module is not optimised twice.
-    local key; key="$(cat pkg/webguard_bg.wasm <(echo "$opt") | sha256sum | cut -c1-32)"
-    local cached="$CACHE/wasm-opt/$key.wasm"
-    if [ ! -f "$cached" ]; then
-      step "wasm-opt $opt"
-      mkdir -p "$CACHE/wasm-opt"
-      find "$CACHE/wasm-opt" -name '*.wasm' -mtime +7 -delete
-      "$NODE_DIR/node_modules/.bin/wasm-opt" "$opt" --enable-bulk-memory --enable-nontrapping-float-to-int \
-        --enable-simd --enable-sign-ext --enable-mutable-globals --enable-reference-types \
-        pkg/webguard_bg.wasm -o "$cached.tmp"
-      mv "$cached.tmp" "$cached"
-    fi
-    cp "$cached" pkg/webguard_bg.wasm
-  fi
-  echo "pkg/webguard_bg.wasm: $(du -h pkg/webguard_bg.wasm | cut -f1) ($(gzip -c pkg/webguard_bg.wasm | wc -c) bytes gzipped)"
+  step "what a page downloads (scripts/sizes.mjs; fails over the code budget)"
+  node scripts/sizes.mjs --pkg pkg --models "$WEBGUARD_MODELS"
 }
 
 run_tests() {
@@ -134,6 +149,7 @@ run_tests() {
   step "cargo clippy (native and wasm32, warnings are errors)"
   cargo clippy --release --all-targets -- -D warnings
   cargo clippy --release --lib --target wasm32-unknown-unknown -- -D warnings
+  cargo clippy --release --lib --target wasm32-unknown-unknown --no-default-features -- -D warnings
   step "references: scripts/make-references.py reproduces tests/reference/"
   local tmp; tmp="$(mktemp -d)"
   "$VENV/bin/python" scripts/make-references.py "$WEBGUARD_MODELS" --out "$tmp" >/dev/null

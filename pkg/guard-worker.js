@@ -4,7 +4,11 @@
 // error's data is { name, message }: the name is the kind ("BackendError", ...; see guard.d.ts),
 // which guard.js gives the Error it rejects with. "fatal" says the wasm module trapped (a
 // Rust panic: panic=abort): nothing more can run here, and guard.js replaces this worker.
-import init, { Guard as WasmGuard } from "./webguard.js";
+
+// Two builds of the same module: webguard.js without the tuning code (autodiff and the
+// optimiser; the smaller first download) and webguard_tune.js with it. `create` loads one
+// ({ tuning }); guard.js starts a worker with the second when a page first tunes.
+let WasmGuard;
 
 const CACHE_NAME = "webguard-models-v1";
 let guard;
@@ -83,6 +87,20 @@ self.addEventListener("unhandledrejection", (event) => {
   event.preventDefault();
   crash(event.reason);
 });
+
+// ---------------------------------------------------------------- the wasm module
+
+/** Loads webguard.js or, for `tuning`, webguard_tune.js (each finds its wasm beside itself and
+ * compiles it while it downloads; the browser keeps the compiled code for the next visit) and
+ * resolves to its Guard class. Progress (phase "module") says when it starts and when it is done. */
+async function loadModule(id, tuning) {
+  const file = tuning ? "webguard_tune_bg.wasm" : "webguard_bg.wasm";
+  post(id, "progress", { file, phase: "module", loaded: 0, total: 0 });
+  const mod = tuning ? await import("./webguard_tune.js") : await import("./webguard.js");
+  await mod.default();
+  post(id, "progress", { file, phase: "module", loaded: 0, total: 0, done: true });
+  return mod.Guard;
+}
 
 // ---------------------------------------------------------------- model files
 
@@ -247,6 +265,7 @@ function describe(g) {
     hasChat: g.hasChat,
     chatProbe: g.chatProbe ?? null,
     policy: g.policy,
+    canTune: g.canTune,
   };
 }
 
@@ -279,7 +298,7 @@ async function fallBackToCpu(id, error) {
 
 const ops = {
   async create(id, args) {
-    await init();
+    WasmGuard = await loadModule(id, args.tuning === true);
     files = args.files;
     settings = { cache: args.cache !== false, integrity: args.integrity };
     // After a crash, guard.js passes the tuning and rules the page had (`restore`).

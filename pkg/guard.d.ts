@@ -46,10 +46,12 @@ export type Action = "block" | "warn" | "allow";
 export interface Rule { threshold: number; action: Action; }
 
 export interface Progress {
-  /** e.g. "filter model", "chat model", or "models" for the final initialisation. */
+  /** e.g. "filter model", "chat model", "models" for the final initialisation, or the wasm
+   *  module ("webguard_bg.wasm"; "webguard_tune_bg.wasm" when a page first tunes). */
   file: string;
-  /** "download" (network), "cache" (Cache API) or "init" (building the models). */
-  phase: "download" | "cache" | "init";
+  /** "download" (network), "cache" (Cache API), "module" (the wasm module loading: once when
+   *  it starts, once with `done`) or "init" (building the models). */
+  phase: "download" | "cache" | "module" | "init";
   loaded: number;
   /** 0 when unknown. */
   total: number;
@@ -94,11 +96,19 @@ export interface CreateOptions {
   integrity?: boolean | Partial<Record<"tokenizer" | "config" | "model" | "heads" | "chat" | "chatProbe", string | null>>;
   /**
    * The folder (same origin) where this package's own files are served: guard-worker.js,
-   * webguard.js, webguard_bg.wasm and the three .safetensors files. Default: next to guard.js
+   * webguard.js, webguard_bg.wasm, webguard_tune.js, webguard_tune_bg.wasm and the three
+   * .safetensors files. Default: next to guard.js
    * (`import.meta.url`), which after a bundler inlined guard.js (esbuild) is the bundle's own
    * folder. Needed for a bundle without `import.meta` (esbuild's iife format).
    */
   assetsUrl?: string | URL;
+  /**
+   * Load the wasm module with the tuning code (autodiff, the optimiser) now. Default false:
+   * the Guard loads the smaller module, and the first tuneFilter/tuneChat moves it to a new
+   * worker running the tuning module (the models load again from the cache; rules and
+   * adapters come along; a few seconds, once). Pages that will tune anyway save that wait.
+   */
+  tuning?: boolean;
 }
 
 /** Scores of the shipped labels (Label) and of any label taught with tuneFilter. */
@@ -317,6 +327,8 @@ export class Guard {
   static create(options?: CreateOptions): Promise<Guard>;
   static clearCache(): Promise<boolean>;
   readonly backend: { kind: "webgpu" | "cpu"; adapter: string | null; reason: string | null };
+  /** Whether the tuning module is loaded (`tuning: true`, or after the first tuning call). */
+  readonly tuning: boolean;
   /** The shipped labels plus any taught with tuneFilter. */
   readonly labels: string[];
   /** Where each label came from, e.g. `{ offensive: "shipped", spoiler: "taught" }`. */

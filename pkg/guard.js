@@ -26,7 +26,7 @@
 // module checks them.
 
 const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "chatProbe", "backend",
-  "thresholds", "policy", "onProgress", "cache", "integrity", "assetsUrl"];
+  "thresholds", "policy", "onProgress", "cache", "integrity", "assetsUrl", "tuning"];
 // The files `integrity` can name (the worker's manifest has the same keys).
 const FILES = ["tokenizer", "config", "model", "heads", "chat", "chatProbe"];
 const CACHE_NAME = "webguard-models-v1";
@@ -146,6 +146,7 @@ export class Guard {
   #adapters = { filter: null, chat: null }; // the page's tuning as adapters files (from the worker)
   #assets; // the page's assetsUrl, for a new worker after a crash
   #reviving = null; // the promise of a new worker being loaded after a crash
+  #upgrading = null; // the promise of the move to the tuning module (#loadTuning)
   #disposed = false;
 
   /** The callback API, `guard.chat(messages, options)` (see #chat), and beside it the shape
@@ -193,12 +194,16 @@ export class Guard {
    * package, loaded with the chat model; `false` turns it off; or a URL / bytes of another);
    * `backend`: "auto" | "webgpu" | "cpu"; `thresholds: { label: number }`;
    * `policy: { label: { threshold, action: "block" | "warn" | "allow" } }`;
-   * `onProgress({ file, phase: "download" | "cache" | "init", loaded, total, done })`;
+   * `onProgress({ file, phase: "download" | "cache" | "module" | "init", loaded, total, done })`;
    * `cache` (default true); `integrity`: the sha256 each file fetched from a URL must have
    * (default: this package's manifest of the shipped models; `{ chat: "<sha256>" }` for
    * another chat model, `{ chat: null }` to skip one file, `false` to check none);
    * `assetsUrl`: the folder serving this package's own files (worker, wasm, .safetensors;
-   * default: next to guard.js, i.e. beside the bundle when a bundler inlined it).
+   * default: next to guard.js, i.e. beside the bundle when a bundler inlined it);
+   * `tuning` (default false): load the module with the tuning code now. Without it the Guard
+   * loads the smaller module (no autodiff, no optimiser) and, on the first tuneFilter/tuneChat,
+   * moves to a new worker with the tuning module (the models load again from the cache, the
+   * page's rules and adapters come along: a few seconds once).
    */
   static async create(options = {}) {
     const o = checkKeys(options, OPTIONS, "Guard.create options");
@@ -224,10 +229,13 @@ export class Guard {
     const chat = source(o.chat ?? o.chatUrl, "chatUrl");
     const chatProbe = probeSource(o.chatProbe, chat !== undefined, assets);
     const integrity = integrityOption(o.integrity);
+    if (o.tuning !== undefined && typeof o.tuning !== "boolean") {
+      throw new TypeError(`tuning must be true or false (got ${JSON.stringify(o.tuning)})`);
+    }
     const guard = new Guard(newWorker(assets));
     guard.#onProgress = o.onProgress;
     guard.#assets = assets;
-    guard.#config = { backend, files: { filter, chat, chatProbe }, cache: o.cache !== false, integrity };
+    guard.#config = { backend, files: { filter, chat, chatProbe }, cache: o.cache !== false, integrity, tuning: o.tuning === true };
     try {
       guard.#info = await guard.#call("create", guard.#config);
       for (const [label, threshold] of Object.entries(o.thresholds ?? {})) {
@@ -251,6 +259,9 @@ export class Guard {
     const { kind, adapter, reason } = this.#info;
     return { kind, adapter, reason };
   }
+
+  /** Whether the tuning module is loaded (`tuning: true`, or after the first tuning call). */
+  get tuning() { return this.#info.canTune === true; }
 
   /** Filter labels, e.g. ["offensive", "hate", "harmful"]. */
   get labels() { return [...this.#info.labels]; }
@@ -398,6 +409,8 @@ export class Guard {
   async #tune(op, data, options) {
     const [{ onStep, signal }, tuning] = splitOptions(options, ["onStep", "signal"], `${op} options`);
     if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
+    if (!this.#config.tuning) await this.#loadTuning();
+    if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
     const abort = self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
     const stop = () => { if (abort) Atomics.store(new Int32Array(abort), 0, 1); };
     signal?.addEventListener("abort", stop, { once: true });
@@ -449,6 +462,10 @@ export class Guard {
 
   #call(op, args, handlers = {}) {
     if (this.#disposed) return Promise.reject(new Error("the Guard was disposed"));
+    if (this.#upgrading) {
+      const again = () => this.#call(op, args, handlers);
+      return this.#upgrading.then(again, again);
+    }
     if (this.#worker && !this.#reviving) return this.#post(op, args, handlers);
     // The worker crashed (or is being replaced): calls wait for the new one, in order.
     return this.#revive().then(() => this.#post(op, args, handlers));
@@ -458,16 +475,20 @@ export class Guard {
     if (this.#disposed) return Promise.reject(new Error("the Guard was disposed"));
     if (!this.#worker) return Promise.reject(named("CrashError", "the webguard worker crashed; the Guard reloads on the next call"));
     const id = this.#next++;
-    return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject, ...handlers });
+    const entry = { ...handlers };
+    const reply = new Promise((resolve, reject) => {
+      Object.assign(entry, { resolve, reject });
+      this.#pending.set(id, entry);
       this.#worker.postMessage({ id, op, args });
     });
+    entry.settled = reply.then(() => {}, () => {}); // for #loadTuning, which waits on it
+    return reply;
   }
 
   /** After a crash: a new worker with the same model files (from the cache), the page's tuning
    *  and its rules. Concurrent calls share one attempt; a failed one is tried again by the
    *  next call. */
-  #revive() {
+  #revive(why = "after its worker crashed") {
     this.#reviving ??= (async () => {
       this.#attach(newWorker(this.#assets));
       // Where a GPU failure already moved the models to the CPU, they stay there.
@@ -481,10 +502,36 @@ export class Guard {
       } catch (e) {
         this.#worker?.terminate();
         this.#worker = undefined;
-        throw named(e?.name ?? "Error", `the Guard could not be reloaded after its worker crashed: ${e?.message ?? e}`);
+        throw named(e?.name ?? "Error", `the Guard could not be reloaded ${why}: ${e?.message ?? e}`);
       }
     })().finally(() => { this.#reviving = null; });
     return this.#reviving;
+  }
+
+  /** The first tuning call of a Guard created without `tuning`: once the calls in flight have
+   *  settled, the worker is replaced by one running the tuning module, with the same model
+   *  files, rules and adapters (#revive). A new worker rather than a second module in the same
+   *  one: a wasm module's memory never shrinks, so the first one's would stay allocated. Calls
+   *  made meanwhile wait for the new worker, in order. */
+  #loadTuning() {
+    this.#upgrading ??= (async () => {
+      this.#config.tuning = true;
+      try {
+        while (this.#pending.size > 0) {
+          await Promise.allSettled([...this.#pending.values()].map((p) => p.settled));
+        }
+        if (this.#worker && !this.#reviving) {
+          const old = this.#worker;
+          this.#worker = undefined;
+          old.terminate();
+        }
+        await this.#revive("with the tuning module");
+      } catch (e) {
+        this.#config.tuning = false;
+        throw e;
+      }
+    })().finally(() => { this.#upgrading = null; });
+    return this.#upgrading;
   }
 
   #receive({ id, type, data }) {

@@ -49,6 +49,10 @@ function onProgress(p) {
     $("load-status").textContent = "building the models…";
     return;
   }
+  if (p.phase === "module") {
+    if (!p.done) $("load-status").textContent = p.file.includes("tune") ? "loading the tuning module…" : "loading the wasm module…";
+    return;
+  }
   const { bar, note } = progressBar(p.file);
   if (p.total) { bar.max = p.total; bar.value = p.loaded; } else bar.removeAttribute("value");
   const from = p.phase === "cache" ? "from cache" : "downloaded";

@@ -14,6 +14,7 @@ pub mod features;
 pub mod heads;
 pub mod heads_file;
 pub mod metrics;
+#[cfg(feature = "tune")]
 pub mod train;
 
 #[cfg(not(target_arch = "wasm32"))]

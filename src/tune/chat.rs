@@ -20,11 +20,7 @@
 //! long pairs as four passes peaked at 1.46 GB, and took less time than one pass: 28.7 s
 //! against 48.4 s on this shared 2-core machine).
 
-use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{Module, Param};
-use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams};
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::module::Param;
 use safetensors::Dtype;
 
 use crate::backend::read_f32;
@@ -32,8 +28,18 @@ use crate::chat::ChatModel;
 use crate::error::{Error, Result};
 use crate::models::llama::Adapters;
 use crate::models::lora::{Lora, LoraConfig, LoraFactors, Projection};
-use crate::tune::{Step, TuneOptions, now_ms, report_step, step_loss};
+use crate::tune::TuneOptions;
 use crate::weights::safetensors::SafetensorsFile;
+#[cfg(feature = "tune")]
+use {
+    crate::tune::{Step, now_ms, report_step, step_loss},
+    burn::grad_clipping::GradientClippingConfig,
+    burn::module::Module,
+    burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams},
+    burn::tensor::Int,
+    burn::tensor::activation::log_softmax,
+    burn::tensor::{Device, Tensor, TensorData},
+};
 
 /// One example answer.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -133,6 +139,7 @@ pub fn plan_passes(lengths: &[usize], max_tokens: usize) -> Vec<std::ops::Range<
     passes
 }
 
+#[cfg(feature = "tune")]
 /// A pair as ids: the rendered prompt (through the assistant prefix) and the response with
 /// its end-of-turn token.
 struct TokenPair {
@@ -140,6 +147,7 @@ struct TokenPair {
     response: Vec<u32>,
 }
 
+#[cfg(feature = "tune")]
 impl TokenPair {
     /// Positions a training pass runs for it (every token but the last).
     fn len(&self) -> usize {
@@ -148,6 +156,7 @@ impl TokenPair {
 }
 
 impl ChatModel {
+    #[cfg(feature = "tune")]
     /// Tunes LoRA adapters on `pairs` (continuing from the installed adapters when they have
     /// the same configuration). `on_step` receives each step and returns `false` to cancel.
     /// Errors (bad pairs or options, a diverging loss, cancellation) leave the model as it was.
@@ -243,6 +252,7 @@ impl ChatModel {
         })
     }
 
+    #[cfg(feature = "tune")]
     /// Checks and tokenizes the pairs.
     fn tokenize_pairs(&self, pairs: &[ChatPair], max_tokens: usize) -> Result<Vec<TokenPair>> {
         if pairs.is_empty() {
@@ -289,6 +299,7 @@ impl ChatModel {
             .collect()
     }
 
+    #[cfg(feature = "tune")]
     /// Cross-entropy of the response tokens of `batch`, summed and divided by `count` (the
     /// response tokens of the whole step's batch), `[1]`, on the autodiff `device`.
     fn response_loss(

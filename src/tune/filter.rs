@@ -8,20 +8,22 @@
 //! figures stay what they were. The tuned heads travel as a safetensors file
 //! ([`Filter::export_adapters`]) valid only on top of the filter they came from.
 
-use std::collections::BTreeMap;
-
-use burn::grad_clipping::GradientClippingConfig;
-use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
-use burn::tensor::activation::log_sigmoid;
-use burn::tensor::{Device, Tensor, TensorData};
-
-use crate::backend::read_f32;
 use crate::error::{Error, Result};
-use crate::filter::heads::{Head, Heads, TUNED_FORMAT};
-use crate::filter::heads_file::check_label;
+use crate::filter::heads::{Heads, TUNED_FORMAT};
 use crate::filter::{Filter, LabelOrigin};
-use crate::tune::{Step, TuneOptions, now_ms, report_step, step_loss};
+#[cfg(feature = "tune")]
+use {
+    crate::backend::read_f32,
+    crate::filter::heads::Head,
+    crate::filter::heads_file::check_label,
+    crate::tune::{Step, TuneOptions, now_ms, report_step, step_loss},
+    burn::grad_clipping::GradientClippingConfig,
+    burn::module::Module,
+    burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig},
+    burn::tensor::activation::log_sigmoid,
+    burn::tensor::{Device, Tensor, TensorData},
+    std::collections::BTreeMap,
+};
 
 /// How [`Filter::import_adapters_with`] treats the labels the filter was loaded with.
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -63,16 +65,19 @@ pub struct FilterTuneReport {
 pub const NEW_LABEL_THRESHOLD: f32 = 0.5;
 /// Most examples per call: tuning is meant for a handful, and every one is encoded.
 pub const MAX_EXAMPLES: usize = 2000;
+#[cfg(feature = "tune")]
 /// Adam's weight decay on the tuned heads (a mild pull towards small weights, which a few
 /// examples need).
 const WEIGHT_DECAY: f32 = 1e-3;
 
+#[cfg(feature = "tune")]
 /// The heads being tuned, trained together.
 #[derive(Module, Debug)]
 struct TunedHeads {
     heads: Vec<Head>,
 }
 
+#[cfg(feature = "tune")]
 /// Per label, with its rows: `(label, window indices, targets)`.
 struct LabelRows {
     label: String,
@@ -81,6 +86,7 @@ struct LabelRows {
 }
 
 impl Filter {
+    #[cfg(feature = "tune")]
     /// Tunes the heads of the labels in `examples` (new labels get a new head, threshold
     /// [`NEW_LABEL_THRESHOLD`]). `on_step` receives each step and returns `false` to cancel.
     /// Errors (bad examples or options, a text over the length limit, a non-finite loss,
@@ -376,6 +382,7 @@ impl Filter {
     }
 }
 
+#[cfg(feature = "tune")]
 /// Standardised features of one label's rows, targets and class weights on `device`.
 fn label_batch(
     l: &LabelRows,
@@ -403,6 +410,7 @@ fn label_batch(
     )
 }
 
+#[cfg(feature = "tune")]
 /// Mean of class-weighted binary cross-entropy, `[1]`.
 fn weighted_bce(z: Tensor<1>, y: Tensor<1>, w: Tensor<1>) -> Tensor<1> {
     let bce = -(y.clone() * log_sigmoid(z.clone()) + (y.neg() + 1.0) * log_sigmoid(z.neg()));

@@ -83,6 +83,7 @@ pub struct Step {
     pub millis: f64,
 }
 
+#[cfg(feature = "tune")]
 /// The loss of a step, read back (asynchronously: WebGPU needs it); a non-finite loss ends the
 /// run with an error saying `what` (e.g. "the filter") is unchanged.
 pub(crate) async fn step_loss(
@@ -104,6 +105,7 @@ pub(crate) async fn step_loss(
     Ok(value)
 }
 
+#[cfg(feature = "tune")]
 /// Hands the finished step to `on_step`; its `false` ends the run with a cancellation error
 /// saying `what` is unchanged.
 pub(crate) fn report_step(
@@ -123,6 +125,7 @@ pub(crate) fn report_step(
     }
 }
 
+#[cfg(feature = "tune")]
 /// Milliseconds from an arbitrary origin (`Instant` does not exist on wasm32).
 pub(crate) fn now_ms() -> f64 {
     #[cfg(target_arch = "wasm32")]

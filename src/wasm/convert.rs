@@ -197,6 +197,7 @@ pub(crate) fn asks_to_stop(should_stop: Option<&js_sys::Function>) -> bool {
         .is_some_and(|r| r.is_truthy())
 }
 
+#[cfg(feature = "tune")]
 /// Hands a tuning step to `onStep` (which may return `false` to cancel) and asks `shouldStop`.
 pub(crate) fn step_callback(
     on_step: Option<&js_sys::Function>,

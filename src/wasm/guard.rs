@@ -8,18 +8,21 @@ use std::rc::Rc;
 use js_sys::Promise;
 use wasm_bindgen::prelude::*;
 
-use super::convert::{
-    self, JsResult, asks_to_stop, busy, call_on_token, invalid_input, step_callback, to_js,
-};
+use super::convert::{self, JsResult, asks_to_stop, busy, call_on_token, invalid_input, to_js};
 use super::{backend_kind, classify, init_backend, load_chat};
 use crate::backend::Backend;
 use crate::chat::ChatModel;
 use crate::filter::Filter;
 use crate::generate::GenerateOptions;
 use crate::guard::{Action, Policy, Rule};
+#[cfg(feature = "tune")]
 use crate::tune::TuneOptions;
-use crate::tune::chat::{CHAT_ADAPTERS_FORMAT, ChatPair, ChatTuneOptions};
-use crate::tune::filter::{ImportOptions, LabelExample};
+use crate::tune::chat::CHAT_ADAPTERS_FORMAT;
+#[cfg(feature = "tune")]
+use crate::tune::chat::{ChatPair, ChatTuneOptions};
+use crate::tune::filter::ImportOptions;
+#[cfg(feature = "tune")]
+use {super::convert::step_callback, crate::tune::filter::LabelExample};
 
 /// The moderated chat and the filter together on one backend: what `pkg/guard.js` runs in its
 /// worker. `await Guard.create(backend, tokenizerJson, configJson, model, heads, gguf?,
@@ -250,6 +253,7 @@ impl WasmGuard {
     /// step, steps, loss, millis })` after each step may return `false` to cancel, as may
     /// `shouldStop()`. Resolves to `{ labels, newLabels, finalLoss, examples }`; on any error
     /// the filter is as it was.
+    #[cfg(feature = "tune")]
     #[wasm_bindgen(js_name = tuneFilter)]
     pub fn tune_filter(
         &self,
@@ -281,6 +285,7 @@ impl WasmGuard {
     /// `options` (`ChatTuneOptions`: `{ steps, learningRate, seed, rank, targets, batchSize
     /// }`); `onStep` and `shouldStop` as for `tuneFilter`. Resolves to `{ pairs, firstLoss,
     /// finalLoss, parameters }`; on any error the model is as it was.
+    #[cfg(feature = "tune")]
     #[wasm_bindgen(js_name = tuneChat)]
     pub fn tune_chat(
         &self,
@@ -304,6 +309,40 @@ impl WasmGuard {
                 .js()?;
             to_js(&report)
         }))
+    }
+
+    /// In a module built without tuning (`webguard.js`; guard.js loads `webguard_tune.js` when
+    /// a page first tunes): a `TuningError` saying so.
+    #[cfg(not(feature = "tune"))]
+    #[wasm_bindgen(js_name = tuneFilter)]
+    pub fn tune_filter(
+        &self,
+        _examples: JsValue,
+        _options: JsValue,
+        _on_step: Option<js_sys::Function>,
+        _should_stop: Option<js_sys::Function>,
+    ) -> Result<Promise, JsValue> {
+        Err(no_tuning()).js()
+    }
+
+    /// As `tuneFilter`: a `TuningError` in a module built without tuning.
+    #[cfg(not(feature = "tune"))]
+    #[wasm_bindgen(js_name = tuneChat)]
+    pub fn tune_chat(
+        &self,
+        _pairs: JsValue,
+        _options: JsValue,
+        _on_step: Option<js_sys::Function>,
+        _should_stop: Option<js_sys::Function>,
+    ) -> Result<Promise, JsValue> {
+        Err(no_tuning()).js()
+    }
+
+    /// Whether this module can tune (`tuneFilter`, `tuneChat`): `webguard_tune.js` can,
+    /// `webguard.js` (the smaller first download) cannot.
+    #[wasm_bindgen(getter = canTune)]
+    pub fn can_tune(&self) -> bool {
+        cfg!(feature = "tune")
     }
 
     /// Tuned adapters as safetensors bytes: `kind` `"filter"` (the tuned filter heads) or
@@ -381,4 +420,14 @@ impl WasmGuard {
         }
         Ok(())
     }
+}
+
+/// Why a module built without the `tune` feature cannot tune.
+#[cfg(not(feature = "tune"))]
+fn no_tuning() -> crate::Error {
+    crate::Error::Tuning(
+        "this module (webguard.js) is built without tuning, to keep the first download small: \
+         load webguard_tune.js instead (guard.js does so when a page first tunes)"
+            .into(),
+    )
 }

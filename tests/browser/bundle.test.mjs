@@ -17,7 +17,7 @@ import { openBrowser } from "./browser.mjs";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 // What the README tells a page author to host from node_modules/webguard/.
-const HOSTED = ["guard-worker.js", "webguard.js", "webguard_bg.wasm", "all-MiniLM-L6-v2.int8.safetensors",
+const HOSTED = ["guard-worker.js", "webguard.js", "webguard_bg.wasm", "webguard_tune.js", "webguard_tune_bg.wasm", "all-MiniLM-L6-v2.int8.safetensors",
   "filter-heads.safetensors", "chat-probe.safetensors"];
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".json": "application/json", ".wasm": "application/wasm" };
 
@@ -50,7 +50,11 @@ const status = document.getElementById("status");
     chatUrl: window.CHAT ? "/models/SmolLM2-135M-Instruct.Q4_1.gguf" : undefined });
   const [bad, good] = await guard.classify(["You are a worthless fucking idiot.", "Have a nice day!"]);
   const chat = guard.hasChat && await guard.chat.completions.create({ messages: [{ role: "user", content: "What is the capital of France?" }], max_tokens: 16 });
-  window.result = { bad: bad.flagged, good: good.flagged, text: chat && chat.choices[0].message.content };
+  // Tuning loads the second module (webguard_tune.js) from the same folder.
+  await guard.tuneFilter([{ text: "Snape kills Dumbledore.", label: "spoiler", value: true },
+    { text: "I loved the book.", label: "spoiler", value: false }], { steps: 2 });
+  window.result = { bad: bad.flagged, good: good.flagged, text: chat && chat.choices[0].message.content,
+    tuned: guard.tuning && guard.labels.includes("spoiler") };
   status.textContent = "ready";
 })().catch((e) => { status.textContent = e.name + ": " + e.message; });
 `;
@@ -101,7 +105,7 @@ test("the tarball has every file the package names and nothing of the build's", 
 test("an ESM bundle with the package's files beside it classifies and chats", async () => {
   const r = await run("/esm/index.html");
   console.log(`# ${JSON.stringify(r)}`);
-  assert.deepEqual({ bad: r.bad, good: r.good }, { bad: true, good: false });
+  assert.deepEqual({ bad: r.bad, good: r.good, tuned: r.tuned }, { bad: true, good: false, tuned: true });
   assert.match(r.text, /Paris/);
   const paths = b.requests.map((u) => new URL(u).pathname);
   for (const f of HOSTED) assert.ok(paths.includes(`/esm/${f}`), `no request for /esm/${f}`);
@@ -112,7 +116,7 @@ test("an IIFE bundle finds the package's files through assetsUrl", async () => {
   const before = b.requests.length;
   const r = await run("/iife/index.html");
   console.log(`# ${JSON.stringify(r)}`);
-  assert.deepEqual(r, { bad: true, good: false, text: false });
+  assert.deepEqual(r, { bad: true, good: false, text: false, tuned: true });
   const paths = b.requests.slice(before).map((u) => new URL(u).pathname);
   for (const f of HOSTED.filter((f) => f !== "chat-probe.safetensors")) {
     assert.ok(paths.includes(`/webguard/${f}`), `no request for /webguard/${f}: ${paths.join(" ")}`);

@@ -45,6 +45,7 @@ test("comment box: filter only, blocks an offensive comment, posts a benign one"
   for (const f of ["/pkg/webguard_bg.wasm", "/pkg/all-MiniLM-L6-v2.int8.safetensors", "/pkg/filter-heads.safetensors", "/models/all-MiniLM-L6-v2/tokenizer.json"]) {
     assert.ok(files.includes(f), `no request for ${f}: ${files.join(" ")}`);
   }
-  assert.deepEqual(files.filter((f) => /\.gguf$|chat-probe|SmolLM/i.test(f)), []);
+  // Nor the tuning module: a page that never tunes loads only the smaller one.
+  assert.deepEqual(files.filter((f) => /\.gguf$|chat-probe|SmolLM|webguard_tune/i.test(f)), []);
   assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
 });

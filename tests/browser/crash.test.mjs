@@ -14,20 +14,26 @@ import { pkgOverride, usePage } from "./browser.mjs";
 
 const HOOK = `
 // ---- test hook, appended by tests/browser/crash.test.mjs ----
-const realClassify = WasmGuard.prototype.classify;
-WasmGuard.prototype.classify = function (texts) {
-  if (texts?.[0] === "__trap__") {
-    setTimeout(() => { throw new WebAssembly.RuntimeError("unreachable"); });
-    return new Promise(() => {});
-  }
-  if (texts?.[0] === "__trap_sync__") throw new WebAssembly.RuntimeError("unreachable");
-  if (texts?.[0] === "__gpu_lost__" && this.backend === "webgpu") {
-    const e = new Error("the device was lost (test hook)");
-    e.name = "BackendError";
-    throw e;
-  }
-  return realClassify.call(this, texts);
+// Both builds of the module (guard-worker.js loads one at create): their imports resolve here
+// first, so the hook is in place before any Guard is made.
+const hook = (WasmGuard) => {
+  const realClassify = WasmGuard.prototype.classify;
+  WasmGuard.prototype.classify = function (texts) {
+    if (texts?.[0] === "__trap__") {
+      setTimeout(() => { throw new WebAssembly.RuntimeError("unreachable"); });
+      return new Promise(() => {});
+    }
+    if (texts?.[0] === "__trap_sync__") throw new WebAssembly.RuntimeError("unreachable");
+    if (texts?.[0] === "__gpu_lost__" && this.backend === "webgpu") {
+      const e = new Error("the device was lost (test hook)");
+      e.name = "BackendError";
+      throw e;
+    }
+    return realClassify.call(this, texts);
+  };
 };
+import("./webguard.js").then((m) => hook(m.Guard));
+import("./webguard_tune.js").then((m) => hook(m.Guard));
 `;
 
 /** Serves guard-worker.js with the hook appended (headers as served). */

@@ -1,6 +1,8 @@
 // Measured by scripts/bench-browser.mjs: webguard's wasm Chat, Guard and Filter on a backend, and
 // wllama (llama.cpp in wasm, from npm) on the same GGUF, in the same page.
 import init, { Chat, Filter, Guard } from "/pkg/webguard.js";
+// Tuning is in the second module (the first is built without it).
+import initTuning, { Guard as TuningGuard } from "/pkg/webguard_tune.js";
 import { Wllama } from "/tests/browser/node_modules/@wllama/wllama/esm/index.js";
 import { GGUF, MINILM, bytes, minilm, spoilers } from "./common.mjs";
 
@@ -9,6 +11,7 @@ const heads = () => bytes("/assets/filter-heads.safetensors");
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 await init();
+await initTuning();
 window.bench = {
   /** Prefill and decode speed of webguard's Chat: time to the first piece covers the
    *  prompt and the first token; decode is the rest. */
@@ -96,7 +99,7 @@ window.bench = {
   /** Tuning speed: filter (a new label from the 8 spoiler examples, 30 steps) and, when
    *  `chatSteps` > 0, chat LoRA (2 pairs per step; the first step is warm-up). */
   async tune(backend, chatSteps) {
-    const g = await Guard.create(backend, ...(await minilm()), await heads(), chatSteps > 0 ? await bytes(GGUF) : undefined);
+    const g = await TuningGuard.create(backend, ...(await minilm()), await heads(), chatSteps > 0 ? await bytes(GGUF) : undefined);
     const filterMs = [];
     await g.tuneFilter(await spoilers(), { steps: 30 }, (s) => { filterMs.push(s.millis); });
     const chatMs = [];
