@@ -139,7 +139,7 @@ build() {
   "$CARGO_TARGET_DIR/release/webguard" --models "$WEBGUARD_MODELS" quantize-filter \
     --out pkg/all-MiniLM-L6-v2.int8.safetensors
   step "what a page downloads (scripts/sizes.mjs; fails over the code budget)"
-  node scripts/sizes.mjs --pkg pkg --models "$WEBGUARD_MODELS"
+  node scripts/sizes.mjs --pkg pkg --models "$WEBGUARD_MODELS" --precompress
 }
 
 run_tests() {

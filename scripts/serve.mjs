@@ -59,12 +59,32 @@ function openFile(file) {
   return null;
 }
 
+/** `opened`, or its brotli copy (`FILE.br`, written by `scripts/sizes.mjs --precompress` in
+ * `./build.sh build`) when the client accepts brotli and the copy is at least as new: the
+ * wasm modules are 2.36 MB on the wire that way instead of 3.8 MB gzipped (17 MB raw). */
+function brotliCopy(req, opened) {
+  if (!/\bbr\b/.test(String(req.headers["accept-encoding"] ?? ""))) return null;
+  const copy = openFile(`${opened.file}.br`);
+  if (!copy) return null;
+  if (copy.file !== `${opened.file}.br` || fstatSync(copy.fd).mtimeMs < fstatSync(opened.fd).mtimeMs) {
+    closeSync(copy.fd);
+    return null;
+  }
+  return copy;
+}
+
 /** Sends one file; every way it can end (done, short read, read error, client gone) ends the
  * response and closes the descriptor. */
-function sendFile(req, res, { fd, size, file }) {
+function sendFile(req, res, opened) {
+  const brotli = brotliCopy(req, opened);
+  if (brotli) closeSync(opened.fd);
+  const { fd, size } = brotli ?? opened;
+  const file = opened.file;
   res.writeHead(200, {
     "Content-Type": TYPES[extname(file)] ?? "application/octet-stream",
     "Content-Length": size,
+    ...(brotli ? { "Content-Encoding": "br" } : {}),
+    Vary: "Accept-Encoding",
   });
   if (req.method === "HEAD" || size === 0) {
     closeSync(fd);

@@ -2,13 +2,16 @@
 // the package's files and the models, and the totals of the three kinds of page (README, "What
 // a page downloads"). Run by `./build.sh build` after pkg/ is made.
 //
-//   node scripts/sizes.mjs [--pkg pkg] [--models models] [--markdown] [--json]
+//   node scripts/sizes.mjs [--pkg pkg] [--models models] [--json] [--precompress]
+//
+// --precompress writes FILE.br beside each compressible file of pkg/ (the brotli bytes measured
+// here), which scripts/serve.mjs sends to browsers that accept brotli.
 //
 // A page's first visit is its code (guard.js, the worker, one wasm module and its glue) plus
 // the model files it names; a repeat visit takes the models from the Cache API. The budget
 // (issue 18) is on the code: at most 4 MB gzipped for a moderation-only page and for a chat
 // page that does not tune. The tuning module is fetched only when a page first tunes.
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { brotliCompressSync, constants, gzipSync } from "node:zlib";
 
@@ -43,14 +46,11 @@ function measure(name) {
   const compressible = /\.(js|wasm|json)$/.test(name);
   if (!compressible) return { name, raw, gzip: raw, brotli: raw };
   const bytes = readFileSync(path);
-  return {
-    name,
-    raw,
-    gzip: gzipSync(bytes, { level: 9 }).length,
-    brotli: brotliCompressSync(bytes, {
-      params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_SIZE_HINT]: raw },
-    }).length,
-  };
+  const brotli = brotliCompressSync(bytes, {
+    params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_SIZE_HINT]: raw },
+  });
+  if (process.argv.includes("--precompress") && path.startsWith(join(PKG, "/"))) writeFileSync(`${path}.br`, brotli);
+  return { name, raw, gzip: gzipSync(bytes, { level: 9 }).length, brotli: brotli.length };
 }
 
 const files = Object.fromEntries([...CODE, ...TUNING, ...FILTER, ...CHAT].map((n) => [n, measure(n)]));

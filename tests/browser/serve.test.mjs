@@ -3,7 +3,8 @@
 // and must answer or close each one, stay up, and hold no more open files than before.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync, readdirSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync, truncateSync, utimesSync, writeFileSync } from "node:fs";
+import { brotliCompressSync } from "node:zlib";
 import { connect } from "node:net";
 import { after, afterEach, before, beforeEach, test } from "node:test";
 
@@ -133,4 +134,27 @@ test("a file that shrinks mid-download: the connection is closed, not left waiti
   const bytes = await closed;
   assert.ok(bytes < 64 << 20, `${bytes} bytes`);
   assert.ok(alive());
+});
+
+test("a file's brotli copy is sent to clients that accept brotli, and only while it is not stale", async () => {
+  const dir = new URL("br/", SCRATCH);
+  mkdirSync(dir, { recursive: true });
+  const text = "webguard ".repeat(1000);
+  writeFileSync(new URL("a.js", dir), text);
+  const packed = brotliCompressSync(Buffer.from(text));
+  writeFileSync(new URL("a.js.br", dir), packed);
+  const length = (head) => Number(head.match(/content-length: (\d+)/i)?.[1]);
+  let { head } = await get("/models/serve-test/br/a.js", "Accept-Encoding: gzip, deflate, br\r\n");
+  assert.match(head, /content-encoding: br/i);
+  assert.match(head, /content-type: text\/javascript/i);
+  assert.equal(length(head), packed.length);
+  ({ head } = await get("/models/serve-test/br/a.js", "Accept-Encoding: gzip\r\n"));
+  assert.doesNotMatch(head, /content-encoding/i);
+  assert.equal(length(head), text.length);
+  // The file changed after its copy was made: the copy is not sent.
+  const later = new Date(Date.now() + 5000);
+  utimesSync(new URL("a.js", dir), later, later);
+  ({ head } = await get("/models/serve-test/br/a.js", "Accept-Encoding: br\r\n"));
+  assert.doesNotMatch(head, /content-encoding/i);
+  assert.equal(length(head), text.length);
 });
