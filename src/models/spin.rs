@@ -1,0 +1,237 @@
+//! A small pool of threads that spin briefly between jobs, for the matrix-vector products of
+//! decoding.
+//!
+//! Why not rayon: one decoded token is ~210 products of 0.1-0.9 M multiply-adds (tens of
+//! microseconds each) separated by a few microseconds of other work. rayon's idle workers go
+//! to sleep within microseconds and take tens of microseconds to wake, as much as the product
+//! itself, so notes/issue-4-chat.md measured no gain from splitting them (1, 2, 4 or 8 tasks,
+//! all ~60 tokens/s). Here each helper spins on an epoch counter for [`SPIN`] after its last
+//! job, so a hand-off during decoding costs well under a microsecond, then parks (no CPU
+//! burnt between requests). One caller at a time: a second concurrent caller (tests in
+//! parallel, two models) runs its tasks itself rather than waiting.
+
+use std::cell::UnsafeCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an idle helper spins before parking: longer than the gaps between the products of
+/// one token (norms, RoPE, attention: tens of microseconds), short enough that an idle model
+/// costs nothing.
+const SPIN: Duration = Duration::from_micros(300);
+
+/// A job: `f(task)` for tasks `1..tasks` on the helpers (task 0 runs on the caller).
+#[derive(Clone, Copy)]
+struct Job {
+    /// Points at the caller's closure, alive until every helper has finished (see `run`).
+    f: *const (dyn Fn(usize) + Sync),
+}
+
+struct Shared {
+    /// Bumped for every job; helpers run when it moves past the last one they saw.
+    epoch: AtomicU64,
+    /// Written by the caller before bumping `epoch`, read by helpers after seeing the bump.
+    job: UnsafeCell<Option<Job>>,
+    /// Helpers yet to finish the current job.
+    pending: AtomicUsize,
+    panicked: AtomicBool,
+    /// Helpers parked on `wake`.
+    sleeping: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+// SAFETY: `job` is written only by the caller holding the pool's `busy` lock while no helper
+// reads it (helpers read it once per epoch, after the SeqCst bump that follows the write, and
+// finish before the caller returns), and the closure it points to is `Sync`.
+unsafe impl Sync for Shared {}
+// SAFETY: as above; the raw pointer is only dereferenced while the caller keeps it alive.
+unsafe impl Send for Shared {}
+
+/// The pool: `helpers` threads plus the caller.
+pub struct Pool {
+    shared: Arc<Shared>,
+    helpers: usize,
+    busy: Mutex<()>,
+}
+
+impl Pool {
+    /// A pool using `threads` threads in all (the caller and `threads - 1` helpers).
+    pub fn new(threads: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            job: UnsafeCell::new(None),
+            pending: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            sleeping: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let helpers = threads.max(1) - 1;
+        for i in 0..helpers {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("webguard-spin-{}", i + 1))
+                .spawn(move || helper(&shared, i + 1))
+                .expect("spawning a thread");
+        }
+        Pool {
+            shared,
+            helpers,
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// The process's pool, one thread per core (`RAYON_NUM_THREADS` caps it, as it does the
+    /// rest of the CPU work).
+    pub fn global() -> &'static Pool {
+        static POOL: OnceLock<Pool> = OnceLock::new();
+        POOL.get_or_init(|| Pool::new(rayon::current_num_threads()))
+    }
+
+    /// Threads a job runs on (helpers and the caller).
+    pub fn threads(&self) -> usize {
+        self.helpers + 1
+    }
+
+    /// Runs `f(0..self.threads())`, one task per thread, and returns when all have finished.
+    /// A panic in any task is raised here. When the pool is busy with another caller, the
+    /// tasks run here in turn.
+    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        let tasks = self.threads();
+        let guard = match self.busy.try_lock() {
+            Ok(g) if tasks > 1 => g,
+            _ => {
+                (0..tasks).for_each(f);
+                return;
+            }
+        };
+        let s = &*self.shared;
+        // SAFETY: the lifetime is erased only for the helpers' use, which ends before this
+        // function returns: we wait for `pending` to reach 0 below, also when `f(0)` panics.
+        let f_static: *const (dyn Fn(usize) + Sync + 'static) =
+            unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), _>(f) };
+        // SAFETY: we hold `busy` and every helper finished the previous job (pending was 0
+        // when the last caller returned), so nobody reads `job` now.
+        unsafe { *s.job.get() = Some(Job { f: f_static }) };
+        s.pending.store(self.helpers, SeqCst);
+        s.epoch.fetch_add(1, SeqCst);
+        if s.sleeping.load(SeqCst) > 0 {
+            let _l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        let own = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let mut spins = 0u32;
+        while s.pending.load(SeqCst) > 0 {
+            spins += 1;
+            if spins < 1 << 16 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        // SAFETY: every helper has finished with the job.
+        unsafe { *s.job.get() = None };
+        let helper_panicked = s.panicked.swap(false, SeqCst);
+        drop(guard);
+        if let Err(e) = own {
+            std::panic::resume_unwind(e);
+        }
+        assert!(!helper_panicked, "a task panicked on a helper thread");
+    }
+}
+
+fn helper(s: &Shared, task: usize) {
+    let mut seen = 0u64;
+    loop {
+        // Spin for a new epoch, then park until one comes.
+        let start = Instant::now();
+        let mut spins = 0u32;
+        let epoch = loop {
+            let e = s.epoch.load(SeqCst);
+            if e != seen {
+                break e;
+            }
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
+                let mut l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleeping.fetch_add(1, SeqCst);
+                while s.epoch.load(SeqCst) == seen {
+                    l = s.wake.wait(l).unwrap_or_else(|e| e.into_inner());
+                }
+                s.sleeping.fetch_sub(1, SeqCst);
+                break s.epoch.load(SeqCst);
+            }
+            std::hint::spin_loop();
+        };
+        seen = epoch;
+        // SAFETY: the caller wrote the job before bumping the epoch we saw and keeps it (and
+        // the closure) alive until `pending` reaches 0, which needs our decrement below.
+        let job = unsafe { (*s.job.get()).expect("a job with the new epoch") };
+        // SAFETY: as above, the closure outlives this call.
+        let f = unsafe { &*job.f };
+        if catch_unwind(AssertUnwindSafe(|| f(task))).is_err() {
+            s.panicked.store(true, SeqCst);
+        }
+        s.pending.fetch_sub(1, SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn every_task_runs_once_per_job() {
+        let pool = Pool::new(3);
+        assert_eq!(pool.threads(), 3);
+        let counts: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        for round in 0..2000 {
+            pool.run(&|t| {
+                counts[t].fetch_add(1, SeqCst);
+            });
+            if round == 1000 {
+                // Long enough for the helpers to park: they must wake for the next job.
+                std::thread::sleep(SPIN * 4);
+            }
+        }
+        for c in &counts {
+            assert_eq!(c.load(SeqCst), 2000);
+        }
+    }
+
+    #[test]
+    fn a_busy_pool_runs_the_second_caller_s_tasks_on_its_own_thread() {
+        let pool = Pool::new(2);
+        let inner_threads = Mutex::new(Vec::new());
+        pool.run(&|t| {
+            if t == 0 {
+                let me = std::thread::current().id();
+                pool.run(&|_| {
+                    inner_threads
+                        .lock()
+                        .unwrap()
+                        .push(std::thread::current().id())
+                });
+                assert!(inner_threads.lock().unwrap().iter().all(|&id| id == me));
+            }
+        });
+        assert_eq!(inner_threads.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_panicking_helper_task_panics_the_caller_and_the_pool_still_works() {
+        let pool = Pool::new(2);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(&|t| assert!(t != 1, "task 1 fails"));
+        }));
+        assert!(r.is_err());
+        let ran = AtomicUsize::new(0);
+        pool.run(&|_| {
+            ran.fetch_add(1, SeqCst);
+        });
+        assert_eq!(ran.load(SeqCst), 2);
+    }
+}
