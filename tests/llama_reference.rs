@@ -117,19 +117,15 @@ fn logits_and_greedy_continuations_match_numpy() {
     eprintln!("worst logit abs diff vs numpy float64: {worst:.2e}");
 }
 
-/// The default 8-bit activations against the exact model (which the float64 reference is, to
-/// 4.4e-5): greedy tokens equal position by position, and the logits after prefill.
-/// llama.cpp on the same GGUF scores 0/8, 19/32, 9/32, 9/18 and 9/9 tokens with logits off by
-/// up to 1.33 (notes/issue-4-chat.md); the bounds below are this crate's measured figures
-/// (notes/issue-15-kernels.md) with some room for other CPUs' f32 summation orders.
-#[test]
-fn int8_products_stay_close_to_the_exact_model() {
-    let runs = run(Precision::Int8);
+/// Greedy tokens equal to the exact model's, position by position (the reference's, which
+/// the exact model reproduces), the number compared, and the worst logit difference after
+/// prefill, printed per prompt.
+fn agreement(precision: Precision) -> (usize, usize, f64) {
     let (mut same, mut total, mut worst) = (0, 0, 0.0f64);
-    for r in &runs {
+    for r in run(precision) {
         let equal = r.greedy.iter().zip(&r.want).filter(|(a, b)| a == b).count();
         eprintln!(
-            "{}: {equal}/{} greedy tokens equal, worst logit diff {:.3}",
+            "{precision:?} {}: {equal}/{} greedy tokens equal, worst logit diff {:.4}",
             r.prompt,
             r.want.len(),
             r.worst_logit
@@ -138,14 +134,33 @@ fn int8_products_stay_close_to_the_exact_model() {
         total += r.want.len();
         worst = worst.max(r.worst_logit);
     }
-    eprintln!("int8: {same}/{total} greedy tokens equal to exact, worst logit diff {worst:.3}");
-    assert!(worst <= WORST_INT8_LOGIT, "worst logit difference {worst}");
+    eprintln!(
+        "{precision:?}: {same}/{total} greedy tokens equal to exact, worst logit diff {worst:.4}"
+    );
+    (same, total, worst)
+}
+
+/// The default 16-bit activations against the exact model (which the float64 reference is, to
+/// 4.4e-5). llama.cpp on the same GGUF scores 0/8, 19/32, 9/32, 9/18 and 9/9 tokens with
+/// logits off by up to 1.33 (notes/issue-4-chat.md). Measured here (notes/issue-15-kernels.md):
+/// every token equal, logits within 0.01; the bounds leave room for other CPUs' f32 summation
+/// orders and still fail on any real error (a wrong block, scale or offset moves logits by
+/// whole units, and 8-bit activations already move them by ~1).
+#[test]
+fn int16_products_give_the_exact_model_s_answers() {
+    let (same, total, worst) = agreement(Precision::Int16);
+    assert!(worst <= 0.02, "worst logit difference {worst}");
+    assert_eq!(same, total, "greedy tokens equal to the exact model's");
+}
+
+/// 8-bit activations (llama.cpp's scheme; selectable, not the default): measured 54/99 tokens
+/// equal and logits within 1.0; the test holds them to what llama.cpp does (46/99, 1.33).
+#[test]
+fn int8_products_stay_within_llama_cpp_s_distance_of_the_exact_model() {
+    let (same, total, worst) = agreement(Precision::Int8);
+    assert!(worst <= 1.33, "worst logit difference {worst}");
     assert!(
-        same * 100 >= total * MIN_INT8_AGREEMENT_PERCENT,
+        same * 99 >= 46 * total,
         "{same}/{total} greedy tokens equal"
     );
 }
-
-/// Measured worst (see the test): set from the first measurement below.
-const WORST_INT8_LOGIT: f64 = 0.5;
-const MIN_INT8_AGREEMENT_PERCENT: usize = 90;

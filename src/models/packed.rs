@@ -54,10 +54,13 @@ pub enum Precision {
     /// Each row dequantised to f32 and multiplied in f32: the GGUF's values exactly (up to the
     /// order of f32 sums); logits within 4e-5 of a float64 evaluation.
     Exact,
-    /// The activation vector rounded to 8 bits per block of 32 (`max |x| / 127` steps), integer
-    /// products per block ([`qdot`]), as llama.cpp does (but with exact f32 block sums for
-    /// Q4_1's offsets). Weights are read as they are in both modes.
+    /// The activation vector rounded to 16 bits per block of 32 (`max |x| / 32767` steps),
+    /// integer products per block (i16 × i16, [`qdot`]). Weights are read as they are in every
+    /// mode.
     #[default]
+    Int16,
+    /// Rounded to 8 bits (`max |x| / 127` steps), u8 × i8 products, as llama.cpp does (but
+    /// with exact f32 block sums for Q4_1's offsets): the fastest, and the least exact.
     Int8,
 }
 
@@ -263,17 +266,23 @@ impl PackedMatrix {
         self.matmul_on(x, n, precision, Isa::best())
     }
 
-    /// Whether products in `precision` round the inputs (8-bit mode on Q4_1/Q8_0 blocks).
+    /// Whether products in `precision` round the inputs (the integer modes on Q4_1/Q8_0
+    /// blocks).
     pub fn rounds_inputs(&self, precision: Precision) -> bool {
-        precision == Precision::Int8 && !matches!(self.blocks, Blocks::Dense(_))
+        precision != Precision::Exact && !matches!(self.blocks, Blocks::Dense(_))
     }
 
-    /// `x [n, cols]` rounded as the 8-bit products see it (`step · q` per block of 32). A dense
-    /// f32 product of these values with the dequantised matrix equals the 8-bit products up to
-    /// f32 rounding: prefill uses it so that a prompt's states are the same whether it was
-    /// prefilled at once or token by token.
-    pub fn round_inputs(&self, x: Vec<f32>) -> Vec<f32> {
-        Quantized::new(&x, self.cols).dequantize()
+    /// `x [n, cols]` rounded as the integer products in `precision` see it (`step · q` per
+    /// block of 32). A dense f32 product of these values with the dequantised matrix equals
+    /// the integer products up to f32 rounding (Q4_1's offsets use the exact block sums in
+    /// both): prefill uses it so that a prompt's states are the same whether it was prefilled
+    /// at once or token by token.
+    pub fn round_inputs(&self, x: Vec<f32>, precision: Precision) -> Vec<f32> {
+        match precision {
+            Precision::Exact => x,
+            Precision::Int16 => Quantized::<i16>::new(&x, self.cols).dequantize(),
+            Precision::Int8 => Quantized::<i8>::new(&x, self.cols).dequantize(),
+        }
     }
 
     /// [`PackedMatrix::matmul`] with the 8-bit products on `isa` (tests force each one).
@@ -283,26 +292,51 @@ impl PackedMatrix {
         let mut by_row = vec![0.0; self.rows * n];
         let macs = n * self.rows * self.cols;
         if self.rounds_inputs(precision) {
-            let xq = Quantized::new(x, self.cols);
+            let (x8, x16) = match precision {
+                Precision::Int8 => (Some(Quantized::<i8>::new(x, self.cols)), None),
+                _ => (None, Some(Quantized::<i16>::new(x, self.cols))),
+            };
             for_row_ranges(&mut by_row, self.rows, macs, |first, out| {
-                match &self.blocks {
-                    Blocks::Q4_1 {
-                        scales,
-                        mins,
-                        nibbles,
-                    } => {
+                match (&self.blocks, &x8, &x16) {
+                    (
+                        Blocks::Q4_1 {
+                            scales,
+                            mins,
+                            nibbles,
+                        },
+                        Some(x),
+                        _,
+                    ) => {
                         let w = qdot::Q4_1 {
                             scales,
                             mins,
                             nibbles,
                         };
-                        qdot::q4_1_rows(isa, w, first, &xq, out);
+                        qdot::q4_1_rows(isa, w, first, x, out);
                     }
-                    Blocks::Q8_0 { scales, quants } => {
-                        let w = qdot::Q8_0 { scales, quants };
-                        qdot::q8_0_rows(isa, w, first, &xq, out);
+                    (
+                        Blocks::Q4_1 {
+                            scales,
+                            mins,
+                            nibbles,
+                        },
+                        _,
+                        Some(x),
+                    ) => {
+                        let w = qdot::Q4_1 {
+                            scales,
+                            mins,
+                            nibbles,
+                        };
+                        qdot::q4_1_rows16(isa, w, first, x, out);
                     }
-                    Blocks::Dense(_) => unreachable!("dense matrices take the exact path"),
+                    (Blocks::Q8_0 { scales, quants }, Some(x), _) => {
+                        qdot::q8_0_rows(isa, qdot::Q8_0 { scales, quants }, first, x, out);
+                    }
+                    (Blocks::Q8_0 { scales, quants }, _, Some(x)) => {
+                        qdot::q8_0_rows16(isa, qdot::Q8_0 { scales, quants }, first, x, out);
+                    }
+                    _ => unreachable!("dense matrices take the exact path"),
                 }
             });
         } else {
@@ -338,6 +372,9 @@ impl PackedMatrix {
 /// this the split would cost more than the product.
 const PARALLEL_MIN_MACS: usize = 32 << 10;
 
+/// Tasks per thread of the decode pool a product is split into.
+const TASKS_PER_THREAD: usize = 4;
+
 /// Runs `f(first row, out rows)` over `out` (`[rows, n]`, row-major) in contiguous row ranges,
 /// one per thread of the decode pool when the product (`macs` multiply-adds) is large enough,
 /// all on the calling thread otherwise (and always on wasm32 here: no threads).
@@ -351,14 +388,17 @@ fn for_row_ranges(
     #[cfg(not(target_arch = "wasm32"))]
     if macs >= PARALLEL_MIN_MACS && rows > 1 {
         let pool = crate::models::spin::Pool::global();
-        let per_task = rows.div_ceil(pool.threads());
+        // A few tasks per thread, claimed as threads come free: a thread slowed by other work
+        // on the machine does less of the product instead of holding it up.
+        let per_task = rows.div_ceil(pool.threads() * TASKS_PER_THREAD).max(8);
+        let tasks = rows.div_ceil(per_task);
         /// The output's address, shared with the tasks (each writes only its own rows).
         struct Out(*mut f32);
         // SAFETY: tasks write disjoint row ranges of the buffer, and `run` returns only when
         // they have all finished.
         unsafe impl Sync for Out {}
         let ptr = Out(out.as_mut_ptr());
-        pool.run(&|task| {
+        pool.run(tasks, &|task| {
             let first = (task * per_task).min(rows);
             let last = ((task + 1) * per_task).min(rows);
             if first < last {
@@ -469,13 +509,18 @@ mod tests {
         let x: Vec<f32> = (0..n * cols)
             .map(|i| ((i * 37 % 19) as f32 - 9.0) / 7.0)
             .collect();
-        let xq = Quantized::new(&x, cols);
+        let steps = |p: Precision| match p {
+            Precision::Int8 => Quantized::<i8>::new(&x, cols).scales,
+            _ => Quantized::<i16>::new(&x, cols).scales,
+        };
         let exact = m.matmul(&x, n, Precision::Exact);
-        let mut int8: Vec<(Isa, Vec<f32>)> = Isa::available()
-            .into_iter()
-            .map(|isa| (isa, m.matmul_on(&x, n, Precision::Int8, isa)))
-            .collect();
-        int8.push((Isa::best(), m.matmul(&x, n, Precision::Int8)));
+        let mut int: Vec<(Precision, Isa, Vec<f32>)> = Vec::new();
+        for p in [Precision::Int8, Precision::Int16] {
+            for isa in Isa::available() {
+                int.push((p, isa, m.matmul_on(&x, n, p, isa)));
+            }
+            int.push((p, Isa::best(), m.matmul(&x, n, p)));
+        }
         for t in 0..n {
             for r in 0..rows {
                 let w = &dense[r * cols..(r + 1) * cols];
@@ -488,26 +533,29 @@ mod tests {
                 let g = f64::from(exact[t * rows + r]);
                 let close = (g - want).abs() <= 1e-4 * (1.0 + want.abs());
                 assert!(close, "{ty} n={n} [{t},{r}]: {g} vs {want}");
-                let bound: f64 = (0..cols / BLOCK)
-                    .map(|b| {
-                        let step = f64::from(xq.scales[t * cols / BLOCK + b]);
-                        let off = match &m.blocks {
-                            Blocks::Q4_1 { mins, .. } => mins[r * cols / BLOCK + b],
-                            _ => 0.0,
-                        };
-                        let wsum: f64 = w[b * BLOCK..(b + 1) * BLOCK]
-                            .iter()
-                            .map(|v| f64::from((v - off).abs()))
-                            .sum();
-                        step / 2.0 * wsum
-                    })
-                    .sum();
-                for (isa, got) in &int8 {
+                let bound = |steps: &[f32]| -> f64 {
+                    (0..cols / BLOCK)
+                        .map(|b| {
+                            let step = f64::from(steps[t * cols / BLOCK + b]);
+                            let off = match &m.blocks {
+                                Blocks::Q4_1 { mins, .. } => mins[r * cols / BLOCK + b],
+                                _ => 0.0,
+                            };
+                            let wsum: f64 = w[b * BLOCK..(b + 1) * BLOCK]
+                                .iter()
+                                .map(|v| f64::from((v - off).abs()))
+                                .sum();
+                            step / 2.0 * wsum
+                        })
+                        .sum()
+                };
+                for (p, isa, got) in &int {
+                    let bound = bound(&steps(*p));
                     let g = f64::from(got[t * rows + r]);
                     let close = (g - want).abs() <= bound * 1.001 + 1e-5 * (1.0 + want.abs());
                     assert!(
                         close,
-                        "{ty} {isa:?} n={n} [{t},{r}]: {g} vs {want} (bound {bound})"
+                        "{ty} {p:?} {isa:?} n={n} [{t},{r}]: {g} vs {want} (bound {bound})"
                     );
                 }
             }

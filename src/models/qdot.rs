@@ -22,20 +22,51 @@
 /// Values per quantisation block (GGUF's Q4_1 and Q8_0 both use 32).
 pub const BLOCK: usize = 32;
 
+/// An integer type activations are rounded to: `i8` (llama.cpp's choice: u8×i8 products,
+/// 32 per instruction) or `i16` (i16×i16 products, 16 per instruction, 256x finer steps).
+pub trait Level: Copy + Default + Send + Sync + 'static {
+    /// The largest magnitude used: the range is symmetric, `-MAX..=MAX`.
+    const MAX: f32;
+    /// `v`, already rounded and within the range.
+    fn from_rounded(v: f32) -> Self;
+    /// The value as an i32.
+    fn to_i32(self) -> i32;
+}
+
+impl Level for i8 {
+    const MAX: f32 = 127.0;
+    fn from_rounded(v: f32) -> Self {
+        v as i8
+    }
+    fn to_i32(self) -> i32 {
+        i32::from(self)
+    }
+}
+
+impl Level for i16 {
+    const MAX: f32 = 32767.0;
+    fn from_rounded(v: f32) -> Self {
+        v as i16
+    }
+    fn to_i32(self) -> i32 {
+        i32::from(self)
+    }
+}
+
 /// Activation vectors quantised per block of 32: `x[i] ≈ scales[i / 32] · q[i]`.
 #[derive(Debug, Clone, Default)]
-pub struct Quantized {
+pub struct Quantized<T: Level> {
     /// Values per vector (a multiple of 32).
     pub cols: usize,
-    /// `n · cols` rounded values in -127..=127.
-    pub q: Vec<i8>,
-    /// One scale per block (`max |x| / 127` over the block; 0 for an all-zero block).
+    /// `n · cols` rounded values in `-T::MAX..=T::MAX`.
+    pub q: Vec<T>,
+    /// One scale per block (`max |x| / T::MAX` over the block; 0 for an all-zero block).
     pub scales: Vec<f32>,
     /// The exact f32 sum of `x` over each block (Q4_1's offsets multiply it).
     pub sums: Vec<f32>,
 }
 
-impl Quantized {
+impl<T: Level> Quantized<T> {
     /// Quantises `n` vectors of `cols` values (`x.len() == n · cols`, `cols` a multiple of 32).
     pub fn new(x: &[f32], cols: usize) -> Self {
         assert!(
@@ -46,7 +77,7 @@ impl Quantized {
         let blocks = x.len() / BLOCK;
         let mut out = Quantized {
             cols,
-            q: vec![0; x.len()],
+            q: vec![T::default(); x.len()],
             scales: vec![0.0; blocks],
             sums: vec![0.0; blocks],
         };
@@ -56,11 +87,11 @@ impl Quantized {
             .enumerate()
         {
             let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
+            let d = amax / T::MAX;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             for (q, &v) in qs.iter_mut().zip(xs) {
-                // |v · inv| <= 127 up to rounding; the clamp keeps a rounding overshoot in range.
-                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                // |v · inv| <= MAX up to rounding; the clamp keeps a rounding overshoot in range.
+                *q = T::from_rounded((v * inv).round().clamp(-T::MAX, T::MAX));
             }
             out.scales[b] = d;
             out.sums[b] = xs.iter().sum();
@@ -79,7 +110,7 @@ impl Quantized {
     }
 
     /// Vector `t`'s quants, scales and block sums.
-    fn vector(&self, t: usize) -> (&[i8], &[f32], &[f32]) {
+    fn vector(&self, t: usize) -> (&[T], &[f32], &[f32]) {
         let nb = self.blocks();
         (
             &self.q[t * self.cols..(t + 1) * self.cols],
@@ -93,7 +124,7 @@ impl Quantized {
         self.q
             .iter()
             .enumerate()
-            .map(|(i, &q)| self.scales[i / BLOCK] * f32::from(q))
+            .map(|(i, &q)| self.scales[i / BLOCK] * q.to_i32() as f32)
             .collect()
     }
 }
@@ -189,7 +220,7 @@ pub struct Q8_0<'a> {
 ///
 /// Panics when `isa` does not run on this CPU (a safety check, not an error path: callers pass
 /// [`Isa::best`] or one of [`Isa::available`]).
-pub fn q4_1_rows(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized, out: &mut [f32]) {
+pub fn q4_1_rows(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
     assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
     let nb = x.blocks();
     assert!((first * nb + out.len() / x.n() * nb) <= w.scales.len());
@@ -207,7 +238,7 @@ pub fn q4_1_rows(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized, out: &mut [
 }
 
 /// `out[i · n + t] = row (first + i) · x_t` for Q8_0 rows (see [`q4_1_rows`]).
-pub fn q8_0_rows(isa: Isa, w: Q8_0<'_>, first: usize, x: &Quantized, out: &mut [f32]) {
+pub fn q8_0_rows(isa: Isa, w: Q8_0<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
     assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
     let nb = x.blocks();
     assert!((first * nb + out.len() / x.n() * nb) <= w.scales.len());
@@ -224,9 +255,44 @@ pub fn q8_0_rows(isa: Isa, w: Q8_0<'_>, first: usize, x: &Quantized, out: &mut [
     }
 }
 
+/// [`q4_1_rows`] with 16-bit activations.
+pub fn q4_1_rows16(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+    assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
+    let nb = x.blocks();
+    assert!((first * nb + out.len() / x.n() * nb) <= w.scales.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (checked above; VNNI adds nothing for i16 here).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q4_1_rows16_avx2(w, first, x, out) },
+        #[cfg(target_arch = "wasm32")]
+        Isa::Simd128 => wasm::q4_1_rows16(w, first, x, out),
+        _ => rows(first, x, out, |r, t| q4_1_dot_portable(w, r, x, t)),
+    }
+}
+
+/// [`q8_0_rows`] with 16-bit activations.
+pub fn q8_0_rows16(isa: Isa, w: Q8_0<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+    assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
+    let nb = x.blocks();
+    assert!((first * nb + out.len() / x.n() * nb) <= w.scales.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q8_0_rows16_avx2(w, first, x, out) },
+        #[cfg(target_arch = "wasm32")]
+        Isa::Simd128 => wasm::q8_0_rows16(w, first, x, out),
+        _ => rows(first, x, out, |r, t| q8_0_dot_portable(w, r, x, t)),
+    }
+}
+
 /// Fills `out` (`[rows, n]`) with `dot(first + i, t)`.
 #[inline(always)]
-fn rows(first: usize, x: &Quantized, out: &mut [f32], mut dot: impl FnMut(usize, usize) -> f32) {
+fn rows<T: Level>(
+    first: usize,
+    x: &Quantized<T>,
+    out: &mut [f32],
+    mut dot: impl FnMut(usize, usize) -> f32,
+) {
     let n = x.n();
     for (i, out) in out.chunks_exact_mut(n).enumerate() {
         for (t, o) in out.iter_mut().enumerate() {
@@ -251,7 +317,7 @@ fn offsets(mins: &[f32], sums: &[f32]) -> f32 {
 }
 
 /// Row `r` of Q4_1 blocks · vector `t`: the integer sum per block, one f32 multiply-add each.
-fn q4_1_dot_portable(w: Q4_1<'_>, r: usize, x: &Quantized, t: usize) -> f32 {
+fn q4_1_dot_portable<T: Level>(w: Q4_1<'_>, r: usize, x: &Quantized<T>, t: usize) -> f32 {
     let nb = x.blocks();
     let (xq, xd, xs) = x.vector(t);
     let blocks = r * nb..(r + 1) * nb;
@@ -265,8 +331,8 @@ fn q4_1_dot_portable(w: Q4_1<'_>, r: usize, x: &Quantized, t: usize) -> f32 {
         let (lo, hi) = xs.split_at(16);
         let mut sum = 0i32;
         for j in 0..16 {
-            sum += i32::from(qs[j] & 0x0f) * i32::from(lo[j]);
-            sum += i32::from(qs[j] >> 4) * i32::from(hi[j]);
+            sum += i32::from(qs[j] & 0x0f) * lo[j].to_i32();
+            sum += i32::from(qs[j] >> 4) * hi[j].to_i32();
         }
         acc += w.scales[blocks.start + b] * xd[b] * sum as f32;
     }
@@ -274,7 +340,7 @@ fn q4_1_dot_portable(w: Q4_1<'_>, r: usize, x: &Quantized, t: usize) -> f32 {
 }
 
 /// Row `r` of Q8_0 blocks · vector `t`.
-fn q8_0_dot_portable(w: Q8_0<'_>, r: usize, x: &Quantized, t: usize) -> f32 {
+fn q8_0_dot_portable<T: Level>(w: Q8_0<'_>, r: usize, x: &Quantized<T>, t: usize) -> f32 {
     let nb = x.blocks();
     let (xq, xd, _) = x.vector(t);
     let first = r * nb;
@@ -288,7 +354,7 @@ fn q8_0_dot_portable(w: Q8_0<'_>, r: usize, x: &Quantized, t: usize) -> f32 {
         let sum: i32 = ws
             .iter()
             .zip(xs)
-            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .map(|(&a, &b)| i32::from(a) * b.to_i32())
             .sum();
         acc += w.scales[first + b] * xd[b] * sum as f32;
     }
@@ -368,7 +434,7 @@ mod x86 {
     macro_rules! kernels {
         ($q4:ident, $q8:ident, $features:literal, $dot:ident) => {
             #[target_feature(enable = $features)]
-            pub(super) fn $q4(w: Q4_1<'_>, first: usize, x: &Quantized, out: &mut [f32]) {
+            pub(super) fn $q4(w: Q4_1<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
                 let nb = x.blocks();
                 rows(first, x, out, |r, t| {
                     let (xq, xd, xs) = x.vector(t);
@@ -393,7 +459,7 @@ mod x86 {
             }
 
             #[target_feature(enable = $features)]
-            pub(super) fn $q8(w: Q8_0<'_>, first: usize, x: &Quantized, out: &mut [f32]) {
+            pub(super) fn $q8(w: Q8_0<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
                 let nb = x.blocks();
                 rows(first, x, out, |r, t| {
                     let (xq, xd, _) = x.vector(t);
@@ -419,6 +485,64 @@ mod x86 {
     }
 
     kernels!(q4_1_rows_avx2, q8_0_rows_avx2, "avx2,fma", dot_avx2);
+
+    /// 16-bit activations: weights widened to i16, `vpmaddwd` sums pairs of i16 products into
+    /// i32 (15 · 32,767 · 2 and 128 · 32,767 · 2 fit easily).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn q4_1_rows16_avx2(w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+        let nb = x.blocks();
+        rows(first, x, out, |r, t| {
+            let (xq, xd, xs) = x.vector(t);
+            let row = r * nb;
+            let ws = &w.nibbles[row * 16..(row + nb) * 16];
+            let scales = &w.scales[row..row + nb];
+            // SAFETY: blocks `b < nb` lie inside `ws` (16 bytes each) and `xq` (32 i16 each).
+            let dots = unsafe {
+                blocks(
+                    nb,
+                    |b| scales[b] * xd[b],
+                    |b| {
+                        let raw = _mm_loadu_si128(ws.as_ptr().add(16 * b).cast());
+                        let mask = _mm_set1_epi8(0x0f);
+                        let lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask));
+                        let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                        let xp = xq.as_ptr().add(BLOCK * b);
+                        let x0 = _mm256_loadu_si256(xp.cast());
+                        let x1 = _mm256_loadu_si256(xp.add(16).cast());
+                        _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1))
+                    },
+                )
+            };
+            dots + offsets(&w.mins[row..row + nb], xs)
+        });
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn q8_0_rows16_avx2(w: Q8_0<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+        let nb = x.blocks();
+        rows(first, x, out, |r, t| {
+            let (xq, xd, _) = x.vector(t);
+            let row = r * nb;
+            let ws = &w.quants[row * BLOCK..(row + nb) * BLOCK];
+            let scales = &w.scales[row..row + nb];
+            // SAFETY: blocks `b < nb` lie inside `ws` (32 bytes each) and `xq` (32 i16 each).
+            unsafe {
+                blocks(
+                    nb,
+                    |b| scales[b] * xd[b],
+                    |b| {
+                        let wp = ws.as_ptr().add(BLOCK * b);
+                        let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.cast()));
+                        let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(16).cast()));
+                        let xp = xq.as_ptr().add(BLOCK * b);
+                        let x0 = _mm256_loadu_si256(xp.cast());
+                        let x1 = _mm256_loadu_si256(xp.add(16).cast());
+                        _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1))
+                    },
+                )
+            }
+        });
+    }
     kernels!(
         q4_1_rows_vnni,
         q8_0_rows_vnni,
@@ -480,7 +604,7 @@ mod wasm {
         unsafe { v128_load(p.cast()) }
     }
 
-    pub(super) fn q4_1_rows(w: Q4_1<'_>, first: usize, x: &Quantized, out: &mut [f32]) {
+    pub(super) fn q4_1_rows(w: Q4_1<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
         let nb = x.blocks();
         rows(first, x, out, |r, t| {
             let (xq, xd, xs) = x.vector(t);
@@ -506,7 +630,93 @@ mod wasm {
         });
     }
 
-    pub(super) fn q8_0_rows(w: Q8_0<'_>, first: usize, x: &Quantized, out: &mut [f32]) {
+    /// 8 i16 activations at `p`.
+    ///
+    /// # Safety
+    /// `p` must have 8 readable values.
+    #[inline(always)]
+    unsafe fn load16(p: *const i16) -> v128 {
+        // SAFETY: per the contract.
+        unsafe { v128_load(p.cast()) }
+    }
+
+    pub(super) fn q4_1_rows16(w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+        let nb = x.blocks();
+        rows(first, x, out, |r, t| {
+            let (xq, xd, xs) = x.vector(t);
+            let row = r * nb;
+            let ws = &w.nibbles[row * 16..(row + nb) * 16];
+            let scales = &w.scales[row..row + nb];
+            let dots = sum_blocks(
+                nb,
+                |b| scales[b] * xd[b],
+                |b| {
+                    // SAFETY: block b < nb lies inside ws (16 bytes) and xq (32 values).
+                    let (raw, x) = unsafe {
+                        let xp = xq.as_ptr().add(BLOCK * b);
+                        let x = [
+                            load16(xp),
+                            load16(xp.add(8)),
+                            load16(xp.add(16)),
+                            load16(xp.add(24)),
+                        ];
+                        (load(ws.as_ptr().add(16 * b)), x)
+                    };
+                    let lo = v128_and(raw, u8x16_splat(0x0f));
+                    let hi = u8x16_shr(raw, 4);
+                    let a = i32x4_add(
+                        i32x4_dot_i16x8(u16x8_extend_low_u8x16(lo), x[0]),
+                        i32x4_dot_i16x8(u16x8_extend_high_u8x16(lo), x[1]),
+                    );
+                    let b = i32x4_add(
+                        i32x4_dot_i16x8(u16x8_extend_low_u8x16(hi), x[2]),
+                        i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), x[3]),
+                    );
+                    i32x4_add(a, b)
+                },
+            );
+            dots + offsets(&w.mins[row..row + nb], xs)
+        });
+    }
+
+    pub(super) fn q8_0_rows16(w: Q8_0<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+        let nb = x.blocks();
+        rows(first, x, out, |r, t| {
+            let (xq, xd, _) = x.vector(t);
+            let row = r * nb;
+            let ws = &w.quants[row * BLOCK..(row + nb) * BLOCK];
+            let scales = &w.scales[row..row + nb];
+            sum_blocks(
+                nb,
+                |b| scales[b] * xd[b],
+                |b| {
+                    // SAFETY: block b < nb lies inside ws (32 bytes) and xq (32 values).
+                    let (w0, w1, x) = unsafe {
+                        let wp = ws.as_ptr().add(BLOCK * b).cast::<u8>();
+                        let xp = xq.as_ptr().add(BLOCK * b);
+                        let x = [
+                            load16(xp),
+                            load16(xp.add(8)),
+                            load16(xp.add(16)),
+                            load16(xp.add(24)),
+                        ];
+                        (load(wp), load(wp.add(16)), x)
+                    };
+                    let a = i32x4_add(
+                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), x[0]),
+                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), x[1]),
+                    );
+                    let b = i32x4_add(
+                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), x[2]),
+                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), x[3]),
+                    );
+                    i32x4_add(a, b)
+                },
+            )
+        });
+    }
+
+    pub(super) fn q8_0_rows(w: Q8_0<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
         let nb = x.blocks();
         rows(first, x, out, |r, t| {
             let (xq, xd, _) = x.vector(t);
@@ -546,23 +756,29 @@ mod tests {
 
     #[test]
     fn quantised_values_are_within_half_a_step() {
+        quantised_within_half_a_step::<i8>();
+        quantised_within_half_a_step::<i16>();
+    }
+
+    fn quantised_within_half_a_step<T: Level + PartialEq + std::fmt::Debug>() {
         let cols = 96;
         let mut x: Vec<f32> = (0..2 * cols).map(|i| 3.0 * noise(i, 1)).collect();
         x[40] = 0.0;
         x[64..96].fill(0.0); // an all-zero block: scale 0, quants 0
-        let q = Quantized::new(&x, cols);
+        let q = Quantized::<T>::new(&x, cols);
         assert_eq!(q.n(), 2);
         assert_eq!(q.scales[2], 0.0);
-        assert!(q.q[64..96].iter().all(|&v| v == 0));
+        assert!(q.q[64..96].iter().all(|&v| v.to_i32() == 0));
         let back = q.dequantize();
         for (i, (&v, &b)) in x.iter().zip(&back).enumerate() {
             let step = q.scales[i / BLOCK];
             assert!((v - b).abs() <= step * 0.5 * 1.0001, "{i}: {v} vs {b}");
         }
-        // Each block's largest magnitude is ±127 exactly; sums are of the f32 inputs.
+        // Each block's largest magnitude is ±MAX exactly; sums are of the f32 inputs.
         for (b, qs) in q.q.chunks(BLOCK).enumerate() {
             if q.scales[b] > 0.0 {
-                assert_eq!(qs.iter().map(|v| v.unsigned_abs()).max(), Some(127));
+                let max = qs.iter().map(|v| v.to_i32().abs()).max();
+                assert_eq!(max, Some(T::MAX as i32));
             }
             let want: f32 = x[b * BLOCK..(b + 1) * BLOCK].iter().sum();
             assert_eq!(q.sums[b], want);
@@ -630,7 +846,7 @@ mod tests {
     ///   per-block f32 scaling and summation round;
     /// - with the original activations they agree within the 8-bit step:
     ///   |Σ (w - m) (x - x̂)| <= Σ_b dx_b / 2 · Σ_{i in b} |w_i - m_b|.
-    fn check(isa: Isa, nb: usize, rows: usize, first: usize, n: usize) {
+    fn check(isa: Isa, nb: usize, rows: usize, first: usize, n: usize, wide: bool) {
         let cols = nb * BLOCK;
         let (scales, mins, nibbles, quants) = weights(first + rows, nb, nb as u64);
         let q4 = Q4_1 {
@@ -645,14 +861,21 @@ mod tests {
         let x: Vec<f32> = (0..n * cols)
             .map(|i| noise(i, 7) * if i % 97 == 0 { 8.0 } else { 1.0 })
             .collect();
-        let xq = Quantized::new(&x, cols);
-        let xd = xq.dequantize();
+        let (x8, x16) = (
+            Quantized::<i8>::new(&x, cols),
+            Quantized::<i16>::new(&x, cols),
+        );
+        let (xd, steps) = match wide {
+            false => (x8.dequantize(), &x8.scales),
+            true => (x16.dequantize(), &x16.scales),
+        };
         for (name, is_q4) in [("Q4_1", true), ("Q8_0", false)] {
             let mut out = vec![f32::NAN; rows * n];
-            if is_q4 {
-                q4_1_rows(isa, q4, first, &xq, &mut out);
-            } else {
-                q8_0_rows(isa, q8, first, &xq, &mut out);
+            match (is_q4, wide) {
+                (true, false) => q4_1_rows(isa, q4, first, &x8, &mut out),
+                (false, false) => q8_0_rows(isa, q8, first, &x8, &mut out),
+                (true, true) => q4_1_rows16(isa, q4, first, &x16, &mut out),
+                (false, true) => q8_0_rows16(isa, q8, first, &x16, &mut out),
             }
             for i in 0..rows {
                 let r = first + i;
@@ -686,7 +909,7 @@ mod tests {
                     let (dense, _) = dot64(&w, &x[t * cols..(t + 1) * cols]);
                     let bound: f64 = (0..nb)
                         .map(|b| {
-                            let step = f64::from(xq.scales[t * nb + b]);
+                            let step = f64::from(steps[t * nb + b]);
                             let wsum: f64 = scaled[b * BLOCK..(b + 1) * BLOCK]
                                 .iter()
                                 .map(|v| f64::from(v.abs()))
@@ -721,7 +944,8 @@ mod tests {
                 (19, 4, 0, 3),
                 (48, 2, 5, 4),
             ] {
-                check(isa, nb, rows, first, n);
+                check(isa, nb, rows, first, n, false);
+                check(isa, nb, rows, first, n, true);
             }
         }
     }
@@ -737,7 +961,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "does not run on this CPU")]
     fn a_path_this_cpu_lacks_is_refused() {
-        let x = Quantized::new(&[0.0; 32], 32);
+        let x = Quantized::<i8>::new(&[0.0; 32], 32);
         let w = Q8_0 {
             scales: &[1.0],
             quants: &[0; 32],
