@@ -22,6 +22,9 @@
 /// Values per quantisation block (GGUF's Q4_1 and Q8_0 both use 32).
 pub const BLOCK: usize = 32;
 
+/// 1.5 · 2^23: `(v + ROUND) - ROUND` is `v` rounded to an integer for |v| < 2^22.
+const ROUND: f32 = 12_582_912.0;
+
 /// An integer type activations are rounded to: `i8` (llama.cpp's choice: u8×i8 products,
 /// 32 per instruction) or `i16` (i16×i16 products, 16 per instruction, 256x finer steps).
 pub trait Level: Copy + Default + Send + Sync + 'static {
@@ -90,8 +93,12 @@ impl<T: Level> Quantized<T> {
             let d = amax / T::MAX;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             for (q, &v) in qs.iter_mut().zip(xs) {
-                // |v · inv| <= MAX up to rounding; the clamp keeps a rounding overshoot in range.
-                *q = T::from_rounded((v * inv).round().clamp(-T::MAX, T::MAX));
+                // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer (ties to even)
+                // for |v · inv| <= MAX: plain arithmetic the compiler vectorises, where
+                // `f32::round` is a libm call per value on baseline x86-64 (4% of decoding).
+                // The clamp keeps a rounding overshoot of `inv` in range.
+                let r = (v * inv + ROUND) - ROUND;
+                *q = T::from_rounded(r.clamp(-T::MAX, T::MAX));
             }
             out.scales[b] = d;
             out.sums[b] = xs.iter().sum();
