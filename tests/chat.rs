@@ -15,6 +15,20 @@ fn max_relative_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0f32, f32::max)
 }
 
+/// How far the same states may differ when computed along different paths (a prefill of the
+/// whole text vs a shorter prefill, or token by token). Exact products: f32 summation order
+/// only (1e-3 leaves room). 16-bit activations (the default): each path rounds slightly
+/// different f32 inputs to 16 bits, and a value that lands on the other side of a rounding
+/// step moves by one step, max|block| / 32767 — in blocks holding SmolLM2's large outlier
+/// channels that is ~1% of an ordinary activation; measured worst 0.0074 (notes/
+/// issue-15-kernels.md). A state from the wrong position or layer differs by O(1).
+fn path_tolerance(chat: &webguard::ChatModel) -> f32 {
+    match chat.model.precision() {
+        webguard::models::packed::Precision::Exact => 1e-3,
+        _ => 3e-2,
+    }
+}
+
 #[test]
 fn greedy_answer_to_the_capital_of_france() {
     let chat = common::chat_model();
@@ -121,7 +135,10 @@ fn probe_states_do_not_depend_on_how_the_prompt_was_prefilled() {
     chat.model.forward(&ids[..10], &mut prefix).unwrap();
     let split = pollster::block_on(chat.prompt_states_after(&prefix, &ids[10..], &layers)).unwrap();
     let worst = max_relative_diff(&whole, &split);
-    assert!(worst < 1e-3, "worst relative difference {worst}");
+    assert!(
+        worst < path_tolerance(&chat),
+        "worst relative difference {worst}"
+    );
     // The layers come back in the order asked: layer 3 alone equals the second half.
     let third = pollster::block_on(chat.prompt_states(&ids, &[3])).unwrap();
     assert_eq!(third, whole[chat.model.config().dim..]);
@@ -163,7 +180,7 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
     let prompt_end = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
     let worst = max_relative_diff(&prompt_end, &states.prompt_end);
     assert!(
-        worst < 1e-3,
+        worst < path_tolerance(&chat),
         "prompt end: worst relative difference {worst}"
     );
     let whole = states.sentence_ends;
@@ -171,7 +188,11 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
     for (a, b) in whole.iter().zip(&streamed) {
         assert_eq!(a.len(), 2 * chat.model.config().dim);
         let worst = max_relative_diff(a, b);
-        assert!(worst < 1e-3, "worst relative difference {worst}");
+        eprintln!("sentence end: worst relative difference {worst}");
+        assert!(
+            worst < path_tolerance(&chat),
+            "worst relative difference {worst}"
+        );
     }
     // Different sentence ends have different states (each row is its own token).
     assert_ne!(whole[0], whole[1]);

@@ -12,6 +12,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use webguard::models::packed::Precision;
 
 use common::{chat_model, shipped_filter as filter};
 use webguard::backend::read_f32;
@@ -125,6 +126,9 @@ fn prefill(chat: &ChatModel, ids: &[u32], prefix: usize, layers: &[usize]) -> Ve
 fn chunked_attention_equals_whole_attention_and_bounds_the_scores() {
     let _serial = serial();
     let mut chat = chat_model();
+    // Exact products: the invariant here is the chunking; 16-bit activations would add
+    // rounding-step flips between the two paths (tests/chat.rs `path_tolerance`).
+    chat.model.set_precision(Precision::Exact);
     let ids = long_prompt(&chat, 150);
     let s = ids.len();
     let heads = chat.model.config().heads;
@@ -432,6 +436,9 @@ fn a_batch_split_into_passes_takes_the_same_step() {
     let heads = 9;
     let run = |max_pass_tokens: usize| {
         let mut chat = chat_model();
+        // Exact products: the logits compared are the tuned models' after prefill, and the
+        // invariant is the split into passes (see the chunked attention test).
+        chat.model.set_precision(Precision::Exact);
         let options = ChatTuneOptions {
             tune: TuneOptions {
                 steps: 2,

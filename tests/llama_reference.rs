@@ -1,13 +1,16 @@
 //! SmolLM2 against an independent float64 numpy implementation from the same GGUF
 //! (scripts/make-llama-reference.py -> tests/reference/llama_smollm2.json): prompt ids, the
 //! next-token logits after prefill (64 most likely ids plus every 193rd id, and the
-//! log-sum-exp over all 49,152), and 32-token greedy continuations through the KV cache.
+//! log-sum-exp over all 49,152), and 32-token greedy continuations through the KV cache —
+//! exactly with [`Precision::Exact`], and within measured bounds with the default 8-bit
+//! activations ([`Precision::Int8`]).
 
 mod common;
 
 use burn::tensor::Device;
 use webguard::backend::read_f32;
 use webguard::models::llama::Llama;
+use webguard::models::packed::Precision;
 use webguard::text::Tokenizer;
 use webguard::text::chat_template::{Message, render};
 use webguard::weights::Gguf;
@@ -18,18 +21,28 @@ use webguard::weights::Gguf;
 /// logits by whole units.
 const LOGIT_TOLERANCE: f64 = 1e-3;
 
-#[test]
-fn logits_and_greedy_continuations_match_numpy() {
+/// One reference prompt through the model: the worst logit difference after prefill (over the
+/// reference's ids and the log-sum-exp) and the greedy continuation, as long as the
+/// reference's or up to an end token.
+struct Run {
+    prompt: String,
+    worst_logit: f64,
+    greedy: Vec<u32>,
+    want: Vec<u32>,
+}
+
+fn run(precision: Precision) -> Vec<Run> {
     let reference = common::reference("llama_smollm2.json");
     let bytes = common::read_model(webguard::SMOLLM2_GGUF);
     let gguf = Gguf::parse(&bytes).unwrap();
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
-    let model = Llama::load(&gguf, &Device::flex()).unwrap();
+    let mut model = Llama::load(&gguf, &Device::flex()).unwrap();
+    model.set_precision(precision);
     let end = [
         tok.token_to_id("<|im_end|>").unwrap(),
         tok.token_to_id("<|endoftext|>").unwrap(),
     ];
-    let mut worst = 0.0f64;
+    let mut runs = Vec::new();
     for case in reference["cases"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
         let want_ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
@@ -42,18 +55,13 @@ fn logits_and_greedy_continuations_match_numpy() {
         let logits = model.forward(&ids, &mut cache).unwrap();
         let [_, vocab] = logits.dims();
         let last = pollster::block_on(read_f32(logits.reshape([vocab]))).unwrap();
+        let mut worst = 0.0f64;
         for (ids_key, values_key) in [("top_ids", "top_logits"), ("sampled_ids", "sampled_logits")]
         {
             let ids: Vec<usize> = serde_json::from_value(case[ids_key].clone()).unwrap();
             let values: Vec<f64> = serde_json::from_value(case[values_key].clone()).unwrap();
             for (&i, &want) in ids.iter().zip(&values) {
-                let diff = (f64::from(last[i]) - want).abs();
-                worst = worst.max(diff);
-                assert!(
-                    diff <= LOGIT_TOLERANCE,
-                    "{prompt}: logit of id {i}: {} vs {want}",
-                    last[i]
-                );
+                worst = worst.max((f64::from(last[i]) - want).abs());
             }
         }
         let max = last.iter().cloned().fold(f32::MIN, f32::max) as f64;
@@ -63,11 +71,7 @@ fn logits_and_greedy_continuations_match_numpy() {
             .sum::<f64>()
             .ln()
             + max;
-        let want_lse = case["logsumexp"].as_f64().unwrap();
-        assert!(
-            (lse - want_lse).abs() <= LOGIT_TOLERANCE,
-            "{prompt}: logsumexp {lse} vs {want_lse}"
-        );
+        worst = worst.max((lse - case["logsumexp"].as_f64().unwrap()).abs());
 
         // Greedy, one position at a time through the cache.
         let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
@@ -87,7 +91,76 @@ fn logits_and_greedy_continuations_match_numpy() {
             let l = model.forward(&[next], &mut cache).unwrap();
             step = pollster::block_on(read_f32(l.reshape([vocab]))).unwrap();
         }
-        assert_eq!(got, want, "{prompt}: greedy continuation");
+        runs.push(Run {
+            prompt: prompt.to_string(),
+            worst_logit: worst,
+            greedy: got,
+            want,
+        });
+    }
+    runs
+}
+
+#[test]
+fn logits_and_greedy_continuations_match_numpy() {
+    let mut worst = 0.0f64;
+    for r in run(Precision::Exact) {
+        assert!(
+            r.worst_logit <= LOGIT_TOLERANCE,
+            "{}: logits differ by {}",
+            r.prompt,
+            r.worst_logit
+        );
+        assert_eq!(r.greedy, r.want, "{}: greedy continuation", r.prompt);
+        worst = worst.max(r.worst_logit);
     }
     eprintln!("worst logit abs diff vs numpy float64: {worst:.2e}");
+}
+
+/// Greedy tokens equal to the exact model's, position by position (the reference's, which
+/// the exact model reproduces), the number compared, and the worst logit difference after
+/// prefill, printed per prompt.
+fn agreement(precision: Precision) -> (usize, usize, f64) {
+    let (mut same, mut total, mut worst) = (0, 0, 0.0f64);
+    for r in run(precision) {
+        let equal = r.greedy.iter().zip(&r.want).filter(|(a, b)| a == b).count();
+        eprintln!(
+            "{precision:?} {}: {equal}/{} greedy tokens equal, worst logit diff {:.4}",
+            r.prompt,
+            r.want.len(),
+            r.worst_logit
+        );
+        same += equal;
+        total += r.want.len();
+        worst = worst.max(r.worst_logit);
+    }
+    eprintln!(
+        "{precision:?}: {same}/{total} greedy tokens equal to exact, worst logit diff {worst:.4}"
+    );
+    (same, total, worst)
+}
+
+/// The default 16-bit activations against the exact model (which the float64 reference is, to
+/// 4.4e-5). llama.cpp on the same GGUF scores 0/8, 19/32, 9/32, 9/18 and 9/9 tokens with
+/// logits off by up to 1.33 (notes/issue-4-chat.md). Measured here (notes/issue-15-kernels.md):
+/// every token equal, logits within 0.01; the bounds leave room for other CPUs' f32 summation
+/// orders and still fail on any real error (a wrong block, scale or offset moves logits by
+/// whole units, and 8-bit activations already move them by ~1).
+#[test]
+fn int16_products_give_the_exact_model_s_answers() {
+    let (same, total, worst) = agreement(Precision::Int16);
+    assert!(worst <= 0.02, "worst logit difference {worst}");
+    assert_eq!(same, total, "greedy tokens equal to the exact model's");
+}
+
+/// 8-bit activations (llama.cpp's scheme; selectable, not the default): measured 54/99 tokens
+/// equal and logits within 1.0; the test holds them to what llama.cpp does (46/99, 1.33).
+#[test]
+fn int8_products_stay_within_llama_cpp_s_distance_of_the_exact_model() {
+    let (same, total, worst) = agreement(Precision::Int8);
+    assert!(worst <= 1.33, "worst logit difference {worst}");
+    assert!(
+        same * 99 >= 46 * total,
+        "{same}/{total} greedy tokens equal"
+    );
 }

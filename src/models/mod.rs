@@ -6,3 +6,6 @@ pub mod llama;
 pub mod lora;
 pub mod packed;
 pub mod probe;
+pub mod qdot;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod spin;

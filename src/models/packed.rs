@@ -7,10 +7,16 @@
 //! buffer that stays in L1, so the products read the packed bytes once and the model's resident
 //! size stays that of the file. Values are the exact dequantised weights; only the order of the
 //! f32 sums differs from a dense product.
+//!
+//! Products of a few vectors have two modes ([`Precision`]): exact (each row dequantised to
+//! f32 inside the dot product) and, the default, 8-bit activations with integer dot products
+//! per block ([`crate::models::qdot`]; faster, see notes/issue-15-kernels.md for how much and
+//! how far the answers move).
 
 use half::f16;
 
 use crate::error::{Error, Result};
+use crate::models::qdot::{self, Isa, Quantized};
 use crate::weights::gguf::Gguf;
 use crate::weights::quant::GgmlType;
 
@@ -41,6 +47,34 @@ enum Blocks {
 }
 
 const BLOCK: usize = 32;
+
+/// How [`PackedMatrix::matmul`] rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Each row dequantised to f32 and multiplied in f32: the GGUF's values exactly (up to the
+    /// order of f32 sums); logits within 4e-5 of a float64 evaluation.
+    Exact,
+    /// The activation vector rounded to 16 bits per block of 32 (`max |x| / 32767` steps),
+    /// integer products per block (i16 × i16, [`qdot`]). Weights are read as they are in every
+    /// mode.
+    #[default]
+    Int16,
+    /// Rounded to 8 bits (`max |x| / 127` steps), u8 × i8 products, as llama.cpp does (but
+    /// with exact f32 block sums for Q4_1's offsets): the fastest, and the least exact.
+    Int8,
+}
+
+impl Precision {
+    /// [`Precision::Exact`] when the environment variable `WEBGUARD_EXACT` is set to anything
+    /// but `0` or the empty string, the default otherwise (a switch for whole runs, e.g. the
+    /// test suite, without code changes).
+    pub fn from_env() -> Self {
+        match std::env::var("WEBGUARD_EXACT") {
+            Ok(v) if !v.is_empty() && v != "0" => Precision::Exact,
+            _ => Precision::default(),
+        }
+    }
+}
 
 impl Blocks {
     /// Q4_1 or Q8_0 blocks of rows `cols` long, from the file's bytes; `None` for other types.
@@ -225,25 +259,100 @@ impl PackedMatrix {
         }
     }
 
-    /// `x [n, cols] · selfᵀ -> [n, rows]`, row-major. Meant for small `n` (decoding): the rows
-    /// are split across the cores and each is read once for all `n` vectors.
-    pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
+    /// `x [n, cols] · selfᵀ -> [n, rows]`, row-major, rounded as `precision` says. Meant for
+    /// small `n` (decoding): the rows are split across the cores and each is read once for all
+    /// `n` vectors.
+    pub fn matmul(&self, x: &[f32], n: usize, precision: Precision) -> Vec<f32> {
+        self.matmul_on(x, n, precision, Isa::best())
+    }
+
+    /// Whether products in `precision` round the inputs (the integer modes on Q4_1/Q8_0
+    /// blocks).
+    pub fn rounds_inputs(&self, precision: Precision) -> bool {
+        precision != Precision::Exact && !matches!(self.blocks, Blocks::Dense(_))
+    }
+
+    /// `x [n, cols]` rounded as the integer products in `precision` see it (`step · q` per
+    /// block of 32). A dense f32 product of these values with the dequantised matrix equals
+    /// the integer products up to f32 rounding (Q4_1's offsets use the exact block sums in
+    /// both): prefill uses it so that a prompt's states are the same whether it was prefilled
+    /// at once or token by token.
+    pub fn round_inputs(&self, x: Vec<f32>, precision: Precision) -> Vec<f32> {
+        match precision {
+            Precision::Exact => x,
+            Precision::Int16 => Quantized::<i16>::new(&x, self.cols).dequantize(),
+            Precision::Int8 => Quantized::<i8>::new(&x, self.cols).dequantize(),
+        }
+    }
+
+    /// [`PackedMatrix::matmul`] with the 8-bit products on `isa` (tests force each one).
+    fn matmul_on(&self, x: &[f32], n: usize, precision: Precision, isa: Isa) -> Vec<f32> {
         assert_eq!(x.len(), n * self.cols, "input is not [n, cols]");
-        let sums: Vec<f32> = x.chunks(BLOCK).map(|b| b.iter().sum()).collect();
-        let per_vector = self.cols.div_ceil(BLOCK);
         // Computed as [rows, n] so that parallel tasks own contiguous rows, then transposed.
         let mut by_row = vec![0.0; self.rows * n];
-        let rows_per_task = self.rows.div_ceil(tasks(n * self.rows * self.cols)).max(1);
-        for_each_chunk(&mut by_row, rows_per_task * n, |task, out| {
-            for (i, out) in out.chunks_exact_mut(n).enumerate() {
-                let r = task * rows_per_task + i;
-                for (t, o) in out.iter_mut().enumerate() {
-                    let xs = &x[t * self.cols..(t + 1) * self.cols];
-                    let bs = &sums[t * per_vector..(t + 1) * per_vector];
-                    *o = self.row_dot(r, xs, bs);
+        let macs = n * self.rows * self.cols;
+        if self.rounds_inputs(precision) {
+            let (x8, x16) = match precision {
+                Precision::Int8 => (Some(Quantized::<i8>::new(x, self.cols)), None),
+                _ => (None, Some(Quantized::<i16>::new(x, self.cols))),
+            };
+            for_row_ranges(&mut by_row, self.rows, macs, |first, out| {
+                match (&self.blocks, &x8, &x16) {
+                    (
+                        Blocks::Q4_1 {
+                            scales,
+                            mins,
+                            nibbles,
+                        },
+                        Some(x),
+                        _,
+                    ) => {
+                        let w = qdot::Q4_1 {
+                            scales,
+                            mins,
+                            nibbles,
+                        };
+                        qdot::q4_1_rows(isa, w, first, x, out);
+                    }
+                    (
+                        Blocks::Q4_1 {
+                            scales,
+                            mins,
+                            nibbles,
+                        },
+                        _,
+                        Some(x),
+                    ) => {
+                        let w = qdot::Q4_1 {
+                            scales,
+                            mins,
+                            nibbles,
+                        };
+                        qdot::q4_1_rows16(isa, w, first, x, out);
+                    }
+                    (Blocks::Q8_0 { scales, quants }, Some(x), _) => {
+                        qdot::q8_0_rows(isa, qdot::Q8_0 { scales, quants }, first, x, out);
+                    }
+                    (Blocks::Q8_0 { scales, quants }, _, Some(x)) => {
+                        qdot::q8_0_rows16(isa, qdot::Q8_0 { scales, quants }, first, x, out);
+                    }
+                    _ => unreachable!("dense matrices take the exact path"),
                 }
-            }
-        });
+            });
+        } else {
+            let sums: Vec<f32> = x.chunks(BLOCK).map(|b| b.iter().sum()).collect();
+            let per_vector = self.cols.div_ceil(BLOCK);
+            for_row_ranges(&mut by_row, self.rows, macs, |first, out| {
+                for (i, out) in out.chunks_exact_mut(n).enumerate() {
+                    let r = first + i;
+                    for (t, o) in out.iter_mut().enumerate() {
+                        let xs = &x[t * self.cols..(t + 1) * self.cols];
+                        let bs = &sums[t * per_vector..(t + 1) * per_vector];
+                        *o = self.row_dot(r, xs, bs);
+                    }
+                }
+            });
+        }
         if n == 1 {
             return by_row;
         }
@@ -257,19 +366,54 @@ impl PackedMatrix {
     }
 }
 
-/// Products smaller than this many multiply-adds run on the calling thread: handing work to
-/// another core costs tens of microseconds (a wake-up each way), more than it saves on the
-/// per-layer products of decoding (measured in notes/issue-4-chat.md); the output projection
-/// (28 M) is split.
-const PARALLEL_MIN_MACS: usize = 4 << 20;
+/// Products smaller than this many multiply-adds run on the calling thread. The decode pool
+/// ([`crate::models::spin`]) hands work over in well under a microsecond while its helpers
+/// spin, so every product of decoding (the smallest, K and V, are 0.11 M) is split; below
+/// this the split would cost more than the product.
+const PARALLEL_MIN_MACS: usize = 32 << 10;
 
-/// Parallel tasks for a product of `macs` multiply-adds: one per core when it is large.
-fn tasks(macs: usize) -> usize {
-    if macs >= PARALLEL_MIN_MACS {
-        cores()
-    } else {
-        1
+/// Tasks per thread of the decode pool a product is split into.
+const TASKS_PER_THREAD: usize = 4;
+
+/// Runs `f(first row, out rows)` over `out` (`[rows, n]`, row-major) in contiguous row ranges,
+/// one per thread of the decode pool when the product (`macs` multiply-adds) is large enough,
+/// all on the calling thread otherwise (and always on wasm32 here: no threads).
+fn for_row_ranges(
+    out: &mut [f32],
+    rows: usize,
+    macs: usize,
+    f: impl Fn(usize, &mut [f32]) + Send + Sync,
+) {
+    let n = out.len() / rows.max(1);
+    #[cfg(not(target_arch = "wasm32"))]
+    if macs >= PARALLEL_MIN_MACS && rows > 1 {
+        let pool = crate::models::spin::Pool::global();
+        // A few tasks per thread, claimed as threads come free: a thread slowed by other work
+        // on the machine does less of the product instead of holding it up.
+        let per_task = rows.div_ceil(pool.threads() * TASKS_PER_THREAD).max(8);
+        let tasks = rows.div_ceil(per_task);
+        /// The output's address, shared with the tasks (each writes only its own rows).
+        struct Out(*mut f32);
+        // SAFETY: tasks write disjoint row ranges of the buffer, and `run` returns only when
+        // they have all finished.
+        unsafe impl Sync for Out {}
+        let ptr = Out(out.as_mut_ptr());
+        pool.run(tasks, &|task| {
+            let first = (task * per_task).min(rows);
+            let last = ((task + 1) * per_task).min(rows);
+            if first < last {
+                let ptr = &ptr;
+                // SAFETY: rows first..last of `out` belong to this task alone, in bounds.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(ptr.0.add(first * n), (last - first) * n)
+                };
+                f(first, out);
+            }
+        });
+        return;
     }
+    let _ = macs;
+    f(0, out);
 }
 
 /// Threads available for parallel work (1 on wasm32).
@@ -341,27 +485,79 @@ mod tests {
     fn matmul_matches_dense_product() {
         for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
             for n in [1, 3] {
-                check_matmul(ty, n);
+                check_matmul(ty, n, 70);
             }
         }
     }
 
-    fn check_matmul(ty: GgmlType, n: usize) {
-        let (rows, cols) = (70, 96);
+    /// Large enough to be split across the cores (`PARALLEL_MIN_MACS`), with an uneven last
+    /// task: every task's rows land in the right place in both modes.
+    #[test]
+    fn split_products_match_dense_product() {
+        let rows = (PARALLEL_MIN_MACS / 96).next_multiple_of(7) + 3;
+        check_matmul(GgmlType::Q4_1, 1, rows);
+        check_matmul(GgmlType::Q8_0, 2, rows);
+    }
+
+    /// Exact mode to f32 rounding; 8-bit mode (on every path this CPU has) within the 8-bit
+    /// step of the activations: |Σ (w - m)·(x - x̂)| <= Σ_blocks step/2 · Σ |w - m| (`m`: Q4_1's
+    /// block offsets, which multiply exact block sums).
+    fn check_matmul(ty: GgmlType, n: usize, rows: usize) {
+        let cols = 96;
         let (m, dense) = matrix(ty, rows, cols);
         assert_eq!(m.dequantize(), dense);
         let x: Vec<f32> = (0..n * cols)
             .map(|i| ((i * 37 % 19) as f32 - 9.0) / 7.0)
             .collect();
-        let got = m.matmul(&x, n);
+        let steps = |p: Precision| match p {
+            Precision::Int8 => Quantized::<i8>::new(&x, cols).scales,
+            _ => Quantized::<i16>::new(&x, cols).scales,
+        };
+        let exact = m.matmul(&x, n, Precision::Exact);
+        let mut int: Vec<(Precision, Isa, Vec<f32>)> = Vec::new();
+        for p in [Precision::Int8, Precision::Int16] {
+            for isa in Isa::available() {
+                int.push((p, isa, m.matmul_on(&x, n, p, isa)));
+            }
+            int.push((p, Isa::best(), m.matmul(&x, n, p)));
+        }
         for t in 0..n {
             for r in 0..rows {
-                let want: f64 = (0..cols)
-                    .map(|c| f64::from(dense[r * cols + c]) * f64::from(x[t * cols + c]))
+                let w = &dense[r * cols..(r + 1) * cols];
+                let xs = &x[t * cols..(t + 1) * cols];
+                let want: f64 = w
+                    .iter()
+                    .zip(xs)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
                     .sum();
-                let g = f64::from(got[t * rows + r]);
+                let g = f64::from(exact[t * rows + r]);
                 let close = (g - want).abs() <= 1e-4 * (1.0 + want.abs());
                 assert!(close, "{ty} n={n} [{t},{r}]: {g} vs {want}");
+                let bound = |steps: &[f32]| -> f64 {
+                    (0..cols / BLOCK)
+                        .map(|b| {
+                            let step = f64::from(steps[t * cols / BLOCK + b]);
+                            let off = match &m.blocks {
+                                Blocks::Q4_1 { mins, .. } => mins[r * cols / BLOCK + b],
+                                _ => 0.0,
+                            };
+                            let wsum: f64 = w[b * BLOCK..(b + 1) * BLOCK]
+                                .iter()
+                                .map(|v| f64::from((v - off).abs()))
+                                .sum();
+                            step / 2.0 * wsum
+                        })
+                        .sum()
+                };
+                for (p, isa, got) in &int {
+                    let bound = bound(&steps(*p));
+                    let g = f64::from(got[t * rows + r]);
+                    let close = (g - want).abs() <= bound * 1.001 + 1e-5 * (1.0 + want.abs());
+                    assert!(
+                        close,
+                        "{ty} {p:?} {isa:?} n={n} [{t},{r}]: {g} vs {want} (bound {bound})"
+                    );
+                }
             }
         }
     }

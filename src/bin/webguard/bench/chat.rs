@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use webguard::backend::{Backend, BackendChoice, read_f32};
 use webguard::models::llama::Llama;
+use webguard::models::packed::Precision;
 use webguard::text::Tokenizer;
 use webguard::weights::Gguf;
 use webguard::{Error, Result, SMOLLM2_GGUF};
@@ -27,6 +28,9 @@ pub struct ChatBench {
     /// Python with llama-cpp-python, for the side-by-side peer run.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Exact f32 products on the CPU instead of 8-bit activations (also `WEBGUARD_EXACT=1`).
+    #[arg(long)]
+    exact: bool,
 }
 
 pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
@@ -51,7 +55,10 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
     for name in args.backends.split(',') {
         let backend = Backend::init_blocking(name.trim().parse::<BackendChoice>()?)?;
         let load_start = Instant::now();
-        let model = Llama::load(&gguf, &backend.device)?;
+        let mut model = Llama::load(&gguf, &backend.device)?;
+        if args.exact {
+            model.set_precision(Precision::Exact);
+        }
         let load = load_start.elapsed().as_secs_f64();
         let vocab = model.config().vocab_size;
         let argmax = |v: &[f32]| {
@@ -81,7 +88,8 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
             (new_tokens - 1) as f64 / decode,
         ));
         println!(
-            "  webguard {backend}: load {load:.1} s, weights {:.0} MB resident, prefill {:.1} tokens/s, time to first token {:.0} ms, decode {:.1} tokens/s",
+            "  webguard {backend} ({:?} products): load {load:.1} s, weights {:.0} MB resident, prefill {:.1} tokens/s, time to first token {:.0} ms, decode {:.1} tokens/s",
+            model.precision(),
             model.resident_weight_bytes() as f64 / 1e6,
             prompt_tokens as f64 / ttft,
             ttft * 1000.0,

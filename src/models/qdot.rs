@@ -1,0 +1,978 @@
+//! Matrix-vector products of GGUF blocks with activations quantised to 8 bits: integer dot
+//! products per block of 32, one f32 multiply-add per block.
+//!
+//! Why: decoding is a chain of matrix-vector products over Q4_1/Q8_0 blocks. Dequantising
+//! every weight to f32 costs ~6 instructions per 8 weights on AVX2; with the activation vector
+//! rounded to 8 bits once per product (`x ≈ dx · q`, `dx = max|x| / 127` per block), a block
+//! of 32 is one load, one `maddubs` (32 u8×i8 products summed in pairs) and one `madd` (or a
+//! single `vpdpbusd` with VNNI), then one f32 FMA for `dw · dx · Σ w·q`. That is the scheme
+//! llama.cpp uses; what differs here:
+//! - Q4_1's offset term `m · Σx` uses the *exact* f32 block sums of `x` (llama.cpp's q8_1
+//!   stores `dx · Σq`, adding a second rounding), so the only error is the 8-bit rounding of
+//!   `x`, at most `dx / 2` per element.
+//! - Everything around the products (norms, RoPE, attention, the KV cache) stays f32; prefill
+//!   longer than a few positions stays exact (dequantised f32 matrix products).
+//! - The exact f32 path stays selectable ([`crate::models::packed::Precision::Exact`]).
+//!
+//! Paths, picked at run time on x86-64 (builds target SSE2): AVX-512 VNNI (with VL, 256-bit
+//! `vpdpbusd`), AVX2 (any x86-64 since 2013), and a portable one; wasm32 uses SIMD128
+//! `i32x4.dot_i16x8` (the crate's wasm target enables `+simd128`). Every path computes each
+//! block's integer sum exactly, so they differ only in the order of the f32 per-block sums.
+
+/// Values per quantisation block (GGUF's Q4_1 and Q8_0 both use 32).
+pub const BLOCK: usize = 32;
+
+/// 1.5 · 2^23: `(v + ROUND) - ROUND` is `v` rounded to an integer for |v| < 2^22.
+const ROUND: f32 = 12_582_912.0;
+
+/// An integer type activations are rounded to: `i8` (llama.cpp's choice: u8×i8 products,
+/// 32 per instruction) or `i16` (i16×i16 products, 16 per instruction, 256x finer steps).
+pub trait Level: Copy + Default + Send + Sync + 'static {
+    /// The largest magnitude used: the range is symmetric, `-MAX..=MAX`.
+    const MAX: f32;
+    /// `v`, already rounded and within the range.
+    fn from_rounded(v: f32) -> Self;
+    /// The value as an i32.
+    fn to_i32(self) -> i32;
+}
+
+impl Level for i8 {
+    const MAX: f32 = 127.0;
+    fn from_rounded(v: f32) -> Self {
+        v as i8
+    }
+    fn to_i32(self) -> i32 {
+        i32::from(self)
+    }
+}
+
+impl Level for i16 {
+    const MAX: f32 = 32767.0;
+    fn from_rounded(v: f32) -> Self {
+        v as i16
+    }
+    fn to_i32(self) -> i32 {
+        i32::from(self)
+    }
+}
+
+/// Activation vectors quantised per block of 32: `x[i] ≈ scales[i / 32] · q[i]`.
+#[derive(Debug, Clone, Default)]
+pub struct Quantized<T: Level> {
+    /// Values per vector (a multiple of 32).
+    pub cols: usize,
+    /// `n · cols` rounded values in `-T::MAX..=T::MAX`.
+    pub q: Vec<T>,
+    /// One scale per block (`max |x| / T::MAX` over the block; 0 for an all-zero block).
+    pub scales: Vec<f32>,
+    /// The exact f32 sum of `x` over each block (Q4_1's offsets multiply it).
+    pub sums: Vec<f32>,
+}
+
+impl<T: Level> Quantized<T> {
+    /// Quantises `n` vectors of `cols` values (`x.len() == n · cols`, `cols` a multiple of 32).
+    pub fn new(x: &[f32], cols: usize) -> Self {
+        assert!(
+            cols.is_multiple_of(BLOCK) && cols > 0,
+            "cols must be a multiple of 32"
+        );
+        assert!(x.len().is_multiple_of(cols), "input is not [n, cols]");
+        let blocks = x.len() / BLOCK;
+        let mut out = Quantized {
+            cols,
+            q: vec![T::default(); x.len()],
+            scales: vec![0.0; blocks],
+            sums: vec![0.0; blocks],
+        };
+        for (b, (xs, qs)) in x
+            .chunks_exact(BLOCK)
+            .zip(out.q.chunks_exact_mut(BLOCK))
+            .enumerate()
+        {
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / T::MAX;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer (ties to even)
+                // for |v · inv| <= MAX: plain arithmetic the compiler vectorises, where
+                // `f32::round` is a libm call per value on baseline x86-64 (4% of decoding).
+                // The clamp keeps a rounding overshoot of `inv` in range.
+                let r = (v * inv + ROUND) - ROUND;
+                *q = T::from_rounded(r.clamp(-T::MAX, T::MAX));
+            }
+            out.scales[b] = d;
+            out.sums[b] = xs.iter().sum();
+        }
+        out
+    }
+
+    /// Vectors held.
+    pub fn n(&self) -> usize {
+        self.q.len() / self.cols
+    }
+
+    /// Blocks per vector.
+    fn blocks(&self) -> usize {
+        self.cols / BLOCK
+    }
+
+    /// Vector `t`'s quants, scales and block sums.
+    fn vector(&self, t: usize) -> (&[T], &[f32], &[f32]) {
+        let nb = self.blocks();
+        (
+            &self.q[t * self.cols..(t + 1) * self.cols],
+            &self.scales[t * nb..(t + 1) * nb],
+            &self.sums[t * nb..(t + 1) * nb],
+        )
+    }
+
+    /// The dequantised values `scales[b] · q[i]` (what the integer products compute with).
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.q
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| self.scales[i / BLOCK] * q.to_i32() as f32)
+            .collect()
+    }
+}
+
+/// Which instructions the integer products use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust: one i32 sum per block (what the SIMD paths compute, in lanes).
+    Portable,
+    /// x86-64 AVX2: `vpmaddubsw` + `vpmaddwd`.
+    Avx2,
+    /// x86-64 AVX-512 VNNI with VL: `vpdpbusd` on 256-bit registers.
+    Avx512Vnni,
+    /// wasm32 SIMD128: `i32x4.dot_i16x8_s` on widened values.
+    Simd128,
+}
+
+impl Isa {
+    /// The fastest path this CPU runs (detected once).
+    pub fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+            *BEST.get_or_init(|| Isa::available().last().copied().unwrap_or(Isa::Portable))
+        }
+        #[cfg(target_arch = "wasm32")]
+        return Isa::Simd128;
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "wasm32")))]
+        return Isa::Portable;
+    }
+
+    /// Every path this CPU runs, slowest first (tests force each one).
+    pub fn available() -> Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                isas.push(Isa::Avx2);
+                if has!("avx512vnni") && has!("avx512vl") {
+                    isas.push(Isa::Avx512Vnni);
+                }
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        isas.push(Isa::Simd128);
+        isas
+    }
+
+    /// Whether this CPU runs the path (the detection macros cache their answer).
+    fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        use std::arch::is_x86_feature_detected as has;
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => has!("avx2") && has!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                has!("avx2") && has!("fma") && has!("avx512vnni") && has!("avx512vl")
+            }
+            Isa::Simd128 => cfg!(target_arch = "wasm32"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
+/// Q4_1 blocks of a matrix: per block a scale, a minimum and 16 bytes of nibbles (values 0..16
+/// in the low nibbles, 16..32 in the high ones).
+#[derive(Clone, Copy)]
+pub struct Q4_1<'a> {
+    /// Per block.
+    pub scales: &'a [f32],
+    /// Per block.
+    pub mins: &'a [f32],
+    /// 16 bytes per block.
+    pub nibbles: &'a [u8],
+}
+
+/// Q8_0 blocks: per block a scale and 32 signed bytes.
+#[derive(Clone, Copy)]
+pub struct Q8_0<'a> {
+    /// Per block.
+    pub scales: &'a [f32],
+    /// 32 per block.
+    pub quants: &'a [i8],
+}
+
+/// `out[i · n + t] = row (first + i) · x_t` for every vector `t` of `x`, with Q4_1 rows
+/// `x.cols` long.
+///
+/// Panics when `isa` does not run on this CPU (a safety check, not an error path: callers pass
+/// [`Isa::best`] or one of [`Isa::available`]).
+pub fn q4_1_rows(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
+    assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
+    let nb = x.blocks();
+    assert!((first * nb + out.len() / x.n() * nb) <= w.scales.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        Isa::Avx2 => unsafe { x86::q4_1_rows_avx2(w, first, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 VNNI and VL (checked above).
+        Isa::Avx512Vnni => unsafe { x86::q4_1_rows_vnni(w, first, x, out) },
+        #[cfg(target_arch = "wasm32")]
+        Isa::Simd128 => wasm::q4_1_rows(w, first, x, out),
+        _ => rows(first, x, out, |r, t| q4_1_dot_portable(w, r, x, t)),
+    }
+}
+
+/// `out[i · n + t] = row (first + i) · x_t` for Q8_0 rows (see [`q4_1_rows`]).
+pub fn q8_0_rows(isa: Isa, w: Q8_0<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
+    assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
+    let nb = x.blocks();
+    assert!((first * nb + out.len() / x.n() * nb) <= w.scales.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        Isa::Avx2 => unsafe { x86::q8_0_rows_avx2(w, first, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 VNNI and VL (checked above).
+        Isa::Avx512Vnni => unsafe { x86::q8_0_rows_vnni(w, first, x, out) },
+        #[cfg(target_arch = "wasm32")]
+        Isa::Simd128 => wasm::q8_0_rows(w, first, x, out),
+        _ => rows(first, x, out, |r, t| q8_0_dot_portable(w, r, x, t)),
+    }
+}
+
+/// [`q4_1_rows`] with 16-bit activations.
+pub fn q4_1_rows16(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+    assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
+    let nb = x.blocks();
+    assert!((first * nb + out.len() / x.n() * nb) <= w.scales.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (checked above; VNNI adds nothing for i16 here).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q4_1_rows16_avx2(w, first, x, out) },
+        #[cfg(target_arch = "wasm32")]
+        Isa::Simd128 => wasm::q4_1_rows16(w, first, x, out),
+        _ => rows(first, x, out, |r, t| q4_1_dot_portable(w, r, x, t)),
+    }
+}
+
+/// [`q8_0_rows`] with 16-bit activations.
+pub fn q8_0_rows16(isa: Isa, w: Q8_0<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+    assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
+    let nb = x.blocks();
+    assert!((first * nb + out.len() / x.n() * nb) <= w.scales.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q8_0_rows16_avx2(w, first, x, out) },
+        #[cfg(target_arch = "wasm32")]
+        Isa::Simd128 => wasm::q8_0_rows16(w, first, x, out),
+        _ => rows(first, x, out, |r, t| q8_0_dot_portable(w, r, x, t)),
+    }
+}
+
+/// Fills `out` (`[rows, n]`) with `dot(first + i, t)`.
+#[inline(always)]
+fn rows<T: Level>(
+    first: usize,
+    x: &Quantized<T>,
+    out: &mut [f32],
+    mut dot: impl FnMut(usize, usize) -> f32,
+) {
+    let n = x.n();
+    for (i, out) in out.chunks_exact_mut(n).enumerate() {
+        for (t, o) in out.iter_mut().enumerate() {
+            *o = dot(first + i, t);
+        }
+    }
+}
+
+/// `Σ_b m_b · s_b` (Q4_1's offsets against the block sums), 8 partial sums wide.
+#[inline(always)]
+fn offsets(mins: &[f32], sums: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (m8, m_tail) = mins.split_at(mins.len() / 8 * 8);
+    let (s8, s_tail) = sums.split_at(m8.len());
+    for (m, s) in m8.chunks_exact(8).zip(s8.chunks_exact(8)) {
+        for j in 0..8 {
+            acc[j] += m[j] * s[j];
+        }
+    }
+    let tail: f32 = m_tail.iter().zip(s_tail).map(|(m, s)| m * s).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Row `r` of Q4_1 blocks · vector `t`: the integer sum per block, one f32 multiply-add each.
+fn q4_1_dot_portable<T: Level>(w: Q4_1<'_>, r: usize, x: &Quantized<T>, t: usize) -> f32 {
+    let nb = x.blocks();
+    let (xq, xd, xs) = x.vector(t);
+    let blocks = r * nb..(r + 1) * nb;
+    let nibbles = &w.nibbles[blocks.start * 16..blocks.end * 16];
+    let mut acc = 0.0f32;
+    for (b, (qs, xs)) in nibbles
+        .chunks_exact(16)
+        .zip(xq.chunks_exact(BLOCK))
+        .enumerate()
+    {
+        let (lo, hi) = xs.split_at(16);
+        let mut sum = 0i32;
+        for j in 0..16 {
+            sum += i32::from(qs[j] & 0x0f) * lo[j].to_i32();
+            sum += i32::from(qs[j] >> 4) * hi[j].to_i32();
+        }
+        acc += w.scales[blocks.start + b] * xd[b] * sum as f32;
+    }
+    acc + offsets(&w.mins[blocks], xs)
+}
+
+/// Row `r` of Q8_0 blocks · vector `t`.
+fn q8_0_dot_portable<T: Level>(w: Q8_0<'_>, r: usize, x: &Quantized<T>, t: usize) -> f32 {
+    let nb = x.blocks();
+    let (xq, xd, _) = x.vector(t);
+    let first = r * nb;
+    let quants = &w.quants[first * BLOCK..(first + nb) * BLOCK];
+    let mut acc = 0.0f32;
+    for (b, (ws, xs)) in quants
+        .chunks_exact(BLOCK)
+        .zip(xq.chunks_exact(BLOCK))
+        .enumerate()
+    {
+        let sum: i32 = ws
+            .iter()
+            .zip(xs)
+            .map(|(&a, &b)| i32::from(a) * b.to_i32())
+            .sum();
+        acc += w.scales[first + b] * xd[b] * sum as f32;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! One block of 32 per step into 8 i32 lanes, scaled into 8 f32 lanes; two accumulators
+    //! so consecutive blocks' FMAs do not wait on each other.
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, Q4_1, Q8_0, Quantized, offsets, rows};
+
+    /// The 32 nibbles of a Q4_1 block as bytes 0..16, in value order (low nibbles then high).
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        // SAFETY: the caller passes 16 readable bytes; the CPU has AVX2.
+        unsafe {
+            let raw = _mm_loadu_si128(p.cast());
+            let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+            _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // SAFETY: AVX is implied by the callers' AVX2.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    /// Σ over blocks of `scale_b · lanes_b`, for `dot(b)` giving block `b`'s 8 i32 lanes.
+    #[inline(always)]
+    unsafe fn blocks(
+        nb: usize,
+        scale: impl Fn(usize) -> f32,
+        dot: impl Fn(usize) -> __m256i,
+    ) -> f32 {
+        // SAFETY: the callers run with AVX2 and FMA.
+        unsafe {
+            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut b = 0;
+            while b + 1 < nb {
+                let p0 = _mm256_cvtepi32_ps(dot(b));
+                let p1 = _mm256_cvtepi32_ps(dot(b + 1));
+                a0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(scale(b)), a0);
+                a1 = _mm256_fmadd_ps(p1, _mm256_set1_ps(scale(b + 1)), a1);
+                b += 2;
+            }
+            if b < nb {
+                let p = _mm256_cvtepi32_ps(dot(b));
+                a0 = _mm256_fmadd_ps(p, _mm256_set1_ps(scale(b)), a0);
+            }
+            hsum(_mm256_add_ps(a0, a1))
+        }
+    }
+
+    /// u8 × i8 products of a block, summed into 8 i32 lanes (AVX2: pairs into i16, which
+    /// cannot overflow here: Q4_1's 15 · 127 · 2 and Q8_0's 128 · 127 · 2 are below 32,767).
+    #[inline(always)]
+    unsafe fn dot_avx2(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: the callers run with AVX2.
+        unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
+    }
+
+    #[inline(always)]
+    unsafe fn dot_vnni(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: the callers run with AVX-512 VNNI and VL.
+        unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
+    }
+
+    macro_rules! kernels {
+        ($q4:ident, $q8:ident, $features:literal, $dot:ident) => {
+            #[target_feature(enable = $features)]
+            pub(super) fn $q4(w: Q4_1<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
+                let nb = x.blocks();
+                rows(first, x, out, |r, t| {
+                    let (xq, xd, xs) = x.vector(t);
+                    let row = r * nb;
+                    let ws = &w.nibbles[row * 16..(row + nb) * 16];
+                    let scales = &w.scales[row..row + nb];
+                    // SAFETY: blocks `b < nb` lie inside `ws` (16 bytes each) and `xq` (32
+                    // each), both sliced to exactly `nb` blocks above.
+                    let dots = unsafe {
+                        blocks(
+                            nb,
+                            |b| scales[b] * xd[b],
+                            |b| {
+                                let u = nibbles(ws.as_ptr().add(16 * b));
+                                let s = _mm256_loadu_si256(xq.as_ptr().add(BLOCK * b).cast());
+                                $dot(u, s)
+                            },
+                        )
+                    };
+                    dots + offsets(&w.mins[row..row + nb], xs)
+                });
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn $q8(w: Q8_0<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
+                let nb = x.blocks();
+                rows(first, x, out, |r, t| {
+                    let (xq, xd, _) = x.vector(t);
+                    let row = r * nb;
+                    let ws = &w.quants[row * BLOCK..(row + nb) * BLOCK];
+                    let scales = &w.scales[row..row + nb];
+                    // SAFETY: as above, 32 bytes per block in both slices.
+                    unsafe {
+                        blocks(
+                            nb,
+                            |b| scales[b] * xd[b],
+                            |b| {
+                                let a = _mm256_loadu_si256(ws.as_ptr().add(BLOCK * b).cast());
+                                let v = _mm256_loadu_si256(xq.as_ptr().add(BLOCK * b).cast());
+                                // i8 · i8 as |a| · (v with a's sign): u8 × i8.
+                                $dot(_mm256_sign_epi8(a, a), _mm256_sign_epi8(v, a))
+                            },
+                        )
+                    }
+                });
+            }
+        };
+    }
+
+    kernels!(q4_1_rows_avx2, q8_0_rows_avx2, "avx2,fma", dot_avx2);
+
+    /// 16-bit activations: weights widened to i16, `vpmaddwd` sums pairs of i16 products into
+    /// i32 (15 · 32,767 · 2 and 128 · 32,767 · 2 fit easily).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn q4_1_rows16_avx2(w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+        let nb = x.blocks();
+        rows(first, x, out, |r, t| {
+            let (xq, xd, xs) = x.vector(t);
+            let row = r * nb;
+            let ws = &w.nibbles[row * 16..(row + nb) * 16];
+            let scales = &w.scales[row..row + nb];
+            // SAFETY: blocks `b < nb` lie inside `ws` (16 bytes each) and `xq` (32 i16 each).
+            let dots = unsafe {
+                blocks(
+                    nb,
+                    |b| scales[b] * xd[b],
+                    |b| {
+                        let raw = _mm_loadu_si128(ws.as_ptr().add(16 * b).cast());
+                        let mask = _mm_set1_epi8(0x0f);
+                        let lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask));
+                        let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                        let xp = xq.as_ptr().add(BLOCK * b);
+                        let x0 = _mm256_loadu_si256(xp.cast());
+                        let x1 = _mm256_loadu_si256(xp.add(16).cast());
+                        _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1))
+                    },
+                )
+            };
+            dots + offsets(&w.mins[row..row + nb], xs)
+        });
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn q8_0_rows16_avx2(w: Q8_0<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+        let nb = x.blocks();
+        rows(first, x, out, |r, t| {
+            let (xq, xd, _) = x.vector(t);
+            let row = r * nb;
+            let ws = &w.quants[row * BLOCK..(row + nb) * BLOCK];
+            let scales = &w.scales[row..row + nb];
+            // SAFETY: blocks `b < nb` lie inside `ws` (32 bytes each) and `xq` (32 i16 each).
+            unsafe {
+                blocks(
+                    nb,
+                    |b| scales[b] * xd[b],
+                    |b| {
+                        let wp = ws.as_ptr().add(BLOCK * b);
+                        let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.cast()));
+                        let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(16).cast()));
+                        let xp = xq.as_ptr().add(BLOCK * b);
+                        let x0 = _mm256_loadu_si256(xp.cast());
+                        let x1 = _mm256_loadu_si256(xp.add(16).cast());
+                        _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1))
+                    },
+                )
+            }
+        });
+    }
+    kernels!(
+        q4_1_rows_vnni,
+        q8_0_rows_vnni,
+        "avx2,fma,avx512vnni,avx512vl",
+        dot_vnni
+    );
+}
+
+#[cfg(target_arch = "wasm32")]
+mod wasm {
+    //! SIMD128 has no u8×i8 product: values are widened to i16 and `i32x4.dot_i16x8_s` sums
+    //! adjacent pairs, 4 of them per block of 32. Mirrors the portable path's per-block sums.
+    use core::arch::wasm32::*;
+
+    use super::{BLOCK, Q4_1, Q8_0, Quantized, offsets, rows};
+
+    #[inline(always)]
+    fn dot16(a: v128, b: v128) -> v128 {
+        // a: 16 values already i16-ready as bytes (u8 or i8 handled by the caller's widening).
+        i32x4_add(
+            i32x4_dot_i16x8(i16x8_extend_low_i8x16(a), i16x8_extend_low_i8x16(b)),
+            i32x4_dot_i16x8(i16x8_extend_high_i8x16(a), i16x8_extend_high_i8x16(b)),
+        )
+    }
+
+    #[inline(always)]
+    fn sum_blocks(nb: usize, scale: impl Fn(usize) -> f32, dot: impl Fn(usize) -> v128) -> f32 {
+        let (mut a0, mut a1) = (f32x4_splat(0.0), f32x4_splat(0.0));
+        let mut b = 0;
+        while b + 1 < nb {
+            a0 = f32x4_add(
+                a0,
+                f32x4_mul(f32x4_convert_i32x4(dot(b)), f32x4_splat(scale(b))),
+            );
+            let p1 = f32x4_convert_i32x4(dot(b + 1));
+            a1 = f32x4_add(a1, f32x4_mul(p1, f32x4_splat(scale(b + 1))));
+            b += 2;
+        }
+        if b < nb {
+            a0 = f32x4_add(
+                a0,
+                f32x4_mul(f32x4_convert_i32x4(dot(b)), f32x4_splat(scale(b))),
+            );
+        }
+        let s = f32x4_add(a0, a1);
+        f32x4_extract_lane::<0>(s)
+            + f32x4_extract_lane::<1>(s)
+            + f32x4_extract_lane::<2>(s)
+            + f32x4_extract_lane::<3>(s)
+    }
+
+    /// Loads 16 bytes at `p`.
+    ///
+    /// # Safety
+    /// `p` must have 16 readable bytes.
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> v128 {
+        // SAFETY: per the contract; v128_load has no alignment requirement.
+        unsafe { v128_load(p.cast()) }
+    }
+
+    pub(super) fn q4_1_rows(w: Q4_1<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
+        let nb = x.blocks();
+        rows(first, x, out, |r, t| {
+            let (xq, xd, xs) = x.vector(t);
+            let row = r * nb;
+            let ws = &w.nibbles[row * 16..(row + nb) * 16];
+            let scales = &w.scales[row..row + nb];
+            let dots = sum_blocks(
+                nb,
+                |b| scales[b] * xd[b],
+                |b| {
+                    // SAFETY: block b < nb lies inside ws (16 bytes) and xq (32 bytes).
+                    let (raw, x0, x1) = unsafe {
+                        let xp = xq.as_ptr().add(BLOCK * b).cast::<u8>();
+                        (load(ws.as_ptr().add(16 * b)), load(xp), load(xp.add(16)))
+                    };
+                    // Nibbles are 0..16: as i8 they widen to the same i16 values.
+                    let lo = v128_and(raw, u8x16_splat(0x0f));
+                    let hi = u8x16_shr(raw, 4);
+                    i32x4_add(dot16(lo, x0), dot16(hi, x1))
+                },
+            );
+            dots + offsets(&w.mins[row..row + nb], xs)
+        });
+    }
+
+    /// 8 i16 activations at `p`.
+    ///
+    /// # Safety
+    /// `p` must have 8 readable values.
+    #[inline(always)]
+    unsafe fn load16(p: *const i16) -> v128 {
+        // SAFETY: per the contract.
+        unsafe { v128_load(p.cast()) }
+    }
+
+    pub(super) fn q4_1_rows16(w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+        let nb = x.blocks();
+        rows(first, x, out, |r, t| {
+            let (xq, xd, xs) = x.vector(t);
+            let row = r * nb;
+            let ws = &w.nibbles[row * 16..(row + nb) * 16];
+            let scales = &w.scales[row..row + nb];
+            let dots = sum_blocks(
+                nb,
+                |b| scales[b] * xd[b],
+                |b| {
+                    // SAFETY: block b < nb lies inside ws (16 bytes) and xq (32 values).
+                    let (raw, x) = unsafe {
+                        let xp = xq.as_ptr().add(BLOCK * b);
+                        let x = [
+                            load16(xp),
+                            load16(xp.add(8)),
+                            load16(xp.add(16)),
+                            load16(xp.add(24)),
+                        ];
+                        (load(ws.as_ptr().add(16 * b)), x)
+                    };
+                    let lo = v128_and(raw, u8x16_splat(0x0f));
+                    let hi = u8x16_shr(raw, 4);
+                    let a = i32x4_add(
+                        i32x4_dot_i16x8(u16x8_extend_low_u8x16(lo), x[0]),
+                        i32x4_dot_i16x8(u16x8_extend_high_u8x16(lo), x[1]),
+                    );
+                    let b = i32x4_add(
+                        i32x4_dot_i16x8(u16x8_extend_low_u8x16(hi), x[2]),
+                        i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), x[3]),
+                    );
+                    i32x4_add(a, b)
+                },
+            );
+            dots + offsets(&w.mins[row..row + nb], xs)
+        });
+    }
+
+    pub(super) fn q8_0_rows16(w: Q8_0<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+        let nb = x.blocks();
+        rows(first, x, out, |r, t| {
+            let (xq, xd, _) = x.vector(t);
+            let row = r * nb;
+            let ws = &w.quants[row * BLOCK..(row + nb) * BLOCK];
+            let scales = &w.scales[row..row + nb];
+            sum_blocks(
+                nb,
+                |b| scales[b] * xd[b],
+                |b| {
+                    // SAFETY: block b < nb lies inside ws (32 bytes) and xq (32 values).
+                    let (w0, w1, x) = unsafe {
+                        let wp = ws.as_ptr().add(BLOCK * b).cast::<u8>();
+                        let xp = xq.as_ptr().add(BLOCK * b);
+                        let x = [
+                            load16(xp),
+                            load16(xp.add(8)),
+                            load16(xp.add(16)),
+                            load16(xp.add(24)),
+                        ];
+                        (load(wp), load(wp.add(16)), x)
+                    };
+                    let a = i32x4_add(
+                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), x[0]),
+                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), x[1]),
+                    );
+                    let b = i32x4_add(
+                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), x[2]),
+                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), x[3]),
+                    );
+                    i32x4_add(a, b)
+                },
+            )
+        });
+    }
+
+    pub(super) fn q8_0_rows(w: Q8_0<'_>, first: usize, x: &Quantized<i8>, out: &mut [f32]) {
+        let nb = x.blocks();
+        rows(first, x, out, |r, t| {
+            let (xq, xd, _) = x.vector(t);
+            let row = r * nb;
+            let ws = &w.quants[row * BLOCK..(row + nb) * BLOCK];
+            let scales = &w.scales[row..row + nb];
+            sum_blocks(
+                nb,
+                |b| scales[b] * xd[b],
+                |b| {
+                    // SAFETY: block b < nb lies inside ws and xq (32 bytes each).
+                    let (w0, w1, x0, x1) = unsafe {
+                        let wp = ws.as_ptr().add(BLOCK * b).cast::<u8>();
+                        let xp = xq.as_ptr().add(BLOCK * b).cast::<u8>();
+                        (load(wp), load(wp.add(16)), load(xp), load(xp.add(16)))
+                    };
+                    i32x4_add(dot16(w0, x0), dot16(w1, x1))
+                },
+            )
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1) (splitmix-style hash of the index).
+    fn noise(i: usize, seed: u64) -> f32 {
+        let mut z = (i as u64)
+            .wrapping_add(seed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z ^= z >> 27;
+        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    #[test]
+    fn quantised_values_are_within_half_a_step() {
+        quantised_within_half_a_step::<i8>();
+        quantised_within_half_a_step::<i16>();
+    }
+
+    fn quantised_within_half_a_step<T: Level + PartialEq + std::fmt::Debug>() {
+        let cols = 96;
+        let mut x: Vec<f32> = (0..2 * cols).map(|i| 3.0 * noise(i, 1)).collect();
+        x[40] = 0.0;
+        x[64..96].fill(0.0); // an all-zero block: scale 0, quants 0
+        let q = Quantized::<T>::new(&x, cols);
+        assert_eq!(q.n(), 2);
+        assert_eq!(q.scales[2], 0.0);
+        assert!(q.q[64..96].iter().all(|&v| v.to_i32() == 0));
+        let back = q.dequantize();
+        for (i, (&v, &b)) in x.iter().zip(&back).enumerate() {
+            let step = q.scales[i / BLOCK];
+            assert!((v - b).abs() <= step * 0.5 * 1.0001, "{i}: {v} vs {b}");
+        }
+        // Each block's largest magnitude is ±MAX exactly; sums are of the f32 inputs.
+        for (b, qs) in q.q.chunks(BLOCK).enumerate() {
+            if q.scales[b] > 0.0 {
+                let max = qs.iter().map(|v| v.to_i32().abs()).max();
+                assert_eq!(max, Some(T::MAX as i32));
+            }
+            let want: f32 = x[b * BLOCK..(b + 1) * BLOCK].iter().sum();
+            assert_eq!(q.sums[b], want);
+        }
+    }
+
+    /// Every block's quants take extreme values somewhere (0/15 nibbles, ±127/-128 bytes):
+    /// the i16 pair sums of the AVX2 path must not saturate.
+    fn weights(rows: usize, nb: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<u8>, Vec<i8>) {
+        let blocks = rows * nb;
+        let scales = (0..blocks).map(|i| 0.02 * (1.5 + noise(i, seed))).collect();
+        let mins = (0..blocks).map(|i| 0.1 * noise(i, seed + 1)).collect();
+        let mut nibbles: Vec<u8> = (0..blocks * 16)
+            .map(|i| (noise(i, seed + 2).to_bits() & 0xff) as u8)
+            .collect();
+        let mut quants: Vec<i8> = (0..blocks * BLOCK)
+            .map(|i| (noise(i, seed + 3) * 128.0) as i8)
+            .collect();
+        for b in 0..blocks {
+            nibbles[b * 16] = 0xff;
+            nibbles[b * 16 + 1] = 0x00;
+            quants[b * BLOCK] = 127;
+            quants[b * BLOCK + 1] = -128;
+            quants[b * BLOCK + 2] = -127;
+        }
+        (scales, mins, nibbles, quants)
+    }
+
+    /// The dequantised weights of one row.
+    fn q4_1_row(w: Q4_1<'_>, r: usize, nb: usize) -> Vec<f32> {
+        (0..nb * BLOCK)
+            .map(|c| {
+                let b = r * nb + c / BLOCK;
+                let j = c % BLOCK;
+                let byte = w.nibbles[b * 16 + j % 16];
+                let nib = if j < 16 { byte & 0x0f } else { byte >> 4 };
+                w.scales[b] * f32::from(nib) + w.mins[b]
+            })
+            .collect()
+    }
+
+    fn q8_0_row(w: Q8_0<'_>, r: usize, nb: usize) -> Vec<f32> {
+        (0..nb * BLOCK)
+            .map(|c| w.scales[r * nb + c / BLOCK] * f32::from(w.quants[r * nb * BLOCK + c]))
+            .collect()
+    }
+
+    fn dot64(a: &[f32], b: &[f32]) -> (f64, f64) {
+        let dot = a
+            .iter()
+            .zip(b)
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum();
+        let mag = a
+            .iter()
+            .zip(b)
+            .map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs())
+            .sum();
+        (dot, mag)
+    }
+
+    /// Each path against float64 products, for `n` vectors, rows starting at `first`:
+    /// - with the *quantised* activations x̂ (and, for Q4_1's offsets `m_b`, the exact block
+    ///   sums of x) the products agree to f32 rounding: the integer sums are exact, only
+    ///   per-block f32 scaling and summation round;
+    /// - with the original activations they agree within the 8-bit step:
+    ///   |Σ (w - m) (x - x̂)| <= Σ_b dx_b / 2 · Σ_{i in b} |w_i - m_b|.
+    fn check(isa: Isa, nb: usize, rows: usize, first: usize, n: usize, wide: bool) {
+        let cols = nb * BLOCK;
+        let (scales, mins, nibbles, quants) = weights(first + rows, nb, nb as u64);
+        let q4 = Q4_1 {
+            scales: &scales,
+            mins: &mins,
+            nibbles: &nibbles,
+        };
+        let q8 = Q8_0 {
+            scales: &scales,
+            quants: &quants,
+        };
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| noise(i, 7) * if i % 97 == 0 { 8.0 } else { 1.0 })
+            .collect();
+        let (x8, x16) = (
+            Quantized::<i8>::new(&x, cols),
+            Quantized::<i16>::new(&x, cols),
+        );
+        let (xd, steps) = match wide {
+            false => (x8.dequantize(), &x8.scales),
+            true => (x16.dequantize(), &x16.scales),
+        };
+        for (name, is_q4) in [("Q4_1", true), ("Q8_0", false)] {
+            let mut out = vec![f32::NAN; rows * n];
+            match (is_q4, wide) {
+                (true, false) => q4_1_rows(isa, q4, first, &x8, &mut out),
+                (false, false) => q8_0_rows(isa, q8, first, &x8, &mut out),
+                (true, true) => q4_1_rows16(isa, q4, first, &x16, &mut out),
+                (false, true) => q8_0_rows16(isa, q8, first, &x16, &mut out),
+            }
+            for i in 0..rows {
+                let r = first + i;
+                let w = if is_q4 {
+                    q4_1_row(q4, r, nb)
+                } else {
+                    q8_0_row(q8, r, nb)
+                };
+                // Q4_1's offsets per column (0 for Q8_0).
+                let m: Vec<f32> = (0..cols)
+                    .map(|c| {
+                        if is_q4 {
+                            q4.mins[r * nb + c / BLOCK]
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let scaled: Vec<f32> = w.iter().zip(&m).map(|(w, m)| w - m).collect();
+                for t in 0..n {
+                    let got = f64::from(out[i * n + t]);
+                    let xs = &x[t * cols..(t + 1) * cols];
+                    let (scaled_dot, mag) = dot64(&scaled, &xd[t * cols..(t + 1) * cols]);
+                    let (offsets, offsets_mag) = dot64(&m, xs);
+                    let (want, mag) = (scaled_dot + offsets, mag + offsets_mag);
+                    let tol = 1e-6 * mag + 1e-30;
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{isa:?} {name} nb={nb} row {r} vector {t}: {got} vs {want} (tol {tol})"
+                    );
+                    let (dense, _) = dot64(&w, &x[t * cols..(t + 1) * cols]);
+                    let bound: f64 = (0..nb)
+                        .map(|b| {
+                            let step = f64::from(steps[t * nb + b]);
+                            let wsum: f64 = scaled[b * BLOCK..(b + 1) * BLOCK]
+                                .iter()
+                                .map(|v| f64::from(v.abs()))
+                                .sum();
+                            step / 2.0 * wsum
+                        })
+                        .sum();
+                    assert!(
+                        (got - dense).abs() <= bound * 1.001 + tol,
+                        "{isa:?} {name} nb={nb} row {r}: {got} vs dense {dense} (bound {bound})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_path_matches_float64_products() {
+        let isas = Isa::available();
+        assert_eq!(isas[0], Isa::Portable);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(isas.contains(&Isa::Avx2));
+        }
+        for isa in isas {
+            // 1, odd and even block counts (the SIMD paths step two blocks at a time), one and
+            // several vectors, rows past the first.
+            for (nb, rows, first, n) in [
+                (1, 3, 0, 1),
+                (2, 5, 1, 1),
+                (18, 7, 3, 1),
+                (19, 4, 0, 3),
+                (48, 2, 5, 4),
+            ] {
+                check(isa, nb, rows, first, n, false);
+                check(isa, nb, rows, first, n, true);
+            }
+        }
+    }
+
+    #[test]
+    fn the_best_path_is_one_that_runs() {
+        let best = Isa::best();
+        assert_eq!(Isa::available().last(), Some(&best));
+    }
+
+    /// SIMD128 exists only on wasm32: natively it is refused before any unsafe code runs.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    #[should_panic(expected = "does not run on this CPU")]
+    fn a_path_this_cpu_lacks_is_refused() {
+        let x = Quantized::<i8>::new(&[0.0; 32], 32);
+        let w = Q8_0 {
+            scales: &[1.0],
+            quants: &[0; 32],
+        };
+        q8_0_rows(Isa::Simd128, w, 0, &x, &mut [0.0]);
+    }
+}
