@@ -2,6 +2,7 @@
 
 pub mod bert;
 pub mod gelu;
+pub mod gpu;
 pub mod llama;
 pub mod lora;
 pub mod packed;
