@@ -104,6 +104,18 @@ pub fn wgpu_client(device: &Device) -> Result<Client> {
     }
 }
 
+/// Bytes cubecl's pools hold in use on burn's wgpu `device` now (burn's tensors and the
+/// engine's buffers alike); `None` off wgpu.
+pub fn device_bytes_in_use(device: &Device) -> Option<u64> {
+    let client = wgpu_client(device).ok()?;
+    Some(
+        client
+            .memory_report(cubecl::MemoryScope::Device)
+            .usage()
+            .bytes_in_use,
+    )
+}
+
 fn arg(handle: &Handle, len: usize) -> BufferArg {
     // SAFETY: every handle passed is at least `len` elements long (allocated here for that).
     unsafe { BufferArg::from_raw_parts(handle.clone(), len) }

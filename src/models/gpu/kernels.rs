@@ -382,7 +382,8 @@ pub fn attention(
     ctx[p * q_dim + h * head_dim + tid] = acc / sum;
 }
 
-/// `out[0] = argmax(logits)` (the first of equal maxima), `out[1]` = its logit's bits: one
+/// `out[0] = argmax(logits)` (the last of equal maxima, as the CPU's `max_by`), `out[1]` = its
+/// logit's bits: one
 /// workgroup, so a greedy token reads back 8 bytes instead of the whole row.
 #[cube(launch)]
 pub fn argmax(logits: &[f32], out: &mut [u32], vocab: usize) {
@@ -394,7 +395,7 @@ pub fn argmax(logits: &[f32], out: &mut [u32], vocab: usize) {
     let mut i = tid;
     while i < vocab {
         let v = logits[i];
-        if v > best {
+        if v >= best {
             best = v;
             best_id = i;
         }
@@ -408,7 +409,7 @@ pub fn argmax(logits: &[f32], out: &mut [u32], vocab: usize) {
         let mut id = ids[0];
         for j in 1..LANES as usize {
             let v = values[j];
-            if v > b || (v == b && ids[j] < id) {
+            if v > b || (v == b && ids[j] > id) {
                 b = v;
                 id = ids[j];
             }
