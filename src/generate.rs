@@ -308,7 +308,12 @@ impl<'a> Generator<'a> {
             Some(seq) => {
                 let engine = self.model.gpu_engine().map_err(Error::Backend)?;
                 if let NextInput::Token(t) = self.next_input {
-                    engine.step(seq, &[t])?;
+                    // A greedy pick is still on the GPU: run it from there.
+                    if seq.picked() == Some(t) {
+                        engine.step_picked(seq)?;
+                    } else {
+                        engine.step(seq, &[t])?;
+                    }
                 }
                 self.next_input = NextInput::Token(0);
                 let o = self.options;

@@ -93,13 +93,14 @@ fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
         let before = engine.stats();
         let mut picked = Vec::new();
         loop {
-            let (next, logit) = pollster::block_on(engine.argmax(&seq)).unwrap();
+            let (next, logit) = pollster::block_on(engine.argmax(&mut seq)).unwrap();
             assert!(logit.is_finite(), "{prompt}: argmax logit {logit}");
             picked.push(next);
             if end.contains(&next) || picked.len() == want.len() {
                 break;
             }
-            engine.step(&mut seq, &[next]).unwrap();
+            // The pick stays on the GPU: the next step reads it there.
+            assert_eq!(engine.step_picked(&mut seq).unwrap(), next);
         }
         assert_eq!(picked, want, "{prompt}: greedy continuation");
         let after = engine.stats();
@@ -107,6 +108,10 @@ fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
             after.readback_bytes - before.readback_bytes,
             8 * picked.len() as u64,
             "a greedy token reads back 8 bytes"
+        );
+        assert_eq!(
+            after.upload_bytes, before.upload_bytes,
+            "greedy decoding uploads nothing"
         );
     }
     eprintln!("worst logit abs diff: vs CPU {worst_cpu:.2e}, vs numpy float64 {worst_ref:.2e}");

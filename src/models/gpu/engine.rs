@@ -79,6 +79,8 @@ pub struct Sequence {
     picked: Handle,
     /// Whether `logits` holds the last position's logits (a step ran).
     ready: bool,
+    /// The token `picked` holds (the last [`Engine::argmax`], not yet run).
+    picked_token: Option<u32>,
 }
 
 impl Sequence {
@@ -90,6 +92,11 @@ impl Sequence {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The token the last [`Engine::argmax`] picked, while it has not been run.
+    pub fn picked(&self) -> Option<u32> {
+        self.picked_token
     }
 }
 
@@ -262,6 +269,7 @@ impl Engine {
             logits: self.client.empty(self.config.vocab_size * 4),
             picked: self.client.empty(8),
             ready: false,
+            picked_token: None,
         }
     }
 
@@ -287,35 +295,73 @@ impl Engine {
                 self.max_positions
             )));
         }
+        let tokens = self.client.create_from_slice(u32::as_bytes(ids));
+        self.uploads
+            .fetch_add(4 * ids.len() as u64, Ordering::Relaxed);
+        self.run(seq, &tokens, ids.len());
+        Ok(())
+    }
+
+    /// Runs the token the last [`Engine::argmax`] picked (greedy decoding), reading it from
+    /// the GPU: nothing is uploaded. Returns it. Errors when no pick is pending or the cache
+    /// is full.
+    pub fn step_picked(&self, seq: &mut Sequence) -> Result<u32> {
+        let token = seq.picked_token.ok_or_else(|| {
+            Error::InvalidInput("no picked token to run: call argmax after a step first".into())
+        })?;
+        if seq.len + 1 > self.max_positions {
+            return Err(Error::InvalidInput(format!(
+                "{} cached + 1 new token exceed the GPU engine's cache of {} positions",
+                seq.len, self.max_positions
+            )));
+        }
+        let picked = seq.picked.clone();
+        self.run(seq, &picked, 1);
+        Ok(token)
+    }
+
+    /// Enqueues the step over the `n` token ids in `tokens` (checked by the caller).
+    fn run(&self, seq: &mut Sequence, tokens: &Handle, n: usize) {
+        let c = &self.config;
         let client = &self.client;
-        let n = ids.len();
         let (d, hd, ffn) = (c.dim, c.head_dim(), c.ffn_dim);
         let kv = c.kv_heads * hd;
         let width = d + 2 * kv;
         let eps = c.rms_eps as f32;
         let start = seq.len;
         let cache_len = c.layers * self.max_positions * kv;
-        let tokens = client.create_from_slice(u32::as_bytes(ids));
-        self.uploads.fetch_add(4 * n as u64, Ordering::Relaxed);
         let x = client.empty(n * d * 4);
         let qkv = client.empty(n * width * 4);
         let ctx = client.empty(n * d * 4);
         let h = client.empty(n * ffn * 4);
         let lanes = CubeDim::new_1d(LANES);
-        let grid =
-            |rows: usize| CubeCount::Static(rows.div_ceil(ROWS as usize) as u32, n as u32, 1);
+        // Positions per workgroup in the products: 1 when decoding; in prefill as many as fit
+        // in 12 KB of staged inputs (4 of 576 values, 2 of 1,536), under WebGPU's 16 KB.
+        let tile = |cols: usize| if n == 1 { 1 } else { (3072 / cols).clamp(1, 4) };
+        let grid = |rows: usize, cols: usize| {
+            CubeCount::Static(
+                rows.div_ceil(ROWS as usize) as u32,
+                n.div_ceil(tile(cols)) as u32,
+                1,
+            )
+        };
         let pos = n as u32;
 
-        kernels::embed_q8_0::launch(
-            client,
-            CubeCount::Static(pos, 1, 1),
-            lanes,
-            arg(&tokens, n),
-            arg(&self.embedding.words, self.embedding.rows * d / 4),
-            arg(&self.embedding.scales, self.embedding.rows * d / 32),
-            arg(&x, n * d),
-            d,
-        );
+        // SAFETY: every index the kernel computes is inside its buffers (sized above from
+        // the same shapes), so the bounds checks `launch` adds are dropped.
+        unsafe {
+            kernels::embed_q8_0::launch_unchecked(
+                client,
+                CubeCount::Static(pos, 1, 1),
+                lanes,
+                arg(tokens, n),
+                arg(&self.embedding.words, self.embedding.rows * d / 4),
+                arg(&self.embedding.scales, self.embedding.rows * d / 32),
+                arg(&x, n * d),
+                self.embedding.rows,
+                d,
+            )
+        };
         self.launched(1);
         for (l, w) in self.layers.iter().enumerate() {
             let q4 = |m: &QMatrix| {
@@ -326,134 +372,170 @@ impl Engine {
                 )
             };
             let (qw, qs, qm) = q4(&w.qkv);
-            kernels::matvec_q4_1::launch(
-                client,
-                grid(width),
-                lanes,
-                arg(&x, n * d),
-                arg(&w.attn_norm, d),
-                qw,
-                qs,
-                qm,
-                arg(&qkv, n * width),
-                width,
-                d,
-                eps,
-                d,
-                true,
-                false,
-            );
-            kernels::rope_kv::launch(
-                client,
-                CubeCount::Static(pos, 1, 1),
-                lanes,
-                arg(&qkv, n * width),
-                arg(&self.cos, self.max_positions * hd / 2),
-                arg(&self.sin, self.max_positions * hd / 2),
-                arg(&seq.k, cache_len),
-                arg(&seq.v, cache_len),
-                start,
-                l,
-                d,
-                kv,
-                hd,
-                self.max_positions,
-            );
-            kernels::attention::launch(
-                client,
-                CubeCount::Static(c.heads as u32, pos, 1),
-                lanes,
-                arg(&qkv, n * width),
-                arg(&seq.k, cache_len),
-                arg(&seq.v, cache_len),
-                arg(&ctx, n * d),
-                start,
-                l,
-                d,
-                kv,
-                c.heads / c.kv_heads,
-                (hd as f32).sqrt(),
-                self.max_positions,
-                hd,
-            );
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::matvec_q4_1::launch_unchecked(
+                    client,
+                    grid(width, d),
+                    lanes,
+                    arg(&x, n * d),
+                    arg(&w.attn_norm, d),
+                    qw,
+                    qs,
+                    qm,
+                    arg(&qkv, n * width),
+                    n,
+                    width,
+                    d,
+                    eps,
+                    d,
+                    true,
+                    false,
+                    tile(d),
+                )
+            };
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::rope_kv::launch_unchecked(
+                    client,
+                    CubeCount::Static(pos, 1, 1),
+                    lanes,
+                    arg(&qkv, n * width),
+                    arg(&self.cos, self.max_positions * hd / 2),
+                    arg(&self.sin, self.max_positions * hd / 2),
+                    arg(&seq.k, cache_len),
+                    arg(&seq.v, cache_len),
+                    start,
+                    l,
+                    d,
+                    kv,
+                    hd,
+                    self.max_positions,
+                )
+            };
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::attention::launch_unchecked(
+                    client,
+                    CubeCount::Static(c.heads as u32, pos, 1),
+                    lanes,
+                    arg(&qkv, n * width),
+                    arg(&seq.k, cache_len),
+                    arg(&seq.v, cache_len),
+                    arg(&ctx, n * d),
+                    start,
+                    l,
+                    d,
+                    kv,
+                    c.heads / c.kv_heads,
+                    (hd as f32).sqrt(),
+                    self.max_positions,
+                    hd,
+                )
+            };
             let (ow, os, om) = q4(&w.o);
-            kernels::matvec_q4_1::launch(
-                client,
-                grid(d),
-                lanes,
-                arg(&ctx, n * d),
-                arg(&w.attn_norm, d),
-                ow,
-                os,
-                om,
-                arg(&x, n * d),
-                d,
-                d,
-                eps,
-                d,
-                false,
-                true,
-            );
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::matvec_q4_1::launch_unchecked(
+                    client,
+                    grid(d, d),
+                    lanes,
+                    arg(&ctx, n * d),
+                    arg(&w.attn_norm, d),
+                    ow,
+                    os,
+                    om,
+                    arg(&x, n * d),
+                    n,
+                    d,
+                    d,
+                    eps,
+                    d,
+                    false,
+                    true,
+                    tile(d),
+                )
+            };
             let (gw, gs, gm) = q4(&w.gate);
             let (uw, us, um) = q4(&w.up);
-            kernels::swiglu_q4_1::launch(
-                client,
-                grid(ffn),
-                lanes,
-                arg(&x, n * d),
-                arg(&w.ffn_norm, d),
-                gw,
-                gs,
-                gm,
-                uw,
-                us,
-                um,
-                arg(&h, n * ffn),
-                ffn,
-                d,
-                eps,
-                d,
-            );
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::swiglu_q4_1::launch_unchecked(
+                    client,
+                    grid(ffn, d),
+                    lanes,
+                    arg(&x, n * d),
+                    arg(&w.ffn_norm, d),
+                    gw,
+                    gs,
+                    gm,
+                    uw,
+                    us,
+                    um,
+                    arg(&h, n * ffn),
+                    n,
+                    ffn,
+                    d,
+                    eps,
+                    d,
+                    tile(d),
+                )
+            };
             let (dw, ds, dm) = q4(&w.down);
-            kernels::matvec_q4_1::launch(
-                client,
-                grid(d),
-                lanes,
-                arg(&h, n * ffn),
-                arg(&w.ffn_norm, d),
-                dw,
-                ds,
-                dm,
-                arg(&x, n * d),
-                d,
-                ffn,
-                eps,
-                ffn,
-                false,
-                true,
-            );
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::matvec_q4_1::launch_unchecked(
+                    client,
+                    grid(d, ffn),
+                    lanes,
+                    arg(&h, n * ffn),
+                    arg(&w.ffn_norm, d),
+                    dw,
+                    ds,
+                    dm,
+                    arg(&x, n * d),
+                    n,
+                    d,
+                    ffn,
+                    eps,
+                    ffn,
+                    false,
+                    true,
+                    tile(ffn),
+                )
+            };
             self.launched(6);
         }
         let e = &self.embedding;
-        kernels::logits_q8_0::launch(
-            client,
-            CubeCount::Static(e.rows.div_ceil(ROWS as usize) as u32, 1, 1),
-            lanes,
-            arg(&x, n * d),
-            arg(&self.output_norm, d),
-            arg(&e.words, e.rows * d / 4),
-            arg(&e.scales, e.rows * d / 32),
-            arg(&seq.logits, c.vocab_size),
-            n - 1,
-            e.rows,
-            d,
-            eps,
-            d,
-        );
+        // SAFETY: every index the kernel computes is inside its buffers (sized above from
+        // the same shapes), so the bounds checks `launch` adds are dropped.
+        unsafe {
+            kernels::logits_q8_0::launch_unchecked(
+                client,
+                CubeCount::Static(e.rows.div_ceil(ROWS as usize) as u32, 1, 1),
+                lanes,
+                arg(&x, n * d),
+                arg(&self.output_norm, d),
+                arg(&e.words, e.rows * d / 4),
+                arg(&e.scales, e.rows * d / 32),
+                arg(&seq.logits, c.vocab_size),
+                n - 1,
+                e.rows,
+                d,
+                eps,
+                d,
+            )
+        };
         self.launched(1);
         seq.len += n;
         seq.ready = true;
-        Ok(())
+        seq.picked_token = None;
     }
 
     fn check_ready(seq: &Sequence) -> Result<()> {
@@ -467,21 +549,26 @@ impl Engine {
     }
 
     /// The greedy pick after the last step and its logit, computed on the GPU: reads back 8
-    /// bytes.
-    pub async fn argmax(&self, seq: &Sequence) -> Result<(u32, f32)> {
+    /// bytes. [`Engine::step_picked`] runs it next without uploading it.
+    pub async fn argmax(&self, seq: &mut Sequence) -> Result<(u32, f32)> {
         Self::check_ready(seq)?;
         let vocab = self.config.vocab_size;
-        kernels::argmax::launch(
-            &self.client,
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(LANES),
-            arg(&seq.logits, vocab),
-            arg(&seq.picked, 2),
-            vocab,
-        );
+        // SAFETY: every index the kernel computes is inside its buffers (sized above from
+        // the same shapes), so the bounds checks `launch` adds are dropped.
+        unsafe {
+            kernels::argmax::launch_unchecked(
+                &self.client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(LANES),
+                arg(&seq.logits, vocab),
+                arg(&seq.picked, 2),
+                vocab,
+            )
+        };
         self.launched(1);
         let bytes = self.read(seq.picked.clone()).await?;
         let words = u32::from_bytes(&bytes);
+        seq.picked_token = Some(words[0]);
         Ok((words[0], f32::from_bits(words[1])))
     }
 

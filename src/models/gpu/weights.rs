@@ -1,5 +1,8 @@
 //! The GGUF's quantised blocks uploaded as they are: per matrix one buffer of u32 words (the
-//! quants) and one or two of f32 (scales, and Q4_1's minimums).
+//! quants) and one or two of f32 (scales, and Q4_1's minimums), each stored column-major
+//! (word `w` of every row, then word `w + 1`): the products run one row per invocation, so
+//! neighbouring invocations then read neighbouring words (coalesced), where row-major blocks
+//! made every load a gather.
 //!
 //! Why this layout: WebGPU storage buffers are arrays of 4-byte words, so the quants are
 //! regrouped word-aligned (a Q8_0 block is 34 bytes in the file: 2 of scale, 32 of quants) and
@@ -121,11 +124,14 @@ impl HostBlocks {
         let quant = self
             .quant
             .ok_or_else(|| Error::Backend("no matrix to upload".into()))?;
-        let words = client.create_from_slice(u32::as_bytes(&self.words));
-        let scales = client.create_from_slice(f32::as_bytes(&self.scales));
+        // Column-major by word and by block: invocation `r` of a product reads row `r`, so
+        // neighbouring invocations read neighbouring words.
+        let rows = self.rows;
+        let words = client.create_from_slice(u32::as_bytes(&transpose(&self.words, rows)));
+        let scales = client.create_from_slice(f32::as_bytes(&transpose(&self.scales, rows)));
         let (mins, min_bytes) = match quant {
             Quant::Q4_1 => (
-                client.create_from_slice(f32::as_bytes(&self.mins)),
+                client.create_from_slice(f32::as_bytes(&transpose(&self.mins, rows))),
                 self.mins.len() * 4,
             ),
             Quant::Q8_0 => (scales.clone(), 0),
@@ -140,6 +146,14 @@ impl HostBlocks {
             bytes: self.words.len() * 4 + self.scales.len() * 4 + min_bytes,
         })
     }
+}
+
+/// `values` (`rows` rows, row-major) column-major.
+fn transpose<T: Copy>(values: &[T], rows: usize) -> Vec<T> {
+    let per_row = values.len() / rows;
+    (0..per_row)
+        .flat_map(|c| (0..rows).map(move |r| values[r * per_row + c]))
+        .collect()
 }
 
 /// GGUF tensor `name` (`[rows, cols]`), uploaded.

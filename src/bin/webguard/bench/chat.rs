@@ -162,18 +162,19 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
                 // Warm-up (kernel compilation), then the measured run.
                 let mut seq = engine.new_sequence();
                 engine.step(&mut seq, &prompt[..prompt_tokens.min(8)])?;
-                pollster::block_on(engine.argmax(&seq))?;
+                pollster::block_on(engine.argmax(&mut seq))?;
                 drop(seq);
                 let mut seq = engine.new_sequence();
                 let start = Instant::now();
                 engine.step(&mut seq, &prompt)?;
-                let mut next = pollster::block_on(engine.argmax(&seq))?.0;
+                pollster::block_on(engine.argmax(&mut seq))?;
                 let ttft = start.elapsed().as_secs_f64();
                 let (before, launched) = (engine.stats(), count());
                 let decode_start = Instant::now();
                 for _ in 1..new_tokens {
-                    engine.step(&mut seq, &[next])?;
-                    next = pollster::block_on(engine.argmax(&seq))?.0;
+                    // Greedy: the pick stays on the GPU for the next step.
+                    engine.step_picked(&mut seq)?;
+                    pollster::block_on(engine.argmax(&mut seq))?;
                 }
                 let decode = decode_start.elapsed().as_secs_f64();
                 let (after, launched) = (engine.stats(), count() - launched);
@@ -184,11 +185,14 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
                         "the engine counted {own} launches, cubecl's observer {launched}"
                     )));
                 }
-                // Each token: its id is uploaded (a write submits what is queued), then the
-                // launches in batches of 32, the last batch at the read.
-                let uploads = (after.upload_bytes - before.upload_bytes) / 4;
-                let submissions = uploads
-                    + (launched / uploads.max(1)).div_ceil(WGPU_TASKS_PER_SUBMISSION) * uploads;
+                // Nothing is uploaded per token (an upload would submit what is queued): the
+                // launches go in batches of 32, the last batch at the read.
+                if after.upload_bytes != before.upload_bytes {
+                    return Err(Error::Backend("greedy decoding uploaded data".into()));
+                }
+                let per_token = (launched as f64 / (new_tokens - 1) as f64).ceil() as u64;
+                let submissions =
+                    per_token.div_ceil(WGPU_TASKS_PER_SUBMISSION) * (new_tokens - 1) as u64;
                 runs.push(Run {
                     backend: name.trim().into(),
                     path: "engine",
