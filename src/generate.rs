@@ -8,6 +8,7 @@ use burn::tensor::Tensor;
 use crate::backend::read_f32;
 use crate::chat::ChatModel;
 use crate::error::{Error, Result};
+use crate::models::gpu::Sequence;
 use crate::models::llama::{KvCache, Llama};
 use crate::rng::Rng;
 use crate::text::tokenizer::StreamDecoder;
@@ -216,6 +217,9 @@ pub struct Generator<'a> {
     /// Their states at the last token run through the model (set whenever `layers` is not
     /// empty: the prefill's last token, then each token fed).
     last_states: Vec<Tensor<2>>,
+    /// On a GPU without adapters and with no states asked for: the sequence in the quantised
+    /// engine ([`crate::models::gpu`]), which then holds the cache and the logits instead.
+    gpu: Option<Sequence>,
 }
 
 enum NextInput {
@@ -254,8 +258,23 @@ impl<'a> Generator<'a> {
             )));
         }
         let mut cache = model.new_cache();
-        let (logits, states) = model.forward_with_states(prompt, &mut cache, layers)?;
+        // The GPU engine keeps no per-block states: with probes (layers) burn's path runs.
+        let engine = model.gpu_engine().ok().filter(|_| layers.is_empty());
+        let (logits, states, gpu) = match engine {
+            Some(engine) => {
+                let mut seq = engine.new_sequence();
+                engine.step(&mut seq, prompt)?;
+                // A placeholder: with `gpu` set, the logits are read from the sequence.
+                let none = Tensor::<2>::zeros([1, 1], model.device());
+                (none, Vec::new(), Some(seq))
+            }
+            None => {
+                let (logits, states) = model.forward_with_states(prompt, &mut cache, layers)?;
+                (logits, states, None)
+            }
+        };
         let generator = Generator {
+            gpu,
             layers: layers.to_vec(),
             last_states: states.clone(),
             model,
@@ -285,13 +304,37 @@ impl<'a> Generator<'a> {
         if self.remaining == 0 {
             return Ok(self.end(StopReason::MaxTokens));
         }
-        let logits = match std::mem::replace(&mut self.next_input, NextInput::Token(0)) {
-            NextInput::Logits(l) => *l,
-            NextInput::Token(t) => self.feed(t)?,
+        let next = match self.gpu.as_mut() {
+            Some(seq) => {
+                let engine = self.model.gpu_engine().map_err(Error::Backend)?;
+                if let NextInput::Token(t) = self.next_input {
+                    // A greedy pick is still on the GPU: run it from there.
+                    if seq.picked() == Some(t) {
+                        engine.step_picked(seq)?;
+                    } else {
+                        engine.step(seq, &[t])?;
+                    }
+                }
+                self.next_input = NextInput::Token(0);
+                let o = self.options;
+                if o.temperature == 0.0 && o.repetition_penalty <= 1.0 {
+                    // Greedy: picked on the GPU, 8 bytes read back.
+                    engine.argmax(seq).await?.0
+                } else {
+                    let mut values = engine.logits(seq).await?;
+                    pick(&mut values, &self.history, o, &mut self.rng)
+                }
+            }
+            None => {
+                let logits = match std::mem::replace(&mut self.next_input, NextInput::Token(0)) {
+                    NextInput::Logits(l) => *l,
+                    NextInput::Token(t) => self.feed(t)?,
+                };
+                let vocab = self.model.config().vocab_size;
+                let mut values = read_f32(logits.reshape([vocab])).await?;
+                pick(&mut values, &self.history, self.options, &mut self.rng)
+            }
         };
-        let vocab = self.model.config().vocab_size;
-        let mut values = read_f32(logits.reshape([vocab])).await?;
-        let next = pick(&mut values, &self.history, self.options, &mut self.rng);
         if self.end_tokens.contains(&next) {
             return Ok(self.end(StopReason::EndOfTurn));
         }

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::models::dense_cache::DenseCache;
+use crate::models::gpu::Engine;
 use crate::models::lora::{Lora, LoraConfig, Projection};
 use crate::models::packed::{PackedMatrix, Precision};
 use crate::weights::gguf::Gguf;
@@ -94,8 +96,9 @@ impl LlamaConfig {
 
 /// A weight matrix `[out, in]`.
 enum Weight {
-    /// f32 on the device (GPU). Boxed: a tensor handle is several hundred bytes.
-    Dense(Box<Tensor<2>>),
+    /// For a GPU: the blocks on the host, widened to f32 on the device when burn's path first
+    /// needs them (generation runs in [`crate::models::gpu`]; see [`DenseCache`]).
+    Dense(Box<DenseCache>),
     /// The GGUF's blocks in host memory (CPU backend).
     Packed(PackedMatrix),
 }
@@ -120,13 +123,14 @@ impl Weight {
         if *device == Device::flex() {
             Ok(Weight::Packed(PackedMatrix::from_gguf(gguf, name, shape)?))
         } else {
-            Ok(Weight::Dense(Box::new(load(gguf, name, shape, device)?)))
+            let packed = PackedMatrix::from_gguf(gguf, name, shape)?;
+            Ok(Weight::Dense(Box::new(DenseCache::new(packed, device))))
         }
     }
 
     fn resident_bytes(&self) -> usize {
         match self {
-            Weight::Dense(t) => t.shape().num_elements() * 4,
+            Weight::Dense(t) => t.resident_bytes(),
             Weight::Packed(p) => p.resident_bytes(),
         }
     }
@@ -143,7 +147,7 @@ impl Weight {
                 .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
         };
         match self {
-            Weight::Dense(w) => Ok(project_dense(x, w)),
+            Weight::Dense(w) => Ok(project_dense(x, w.get())),
             Weight::Packed(w) if b * s <= PACKED_MATVEC_MAX_POSITIONS => {
                 let [out, _] = w.shape();
                 let y = w.matmul(&read(x)?, b * s, precision);
@@ -166,7 +170,7 @@ impl Weight {
     /// The matrix as f32 on `device` (a transient copy for training).
     fn dense_on(&self, device: &Device) -> Tensor<2> {
         match self {
-            Weight::Dense(w) => (**w).clone().to_device(device),
+            Weight::Dense(w) => w.get().clone().to_device(device),
             Weight::Packed(w) => {
                 Tensor::from_data(TensorData::new(w.dequantize(), w.shape()), device)
             }
@@ -176,7 +180,7 @@ impl Weight {
     /// `[out, in]`.
     fn shape(&self) -> [usize; 2] {
         match self {
-            Weight::Dense(w) => w.dims(),
+            Weight::Dense(w) => w.shape(),
             Weight::Packed(w) => w.shape(),
         }
     }
@@ -192,7 +196,7 @@ impl Weight {
                     ),
                     device,
                 );
-                w.clone().select(0, ids)
+                w.get().clone().select(0, ids)
             }
             Weight::Packed(w) => {
                 let [_, d] = w.shape();
@@ -315,6 +319,8 @@ pub struct Llama {
     attention_peak: AtomicUsize,
     /// How packed decode products round ([`Precision::from_env`] at load).
     precision: Precision,
+    /// On a GPU: the quantised engine generation runs in, or why there is none.
+    gpu: std::result::Result<Engine, String>,
 }
 
 /// Which blocks' outputs [`Llama::forward_with_states`] keeps, and what it kept.
@@ -414,7 +420,13 @@ impl Llama {
                 projections,
             });
         }
+        let gpu = if *device == Device::flex() {
+            Err("the CPU backend runs".to_string())
+        } else {
+            Engine::load(gguf, &c, device).map_err(|e| e.to_string())
+        };
         Ok(Llama {
+            gpu,
             embedding: Weight::load(gguf, "token_embd.weight", [c.vocab_size, d], device)?,
             output_norm: load(gguf, "output_norm.weight", [d], device)?,
             blocks,
@@ -437,6 +449,17 @@ impl Llama {
     /// way.
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
+    }
+
+    /// The GPU engine generation runs in ([`crate::models::gpu`]), or why it does not run:
+    /// none on the CPU backend or when the file's blocks are not what its kernels read, and
+    /// none while LoRA adapters are applied (burn's path adds them).
+    pub fn gpu_engine(&self) -> std::result::Result<&Engine, String> {
+        match (&self.gpu, &self.adapters) {
+            (Ok(_), Some(_)) => Err("LoRA adapters are applied (burn's path adds them)".into()),
+            (Ok(engine), None) => Ok(engine),
+            (Err(reason), _) => Err(reason.clone()),
+        }
     }
 
     /// Query rows per attention chunk.
@@ -531,7 +554,8 @@ impl Llama {
         &self.config
     }
 
-    /// Bytes the weights occupy: the GGUF's blocks on the CPU, f32 on a GPU.
+    /// Bytes burn's path holds for the weights: the GGUF's blocks (on the host), plus on a GPU
+    /// the f32 copies made once that path ran (the engine's are [`Engine::weight_bytes`]).
     pub fn resident_weight_bytes(&self) -> usize {
         let norms = (self.blocks.len() * 2 + 1) * self.config.dim * 4;
         let matrices: usize = self

@@ -1,7 +1,9 @@
 //! The neural networks, as burn modules on a runtime-chosen device.
 
 pub mod bert;
+pub mod dense_cache;
 pub mod gelu;
+pub mod gpu;
 pub mod llama;
 pub mod lora;
 pub mod packed;

@@ -1,10 +1,16 @@
 //! `bench chat`: SmolLM2's prefill, then greedy decode through the KV cache, timed per phase
-//! and per backend, next to llama.cpp on the same GGUF.
+//! and per backend, next to llama.cpp on the same GGUF. On a GPU both paths run: burn's
+//! op-by-op path (f32 weights) and the quantised engine (`models::gpu`), each with what a
+//! decoded token costs there: kernel launches (counted by a cubecl launch observer, so burn's
+//! are counted too), bytes read back, and GPU memory in use (cubecl's memory report).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use webguard::backend::{Backend, BackendChoice, read_f32};
+use webguard::backend::{Backend, BackendChoice, BackendKind, read_f32};
+use webguard::models::gpu::engine::device_bytes_in_use;
 use webguard::models::llama::Llama;
 use webguard::models::packed::Precision;
 use webguard::text::Tokenizer;
@@ -13,6 +19,10 @@ use webguard::{Error, Result, SMOLLM2_GGUF};
 
 use super::{peer_json, sync_read, threads};
 use crate::common::{peak_rss_mb, read};
+
+/// cubecl-wgpu's default launches per command submission (`CUBECL_WGPU_MAX_TASKS`, 32): a
+/// submission is made every this many launches, and before any upload or read.
+const WGPU_TASKS_PER_SUBMISSION: u64 = 32;
 
 #[derive(clap::Args)]
 pub struct ChatBench {
@@ -31,13 +41,98 @@ pub struct ChatBench {
     /// Exact f32 products on the CPU instead of 8-bit activations (also `WEBGUARD_EXACT=1`).
     #[arg(long)]
     exact: bool,
+    /// One JSON object per backend and path instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Counts every kernel launch, burn's included.
+#[derive(Default)]
+struct Launches(AtomicU64);
+
+impl cubecl::logging::LaunchObserver for Launches {
+    fn launched(&self, _kernel: &'static str) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One backend and path's figures.
+struct Run {
+    backend: String,
+    /// "engine" or "burn" on a GPU; on the CPU, how the packed products round.
+    path: String,
+    device: String,
+    load_s: f64,
+    prefill: f64,
+    ttft_ms: f64,
+    decode: f64,
+    weight_bytes: usize,
+    /// GPU memory in use for this path (None on the CPU).
+    total_bytes: Option<u64>,
+    dispatches_per_token: Option<f64>,
+    submissions_per_token: Option<f64>,
+    readback_bytes_per_token: Option<f64>,
+}
+
+impl Run {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": self.backend,
+            "path": self.path,
+            "device": self.device,
+            "load_s": self.load_s,
+            "prefill_tokens_per_s": self.prefill,
+            "ttft_ms": self.ttft_ms,
+            "decode_tokens_per_s": self.decode,
+            "weight_bytes": self.weight_bytes,
+            "total_bytes": self.total_bytes,
+            "dispatches_per_token": self.dispatches_per_token,
+            "submissions_per_token": self.submissions_per_token,
+            "submissions_estimated": self.submissions_per_token.is_some(),
+            "readback_bytes_per_token": self.readback_bytes_per_token,
+        })
+    }
+
+    fn print(&self) {
+        let mb = |b: f64| b / 1e6;
+        let mut line = format!(
+            "  webguard {} [{}]: load {:.1} s, weights {:.1} MB, prefill {:.1} tokens/s, time to first token {:.0} ms, decode {:.1} tokens/s",
+            self.device,
+            self.path,
+            self.load_s,
+            mb(self.weight_bytes as f64),
+            self.prefill,
+            self.ttft_ms,
+            self.decode
+        );
+        if let Some(total) = self.total_bytes {
+            line += &format!(", GPU memory in use {:.1} MB", mb(total as f64));
+        }
+        if let Some(d) = self.dispatches_per_token {
+            line += &format!(", {d:.0} dispatches/token");
+        }
+        if let Some(s) = self.submissions_per_token {
+            line += &format!(", ~{s:.1} submissions/token (estimated)");
+        }
+        if let Some(r) = self.readback_bytes_per_token {
+            line += &format!(", {r:.0} bytes read back/token");
+        }
+        println!("{line}");
+    }
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32)
 }
 
 pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
     let (prompt_tokens, new_tokens) = (args.prompt_tokens, args.new_tokens);
-    if prompt_tokens == 0 || new_tokens == 0 {
+    if prompt_tokens == 0 || new_tokens < 2 {
         return Err(Error::InvalidInput(
-            "prompt and new tokens must be at least 1".into(),
+            "the prompt needs at least 1 token and decoding at least 2".into(),
         ));
     }
     let bytes = read(&models.join(SMOLLM2_GGUF))?;
@@ -48,12 +143,19 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
         tok.encode("The history of the printing press begins with movable type, paper and ink. ")?;
     let prompt: Vec<u32> = base.iter().cycle().take(prompt_tokens).copied().collect();
     let threads = threads();
-    let mut ours = Vec::new();
-    println!(
-        "bench chat: SmolLM2-135M-Instruct Q4_1, {prompt_tokens}-token prompt, {new_tokens} new tokens, {threads} threads"
-    );
+    let mut runs: Vec<Run> = Vec::new();
+    if !args.json {
+        println!(
+            "bench chat: SmolLM2-135M-Instruct Q4_1, {prompt_tokens}-token prompt, {new_tokens} new tokens, {threads} threads"
+        );
+    }
+    let launches = Arc::new(Launches::default());
+    let _observing = cubecl::logging::LaunchObservation::new(launches.clone());
+    let count = || launches.0.load(Ordering::Relaxed);
     for name in args.backends.split(',') {
         let backend = Backend::init_blocking(name.trim().parse::<BackendChoice>()?)?;
+        let gpu = backend.kind == BackendKind::Wgpu;
+        let in_use = || device_bytes_in_use(&backend.device);
         let load_start = Instant::now();
         let mut model = Llama::load(&gguf, &backend.device)?;
         if args.exact {
@@ -61,13 +163,72 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
         }
         let load = load_start.elapsed().as_secs_f64();
         let vocab = model.config().vocab_size;
-        let argmax = |v: &[f32]| {
-            v.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(i, _)| i as u32)
-        };
-        // Warm-up (kernel compilation on wgpu), then the measured run.
+
+        // The quantised engine first (before burn's path widens its weights on the GPU).
+        match model.gpu_engine() {
+            Ok(engine) => {
+                // Warm-up (kernel compilation), then the measured run.
+                let mut seq = engine.new_sequence();
+                engine.step(&mut seq, &prompt[..prompt_tokens.min(8)])?;
+                pollster::block_on(engine.argmax(&mut seq))?;
+                drop(seq);
+                let mut seq = engine.new_sequence();
+                let start = Instant::now();
+                engine.step(&mut seq, &prompt)?;
+                pollster::block_on(engine.argmax(&mut seq))?;
+                let ttft = start.elapsed().as_secs_f64();
+                let (before, launched) = (engine.stats(), count());
+                let decode_start = Instant::now();
+                for _ in 1..new_tokens {
+                    // Greedy: the pick stays on the GPU for the next step.
+                    engine.step_picked(&mut seq)?;
+                    pollster::block_on(engine.argmax(&mut seq))?;
+                }
+                let decode = decode_start.elapsed().as_secs_f64();
+                let (after, launched) = (engine.stats(), count() - launched);
+                let tokens = (new_tokens - 1) as f64;
+                let own = after.dispatches - before.dispatches;
+                if own != launched {
+                    return Err(Error::Backend(format!(
+                        "the engine counted {own} launches, cubecl's observer {launched}"
+                    )));
+                }
+                // Nothing is uploaded per token (an upload would submit what is queued): the
+                // launches go in batches of 32, the last batch at the read.
+                if after.upload_bytes != before.upload_bytes {
+                    return Err(Error::Backend("greedy decoding uploaded data".into()));
+                }
+                let per_token = (launched as f64 / (new_tokens - 1) as f64).ceil() as u64;
+                let submissions =
+                    per_token.div_ceil(WGPU_TASKS_PER_SUBMISSION) * (new_tokens - 1) as u64;
+                runs.push(Run {
+                    backend: name.trim().into(),
+                    path: "engine".into(),
+                    device: backend.to_string(),
+                    load_s: load,
+                    prefill: prompt_tokens as f64 / ttft,
+                    ttft_ms: ttft * 1000.0,
+                    decode: tokens / decode,
+                    weight_bytes: engine.weight_bytes(),
+                    total_bytes: in_use(),
+                    dispatches_per_token: Some(launched as f64 / tokens),
+                    submissions_per_token: Some(submissions as f64 / tokens),
+                    readback_bytes_per_token: Some(
+                        (after.readback_bytes - before.readback_bytes) as f64 / tokens,
+                    ),
+                });
+                if !args.json {
+                    runs.last().map(Run::print);
+                }
+            }
+            Err(reason) if gpu => {
+                eprintln!("  (the GPU engine does not run: {reason})");
+            }
+            Err(_) => {}
+        }
+
+        // burn's path (the only one on the CPU).
+        let before_burn = in_use().unwrap_or(0);
         let mut cache = model.new_cache();
         let l = model.forward(&prompt[..prompt_tokens.min(8)], &mut cache)?;
         sync_read(l)?;
@@ -76,25 +237,42 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
         let logits = model.forward(&prompt, &mut cache)?;
         let mut next = argmax(&pollster::block_on(read_f32(logits.reshape([vocab])))?);
         let ttft = start.elapsed().as_secs_f64();
+        let launched = count();
         let decode_start = Instant::now();
         for _ in 1..new_tokens {
             let l = model.forward(&[next], &mut cache)?;
             next = argmax(&pollster::block_on(read_f32(l.reshape([vocab])))?);
         }
         let decode = decode_start.elapsed().as_secs_f64();
-        ours.push((
-            name.trim().to_string(),
-            prompt_tokens as f64 / ttft,
-            (new_tokens - 1) as f64 / decode,
-        ));
-        println!(
-            "  webguard {backend} ({:?} products): load {load:.1} s, weights {:.0} MB resident, prefill {:.1} tokens/s, time to first token {:.0} ms, decode {:.1} tokens/s",
-            model.precision(),
-            model.resident_weight_bytes() as f64 / 1e6,
-            prompt_tokens as f64 / ttft,
-            ttft * 1000.0,
-            (new_tokens - 1) as f64 / decode
-        );
+        let launched = count() - launched;
+        let tokens = (new_tokens - 1) as f64;
+        runs.push(Run {
+            backend: name.trim().into(),
+            path: if gpu {
+                "burn".into()
+            } else {
+                format!("{:?} products", model.precision())
+            },
+            device: backend.to_string(),
+            load_s: load,
+            prefill: prompt_tokens as f64 / ttft,
+            ttft_ms: ttft * 1000.0,
+            decode: tokens / decode,
+            weight_bytes: model.resident_weight_bytes(),
+            total_bytes: in_use().map(|b| b.saturating_sub(before_burn)),
+            dispatches_per_token: gpu.then_some(launched as f64 / tokens),
+            submissions_per_token: None,
+            readback_bytes_per_token: Some((vocab * 4) as f64),
+        });
+        if !args.json {
+            runs.last().map(Run::print);
+        }
+    }
+    if args.json {
+        for r in &runs {
+            println!("{}", r.json());
+        }
+        return Ok(());
     }
     println!(
         "  webguard peak resident memory: {:.0} MB (GGUF file: {:.0} MB)",
@@ -120,11 +298,13 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
             peer["ttft_ms"].as_f64().unwrap_or(f64::NAN),
             peer["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
         );
-        for (name, p, d) in &ours {
+        for r in &runs {
             println!(
-                "    ratio webguard {name} / llama.cpp: prefill {:.2}, decode {:.2}",
-                p / prefill,
-                d / decode
+                "    ratio webguard {} [{}] / llama.cpp: prefill {:.2}, decode {:.2}",
+                r.backend,
+                r.path,
+                r.prefill / prefill,
+                r.decode / decode
             );
         }
     }

@@ -1,0 +1,607 @@
+//! Loading the engine, running positions through it, reading results back, and counting
+//! what that cost (dispatches, read-back bytes).
+//!
+//! One step over `n` new positions (`n = 1` when decoding) is, per block: RMSNorm + QKV
+//! (one stacked Q4_1 matrix), RoPE + KV write, attention, output projection + residual,
+//! RMSNorm + gate/up + SwiGLU, down projection + residual: 6 dispatches. Around the blocks:
+//! the embedding lookup, the final RMSNorm + logits of the last position, and (greedy) the
+//! argmax. Nothing is read back until the caller asks for the token (8 bytes) or the logits.
+//! The KV cache is `max_positions` long from the start (2,048), so a step never reallocates
+//! nor copies it; the RoPE angles are an f64-computed table (GPUs' `sin`/`cos` are only
+//! accurate near zero, and 2,048 radians is not near zero).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::tensor::Device;
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::kernels::{self, LANES, ROWS};
+use super::weights::{self, HostBlocks, QMatrix, Quant};
+use crate::error::{Error, Result};
+use crate::models::llama::LlamaConfig;
+use crate::weights::gguf::Gguf;
+
+/// Positions a [`Sequence`]'s KV cache holds.
+pub const MAX_POSITIONS: usize = 2048;
+
+const _: () = assert!(
+    ROWS == LANES,
+    "the products stage their input with LANES invocations"
+);
+
+struct Layer {
+    attn_norm: Handle,
+    ffn_norm: Handle,
+    /// Q, K and V stacked: `[q_dim + 2·kv_dim, dim]`.
+    qkv: QMatrix,
+    o: QMatrix,
+    gate: QMatrix,
+    up: QMatrix,
+    down: QMatrix,
+}
+
+/// What the engine launched and read back since it was loaded (or [`Engine::reset_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Kernel launches.
+    pub dispatches: u64,
+    /// Bytes read back to the host.
+    pub readback_bytes: u64,
+    /// Bytes uploaded after loading (token ids).
+    pub upload_bytes: u64,
+}
+
+/// SmolLM2 on the GPU, weights in their GGUF blocks. See the [module docs](super).
+pub struct Engine {
+    client: Client,
+    config: LlamaConfig,
+    layers: Vec<Layer>,
+    embedding: QMatrix,
+    output_norm: Handle,
+    cos: Handle,
+    sin: Handle,
+    max_positions: usize,
+    weight_bytes: usize,
+    table_bytes: usize,
+    dispatches: AtomicU64,
+    readback: AtomicU64,
+    uploads: AtomicU64,
+}
+
+/// One sequence's state on the GPU: its KV cache (allocated once, [`MAX_POSITIONS`] long) and
+/// the logits of its last position.
+pub struct Sequence {
+    k: Handle,
+    v: Handle,
+    len: usize,
+    logits: Handle,
+    picked: Handle,
+    /// Whether `logits` holds the last position's logits (a step ran).
+    ready: bool,
+    /// The token `picked` holds (the last [`Engine::argmax`], not yet run).
+    picked_token: Option<u32>,
+}
+
+impl Sequence {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The token the last [`Engine::argmax`] picked, while it has not been run.
+    pub fn picked(&self) -> Option<u32> {
+        self.picked_token
+    }
+}
+
+/// The cubecl client of burn's wgpu `device`, or why there is none.
+pub fn wgpu_client(device: &Device) -> Result<Client> {
+    use burn::backend::DispatchDevice;
+    match device.as_dispatch() {
+        DispatchDevice::Cube(cube @ cubecl::Device::Wgpu(_)) => Ok(cube.client()),
+        other => Err(Error::Backend(format!(
+            "the GPU engine runs on burn's wgpu device, not {other:?}"
+        ))),
+    }
+}
+
+/// Bytes cubecl's pools hold in use on burn's wgpu `device` now (burn's tensors and the
+/// engine's buffers alike); `None` off wgpu.
+pub fn device_bytes_in_use(device: &Device) -> Option<u64> {
+    let client = wgpu_client(device).ok()?;
+    Some(
+        client
+            .memory_report(cubecl::MemoryScope::Device)
+            .usage()
+            .bytes_in_use,
+    )
+}
+
+fn arg(handle: &Handle, len: usize) -> BufferArg {
+    // SAFETY: every handle passed is at least `len` elements long (allocated here for that).
+    unsafe { BufferArg::from_raw_parts(handle.clone(), len) }
+}
+
+impl Engine {
+    /// Uploads the model's blocks to burn's wgpu `device`. Errors (so the caller keeps the
+    /// burn path) when the device is not wgpu, a matrix is not Q4_1/Q8_0 as the kernels need,
+    /// or the head width differs from the attention kernel's 64.
+    pub fn load(gguf: &Gguf<'_>, config: &LlamaConfig, device: &Device) -> Result<Self> {
+        let client = wgpu_client(device)?;
+        let c = config;
+        let (d, kv) = (c.dim, c.kv_heads * c.head_dim());
+        if c.head_dim() != LANES as usize {
+            return Err(Error::Backend(format!(
+                "the GPU engine's attention needs heads of {LANES}; this model's are {}",
+                c.head_dim()
+            )));
+        }
+        let mut layers = Vec::with_capacity(c.layers);
+        let mut weight_bytes = 0;
+        for i in 0..c.layers {
+            let n = |part: &str| format!("blk.{i}.{part}.weight");
+            let mut qkv = HostBlocks::default();
+            qkv.push(gguf, &n("attn_q"), [d, d])?;
+            qkv.push(gguf, &n("attn_k"), [kv, d])?;
+            qkv.push(gguf, &n("attn_v"), [kv, d])?;
+            let layer = Layer {
+                attn_norm: weights::upload_f32(&client, gguf, &n("attn_norm"), d)?,
+                ffn_norm: weights::upload_f32(&client, gguf, &n("ffn_norm"), d)?,
+                qkv: qkv.upload(&client)?,
+                o: weights::upload(&client, gguf, &n("attn_output"), [d, d])?,
+                gate: weights::upload(&client, gguf, &n("ffn_gate"), [c.ffn_dim, d])?,
+                up: weights::upload(&client, gguf, &n("ffn_up"), [c.ffn_dim, d])?,
+                down: weights::upload(&client, gguf, &n("ffn_down"), [d, c.ffn_dim])?,
+            };
+            for m in [&layer.qkv, &layer.o, &layer.gate, &layer.up, &layer.down] {
+                if m.quant != Quant::Q4_1 {
+                    return Err(Error::Backend(format!(
+                        "the GPU engine's block kernels read Q4_1; block {i} has {:?}",
+                        m.quant
+                    )));
+                }
+                weight_bytes += m.bytes;
+            }
+            weight_bytes += 2 * d * 4;
+            layers.push(layer);
+        }
+        let embedding = weights::upload(&client, gguf, "token_embd.weight", [c.vocab_size, d])?;
+        if embedding.quant != Quant::Q8_0 {
+            return Err(Error::Backend(format!(
+                "the GPU engine reads the embedding as Q8_0; this file's is {:?}",
+                embedding.quant
+            )));
+        }
+        weight_bytes += embedding.bytes + d * 4;
+        let output_norm = weights::upload_f32(&client, gguf, "output_norm.weight", d)?;
+        let max_positions = MAX_POSITIONS.min(c.context_length);
+        let (cos, sin) = rope_tables(c, max_positions);
+        let table_bytes = (cos.len() + sin.len()) * 4;
+        Ok(Engine {
+            cos: client.create_from_slice(f32::as_bytes(&cos)),
+            sin: client.create_from_slice(f32::as_bytes(&sin)),
+            client,
+            config: c.clone(),
+            layers,
+            embedding,
+            output_norm,
+            max_positions,
+            weight_bytes,
+            table_bytes,
+            dispatches: AtomicU64::new(0),
+            readback: AtomicU64::new(0),
+            uploads: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes of the weights on the GPU (blocks, f32 scales, norms).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// Bytes of one [`Sequence`] (KV cache, logits).
+    pub fn sequence_bytes(&self) -> usize {
+        let kv = self.config.kv_heads * self.config.head_dim();
+        2 * self.config.layers * self.max_positions * kv * 4 + self.config.vocab_size * 4 + 8
+    }
+
+    /// Bytes of the RoPE tables.
+    pub fn table_bytes(&self) -> usize {
+        self.table_bytes
+    }
+
+    /// Positions a sequence can hold.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Bytes cubecl's memory pools hold on the device now (burn's tensors included: the
+    /// engine shares burn's client).
+    pub fn device_bytes_in_use(&self) -> u64 {
+        self.client
+            .memory_report(cubecl::MemoryScope::Device)
+            .usage()
+            .bytes_in_use
+    }
+
+    /// Bytes cubecl has reserved on the device now (in use, padding and free pool space).
+    pub fn device_bytes_reserved(&self) -> u64 {
+        self.client
+            .memory_report(cubecl::MemoryScope::Device)
+            .usage()
+            .bytes_reserved
+    }
+
+    /// What was launched and read back so far.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+            readback_bytes: self.readback.load(Ordering::Relaxed),
+            upload_bytes: self.uploads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts [`Engine::stats`] again from 0.
+    pub fn reset_stats(&self) {
+        self.dispatches.store(0, Ordering::Relaxed);
+        self.readback.store(0, Ordering::Relaxed);
+        self.uploads.store(0, Ordering::Relaxed);
+    }
+
+    fn launched(&self, n: u64) {
+        self.dispatches.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// An empty sequence (its KV cache allocated now, once).
+    pub fn new_sequence(&self) -> Sequence {
+        let kv = self.config.kv_heads * self.config.head_dim();
+        let cache = self.config.layers * self.max_positions * kv * 4;
+        Sequence {
+            k: self.client.empty(cache),
+            v: self.client.empty(cache),
+            len: 0,
+            logits: self.client.empty(self.config.vocab_size * 4),
+            picked: self.client.empty(8),
+            ready: false,
+            picked_token: None,
+        }
+    }
+
+    /// Runs `ids` (following the cached positions) through the model; the logits of the last
+    /// one stay on the GPU for [`Engine::argmax`] or [`Engine::logits`]. Only enqueues work.
+    /// Errors for empty input, ids outside the vocabulary or past the cache's length.
+    pub fn step(&self, seq: &mut Sequence, ids: &[u32]) -> Result<()> {
+        let c = &self.config;
+        if ids.is_empty() {
+            return Err(Error::InvalidInput("no tokens to run".into()));
+        }
+        if let Some(id) = ids.iter().find(|&&i| i as usize >= c.vocab_size) {
+            return Err(Error::InvalidInput(format!(
+                "token id {id} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        if seq.len + ids.len() > self.max_positions {
+            return Err(Error::InvalidInput(format!(
+                "{} cached + {} new tokens exceed the GPU engine's cache of {} positions",
+                seq.len,
+                ids.len(),
+                self.max_positions
+            )));
+        }
+        let tokens = self.client.create_from_slice(u32::as_bytes(ids));
+        self.uploads
+            .fetch_add(4 * ids.len() as u64, Ordering::Relaxed);
+        self.run(seq, &tokens, ids.len());
+        Ok(())
+    }
+
+    /// Runs the token the last [`Engine::argmax`] picked (greedy decoding), reading it from
+    /// the GPU: nothing is uploaded. Returns it. Errors when no pick is pending or the cache
+    /// is full.
+    pub fn step_picked(&self, seq: &mut Sequence) -> Result<u32> {
+        let token = seq.picked_token.ok_or_else(|| {
+            Error::InvalidInput("no picked token to run: call argmax after a step first".into())
+        })?;
+        if seq.len + 1 > self.max_positions {
+            return Err(Error::InvalidInput(format!(
+                "{} cached + 1 new token exceed the GPU engine's cache of {} positions",
+                seq.len, self.max_positions
+            )));
+        }
+        let picked = seq.picked.clone();
+        self.run(seq, &picked, 1);
+        Ok(token)
+    }
+
+    /// Enqueues the step over the `n` token ids in `tokens` (checked by the caller).
+    fn run(&self, seq: &mut Sequence, tokens: &Handle, n: usize) {
+        let c = &self.config;
+        let client = &self.client;
+        let (d, hd, ffn) = (c.dim, c.head_dim(), c.ffn_dim);
+        let kv = c.kv_heads * hd;
+        let width = d + 2 * kv;
+        let eps = c.rms_eps as f32;
+        let start = seq.len;
+        let cache_len = c.layers * self.max_positions * kv;
+        let x = client.empty(n * d * 4);
+        let qkv = client.empty(n * width * 4);
+        let ctx = client.empty(n * d * 4);
+        let h = client.empty(n * ffn * 4);
+        let lanes = CubeDim::new_1d(LANES);
+        // Positions per workgroup in the products: 1 when decoding; in prefill as many as fit
+        // in 12 KB of staged inputs (4 of 576 values, 2 of 1,536), under WebGPU's 16 KB.
+        let tile = |cols: usize| if n == 1 { 1 } else { (3072 / cols).clamp(1, 4) };
+        let grid = |rows: usize, cols: usize| {
+            CubeCount::Static(
+                rows.div_ceil(ROWS as usize) as u32,
+                n.div_ceil(tile(cols)) as u32,
+                1,
+            )
+        };
+        let pos = n as u32;
+
+        // SAFETY: every index the kernel computes is inside its buffers (sized above from
+        // the same shapes), so the bounds checks `launch` adds are dropped.
+        unsafe {
+            kernels::embed_q8_0::launch_unchecked(
+                client,
+                CubeCount::Static(pos, 1, 1),
+                lanes,
+                arg(tokens, n),
+                arg(&self.embedding.words, self.embedding.rows * d / 4),
+                arg(&self.embedding.scales, self.embedding.rows * d / 32),
+                arg(&x, n * d),
+                self.embedding.rows,
+                d,
+            )
+        };
+        self.launched(1);
+        for (l, w) in self.layers.iter().enumerate() {
+            let q4 = |m: &QMatrix| {
+                (
+                    arg(&m.words, m.rows * m.cols / 8),
+                    arg(&m.scales, m.rows * m.cols / 32),
+                    arg(&m.mins, m.rows * m.cols / 32),
+                )
+            };
+            let (qw, qs, qm) = q4(&w.qkv);
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::matvec_q4_1::launch_unchecked(
+                    client,
+                    grid(width, d),
+                    lanes,
+                    arg(&x, n * d),
+                    arg(&w.attn_norm, d),
+                    qw,
+                    qs,
+                    qm,
+                    arg(&qkv, n * width),
+                    n,
+                    width,
+                    d,
+                    eps,
+                    d,
+                    true,
+                    false,
+                    tile(d),
+                )
+            };
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::rope_kv::launch_unchecked(
+                    client,
+                    CubeCount::Static(pos, 1, 1),
+                    lanes,
+                    arg(&qkv, n * width),
+                    arg(&self.cos, self.max_positions * hd / 2),
+                    arg(&self.sin, self.max_positions * hd / 2),
+                    arg(&seq.k, cache_len),
+                    arg(&seq.v, cache_len),
+                    start,
+                    l,
+                    d,
+                    kv,
+                    hd,
+                    self.max_positions,
+                )
+            };
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::attention::launch_unchecked(
+                    client,
+                    CubeCount::Static(c.heads as u32, pos, 1),
+                    lanes,
+                    arg(&qkv, n * width),
+                    arg(&seq.k, cache_len),
+                    arg(&seq.v, cache_len),
+                    arg(&ctx, n * d),
+                    start,
+                    l,
+                    d,
+                    kv,
+                    c.heads / c.kv_heads,
+                    (hd as f32).sqrt(),
+                    self.max_positions,
+                    hd,
+                )
+            };
+            let (ow, os, om) = q4(&w.o);
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::matvec_q4_1::launch_unchecked(
+                    client,
+                    grid(d, d),
+                    lanes,
+                    arg(&ctx, n * d),
+                    arg(&w.attn_norm, d),
+                    ow,
+                    os,
+                    om,
+                    arg(&x, n * d),
+                    n,
+                    d,
+                    d,
+                    eps,
+                    d,
+                    false,
+                    true,
+                    tile(d),
+                )
+            };
+            let (gw, gs, gm) = q4(&w.gate);
+            let (uw, us, um) = q4(&w.up);
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::swiglu_q4_1::launch_unchecked(
+                    client,
+                    grid(ffn, d),
+                    lanes,
+                    arg(&x, n * d),
+                    arg(&w.ffn_norm, d),
+                    gw,
+                    gs,
+                    gm,
+                    uw,
+                    us,
+                    um,
+                    arg(&h, n * ffn),
+                    n,
+                    ffn,
+                    d,
+                    eps,
+                    d,
+                    tile(d),
+                )
+            };
+            let (dw, ds, dm) = q4(&w.down);
+            // SAFETY: every index the kernel computes is inside its buffers (sized above from
+            // the same shapes), so the bounds checks `launch` adds are dropped.
+            unsafe {
+                kernels::matvec_q4_1::launch_unchecked(
+                    client,
+                    grid(d, ffn),
+                    lanes,
+                    arg(&h, n * ffn),
+                    arg(&w.ffn_norm, d),
+                    dw,
+                    ds,
+                    dm,
+                    arg(&x, n * d),
+                    n,
+                    d,
+                    ffn,
+                    eps,
+                    ffn,
+                    false,
+                    true,
+                    tile(ffn),
+                )
+            };
+            self.launched(6);
+        }
+        let e = &self.embedding;
+        // SAFETY: every index the kernel computes is inside its buffers (sized above from
+        // the same shapes), so the bounds checks `launch` adds are dropped.
+        unsafe {
+            kernels::logits_q8_0::launch_unchecked(
+                client,
+                CubeCount::Static(e.rows.div_ceil(ROWS as usize) as u32, 1, 1),
+                lanes,
+                arg(&x, n * d),
+                arg(&self.output_norm, d),
+                arg(&e.words, e.rows * d / 4),
+                arg(&e.scales, e.rows * d / 32),
+                arg(&seq.logits, c.vocab_size),
+                n - 1,
+                e.rows,
+                d,
+                eps,
+                d,
+            )
+        };
+        self.launched(1);
+        seq.len += n;
+        seq.ready = true;
+        seq.picked_token = None;
+    }
+
+    fn check_ready(seq: &Sequence) -> Result<()> {
+        if seq.ready {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(
+                "no logits yet: run a step on this sequence first".into(),
+            ))
+        }
+    }
+
+    /// The greedy pick after the last step and its logit, computed on the GPU: reads back 8
+    /// bytes. [`Engine::step_picked`] runs it next without uploading it.
+    pub async fn argmax(&self, seq: &mut Sequence) -> Result<(u32, f32)> {
+        Self::check_ready(seq)?;
+        let vocab = self.config.vocab_size;
+        // SAFETY: every index the kernel computes is inside its buffers (sized above from
+        // the same shapes), so the bounds checks `launch` adds are dropped.
+        unsafe {
+            kernels::argmax::launch_unchecked(
+                &self.client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(LANES),
+                arg(&seq.logits, vocab),
+                arg(&seq.picked, 2),
+                vocab,
+            )
+        };
+        self.launched(1);
+        let bytes = self.read(seq.picked.clone()).await?;
+        let words = u32::from_bytes(&bytes);
+        seq.picked_token = Some(words[0]);
+        Ok((words[0], f32::from_bits(words[1])))
+    }
+
+    /// The logits after the last step (`vocab` values: reads back the whole row).
+    pub async fn logits(&self, seq: &Sequence) -> Result<Vec<f32>> {
+        Self::check_ready(seq)?;
+        let bytes = self.read(seq.logits.clone()).await?;
+        Ok(f32::from_bytes(&bytes).to_vec())
+    }
+
+    async fn read(&self, handle: Handle) -> Result<Vec<u8>> {
+        let mut out = self.client.read_async(vec![handle]).await.map_err(|e| {
+            Error::Backend(format!("reading the GPU engine's output failed: {e:?}"))
+        })?;
+        let bytes = out.remove(0);
+        self.readback
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes.to_vec())
+    }
+}
+
+/// cos and sin `[positions, head_dim / 2]`, computed in f64 as the burn path does.
+fn rope_tables(c: &LlamaConfig, positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = c.head_dim() / 2;
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for p in 0..positions {
+        for i in 0..half {
+            let freq = c.rope_base.powf(-(2.0 * i as f64) / c.head_dim() as f64);
+            let angle = p as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}

@@ -1,0 +1,552 @@
+//! The CubeCL kernels of the GPU engine (compiled to SPIR-V natively, to WGSL in a browser).
+//!
+//! Every kernel is f32 arithmetic on u32 words: the GGUF's Q4_1 and Q8_0 blocks stay packed
+//! (4 or 8 words of quants per 32 values) and their f16 scales/minimums were widened to f32 at
+//! load, so no kernel needs `shader-f16` (SwiftShader and many browsers lack it) nor
+//! subgroups (an optional WebGPU feature): reductions go through workgroup memory.
+//!
+//! Products run **one invocation per output row** (a workgroup of [`ROWS`] rows): a row's dot
+//! product reads its blocks one after the other, the input vectors sit in workgroup memory,
+//! and there is no cross-invocation reduction at all. For prefill the same kernels take
+//! `tile` positions per workgroup (a comptime constant: 1 when decoding, up to 4 in prefill;
+//! at most 12 KB of inputs, under WebGPU's 16 KB): each weight is unpacked once and multiplied
+//! with every staged position, and the grid's second dimension covers the positions, so a
+//! prefill is still one dispatch per product (a simple mat-mat: no tiling over columns).
+//!
+//! Fusions (each a single dispatch): RMSNorm + projection (the workgroup normalises its
+//! position itself: 576 values, cheaper than a dispatch), projection + residual add, RMSNorm +
+//! gate/up + SwiGLU, RoPE + KV-cache write, the whole attention of one head and position
+//! (scores, softmax, weighted values) and argmax over the vocabulary.
+
+// `#[cube(launch_unchecked)]` generates a module and launch items per kernel that cannot carry docs.
+#![allow(missing_docs)]
+
+use cubecl::prelude::*;
+
+/// Rows (invocations) per workgroup of the products.
+pub const ROWS: u32 = 64;
+/// Invocations of the reductions (RMSNorm statistics, attention, argmax).
+pub const LANES: u32 = 64;
+/// Values per quantisation block.
+pub const BLOCK: usize = 32;
+
+/// Sum of `v` over the workgroup's [`LANES`] invocations, through `scratch` (every
+/// invocation gets the total).
+#[cube]
+fn workgroup_sum(v: f32, scratch: &mut Shared<[f32]>) -> f32 {
+    let tid = UNIT_POS as usize;
+    scratch[tid] = v;
+    sync_cube();
+    let mut total = 0.0f32;
+    for i in 0..LANES as usize {
+        total += scratch[i];
+    }
+    sync_cube();
+    total
+}
+
+/// Maximum of `v` over the workgroup (as [`workgroup_sum`]).
+#[cube]
+fn workgroup_max(v: f32, scratch: &mut Shared<[f32]>) -> f32 {
+    let tid = UNIT_POS as usize;
+    scratch[tid] = v;
+    sync_cube();
+    let mut best = scratch[0];
+    for i in 1..LANES as usize {
+        best = max(best, scratch[i]);
+    }
+    sync_cube();
+    best
+}
+
+/// Copies position `p` of `x` (`cols` wide) into slot `slot` of `xs` (`cols` per slot),
+/// RMS-normalised with `norm_w` when `norm`, and each block's sum into slot `slot` of `sums`.
+/// Every invocation of the workgroup takes part (it has barriers: call it uniformly).
+#[cube]
+fn stage_input(
+    x: &[f32],
+    norm_w: &[f32],
+    xs: &mut Shared<[f32]>,
+    sums: &mut Shared<[f32]>,
+    scratch: &mut Shared<[f32]>,
+    p: usize,
+    slot: usize,
+    cols: usize,
+    eps: f32,
+    #[comptime] norm: bool,
+) {
+    let tid = UNIT_POS as usize;
+    let base = p * cols;
+    let to = slot * cols;
+    if norm {
+        let mut squares = 0.0f32;
+        let mut c = tid;
+        while c < cols {
+            let v = x[base + c];
+            squares += v * v;
+            c += LANES as usize;
+        }
+        let total = workgroup_sum(squares, scratch);
+        let rms = f32::sqrt(total / f32::cast_from(cols) + eps);
+        let mut c = tid;
+        while c < cols {
+            xs[to + c] = x[base + c] / rms * norm_w[c];
+            c += LANES as usize;
+        }
+    } else {
+        let mut c = tid;
+        while c < cols {
+            xs[to + c] = x[base + c];
+            c += LANES as usize;
+        }
+    }
+    sync_cube();
+    // Each block's sum (Q4_1's minimums multiply it): once here, not once per row.
+    let mut b = tid;
+    while b < cols / BLOCK {
+        let mut s = 0.0f32;
+        for i in 0..BLOCK {
+            s += xs[to + b * BLOCK + i];
+        }
+        sums[slot * (cols / BLOCK) + b] = s;
+        b += LANES as usize;
+    }
+    sync_cube();
+}
+
+/// Row `row` of a Q4_1 matrix (`rows` x `cols`) · each of the `tile` staged inputs, into
+/// `acc[0..tile]`: value = scale · nibble + min; a block's 4 words hold values 0..16 in their
+/// bytes' low nibbles and 16..32 in the high ones. Each weight is unpacked once and used for
+/// every staged position (prefill: `tile` positions per weight read; decode: 1). Stored
+/// column-major by word (see [`super::weights`]): neighbouring invocations (rows) read
+/// neighbouring words, one coalesced load on a GPU and one vector load on lavapipe.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn dot_q4_1(
+    words: &[u32],
+    scales: &[f32],
+    mins: &[f32],
+    xs: &Shared<[f32]>,
+    sums: &Shared<[f32]>,
+    row: usize,
+    rows: usize,
+    cols: usize,
+    acc: &mut Array<f32>,
+    qx: &mut Array<f32>,
+    #[comptime] tile: usize,
+) {
+    let per_row = cols / BLOCK;
+    #[unroll]
+    for t in 0..tile {
+        acc[t] = 0.0;
+    }
+    for b in 0..per_row {
+        let x0 = b * BLOCK;
+        #[unroll]
+        for t in 0..tile {
+            qx[t] = 0.0;
+        }
+        #[unroll]
+        for w in 0..4usize {
+            let word = words[(b * 4 + w) * rows + row];
+            #[unroll]
+            for k in 0..4usize {
+                let byte = (word >> (8 * k as u32)) & 0xff;
+                let lo = f32::cast_from(byte & 0x0f);
+                let hi = f32::cast_from(byte >> 4);
+                #[unroll]
+                for t in 0..tile {
+                    let at = t * cols + x0 + 4 * w + k;
+                    qx[t] += lo * xs[at] + hi * xs[at + 16];
+                }
+            }
+        }
+        let d = scales[b * rows + row];
+        let m = mins[b * rows + row];
+        #[unroll]
+        for t in 0..tile {
+            acc[t] += d * qx[t] + m * sums[t * per_row + b];
+        }
+    }
+}
+
+/// Row `row` of a Q8_0 matrix · `xs`: value = scale · signed byte, 8 words per block.
+#[cube]
+fn dot_q8_0(
+    words: &[u32],
+    scales: &[f32],
+    xs: &Shared<[f32]>,
+    row: usize,
+    rows: usize,
+    cols: usize,
+) -> f32 {
+    let per_row = cols / BLOCK;
+    let mut acc = 0.0f32;
+    for b in 0..per_row {
+        let x0 = b * BLOCK;
+        let mut qx = 0.0f32;
+        #[unroll]
+        for w in 0..8usize {
+            let word = words[(b * 8 + w) * rows + row];
+            #[unroll]
+            for k in 0..4usize {
+                let byte = (word >> (8 * k as u32)) & 0xff;
+                let mut q = f32::cast_from(byte);
+                if byte > 127 {
+                    q -= 256.0;
+                }
+                qx += q * xs[x0 + 4 * w + k];
+            }
+        }
+        acc += scales[b * rows + row] * qx;
+    }
+    acc
+}
+
+/// `out[p, r] (+)= W[r] · norm?(x[p])` for a Q4_1 matrix: grid `(rows / ROWS, positions /
+/// tile)`, `tile` positions per workgroup. `residual` adds to `out` (the residual stream)
+/// instead of writing it.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_q4_1(
+    x: &[f32],
+    norm_w: &[f32],
+    words: &[u32],
+    scales: &[f32],
+    mins: &[f32],
+    out: &mut [f32],
+    n: usize,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    #[comptime] max_cols: usize,
+    #[comptime] norm: bool,
+    #[comptime] residual: bool,
+    #[comptime] tile: usize,
+) {
+    let mut xs = Shared::new_slice(tile * max_cols);
+    let mut sums = Shared::new_slice(tile * max_cols / BLOCK);
+    let mut scratch = Shared::new_slice(LANES as usize);
+    let p0 = CUBE_POS_Y as usize * tile;
+    for t in 0..tile {
+        // Past the last position: stage the last one again (barriers stay uniform).
+        let p = min(p0 + t, n - 1);
+        stage_input(
+            x,
+            norm_w,
+            &mut xs,
+            &mut sums,
+            &mut scratch,
+            p,
+            t,
+            cols,
+            eps,
+            norm,
+        );
+    }
+    let row = CUBE_POS_X as usize * ROWS as usize + UNIT_POS as usize;
+    if row < rows {
+        let mut acc = Array::<f32>::new(tile);
+        let mut qx = Array::<f32>::new(tile);
+        dot_q4_1(
+            words, scales, mins, &xs, &sums, row, rows, cols, &mut acc, &mut qx, tile,
+        );
+        #[unroll]
+        for t in 0..tile {
+            let p = p0 + t;
+            if p < n {
+                if residual {
+                    out[p * rows + row] += acc[t];
+                } else {
+                    out[p * rows + row] = acc[t];
+                }
+            }
+        }
+    }
+}
+
+/// `h[p, r] = silu(G[r] · n) · (U[r] · n)` with `n = RMSNorm(x[p])`: the feed-forward's first
+/// half in one dispatch (grid `(rows / ROWS, positions / tile)`).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn swiglu_q4_1(
+    x: &[f32],
+    norm_w: &[f32],
+    gate_words: &[u32],
+    gate_scales: &[f32],
+    gate_mins: &[f32],
+    up_words: &[u32],
+    up_scales: &[f32],
+    up_mins: &[f32],
+    h: &mut [f32],
+    n: usize,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    #[comptime] max_cols: usize,
+    #[comptime] tile: usize,
+) {
+    let mut xs = Shared::new_slice(tile * max_cols);
+    let mut sums = Shared::new_slice(tile * max_cols / BLOCK);
+    let mut scratch = Shared::new_slice(LANES as usize);
+    let p0 = CUBE_POS_Y as usize * tile;
+    for t in 0..tile {
+        let p = min(p0 + t, n - 1);
+        stage_input(
+            x,
+            norm_w,
+            &mut xs,
+            &mut sums,
+            &mut scratch,
+            p,
+            t,
+            cols,
+            eps,
+            true,
+        );
+    }
+    let row = CUBE_POS_X as usize * ROWS as usize + UNIT_POS as usize;
+    if row < rows {
+        let mut g = Array::<f32>::new(tile);
+        let mut u = Array::<f32>::new(tile);
+        let mut qx = Array::<f32>::new(tile);
+        dot_q4_1(
+            gate_words,
+            gate_scales,
+            gate_mins,
+            &xs,
+            &sums,
+            row,
+            rows,
+            cols,
+            &mut g,
+            &mut qx,
+            tile,
+        );
+        dot_q4_1(
+            up_words, up_scales, up_mins, &xs, &sums, row, rows, cols, &mut u, &mut qx, tile,
+        );
+        #[unroll]
+        for t in 0..tile {
+            let p = p0 + t;
+            if p < n {
+                h[p * rows + row] = g[t] / (1.0 + f32::exp(-g[t])) * u[t];
+            }
+        }
+    }
+}
+
+/// `out[r] = W[r] · RMSNorm(x[p])` for a Q8_0 matrix at one position `p` (the logits of the
+/// last position against the tied embedding): grid `(rows / ROWS)`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn logits_q8_0(
+    x: &[f32],
+    norm_w: &[f32],
+    words: &[u32],
+    scales: &[f32],
+    out: &mut [f32],
+    p: usize,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    #[comptime] max_cols: usize,
+) {
+    let mut xs = Shared::new_slice(max_cols);
+    let mut sums = Shared::new_slice(max_cols / BLOCK);
+    let mut scratch = Shared::new_slice(LANES as usize);
+    stage_input(
+        x,
+        norm_w,
+        &mut xs,
+        &mut sums,
+        &mut scratch,
+        p,
+        0,
+        cols,
+        eps,
+        true,
+    );
+    let row = CUBE_POS_X as usize * ROWS as usize + UNIT_POS as usize;
+    if row < rows {
+        out[row] = dot_q8_0(words, scales, &xs, row, rows, cols);
+    }
+}
+
+/// `x[p] = embedding row tokens[p]` (Q8_0): grid `(positions)`.
+#[cube(launch_unchecked)]
+pub fn embed_q8_0(
+    tokens: &[u32],
+    words: &[u32],
+    scales: &[f32],
+    x: &mut [f32],
+    rows: usize,
+    cols: usize,
+) {
+    let p = CUBE_POS_X as usize;
+    let id = tokens[p] as usize;
+    let mut c = UNIT_POS as usize;
+    while c < cols {
+        let b = c / BLOCK;
+        let within = c % BLOCK;
+        let word = words[(b * 8 + within / 4) * rows + id];
+        let byte = (word >> (8 * (within % 4) as u32)) & 0xff;
+        let mut q = f32::cast_from(byte);
+        if byte > 127 {
+            q -= 256.0;
+        }
+        x[p * cols + c] = scales[b * rows + id] * q;
+        c += LANES as usize;
+    }
+}
+
+/// RoPE on the queries and keys of `qkv[p] = [q (heads·hd) | k (kv·hd) | v (kv·hd)]` (adjacent
+/// pairs, angles from the host's f64 tables), queries rotated in place, keys and values written
+/// to the caches at position `start + p` of layer `layer`: grid `(positions)`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv(
+    qkv: &mut [f32],
+    cos: &[f32],
+    sin: &[f32],
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    start: usize,
+    layer: usize,
+    q_dim: usize,
+    kv_dim: usize,
+    head_dim: usize,
+    max_positions: usize,
+) {
+    let p = CUBE_POS_X as usize;
+    let pos = start + p;
+    let width = q_dim + 2 * kv_dim;
+    let half = head_dim / 2;
+    let row = p * width;
+    let cache_row = (layer * max_positions + pos) * kv_dim;
+    // Pairs of the queries and keys, then the values.
+    let pairs = (q_dim + kv_dim) / 2;
+    let mut j = UNIT_POS as usize;
+    while j < pairs + kv_dim {
+        if j < pairs {
+            let i = j % half;
+            let c = cos[pos * half + i];
+            let s = sin[pos * half + i];
+            let x0 = qkv[row + 2 * j];
+            let x1 = qkv[row + 2 * j + 1];
+            let r0 = x0 * c - x1 * s;
+            let r1 = x0 * s + x1 * c;
+            if 2 * j < q_dim {
+                qkv[row + 2 * j] = r0;
+                qkv[row + 2 * j + 1] = r1;
+            } else {
+                let at = 2 * j - q_dim;
+                k_cache[cache_row + at] = r0;
+                k_cache[cache_row + at + 1] = r1;
+            }
+        } else {
+            let at = j - pairs;
+            v_cache[cache_row + at] = qkv[row + q_dim + kv_dim + at];
+        }
+        j += LANES as usize;
+    }
+}
+
+/// Attention of query head `CUBE_POS_X` at position `start + CUBE_POS_Y` over every cached
+/// key up to it (causal): scores, softmax and the weighted values in one workgroup; the
+/// scores stay in workgroup memory (`max_positions` f32: 8 KB for 2,048). Writes
+/// `ctx[p, head·hd..]`. `head_dim` must equal [`LANES`].
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    qkv: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    ctx: &mut [f32],
+    start: usize,
+    layer: usize,
+    q_dim: usize,
+    kv_dim: usize,
+    group: usize,
+    scale: f32,
+    #[comptime] max_positions: usize,
+    #[comptime] head_dim: usize,
+) {
+    let mut scores = Shared::new_slice(max_positions);
+    let mut q = Shared::new_slice(head_dim);
+    let mut scratch = Shared::new_slice(LANES as usize);
+    let h = CUBE_POS_X as usize;
+    let p = CUBE_POS_Y as usize;
+    let tid = UNIT_POS as usize;
+    let kvh = h / group;
+    let total = start + p + 1;
+    let width = q_dim + 2 * kv_dim;
+    q[tid] = qkv[p * width + h * head_dim + tid];
+    sync_cube();
+    let cache0 = layer * max_positions * kv_dim + kvh * head_dim;
+    let mut best = f32::new(-3.0e38);
+    let mut t = tid;
+    while t < total {
+        let k0 = cache0 + t * kv_dim;
+        let mut s = 0.0f32;
+        for d in 0..head_dim {
+            s += q[d] * k_cache[k0 + d];
+        }
+        s /= scale;
+        scores[t] = s;
+        best = max(best, s);
+        t += LANES as usize;
+    }
+    let best = workgroup_max(best, &mut scratch);
+    let mut sum = 0.0f32;
+    let mut t = tid;
+    while t < total {
+        let e = f32::exp(scores[t] - best);
+        scores[t] = e;
+        sum += e;
+        t += LANES as usize;
+    }
+    let sum = workgroup_sum(sum, &mut scratch);
+    let mut acc = 0.0f32;
+    for t in 0..total {
+        acc += scores[t] * v_cache[cache0 + t * kv_dim + tid];
+    }
+    ctx[p * q_dim + h * head_dim + tid] = acc / sum;
+}
+
+/// `out[0] = argmax(logits)` (the last of equal maxima, as the CPU's `max_by`), `out[1]` = its
+/// logit's bits: one
+/// workgroup, so a greedy token reads back 8 bytes instead of the whole row.
+#[cube(launch_unchecked)]
+pub fn argmax(logits: &[f32], out: &mut [u32], vocab: usize) {
+    let mut values = Shared::new_slice(LANES as usize);
+    let mut ids = Shared::new_slice(LANES as usize);
+    let tid = UNIT_POS as usize;
+    let mut best = f32::new(-3.0e38);
+    let mut best_id = vocab;
+    let mut i = tid;
+    while i < vocab {
+        let v = logits[i];
+        if v >= best {
+            best = v;
+            best_id = i;
+        }
+        i += LANES as usize;
+    }
+    values[tid] = best;
+    ids[tid] = best_id as u32;
+    sync_cube();
+    if tid == 0 {
+        let mut b = values[0];
+        let mut id = ids[0];
+        for j in 1..LANES as usize {
+            let v = values[j];
+            if v > b || (v == b && ids[j] > id) {
+                b = v;
+                id = ids[j];
+            }
+        }
+        out[0] = id;
+        out[1] = u32::reinterpret(b);
+    }
+}
