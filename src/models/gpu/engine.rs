@@ -36,8 +36,9 @@ struct Layer {
     /// Q, K and V stacked: `[q_dim + 2·kv_dim, dim]`.
     qkv: QMatrix,
     o: QMatrix,
-    gate: QMatrix,
-    up: QMatrix,
+    /// Gate and up stacked: `[2·ffn, dim]` (one buffer set: WebGPU allows 8 storage
+    /// buffers per shader by default, and separate matrices made the SwiGLU kernel bind 9).
+    gate_up: QMatrix,
     down: QMatrix,
 }
 
@@ -146,6 +147,9 @@ impl Engine {
         let mut weight_bytes = 0;
         for i in 0..c.layers {
             let n = |part: &str| format!("blk.{i}.{part}.weight");
+            let mut gate_up = HostBlocks::default();
+            gate_up.push(gguf, &n("ffn_gate"), [c.ffn_dim, d])?;
+            gate_up.push(gguf, &n("ffn_up"), [c.ffn_dim, d])?;
             let mut qkv = HostBlocks::default();
             qkv.push(gguf, &n("attn_q"), [d, d])?;
             qkv.push(gguf, &n("attn_k"), [kv, d])?;
@@ -155,11 +159,10 @@ impl Engine {
                 ffn_norm: weights::upload_f32(&client, gguf, &n("ffn_norm"), d)?,
                 qkv: qkv.upload(&client)?,
                 o: weights::upload(&client, gguf, &n("attn_output"), [d, d])?,
-                gate: weights::upload(&client, gguf, &n("ffn_gate"), [c.ffn_dim, d])?,
-                up: weights::upload(&client, gguf, &n("ffn_up"), [c.ffn_dim, d])?,
+                gate_up: gate_up.upload(&client)?,
                 down: weights::upload(&client, gguf, &n("ffn_down"), [d, c.ffn_dim])?,
             };
-            for m in [&layer.qkv, &layer.o, &layer.gate, &layer.up, &layer.down] {
+            for m in [&layer.qkv, &layer.o, &layer.gate_up, &layer.down] {
                 if m.quant != Quant::Q4_1 {
                     return Err(Error::Backend(format!(
                         "the GPU engine's block kernels read Q4_1; block {i} has {:?}",
@@ -460,8 +463,7 @@ impl Engine {
                     tile(d),
                 )
             };
-            let (gw, gs, gm) = q4(&w.gate);
-            let (uw, us, um) = q4(&w.up);
+            let (gw, gs, gm) = q4(&w.gate_up);
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -474,9 +476,6 @@ impl Engine {
                     gw,
                     gs,
                     gm,
-                    uw,
-                    us,
-                    um,
                     arg(&h, n * ffn),
                     n,
                     ffn,

@@ -266,18 +266,16 @@ pub fn matvec_q4_1(
 }
 
 /// `h[p, r] = silu(G[r] · n) · (U[r] · n)` with `n = RMSNorm(x[p])`: the feed-forward's first
-/// half in one dispatch (grid `(rows / ROWS, positions / tile)`).
+/// half in one dispatch (grid `(rows / ROWS, positions / tile)`). `G` and `U` are one stacked
+/// `[2·rows, cols]` matrix (gate rows first), so the kernel binds 6 storage buffers.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn swiglu_q4_1(
     x: &[f32],
     norm_w: &[f32],
-    gate_words: &[u32],
-    gate_scales: &[f32],
-    gate_mins: &[f32],
-    up_words: &[u32],
-    up_scales: &[f32],
-    up_mins: &[f32],
+    words: &[u32],
+    scales: &[f32],
+    mins: &[f32],
     h: &mut [f32],
     n: usize,
     rows: usize,
@@ -310,21 +308,22 @@ pub fn swiglu_q4_1(
         let mut g = Array::<f32>::new(tile);
         let mut u = Array::<f32>::new(tile);
         let mut qx = Array::<f32>::new(tile);
+        let stacked = 2 * rows;
         dot_q4_1(
-            gate_words,
-            gate_scales,
-            gate_mins,
-            &xs,
-            &sums,
-            row,
-            rows,
-            cols,
-            &mut g,
-            &mut qx,
-            tile,
+            words, scales, mins, &xs, &sums, row, stacked, cols, &mut g, &mut qx, tile,
         );
         dot_q4_1(
-            up_words, up_scales, up_mins, &xs, &sums, row, rows, cols, &mut u, &mut qx, tile,
+            words,
+            scales,
+            mins,
+            &xs,
+            &sums,
+            rows + row,
+            stacked,
+            cols,
+            &mut u,
+            &mut qx,
+            tile,
         );
         #[unroll]
         for t in 0..tile {
