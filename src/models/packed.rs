@@ -370,9 +370,11 @@ impl PackedMatrix {
 /// ([`crate::models::spin`]) hands work over in well under a microsecond while its helpers
 /// spin, so every product of decoding (the smallest, K and V, are 0.11 M) is split; below
 /// this the split would cost more than the product.
+#[cfg(not(target_arch = "wasm32"))]
 const PARALLEL_MIN_MACS: usize = 32 << 10;
 
 /// Tasks per thread of the decode pool a product is split into.
+#[cfg(not(target_arch = "wasm32"))]
 const TASKS_PER_THREAD: usize = 4;
 
 /// Runs `f(first row, out rows)` over `out` (`[rows, n]`, row-major) in contiguous row ranges,
@@ -384,9 +386,9 @@ fn for_row_ranges(
     macs: usize,
     f: impl Fn(usize, &mut [f32]) + Send + Sync,
 ) {
-    let n = out.len() / rows.max(1);
     #[cfg(not(target_arch = "wasm32"))]
     if macs >= PARALLEL_MIN_MACS && rows > 1 {
+        let n = out.len() / rows;
         let pool = crate::models::spin::Pool::global();
         // A few tasks per thread, claimed as threads come free: a thread slowed by other work
         // on the machine does less of the product instead of holding it up.
@@ -412,7 +414,7 @@ fn for_row_ranges(
         });
         return;
     }
-    let _ = macs;
+    let _ = (rows, macs);
     f(0, out);
 }
 
