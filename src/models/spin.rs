@@ -130,7 +130,11 @@ impl Pool {
         // drained it), so nobody reads `job` now.
         unsafe { *s.job.get() = Some(Job { f: f_static, tasks }) };
         s.next.store(0, SeqCst);
-        s.inside.store(0, SeqCst); // open
+        // Open, keeping the count: a helper that arrived after the previous job was closed
+        // (and after its caller had seen `inside` drain) may still be between its increment and
+        // its decrement. Storing 0 here erased its increment, its decrement then wrapped the
+        // count, and this caller waited for it forever (the refusal-tuning test hung).
+        s.inside.fetch_and(!CLOSED, SeqCst);
         s.epoch.fetch_add(1, SeqCst);
         if s.sleeping.load(SeqCst) > 0 {
             let _l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -230,6 +234,33 @@ mod tests {
         for c in &counts {
             assert_eq!(c.load(SeqCst), 2000);
         }
+    }
+
+    #[test]
+    fn a_helper_leaving_a_closed_job_late_does_not_hang_the_next_job() {
+        // What a descheduled helper does: it counts itself in after the caller closed the
+        // job and saw it drain, and counts itself out only while the next job runs.
+        let pool = Arc::new(Pool::new(2));
+        pool.run(4, &|_| {});
+        pool.shared.inside.fetch_add(1, SeqCst); // the late helper arrives: closed, it stays out
+        let release = Arc::new(AtomicBool::new(false));
+        let (done, finished) = std::sync::mpsc::channel();
+        let (runner, held) = (pool.clone(), release.clone());
+        std::thread::spawn(move || {
+            // The next job's tasks hold until the late helper has left.
+            runner.run(2, &|_| {
+                while !held.load(SeqCst) {
+                    std::hint::spin_loop();
+                }
+            });
+            done.send(()).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        pool.shared.inside.fetch_sub(1, SeqCst); // ... and leaves
+        release.store(true, SeqCst);
+        finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the next job finished (it waited forever when opening reset the count)");
     }
 
     #[test]
