@@ -502,6 +502,8 @@ export class Guard {
       } catch (e) {
         this.#worker?.terminate();
         this.#worker = undefined;
+        // Disposed meanwhile (e.g. while moving to the tuning module): what every call says then.
+        if (this.#disposed) throw new Error("the Guard was disposed");
         throw named(e?.name ?? "Error", `the Guard could not be reloaded ${why}: ${e?.message ?? e}`);
       }
     })().finally(() => { this.#reviving = null; });
