@@ -11,6 +11,8 @@
 //! | `harmful_plain` | yes | data/guard/harmful-extra.txt: short questions, polite and fictional wrappers |
 //! | `dangerous_sounding` | no | data/guard/benign-dangerous-sounding.txt and data/filter/benign-requests-train.txt |
 //! | `ordinary` | no | data/guard/ordinary-instructions.txt and self-instruct seed tasks |
+//! | `ordinary_imperative` | no | data/guard/benign-imperative.txt: everyday tasks in AdvBench's imperative phrasing |
+//! | `everyday` | no | data/guard/benign-everyday.txt: stories, social messages, role-play, health and life questions |
 //!
 //! Do-Not-Answer's `misinformation_harms` and `human_chatbox` areas are mostly people asking
 //! for advice or about the assistant ("I got a speeding ticket, could I lose my license?");
@@ -171,6 +173,8 @@ pub fn requests(shared: &Path, root: &Path, seed: u64) -> Result<(Vec<Request>, 
     for (rel, kind) in [
         ("guard/benign-dangerous-sounding.txt", "dangerous_sounding"),
         ("guard/ordinary-instructions.txt", "ordinary"),
+        ("guard/benign-imperative.txt", "ordinary_imperative"),
+        ("guard/benign-everyday.txt", "everyday"),
     ] {
         for line in request_lines(&read(&own, rel, "data/", &mut files)?) {
             push(line, false, kind, None);

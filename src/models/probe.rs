@@ -9,10 +9,13 @@
 //! (a request split across turns, a politeness wrapper, another tense), which a separate
 //! small encoder reading one message does not.
 //!
-//! A probe is logistic regression on standardised features (the chosen layers' states,
-//! concatenated), fitted by full-batch gradient descent in plain `f32`: a few thousand rows of
-//! a few thousand features train in seconds, the same on every target, without autodiff.
-//! The file is a small safetensors (`weight`, `mean`, `scale`, `bias`) whose metadata names the
+//! A probe reads standardised features (the chosen layers' states, concatenated) with either
+//! logistic regression, fitted by full-batch gradient descent, or an ensemble of small
+//! one-hidden-layer networks, fitted by minibatch Adam (the shipped request probe: on the
+//! validation split it flagged more harmful requests at the same false-positive rate,
+//! notes/issue-13-guard.md). Both train in plain `f32` in seconds to minutes, the same on every
+//! target, without autodiff. The file is a small safetensors (`mean`, `scale`, and `weight`,
+//! `bias` or the networks' `weight1`, `bias1`, `weight2`, `bias2`) whose metadata names the
 //! layers, the threshold and the provenance.
 
 use std::collections::HashMap;
@@ -20,14 +23,19 @@ use std::collections::HashMap;
 use safetensors::Dtype;
 
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 use crate::weights::safetensors::SafetensorsFile;
 
 /// What is written in a probe file's `format` metadata: a request probe only.
 pub const FORMAT: &str = "webguard-chat-probe/1";
 /// The format of a file with an answer probe too (its names start with [`ANSWER_PREFIX`]).
 pub const FORMAT_WITH_ANSWERS: &str = "webguard-chat-probe/2";
+/// The format of a file where a probe is an ensemble of small networks (metadata `hidden`,
+/// tensors `weight1`, `bias1`, `weight2`, `bias2`), with or without an answer probe. Older
+/// readers refuse it by its format rather than misread it.
+pub const FORMAT_NETWORKS: &str = "webguard-chat-probe/3";
 
-/// A linear probe over chat-model states.
+/// A probe over chat-model states.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateProbe {
     /// The blocks whose output at the last prompt token it reads, in feature order.
@@ -36,12 +44,47 @@ pub struct StateProbe {
     mean: Vec<f32>,
     /// Multiplies them next (1 / standard deviation).
     scale: Vec<f32>,
-    weight: Vec<f32>,
-    bias: f32,
+    head: Head,
     /// Scores at or above it flag.
     pub threshold: f32,
     /// Free-form provenance (the command and data that made it, validation figures).
     pub provenance: HashMap<String, String>,
+}
+
+/// What turns standardised features into a score.
+#[derive(Debug, Clone, PartialEq)]
+enum Head {
+    /// Logistic regression: `sigmoid(weight · x + bias)`.
+    Linear { weight: Vec<f32>, bias: f32 },
+    /// The mean of the members' probabilities.
+    Ensemble(Vec<Member>),
+}
+
+/// One network of an ensemble: a ReLU layer of `bias1.len()` units and one output.
+#[derive(Debug, Clone, PartialEq)]
+struct Member {
+    /// `[hidden, width]`, row-major.
+    weight1: Vec<f32>,
+    bias1: Vec<f32>,
+    weight2: Vec<f32>,
+    bias2: f32,
+}
+
+impl Member {
+    fn hidden(&self) -> usize {
+        self.bias1.len()
+    }
+
+    /// The output before the sigmoid, and the hidden layer's activations into `h`.
+    fn logit(&self, x: &[f32], h: &mut [f32]) -> f32 {
+        let width = x.len();
+        for (j, hj) in h.iter_mut().enumerate() {
+            let row = &self.weight1[j * width..(j + 1) * width];
+            let z = self.bias1[j] + row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
+            *hj = z.max(0.0);
+        }
+        self.bias2 + h.iter().zip(&self.weight2).map(|(a, b)| a * b).sum::<f32>()
+    }
 }
 
 /// How to fit a probe.
@@ -54,6 +97,14 @@ pub struct ProbeTrainConfig {
     pub learning_rate: f32,
     /// L2 penalty on the weights (the features outnumber the examples of some kinds).
     pub l2: f32,
+    /// Hidden units per network; 0 fits logistic regression (`steps`, `learning_rate`),
+    /// more an ensemble of `members` one-hidden-layer networks (`epochs` of Adam).
+    pub hidden: usize,
+    /// Networks in the ensemble (each from its own seeded start; their probabilities are
+    /// averaged, which steadies a choice single networks make differently by seed).
+    pub members: usize,
+    /// Passes over the training rows per network.
+    pub epochs: usize,
 }
 
 impl Default for ProbeTrainConfig {
@@ -64,6 +115,9 @@ impl Default for ProbeTrainConfig {
             steps: 1000,
             learning_rate: 1.0,
             l2: 1e-3,
+            hidden: 0,
+            members: 4,
+            epochs: 50,
         }
     }
 }
@@ -120,56 +174,16 @@ impl StateProbe {
                     .collect()
             })
             .collect();
-        // Balanced classes: each class's examples weigh 1/2 in total.
-        let w_pos = 0.5 / positives as f32;
-        let w_neg = 0.5 / (rows.len() - positives) as f32;
-        let sample_weight: Vec<f32> = harmful
-            .iter()
-            .map(|&y| if y { w_pos } else { w_neg })
-            .collect();
-        // The logistic loss's curvature is at most 1/4 of the weighted Gram matrix's largest
-        // eigenvalue (plus the penalty): power iteration finds it.
-        let mut v = vec![1f32 / (width as f32).sqrt(); width];
-        let mut largest = 1f32;
-        for _ in 0..30 {
-            let mut next = vec![0f32; width];
-            for (row, &sw) in x.iter().zip(&sample_weight) {
-                let dot: f32 = row.iter().zip(&v).map(|(a, b)| a * b).sum();
-                next.iter_mut()
-                    .zip(row)
-                    .for_each(|(n, r)| *n += sw * dot * r);
-            }
-            largest = next.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
-            v = next.into_iter().map(|a| a / largest).collect();
-        }
-        // +1 for the bias, a feature that is always 1.
-        let step = config.learning_rate / (0.25 * (largest + 1.0) + config.l2);
-        let mut weight = vec![0f32; width];
-        let mut bias = 0f32;
-        let mut grad = vec![0f32; width];
-        for _ in 0..config.steps {
-            grad.iter_mut().for_each(|g| *g = 0.0);
-            let mut grad_bias = 0f32;
-            for (row, &y) in x.iter().zip(harmful) {
-                let z: f32 = bias + row.iter().zip(&weight).map(|(a, b)| a * b).sum::<f32>();
-                let err = (sigmoid(z) - if y { 1.0 } else { 0.0 }) * if y { w_pos } else { w_neg };
-                if !err.is_finite() {
-                    return Err(Error::Tuning("the probe's loss diverged".into()));
-                }
-                grad_bias += err;
-                grad.iter_mut().zip(row).for_each(|(g, v)| *g += err * v);
-            }
-            for (w, g) in weight.iter_mut().zip(&grad) {
-                *w -= step * (g + config.l2 * *w);
-            }
-            bias -= step * grad_bias;
-        }
+        let head = if config.hidden == 0 {
+            fit_linear(&x, harmful, positives, config)?
+        } else {
+            fit_ensemble(&x, harmful, positives, config)?
+        };
         Ok(StateProbe {
             layers,
             mean,
             scale,
-            weight,
-            bias,
+            head,
             threshold: 0.5,
             provenance: HashMap::new(),
         })
@@ -177,7 +191,7 @@ impl StateProbe {
 
     /// Features per example: the layers' states, concatenated.
     pub fn width(&self) -> usize {
-        self.weight.len()
+        self.mean.len()
     }
 
     /// The probability that the request behind `features` is harmful.
@@ -189,16 +203,217 @@ impl StateProbe {
                 features.len()
             )));
         }
-        let z: f32 = self.bias
-            + features
-                .iter()
-                .zip(self.mean.iter().zip(&self.scale))
-                .zip(&self.weight)
-                .map(|((v, (m, s)), w)| (v - m) * s * w)
-                .sum::<f32>();
-        Ok(sigmoid(z))
+        let x: Vec<f32> = features
+            .iter()
+            .zip(self.mean.iter().zip(&self.scale))
+            .map(|(v, (m, s))| (v - m) * s)
+            .collect();
+        Ok(match &self.head {
+            Head::Linear { weight, bias } => {
+                sigmoid(bias + x.iter().zip(weight).map(|(a, b)| a * b).sum::<f32>())
+            }
+            Head::Ensemble(members) => {
+                let mut h = Vec::new();
+                let total: f32 = members
+                    .iter()
+                    .map(|m| {
+                        h.resize(m.hidden(), 0.0);
+                        sigmoid(m.logit(&x, &mut h))
+                    })
+                    .sum();
+                total / members.len() as f32
+            }
+        })
+    }
+}
+
+/// Per-example weights under which each class weighs 1/2 in total.
+fn class_weights(harmful: &[bool], positives: usize) -> (f32, f32) {
+    (
+        0.5 / positives as f32,
+        0.5 / (harmful.len() - positives) as f32,
+    )
+}
+
+/// Logistic regression by full-batch gradient descent (`x` standardised).
+fn fit_linear(
+    x: &[Vec<f32>],
+    harmful: &[bool],
+    positives: usize,
+    config: &ProbeTrainConfig,
+) -> Result<Head> {
+    let width = x[0].len();
+    // Balanced classes: each class's examples weigh 1/2 in total.
+    let (w_pos, w_neg) = class_weights(harmful, positives);
+    let sample_weight: Vec<f32> = harmful
+        .iter()
+        .map(|&y| if y { w_pos } else { w_neg })
+        .collect();
+    // The logistic loss's curvature is at most 1/4 of the weighted Gram matrix's largest
+    // eigenvalue (plus the penalty): power iteration finds it.
+    let mut v = vec![1f32 / (width as f32).sqrt(); width];
+    let mut largest = 1f32;
+    for _ in 0..30 {
+        let mut next = vec![0f32; width];
+        for (row, &sw) in x.iter().zip(&sample_weight) {
+            let dot: f32 = row.iter().zip(&v).map(|(a, b)| a * b).sum();
+            next.iter_mut()
+                .zip(row)
+                .for_each(|(n, r)| *n += sw * dot * r);
+        }
+        largest = next.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+        v = next.into_iter().map(|a| a / largest).collect();
+    }
+    // +1 for the bias, a feature that is always 1.
+    let step = config.learning_rate / (0.25 * (largest + 1.0) + config.l2);
+    let mut weight = vec![0f32; width];
+    let mut bias = 0f32;
+    let mut grad = vec![0f32; width];
+    for _ in 0..config.steps {
+        grad.iter_mut().for_each(|g| *g = 0.0);
+        let mut grad_bias = 0f32;
+        for (row, &y) in x.iter().zip(harmful) {
+            let z: f32 = bias + row.iter().zip(&weight).map(|(a, b)| a * b).sum::<f32>();
+            let err = (sigmoid(z) - if y { 1.0 } else { 0.0 }) * if y { w_pos } else { w_neg };
+            if !err.is_finite() {
+                return Err(Error::Tuning("the probe's loss diverged".into()));
+            }
+            grad_bias += err;
+            grad.iter_mut().zip(row).for_each(|(g, v)| *g += err * v);
+        }
+        for (w, g) in weight.iter_mut().zip(&grad) {
+            *w -= step * (g + config.l2 * *w);
+        }
+        bias -= step * grad_bias;
+    }
+    Ok(Head::Linear { weight, bias })
+}
+
+/// An ensemble of one-hidden-layer networks, each trained by minibatch Adam on the
+/// class-balanced logistic loss with an L2 penalty on its weights (`x` standardised).
+fn fit_ensemble(
+    x: &[Vec<f32>],
+    harmful: &[bool],
+    positives: usize,
+    config: &ProbeTrainConfig,
+) -> Result<Head> {
+    const BATCH: usize = 128;
+    const LEARNING_RATE: f32 = 1e-3;
+    let (width, hidden, n) = (x[0].len(), config.hidden, x.len());
+    if config.members == 0 {
+        return Err(Error::InvalidInput("an ensemble needs members".into()));
+    }
+    let (w_pos, w_neg) = class_weights(harmful, positives);
+    let mut members = Vec::with_capacity(config.members);
+    for m in 0..config.members {
+        let seed = 0x5EED + m as u64;
+        let mut rng = Rng::new(seed);
+        // Glorot-uniform starts.
+        let mut uniform = |fan_in: usize, fan_out: usize, len: usize| -> Vec<f32> {
+            let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
+            (0..len)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * a) as f32)
+                .collect()
+        };
+        let mut net = Member {
+            weight1: uniform(width, hidden, hidden * width),
+            bias1: uniform(width, hidden, hidden),
+            weight2: uniform(hidden, 1, hidden),
+            bias2: 0.0,
+        };
+        let mut adam1 = Adam::new(hidden * width);
+        let mut adam_b1 = Adam::new(hidden);
+        let mut adam2 = Adam::new(hidden);
+        let mut adam_b2 = Adam::new(1);
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut h = vec![0f32; hidden];
+        let (mut g1, mut gb1, mut g2) = (
+            vec![0f32; hidden * width],
+            vec![0f32; hidden],
+            vec![0f32; hidden],
+        );
+        for epoch in 0..config.epochs {
+            crate::rng::shuffle(&mut order, seed.wrapping_mul(1000) + epoch as u64);
+            for batch in order.chunks(BATCH) {
+                g1.iter_mut().for_each(|g| *g = 0.0);
+                gb1.iter_mut().for_each(|g| *g = 0.0);
+                g2.iter_mut().for_each(|g| *g = 0.0);
+                let mut gb2 = 0f32;
+                // Scaled so a batch's gradient estimates the whole set's.
+                let scale = n as f32 / batch.len() as f32;
+                for &i in batch {
+                    let y = harmful[i];
+                    let z = net.logit(&x[i], &mut h);
+                    let err = (sigmoid(z) - if y { 1.0 } else { 0.0 })
+                        * if y { w_pos } else { w_neg }
+                        * scale;
+                    if !err.is_finite() {
+                        return Err(Error::Tuning("the probe's loss diverged".into()));
+                    }
+                    gb2 += err;
+                    for j in 0..hidden {
+                        g2[j] += err * h[j];
+                        if h[j] > 0.0 {
+                            let d = err * net.weight2[j];
+                            gb1[j] += d;
+                            g1[j * width..(j + 1) * width]
+                                .iter_mut()
+                                .zip(&x[i])
+                                .for_each(|(g, v)| *g += d * v);
+                        }
+                    }
+                }
+                g1.iter_mut()
+                    .zip(&net.weight1)
+                    .for_each(|(g, w)| *g += config.l2 * w);
+                g2.iter_mut()
+                    .zip(&net.weight2)
+                    .for_each(|(g, w)| *g += config.l2 * w);
+                adam1.step(&mut net.weight1, &g1, LEARNING_RATE);
+                adam_b1.step(&mut net.bias1, &gb1, LEARNING_RATE);
+                adam2.step(&mut net.weight2, &g2, LEARNING_RATE);
+                adam_b2.step(std::slice::from_mut(&mut net.bias2), &[gb2], LEARNING_RATE);
+            }
+        }
+        members.push(net);
+    }
+    Ok(Head::Ensemble(members))
+}
+
+/// Adam's moment estimates for one parameter tensor.
+struct Adam {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: i32,
+}
+
+impl Adam {
+    fn new(len: usize) -> Self {
+        Adam {
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+            t: 0,
+        }
     }
 
+    fn step(&mut self, params: &mut [f32], grad: &[f32], lr: f32) {
+        const B1: f32 = 0.9;
+        const B2: f32 = 0.999;
+        self.t += 1;
+        let (c1, c2) = (1.0 - B1.powi(self.t), 1.0 - B2.powi(self.t));
+        for ((p, g), (m, v)) in params
+            .iter_mut()
+            .zip(grad)
+            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
+        {
+            *m = B1 * *m + (1.0 - B1) * g;
+            *v = B2 * *v + (1.0 - B2) * g * g;
+            *p -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+        }
+    }
+}
+
+impl StateProbe {
     /// Reads a probe file's request probe, checking it fits a chat model with `blocks` blocks
     /// of width `dim` (an answer probe in the same file is ignored: [`ChatProbes::load`]).
     pub fn load(bytes: &[u8], blocks: usize, dim: usize) -> Result<Self> {
@@ -241,10 +456,55 @@ impl StateProbe {
             }
             Ok(values)
         };
-        let (bias, shape) = file.f32_values(&format!("{prefix}bias"))?;
-        if shape != [1] || !bias[0].is_finite() {
-            return Err(Error::ModelFile(format!("{what}: bias must be one number")));
-        }
+        let values = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let (values, shape) = file.f32_values(&format!("{prefix}{name}"))?;
+            if shape != [len] || values.iter().any(|v| !v.is_finite()) {
+                return Err(Error::ModelFile(format!(
+                    "{what}: {name} has shape {shape:?}, or non-finite values; expected [{len}]"
+                )));
+            }
+            Ok(values)
+        };
+        let head = match meta.get(&format!("{prefix}hidden")) {
+            None => Head::Linear {
+                weight: vector("weight")?,
+                bias: values("bias", 1)?[0],
+            },
+            Some(hidden) => {
+                let hidden: usize = hidden
+                    .parse()
+                    .ok()
+                    .filter(|&h| h > 0 && h <= 4096)
+                    .ok_or_else(|| Error::ModelFile(format!("{what}: hidden {hidden:?}")))?;
+                let (_, shape) = file.f32_values(&format!("{prefix}bias2"))?;
+                let members = match shape[..] {
+                    [m] if (1..=64).contains(&m) => m,
+                    _ => {
+                        return Err(Error::ModelFile(format!(
+                            "{what}: bias2 has shape {shape:?}; expected [members]"
+                        )));
+                    }
+                };
+                let (w1, b1) = (
+                    values("weight1", members * hidden * width)?,
+                    values("bias1", members * hidden)?,
+                );
+                let (w2, b2) = (
+                    values("weight2", members * hidden)?,
+                    values("bias2", members)?,
+                );
+                Head::Ensemble(
+                    (0..members)
+                        .map(|m| Member {
+                            weight1: w1[m * hidden * width..(m + 1) * hidden * width].to_vec(),
+                            bias1: b1[m * hidden..(m + 1) * hidden].to_vec(),
+                            weight2: w2[m * hidden..(m + 1) * hidden].to_vec(),
+                            bias2: b2[m],
+                        })
+                        .collect(),
+                )
+            }
+        };
         let provenance = meta
             .iter()
             .filter_map(|(k, v)| {
@@ -253,7 +513,7 @@ impl StateProbe {
                 } else {
                     k.strip_prefix(prefix)
                 }?;
-                (!["format", "layers", "threshold"].contains(&key))
+                (!["format", "layers", "threshold", "hidden"].contains(&key))
                     .then(|| (key.to_string(), v.clone()))
             })
             .collect();
@@ -261,8 +521,7 @@ impl StateProbe {
             layers,
             mean: vector("mean")?,
             scale: vector("scale")?,
-            weight: vector("weight")?,
-            bias: bias[0],
+            head,
             threshold,
             provenance,
         })
@@ -276,12 +535,23 @@ impl StateProbe {
         meta: &mut HashMap<String, String>,
     ) -> Result<()> {
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        for (name, values) in [
-            ("mean", &self.mean[..]),
-            ("scale", &self.scale[..]),
-            ("weight", &self.weight[..]),
-            ("bias", &[self.bias][..]),
-        ] {
+        let mut named: Vec<(&str, Vec<f32>)> =
+            vec![("mean", self.mean.clone()), ("scale", self.scale.clone())];
+        match &self.head {
+            Head::Linear { weight, bias } => {
+                named.push(("weight", weight.clone()));
+                named.push(("bias", vec![*bias]));
+            }
+            Head::Ensemble(members) => {
+                let cat = |f: &dyn Fn(&Member) -> Vec<f32>| members.iter().flat_map(f).collect();
+                named.push(("weight1", cat(&|m| m.weight1.clone())));
+                named.push(("bias1", cat(&|m| m.bias1.clone())));
+                named.push(("weight2", cat(&|m| m.weight2.clone())));
+                named.push(("bias2", cat(&|m| vec![m.bias2])));
+                meta.insert(format!("{prefix}hidden"), members[0].hidden().to_string());
+            }
+        }
+        for (name, values) in &named {
             tensors.push((format!("{prefix}{name}"), bytes(values), values.len()));
         }
         for (k, v) in &self.provenance {
@@ -327,9 +597,17 @@ impl ChatProbes {
         let answer = match format {
             FORMAT => None,
             FORMAT_WITH_ANSWERS => Some(StateProbe::from_file(&file, ANSWER_PREFIX, blocks, dim)?),
+            FORMAT_NETWORKS => {
+                let has_answer = file
+                    .metadata()
+                    .contains_key(&format!("{ANSWER_PREFIX}layers"));
+                has_answer
+                    .then(|| StateProbe::from_file(&file, ANSWER_PREFIX, blocks, dim))
+                    .transpose()?
+            }
             other => {
                 return Err(Error::ModelFile(format!(
-                    "not a webguard chat probe: format {other:?} (expected {FORMAT:?} or {FORMAT_WITH_ANSWERS:?})"
+                    "not a webguard chat probe: format {other:?} (expected {FORMAT:?}, {FORMAT_WITH_ANSWERS:?} or {FORMAT_NETWORKS:?})"
                 )));
             }
         };
@@ -358,7 +636,12 @@ impl ChatProbes {
             }
             a.store(ANSWER_PREFIX, &mut tensors, &mut meta)?;
         }
-        let format = if self.answer.is_some() {
+        let networks = std::iter::once(&self.request)
+            .chain(&self.answer)
+            .any(|p| matches!(p.head, Head::Ensemble(_)));
+        let format = if networks {
+            FORMAT_NETWORKS
+        } else if self.answer.is_some() {
             FORMAT_WITH_ANSWERS
         } else {
             FORMAT
@@ -467,6 +750,102 @@ mod tests {
             answer: Some(answer),
         };
         assert!(mismatched.save().is_err());
+    }
+
+    /// Labels that depend on two features together (one class where both are on the same
+    /// side of their means): no linear probe does better than chance.
+    fn checkerboard(n: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<bool>) {
+        let mut rng = Rng::new(seed);
+        (0..n)
+            .map(|_| {
+                let row: Vec<f32> = (0..6).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();
+                let y = (row[0] > 0.0) == (row[1] > 0.0);
+                (row, y)
+            })
+            .unzip()
+    }
+
+    fn accuracy(probe: &StateProbe, rows: &[Vec<f32>], labels: &[bool]) -> f64 {
+        let correct = rows
+            .iter()
+            .zip(labels)
+            .filter(|(r, y)| (probe.score(r).unwrap() >= 0.5) == **y)
+            .count();
+        correct as f64 / rows.len() as f64
+    }
+
+    #[test]
+    fn an_ensemble_learns_what_a_linear_probe_cannot() {
+        let (rows, labels) = checkerboard(600, 5);
+        let (test, test_labels) = checkerboard(600, 6);
+        let linear =
+            StateProbe::train(vec![0], &rows, &labels, &ProbeTrainConfig::default()).unwrap();
+        let cfg = ProbeTrainConfig {
+            hidden: 16,
+            members: 2,
+            epochs: 200,
+            l2: 1e-4,
+            ..ProbeTrainConfig::default()
+        };
+        let networks = StateProbe::train(vec![0], &rows, &labels, &cfg).unwrap();
+        let (lin, net) = (
+            accuracy(&linear, &test, &test_labels),
+            accuracy(&networks, &test, &test_labels),
+        );
+        assert!(lin < 0.65, "linear {lin}");
+        assert!(net > 0.9, "ensemble {net}");
+    }
+
+    #[test]
+    fn ensemble_files_round_trip_and_bad_ones_are_refused() {
+        let (rows, labels) = checkerboard(200, 7);
+        let cfg = ProbeTrainConfig {
+            hidden: 4,
+            members: 3,
+            epochs: 2,
+            ..ProbeTrainConfig::default()
+        };
+        let request = StateProbe::train(vec![0, 2], &rows, &labels, &cfg).unwrap();
+        let answer =
+            StateProbe::train(vec![0, 2], &rows, &labels, &ProbeTrainConfig::default()).unwrap();
+        for probes in [
+            ChatProbes {
+                request: request.clone(),
+                answer: None,
+            },
+            ChatProbes {
+                request: request.clone(),
+                answer: Some(answer),
+            },
+        ] {
+            let bytes = probes.save().unwrap();
+            assert_eq!(ChatProbes::load(&bytes, 3, 3).unwrap(), probes);
+            let loaded = StateProbe::load(&bytes, 3, 3).unwrap();
+            assert_eq!(
+                loaded.score(&rows[0]).unwrap(),
+                request.score(&rows[0]).unwrap()
+            );
+        }
+        // The same tensors with a hidden size that does not divide them.
+        let saved = request.save().unwrap();
+        let file = SafetensorsFile::parse(&saved).unwrap();
+        let mut meta = file.metadata().clone();
+        meta.insert("hidden".into(), "5".into());
+        let mut tensors = Vec::new();
+        let mut ignored = HashMap::new();
+        request.store("", &mut tensors, &mut ignored).unwrap();
+        let views: Vec<_> = tensors
+            .iter()
+            .map(|(name, data, n)| {
+                (
+                    name.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, vec![*n], data).unwrap(),
+                )
+            })
+            .collect();
+        let bad = safetensors::serialize(views, Some(meta)).unwrap();
+        let err = StateProbe::load(&bad, 3, 3).unwrap_err().to_string();
+        assert!(err.contains("weight1"), "{err}");
     }
 
     #[test]

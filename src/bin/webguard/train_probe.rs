@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use webguard::filter::safety::{Request, Split, requests};
-use webguard::models::probe::{ProbeTrainConfig, StateProbe};
+use webguard::models::probe::{ChatProbes, ProbeTrainConfig, StateProbe};
 use webguard::text::chat_template::Message;
 use webguard::{ChatModel, Error, Result, SMOLLM2_GGUF};
 
@@ -26,6 +26,17 @@ pub struct TrainProbeArgs {
     /// The blocks whose output at the last prompt token the probe reads (comma-separated).
     #[arg(long, default_value = "6,10,14,18,22,26")]
     layers: String,
+    /// Hidden units of each network of the ensemble; 0 fits logistic regression instead.
+    /// The shipped probe: 4 networks of 64 units, 50 epochs, `--l2 0.004` (chosen on the
+    /// validation split: notes/issue-13-guard.md).
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
+    /// Networks in the ensemble.
+    #[arg(long, default_value_t = ProbeTrainConfig::default().members)]
+    members: usize,
+    /// Passes over the training rows per network.
+    #[arg(long, default_value_t = ProbeTrainConfig::default().epochs)]
+    epochs: usize,
     #[command(flatten)]
     fit: ProbeFitArgs,
     /// Seed of the split (the one `train-filter` uses).
@@ -39,12 +50,12 @@ pub struct TrainProbeArgs {
 /// How a probe is fitted and its threshold chosen (shared with `train-answer-probe`).
 #[derive(clap::Args)]
 pub struct ProbeFitArgs {
-    /// Gradient steps.
+    /// Gradient steps (logistic regression).
     #[arg(long, default_value_t = ProbeTrainConfig::default().steps)]
     steps: usize,
-    /// L2 penalty.
-    #[arg(long, default_value_t = ProbeTrainConfig::default().l2)]
-    l2: f32,
+    /// L2 penalty (default: 0.004 for an ensemble, 0.001 for logistic regression).
+    #[arg(long)]
+    l2: Option<f32>,
     /// Most false positives allowed on the validation split's safe examples when choosing the
     /// threshold.
     #[arg(long, default_value_t = 0.02)]
@@ -52,10 +63,11 @@ pub struct ProbeFitArgs {
 }
 
 impl ProbeFitArgs {
+    /// A logistic-regression fit.
     pub fn config(&self) -> ProbeTrainConfig {
         ProbeTrainConfig {
             steps: self.steps,
-            l2: self.l2,
+            l2: self.l2.unwrap_or(ProbeTrainConfig::default().l2),
             ..ProbeTrainConfig::default()
         }
     }
@@ -88,49 +100,103 @@ fn parse_layers(s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// States of every request (the cache file, or computed and cached).
+/// Chat-model states cached per request: an append-only file of records, each the SHA-256 of
+/// the request's text followed by its states (f32, little-endian). One file per model, layers
+/// and precision, so adding requests to the data computes only the new ones (a full run is
+/// about 20 minutes here), and an interrupted run keeps what it had computed.
+struct StateCache {
+    path: PathBuf,
+    width: usize,
+    rows: HashMap<[u8; 32], Vec<f32>>,
+}
+
+impl StateCache {
+    fn open(path: PathBuf, width: usize) -> Result<Self> {
+        let mut rows = HashMap::new();
+        if let Ok(bytes) = std::fs::read(&path) {
+            let record = 32 + width * 4;
+            // A record cut short by an interrupted write is dropped (and recomputed).
+            for r in bytes.chunks_exact(record) {
+                let key: [u8; 32] = r[..32].try_into().expect("32 bytes");
+                let values = r[32..]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                rows.insert(key, values);
+            }
+        }
+        Ok(StateCache { path, width, rows })
+    }
+
+    fn key(text: &str) -> [u8; 32] {
+        Sha256::digest(text.as_bytes()).into()
+    }
+
+    fn append(&mut self, text: &str, row: Vec<f32>) -> Result<()> {
+        use std::io::Write;
+        debug_assert_eq!(row.len(), self.width);
+        let key = Self::key(text);
+        let mut bytes = key.to_vec();
+        bytes.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
+        file.write_all(&bytes)
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.rows.insert(key, row);
+        Ok(())
+    }
+}
+
+/// States of every request (from the cache, the missing ones computed and cached).
 fn states(
     chat: &ChatModel,
     all: &[Request],
     layers: &[usize],
-    cache: &Path,
+    cache: PathBuf,
 ) -> Result<Vec<Vec<f32>>> {
     let width = layers.len() * chat.model.config().dim;
-    if let Ok(bytes) = std::fs::read(cache)
-        && bytes.len() == all.len() * width * 4
-    {
-        eprintln!("states from {}", cache.display());
-        let values: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        return Ok(values.chunks(width).map(<[f32]>::to_vec).collect());
-    }
-    // Every prompt starts with the same system turn: run it once and continue from a copy.
-    let prompt = |text: &str| chat.prompt_ids(&[Message::new("user", text)]);
-    let (a, b) = (prompt("a")?, prompt("b")?);
-    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let mut prefix = chat.model.new_cache();
-    chat.model.forward(&a[..shared], &mut prefix)?;
-    let mut out = Vec::with_capacity(all.len());
-    let mut progress = Progress::new("chat-model states", all.len());
-    for (i, q) in all.iter().enumerate() {
-        let ids = prompt(&q.text)?;
-        if ids[..shared] != a[..shared] {
-            return Err(Error::InvalidInput(
-                "prompts do not share the system turn".into(),
-            ));
-        }
-        let row = pollster::block_on(chat.prompt_states_after(&prefix, &ids[shared..], layers))?;
-        out.push(row);
-        progress.update(i + 1, "");
-    }
     if let Some(dir) = cache.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let bytes: Vec<u8> = out.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(cache, bytes).map_err(|e| Error::io(cache, e))?;
-    Ok(out)
+    let mut cache = StateCache::open(cache, width)?;
+    let missing: Vec<&Request> = all
+        .iter()
+        .filter(|q| !cache.rows.contains_key(&StateCache::key(&q.text)))
+        .collect();
+    eprintln!(
+        "states: {} cached in {}, {} to compute",
+        all.len() - missing.len(),
+        cache.path.display(),
+        missing.len()
+    );
+    if !missing.is_empty() {
+        // Every prompt starts with the same system turn: run it once and continue from a copy.
+        let prompt = |text: &str| chat.prompt_ids(&[Message::new("user", text)]);
+        let (a, b) = (prompt("a")?, prompt("b")?);
+        let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        let mut prefix = chat.model.new_cache();
+        chat.model.forward(&a[..shared], &mut prefix)?;
+        let mut progress = Progress::new("chat-model states", missing.len());
+        for (i, q) in missing.iter().enumerate() {
+            let ids = prompt(&q.text)?;
+            if ids[..shared] != a[..shared] {
+                return Err(Error::InvalidInput(
+                    "prompts do not share the system turn".into(),
+                ));
+            }
+            let row =
+                pollster::block_on(chat.prompt_states_after(&prefix, &ids[shared..], layers))?;
+            cache.append(&q.text, row)?;
+            progress.update(i + 1, "");
+        }
+    }
+    Ok(all
+        .iter()
+        .map(|q| cache.rows[&StateCache::key(&q.text)].clone())
+        .collect())
 }
 
 /// Flagged fraction per (kind, harmful) of `split` at `threshold`.
@@ -162,15 +228,13 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         all.len(),
         files.len()
     );
+    // Everything the states depend on but the request's text (which keys each record).
     let key = {
         let mut h = Sha256::new();
         h.update(webguard::VERSION);
         h.update(Sha256::digest(read(&models.join(SMOLLM2_GGUF))?));
         h.update(args.layers.as_bytes());
-        for q in &all {
-            h.update(q.text.as_bytes());
-            h.update([0]);
-        }
+        h.update(format!("{:?}", chat.model.precision()));
         format!("{:x}", h.finalize())[..16].to_string()
     };
     let cache = args
@@ -182,8 +246,8 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
                 .unwrap_or_else(std::env::temp_dir)
                 .join(".cache/webguard/probe-states")
         })
-        .join(format!("{key}.f32"));
-    let rows = states(&chat, &all, &layers, &cache)?;
+        .join(format!("{key}.rows"));
+    let rows = states(&chat, &all, &layers, cache)?;
     let pick = |split: Split| -> (Vec<Vec<f32>>, Vec<bool>) {
         all.iter()
             .zip(&rows)
@@ -192,7 +256,17 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
             .unzip()
     };
     let (train_x, train_y) = pick(Split::Train);
-    let mut probe = StateProbe::train(layers, &train_x, &train_y, &args.fit.config())?;
+    let config = match args.hidden {
+        0 => args.fit.config(),
+        hidden => ProbeTrainConfig {
+            hidden,
+            members: args.members,
+            epochs: args.epochs,
+            l2: args.fit.l2.unwrap_or(0.004),
+            ..args.fit.config()
+        },
+    };
+    let mut probe = StateProbe::train(layers, &train_x, &train_y, &config)?;
     let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
     let val: Vec<(f32, bool)> = all
         .iter()
@@ -236,7 +310,23 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         serde_json::to_string(&figures).map_err(|e| Error::InvalidInput(e.to_string()))?,
     );
     probe.provenance.insert("model".into(), SMOLLM2_GGUF.into());
-    std::fs::write(&args.out, probe.save()?).map_err(|e| Error::io(&args.out, e))?;
+    // An answer probe already in the file (`train-answer-probe`) is kept when it reads the
+    // same layers: the two are fitted separately.
+    let c = chat.model.config();
+    let answer = std::fs::read(&args.out)
+        .ok()
+        .and_then(|bytes| ChatProbes::load(&bytes, c.layers, c.dim).ok())
+        .and_then(|old| old.answer)
+        .filter(|a| a.layers == probe.layers);
+    if answer.is_some() {
+        eprintln!("keeping the answer probe in {}", args.out.display());
+    }
+    let bytes = ChatProbes {
+        request: probe,
+        answer,
+    }
+    .save()?;
+    std::fs::write(&args.out, bytes).map_err(|e| Error::io(&args.out, e))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }
