@@ -50,9 +50,9 @@ setup_rust() {
     rustup component list --installed | grep -q "^$c" || rustup component add "$c"
   done
   if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 \
-     || ! rustup component list --installed --toolchain "$NIGHTLY" | grep -q '^rust-src'; then
-    step "rustup: $NIGHTLY with rust-src (the threaded wasm module's -Z build-std)"
-    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+     || [ "$(rustup component list --installed --toolchain "$NIGHTLY" | grep -cE '^(rust-src|clippy)')" != 2 ]; then
+    step "rustup: $NIGHTLY with rust-src and clippy (the threaded wasm module's -Z build-std, its lints)"
+    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src --component clippy
   fi
   local want; want="$(wasm_bindgen_version)"
   [ -n "$want" ] || die "wasm-bindgen not found in Cargo.lock"

@@ -61,7 +61,7 @@ try {
       for (const t of threadsList) {
         const r = await ev("workerChat", t === "1" ? "single" : "threads", Number.parseInt(t, 10), MESSAGE, TOKENS);
         runs[t].push(r);
-        log(`    round ${round + 1}, ${t === "1" ? "1 thread (webguard.js)" : `${r.threads} thread(s) (webguard_threads.js)`}: prompt ${r.promptTokens} tokens, prefill ${r.prefillPerSecond.toFixed(1)} tokens/s, decode ${r.decodePerSecond.toFixed(2)} tokens/s (${r.tokens} tokens)`);
+        log(`    round ${round + 1}, ${t === "1" ? "1 thread (webguard.js)" : `${r.threads} thread(s) (webguard_threads.js)`}: prompt ${r.promptTokens} tokens, prefill ${r.prefillPerSecond.toFixed(1)} tokens/s, decode ${r.decodePerSecond.toFixed(2)} tokens/s (${r.tokens} tokens)${r.module === "threads" ? `; helpers joined ${r.joined} products` : ""}`);
       }
     }
     for (const t of threadsList) {

@@ -61,6 +61,9 @@ struct Shared {
     /// (it claims the tasks itself) and the job can end while that thread sleeps.
     inside: AtomicUsize,
     panicked: AtomicBool,
+    /// Jobs a helper was admitted to, all helpers together (one increment per job joined, not
+    /// per task): shows that helpers take part (the threaded wasm build's benchmark).
+    joined: AtomicU64,
     /// Helpers parked on `wake`.
     sleeping: AtomicUsize,
     lock: Mutex<()>,
@@ -106,6 +109,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             inside: AtomicUsize::new(CLOSED),
             panicked: AtomicBool::new(false),
+            joined: AtomicU64::new(0),
             sleeping: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -146,6 +150,11 @@ impl Pool {
         if self.helpers > 0 {
             helper(&self.shared);
         }
+    }
+
+    /// How many times a helper joined a job so far (all helpers together).
+    pub fn jobs_joined(&self) -> u64 {
+        self.shared.joined.load(SeqCst)
     }
 
     /// Threads that may share a job (helpers and the caller).
@@ -250,6 +259,7 @@ fn helper(s: &Shared) {
             std::hint::spin_loop();
         };
         if s.inside.fetch_add(1, SeqCst) & CLOSED == 0 {
+            s.joined.fetch_add(1, SeqCst);
             // SAFETY: admitted to an open job: the caller wrote it before opening and keeps
             // it (and the closure) alive until we leave `inside` below.
             let job = unsafe { (*s.job.get()).expect("an open job") };
@@ -285,6 +295,10 @@ mod tests {
         for c in &counts {
             assert_eq!(c.load(SeqCst), 2000);
         }
+        assert!(
+            pool.jobs_joined() <= 2 * 2000,
+            "at most one join per helper and job"
+        );
     }
 
     #[test]

@@ -61,6 +61,16 @@ pub fn run_thread_helper() {
     crate::models::spin::Pool::global().serve();
 }
 
+/// How many times a helper thread joined a product so far (all helpers together; 0 in the
+/// single-threaded build): the benchmark's proof that the helpers take part.
+#[wasm_bindgen(js_name = threadJobsJoined)]
+pub fn thread_jobs_joined() -> f64 {
+    #[cfg(target_feature = "atomics")]
+    return crate::models::spin::Pool::global().jobs_joined() as f64;
+    #[cfg(not(target_feature = "atomics"))]
+    0.0
+}
+
 /// The compiled module and its memory, for helper workers to instantiate the same module on
 /// the same (shared) memory: `[module, memory]`.
 #[cfg(target_feature = "atomics")]

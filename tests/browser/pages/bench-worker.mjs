@@ -26,11 +26,12 @@ self.onmessage = async ({ data: { module, threads, message, maxTokens } }) => {
     const t0 = performance.now();
     const r = await chat.generate([{ role: "user", content: message }], { maxTokens }, () => { first ??= performance.now(); });
     const t1 = performance.now();
+    const joined = mod.threadJobsJoined?.() ?? 0; // webguard.js built before it had none
     chat.free();
     self.postMessage({
       ok: true,
       result: {
-        module, threads: n, promptTokens: r.promptTokens, tokens: r.tokens.length, ttftMs: first - t0,
+        module, threads: n, joined, promptTokens: r.promptTokens, tokens: r.tokens.length, ttftMs: first - t0,
         prefillPerSecond: r.promptTokens / ((first - t0) / 1000), decodePerSecond: (r.tokens.length - 1) / ((t1 - first) / 1000),
       },
     });
