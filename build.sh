@@ -3,8 +3,9 @@
 #
 #   ./build.sh setup   toolchain targets, wasm-bindgen-cli (pinned to Cargo.lock), Debian packages
 #                      (chromium, mesa-vulkan-drivers), npm packages, Python reference tools, models
-#   ./build.sh build   native release build + two wasm32 modules -> pkg/ (wasm-bindgen --target web,
+#   ./build.sh build   native release build + three wasm32 modules -> pkg/ (wasm-bindgen --target web,
 #                      wasm-opt), then what each page downloads (scripts/sizes.mjs)
+#   ./build.sh wasm-threads   only the threaded module (part of build; its own target folder)
 #   ./build.sh serve   setup + build, then serve the demo on 127.0.0.1 with COOP/COEP headers
 #   ./build.sh test    setup + build + every test: format, lints, native, references, browser
 #   ./build.sh bench [ARGS]     browser benchmark: classify and chat on WebGPU and the CPU (wasm)
@@ -33,6 +34,10 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 step() { printf '\n==> %s [%s]\n' "$*" "$(date +%H:%M:%S)"; }
 die() { echo "error: $*" >&2; exit 1; }
 
+# The threaded wasm module (issue 15) needs a standard library built with atomics
+# (-Z build-std): a nightly toolchain, pinned by date so every machine builds the same.
+NIGHTLY="${WEBGUARD_NIGHTLY:-nightly-2026-05-20}"
+
 wasm_bindgen_version() {
   awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock
 }
@@ -44,6 +49,11 @@ setup_rust() {
   for c in clippy rustfmt; do
     rustup component list --installed | grep -q "^$c" || rustup component add "$c"
   done
+  if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 \
+     || [ "$(rustup component list --installed --toolchain "$NIGHTLY" | grep -cE '^(rust-src|clippy)')" != 2 ]; then
+    step "rustup: $NIGHTLY with rust-src and clippy (the threaded wasm module's -Z build-std, its lints)"
+    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src --component clippy
+  fi
   local want; want="$(wasm_bindgen_version)"
   [ -n "$want" ] || die "wasm-bindgen not found in Cargo.lock"
   if [ "$("$TOOLS/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
@@ -97,16 +107,16 @@ setup() {
 # these modules), so the result is cached by the input's hash: an unchanged module is not
 # optimised twice. LEVEL "none" skips it.
 optimize_wasm() {
-  local file="$1" opt="$2"
+  local file="$1" opt="$2" extra="${3:-}"
   [ "$opt" != none ] || return 0
-  local key; key="$(cat "$file" <(echo "$opt") | sha256sum | cut -c1-32)"
+  local key; key="$(cat "$file" <(echo "$opt $extra") | sha256sum | cut -c1-32)"
   local cached="$CACHE/wasm-opt/$key.wasm"
   if [ ! -f "$cached" ]; then
     step "wasm-opt $opt $file"
     mkdir -p "$CACHE/wasm-opt"
     find "$CACHE/wasm-opt" -name '*.wasm' -mtime +7 -delete
     "$NODE_DIR/node_modules/.bin/wasm-opt" "$opt" --enable-bulk-memory --enable-nontrapping-float-to-int \
-      --enable-simd --enable-sign-ext --enable-mutable-globals --enable-reference-types \
+      --enable-simd --enable-sign-ext --enable-mutable-globals --enable-reference-types $extra \
       "$file" -o "$cached.tmp"
     mv "$cached.tmp" "$cached"
   fi
@@ -124,13 +134,14 @@ build() {
   local wasm_out="$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm"
   local variant name features
   for variant in core tune; do
-    if [ "$variant" = core ]; then name=webguard features=--no-default-features; else name=webguard_tune features=; fi
+    if [ "$variant" = core ]; then name=webguard features="--no-default-features --features webgpu"; else name=webguard_tune features=; fi
     step "cargo build --profile wasm --target wasm32-unknown-unknown $features"
     cargo build --profile wasm --lib --target wasm32-unknown-unknown $features
     step "wasm-bindgen --target web -> pkg/$name.js"
     wasm-bindgen --target web --out-dir pkg --out-name "$name" "$wasm_out/webguard.wasm"
     optimize_wasm "pkg/${name}_bg.wasm" "$opt"
   done
+  build_wasm_threads "$opt"
   # The package ships the filter heads and the chat probe (guard.js loads them from next to
   # itself by default).
   cp assets/filter-heads.safetensors assets/chat-probe.safetensors pkg/
@@ -142,6 +153,38 @@ build() {
   node scripts/sizes.mjs --pkg pkg --models "$WEBGUARD_MODELS" --precompress
 }
 
+# The threaded module (issue 15, item 1): webguard_threads.js + webguard_threads_bg.wasm, the
+# module without tuning and without WebGPU (cubecl-wgpu does not compile with atomics: see the
+# `webgpu` feature in Cargo.toml) built with atomics and a shared, imported memory (4 GiB at most, as the
+# single-threaded module can grow to), which guard-worker.js loads on cross-origin isolated
+# pages and shares with its helper workers (guard-thread.js). Its own target folder: every crate
+# differs (atomics, a rebuilt std), so it would only evict the other builds' artifacts.
+build_wasm_threads() {
+  local opt="${1:-${WASM_OPT:--O1}}"
+  local target="$CARGO_TARGET_DIR/wasm-threads"
+  step "cargo +$NIGHTLY build --profile wasm --target wasm32-unknown-unknown --no-default-features (threads, -Z build-std)"
+  # RUSTFLAGS replaces .cargo/config.toml's flags for the target: they are repeated here.
+  CARGO_TARGET_DIR="$target" RUSTFLAGS="--cfg getrandom_backend=\"wasm_js\" $WASM_THREADS_FLAGS" \
+    cargo "+$NIGHTLY" build --profile wasm --lib --target wasm32-unknown-unknown --no-default-features \
+    -Z build-std=panic_abort,std
+  step "wasm-bindgen --target web -> pkg/webguard_threads.js"
+  wasm-bindgen --target web --out-dir pkg --out-name webguard_threads "$target/wasm32-unknown-unknown/wasm/webguard.wasm"
+  optimize_wasm pkg/webguard_threads_bg.wasm "$opt" --enable-threads
+}
+
+# The threaded module's target flags: SIMD128 as in .cargo/config.toml, atomics, and a shared
+# memory imported from JS (so helper workers can instantiate the module on it) with the
+# thread-local storage exports wasm-bindgen's thread start-up calls.
+WASM_THREADS_FLAGS="-C target-feature=+atomics,+bulk-memory,+simd128 -C link-arg=--shared-memory \
+-C link-arg=--max-memory=4294967296 -C link-arg=--import-memory -C link-arg=--export=__wasm_init_tls \
+-C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
+
+clippy_wasm_threads() {
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-threads" RUSTFLAGS="--cfg getrandom_backend=\"wasm_js\" $WASM_THREADS_FLAGS" \
+    cargo "+$NIGHTLY" clippy --profile wasm --lib --target wasm32-unknown-unknown --no-default-features \
+    -Z build-std=panic_abort,std -- -D warnings
+}
+
 run_tests() {
   step "cargo fmt --check; layering (scripts/check-layers.sh)"
   cargo fmt --all -- --check
@@ -149,7 +192,8 @@ run_tests() {
   step "cargo clippy (native and wasm32, warnings are errors)"
   cargo clippy --release --all-targets -- -D warnings
   cargo clippy --release --lib --target wasm32-unknown-unknown -- -D warnings
-  cargo clippy --release --lib --target wasm32-unknown-unknown --no-default-features -- -D warnings
+  cargo clippy --release --lib --target wasm32-unknown-unknown --no-default-features --features webgpu -- -D warnings
+  clippy_wasm_threads
   step "references: scripts/make-references.py reproduces tests/reference/"
   local tmp; tmp="$(mktemp -d)"
   "$VENV/bin/python" scripts/make-references.py "$WEBGUARD_MODELS" --out "$tmp" >/dev/null
@@ -168,6 +212,7 @@ cmd="${1:-}"
 case "$cmd" in
   setup) setup ;;
   build) setup; build ;;
+  wasm-threads) setup_rust; setup_node; build_wasm_threads ;;
   serve)
     setup; build
     step "serving"
@@ -200,6 +245,6 @@ case "$cmd" in
       [ "$rc" = 0 ] || { tail -n 40 "$log"; die "fuzz $target failed (exit $rc): the whole log is $log"; }
     done ;;
   *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || exit 2 ;;
 esac

@@ -9,6 +9,7 @@
 // optimiser; the smaller first download) and webguard_tune.js with it. `create` loads one
 // ({ tuning }); guard.js starts a worker with the second when a page first tunes.
 let WasmGuard;
+let threading = { threads: 1, threadsReason: null }; // what loadModule got
 
 const CACHE_NAME = "webguard-models-v1";
 let guard;
@@ -92,14 +93,89 @@ self.addEventListener("unhandledrejection", (event) => {
 
 /** Loads webguard.js or, for `tuning`, webguard_tune.js (each finds its wasm beside itself and
  * compiles it while it downloads; the browser keeps the compiled code for the next visit) and
- * resolves to its Guard class. Progress (phase "module") says when it starts and when it is done. */
-async function loadModule(id, tuning) {
+ * resolves to `{ Guard, threads, threadsReason }`. With `threads` > 1, a chat model, no
+ * tuning and the CPU to run on (`backend` "cpu", or "auto" without a WebGPU adapter), it tries
+ * the threaded module first (webguard_threads.js: shared memory, helper workers running
+ * guard-thread.js), and falls back to webguard.js with the reason when the page is not
+ * cross-origin isolated or the helpers do not start. Progress (phase "module") says when a
+ * module starts loading and when it is done. */
+async function loadModule(id, tuning, threads, hasChat, backend) {
+  let threadsReason = null;
+  const gpu = threads > 1 && hasChat && !tuning && backend !== "cpu" ? await webgpuWanted(backend) : null;
+  if (threads > 1 && !hasChat) {
+    // The filter's encoder runs on one thread in either module: no helpers for nothing.
+    threadsReason = "only the chat model's products use threads, and this Guard has none: one thread";
+  } else if (gpu) {
+    threadsReason = gpu;
+  } else if (tuning) {
+    if (threads > 1) threadsReason = "the tuning module is single-threaded";
+  } else if (threads > 1 && !self.crossOriginIsolated) {
+    threadsReason = "the page is not cross-origin isolated (it needs COOP/COEP headers for shared memory): one thread";
+  } else if (threads > 1) {
+    const file = "webguard_threads_bg.wasm";
+    post(id, "progress", { file, phase: "module", loaded: 0, total: 0 });
+    try {
+      const mod = await import("./webguard_threads.js");
+      await mod.default();
+      const started = await startHelpers(mod, threads);
+      post(id, "progress", { file, phase: "module", loaded: 0, total: 0, done: true });
+      return { Guard: mod.Guard, threads: started, threadsReason: started < threads ? `the threaded module gave ${started} threads` : null };
+    } catch (e) {
+      // Nothing is loaded into this module yet: its memory stays behind, a few megabytes.
+      for (const w of helpers.splice(0)) w.terminate();
+      threadsReason = `threads did not start (${e?.message ?? e}): one thread`;
+      console.warn(`webguard: ${threadsReason}`);
+    }
+  }
   const file = tuning ? "webguard_tune_bg.wasm" : "webguard_bg.wasm";
   post(id, "progress", { file, phase: "module", loaded: 0, total: 0 });
   const mod = tuning ? await import("./webguard_tune.js") : await import("./webguard.js");
   await mod.default();
   post(id, "progress", { file, phase: "module", loaded: 0, total: 0, done: true });
-  return mod.Guard;
+  return { Guard: mod.Guard, threads: 1, threadsReason };
+}
+
+/** Why the threaded module (CPU only: cubecl-wgpu does not build with atomics) is not for
+ * `backend`: "webgpu" asked for, or "auto" where WebGPU gives an adapter (the single-threaded
+ * module runs the chat model there); null when the CPU will run it anyway. */
+async function webgpuWanted(backend) {
+  if (backend === "webgpu") return "WebGPU requested (the threaded module runs on the CPU only): the single-threaded module";
+  const adapter = self.navigator?.gpu ? await self.navigator.gpu.requestAdapter().catch(() => null) : null;
+  return adapter ? "WebGPU is available (the threaded module runs on the CPU only): the single-threaded module" : null;
+}
+
+// The threaded module's helper workers (they live as long as this worker).
+const helpers = [];
+/** How long helpers may take to instantiate the module before the single-threaded one is
+ * used instead (compiled code is shared, so this is a few hundred milliseconds normally). */
+const HELPER_START_MS = 20_000;
+
+/** Sizes the threaded module's pool and starts its helpers: resolves to the thread count once
+ * every helper has instantiated the module on the shared memory; rejects (never hangs) when
+ * one fails or they take over HELPER_START_MS. */
+async function startHelpers(mod, threads) {
+  const count = mod.startThreads(threads);
+  const [module, memory] = mod.threadModuleAndMemory();
+  const ready = [];
+  for (let i = 1; i < count; i++) {
+    const w = new Worker(new URL("./guard-thread.js", import.meta.url), { type: "module", name: `webguard-thread-${i}` });
+    helpers.push(w);
+    ready.push(new Promise((resolve, reject) => {
+      w.onmessage = ({ data }) => (data?.ok ? resolve() : reject(new Error(data?.message ?? "a helper failed")));
+      w.onerror = (e) => { e.preventDefault?.(); reject(new Error(e.message || "a helper worker failed to load")); };
+    }));
+    w.postMessage({ module, memory });
+  }
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`helpers not ready after ${HELPER_START_MS / 1000} s`)), HELPER_START_MS);
+  });
+  try {
+    await Promise.race([Promise.all(ready), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+  return count;
 }
 
 // ---------------------------------------------------------------- model files
@@ -266,6 +342,7 @@ function describe(g) {
     chatProbe: g.chatProbe ?? null,
     policy: g.policy,
     canTune: g.canTune,
+    ...threading,
   };
 }
 
@@ -298,7 +375,7 @@ async function fallBackToCpu(id, error) {
 
 const ops = {
   async create(id, args) {
-    WasmGuard = await loadModule(id, args.tuning === true);
+    ({ Guard: WasmGuard, ...threading } = await loadModule(id, args.tuning === true, args.threads ?? 1, Boolean(args.files?.chat), args.backend));
     files = args.files;
     settings = { cache: args.cache !== false, integrity: args.integrity };
     // After a crash, guard.js passes the tuning and rules the page had (`restore`).

@@ -109,6 +109,15 @@ export interface CreateOptions {
    * adapters come along; a few seconds, once). Pages that will tune anyway save that wait.
    */
   tuning?: boolean;
+  /**
+   * Threads for the chat model's products on the CPU, 1 to 16 (default
+   * min(navigator.hardwareConcurrency, 4)). More than one needs a chat model on the CPU
+   * (backend "cpu", or "auto" without a WebGPU adapter: the threaded module has no WebGPU), a
+   * cross-origin isolated page (COOP/COEP headers; the threaded module shares its memory with helper
+   * workers) and the module without tuning; otherwise one thread runs and
+   * `backend.threadsReason` says why.
+   */
+  threads?: number;
 }
 
 /** Scores of the shipped labels (Label) and of any label taught with tuneFilter. */
@@ -326,7 +335,9 @@ export interface ChatTuneReport { pairs: number; firstLoss: number; finalLoss: n
 export class Guard {
   static create(options?: CreateOptions): Promise<Guard>;
   static clearCache(): Promise<boolean>;
-  readonly backend: { kind: "webgpu" | "cpu"; adapter: string | null; reason: string | null };
+  /** What runs: the backend, its adapter, why the CPU (reason); the CPU threads, and why fewer
+   *  than asked (threadsReason, null when as asked). */
+  readonly backend: { kind: "webgpu" | "cpu"; adapter: string | null; reason: string | null; threads: number; threadsReason: string | null };
   /** Whether the tuning module is loaded (`tuning: true`, or after the first tuning call). */
   readonly tuning: boolean;
   /** The shipped labels plus any taught with tuneFilter. */

@@ -26,7 +26,7 @@
 // module checks them.
 
 const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "chatProbe", "backend",
-  "thresholds", "policy", "onProgress", "cache", "integrity", "assetsUrl", "tuning"];
+  "thresholds", "policy", "onProgress", "cache", "integrity", "assetsUrl", "tuning", "threads"];
 // The files `integrity` can name (the worker's manifest has the same keys).
 const FILES = ["tokenizer", "config", "model", "heads", "chat", "chatProbe"];
 const CACHE_NAME = "webguard-models-v1";
@@ -204,6 +204,12 @@ export class Guard {
    * loads the smaller module (no autodiff, no optimiser) and, on the first tuneFilter/tuneChat,
    * moves to a new worker with the tuning module (the models load again from the cache, the
    * page's rules and adapters come along: a few seconds once).
+   * `threads` (an integer 1-16; default min(navigator.hardwareConcurrency, 4)): threads for
+   * the chat model's products on the CPU. More than one needs a chat model on the CPU
+   * (backend "cpu", or "auto" without a WebGPU adapter: the threaded module has no WebGPU), a
+   * cross-origin isolated page (COOP/COEP headers) and the module without tuning; otherwise
+   * one thread runs (the single-threaded module), and
+   * `guard.backend.threadsReason` says why.
    */
   static async create(options = {}) {
     const o = checkKeys(options, OPTIONS, "Guard.create options");
@@ -232,10 +238,14 @@ export class Guard {
     if (o.tuning !== undefined && typeof o.tuning !== "boolean") {
       throw new TypeError(`tuning must be true or false (got ${JSON.stringify(o.tuning)})`);
     }
+    const threads = o.threads === undefined ? Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 4)) : o.threads;
+    if (!Number.isInteger(threads) || threads < 1 || threads > 16) {
+      throw new TypeError(`threads must be an integer from 1 to 16 (got ${JSON.stringify(o.threads)})`);
+    }
     const guard = new Guard(newWorker(assets));
     guard.#onProgress = o.onProgress;
     guard.#assets = assets;
-    guard.#config = { backend, files: { filter, chat, chatProbe }, cache: o.cache !== false, integrity, tuning: o.tuning === true };
+    guard.#config = { backend, files: { filter, chat, chatProbe }, cache: o.cache !== false, integrity, tuning: o.tuning === true, threads };
     try {
       guard.#info = await guard.#call("create", guard.#config);
       for (const [label, threshold] of Object.entries(o.thresholds ?? {})) {
@@ -254,10 +264,12 @@ export class Guard {
     return caches.delete(CACHE_NAME);
   }
 
-  /** `{ kind: "webgpu" | "cpu", adapter, reason }`: what runs, on which adapter, or why the CPU. */
+  /** `{ kind: "webgpu" | "cpu", adapter, reason, threads, threadsReason }`: what runs, on which
+   *  adapter, or why the CPU; the threads the module runs the chat model's CPU products on, and
+   *  why fewer than asked (null when as asked). */
   get backend() {
-    const { kind, adapter, reason } = this.#info;
-    return { kind, adapter, reason };
+    const { kind, adapter, reason, threads, threadsReason } = this.#info;
+    return { kind, adapter, reason, threads: threads ?? 1, threadsReason: threadsReason ?? null };
   }
 
   /** Whether the tuning module is loaded (`tuning: true`, or after the first tuning call). */

@@ -5,10 +5,13 @@
 // pkg/guard.js's worker runs it) next to the same answer unmoderated, on the CPU (wasm), as a
 // ratio (issue 13's budget: at most 1.2); tuning milliseconds per step (filter and chat).
 // Prints a line per measurement; --json for machine-readable; --guard-only runs only the
-// moderated-turn comparison.
+// moderated-turn comparison. --threads 1,2 (issue 15) runs only the CPU chat in a worker, once
+// per count and round (--thread-runs, alternating): 1 is the single-threaded module
+// (webguard.js), N > 1 the threaded one (webguard_threads.js, N threads), "1t" the threaded
+// module on one thread (the cost of building with atomics); medians side by side.
 //
 //   node scripts/bench-browser.mjs [--webgpu-tokens 4] [--tokens 64] [--guard-tokens 128]
-//     [--guard-runs 3] [--guard-only] [--skip-webgpu] [--json]
+//     [--guard-runs 3] [--guard-only] [--skip-webgpu] [--threads 1,2 [--thread-runs 3]] [--json]
 import { openBrowser, load } from "../tests/browser/browser.mjs";
 
 const arg = (name, fallback) => {
@@ -16,6 +19,7 @@ const arg = (name, fallback) => {
   return i > 0 ? Number(process.argv[i + 1]) : fallback;
 };
 const flag = (name) => process.argv.includes(name);
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const TOKENS = arg("--tokens", 64);
 // SwiftShader (a CPU rasteriser) runs WebGPU at well under 1 GFLOP/s: a short prompt and run prove the
 // path and gives its order of magnitude; a real GPU would take the full length.
@@ -49,8 +53,27 @@ try {
   await load(b, "bench");
   const ev = (fn, ...args) => b.page.evaluate(([f, a]) => window.bench[f](...a), [fn, args]);
   log(`browser benchmark: headless Chromium ${b.page.context().browser()?.version() ?? ""}, ${TOKENS} new tokens (WebGPU: ${GPU_TOKENS})`);
-  add({ what: "guard", ...(await ev("guardChat", MESSAGE, GUARD_TOKENS, GUARD_RUNS)) });
-  if (!flag("--guard-only")) {
+  const threadsList = process.argv.includes("--threads") ? process.argv[process.argv.indexOf("--threads") + 1].split(",") : null;
+  if (threadsList) {
+    log(`  chat cpu (wasm) in a worker, by threads: ${TOKENS} new tokens, ${arg("--thread-runs", 3)} alternating rounds; crossOriginIsolated ${await b.page.evaluate(() => self.crossOriginIsolated)}`);
+    const runs = Object.fromEntries(threadsList.map((t) => [t, []]));
+    for (let round = 0; round < arg("--thread-runs", 3); round++) {
+      for (const t of threadsList) {
+        const r = await ev("workerChat", t === "1" ? "single" : "threads", Number.parseInt(t, 10), MESSAGE, TOKENS);
+        runs[t].push(r);
+        log(`    round ${round + 1}, ${t === "1" ? "1 thread (webguard.js)" : `${r.threads} thread(s) (webguard_threads.js)`}: prompt ${r.promptTokens} tokens, prefill ${r.prefillPerSecond.toFixed(1)} tokens/s, decode ${r.decodePerSecond.toFixed(2)} tokens/s (${r.tokens} tokens)${r.module === "threads" ? `; helpers joined ${r.joined} products` : ""}`);
+      }
+    }
+    for (const t of threadsList) {
+      const m = (k) => median(runs[t].map((r) => r[k]));
+      const row = { what: "threads", threads: t, module: runs[t][0].module, prefillPerSecond: m("prefillPerSecond"), decodePerSecond: m("decodePerSecond"), runs: runs[t] };
+      rows.push(row);
+      log(`  median ${t}: prefill ${row.prefillPerSecond.toFixed(1)} tokens/s, decode ${row.decodePerSecond.toFixed(2)} tokens/s`);
+    }
+  } else {
+    add({ what: "guard", ...(await ev("guardChat", MESSAGE, GUARD_TOKENS, GUARD_RUNS)) });
+  }
+  if (!flag("--guard-only") && !threadsList) {
     const cpu = await ev("webguardChat", "cpu", MESSAGE, TOKENS);
     add({ what: "chat", who: "webguard", ...cpu });
     const wl = await ev("wllamaChat", MESSAGE, TOKENS);

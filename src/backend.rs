@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+#[cfg(feature = "webgpu")]
 use std::sync::Mutex;
 
 use burn::tensor::Device;
@@ -89,6 +90,7 @@ impl fmt::Display for Backend {
 }
 
 /// The process-wide GPU setup: burn's wgpu runtime can be registered only once.
+#[cfg(feature = "webgpu")]
 static GPU: Mutex<Option<(Device, AdapterInfo)>> = Mutex::new(None);
 
 impl Backend {
@@ -126,6 +128,13 @@ impl Backend {
     }
 }
 
+/// A build without the `webgpu` feature (the threaded wasm module) has no GPU backend.
+#[cfg(not(feature = "webgpu"))]
+async fn gpu() -> Result<(Device, AdapterInfo), String> {
+    Err("this build has no WebGPU (the threaded module runs on the CPU only)".into())
+}
+
+#[cfg(feature = "webgpu")]
 async fn gpu() -> Result<(Device, AdapterInfo), String> {
     if let Some(ready) = GPU.lock().map_err(|_| "GPU setup lock poisoned")?.clone() {
         return Ok(ready);
@@ -228,7 +237,7 @@ pub async fn webgpu_available() -> Result<String, String> {
 }
 
 /// Browsers hide the adapter name from wgpu; use the one `GPUAdapter.info` gives.
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "webgpu"))]
 fn wgpu_info_with_name(
     mut info: burn::tensor::wgpu::wgpu::AdapterInfo,
     browser_name: String,

@@ -9,5 +9,6 @@ pub mod lora;
 pub mod packed;
 pub mod probe;
 pub mod qdot;
-#[cfg(not(target_arch = "wasm32"))]
+// Natively, and in the threaded wasm build (its helpers are Web Workers).
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
 pub mod spin;

@@ -370,24 +370,25 @@ impl PackedMatrix {
 /// ([`crate::models::spin`]) hands work over in well under a microsecond while its helpers
 /// spin, so every product of decoding (the smallest, K and V, are 0.11 M) is split; below
 /// this the split would cost more than the product.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
 const PARALLEL_MIN_MACS: usize = 32 << 10;
 
 /// Tasks per thread of the decode pool a product is split into.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
 const TASKS_PER_THREAD: usize = 4;
 
 /// Runs `f(first row, out rows)` over `out` (`[rows, n]`, row-major) in contiguous row ranges,
 /// one per thread of the decode pool when the product (`macs` multiply-adds) is large enough,
-/// all on the calling thread otherwise (and always on wasm32 here: no threads).
+/// all on the calling thread otherwise (and always in the single-threaded wasm build). The
+/// threaded wasm build (`+atomics`) has the pool its Web Workers join (src/wasm).
 fn for_row_ranges(
     out: &mut [f32],
     rows: usize,
     macs: usize,
     f: impl Fn(usize, &mut [f32]) + Send + Sync,
 ) {
-    #[cfg(not(target_arch = "wasm32"))]
-    if macs >= PARALLEL_MIN_MACS && rows > 1 {
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    if macs >= PARALLEL_MIN_MACS && rows > 1 && crate::models::spin::Pool::global().threads() > 1 {
         let n = out.len() / rows;
         let pool = crate::models::spin::Pool::global();
         // A few tasks per thread, claimed as threads come free: a thread slowed by other work
@@ -418,16 +419,20 @@ fn for_row_ranges(
     f(0, out);
 }
 
-/// Threads available for parallel work (1 on wasm32).
+/// Threads available for parallel work (the module's pool in wasm32: 1 unless the threaded
+/// build started helpers).
 fn cores() -> usize {
     #[cfg(not(target_arch = "wasm32"))]
     return rayon::current_num_threads();
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+    return crate::models::spin::Pool::global().threads();
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     return 1;
 }
 
 /// Runs `f(chunk index, chunk)` over `chunk`-sized pieces of `out`: on every core natively
-/// when there is more than one piece, in order otherwise (and always on wasm32: no threads).
+/// when there is more than one piece (rayon), on the pool's threads in the threaded wasm
+/// build, in order otherwise.
 fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Send + Sync) {
     #[cfg(not(target_arch = "wasm32"))]
     if out.len() > chunk {
@@ -435,6 +440,25 @@ fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) +
         out.par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(i, c)| f(i, c));
+        return;
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+    if out.len() > chunk {
+        let len = out.len();
+        /// The output's address, shared with the tasks (each writes only its own chunk).
+        struct Out(*mut f32);
+        // SAFETY: tasks write disjoint chunks of the buffer, and `run` returns only when they
+        // have all finished.
+        unsafe impl Sync for Out {}
+        let ptr = Out(out.as_mut_ptr());
+        crate::models::spin::Pool::global().run(len.div_ceil(chunk), &|i| {
+            let ptr = &ptr;
+            let first = i * chunk;
+            let size = chunk.min(len - first);
+            // SAFETY: chunk `i` of `out` belongs to this task alone, in bounds.
+            let c = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(first), size) };
+            f(i, c);
+        });
         return;
     }
     out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));

@@ -12,17 +12,30 @@
 //! (a descheduled helper), the caller does the work itself instead of waiting for it.
 //! One caller at a time: a second concurrent caller (tests in parallel, two models) runs its
 //! tasks itself rather than waiting.
+//!
+//! In the threaded wasm build (`target_feature = "atomics"`), `std::thread::spawn` does not
+//! work: the helpers are Web Workers that instantiate the same module on the same memory and
+//! call [`Pool::serve`] (`runThreadHelper` in src/wasm), set up by [`Pool::init_global`]. A
+//! helper that never arrives costs nothing but its share of the split: the caller claims every
+//! task left.
 
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+#[cfg(not(target_arch = "wasm32"))]
 use std::time::{Duration, Instant};
 
 /// How long an idle helper spins before parking: longer than the gaps between the products of
 /// one token (norms, RoPE, attention: tens of microseconds), short enough that an idle model
 /// costs nothing.
+#[cfg(not(target_arch = "wasm32"))]
 const SPIN: Duration = Duration::from_micros(300);
+
+/// wasm32 has no clock in std (`Instant::now` panics there): spin rounds instead, about as
+/// long as the native 300 µs at a few nanoseconds per round.
+#[cfg(target_arch = "wasm32")]
+const SPIN_ROUNDS: u32 = 1 << 16;
 
 /// A job: `f(task)` for tasks `0..tasks`, claimed one at a time by whichever thread is free.
 #[derive(Clone, Copy)]
@@ -48,6 +61,9 @@ struct Shared {
     /// (it claims the tasks itself) and the job can end while that thread sleeps.
     inside: AtomicUsize,
     panicked: AtomicBool,
+    /// Jobs a helper was admitted to, all helpers together (one increment per job joined, not
+    /// per task): shows that helpers take part (the threaded wasm build's benchmark).
+    joined: AtomicU64,
     /// Helpers parked on `wake`.
     sleeping: AtomicUsize,
     lock: Mutex<()>,
@@ -71,25 +87,34 @@ pub struct Pool {
 
 impl Pool {
     /// A pool using `threads` threads in all (the caller and `threads - 1` helpers).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(threads: usize) -> Pool {
+        let pool = Pool::unstarted(threads);
+        for i in 0..pool.helpers {
+            let shared = pool.shared.clone();
+            std::thread::Builder::new()
+                .name(format!("webguard-spin-{}", i + 1))
+                .spawn(move || helper(&shared))
+                .expect("spawning a thread");
+        }
+        pool
+    }
+
+    /// The pool's state with no helper running yet: natively `new` spawns them, in wasm the
+    /// page's Web Workers join through [`Pool::serve`].
+    fn unstarted(threads: usize) -> Pool {
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
             job: UnsafeCell::new(None),
             next: AtomicUsize::new(0),
             inside: AtomicUsize::new(CLOSED),
             panicked: AtomicBool::new(false),
+            joined: AtomicU64::new(0),
             sleeping: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
         let helpers = threads.max(1) - 1;
-        for i in 0..helpers {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("webguard-spin-{}", i + 1))
-                .spawn(move || helper(&shared))
-                .expect("spawning a thread");
-        }
         Pool {
             shared,
             helpers,
@@ -99,9 +124,37 @@ impl Pool {
 
     /// The process's pool, one thread per core (`RAYON_NUM_THREADS` caps it, as it does the
     /// rest of the CPU work).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn global() -> &'static Pool {
-        static POOL: OnceLock<Pool> = OnceLock::new();
-        POOL.get_or_init(|| Pool::new(rayon::current_num_threads()))
+        GLOBAL.get_or_init(|| Pool::new(rayon::current_num_threads()))
+    }
+
+    /// The module's pool: the one [`Pool::init_global`] made, or one thread (no helpers).
+    #[cfg(target_arch = "wasm32")]
+    pub fn global() -> &'static Pool {
+        GLOBAL.get_or_init(|| Pool::unstarted(1))
+    }
+
+    /// Sets the module's pool to `threads` threads (the caller and `threads - 1` helpers, which
+    /// join by calling [`Pool::serve`]); the count it has (the first call's, or 1 once a product
+    /// ran) when it was already set.
+    #[cfg(target_arch = "wasm32")]
+    pub fn init_global(threads: usize) -> usize {
+        GLOBAL.get_or_init(|| Pool::unstarted(threads)).threads()
+    }
+
+    /// Runs a helper's loop on the calling thread for ever (a Web Worker of the threaded wasm
+    /// build); returns at once when the pool has no helper to be.
+    #[cfg(target_arch = "wasm32")]
+    pub fn serve(&self) {
+        if self.helpers > 0 {
+            helper(&self.shared);
+        }
+    }
+
+    /// How many times a helper joined a job so far (all helpers together).
+    pub fn jobs_joined(&self) -> u64 {
+        self.shared.joined.load(SeqCst)
     }
 
     /// Threads that may share a job (helpers and the caller).
@@ -164,6 +217,8 @@ impl Pool {
     }
 }
 
+static GLOBAL: OnceLock<Pool> = OnceLock::new();
+
 /// Claims and runs tasks until none are left.
 fn claim(s: &Shared, f: &(dyn Fn(usize) + Sync), tasks: usize) {
     loop {
@@ -179,7 +234,12 @@ fn helper(s: &Shared) {
     let mut seen = 0u64;
     loop {
         // Spin for a new epoch, then park until one comes.
+        #[cfg(not(target_arch = "wasm32"))]
         let start = Instant::now();
+        #[cfg(not(target_arch = "wasm32"))]
+        let spun_enough = |spins: u32| spins.is_multiple_of(64) && start.elapsed() > SPIN;
+        #[cfg(target_arch = "wasm32")]
+        let spun_enough = |spins: u32| spins > SPIN_ROUNDS;
         let mut spins = 0u32;
         seen = loop {
             let e = s.epoch.load(SeqCst);
@@ -187,7 +247,7 @@ fn helper(s: &Shared) {
                 break e;
             }
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
+            if spun_enough(spins) {
                 let mut l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleeping.fetch_add(1, SeqCst);
                 while s.epoch.load(SeqCst) == seen {
@@ -199,6 +259,7 @@ fn helper(s: &Shared) {
             std::hint::spin_loop();
         };
         if s.inside.fetch_add(1, SeqCst) & CLOSED == 0 {
+            s.joined.fetch_add(1, SeqCst);
             // SAFETY: admitted to an open job: the caller wrote it before opening and keeps
             // it (and the closure) alive until we leave `inside` below.
             let job = unsafe { (*s.job.get()).expect("an open job") };
@@ -234,6 +295,10 @@ mod tests {
         for c in &counts {
             assert_eq!(c.load(SeqCst), 2000);
         }
+        assert!(
+            pool.jobs_joined() <= 2 * 2000,
+            "at most one join per helper and job"
+        );
     }
 
     #[test]

@@ -37,6 +37,48 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
+/// Sets this module's thread pool to `threads` threads (the calling worker and `threads - 1`
+/// helpers; clamped to 1..=16) and returns the count it has (the first call's wins). Only the
+/// threaded build (`+atomics`, shared memory) has helpers to give: the single-threaded build
+/// answers 1. The helpers are Web Workers that instantiate this module on the same memory and
+/// call `runThreadHelper` (pkg/guard-thread.js).
+#[wasm_bindgen(js_name = startThreads)]
+pub fn start_threads(threads: usize) -> usize {
+    #[cfg(target_feature = "atomics")]
+    return crate::models::spin::Pool::init_global(threads.clamp(1, 16));
+    #[cfg(not(target_feature = "atomics"))]
+    {
+        let _ = threads;
+        1
+    }
+}
+
+/// A helper thread's loop (never returns while the pool has helpers): what each helper Web
+/// Worker of the threaded build calls once the module is instantiated on the shared memory.
+#[wasm_bindgen(js_name = runThreadHelper)]
+pub fn run_thread_helper() {
+    #[cfg(target_feature = "atomics")]
+    crate::models::spin::Pool::global().serve();
+}
+
+/// How many times a helper thread joined a product so far (all helpers together; 0 in the
+/// single-threaded build): the benchmark's proof that the helpers take part.
+#[wasm_bindgen(js_name = threadJobsJoined)]
+pub fn thread_jobs_joined() -> f64 {
+    #[cfg(target_feature = "atomics")]
+    return crate::models::spin::Pool::global().jobs_joined() as f64;
+    #[cfg(not(target_feature = "atomics"))]
+    0.0
+}
+
+/// The compiled module and its memory, for helper workers to instantiate the same module on
+/// the same (shared) memory: `[module, memory]`.
+#[cfg(target_feature = "atomics")]
+#[wasm_bindgen(js_name = threadModuleAndMemory)]
+pub fn thread_module_and_memory() -> js_sys::Array {
+    js_sys::Array::of2(&wasm_bindgen::module(), &wasm_bindgen::memory())
+}
+
 /// The crate version.
 #[wasm_bindgen]
 pub fn version() -> String {

@@ -18,7 +18,13 @@ import { openBrowser } from "./browser.mjs";
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 // What the README tells a page author to host from node_modules/webguard/.
 const HOSTED = ["guard-worker.js", "webguard.js", "webguard_bg.wasm", "webguard_tune.js", "webguard_tune_bg.wasm", "all-MiniLM-L6-v2.int8.safetensors",
-  "filter-heads.safetensors", "chat-probe.safetensors"];
+  "filter-heads.safetensors", "chat-probe.safetensors", "guard-thread.js", "webguard_threads.js", "webguard_threads_bg.wasm"];
+// These pages are cross-origin isolated: with more than one core, the Guard runs the threaded
+// module (and its helper worker) instead of webguard.js; with one, the reverse.
+const SINGLE = ["webguard.js", "webguard_bg.wasm"];
+const THREADED = ["guard-thread.js", "webguard_threads.js", "webguard_threads_bg.wasm"];
+/** The hosted files a page that loaded the module it did must have asked for. */
+const expected = (paths, prefix) => HOSTED.filter((f) => !(paths.includes(`${prefix}webguard_threads_bg.wasm`) ? SINGLE : THREADED).includes(f));
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".json": "application/json", ".wasm": "application/wasm" };
 
 /** A static server for `mounts` ({ "/prefix/": folder }), cross-origin isolated like serve.mjs. */
@@ -108,7 +114,7 @@ test("an ESM bundle with the package's files beside it classifies and chats", as
   assert.deepEqual({ bad: r.bad, good: r.good, tuned: r.tuned }, { bad: true, good: false, tuned: true });
   assert.match(r.text, /Paris/);
   const paths = b.requests.map((u) => new URL(u).pathname);
-  for (const f of HOSTED) assert.ok(paths.includes(`/esm/${f}`), `no request for /esm/${f}`);
+  for (const f of expected(paths, "/esm/")) assert.ok(paths.includes(`/esm/${f}`), `no request for /esm/${f}`);
   assert.deepEqual(paths.filter((p) => p.includes("node_modules")), []);
 });
 
@@ -118,7 +124,7 @@ test("an IIFE bundle finds the package's files through assetsUrl", async () => {
   console.log(`# ${JSON.stringify(r)}`);
   assert.deepEqual(r, { bad: true, good: false, text: false, tuned: true });
   const paths = b.requests.slice(before).map((u) => new URL(u).pathname);
-  for (const f of HOSTED.filter((f) => f !== "chat-probe.safetensors")) {
+  for (const f of expected(paths, "/webguard/").filter((f) => f !== "chat-probe.safetensors")) {
     assert.ok(paths.includes(`/webguard/${f}`), `no request for /webguard/${f}: ${paths.join(" ")}`);
   }
   assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));

@@ -14,8 +14,9 @@ import { pkgOverride, usePage } from "./browser.mjs";
 
 const HOOK = `
 // ---- test hook, appended by tests/browser/crash.test.mjs ----
-// Both builds of the module (guard-worker.js loads one at create): their imports resolve here
-// first, so the hook is in place before any Guard is made.
+// Every build of the module (guard-worker.js loads one at create; the threaded one on this
+// cross-origin isolated page): their imports resolve here first, so the hook is in place
+// before any Guard is made.
 const hook = (WasmGuard) => {
   const realClassify = WasmGuard.prototype.classify;
   WasmGuard.prototype.classify = function (texts) {
@@ -34,6 +35,7 @@ const hook = (WasmGuard) => {
 };
 import("./webguard.js").then((m) => hook(m.Guard));
 import("./webguard_tune.js").then((m) => hook(m.Guard));
+import("./webguard_threads.js").then((m) => hook(m.Guard));
 `;
 
 /** Serves guard-worker.js with the hook appended (headers as served). */

@@ -17,8 +17,73 @@
 //! decode through [`crate::generate`]); with LoRA adapters, per-position states asked for, or
 //! training, the burn path runs as before.
 
+#[cfg(feature = "webgpu")]
 pub mod engine;
+#[cfg(feature = "webgpu")]
 pub mod kernels;
+#[cfg(feature = "webgpu")]
 pub mod weights;
 
+#[cfg(feature = "webgpu")]
 pub use engine::{Engine, EngineStats, Sequence};
+
+#[cfg(not(feature = "webgpu"))]
+pub use without_webgpu::{Engine, Sequence};
+
+/// A build without the `webgpu` feature (the threaded wasm module) has no GPU engine: there is
+/// no GPU device to load one on, so [`Engine::load`] always says so and no `Engine` is ever
+/// made; the other methods exist for the callers' types and answer with the same error.
+#[cfg(not(feature = "webgpu"))]
+mod without_webgpu {
+    use crate::error::{Error, Result};
+    use crate::models::llama::LlamaConfig;
+    use crate::weights::gguf::Gguf;
+    use burn::tensor::Device;
+
+    /// Never made: this build has no GPU engine.
+    pub struct Engine {
+        _private: (),
+    }
+    /// A GPU sequence: never made either.
+    pub struct Sequence {
+        _private: (),
+    }
+
+    fn none() -> Error {
+        Error::Backend("this build has no WebGPU (the `webgpu` feature is off)".into())
+    }
+
+    impl Engine {
+        /// Always an error: this build has no GPU backend.
+        pub fn load(_gguf: &Gguf<'_>, _config: &LlamaConfig, _device: &Device) -> Result<Self> {
+            Err(none())
+        }
+        /// A sequence (never called: there is no `Engine`).
+        pub fn new_sequence(&self) -> Sequence {
+            Sequence { _private: () }
+        }
+        /// The same error as [`Engine::load`].
+        pub fn step(&self, _seq: &mut Sequence, _ids: &[u32]) -> Result<()> {
+            Err(none())
+        }
+        /// The same error as [`Engine::load`].
+        pub fn step_picked(&self, _seq: &mut Sequence) -> Result<u32> {
+            Err(none())
+        }
+        /// The same error as [`Engine::load`].
+        pub async fn argmax(&self, _seq: &mut Sequence) -> Result<(u32, f32)> {
+            Err(none())
+        }
+        /// The same error as [`Engine::load`].
+        pub async fn logits(&self, _seq: &Sequence) -> Result<Vec<f32>> {
+            Err(none())
+        }
+    }
+
+    impl Sequence {
+        /// None: nothing is ever picked.
+        pub fn picked(&self) -> Option<u32> {
+            None
+        }
+    }
+}

@@ -13,6 +13,23 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 await init();
 await initTuning();
 window.bench = {
+  /** webguard's Chat in a worker (pages/bench-worker.mjs): `module` "single" (webguard.js) or
+   *  "threads" (webguard_threads.js with `threads` threads); a new worker each time (a
+   *  module's pool size is set once). */
+  async workerChat(module, threads, message, maxTokens) {
+    const w = new Worker(new URL("./bench-worker.mjs", import.meta.url), { type: "module" });
+    try {
+      const { data } = await new Promise((resolve, reject) => {
+        w.onmessage = resolve;
+        w.onerror = (e) => reject(new Error(e.message || "the bench worker failed"));
+        w.postMessage({ module, threads, message, maxTokens });
+      });
+      if (!data.ok) throw new Error(data.message);
+      return data.result;
+    } finally {
+      w.terminate(); // its helper workers with it
+    }
+  },
   /** Prefill and decode speed of webguard's Chat: time to the first piece covers the
    *  prompt and the first token; decode is the rest. */
   async webguardChat(backend, message, maxTokens) {
