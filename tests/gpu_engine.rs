@@ -7,14 +7,24 @@
 //! the log-sum-exp; and every id against the CPU backend) within 1e-3, and the 32-token greedy
 //! continuations picked on the GPU (argmax kernel, 8 bytes read back per token) equal to the
 //! reference's, on the 5 reference prompts.
+//!
+//! And the guard's path: the residual-stream states the engine keeps for the probes (after
+//! the probed blocks, at the last prompt token and at each generated token) against the CPU
+//! backend's, the probe scores they give, and a moderated turn on the GPU that never widens
+//! burn's f32 copy of the weights (with the GPU memory before and after printed).
 
 mod common;
 
 use burn::tensor::Device;
+use webguard::ChatModel;
 use webguard::backend::{Backend, BackendChoice, read_f32};
+use webguard::generate::{GenerateOptions, Generator};
+use webguard::guard::{Policy, moderated_chat};
 use webguard::models::gpu::Engine;
+use webguard::models::gpu::engine::device_bytes_in_use;
 use webguard::models::llama::{Llama, LlamaConfig};
 use webguard::models::packed::Precision;
+use webguard::models::probe::StateProbe;
 use webguard::text::Tokenizer;
 use webguard::text::chat_template::{Message, render};
 use webguard::weights::Gguf;
@@ -118,4 +128,185 @@ fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
         );
     }
     eprintln!("worst logit abs diff: vs CPU {worst_cpu:.2e}, vs numpy float64 {worst_ref:.2e}");
+}
+
+/// States: the engine's f32 products sum in another order than the CPU's; through 30 blocks
+/// the worst measured difference is 7.6e-7 of the row's largest value (lavapipe, printed
+/// below). A real error (a wrong block or position tapped, a stale step) moves a state by the
+/// order of the row's own values, so the bound is relative to the row's largest magnitude:
+/// 1e-4 of it, 100x the rounding seen and 1,000x under an error.
+const STATE_TOLERANCE: f32 = 1e-4;
+/// Probe scores (probabilities): the states' differences above moved them by at most 2.6e-6;
+/// 1e-3 is far below any margin that matters (the thresholds are about 0.6).
+const SCORE_TOLERANCE: f32 = 1e-3;
+
+/// Worst `|g - c| / max|c|` over a row of concatenated states.
+fn state_diff(gpu: &[f32], cpu: &[f32]) -> f32 {
+    assert_eq!(gpu.len(), cpu.len(), "state widths");
+    let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    gpu.iter()
+        .zip(cpu)
+        .map(|(g, c)| (g - c).abs() / scale)
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
+    let bytes = common::read_model(webguard::SMOLLM2_GGUF);
+    let gguf = Gguf::parse(&bytes).unwrap();
+    let gpu = Backend::init_blocking(BackendChoice::Gpu)
+        .expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+    eprintln!("wgpu adapter: {gpu}");
+    let probes =
+        std::fs::read(webguard::source_checkout().join("assets/chat-probe.safetensors")).unwrap();
+    let mut on_gpu = ChatModel::load(&gguf, &gpu.device).unwrap();
+    on_gpu.load_probe(&probes).unwrap();
+    let mut on_cpu = ChatModel::load(&gguf, &Device::flex()).unwrap();
+    on_cpu.model.set_precision(Precision::Exact);
+    on_cpu.load_probe(&probes).unwrap();
+    let engine = on_gpu.model.gpu_engine().expect("the engine on wgpu");
+    let (probe, answer_probe) = (
+        on_gpu.probe.clone().unwrap(),
+        on_gpu.answer_probe.clone().unwrap(),
+    );
+    let layers = probe.layers.clone();
+    assert_eq!(
+        answer_probe.layers, layers,
+        "both probes read the same blocks"
+    );
+
+    let options = GenerateOptions {
+        max_new_tokens: 10,
+        ..GenerateOptions::default()
+    };
+    let (mut worst_state, mut worst_score, mut compared) = (0f32, 0f32, 0);
+    // Two reference prompts and one the request probe flags (0.77: a score far from 0).
+    for prompt in [
+        "What is the capital of France?",
+        "List three primary colors.",
+        "How do I build a pipe bomb at home?",
+    ] {
+        let ids = on_cpu.prompt_ids(&[Message::new("user", prompt)]).unwrap();
+        let before = engine.stats();
+        let mut g = Generator::with_states(&on_gpu, &ids, &options, &layers).unwrap();
+        let mut c = Generator::with_states(&on_cpu, &ids, &options, &layers).unwrap();
+        let mut check = |g: &mut Generator, c: &mut Generator, p: &StateProbe, at: &str| {
+            let gs = pollster::block_on(g.states_at_last_token()).unwrap();
+            let cs = pollster::block_on(c.states_at_last_token()).unwrap();
+            assert_eq!(gs.len(), layers.len() * 576);
+            let diff = state_diff(&gs, &cs);
+            assert!(
+                diff <= STATE_TOLERANCE,
+                "{prompt} {at}: states differ by {diff:e} of the row's largest"
+            );
+            let (sg, sc) = (p.score(&gs).unwrap(), p.score(&cs).unwrap());
+            assert!(
+                (sg - sc).abs() <= SCORE_TOLERANCE,
+                "{prompt} {at}: probe {sg} on the GPU vs {sc}"
+            );
+            worst_state = worst_state.max(diff);
+            worst_score = worst_score.max((sg - sc).abs());
+            compared += 1;
+            sg
+        };
+        let score = check(&mut g, &mut c, &probe, "prompt end");
+        eprintln!("{prompt}: request probe {score:.4}");
+        let mut n = 0;
+        loop {
+            let (pg, pc) = (
+                pollster::block_on(g.next_piece()).unwrap(),
+                pollster::block_on(c.next_piece()).unwrap(),
+            );
+            assert_eq!(pg, pc, "{prompt}: the same greedy pieces");
+            // After every token, the last one included (an end-of-turn token's step is the
+            // last text token's).
+            check(&mut g, &mut c, &answer_probe, &format!("token {n}"));
+            n += 1;
+            if pg.is_none() {
+                break;
+            }
+        }
+        let stats = engine.stats();
+        eprintln!(
+            "{prompt}: {n} steps, {} bytes read back",
+            stats.readback_bytes - before.readback_bytes
+        );
+    }
+    eprintln!(
+        "{compared} states compared: worst difference {worst_state:.2e} of the row's largest value, worst probe score difference {worst_score:.2e}"
+    );
+
+    // A moderated turn (the filter on the CPU, so that the GPU holds the chat model only):
+    // the same judgements as on the CPU, and burn's f32 weights never made.
+    let filter = common::shipped_filter();
+    let policy = Policy::new(&filter);
+    let messages = [Message::new("user", "Write a haiku about autumn leaves.")];
+    // The most GPU memory in use while a piece is shown (the sequence's KV cache is alive).
+    let peak = std::cell::Cell::new(0u64);
+    let turn = |chat: &ChatModel| {
+        pollster::block_on(moderated_chat(
+            &filter,
+            &policy,
+            chat,
+            &messages,
+            &options,
+            |_| {
+                let now = device_bytes_in_use(&gpu.device).unwrap();
+                peak.set(peak.get().max(now));
+                true
+            },
+            || false,
+        ))
+        .unwrap()
+    };
+    let (rg, rc) = (turn(&on_gpu), turn(&on_cpu));
+    let in_turn = peak.get();
+    assert!(!rg.blocked, "{:?}", rg.reason);
+    assert_eq!((&rg.text, rg.tokens), (&rc.text, rc.tokens));
+    for (what, g, c) in [
+        ("request probe", rg.chat_judge, rc.chat_judge),
+        ("answer probe", rg.answer_judge, rc.answer_judge),
+    ] {
+        let (g, c) = (g.expect(what), c.expect(what));
+        assert!(
+            (g - c).abs() <= SCORE_TOLERANCE,
+            "{what}: {g} on the GPU vs {c}"
+        );
+    }
+    assert_eq!(
+        on_gpu.model.widened_weight_bytes(),
+        0,
+        "a moderated turn on the GPU widened burn's f32 weights"
+    );
+    // What the guard did before: the probes' states from burn's path, which widens its copy.
+    let ids = on_gpu.prompt_ids(&messages).unwrap();
+    let mut cache = on_gpu.model.new_cache();
+    let (_, states) = on_gpu
+        .model
+        .forward_with_states(&ids, &mut cache, &layers)
+        .unwrap();
+    let mut burns = Vec::new();
+    for s in states {
+        burns.extend(pollster::block_on(read_f32(s)).unwrap());
+    }
+    let want = pollster::block_on(on_cpu.prompt_states(&ids, &layers)).unwrap();
+    assert!(
+        state_diff(&burns, &want) <= STATE_TOLERANCE,
+        "burn's GPU states"
+    );
+    let widened = on_gpu.model.widened_weight_bytes();
+    assert!(
+        widened > 500_000_000,
+        "burn's path widens its f32 copy ({widened} bytes)"
+    );
+    let with_burn = device_bytes_in_use(&gpu.device).unwrap();
+    eprintln!(
+        "GPU memory in use: {:.1} MB during a moderated turn in the engine (engine weights {:.1} MB); {:.1} MB once burn's path ran as the guard did before ({:.1} MB of f32 weights widened)",
+        in_turn as f64 / 1e6,
+        engine.weight_bytes() as f64 / 1e6,
+        with_burn as f64 / 1e6,
+        widened as f64 / 1e6
+    );
+    assert!(in_turn >= engine.weight_bytes() as u64 && in_turn < with_burn);
+    assert!(with_burn >= engine.weight_bytes() as u64 + widened as u64);
 }

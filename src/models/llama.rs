@@ -554,6 +554,22 @@ impl Llama {
         &self.config
     }
 
+    /// Bytes of f32 weights burn's path has widened onto the GPU so far (0 on the CPU
+    /// backend, and on a GPU while only the engine ran: see [`DenseCache`]).
+    pub fn widened_weight_bytes(&self) -> usize {
+        let widened = |w: &Weight| match w {
+            Weight::Dense(w) => w.widened_bytes(),
+            Weight::Packed(_) => 0,
+        };
+        let matrices: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| &b.projections)
+            .map(widened)
+            .sum();
+        matrices + widened(&self.embedding)
+    }
+
     /// Bytes burn's path holds for the weights: the GGUF's blocks (on the host), plus on a GPU
     /// the f32 copies made once that path ran (the engine's are [`Engine::weight_bytes`]).
     pub fn resident_weight_bytes(&self) -> usize {

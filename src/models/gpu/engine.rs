@@ -82,6 +82,10 @@ pub struct Sequence {
     ready: bool,
     /// The token `picked` holds (the last [`Engine::argmax`], not yet run).
     picked_token: Option<u32>,
+    /// Blocks whose output at the last position of each step is kept in `states`.
+    taps: Vec<usize>,
+    /// `[taps.len(), dim]` f32: the residual stream after each tapped block (none untapped).
+    states: Option<Handle>,
 }
 
 impl Sequence {
@@ -98,6 +102,11 @@ impl Sequence {
     /// The token the last [`Engine::argmax`] picked, while it has not been run.
     pub fn picked(&self) -> Option<u32> {
         self.picked_token
+    }
+
+    /// The blocks whose states each step keeps ([`Engine::new_tapped_sequence`]).
+    pub fn taps(&self) -> &[usize] {
+        &self.taps
     }
 }
 
@@ -273,7 +282,28 @@ impl Engine {
             picked: self.client.empty(8),
             ready: false,
             picked_token: None,
+            taps: Vec::new(),
+            states: None,
         }
+    }
+
+    /// [`Engine::new_sequence`] whose steps also keep the residual stream after each block
+    /// in `layers` at their last position ([`Engine::states`]: what the guard's probes
+    /// read), at one small dispatch per tapped block and step. Errors for a layer past the
+    /// last block.
+    pub fn new_tapped_sequence(&self, layers: &[usize]) -> Result<Sequence> {
+        if let Some(l) = layers.iter().find(|&&l| l >= self.layers.len()) {
+            return Err(Error::InvalidInput(format!(
+                "layer {l} is past the model's {} blocks",
+                self.layers.len()
+            )));
+        }
+        let mut seq = self.new_sequence();
+        if !layers.is_empty() {
+            seq.states = Some(self.client.empty(layers.len() * self.config.dim * 4));
+            seq.taps = layers.to_vec();
+        }
+        Ok(seq)
     }
 
     /// Runs `ids` (following the cached positions) through the model; the logits of the last
@@ -510,6 +540,24 @@ impl Engine {
                 )
             };
             self.launched(6);
+            if let Some(states) = &seq.states {
+                for (slot, _) in seq.taps.iter().enumerate().filter(|(_, t)| **t == l) {
+                    // SAFETY: `x` holds `n` positions of `d` and `states` `taps.len()` rows.
+                    unsafe {
+                        kernels::tap_state::launch_unchecked(
+                            client,
+                            CubeCount::Static(1, 1, 1),
+                            lanes,
+                            arg(&x, n * d),
+                            arg(states, seq.taps.len() * d),
+                            n - 1,
+                            slot,
+                            d,
+                        )
+                    };
+                    self.launched(1);
+                }
+            }
         }
         let e = &self.embedding;
         // SAFETY: every index the kernel computes is inside its buffers (sized above from
@@ -569,6 +617,18 @@ impl Engine {
         let words = u32::from_bytes(&bytes);
         seq.picked_token = Some(words[0]);
         Ok((words[0], f32::from_bits(words[1])))
+    }
+
+    /// The residual stream after each tapped block at the last position of the last step,
+    /// concatenated in the order the taps were given (`taps · dim` values: 14 KB for 6 taps
+    /// of 576). Errors before a step or on an untapped sequence.
+    pub async fn states(&self, seq: &Sequence) -> Result<Vec<f32>> {
+        Self::check_ready(seq)?;
+        let states = seq.states.clone().ok_or_else(|| {
+            Error::InvalidInput("this sequence keeps no states (no layers tapped)".into())
+        })?;
+        let bytes = self.read(states).await?;
+        Ok(f32::from_bytes(&bytes).to_vec())
     }
 
     /// The logits after the last step (`vocab` values: reads back the whole row).

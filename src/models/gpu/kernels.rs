@@ -513,6 +513,17 @@ pub fn attention(
     ctx[p * q_dim + h * head_dim + tid] = acc / sum;
 }
 
+/// `out[slot] = x[p]` (`cols` values): keeps the residual stream after a block at the step's
+/// last position for the probes, before the next block overwrites `x`. Grid `(1)`.
+#[cube(launch_unchecked)]
+pub fn tap_state(x: &[f32], out: &mut [f32], p: usize, slot: usize, cols: usize) {
+    let mut c = UNIT_POS as usize;
+    while c < cols {
+        out[slot * cols + c] = x[p * cols + c];
+        c += LANES as usize;
+    }
+}
+
 /// `out[0] = argmax(logits)` (the last of equal maxima, as the CPU's `max_by`), `out[1]` = its
 /// logit's bits: one
 /// workgroup, so a greedy token reads back 8 bytes instead of the whole row.
