@@ -21,7 +21,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::models::dense_cache::DenseCache;
-use crate::models::gpu::Engine;
+use crate::models::gpu::{Engine, KvPrecision};
 use crate::models::lora::{Lora, LoraConfig, Projection};
 use crate::models::packed::{PackedMatrix, Precision};
 use crate::weights::gguf::Gguf;
@@ -459,6 +459,14 @@ impl Llama {
             (Ok(_), Some(_)) => Err("LoRA adapters are applied (burn's path adds them)".into()),
             (Ok(engine), None) => Ok(engine),
             (Err(reason), _) => Err(reason.clone()),
+        }
+    }
+
+    /// Sets how the GPU engine's sequences made from now on store their KV cache (nothing
+    /// without an engine).
+    pub fn set_gpu_kv_precision(&mut self, kv: KvPrecision) {
+        if let Ok(engine) = &mut self.gpu {
+            engine.set_kv_precision(kv);
         }
     }
 

@@ -11,14 +11,17 @@
 //!
 //! - [`weights`]: uploading the blocks (u32 words, f32 scales).
 //! - [`kernels`]: the CubeCL kernels.
+//! - [`half`]: f16 packed two per u32 word (the KV cache), converted with bit operations.
 //! - [`engine`]: loading, the decode/prefill step, read-backs and counters.
 //!
 //! [`crate::models::llama::Llama`] uses it for inference on a wgpu device (prefill and
-//! decode through [`crate::generate`]); with LoRA adapters, per-position states asked for, or
-//! training, the burn path runs as before.
+//! decode through [`crate::generate`], the guard's probe states included: a tapped sequence
+//! keeps the residual stream after chosen blocks); with LoRA adapters, states at every
+//! position of a burn KV-cache prefix, or training, the burn path runs as before.
 
 pub mod engine;
+pub mod half;
 pub mod kernels;
 pub mod weights;
 
-pub use engine::{Engine, EngineStats, Sequence};
+pub use engine::{Engine, EngineStats, KvPrecision, Sequence};
