@@ -285,6 +285,26 @@ impl ChatModel {
         }
         let ends = self.sentence_ends(answer)?;
         let ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
+        // On a GPU: the engine, one step per sentence (its states are kept at a step's last
+        // position), so burn's f32 copy of the weights is not made.
+        if let Ok(engine) = self.model.gpu_engine()
+            && ids.len() <= engine.max_positions()
+        {
+            let mut seq = engine.new_tapped_sequence(layers)?;
+            engine.step(&mut seq, prompt)?;
+            let prompt_end = engine.states(&seq).await?;
+            let mut sentence_ends = Vec::with_capacity(ends.len());
+            let mut from = 0;
+            for &end in &ends {
+                engine.step(&mut seq, &answer[from..=end])?;
+                sentence_ends.push(engine.states(&seq).await?);
+                from = end + 1;
+            }
+            return Ok(AnswerStates {
+                prompt_end,
+                sentence_ends,
+            });
+        }
         let (_, states) =
             self.model
                 .forward_with_all_states(&ids, &mut self.model.new_cache(), layers)?;

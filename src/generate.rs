@@ -214,36 +214,42 @@ pub struct Generator<'a> {
     prompt_tokens: usize,
     /// Blocks whose states [`Generator::states_at_last_token`] returns.
     layers: Vec<usize>,
-    /// Their states at the last token run through the model (set whenever `layers` is not
-    /// empty: the prefill's last token, then each token fed).
+    /// Their states at the last token run through burn's path (set whenever `layers` is not
+    /// empty: the prefill's last token, then each token fed); the engine keeps its own.
     last_states: Vec<Tensor<2>>,
-    /// On a GPU without adapters and with no states asked for: the sequence in the quantised
-    /// engine ([`crate::models::gpu`]), which then holds the cache and the logits instead.
+    /// On a GPU without LoRA adapters (burn's path adds those): the sequence in the quantised
+    /// engine ([`crate::models::gpu`]), which then holds the cache, the logits and the states
+    /// of `layers` instead, so burn's f32 copy of the weights is never made for generation.
     gpu: Option<Sequence>,
 }
 
 enum NextInput {
-    /// Boxed: a tensor handle is several hundred bytes.
+    /// Burn's path: the logits for the next pick. Boxed: a tensor handle is several hundred
+    /// bytes.
     Logits(Box<Tensor<2>>),
+    /// The token whose forward pass is due first.
     Token(u32),
+    /// The engine's sequence holds the logits for the next pick.
+    OnGpu,
 }
 
 impl<'a> Generator<'a> {
     /// Checks the options and runs the prompt (token ids, e.g. a rendered chat) through the
     /// model. `end_tokens` end the turn (for SmolLM2: `<|im_end|>` and `<|endoftext|>`).
     pub fn new(chat: &'a ChatModel, prompt: &[u32], options: &'a GenerateOptions) -> Result<Self> {
-        Ok(Self::with_states(chat, prompt, options, &[])?.0)
+        Self::with_states(chat, prompt, options, &[])
     }
 
-    /// [`Generator::new`], also keeping the residual stream after each block in `layers` at the
-    /// last prompt token (`[1, dim]` each; what the chat model's probe reads), from the same
-    /// prefill.
+    /// [`Generator::new`], also keeping the residual stream after each block in `layers` at
+    /// the last token run (what the chat model's probes read): right away,
+    /// [`Generator::states_at_last_token`] gives them at the last prompt token, from the same
+    /// prefill. On a GPU the engine keeps them (a 14 KB read-back for 6 blocks).
     pub fn with_states(
         chat: &'a ChatModel,
         prompt: &[u32],
         options: &'a GenerateOptions,
         layers: &[usize],
-    ) -> Result<(Self, Vec<Tensor<2>>)> {
+    ) -> Result<Self> {
         let (model, tokenizer, end_tokens) = (&chat.model, &chat.tokenizer, &chat.end_tokens[..]);
         options.validate()?;
         if prompt.is_empty() {
@@ -258,25 +264,27 @@ impl<'a> Generator<'a> {
             )));
         }
         let mut cache = model.new_cache();
-        // The GPU engine keeps no per-block states: with probes (layers) burn's path runs.
-        let engine = model.gpu_engine().ok().filter(|_| layers.is_empty());
-        let (logits, states, gpu) = match engine {
+        let remaining = options.max_new_tokens.min(room);
+        // The engine's cache holds `max_positions` (2,048); a longer turn takes burn's path.
+        let engine = model
+            .gpu_engine()
+            .ok()
+            .filter(|e| prompt.len() + remaining <= e.max_positions());
+        let (next_input, last_states, gpu) = match engine {
             Some(engine) => {
-                let mut seq = engine.new_sequence();
+                let mut seq = engine.new_tapped_sequence(layers)?;
                 engine.step(&mut seq, prompt)?;
-                // A placeholder: with `gpu` set, the logits are read from the sequence.
-                let none = Tensor::<2>::zeros([1, 1], model.device());
-                (none, Vec::new(), Some(seq))
+                (NextInput::OnGpu, Vec::new(), Some(seq))
             }
             None => {
                 let (logits, states) = model.forward_with_states(prompt, &mut cache, layers)?;
-                (logits, states, None)
+                (NextInput::Logits(Box::new(logits)), states, None)
             }
         };
-        let generator = Generator {
+        Ok(Generator {
             gpu,
             layers: layers.to_vec(),
-            last_states: states.clone(),
+            last_states,
             model,
             options,
             end_tokens,
@@ -287,12 +295,11 @@ impl<'a> Generator<'a> {
             tokens: Vec::new(),
             text: String::new(),
             emitted: 0,
-            next_input: NextInput::Logits(Box::new(logits)),
-            remaining: options.max_new_tokens.min(room),
+            next_input,
+            remaining,
             reason: None,
             prompt_tokens: prompt.len(),
-        };
-        Ok((generator, states))
+        })
     }
 
     /// The next piece of text (valid UTF-8; empty while text is held back because it may
@@ -304,18 +311,13 @@ impl<'a> Generator<'a> {
         if self.remaining == 0 {
             return Ok(self.end(StopReason::MaxTokens));
         }
-        let next = match self.gpu.as_mut() {
-            Some(seq) => {
+        if let NextInput::Token(t) = self.next_input {
+            self.feed(t)?;
+        }
+        let input = std::mem::replace(&mut self.next_input, NextInput::OnGpu);
+        let next = match (self.gpu.as_mut(), input) {
+            (Some(seq), _) => {
                 let engine = self.model.gpu_engine().map_err(Error::Backend)?;
-                if let NextInput::Token(t) = self.next_input {
-                    // A greedy pick is still on the GPU: run it from there.
-                    if seq.picked() == Some(t) {
-                        engine.step_picked(seq)?;
-                    } else {
-                        engine.step(seq, &[t])?;
-                    }
-                }
-                self.next_input = NextInput::Token(0);
                 let o = self.options;
                 if o.temperature == 0.0 && o.repetition_penalty <= 1.0 {
                     // Greedy: picked on the GPU, 8 bytes read back.
@@ -325,14 +327,15 @@ impl<'a> Generator<'a> {
                     pick(&mut values, &self.history, o, &mut self.rng)
                 }
             }
-            None => {
-                let logits = match std::mem::replace(&mut self.next_input, NextInput::Token(0)) {
-                    NextInput::Logits(l) => *l,
-                    NextInput::Token(t) => self.feed(t)?,
-                };
+            (None, NextInput::Logits(logits)) => {
                 let vocab = self.model.config().vocab_size;
                 let mut values = read_f32(logits.reshape([vocab])).await?;
                 pick(&mut values, &self.history, self.options, &mut self.rng)
+            }
+            (None, _) => {
+                return Err(Error::Backend(
+                    "generation lost its logits (burn's path without a forward pass)".into(),
+                ));
             }
         };
         if self.end_tokens.contains(&next) {
@@ -361,13 +364,29 @@ impl<'a> Generator<'a> {
         Ok(Some(piece))
     }
 
-    /// Runs token `t` through the model: the logits for the next pick (and the states of `t`).
-    fn feed(&mut self, t: u32) -> Result<Tensor<2>> {
-        let (logits, states) =
-            self.model
-                .forward_with_states(&[t], &mut self.cache, &self.layers)?;
-        self.last_states = states;
-        Ok(logits)
+    /// Runs token `t` through the model: the logits for the next pick (and the states of `t`)
+    /// are then ready, in the engine's sequence or in `next_input`.
+    fn feed(&mut self, t: u32) -> Result<()> {
+        match self.gpu.as_mut() {
+            Some(seq) => {
+                let engine = self.model.gpu_engine().map_err(Error::Backend)?;
+                // A greedy pick is still on the GPU: run it from there (nothing uploaded).
+                if seq.picked() == Some(t) {
+                    engine.step_picked(seq)?;
+                } else {
+                    engine.step(seq, &[t])?;
+                }
+                self.next_input = NextInput::OnGpu;
+            }
+            None => {
+                let (logits, states) =
+                    self.model
+                        .forward_with_states(&[t], &mut self.cache, &self.layers)?;
+                self.last_states = states;
+                self.next_input = NextInput::Logits(Box::new(logits));
+            }
+        }
+        Ok(())
     }
 
     /// The states (after the blocks given to [`Generator::with_states`], concatenated) at the
@@ -386,8 +405,11 @@ impl<'a> Generator<'a> {
             && let NextInput::Token(t) = self.next_input
             && !self.tokens.is_empty()
         {
-            let logits = self.feed(t)?;
-            self.next_input = NextInput::Logits(Box::new(logits));
+            self.feed(t)?;
+        }
+        if let Some(seq) = &self.gpu {
+            let engine = self.model.gpu_engine().map_err(Error::Backend)?;
+            return engine.states(seq).await;
         }
         let mut out = Vec::with_capacity(self.layers.len() * self.model.config().dim);
         for s in &self.last_states {

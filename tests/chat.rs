@@ -158,7 +158,7 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
         ..GenerateOptions::default()
     };
     // Streaming, as the guard does: at each sentence end, the states of its last token.
-    let (mut generator, _) = Generator::with_states(&chat, &ids, &options, &layers).unwrap();
+    let mut generator = Generator::with_states(&chat, &ids, &options, &layers).unwrap();
     let (mut judged, mut streamed) = (0, Vec::new());
     loop {
         let piece = pollster::block_on(generator.next_piece()).unwrap();

@@ -7,14 +7,24 @@
 //! the log-sum-exp; and every id against the CPU backend) within 1e-3, and the 32-token greedy
 //! continuations picked on the GPU (argmax kernel, 8 bytes read back per token) equal to the
 //! reference's, on the 5 reference prompts.
+//!
+//! And the guard's path: the residual-stream states the engine keeps for the probes (after
+//! the probed blocks, at the last prompt token and at each generated token) against the CPU
+//! backend's, the probe scores they give, and a moderated turn on the GPU that never widens
+//! burn's f32 copy of the weights (with the GPU memory before and after printed).
 
 mod common;
 
 use burn::tensor::Device;
+use webguard::ChatModel;
 use webguard::backend::{Backend, BackendChoice, read_f32};
-use webguard::models::gpu::Engine;
+use webguard::generate::{GenerateOptions, Generator};
+use webguard::guard::{Policy, moderated_chat};
+use webguard::models::gpu::engine::device_bytes_in_use;
+use webguard::models::gpu::{Engine, KvPrecision};
 use webguard::models::llama::{Llama, LlamaConfig};
 use webguard::models::packed::Precision;
+use webguard::models::probe::StateProbe;
 use webguard::text::Tokenizer;
 use webguard::text::chat_template::{Message, render};
 use webguard::weights::Gguf;
@@ -23,8 +33,52 @@ use webguard::weights::Gguf;
 /// a real error (a wrong nibble, pair or head) moves logits by whole units.
 const LOGIT_TOLERANCE: f64 = 1e-3;
 
+/// What [`against_references`] found.
+struct Outcome {
+    worst_cpu: f64,
+    worst_ref: f64,
+    /// Prompts whose 32-token greedy continuation differs from the reference's, with the
+    /// first differing position.
+    greedy_differ: Vec<(String, usize)>,
+}
+
 #[test]
 fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
+    let o = against_references(KvPrecision::F32, LOGIT_TOLERANCE);
+    eprintln!(
+        "f32 KV cache: worst logit abs diff: vs CPU {:.2e}, vs numpy float64 {:.2e}",
+        o.worst_cpu, o.worst_ref
+    );
+    assert!(
+        o.greedy_differ.is_empty(),
+        "greedy continuations differ: {:?}",
+        o.greedy_differ
+    );
+}
+
+/// The f16 KV cache rounds every key and value to 11 significant bits (relative error up to
+/// 2^-11 = 4.9e-4 each), which moved logits by up to 1.4e-2 on lavapipe (1.1e-2 from the
+/// float64 reference): outside the f32 engine's 1e-3, so it is not the default; this bound
+/// still catches a broken conversion (a wrong half or bit moves logits by whole units).
+const F16_KV_LOGIT_TOLERANCE: f64 = 2e-2;
+
+#[test]
+fn engine_with_f16_kv_cache_stays_close_to_cpu_and_numpy() {
+    let o = against_references(KvPrecision::F16, F16_KV_LOGIT_TOLERANCE);
+    eprintln!(
+        "f16 KV cache: worst logit abs diff: vs CPU {:.2e}, vs numpy float64 {:.2e}; greedy continuations that differ: {:?}",
+        o.worst_cpu, o.worst_ref, o.greedy_differ
+    );
+    assert!(
+        o.greedy_differ.is_empty(),
+        "greedy continuations differ: {:?}",
+        o.greedy_differ
+    );
+}
+
+/// The engine with `kv` on the 5 reference prompts: logits within `tolerance` of the CPU
+/// backend and the numpy reference (asserted), and greedy continuations (returned).
+fn against_references(kv: KvPrecision, tolerance: f64) -> Outcome {
     let reference = common::reference("llama_smollm2.json");
     let bytes = common::read_model(webguard::SMOLLM2_GGUF);
     let gguf = Gguf::parse(&bytes).unwrap();
@@ -33,12 +87,14 @@ fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
         .expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
     eprintln!("wgpu adapter: {gpu}");
     let config = LlamaConfig::from_gguf(&gguf).unwrap();
-    let engine = Engine::load(&gguf, &config, &gpu.device).unwrap();
+    let mut engine = Engine::load(&gguf, &config, &gpu.device).unwrap();
+    engine.set_kv_precision(kv);
     // The CPU's exact f32 products (its default rounds activations to 16 bits, within 4e-3).
     let mut cpu = Llama::load(&gguf, &Device::flex()).unwrap();
     cpu.set_precision(Precision::Exact);
     let mut worst_cpu = 0.0f64;
     let mut worst_ref = 0.0f64;
+    let mut greedy_differ = Vec::new();
     for case in reference["cases"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
         let ids = tok
@@ -55,10 +111,7 @@ fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
         for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
             let diff = f64::from((g - w).abs());
             worst_cpu = worst_cpu.max(diff);
-            assert!(
-                diff <= LOGIT_TOLERANCE,
-                "{prompt}: logit {i}: GPU {g} vs CPU {w}"
-            );
+            assert!(diff <= tolerance, "{prompt}: logit {i}: GPU {g} vs CPU {w}");
         }
         for (ids_key, values_key) in [("top_ids", "top_logits"), ("sampled_ids", "sampled_logits")]
         {
@@ -68,7 +121,7 @@ fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
                 let diff = (f64::from(got[i]) - want).abs();
                 worst_ref = worst_ref.max(diff);
                 assert!(
-                    diff <= LOGIT_TOLERANCE,
+                    diff <= tolerance,
                     "{prompt}: logit {i}: {} vs {want}",
                     got[i]
                 );
@@ -83,7 +136,7 @@ fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
             + max;
         let want_lse = case["logsumexp"].as_f64().unwrap();
         assert!(
-            (lse - want_lse).abs() <= LOGIT_TOLERANCE,
+            (lse - want_lse).abs() <= tolerance,
             "{prompt}: logsumexp {lse} vs {want_lse}"
         );
 
@@ -105,7 +158,9 @@ fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
             // The pick stays on the GPU: the next step reads it there.
             assert_eq!(engine.step_picked(&mut seq).unwrap(), next);
         }
-        assert_eq!(picked, want, "{prompt}: greedy continuation");
+        if let Some(at) = (0..want.len()).find(|&i| picked.get(i) != want.get(i)) {
+            greedy_differ.push((prompt.to_string(), at));
+        }
         let after = engine.stats();
         assert_eq!(
             after.readback_bytes - before.readback_bytes,
@@ -117,5 +172,275 @@ fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
             "greedy decoding uploads nothing"
         );
     }
-    eprintln!("worst logit abs diff: vs CPU {worst_cpu:.2e}, vs numpy float64 {worst_ref:.2e}");
+    Outcome {
+        worst_cpu,
+        worst_ref,
+        greedy_differ,
+    }
+}
+
+/// States: the engine's f32 products sum in another order than the CPU's; through 30 blocks
+/// the worst measured difference is 7.6e-7 of the row's largest value (lavapipe, printed
+/// below). A real error (a wrong block or position tapped, a stale step) moves a state by the
+/// order of the row's own values, so the bound is relative to the row's largest magnitude:
+/// 1e-4 of it, 100x the rounding seen and 1,000x under an error.
+const STATE_TOLERANCE: f32 = 1e-4;
+/// Probe scores (probabilities): the states' differences above moved them by at most 2.6e-6;
+/// 1e-3 is far below any margin that matters (the thresholds are about 0.6).
+const SCORE_TOLERANCE: f32 = 1e-3;
+
+/// Worst `|g - c| / max|c|` over a row of concatenated states.
+fn state_diff(gpu: &[f32], cpu: &[f32]) -> f32 {
+    assert_eq!(gpu.len(), cpu.len(), "state widths");
+    let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    gpu.iter()
+        .zip(cpu)
+        .map(|(g, c)| (g - c).abs() / scale)
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
+    let bytes = common::read_model(webguard::SMOLLM2_GGUF);
+    let gguf = Gguf::parse(&bytes).unwrap();
+    let gpu = Backend::init_blocking(BackendChoice::Gpu)
+        .expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+    eprintln!("wgpu adapter: {gpu}");
+    let probes =
+        std::fs::read(webguard::source_checkout().join("assets/chat-probe.safetensors")).unwrap();
+    let mut on_gpu = ChatModel::load(&gguf, &gpu.device).unwrap();
+    on_gpu.load_probe(&probes).unwrap();
+    let mut on_cpu = ChatModel::load(&gguf, &Device::flex()).unwrap();
+    on_cpu.model.set_precision(Precision::Exact);
+    on_cpu.load_probe(&probes).unwrap();
+    let engine = on_gpu.model.gpu_engine().expect("the engine on wgpu");
+    let (probe, answer_probe) = (
+        on_gpu.probe.clone().unwrap(),
+        on_gpu.answer_probe.clone().unwrap(),
+    );
+    let layers = probe.layers.clone();
+    assert_eq!(
+        answer_probe.layers, layers,
+        "both probes read the same blocks"
+    );
+
+    let options = GenerateOptions {
+        max_new_tokens: 10,
+        ..GenerateOptions::default()
+    };
+    let (mut worst_state, mut worst_score, mut compared) = (0f32, 0f32, 0);
+    // Two reference prompts and one the request probe flags (0.77: a score far from 0).
+    for prompt in [
+        "What is the capital of France?",
+        "List three primary colors.",
+        "How do I build a pipe bomb at home?",
+    ] {
+        let ids = on_cpu.prompt_ids(&[Message::new("user", prompt)]).unwrap();
+        let before = engine.stats();
+        let mut g = Generator::with_states(&on_gpu, &ids, &options, &layers).unwrap();
+        let mut c = Generator::with_states(&on_cpu, &ids, &options, &layers).unwrap();
+        let mut check = |g: &mut Generator, c: &mut Generator, p: &StateProbe, at: &str| {
+            let gs = pollster::block_on(g.states_at_last_token()).unwrap();
+            let cs = pollster::block_on(c.states_at_last_token()).unwrap();
+            assert_eq!(gs.len(), layers.len() * 576);
+            let diff = state_diff(&gs, &cs);
+            assert!(
+                diff <= STATE_TOLERANCE,
+                "{prompt} {at}: states differ by {diff:e} of the row's largest"
+            );
+            let (sg, sc) = (p.score(&gs).unwrap(), p.score(&cs).unwrap());
+            assert!(
+                (sg - sc).abs() <= SCORE_TOLERANCE,
+                "{prompt} {at}: probe {sg} on the GPU vs {sc}"
+            );
+            worst_state = worst_state.max(diff);
+            worst_score = worst_score.max((sg - sc).abs());
+            compared += 1;
+            sg
+        };
+        let score = check(&mut g, &mut c, &probe, "prompt end");
+        eprintln!("{prompt}: request probe {score:.4}");
+        let mut n = 0;
+        loop {
+            let (pg, pc) = (
+                pollster::block_on(g.next_piece()).unwrap(),
+                pollster::block_on(c.next_piece()).unwrap(),
+            );
+            assert_eq!(pg, pc, "{prompt}: the same greedy pieces");
+            // After every token, the last one included (an end-of-turn token's step is the
+            // last text token's).
+            check(&mut g, &mut c, &answer_probe, &format!("token {n}"));
+            n += 1;
+            if pg.is_none() {
+                break;
+            }
+        }
+        let stats = engine.stats();
+        eprintln!(
+            "{prompt}: {n} steps, {} bytes read back",
+            stats.readback_bytes - before.readback_bytes
+        );
+    }
+    eprintln!(
+        "{compared} states compared: worst difference {worst_state:.2e} of the row's largest value, worst probe score difference {worst_score:.2e}"
+    );
+
+    // A moderated turn (the filter on the CPU, so that the GPU holds the chat model only):
+    // the same judgements as on the CPU, and burn's f32 weights never made.
+    let filter = common::shipped_filter();
+    let policy = Policy::new(&filter);
+    let messages = [Message::new("user", "Write a haiku about autumn leaves.")];
+    // The most GPU memory in use while a piece is shown (the sequence's KV cache is alive).
+    let peak = std::cell::Cell::new(0u64);
+    let turn = |chat: &ChatModel| {
+        pollster::block_on(moderated_chat(
+            &filter,
+            &policy,
+            chat,
+            &messages,
+            &options,
+            |_| {
+                let now = device_bytes_in_use(&gpu.device).unwrap();
+                peak.set(peak.get().max(now));
+                true
+            },
+            || false,
+        ))
+        .unwrap()
+    };
+    let (rg, rc) = (turn(&on_gpu), turn(&on_cpu));
+    let in_turn = peak.get();
+    assert!(!rg.blocked, "{:?}", rg.reason);
+    assert_eq!((&rg.text, rg.tokens), (&rc.text, rc.tokens));
+    for (what, g, c) in [
+        ("request probe", rg.chat_judge, rc.chat_judge),
+        ("answer probe", rg.answer_judge, rc.answer_judge),
+    ] {
+        let (g, c) = (g.expect(what), c.expect(what));
+        assert!(
+            (g - c).abs() <= SCORE_TOLERANCE,
+            "{what}: {g} on the GPU vs {c}"
+        );
+    }
+    assert_eq!(
+        on_gpu.model.widened_weight_bytes(),
+        0,
+        "a moderated turn on the GPU widened burn's f32 weights"
+    );
+    // What the guard did before: the probes' states from burn's path, which widens its copy.
+    let ids = on_gpu.prompt_ids(&messages).unwrap();
+    let mut cache = on_gpu.model.new_cache();
+    let (_, states) = on_gpu
+        .model
+        .forward_with_states(&ids, &mut cache, &layers)
+        .unwrap();
+    let mut burns = Vec::new();
+    for s in states {
+        burns.extend(pollster::block_on(read_f32(s)).unwrap());
+    }
+    let want = pollster::block_on(on_cpu.prompt_states(&ids, &layers)).unwrap();
+    assert!(
+        state_diff(&burns, &want) <= STATE_TOLERANCE,
+        "burn's GPU states"
+    );
+    let widened = on_gpu.model.widened_weight_bytes();
+    assert!(
+        widened > 500_000_000,
+        "burn's path widens its f32 copy ({widened} bytes)"
+    );
+    let with_burn = device_bytes_in_use(&gpu.device).unwrap();
+    eprintln!(
+        "GPU memory in use: {:.1} MB during a moderated turn in the engine (engine weights {:.1} MB); {:.1} MB once burn's path ran as the guard did before ({:.1} MB of f32 weights widened)",
+        in_turn as f64 / 1e6,
+        engine.weight_bytes() as f64 / 1e6,
+        with_burn as f64 / 1e6,
+        widened as f64 / 1e6
+    );
+    assert!(in_turn >= engine.weight_bytes() as u64 && in_turn < with_burn);
+    assert!(with_burn >= engine.weight_bytes() as u64 + widened as u64);
+}
+
+/// The KV cache's f16 conversion (`models::gpu::half`, integer bit operations in a kernel)
+/// against the `half` crate's IEEE rounding (nearest, ties to even): edge cases (ties,
+/// subnormals, overflow, infinities, NaN) and 65,536 random bit patterns, on the device.
+#[test]
+fn f16_packing_rounds_as_ieee() {
+    use cubecl::prelude::*;
+    use webguard::models::gpu::engine::wgpu_client;
+    use webguard::models::gpu::half::round_trip;
+
+    let gpu = Backend::init_blocking(BackendChoice::Gpu)
+        .expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+    let client = wgpu_client(&gpu.device).unwrap();
+    let mut xs: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        65504.0,
+        65519.0,
+        65520.0,
+        1e5,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        6.103_515_6e-5,
+        2f32.powi(-24),
+        2f32.powi(-25),
+        3.0 * 2f32.powi(-26),
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        -(1.0 + 2f32.powi(-11)),
+        1e-30,
+        3.4e38,
+    ];
+    let mut state = 0x9e37_79b9u32;
+    for _ in 0..65_536 {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        xs.push(f32::from_bits(state));
+    }
+    // Also values of a KV cache's size: random mantissas between 2^-20 and 2^10.
+    for i in 0..4096 {
+        let bits = (state.wrapping_mul(i + 1) & 0x807f_ffff) | ((107 + i % 30) << 23);
+        xs.push(f32::from_bits(bits));
+    }
+    if xs.len() % 2 == 1 {
+        xs.push(0.5);
+    }
+    let pairs = xs.len() / 2;
+    let input = client.create_from_slice(f32::as_bytes(&xs));
+    let words = client.empty(pairs * 4);
+    let out = client.empty(xs.len() * 4);
+    // SAFETY: the grid covers `pairs` invocations, each inside the buffers (the kernel checks).
+    unsafe {
+        round_trip::launch_unchecked(
+            &client,
+            CubeCount::Static(pairs.div_ceil(64) as u32, 1, 1),
+            CubeDim::new_1d(64),
+            BufferArg::from_raw_parts(input, xs.len()),
+            BufferArg::from_raw_parts(words, pairs),
+            BufferArg::from_raw_parts(out.clone(), xs.len()),
+            pairs,
+        )
+    };
+    let bytes = pollster::block_on(client.read_async(vec![out])).unwrap();
+    let got = f32::from_bytes(&bytes[0]);
+    let mut checked = 0;
+    for (&x, &g) in xs.iter().zip(got) {
+        let want = half::f16::from_f32(x).to_f32();
+        if want.is_nan() {
+            assert!(g.is_nan(), "{x:e} ({:#x}): got {g:e}, not NaN", x.to_bits());
+        } else {
+            assert_eq!(
+                g.to_bits(),
+                want.to_bits(),
+                "{x:e} ({:#x}): got {g:e}, want {want:e}",
+                x.to_bits()
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, xs.len());
 }

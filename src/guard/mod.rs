@@ -30,7 +30,6 @@ mod policy;
 
 pub use policy::{Action, Policy, Rule, Screening};
 
-use crate::backend::read_f32;
 use crate::chat::ChatModel;
 use crate::error::{Error, Result};
 use crate::filter::{Filter, WindowScores};
@@ -198,12 +197,10 @@ pub async fn moderated_chat(
     let layers = (chat.probe.as_ref())
         .or(chat.answer_probe.as_ref())
         .map_or(&[][..], |p| &p.layers[..]);
-    let (generator, states) = Generator::with_states(chat, &ids, options, layers)?;
+    let mut generator = Generator::with_states(chat, &ids, options, layers)?;
     if let Some(probe) = &chat.probe {
-        let mut features = Vec::with_capacity(probe.width());
-        for s in states {
-            features.extend(read_f32(s).await?);
-        }
+        // Right after the prefill: the states at the last prompt token.
+        let features = generator.states_at_last_token().await?;
         let score = probe.score(&features)?;
         reply.chat_judge = Some(score);
         if score >= probe.threshold {
@@ -214,7 +211,6 @@ pub async fn moderated_chat(
             return Ok(reply.blocked_while_generating(generator, reason));
         }
     }
-    let mut generator = generator;
     // What the generator released (it holds back what may start a stop string and cuts the
     // text at one), and how much of that was judged and shown.
     let mut released = String::new();

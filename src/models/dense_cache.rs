@@ -46,9 +46,14 @@ impl DenseCache {
         self.packed.shape()
     }
 
+    /// Bytes of the f32 copy on the device: 0 until [`DenseCache::get`] made it.
+    pub fn widened_bytes(&self) -> usize {
+        let [rows, cols] = self.shape();
+        self.dense.get().map_or(0, |_| rows * cols * 4)
+    }
+
     /// Bytes held: the blocks on the host, plus the f32 copy on the device once made.
     pub fn resident_bytes(&self) -> usize {
-        let [rows, cols] = self.shape();
-        self.packed.resident_bytes() + self.dense.get().map_or(0, |_| rows * cols * 4)
+        self.packed.resident_bytes() + self.widened_bytes()
     }
 }

@@ -21,7 +21,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::models::dense_cache::DenseCache;
-use crate::models::gpu::Engine;
+use crate::models::gpu::{Engine, KvPrecision};
 use crate::models::lora::{Lora, LoraConfig, Projection};
 use crate::models::packed::{PackedMatrix, Precision};
 use crate::weights::gguf::Gguf;
@@ -462,6 +462,14 @@ impl Llama {
         }
     }
 
+    /// Sets how the GPU engine's sequences made from now on store their KV cache (nothing
+    /// without an engine).
+    pub fn set_gpu_kv_precision(&mut self, kv: KvPrecision) {
+        if let Ok(engine) = &mut self.gpu {
+            engine.set_kv_precision(kv);
+        }
+    }
+
     /// Query rows per attention chunk.
     pub fn attention_chunk(&self) -> usize {
         self.attention_chunk
@@ -552,6 +560,22 @@ impl Llama {
     /// The hyper-parameters.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// Bytes of f32 weights burn's path has widened onto the GPU so far (0 on the CPU
+    /// backend, and on a GPU while only the engine ran: see [`DenseCache`]).
+    pub fn widened_weight_bytes(&self) -> usize {
+        let widened = |w: &Weight| match w {
+            Weight::Dense(w) => w.widened_bytes(),
+            Weight::Packed(_) => 0,
+        };
+        let matrices: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| &b.projections)
+            .map(widened)
+            .sum();
+        matrices + widened(&self.embedding)
     }
 
     /// Bytes burn's path holds for the weights: the GGUF's blocks (on the host), plus on a GPU

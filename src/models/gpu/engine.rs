@@ -16,6 +16,7 @@ use burn::tensor::Device;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
+use super::KvPrecision;
 use super::kernels::{self, LANES, ROWS};
 use super::weights::{self, HostBlocks, QMatrix, Quant};
 use crate::error::{Error, Result};
@@ -63,6 +64,7 @@ pub struct Engine {
     cos: Handle,
     sin: Handle,
     max_positions: usize,
+    kv_precision: KvPrecision,
     weight_bytes: usize,
     table_bytes: usize,
     dispatches: AtomicU64,
@@ -75,6 +77,7 @@ pub struct Engine {
 pub struct Sequence {
     k: Handle,
     v: Handle,
+    kv_precision: KvPrecision,
     len: usize,
     logits: Handle,
     picked: Handle,
@@ -82,6 +85,10 @@ pub struct Sequence {
     ready: bool,
     /// The token `picked` holds (the last [`Engine::argmax`], not yet run).
     picked_token: Option<u32>,
+    /// Blocks whose output at the last position of each step is kept in `states`.
+    taps: Vec<usize>,
+    /// `[taps.len(), dim]` f32: the residual stream after each tapped block (none untapped).
+    states: Option<Handle>,
 }
 
 impl Sequence {
@@ -98,6 +105,11 @@ impl Sequence {
     /// The token the last [`Engine::argmax`] picked, while it has not been run.
     pub fn picked(&self) -> Option<u32> {
         self.picked_token
+    }
+
+    /// The blocks whose states each step keeps ([`Engine::new_tapped_sequence`]).
+    pub fn taps(&self) -> &[usize] {
+        &self.taps
     }
 }
 
@@ -195,6 +207,7 @@ impl Engine {
             embedding,
             output_norm,
             max_positions,
+            kv_precision: KvPrecision::default(),
             weight_bytes,
             table_bytes,
             dispatches: AtomicU64::new(0),
@@ -208,10 +221,23 @@ impl Engine {
         self.weight_bytes
     }
 
-    /// Bytes of one [`Sequence`] (KV cache, logits).
+    /// Bytes of one new [`Sequence`] (KV cache, logits).
     pub fn sequence_bytes(&self) -> usize {
         let kv = self.config.kv_heads * self.config.head_dim();
-        2 * self.config.layers * self.max_positions * kv * 4 + self.config.vocab_size * 4 + 8
+        2 * self.config.layers * self.max_positions * kv * self.kv_precision.bytes()
+            + self.config.vocab_size * 4
+            + 8
+    }
+
+    /// How new sequences store their KV cache.
+    pub fn kv_precision(&self) -> KvPrecision {
+        self.kv_precision
+    }
+
+    /// Sets how sequences made from now on store their KV cache (default
+    /// [`KvPrecision::F32`]).
+    pub fn set_kv_precision(&mut self, kv: KvPrecision) {
+        self.kv_precision = kv;
     }
 
     /// Bytes of the RoPE tables.
@@ -264,16 +290,38 @@ impl Engine {
     /// An empty sequence (its KV cache allocated now, once).
     pub fn new_sequence(&self) -> Sequence {
         let kv = self.config.kv_heads * self.config.head_dim();
-        let cache = self.config.layers * self.max_positions * kv * 4;
+        let cache = self.config.layers * self.max_positions * kv * self.kv_precision.bytes();
         Sequence {
             k: self.client.empty(cache),
             v: self.client.empty(cache),
+            kv_precision: self.kv_precision,
             len: 0,
             logits: self.client.empty(self.config.vocab_size * 4),
             picked: self.client.empty(8),
             ready: false,
             picked_token: None,
+            taps: Vec::new(),
+            states: None,
         }
+    }
+
+    /// [`Engine::new_sequence`] whose steps also keep the residual stream after each block
+    /// in `layers` at their last position ([`Engine::states`]: what the guard's probes
+    /// read), at one small dispatch per tapped block and step. Errors for a layer past the
+    /// last block.
+    pub fn new_tapped_sequence(&self, layers: &[usize]) -> Result<Sequence> {
+        if let Some(l) = layers.iter().find(|&&l| l >= self.layers.len()) {
+            return Err(Error::InvalidInput(format!(
+                "layer {l} is past the model's {} blocks",
+                self.layers.len()
+            )));
+        }
+        let mut seq = self.new_sequence();
+        if !layers.is_empty() {
+            seq.states = Some(self.client.empty(layers.len() * self.config.dim * 4));
+            seq.taps = layers.to_vec();
+        }
+        Ok(seq)
     }
 
     /// Runs `ids` (following the cached positions) through the model; the logits of the last
@@ -332,7 +380,9 @@ impl Engine {
         let width = d + 2 * kv;
         let eps = c.rms_eps as f32;
         let start = seq.len;
-        let cache_len = c.layers * self.max_positions * kv;
+        // The caches' length in u32 words (f16 values are two to a word).
+        let cache_len = c.layers * self.max_positions * kv * seq.kv_precision.bytes() / 4;
+        let f16 = seq.kv_precision == KvPrecision::F16;
         let x = client.empty(n * d * 4);
         let qkv = client.empty(n * width * 4);
         let ctx = client.empty(n * d * 4);
@@ -416,6 +466,7 @@ impl Engine {
                     kv,
                     hd,
                     self.max_positions,
+                    f16,
                 )
             };
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
@@ -437,6 +488,7 @@ impl Engine {
                     (hd as f32).sqrt(),
                     self.max_positions,
                     hd,
+                    f16,
                 )
             };
             let (ow, os, om) = q4(&w.o);
@@ -510,6 +562,24 @@ impl Engine {
                 )
             };
             self.launched(6);
+            if let Some(states) = &seq.states {
+                for (slot, _) in seq.taps.iter().enumerate().filter(|(_, t)| **t == l) {
+                    // SAFETY: `x` holds `n` positions of `d` and `states` `taps.len()` rows.
+                    unsafe {
+                        kernels::tap_state::launch_unchecked(
+                            client,
+                            CubeCount::Static(1, 1, 1),
+                            lanes,
+                            arg(&x, n * d),
+                            arg(states, seq.taps.len() * d),
+                            n - 1,
+                            slot,
+                            d,
+                        )
+                    };
+                    self.launched(1);
+                }
+            }
         }
         let e = &self.embedding;
         // SAFETY: every index the kernel computes is inside its buffers (sized above from
@@ -569,6 +639,18 @@ impl Engine {
         let words = u32::from_bytes(&bytes);
         seq.picked_token = Some(words[0]);
         Ok((words[0], f32::from_bits(words[1])))
+    }
+
+    /// The residual stream after each tapped block at the last position of the last step,
+    /// concatenated in the order the taps were given (`taps · dim` values: 14 KB for 6 taps
+    /// of 576). Errors before a step or on an untapped sequence.
+    pub async fn states(&self, seq: &Sequence) -> Result<Vec<f32>> {
+        Self::check_ready(seq)?;
+        let states = seq.states.clone().ok_or_else(|| {
+            Error::InvalidInput("this sequence keeps no states (no layers tapped)".into())
+        })?;
+        let bytes = self.read(states).await?;
+        Ok(f32::from_bytes(&bytes).to_vec())
     }
 
     /// The logits after the last step (`vocab` values: reads back the whole row).

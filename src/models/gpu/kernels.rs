@@ -23,6 +23,8 @@
 
 use cubecl::prelude::*;
 
+use super::half;
+
 /// Rows (invocations) per workgroup of the products.
 pub const ROWS: u32 = 64;
 /// Invocations of the reductions (RMSNorm statistics, attention, argmax).
@@ -399,23 +401,47 @@ pub fn embed_q8_0(
     }
 }
 
+/// Stores values `at` and `at + 1` (`at` even) of a KV cache: as f16 packed in one word when
+/// `f16` (see [`half`]), else as two f32's bits.
+#[cube]
+fn store_pair(cache: &mut [u32], at: usize, a: f32, b: f32, #[comptime] f16: bool) {
+    if f16 {
+        cache[at / 2] = half::pack(a, b);
+    } else {
+        cache[at] = u32::reinterpret(a);
+        cache[at + 1] = u32::reinterpret(b);
+    }
+}
+
+/// Value `at` of a KV cache stored by [`store_pair`].
+#[cube]
+fn load(cache: &[u32], at: usize, #[comptime] f16: bool) -> f32 {
+    if f16 {
+        half::unpack(cache[at / 2], at % 2 == 1)
+    } else {
+        f32::reinterpret(cache[at])
+    }
+}
+
 /// RoPE on the queries and keys of `qkv[p] = [q (heads·hd) | k (kv·hd) | v (kv·hd)]` (adjacent
 /// pairs, angles from the host's f64 tables), queries rotated in place, keys and values written
-/// to the caches at position `start + p` of layer `layer`: grid `(positions)`.
+/// to the caches at position `start + p` of layer `layer` (f16 pairs in a word when `f16`, else
+/// f32 bits): grid `(positions)`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv(
     qkv: &mut [f32],
     cos: &[f32],
     sin: &[f32],
-    k_cache: &mut [f32],
-    v_cache: &mut [f32],
+    k_cache: &mut [u32],
+    v_cache: &mut [u32],
     start: usize,
     layer: usize,
     q_dim: usize,
     kv_dim: usize,
     head_dim: usize,
     max_positions: usize,
+    #[comptime] f16: bool,
 ) {
     let p = CUBE_POS_X as usize;
     let pos = start + p;
@@ -423,10 +449,10 @@ pub fn rope_kv(
     let half = head_dim / 2;
     let row = p * width;
     let cache_row = (layer * max_positions + pos) * kv_dim;
-    // Pairs of the queries and keys, then the values.
+    // Pairs of the queries and keys, then pairs of the values.
     let pairs = (q_dim + kv_dim) / 2;
     let mut j = UNIT_POS as usize;
-    while j < pairs + kv_dim {
+    while j < pairs + kv_dim / 2 {
         if j < pairs {
             let i = j % half;
             let c = cos[pos * half + i];
@@ -440,12 +466,12 @@ pub fn rope_kv(
                 qkv[row + 2 * j + 1] = r1;
             } else {
                 let at = 2 * j - q_dim;
-                k_cache[cache_row + at] = r0;
-                k_cache[cache_row + at + 1] = r1;
+                store_pair(k_cache, cache_row + at, r0, r1, f16);
             }
         } else {
-            let at = j - pairs;
-            v_cache[cache_row + at] = qkv[row + q_dim + kv_dim + at];
+            let at = 2 * (j - pairs);
+            let v = row + q_dim + kv_dim + at;
+            store_pair(v_cache, cache_row + at, qkv[v], qkv[v + 1], f16);
         }
         j += LANES as usize;
     }
@@ -459,8 +485,8 @@ pub fn rope_kv(
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     qkv: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[u32],
+    v_cache: &[u32],
     ctx: &mut [f32],
     start: usize,
     layer: usize,
@@ -470,6 +496,7 @@ pub fn attention(
     scale: f32,
     #[comptime] max_positions: usize,
     #[comptime] head_dim: usize,
+    #[comptime] f16: bool,
 ) {
     let mut scores = Shared::new_slice(max_positions);
     let mut q = Shared::new_slice(head_dim);
@@ -488,8 +515,16 @@ pub fn attention(
     while t < total {
         let k0 = cache0 + t * kv_dim;
         let mut s = 0.0f32;
-        for d in 0..head_dim {
-            s += q[d] * k_cache[k0 + d];
+        if f16 {
+            // A word holds two neighbouring key values.
+            for d in 0..head_dim / 2 {
+                let w = k_cache[k0 / 2 + d];
+                s += q[2 * d] * half::unpack(w, false) + q[2 * d + 1] * half::unpack(w, true);
+            }
+        } else {
+            for d in 0..head_dim {
+                s += q[d] * f32::reinterpret(k_cache[k0 + d]);
+            }
         }
         s /= scale;
         scores[t] = s;
@@ -508,9 +543,20 @@ pub fn attention(
     let sum = workgroup_sum(sum, &mut scratch);
     let mut acc = 0.0f32;
     for t in 0..total {
-        acc += scores[t] * v_cache[cache0 + t * kv_dim + tid];
+        acc += scores[t] * load(v_cache, cache0 + t * kv_dim + tid, f16);
     }
     ctx[p * q_dim + h * head_dim + tid] = acc / sum;
+}
+
+/// `out[slot] = x[p]` (`cols` values): keeps the residual stream after a block at the step's
+/// last position for the probes, before the next block overwrites `x`. Grid `(1)`.
+#[cube(launch_unchecked)]
+pub fn tap_state(x: &[f32], out: &mut [f32], p: usize, slot: usize, cols: usize) {
+    let mut c = UNIT_POS as usize;
+    while c < cols {
+        out[slot * cols + c] = x[p * cols + c];
+        c += LANES as usize;
+    }
 }
 
 /// `out[0] = argmax(logits)` (the last of equal maxima, as the CPU's `max_by`), `out[1]` = its

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use webguard::backend::{Backend, BackendChoice, BackendKind, read_f32};
+use webguard::models::gpu::KvPrecision;
 use webguard::models::gpu::engine::device_bytes_in_use;
 use webguard::models::llama::Llama;
 use webguard::models::packed::Precision;
@@ -44,6 +45,13 @@ pub struct ChatBench {
     /// One JSON object per backend and path instead of text.
     #[arg(long)]
     json: bool,
+    /// The GPU engine's KV cache: f32 (exact, the default) or f16 (half the memory).
+    #[arg(long, default_value = "f32")]
+    kv: String,
+    /// On a GPU, measure the engine only (burn's path widens 538 MB and takes minutes on
+    /// lavapipe).
+    #[arg(long)]
+    engine_only: bool,
 }
 
 /// Counts every kernel launch, burn's included.
@@ -72,6 +80,8 @@ struct Run {
     dispatches_per_token: Option<f64>,
     submissions_per_token: Option<f64>,
     readback_bytes_per_token: Option<f64>,
+    /// The engine's KV cache storage (f32 or f16).
+    kv_cache: Option<String>,
 }
 
 impl Run {
@@ -79,6 +89,7 @@ impl Run {
         serde_json::json!({
             "backend": self.backend,
             "path": self.path,
+            "kv_cache": self.kv_cache,
             "device": self.device,
             "load_s": self.load_s,
             "prefill_tokens_per_s": self.prefill,
@@ -107,6 +118,9 @@ impl Run {
         );
         if let Some(total) = self.total_bytes {
             line += &format!(", GPU memory in use {:.1} MB", mb(total as f64));
+        }
+        if let Some(kv) = &self.kv_cache {
+            line += &format!(" ({kv} KV cache)");
         }
         if let Some(d) = self.dispatches_per_token {
             line += &format!(", {d:.0} dispatches/token");
@@ -149,6 +163,15 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
             "bench chat: SmolLM2-135M-Instruct Q4_1, {prompt_tokens}-token prompt, {new_tokens} new tokens, {threads} threads"
         );
     }
+    let kv = match args.kv.as_str() {
+        "f32" => KvPrecision::F32,
+        "f16" => KvPrecision::F16,
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "--kv {other}: expected f32 or f16"
+            )));
+        }
+    };
     let launches = Arc::new(Launches::default());
     let _observing = cubecl::logging::LaunchObservation::new(launches.clone());
     let count = || launches.0.load(Ordering::Relaxed);
@@ -161,6 +184,7 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
         if args.exact {
             model.set_precision(Precision::Exact);
         }
+        model.set_gpu_kv_precision(kv);
         let load = load_start.elapsed().as_secs_f64();
         let vocab = model.config().vocab_size;
 
@@ -204,6 +228,7 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
                 runs.push(Run {
                     backend: name.trim().into(),
                     path: "engine".into(),
+                    kv_cache: Some(args.kv.clone()),
                     device: backend.to_string(),
                     load_s: load,
                     prefill: prompt_tokens as f64 / ttft,
@@ -227,6 +252,9 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
             Err(_) => {}
         }
 
+        if gpu && args.engine_only {
+            continue;
+        }
         // burn's path (the only one on the CPU).
         let before_burn = in_use().unwrap_or(0);
         let mut cache = model.new_cache();
@@ -263,6 +291,7 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
             dispatches_per_token: gpu.then_some(launched as f64 / tokens),
             submissions_per_token: None,
             readback_bytes_per_token: Some((vocab * 4) as f64),
+            kv_cache: None,
         });
         if !args.json {
             runs.last().map(Run::print);
