@@ -142,10 +142,13 @@ async fn gpu() -> Result<(Device, AdapterInfo), String> {
     #[cfg(target_arch = "wasm32")]
     let browser_name = webgpu_available().await?;
 
-    let (device, setup) = burn::tensor::Device::wgpu_options()
+    let (device, setup) = match burn::tensor::Device::wgpu_options()
         .init_with_setup_async()
         .await
-        .map_err(|e| e.to_string())?;
+    {
+        Ok(ready) => ready,
+        Err(e) => return registered_by_another_thread().ok_or_else(|| e.to_string()),
+    };
     let info = setup.adapter.get_info();
     #[cfg(target_arch = "wasm32")]
     let info = wgpu_info_with_name(info, browser_name);
@@ -157,6 +160,21 @@ async fn gpu() -> Result<(Device, AdapterInfo), String> {
     let ready = (device, adapter);
     *GPU.lock().map_err(|_| "GPU setup lock poisoned")? = Some(ready.clone());
     Ok(ready)
+}
+
+/// The setup another thread is storing when this one's registration failed because that
+/// thread registered burn's runtime first (natively, two threads setting up at once: tests run
+/// in parallel); waits up to 30 s for it. Wasm runs one setup at a time.
+#[cfg(feature = "webgpu")]
+fn registered_by_another_thread() -> Option<(Device, AdapterInfo)> {
+    #[cfg(not(target_arch = "wasm32"))]
+    for _ in 0..600 {
+        if let Some(ready) = GPU.lock().ok()?.clone() {
+            return Some(ready);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
 }
 
 /// A small fixed computation (matmul, bias, softmax, reduction) used to check that a backend
