@@ -115,8 +115,18 @@ impl StateCache {
         let mut rows = HashMap::new();
         if let Ok(bytes) = std::fs::read(&path) {
             let record = 32 + width * 4;
-            // A record cut short by an interrupted write is dropped (and recomputed).
-            for r in bytes.chunks_exact(record) {
+            // A record cut short by an interrupted write is dropped (and recomputed), and cut
+            // from the file so the records appended next stay aligned.
+            let whole = bytes.len() - bytes.len() % record;
+            if whole < bytes.len() {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| Error::io(&path, e))?;
+                file.set_len(whole as u64)
+                    .map_err(|e| Error::io(&path, e))?;
+            }
+            for r in bytes[..whole].chunks_exact(record) {
                 let key: [u8; 32] = r[..32].try_into().expect("32 bytes");
                 let values = r[32..]
                     .chunks_exact(4)
