@@ -375,6 +375,11 @@ fn fit_ensemble(
                 adam_b2.step(std::slice::from_mut(&mut net.bias2), &[gb2], LEARNING_RATE);
             }
         }
+        // Stored as f16 (the file stays under 2 MB; 11 significant bits are far finer than
+        // the weights' spread), so the probe in use is the one in the file.
+        for w in &mut net.weight1 {
+            *w = half::f16::from_f32(*w).to_f32();
+        }
         members.push(net);
     }
     Ok(Head::Ensemble(members))
@@ -531,7 +536,7 @@ impl StateProbe {
     fn store(
         &self,
         prefix: &str,
-        tensors: &mut Vec<(String, Vec<u8>, usize)>,
+        tensors: &mut Vec<(String, Dtype, Vec<u8>, usize)>,
         meta: &mut HashMap<String, String>,
     ) -> Result<()> {
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -552,7 +557,14 @@ impl StateProbe {
             }
         }
         for (name, values) in &named {
-            tensors.push((format!("{prefix}{name}"), bytes(values), values.len()));
+            // The networks' first layer is nearly all of the file: f16 (rounded at training).
+            let (dtype, data) = if *name == "weight1" {
+                let halves = values.iter().map(|&v| half::f16::from_f32(v).to_le_bytes());
+                (Dtype::F16, halves.flatten().collect())
+            } else {
+                (Dtype::F32, bytes(values))
+            };
+            tensors.push((format!("{prefix}{name}"), dtype, data, values.len()));
         }
         for (k, v) in &self.provenance {
             meta.insert(format!("{prefix}{k}"), v.clone());
@@ -649,8 +661,8 @@ impl ChatProbes {
         meta.insert("format".into(), format.into());
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
             .iter()
-            .map(|(name, data, n)| {
-                safetensors::tensor::TensorView::new(Dtype::F32, vec![*n], data)
+            .map(|(name, dtype, data, n)| {
+                safetensors::tensor::TensorView::new(*dtype, vec![*n], data)
                     .map(|v| (name.clone(), v))
                     .map_err(|e| Error::Safetensors(e.to_string()))
             })
@@ -836,10 +848,10 @@ mod tests {
         request.store("", &mut tensors, &mut ignored).unwrap();
         let views: Vec<_> = tensors
             .iter()
-            .map(|(name, data, n)| {
+            .map(|(name, dtype, data, n)| {
                 (
                     name.clone(),
-                    safetensors::tensor::TensorView::new(Dtype::F32, vec![*n], data).unwrap(),
+                    safetensors::tensor::TensorView::new(*dtype, vec![*n], data).unwrap(),
                 )
             })
             .collect();
