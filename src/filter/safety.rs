@@ -24,6 +24,11 @@
 //! The split is by a hash of the text (not by position), so adding lines to a file never moves
 //! an existing request between training and held-out. `tests/data/benign-dual-use.txt` is held
 //! out as a whole (`dangerous_sounding`, never trained on).
+//!
+//! Pages send whole conversations, so each request is also judged after a benign earlier
+//! exchange ([`Exchange`], `data/guard/context-exchanges.jsonl`): [`context_for`] picks one
+//! from a pool of its own split, so validation and held-out figures are on conversations
+//! training never saw.
 
 use std::path::Path;
 
@@ -210,6 +215,63 @@ pub fn requests(shared: &Path, root: &Path, seed: u64) -> Result<(Vec<Request>, 
     Ok((out, files))
 }
 
+/// A benign earlier exchange: a user's message and the chat model's own answer to it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exchange {
+    /// The user's message.
+    pub user: String,
+    /// The answer (the untuned chat model's, greedy: what a page would send back).
+    pub assistant: String,
+}
+
+/// The exchanges of `data/guard/context-exchanges.jsonl` (one JSON object per line), with the
+/// file's provenance entry; at least three, one per split's pool.
+pub fn exchanges(root: &Path) -> Result<(Vec<Exchange>, (String, String))> {
+    let mut files = Files::new();
+    let text = read(
+        &root.join("data"),
+        "guard/context-exchanges.jsonl",
+        "data/",
+        &mut files,
+    )?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        out.push(serde_json::from_str(line).map_err(|e| {
+            Error::InvalidInput(format!(
+                "data/guard/context-exchanges.jsonl line {}: {e}",
+                i + 1
+            ))
+        })?);
+    }
+    if out.len() < 3 {
+        return Err(Error::InvalidInput(format!(
+            "data/guard/context-exchanges.jsonl: {} exchanges; each of the three splits needs one",
+            out.len()
+        )));
+    }
+    Ok((out, files.remove(0)))
+}
+
+/// The exchange (an index into `n` exchanges) that goes before `request`: the first two
+/// thirds of the exchanges are training's pool, the next sixth validation's, the last sixth
+/// held-out's; within its pool, picked by a hash of the text.
+pub fn context_for(request: &Request, n: usize) -> usize {
+    let (val, held_out) = (n * 2 / 3, n * 5 / 6);
+    let pool = match request.split {
+        Split::Train => 0..val,
+        Split::Val => val..held_out,
+        Split::HeldOut => held_out..n,
+    };
+    let hash = Sha256::digest(request.text.as_bytes());
+    let pick = u64::from_le_bytes(hash[..8].try_into().unwrap_or([0; 8]));
+    pool.start + (pick % pool.len().max(1) as u64) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +294,26 @@ mod tests {
             .filter(|t| split_of(t, 7) != split_of(t, 8))
             .count();
         assert!(moved > 1000, "the seed changes the split");
+    }
+
+    #[test]
+    fn each_split_gets_exchanges_from_its_own_pool_and_every_exchange_is_used() {
+        let n = 24;
+        let mut used = vec![std::collections::BTreeSet::new(); 3];
+        for i in 0..600 {
+            let text = format!("request number {i}");
+            let split = split_of(&text, 7);
+            let r = Request {
+                text,
+                harmful: false,
+                kind: "ordinary",
+                split,
+            };
+            used[split as usize].insert(context_for(&r, n));
+        }
+        let all = |range: std::ops::Range<usize>| range.collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(used[Split::Train as usize], all(0..16));
+        assert_eq!(used[Split::Val as usize], all(16..20));
+        assert_eq!(used[Split::HeldOut as usize], all(20..24));
     }
 }

@@ -71,6 +71,13 @@ fn pick(prompts: Vec<LabelledPrompt>, per_type: usize, seed: u64) -> Vec<Labelle
 pub fn run(models: &Path, args: AnswersArgs) -> Result<()> {
     let prompts: Vec<LabelledPrompt> =
         read_jsonl(&args.prompts, "{\"id\", \"prompt\", \"label\"}")?;
+    if let Some(p) = prompts.iter().find(|p| p.prompt.is_none()) {
+        return Err(Error::InvalidInput(format!(
+            "{}: prompt {} has no \"prompt\" (answers are collected for one-turn prompts)",
+            args.prompts.display(),
+            p.id
+        )));
+    }
     let prompts = pick(prompts, args.per_type, args.seed);
     let done: HashSet<String> = if args.out.exists() {
         read_jsonl::<AnswerLine>(&args.out, "an `answers` line")?
@@ -102,10 +109,11 @@ pub fn run(models: &Path, args: AnswersArgs) -> Result<()> {
         .map_err(|e| Error::io(&args.out, e))?;
     let mut progress = Progress::new("answers", todo.len());
     for (i, p) in todo.iter().enumerate() {
-        let answer = pollster::block_on(chat.answer(&p.prompt, &options))?;
+        let prompt = p.prompt.clone().unwrap_or_default();
+        let answer = pollster::block_on(chat.answer(&prompt, &options))?;
         let line = AnswerLine {
             id: p.id.clone(),
-            prompt: p.prompt.clone(),
+            prompt,
             label: p.label.clone(),
             kind: p.kind.clone(),
             refusal: is_refusal(&answer),

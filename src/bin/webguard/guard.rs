@@ -52,11 +52,18 @@ impl AnswerArgs {
     }
 
     fn messages(&self, prompt: &str) -> Vec<Message> {
+        self.conversation(vec![Message::new("user", prompt)])
+    }
+
+    /// `turns` behind the `--system` prompt, unless they bring their own.
+    fn conversation(&self, turns: Vec<Message>) -> Vec<Message> {
         let mut messages = Vec::new();
-        if let Some(s) = &self.system {
+        if let Some(s) = &self.system
+            && turns.first().is_none_or(|m| m.role != "system")
+        {
             messages.push(Message::new("system", s));
         }
-        messages.push(Message::new("user", prompt));
+        messages.extend(turns);
         messages
     }
 }
@@ -174,12 +181,53 @@ pub fn run_guard(models: &Path, args: GuardArgs) -> Result<()> {
 #[serde(deny_unknown_fields)]
 pub struct LabelledPrompt {
     pub id: serde_json::Value,
-    pub prompt: String,
+    /// The user's message (a one-turn conversation); or `messages` instead.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// A whole conversation, `[{"role", "content"}, ...]`, ending with the user's turn: every
+    /// turn is screened, the last one answered.
+    #[serde(default)]
+    pub messages: Option<Vec<Turn>>,
     /// `safe` or `unsafe`.
     pub label: String,
     /// Optional grouping for the summary (`past_tense`, `dangerous_sounding`, ...).
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+}
+
+/// One turn of a `messages` conversation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Turn {
+    pub role: String,
+    pub content: String,
+}
+
+impl LabelledPrompt {
+    /// The conversation to answer, or why the line cannot be one.
+    fn conversation(&self, answer: &AnswerArgs) -> std::result::Result<Vec<Message>, String> {
+        match (&self.prompt, &self.messages) {
+            (Some(p), None) => Ok(answer.messages(p)),
+            (None, Some(turns)) => {
+                if let Some(t) = turns
+                    .iter()
+                    .find(|t| !["system", "user", "assistant"].contains(&t.role.as_str()))
+                {
+                    return Err(format!("role {:?}: use system, user or assistant", t.role));
+                }
+                if turns.last().is_none_or(|t| t.role != "user") {
+                    return Err("\"messages\" must end with a user turn".into());
+                }
+                Ok(answer.conversation(
+                    turns
+                        .iter()
+                        .map(|t| Message::new(&t.role, &t.content))
+                        .collect(),
+                ))
+            }
+            _ => Err("give either \"prompt\" or \"messages\"".into()),
+        }
+    }
 }
 
 /// What `eval-guard` writes per prompt.
@@ -232,7 +280,8 @@ pub struct EvalGuardArgs {
     filter: FilterArgs,
     #[command(flatten)]
     answer: AnswerArgs,
-    /// JSONL, one {"id", "prompt", "label": "safe"|"unsafe", "type"?} per line.
+    /// JSONL, one {"id", "prompt", "label": "safe"|"unsafe", "type"?} per line; a line may give
+    /// a whole conversation as "messages": [{"role", "content"}, ...] instead of "prompt".
     #[arg(long)]
     prompts: PathBuf,
     /// Write one JSON line per prompt here (default: none).
@@ -248,11 +297,27 @@ pub struct EvalGuardArgs {
 
 /// `eval-guard --prompts FILE`: the pipeline over every prompt, per-prompt lines and a summary.
 pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
-    let mut prompts: Vec<LabelledPrompt> =
-        read_jsonl(&args.prompts, "{\"id\", \"prompt\", \"label\"}")?;
+    let mut prompts: Vec<LabelledPrompt> = read_jsonl(
+        &args.prompts,
+        "{\"id\", \"prompt\" or \"messages\", \"label\"}",
+    )?;
     if args.limit > 0 {
         prompts.truncate(args.limit);
     }
+    let conversations = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.conversation(&args.answer).map_err(|why| {
+                Error::InvalidInput(format!(
+                    "{}: prompt {} (line {}): {why}",
+                    args.prompts.display(),
+                    p.id,
+                    i + 1
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     if let Some((i, p)) = prompts
         .iter()
         .enumerate()
@@ -276,8 +341,8 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
     let mut by_label: BTreeMap<&str, Tally> = BTreeMap::new();
     let mut by_type: BTreeMap<(String, &str), Tally> = BTreeMap::new();
     let mut progress = Progress::new("eval-guard", prompts.len());
-    for (i, p) in prompts.iter().enumerate() {
-        let reply = pipeline.turn(&args.answer.messages(&p.prompt), |_| true)?;
+    for (i, (p, messages)) in prompts.iter().zip(&conversations).enumerate() {
+        let reply = pipeline.turn(messages, |_| true)?;
         let refused = !reply.blocked && is_refusal(&reply.text);
         by_label
             .entry(&p.label)
@@ -366,11 +431,15 @@ pub struct SafetyPromptsArgs {
     /// Seed of the split (the one `train-filter` used).
     #[arg(long, default_value_t = webguard::filter::train::TrainConfig::default().seed)]
     seed: u64,
+    /// Each request as a conversation after a benign exchange of its split's pool
+    /// (`data/guard/context-exchanges.jsonl`; what `train-probe` reports "after a turn").
+    #[arg(long)]
+    after_a_turn: bool,
 }
 
 /// `safety-prompts`: the labelled requests of one split as `eval-guard` input, on stdout.
 pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
-    use webguard::filter::safety::{Split, requests};
+    use webguard::filter::safety::{Split, context_for, exchanges, requests};
     let split = match args.split.as_str() {
         "train" => Split::Train,
         "val" => Split::Val,
@@ -383,14 +452,34 @@ pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (all, _) = requests(&args.data, root, args.seed)?;
+    let exchanges = if args.after_a_turn {
+        exchanges(root)?.0
+    } else {
+        Vec::new()
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (i, q) in all.iter().filter(|q| q.split == split).enumerate() {
-        let line = serde_json::json!({
-            "id": format!("{}-{i}", q.kind),
-            "prompt": q.text,
-            "label": if q.harmful { "unsafe" } else { "safe" },
-            "type": q.kind,
-        });
+        let label = if q.harmful { "unsafe" } else { "safe" };
+        let line = if args.after_a_turn {
+            let e = &exchanges[context_for(q, exchanges.len())];
+            serde_json::json!({
+                "id": format!("{}-after-{i}", q.kind),
+                "messages": [
+                    {"role": "user", "content": e.user},
+                    {"role": "assistant", "content": e.assistant},
+                    {"role": "user", "content": q.text},
+                ],
+                "label": label,
+                "type": format!("{} (after a turn)", q.kind),
+            })
+        } else {
+            serde_json::json!({
+                "id": format!("{}-{i}", q.kind),
+                "prompt": q.text,
+                "label": label,
+                "type": q.kind,
+            })
+        };
         writeln!(out, "{line}").map_err(|e| Error::io("stdout", e))?;
     }
     out.flush().map_err(|e| Error::io("stdout", e))
@@ -579,4 +668,81 @@ fn calibrate_answer_probe(
     std::fs::write(path, probes.save()?).map_err(|e| Error::io(path, e))?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer_args(system: Option<&str>) -> AnswerArgs {
+        AnswerArgs {
+            max_tokens: 8,
+            temperature: 0.0,
+            chat_adapters: None,
+            system: system.map(String::from),
+            probe: PathBuf::new(),
+            no_probe: true,
+        }
+    }
+
+    fn conversation(line: &str, system: Option<&str>) -> std::result::Result<Vec<Message>, String> {
+        let p: LabelledPrompt = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        p.conversation(&answer_args(system))
+    }
+
+    #[test]
+    fn eval_guard_lines_give_a_prompt_or_a_conversation_ending_with_the_user() {
+        let one = conversation(
+            r#"{"id": 1, "prompt": "Hi", "label": "safe"}"#,
+            Some("Be brief."),
+        );
+        assert_eq!(
+            one.unwrap(),
+            [
+                Message::new("system", "Be brief."),
+                Message::new("user", "Hi")
+            ]
+        );
+        let turns = r#"{"id": 2, "label": "unsafe", "messages": [
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "And now?"}]}"#;
+        assert_eq!(
+            conversation(turns, None).unwrap(),
+            [
+                Message::new("user", "Hi"),
+                Message::new("assistant", "Hello!"),
+                Message::new("user", "And now?")
+            ]
+        );
+        // The conversation's own system turn wins over --system.
+        let own = r#"{"id": 3, "label": "safe", "messages": [
+            {"role": "system", "content": "Mine."}, {"role": "user", "content": "Hi"}]}"#;
+        assert_eq!(
+            conversation(own, Some("Be brief.")).unwrap()[0].content,
+            "Mine."
+        );
+
+        for (bad, why) in [
+            (r#"{"id": 4, "label": "safe"}"#, "either"),
+            (
+                r#"{"id": 5, "label": "safe", "prompt": "Hi", "messages": [{"role": "user", "content": "Hi"}]}"#,
+                "either",
+            ),
+            (
+                r#"{"id": 6, "label": "safe", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#,
+                "end with a user turn",
+            ),
+            (
+                r#"{"id": 7, "label": "safe", "messages": []}"#,
+                "end with a user turn",
+            ),
+            (
+                r#"{"id": 8, "label": "safe", "messages": [{"role": "tool", "content": "x"}]}"#,
+                "role \"tool\"",
+            ),
+        ] {
+            let err = conversation(bad, None).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use webguard::filter::safety::{Request, Split, requests};
+use webguard::filter::safety::{Exchange, Request, Split, context_for, exchanges, requests};
 use webguard::models::probe::{ChatProbes, ProbeTrainConfig, StateProbe};
 use webguard::text::chat_template::Message;
 use webguard::{ChatModel, Error, Result, SMOLLM2_GGUF};
@@ -45,6 +45,9 @@ pub struct TrainProbeArgs {
     /// Where states are cached between runs.
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Fit on single-turn requests only (the requests after an exchange are still reported).
+    #[arg(long)]
+    single_turn_training: bool,
 }
 
 /// How a probe is fitted and its threshold chosen (shared with `train-answer-probe`).
@@ -160,10 +163,61 @@ impl StateCache {
     }
 }
 
-/// States of every request (from the cache, the missing ones computed and cached).
+/// One conversation the probe reads: a request, alone or after an earlier exchange.
+struct Example<'a> {
+    request: &'a Request,
+    /// The benign exchange before the request (index into the exchanges), if any.
+    context: Option<usize>,
+}
+
+impl Example<'_> {
+    fn messages<'m>(&'m self, exchanges: &'m [Exchange], last: &'m str) -> Vec<Message> {
+        let mut out = Vec::new();
+        if let Some(e) = self.context.map(|i| &exchanges[i]) {
+            out.push(Message::new("user", &e.user));
+            out.push(Message::new("assistant", &e.assistant));
+        }
+        out.push(Message::new("user", last));
+        out
+    }
+
+    /// What a cached record is keyed by besides the model: the whole conversation.
+    fn key(&self, exchanges: &[Exchange]) -> String {
+        match self.context.map(|i| &exchanges[i]) {
+            None => self.request.text.clone(),
+            Some(e) => format!(
+                "context\0{}\0{}\0{}",
+                e.user, e.assistant, self.request.text
+            ),
+        }
+    }
+
+    fn kind(&self) -> String {
+        match self.context {
+            None => self.request.kind.to_string(),
+            Some(_) => format!("{} (after a turn)", self.request.kind),
+        }
+    }
+}
+
+/// Every request alone, and after the benign exchange [`context_for`] picks.
+fn examples<'a>(all: &'a [Request], exchanges: &[Exchange]) -> Vec<Example<'a>> {
+    let alone = all.iter().map(|request| Example {
+        request,
+        context: None,
+    });
+    let after = all.iter().map(|request| Example {
+        request,
+        context: Some(context_for(request, exchanges.len())),
+    });
+    alone.chain(after).collect()
+}
+
+/// States of every example (from the cache, the missing ones computed and cached).
 fn states(
     chat: &ChatModel,
-    all: &[Request],
+    all: &[Example],
+    exchanges: &[Exchange],
     layers: &[usize],
     cache: PathBuf,
 ) -> Result<Vec<Vec<f32>>> {
@@ -172,9 +226,11 @@ fn states(
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let mut cache = StateCache::open(cache, width)?;
-    let missing: Vec<&Request> = all
+    let keys: Vec<String> = all.iter().map(|e| e.key(exchanges)).collect();
+    let mut missing: Vec<(&Example, &String)> = all
         .iter()
-        .filter(|q| !cache.rows.contains_key(&StateCache::key(&q.text)))
+        .zip(&keys)
+        .filter(|(_, k)| !cache.rows.contains_key(&StateCache::key(k)))
         .collect();
     eprintln!(
         "states: {} cached in {}, {} to compute",
@@ -182,44 +238,50 @@ fn states(
         cache.path.display(),
         missing.len()
     );
-    if !missing.is_empty() {
-        // Every prompt starts with the same system turn: run it once and continue from a copy.
-        let prompt = |text: &str| chat.prompt_ids(&[Message::new("user", text)]);
+    // Examples with the same earlier turns share their first tokens: those are run once per
+    // group and each example continues from a copy.
+    missing.sort_by_key(|(e, _)| e.context);
+    let mut progress = Progress::new("chat-model states", missing.len());
+    let mut done = 0;
+    for group in missing.chunk_by(|a, b| a.0.context == b.0.context) {
+        let first = group[0].0;
+        let prompt = |text: &str| chat.prompt_ids(&first.messages(exchanges, text));
         let (a, b) = (prompt("a")?, prompt("b")?);
         let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
         let mut prefix = chat.model.new_cache();
         chat.model.forward(&a[..shared], &mut prefix)?;
-        let mut progress = Progress::new("chat-model states", missing.len());
-        for (i, q) in missing.iter().enumerate() {
-            let ids = prompt(&q.text)?;
+        for (example, key) in group {
+            let ids = chat.prompt_ids(&example.messages(exchanges, &example.request.text))?;
             if ids[..shared] != a[..shared] {
                 return Err(Error::InvalidInput(
-                    "prompts do not share the system turn".into(),
+                    "prompts do not share their earlier turns".into(),
                 ));
             }
             let row =
                 pollster::block_on(chat.prompt_states_after(&prefix, &ids[shared..], layers))?;
-            cache.append(&q.text, row)?;
-            progress.update(i + 1, "");
+            cache.append(key, row)?;
+            done += 1;
+            progress.update(done, "");
         }
     }
-    Ok(all
+    Ok(keys
         .iter()
-        .map(|q| cache.rows[&StateCache::key(&q.text)].clone())
+        .map(|k| cache.rows[&StateCache::key(k)].clone())
         .collect())
 }
 
 /// Flagged fraction per (kind, harmful) of `split` at `threshold`.
 fn by_kind(
-    all: &[Request],
+    all: &[Example],
     scores: &[f32],
     split: Split,
     threshold: f32,
 ) -> BTreeMap<String, (usize, usize)> {
     let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for (q, &s) in all.iter().zip(scores) {
+    for (e, &s) in all.iter().zip(scores) {
+        let q = e.request;
         if q.split == split {
-            let key = format!("{}/{}", q.kind, if q.harmful { "unsafe" } else { "safe" });
+            let key = format!("{}/{}", e.kind(), if q.harmful { "unsafe" } else { "safe" });
             let e = out.entry(key).or_default();
             e.0 += usize::from(s >= threshold);
             e.1 += 1;
@@ -231,12 +293,18 @@ fn by_kind(
 pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     let layers = parse_layers(&args.layers)?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (all, files) = requests(&args.data, root, args.seed)?;
+    let (requests, mut files) = requests(&args.data, root, args.seed)?;
+    // Pages send whole conversations, and the probe reads the last prompt token's states,
+    // which earlier turns change: each request is also judged after a benign exchange.
+    let (exchanges, provenance) = exchanges(root)?;
+    files.push(provenance);
+    let all = examples(&requests, &exchanges);
     let (chat, backend) = load_chat(models, "cpu", None)?;
     eprintln!(
-        "chat on {backend}; {} requests from {} files",
-        all.len(),
-        files.len()
+        "chat on {backend}; {} requests from {} files, each alone and after one of {} exchanges",
+        requests.len(),
+        files.len(),
+        exchanges.len()
     );
     // Everything the states depend on but the request's text (which keys each record).
     let key = {
@@ -257,12 +325,13 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
                 .join(".cache/webguard/probe-states")
         })
         .join(format!("{key}.rows"));
-    let rows = states(&chat, &all, &layers, cache)?;
+    let rows = states(&chat, &all, &exchanges, &layers, cache)?;
     let pick = |split: Split| -> (Vec<Vec<f32>>, Vec<bool>) {
         all.iter()
             .zip(&rows)
-            .filter(|(q, _)| q.split == split)
-            .map(|(q, r)| (r.clone(), q.harmful))
+            .filter(|(e, _)| e.request.split == split)
+            .filter(|(e, _)| !(args.single_turn_training && e.context.is_some()))
+            .map(|(e, r)| (r.clone(), e.request.harmful))
             .unzip()
     };
     let (train_x, train_y) = pick(Split::Train);
@@ -281,8 +350,8 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     let val: Vec<(f32, bool)> = all
         .iter()
         .zip(&scores)
-        .filter(|(q, _)| q.split == Split::Val)
-        .map(|(q, &s)| (s, q.harmful))
+        .filter(|(e, _)| e.request.split == Split::Val)
+        .map(|(e, &s)| (s, e.request.harmful))
         .collect();
     let threshold = args.fit.threshold(&val);
     probe.threshold = threshold;
