@@ -37,8 +37,9 @@ struct Layer {
     /// Q, K and V stacked: `[q_dim + 2·kv_dim, dim]`.
     qkv: QMatrix,
     o: QMatrix,
-    /// Gate and up stacked: `[2·ffn, dim]` (one buffer set: WebGPU allows 8 storage
-    /// buffers per shader by default, and separate matrices made the SwiGLU kernel bind 9).
+    /// Gate and up stacked: `[2·ffn, dim]` (one buffer pair: WebGPU allows 8 storage
+    /// buffers per shader by default, and separate matrices with f32 scales and minimums made
+    /// the SwiGLU kernel bind 9).
     gate_up: QMatrix,
     down: QMatrix,
 }
@@ -216,7 +217,7 @@ impl Engine {
         })
     }
 
-    /// Bytes of the weights on the GPU (blocks, f32 scales, norms).
+    /// Bytes of the weights on the GPU (blocks, f16 scales, f32 norms).
     pub fn weight_bytes(&self) -> usize {
         self.weight_bytes
     }
@@ -409,7 +410,7 @@ impl Engine {
                 lanes,
                 arg(tokens, n),
                 arg(&self.embedding.words, self.embedding.rows * d / 4),
-                arg(&self.embedding.scales, self.embedding.rows * d / 32),
+                arg(&self.embedding.scales, self.embedding.scale_words),
                 arg(&x, n * d),
                 self.embedding.rows,
                 d,
@@ -420,11 +421,10 @@ impl Engine {
             let q4 = |m: &QMatrix| {
                 (
                     arg(&m.words, m.rows * m.cols / 8),
-                    arg(&m.scales, m.rows * m.cols / 32),
-                    arg(&m.mins, m.rows * m.cols / 32),
+                    arg(&m.scales, m.scale_words),
                 )
             };
-            let (qw, qs, qm) = q4(&w.qkv);
+            let (qw, qs) = q4(&w.qkv);
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -436,7 +436,6 @@ impl Engine {
                     arg(&w.attn_norm, d),
                     qw,
                     qs,
-                    qm,
                     arg(&qkv, n * width),
                     n,
                     width,
@@ -491,7 +490,7 @@ impl Engine {
                     f16,
                 )
             };
-            let (ow, os, om) = q4(&w.o);
+            let (ow, os) = q4(&w.o);
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -503,7 +502,6 @@ impl Engine {
                     arg(&w.attn_norm, d),
                     ow,
                     os,
-                    om,
                     arg(&x, n * d),
                     n,
                     d,
@@ -515,7 +513,7 @@ impl Engine {
                     tile(d),
                 )
             };
-            let (gw, gs, gm) = q4(&w.gate_up);
+            let (gw, gs) = q4(&w.gate_up);
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -527,7 +525,6 @@ impl Engine {
                     arg(&w.ffn_norm, d),
                     gw,
                     gs,
-                    gm,
                     arg(&h, n * ffn),
                     n,
                     ffn,
@@ -537,7 +534,7 @@ impl Engine {
                     tile(d),
                 )
             };
-            let (dw, ds, dm) = q4(&w.down);
+            let (dw, ds) = q4(&w.down);
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -549,7 +546,6 @@ impl Engine {
                     arg(&w.ffn_norm, d),
                     dw,
                     ds,
-                    dm,
                     arg(&x, n * d),
                     n,
                     d,
@@ -592,7 +588,7 @@ impl Engine {
                 arg(&x, n * d),
                 arg(&self.output_norm, d),
                 arg(&e.words, e.rows * d / 4),
-                arg(&e.scales, e.rows * d / 32),
+                arg(&e.scales, e.scale_words),
                 arg(&seq.logits, c.vocab_size),
                 n - 1,
                 e.rows,
