@@ -66,6 +66,8 @@ pub struct Engine {
     sin: Handle,
     max_positions: usize,
     kv_precision: KvPrecision,
+    /// One f32, bound as the products' `states` where they keep none (every launch binds it).
+    no_states: Handle,
     weight_bytes: usize,
     table_bytes: usize,
     dispatches: AtomicU64,
@@ -200,6 +202,7 @@ impl Engine {
         let (cos, sin) = rope_tables(c, max_positions);
         let table_bytes = (cos.len() + sin.len()) * 4;
         Ok(Engine {
+            no_states: client.empty(4),
             cos: client.create_from_slice(f32::as_bytes(&cos)),
             sin: client.create_from_slice(f32::as_bytes(&sin)),
             client,
@@ -308,7 +311,8 @@ impl Engine {
 
     /// [`Engine::new_sequence`] whose steps also keep the residual stream after each block
     /// in `layers` at their last position ([`Engine::states`]: what the guard's probes
-    /// read), at one small dispatch per tapped block and step. Errors for a layer past the
+    /// read), at no extra dispatch: a tapped block's down projection copies it (a block
+    /// listed twice costs one small copy dispatch per repeat). Errors for a layer past the
     /// last block.
     pub fn new_tapped_sequence(&self, layers: &[usize]) -> Result<Sequence> {
         if let Some(l) = layers.iter().find(|&&l| l >= self.layers.len()) {
@@ -437,14 +441,17 @@ impl Engine {
                     qw,
                     qs,
                     arg(&qkv, n * width),
+                    arg(&self.no_states, 1),
                     n,
                     width,
                     d,
                     eps,
+                    0,
                     d,
                     true,
                     false,
                     tile(d),
+                    false,
                 )
             };
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
@@ -503,14 +510,17 @@ impl Engine {
                     ow,
                     os,
                     arg(&x, n * d),
+                    arg(&self.no_states, 1),
                     n,
                     d,
                     d,
                     eps,
+                    0,
                     d,
                     false,
                     true,
                     tile(d),
+                    false,
                 )
             };
             let (gw, gs) = q4(&w.gate_up);
@@ -535,6 +545,14 @@ impl Engine {
                 )
             };
             let (dw, ds) = q4(&w.down);
+            // The slots tapping this block: the down projection (which writes the block's
+            // output) copies it into the first; a block tapped twice copies it again.
+            let mut slots = seq.taps.iter().enumerate().filter(|(_, t)| **t == l);
+            let first = slots.next().map(|(slot, _)| slot);
+            let states = match (&seq.states, first) {
+                (Some(states), Some(_)) => arg(states, seq.taps.len() * d),
+                _ => arg(&self.no_states, 1),
+            };
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -547,19 +565,22 @@ impl Engine {
                     dw,
                     ds,
                     arg(&x, n * d),
+                    states,
                     n,
                     d,
                     ffn,
                     eps,
+                    first.unwrap_or(0),
                     ffn,
                     false,
                     true,
                     tile(ffn),
+                    first.is_some(),
                 )
             };
             self.launched(6);
             if let Some(states) = &seq.states {
-                for (slot, _) in seq.taps.iter().enumerate().filter(|(_, t)| **t == l) {
+                for (slot, _) in slots {
                     // SAFETY: `x` holds `n` positions of `d` and `states` `taps.len()` rows.
                     unsafe {
                         kernels::tap_state::launch_unchecked(

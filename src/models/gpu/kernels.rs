@@ -210,7 +210,9 @@ fn dot_q8_0(
 
 /// `out[p, r] (+)= W[r] · norm?(x[p])` for a Q4_1 matrix: grid `(rows / ROWS, positions /
 /// tile)`, `tile` positions per workgroup. `residual` adds to `out` (the residual stream)
-/// instead of writing it.
+/// instead of writing it; `tap` (with `residual`) also copies the last position's new row
+/// into row `slot` of `states` (what the probes read after a block: the down projection
+/// writes it, so no separate copy dispatch is needed; untapped launches bind any buffer).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_q4_1(
@@ -219,14 +221,17 @@ pub fn matvec_q4_1(
     words: &[u32],
     scales: &[u32],
     out: &mut [f32],
+    states: &mut [f32],
     n: usize,
     rows: usize,
     cols: usize,
     eps: f32,
+    slot: usize,
     #[comptime] max_cols: usize,
     #[comptime] norm: bool,
     #[comptime] residual: bool,
     #[comptime] tile: usize,
+    #[comptime] tap: bool,
 ) {
     let mut xs = Shared::new_slice(tile * max_cols);
     let mut sums = Shared::new_slice(tile * max_cols / BLOCK);
@@ -260,7 +265,11 @@ pub fn matvec_q4_1(
             let p = p0 + t;
             if p < n {
                 if residual {
-                    out[p * rows + row] += acc[t];
+                    let v = out[p * rows + row] + acc[t];
+                    out[p * rows + row] = v;
+                    if tap && p == n - 1 {
+                        states[slot * rows + row] = v;
+                    }
                 } else {
                     out[p * rows + row] = acc[t];
                 }
@@ -565,7 +574,9 @@ pub fn attention(
 }
 
 /// `out[slot] = x[p]` (`cols` values): keeps the residual stream after a block at the step's
-/// last position for the probes, before the next block overwrites `x`. Grid `(1)`.
+/// last position for the probes, before the next block overwrites `x`, where the down
+/// projection's own copy ([`matvec_q4_1`]'s `tap`) already went to another slot (a block
+/// tapped twice). Grid `(1)`.
 #[cube(launch_unchecked)]
 pub fn tap_state(x: &[f32], out: &mut [f32], p: usize, slot: usize, cols: usize) {
     let mut c = UNIT_POS as usize;
