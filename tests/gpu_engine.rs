@@ -336,6 +336,7 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
         .prompt_ids(&[Message::new("user", "Name a planet.")])
         .unwrap();
     let (a, b) = (layers[0], layers[layers.len() - 1]);
+    // (Its own KV cache, dropped below before the moderated turn's memory is measured.)
     let mut seq = engine.new_tapped_sequence(&[a, b, a]).unwrap();
     let before = engine.stats().dispatches;
     engine.step(&mut seq, &ids).unwrap();
@@ -354,6 +355,7 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
     );
     let diff = state_diff(&got[..2 * 576], &want);
     assert!(diff <= STATE_TOLERANCE, "taps {a}, {b}: {diff:e}");
+    drop(seq);
 
     // A moderated turn (the filter on the CPU, so that the GPU holds the chat model only):
     // the same judgements as on the CPU, and burn's f32 weights never made.
