@@ -37,8 +37,9 @@ struct Layer {
     /// Q, K and V stacked: `[q_dim + 2·kv_dim, dim]`.
     qkv: QMatrix,
     o: QMatrix,
-    /// Gate and up stacked: `[2·ffn, dim]` (one buffer set: WebGPU allows 8 storage
-    /// buffers per shader by default, and separate matrices made the SwiGLU kernel bind 9).
+    /// Gate and up stacked: `[2·ffn, dim]` (one buffer pair: WebGPU allows 8 storage
+    /// buffers per shader by default, and separate matrices with f32 scales and minimums made
+    /// the SwiGLU kernel bind 9).
     gate_up: QMatrix,
     down: QMatrix,
 }
@@ -65,6 +66,8 @@ pub struct Engine {
     sin: Handle,
     max_positions: usize,
     kv_precision: KvPrecision,
+    /// One f32, bound as the products' `states` where they keep none (every launch binds it).
+    no_states: Handle,
     weight_bytes: usize,
     table_bytes: usize,
     dispatches: AtomicU64,
@@ -199,6 +202,7 @@ impl Engine {
         let (cos, sin) = rope_tables(c, max_positions);
         let table_bytes = (cos.len() + sin.len()) * 4;
         Ok(Engine {
+            no_states: client.empty(4),
             cos: client.create_from_slice(f32::as_bytes(&cos)),
             sin: client.create_from_slice(f32::as_bytes(&sin)),
             client,
@@ -216,7 +220,7 @@ impl Engine {
         })
     }
 
-    /// Bytes of the weights on the GPU (blocks, f32 scales, norms).
+    /// Bytes of the weights on the GPU (blocks, f16 scales, f32 norms).
     pub fn weight_bytes(&self) -> usize {
         self.weight_bytes
     }
@@ -307,7 +311,8 @@ impl Engine {
 
     /// [`Engine::new_sequence`] whose steps also keep the residual stream after each block
     /// in `layers` at their last position ([`Engine::states`]: what the guard's probes
-    /// read), at one small dispatch per tapped block and step. Errors for a layer past the
+    /// read), at no extra dispatch: a tapped block's down projection copies it (a block
+    /// listed twice costs one small copy dispatch per repeat). Errors for a layer past the
     /// last block.
     pub fn new_tapped_sequence(&self, layers: &[usize]) -> Result<Sequence> {
         if let Some(l) = layers.iter().find(|&&l| l >= self.layers.len()) {
@@ -409,7 +414,7 @@ impl Engine {
                 lanes,
                 arg(tokens, n),
                 arg(&self.embedding.words, self.embedding.rows * d / 4),
-                arg(&self.embedding.scales, self.embedding.rows * d / 32),
+                arg(&self.embedding.scales, self.embedding.scale_words),
                 arg(&x, n * d),
                 self.embedding.rows,
                 d,
@@ -420,11 +425,10 @@ impl Engine {
             let q4 = |m: &QMatrix| {
                 (
                     arg(&m.words, m.rows * m.cols / 8),
-                    arg(&m.scales, m.rows * m.cols / 32),
-                    arg(&m.mins, m.rows * m.cols / 32),
+                    arg(&m.scales, m.scale_words),
                 )
             };
-            let (qw, qs, qm) = q4(&w.qkv);
+            let (qw, qs) = q4(&w.qkv);
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -436,16 +440,18 @@ impl Engine {
                     arg(&w.attn_norm, d),
                     qw,
                     qs,
-                    qm,
                     arg(&qkv, n * width),
+                    arg(&self.no_states, 1),
                     n,
                     width,
                     d,
                     eps,
+                    0,
                     d,
                     true,
                     false,
                     tile(d),
+                    false,
                 )
             };
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
@@ -491,7 +497,7 @@ impl Engine {
                     f16,
                 )
             };
-            let (ow, os, om) = q4(&w.o);
+            let (ow, os) = q4(&w.o);
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -503,19 +509,21 @@ impl Engine {
                     arg(&w.attn_norm, d),
                     ow,
                     os,
-                    om,
                     arg(&x, n * d),
+                    arg(&self.no_states, 1),
                     n,
                     d,
                     d,
                     eps,
+                    0,
                     d,
                     false,
                     true,
                     tile(d),
+                    false,
                 )
             };
-            let (gw, gs, gm) = q4(&w.gate_up);
+            let (gw, gs) = q4(&w.gate_up);
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -527,7 +535,6 @@ impl Engine {
                     arg(&w.ffn_norm, d),
                     gw,
                     gs,
-                    gm,
                     arg(&h, n * ffn),
                     n,
                     ffn,
@@ -537,7 +544,15 @@ impl Engine {
                     tile(d),
                 )
             };
-            let (dw, ds, dm) = q4(&w.down);
+            let (dw, ds) = q4(&w.down);
+            // The slots tapping this block: the down projection (which writes the block's
+            // output) copies it into the first; a block tapped twice copies it again.
+            let mut slots = seq.taps.iter().enumerate().filter(|(_, t)| **t == l);
+            let first = slots.next().map(|(slot, _)| slot);
+            let states = match (&seq.states, first) {
+                (Some(states), Some(_)) => arg(states, seq.taps.len() * d),
+                _ => arg(&self.no_states, 1),
+            };
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -549,21 +564,23 @@ impl Engine {
                     arg(&w.ffn_norm, d),
                     dw,
                     ds,
-                    dm,
                     arg(&x, n * d),
+                    states,
                     n,
                     d,
                     ffn,
                     eps,
+                    first.unwrap_or(0),
                     ffn,
                     false,
                     true,
                     tile(ffn),
+                    first.is_some(),
                 )
             };
             self.launched(6);
             if let Some(states) = &seq.states {
-                for (slot, _) in seq.taps.iter().enumerate().filter(|(_, t)| **t == l) {
+                for (slot, _) in slots {
                     // SAFETY: `x` holds `n` positions of `d` and `states` `taps.len()` rows.
                     unsafe {
                         kernels::tap_state::launch_unchecked(
@@ -592,7 +609,7 @@ impl Engine {
                 arg(&x, n * d),
                 arg(&self.output_norm, d),
                 arg(&e.words, e.rows * d / 4),
-                arg(&e.scales, e.rows * d / 32),
+                arg(&e.scales, e.scale_words),
                 arg(&seq.logits, c.vocab_size),
                 n - 1,
                 e.rows,

@@ -98,3 +98,14 @@ pub fn round_trip(x: &[f32], words: &mut [u32], out: &mut [f32], pairs: usize) {
         out[2 * i + 1] = unpack(w, true);
     }
 }
+
+/// `out[2i]`, `out[2i + 1]` = the low and high f16 of `words[i]`, as f32 (grid
+/// `(ceil(n / 64))` of 64): the unpacking of the weights' scales, tested on a real device.
+#[cube(launch_unchecked)]
+pub fn unpack_words(words: &[u32], out: &mut [f32], n: usize) {
+    let i = ABSOLUTE_POS;
+    if i < n {
+        out[2 * i] = unpack(words[i], false);
+        out[2 * i + 1] = unpack(words[i], true);
+    }
+}

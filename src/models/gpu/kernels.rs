@@ -1,9 +1,10 @@
 //! The CubeCL kernels of the GPU engine (compiled to SPIR-V natively, to WGSL in a browser).
 //!
 //! Every kernel is f32 arithmetic on u32 words: the GGUF's Q4_1 and Q8_0 blocks stay packed
-//! (4 or 8 words of quants per 32 values) and their f16 scales/minimums were widened to f32 at
-//! load, so no kernel needs `shader-f16` (SwiftShader and many browsers lack it) nor
-//! subgroups (an optional WebGPU feature): reductions go through workgroup memory.
+//! (4 or 8 words of quants per 32 values) and their f16 scales/minimums, two to a word, are
+//! widened with integer bit operations ([`half::unpack`]), so no kernel needs `shader-f16`
+//! (SwiftShader and many browsers lack it) nor subgroups (an optional WebGPU feature):
+//! reductions go through workgroup memory.
 //!
 //! Products run **one invocation per output row** (a workgroup of [`ROWS`] rows): a row's dot
 //! product reads its blocks one after the other, the input vectors sit in workgroup memory,
@@ -118,7 +119,8 @@ fn stage_input(
 
 /// Row `row` of a Q4_1 matrix (`rows` x `cols`) · each of the `tile` staged inputs, into
 /// `acc[0..tile]`: value = scale · nibble + min; a block's 4 words hold values 0..16 in their
-/// bytes' low nibbles and 16..32 in the high ones. Each weight is unpacked once and used for
+/// bytes' low nibbles and 16..32 in the high ones, and its scale and minimum are the f16
+/// halves of one word of `scales`. Each weight is unpacked once and used for
 /// every staged position (prefill: `tile` positions per weight read; decode: 1). Stored
 /// column-major by word (see [`super::weights`]): neighbouring invocations (rows) read
 /// neighbouring words, one coalesced load on a GPU and one vector load on lavapipe.
@@ -126,8 +128,7 @@ fn stage_input(
 #[allow(clippy::too_many_arguments)]
 fn dot_q4_1(
     words: &[u32],
-    scales: &[f32],
-    mins: &[f32],
+    scales: &[u32],
     xs: &Shared<[f32]>,
     sums: &Shared<[f32]>,
     row: usize,
@@ -163,8 +164,9 @@ fn dot_q4_1(
                 }
             }
         }
-        let d = scales[b * rows + row];
-        let m = mins[b * rows + row];
+        let dm = scales[b * rows + row];
+        let d = half::unpack(dm, false);
+        let m = half::unpack(dm, true);
         #[unroll]
         for t in 0..tile {
             acc[t] += d * qx[t] + m * sums[t * per_row + b];
@@ -172,11 +174,12 @@ fn dot_q4_1(
     }
 }
 
-/// Row `row` of a Q8_0 matrix · `xs`: value = scale · signed byte, 8 words per block.
+/// Row `row` of a Q8_0 matrix · `xs`: value = scale · signed byte, 8 words per block; the
+/// f16 scales of blocks `2j` and `2j + 1` share word `j` of the row in `scales`.
 #[cube]
 fn dot_q8_0(
     words: &[u32],
-    scales: &[f32],
+    scales: &[u32],
     xs: &Shared<[f32]>,
     row: usize,
     rows: usize,
@@ -200,31 +203,35 @@ fn dot_q8_0(
                 qx += q * xs[x0 + 4 * w + k];
             }
         }
-        acc += scales[b * rows + row] * qx;
+        acc += half::unpack(scales[(b / 2) * rows + row], b % 2 == 1) * qx;
     }
     acc
 }
 
 /// `out[p, r] (+)= W[r] · norm?(x[p])` for a Q4_1 matrix: grid `(rows / ROWS, positions /
 /// tile)`, `tile` positions per workgroup. `residual` adds to `out` (the residual stream)
-/// instead of writing it.
+/// instead of writing it; `tap` (with `residual`) also copies the last position's new row
+/// into row `slot` of `states` (what the probes read after a block: the down projection
+/// writes it, so no separate copy dispatch is needed; untapped launches bind any buffer).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_q4_1(
     x: &[f32],
     norm_w: &[f32],
     words: &[u32],
-    scales: &[f32],
-    mins: &[f32],
+    scales: &[u32],
     out: &mut [f32],
+    states: &mut [f32],
     n: usize,
     rows: usize,
     cols: usize,
     eps: f32,
+    slot: usize,
     #[comptime] max_cols: usize,
     #[comptime] norm: bool,
     #[comptime] residual: bool,
     #[comptime] tile: usize,
+    #[comptime] tap: bool,
 ) {
     let mut xs = Shared::new_slice(tile * max_cols);
     let mut sums = Shared::new_slice(tile * max_cols / BLOCK);
@@ -251,14 +258,18 @@ pub fn matvec_q4_1(
         let mut acc = Array::<f32>::new(tile);
         let mut qx = Array::<f32>::new(tile);
         dot_q4_1(
-            words, scales, mins, &xs, &sums, row, rows, cols, &mut acc, &mut qx, tile,
+            words, scales, &xs, &sums, row, rows, cols, &mut acc, &mut qx, tile,
         );
         #[unroll]
         for t in 0..tile {
             let p = p0 + t;
             if p < n {
                 if residual {
-                    out[p * rows + row] += acc[t];
+                    let v = out[p * rows + row] + acc[t];
+                    out[p * rows + row] = v;
+                    if tap && p == n - 1 {
+                        states[slot * rows + row] = v;
+                    }
                 } else {
                     out[p * rows + row] = acc[t];
                 }
@@ -269,15 +280,14 @@ pub fn matvec_q4_1(
 
 /// `h[p, r] = silu(G[r] · n) · (U[r] · n)` with `n = RMSNorm(x[p])`: the feed-forward's first
 /// half in one dispatch (grid `(rows / ROWS, positions / tile)`). `G` and `U` are one stacked
-/// `[2·rows, cols]` matrix (gate rows first), so the kernel binds 6 storage buffers.
+/// `[2·rows, cols]` matrix (gate rows first), so the kernel binds 5 storage buffers.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn swiglu_q4_1(
     x: &[f32],
     norm_w: &[f32],
     words: &[u32],
-    scales: &[f32],
-    mins: &[f32],
+    scales: &[u32],
     h: &mut [f32],
     n: usize,
     rows: usize,
@@ -312,12 +322,11 @@ pub fn swiglu_q4_1(
         let mut qx = Array::<f32>::new(tile);
         let stacked = 2 * rows;
         dot_q4_1(
-            words, scales, mins, &xs, &sums, row, stacked, cols, &mut g, &mut qx, tile,
+            words, scales, &xs, &sums, row, stacked, cols, &mut g, &mut qx, tile,
         );
         dot_q4_1(
             words,
             scales,
-            mins,
             &xs,
             &sums,
             rows + row,
@@ -345,7 +354,7 @@ pub fn logits_q8_0(
     x: &[f32],
     norm_w: &[f32],
     words: &[u32],
-    scales: &[f32],
+    scales: &[u32],
     out: &mut [f32],
     p: usize,
     rows: usize,
@@ -379,7 +388,7 @@ pub fn logits_q8_0(
 pub fn embed_q8_0(
     tokens: &[u32],
     words: &[u32],
-    scales: &[f32],
+    scales: &[u32],
     x: &mut [f32],
     rows: usize,
     cols: usize,
@@ -396,7 +405,7 @@ pub fn embed_q8_0(
         if byte > 127 {
             q -= 256.0;
         }
-        x[p * cols + c] = scales[b * rows + id] * q;
+        x[p * cols + c] = half::unpack(scales[(b / 2) * rows + id], b % 2 == 1) * q;
         c += LANES as usize;
     }
 }
@@ -424,9 +433,10 @@ fn load(cache: &[u32], at: usize, #[comptime] f16: bool) -> f32 {
 }
 
 /// RoPE on the queries and keys of `qkv[p] = [q (heads·hd) | k (kv·hd) | v (kv·hd)]` (adjacent
-/// pairs, angles from the host's f64 tables), queries rotated in place, keys and values written
-/// to the caches at position `start + p` of layer `layer` (f16 pairs in a word when `f16`, else
-/// f32 bits): grid `(positions)`.
+/// pairs, angles from the host's f64 tables), queries and keys rotated in place, keys and
+/// values also written to the caches at position `start + p` of layer `layer` (f16 pairs in a
+/// word when `f16`, else f32 bits): grid `(positions)`. The step's own attention reads its
+/// positions' keys and values from `qkv` (f32), the cache only for earlier steps'.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv(
@@ -461,12 +471,10 @@ pub fn rope_kv(
             let x1 = qkv[row + 2 * j + 1];
             let r0 = x0 * c - x1 * s;
             let r1 = x0 * s + x1 * c;
-            if 2 * j < q_dim {
-                qkv[row + 2 * j] = r0;
-                qkv[row + 2 * j + 1] = r1;
-            } else {
-                let at = 2 * j - q_dim;
-                store_pair(k_cache, cache_row + at, r0, r1, f16);
+            qkv[row + 2 * j] = r0;
+            qkv[row + 2 * j + 1] = r1;
+            if 2 * j >= q_dim {
+                store_pair(k_cache, cache_row + 2 * j - q_dim, r0, r1, f16);
             }
         } else {
             let at = 2 * (j - pairs);
@@ -477,10 +485,16 @@ pub fn rope_kv(
     }
 }
 
-/// Attention of query head `CUBE_POS_X` at position `start + CUBE_POS_Y` over every cached
-/// key up to it (causal): scores, softmax and the weighted values in one workgroup; the
-/// scores stay in workgroup memory (`max_positions` f32: 8 KB for 2,048). Writes
-/// `ctx[p, head·hd..]`. `head_dim` must equal [`LANES`].
+/// Attention of query head `CUBE_POS_X` at position `start + CUBE_POS_Y` over every key up to
+/// it (causal): scores, softmax and the weighted values in one workgroup; the scores stay in
+/// workgroup memory (`max_positions` f32: 8 KB for 2,048). Writes `ctx[p, head·hd..]`.
+/// `head_dim` must equal [`LANES`].
+///
+/// Keys and values of earlier steps (positions before `start`) come from the caches, those of
+/// this step's positions from `qkv` in f32 (rotated by [`rope_kv`]). With an f16 cache this
+/// keeps a prefill exact (every position it attends to is its own: the logits after a prompt
+/// equal the f32 cache's) and rounds only what later steps read back; with an f32 cache both
+/// sources hold the same values.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -510,12 +524,20 @@ pub fn attention(
     q[tid] = qkv[p * width + h * head_dim + tid];
     sync_cube();
     let cache0 = layer * max_positions * kv_dim + kvh * head_dim;
+    // This step's keys and values in `qkv`: position `start + i` at row `i`.
+    let k_new = q_dim + kvh * head_dim;
+    let v_new = k_new + kv_dim;
     let mut best = f32::new(-3.0e38);
     let mut t = tid;
     while t < total {
         let k0 = cache0 + t * kv_dim;
         let mut s = 0.0f32;
-        if f16 {
+        if t >= start {
+            let k1 = (t - start) * width + k_new;
+            for d in 0..head_dim {
+                s += q[d] * qkv[k1 + d];
+            }
+        } else if f16 {
             // A word holds two neighbouring key values.
             for d in 0..head_dim / 2 {
                 let w = k_cache[k0 / 2 + d];
@@ -542,14 +564,19 @@ pub fn attention(
     }
     let sum = workgroup_sum(sum, &mut scratch);
     let mut acc = 0.0f32;
-    for t in 0..total {
+    for t in 0..start {
         acc += scores[t] * load(v_cache, cache0 + t * kv_dim + tid, f16);
+    }
+    for t in start..total {
+        acc += scores[t] * qkv[(t - start) * width + v_new + tid];
     }
     ctx[p * q_dim + h * head_dim + tid] = acc / sum;
 }
 
 /// `out[slot] = x[p]` (`cols` values): keeps the residual stream after a block at the step's
-/// last position for the probes, before the next block overwrites `x`. Grid `(1)`.
+/// last position for the probes, before the next block overwrites `x`, where the down
+/// projection's own copy ([`matvec_q4_1`]'s `tap`) already went to another slot (a block
+/// tapped twice). Grid `(1)`.
 #[cube(launch_unchecked)]
 pub fn tap_state(x: &[f32], out: &mut [f32], p: usize, slot: usize, cols: usize) {
     let mut c = UNIT_POS as usize;

@@ -9,9 +9,10 @@
 //! one row (burn#4492). So the engine multiplies the file's blocks with kernels of its own
 //! ([`kernels`]), on the very wgpu device (and memory pools) burn set up.
 //!
-//! - [`weights`]: uploading the blocks (u32 words, f32 scales).
+//! - [`weights`]: uploading the blocks (u32 words, f16 scales two to a word).
 //! - [`kernels`]: the CubeCL kernels.
-//! - [`half`]: f16 packed two per u32 word (the KV cache), converted with bit operations.
+//! - [`half`]: f16 packed two per u32 word (the scales, the KV cache), converted with bit
+//!   operations.
 //! - [`engine`]: loading, the decode/prefill step, read-backs and counters.
 //!
 //! [`crate::models::llama::Llama`] uses it for inference on a wgpu device (prefill and
@@ -33,19 +34,21 @@ pub use engine::{Engine, EngineStats, Sequence};
 
 /// How a [`Sequence`]'s KV cache stores keys and values.
 ///
-/// f32 is the default because it keeps the engine exact (logits within 6e-5 of the CPU
-/// backend, the issue's bound is 1e-3, and the probes' states within 1e-6 relative, which
-/// their thresholds were calibrated on); f16 halves the cache but moved logits by up to
-/// 1.4e-2 on the reference prompts (greedy continuations unchanged). See
+/// f16 is the default: it halves the cache (the whole model then fits in 1.5x the GGUF file)
+/// and a step attends to its own positions' keys and values in f32 (`kernels::attention`), so
+/// the logits after a prompt are the f32 cache's (within 6e-5 of the CPU backend on the
+/// reference prompts); only later steps read earlier keys and values rounded to f16, which
+/// moved logits by up to 7.5e-3 after 31 greedy steps (the continuations themselves are
+/// unchanged). f32 keeps every step within 6e-5, at 47 MB more. Figures and commands:
 /// notes/issue-14-gpu.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvPrecision {
     /// f32, 4 bytes a value (94 MB for 2,048 positions of SmolLM2): the CPU backend's values.
-    #[default]
     F32,
     /// f16 packed two per u32 word, 2 bytes a value (47 MB), converted with bit operations in
-    /// the kernels so that no `shader-f16` is needed (`half`). Rounds each key and
+    /// the kernels so that no `shader-f16` is needed (`half`). Rounds each cached key and
     /// value to 11 significant bits.
+    #[default]
     F16,
 }
 

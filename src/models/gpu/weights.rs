@@ -1,17 +1,21 @@
 //! The GGUF's quantised blocks uploaded as they are: per matrix one buffer of u32 words (the
-//! quants) and one or two of f32 (scales, and Q4_1's minimums), each stored column-major
-//! (word `w` of every row, then word `w + 1`): the products run one row per invocation, so
-//! neighbouring invocations then read neighbouring words (coalesced), where row-major blocks
-//! made every load a gather.
+//! quants) and one of the blocks' f16 scales (and Q4_1's minimums) packed two to a u32 word,
+//! each stored column-major (word `w` of every row, then word `w + 1`): the products run one
+//! row per invocation, so neighbouring invocations then read neighbouring words (coalesced),
+//! where row-major blocks made every load a gather.
 //!
 //! Why this layout: WebGPU storage buffers are arrays of 4-byte words, so the quants are
-//! regrouped word-aligned (a Q8_0 block is 34 bytes in the file: 2 of scale, 32 of quants) and
-//! the f16 scales are widened to f32 here, once, so no kernel needs `shader-f16`. The cost is
-//! 4 bytes per 32 values over the file (SmolLM2: 111.5 MB on the GPU for a 98 MB file, 1.14x).
+//! regrouped word-aligned (a Q8_0 block is 34 bytes in the file: 2 of scale, 32 of quants).
+//! The scales keep the file's f16 bits, two per word (a Q4_1 block's scale in the low half and
+//! its minimum in the high half; a Q8_0 row's blocks `2j` and `2j + 1` in one word), and the
+//! kernels widen them with integer bit operations ([`super::half::unpack`]), so no kernel
+//! needs `shader-f16` and the values multiplied are the file's, exactly (widening f16 to f32
+//! loses nothing). SmolLM2: 96,576,768 bytes on the GPU, exactly the file's tensor data (its
+//! 98.4 MB less 1.8 MB of metadata and tokenizer); widening the scales to f32 at load, as the
+//! engine first did, took 111.6 MB.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use half::f16;
 
 use crate::error::{Error, Result};
 use crate::weights::gguf::Gguf;
@@ -38,10 +42,12 @@ pub struct QMatrix {
     pub cols: usize,
     /// The quants, 4 (Q4_1) or 8 (Q8_0) words per block.
     pub words: Handle,
-    /// One f32 scale per block.
+    /// f16 bits two per word: Q4_1, one word per block (scale low, minimum high); Q8_0, one
+    /// word per pair of blocks of a row (block `2j` low, `2j + 1` high; a last odd block's
+    /// high half is 0).
     pub scales: Handle,
-    /// Q4_1's minimums (for Q8_0: the scales again, never read).
-    pub mins: Handle,
+    /// Words in `scales`.
+    pub scale_words: usize,
     /// Bytes on the GPU.
     pub bytes: usize,
 }
@@ -54,12 +60,13 @@ pub struct HostBlocks {
     rows: usize,
     cols: usize,
     words: Vec<u32>,
-    scales: Vec<f32>,
-    mins: Vec<f32>,
+    /// One word per block (Q4_1) or per pair of a row's blocks (Q8_0), as in [`QMatrix`].
+    scales: Vec<u32>,
 }
 
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+/// The f16 at `b[at..at + 2]` (little-endian), its bits unchanged.
+fn f16_bits(b: &[u8], at: usize) -> u32 {
+    u32::from(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
 fn word(b: &[u8]) -> u32 {
@@ -101,15 +108,24 @@ impl HostBlocks {
         match quant {
             Quant::Q4_1 => {
                 for b in bytes.chunks_exact(20) {
-                    self.scales.push(f16_at(b, 0));
-                    self.mins.push(f16_at(b, 2));
+                    self.scales.push(f16_bits(b, 0) | (f16_bits(b, 2) << 16));
                     self.words.extend(b[4..20].chunks_exact(4).map(word));
                 }
             }
             Quant::Q8_0 => {
-                for b in bytes.chunks_exact(34) {
-                    self.scales.push(f16_at(b, 0));
-                    self.words.extend(b[2..34].chunks_exact(4).map(word));
+                // Pairs of blocks within a row (a row never shares a word with the next).
+                for row in bytes.chunks_exact(34 * shape[1] / BLOCK) {
+                    for pair in row.chunks(68) {
+                        let hi = if pair.len() == 68 {
+                            f16_bits(pair, 34)
+                        } else {
+                            0
+                        };
+                        self.scales.push(f16_bits(pair, 0) | (hi << 16));
+                    }
+                    for b in row.chunks_exact(34) {
+                        self.words.extend(b[2..34].chunks_exact(4).map(word));
+                    }
                 }
             }
         }
@@ -128,22 +144,15 @@ impl HostBlocks {
         // neighbouring invocations read neighbouring words.
         let rows = self.rows;
         let words = client.create_from_slice(u32::as_bytes(&transpose(&self.words, rows)));
-        let scales = client.create_from_slice(f32::as_bytes(&transpose(&self.scales, rows)));
-        let (mins, min_bytes) = match quant {
-            Quant::Q4_1 => (
-                client.create_from_slice(f32::as_bytes(&transpose(&self.mins, rows))),
-                self.mins.len() * 4,
-            ),
-            Quant::Q8_0 => (scales.clone(), 0),
-        };
+        let scales = client.create_from_slice(u32::as_bytes(&transpose(&self.scales, rows)));
         Ok(QMatrix {
             quant,
             rows: self.rows,
             cols: self.cols,
             words,
             scales,
-            mins,
-            bytes: self.words.len() * 4 + self.scales.len() * 4 + min_bytes,
+            scale_words: self.scales.len(),
+            bytes: (self.words.len() + self.scales.len()) * 4,
         })
     }
 }

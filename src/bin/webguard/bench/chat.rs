@@ -45,8 +45,9 @@ pub struct ChatBench {
     /// One JSON object per backend and path instead of text.
     #[arg(long)]
     json: bool,
-    /// The GPU engine's KV cache: f32 (exact, the default) or f16 (half the memory).
-    #[arg(long, default_value = "f32")]
+    /// The GPU engine's KV cache: f16 (the default: half the memory, prefill exact) or f32
+    /// (every step exact).
+    #[arg(long, default_value = "f16")]
     kv: String,
     /// On a GPU, measure the engine only (burn's path widens 538 MB and takes minutes on
     /// lavapipe).
