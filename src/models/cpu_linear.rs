@@ -200,7 +200,7 @@ mod tests {
             };
             let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, d_in]), &device);
             let y = forward(&layer, &xt).expect("this path takes these shapes");
-            let y = y.into_data().into_vec::<f32>().unwrap();
+            let y = y.into_data().try_into_vec::<f32>().unwrap();
             for r in 0..rows {
                 for c in 0..d_out {
                     let mut want = if bias { b[c] as f64 } else { 0.0 };
