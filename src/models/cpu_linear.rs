@@ -118,6 +118,9 @@ impl Matrix {
     /// `(r, c)` at `offset + r·row_stride + c·col_stride` inside the buffer.
     fn of(t: &Tensor<2>) -> Option<Matrix> {
         let [rows, cols] = t.dims();
+        if rows == 0 || cols == 0 {
+            return None;
+        }
         let tensor = t.clone().try_into_primitive::<Flex>().ok()?;
         if tensor.dtype() != DType::F32 {
             return None;
@@ -135,7 +138,7 @@ impl Matrix {
             .checked_mul(rs)?
             .checked_add((cols - 1).checked_mul(cs)?)?
             .checked_add(offset)?;
-        if rows == 0 || cols == 0 || last >= tensor.storage::<f32>().len() {
+        if last >= tensor.storage::<f32>().len() {
             return None;
         }
         Some(Matrix {
@@ -230,5 +233,10 @@ mod tests {
         assert!(forward(&layer, &Tensor::zeros([MAX_ROWS + 1, 4], &device)).is_none());
         assert!(forward(&layer, &Tensor::zeros([2, 5], &device)).is_none());
         assert!(forward(&layer, &Tensor::zeros([0, 4], &device)).is_none());
+        let empty = Linear {
+            weight: Param::from_tensor(Tensor::zeros([0, 3], &device)),
+            bias: None,
+        };
+        assert!(forward(&empty, &Tensor::zeros([2, 0], &device)).is_none());
     }
 }
