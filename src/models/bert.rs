@@ -442,7 +442,12 @@ pub fn masked_max(hidden: Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<2> {
 /// GEMM instead of a batched one with the weight broadcast per sequence.
 fn linear_2d(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [batch, seq, d] = x.dims();
-    let y = layer.forward(x.reshape([batch * seq, d]));
+    let x = x.reshape([batch * seq, d]);
+    // Few rows (batch 1) on the CPU: one fork-join per product instead of gemm's own threading.
+    #[cfg(not(target_arch = "wasm32"))]
+    let y = crate::models::cpu_linear::forward(layer, &x).unwrap_or_else(|| layer.forward(x));
+    #[cfg(target_arch = "wasm32")]
+    let y = layer.forward(x);
     let [_, out] = y.dims();
     y.reshape([batch, seq, out])
 }

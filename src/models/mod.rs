@@ -1,6 +1,9 @@
 //! The neural networks, as burn modules on a runtime-chosen device.
 
 pub mod bert;
+// Natively (burn-flex's buffers through burn's `extension` feature; rayon).
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cpu_linear;
 pub mod dense_cache;
 pub mod gelu;
 pub mod gpu;

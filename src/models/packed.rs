@@ -84,21 +84,29 @@ impl Blocks {
             return None;
         }
         match ty {
+            // Sized up front: a `flat_map` collect grows by doubling and leaves the freed
+            // smaller buffers behind in the heap (up to 28 MB for the embedding's quants).
             GgmlType::Q4_1 => {
                 let blocks = bytes.chunks_exact(20);
+                let mut nibbles = Vec::with_capacity(blocks.len() * 16);
+                blocks
+                    .clone()
+                    .for_each(|b| nibbles.extend_from_slice(&b[4..20]));
                 Some(Blocks::Q4_1 {
                     scales: blocks.clone().map(|b| f16_at(b, 0)).collect(),
-                    mins: blocks.clone().map(|b| f16_at(b, 2)).collect(),
-                    nibbles: blocks.flat_map(|b| b[4..20].iter().copied()).collect(),
+                    mins: blocks.map(|b| f16_at(b, 2)).collect(),
+                    nibbles,
                 })
             }
             GgmlType::Q8_0 => {
                 let blocks = bytes.chunks_exact(34);
+                let mut quants = Vec::with_capacity(blocks.len() * 32);
+                blocks
+                    .clone()
+                    .for_each(|b| quants.extend(b[2..34].iter().map(|&q| q as i8)));
                 Some(Blocks::Q8_0 {
-                    scales: blocks.clone().map(|b| f16_at(b, 0)).collect(),
-                    quants: blocks
-                        .flat_map(|b| b[2..34].iter().map(|&q| q as i8))
-                        .collect(),
+                    scales: blocks.map(|b| f16_at(b, 0)).collect(),
+                    quants,
                 })
             }
             _ => None,
@@ -122,6 +130,9 @@ impl PackedMatrix {
             Some(b) => b,
             None => Blocks::Dense(gguf.dequantize(name)?),
         };
+        // Copied: a mapped file's pages for this tensor need not stay resident while the
+        // next ones are packed (the loading peak was file + packed copy).
+        gguf.release(info);
         let [rows, cols] = shape;
         Ok(PackedMatrix { rows, cols, blocks })
     }

@@ -586,6 +586,9 @@ impl TensorInfo {
 #[derive(Debug, Clone)]
 pub struct Gguf<'a> {
     bytes: &'a [u8],
+    /// The mapping `bytes` lie in, when parsed with [`Gguf::parse_mapped`].
+    #[cfg(not(target_arch = "wasm32"))]
+    mapping: Option<&'a super::mapped::MappedFile>,
     /// Format version (2 or 3).
     pub version: u32,
     /// Metadata in file order.
@@ -890,12 +893,35 @@ impl<'a> Gguf<'a> {
 
         Ok(Gguf {
             bytes,
+            #[cfg(not(target_arch = "wasm32"))]
+            mapping: None,
             version,
             metadata,
             tensors,
             alignment,
             data_offset,
         })
+    }
+
+    /// [`Gguf::parse`] of a mapped file; [`Gguf::release`] then hands a tensor's pages back.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn parse_mapped(file: &'a super::mapped::MappedFile) -> Result<Self, GgufError> {
+        let mut gguf = Gguf::parse(file.bytes())?;
+        gguf.mapping = Some(file);
+        Ok(gguf)
+    }
+
+    /// Says that `info`'s bytes have been copied and are not needed while loading goes on:
+    /// a mapped file's pages under them leave resident memory (read again if used); bytes
+    /// in a caller's buffer stay as they are.
+    pub fn release(&self, info: &TensorInfo) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(file) = self.mapping {
+            let start = (self.data_offset + info.offset) as usize;
+            file.release(start..start + info.n_bytes as usize);
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = info;
     }
 
     /// The metadata value for `key`, if present.

@@ -2,6 +2,8 @@
 
 pub mod gguf;
 pub mod int8;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mapped;
 pub mod quant;
 pub mod safetensors;
 

@@ -6,17 +6,27 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Instant;
 
+use webguard::weights::mapped::MappedFile;
 use webguard::{Error, Result};
 
 /// Reads a whole file; a missing one is most often a model not fetched yet, so say how.
 pub fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| match e.kind() {
+    std::fs::read(path).map_err(|e| model_file_error(path, e))
+}
+
+/// A model file mapped into memory (its pages are read as used; see `weights::mapped`).
+pub fn map(path: &Path) -> Result<MappedFile> {
+    MappedFile::open(path).map_err(|e| model_file_error(path, e))
+}
+
+fn model_file_error(path: &Path, e: std::io::Error) -> Error {
+    match e.kind() {
         std::io::ErrorKind::NotFound => Error::Io {
             path: path.display().to_string(),
             message: "not found (scripts/fetch-models.sh fetches the models; --models or $WEBGUARD_MODELS points elsewhere)".into(),
         },
         _ => Error::io(path, e),
-    })
+    }
 }
 
 /// Lines of JSON objects, with the line number of a malformed one.

@@ -8,7 +8,7 @@ use webguard::backend::{Backend, BackendChoice};
 use webguard::weights::Gguf;
 use webguard::{ChatModel, Error, Filter, Result, SMOLLM2_GGUF};
 
-use crate::common::read;
+use crate::common::{map, read};
 
 /// Which filter to run and how.
 #[derive(clap::Args)]
@@ -61,8 +61,8 @@ pub fn load_chat(
     adapters: Option<&Path>,
 ) -> Result<(ChatModel, Backend)> {
     let backend = Backend::init_blocking(backend.parse::<BackendChoice>()?)?;
-    let bytes = read(&models.join(SMOLLM2_GGUF))?;
-    let gguf = Gguf::parse(&bytes)?;
+    let file = map(&models.join(SMOLLM2_GGUF))?;
+    let gguf = Gguf::parse_mapped(&file)?;
     let mut chat = ChatModel::load(&gguf, &backend.device)?;
     if let Some(path) = adapters {
         pollster::block_on(chat.import_adapters(&read(path)?))?;

@@ -19,7 +19,7 @@ use webguard::weights::Gguf;
 use webguard::{Error, Result, SMOLLM2_GGUF};
 
 use super::{peer_json, sync_read, threads};
-use crate::common::{peak_rss_mb, read};
+use crate::common::{map, peak_rss_mb};
 
 /// cubecl-wgpu's default launches per command submission (`CUBECL_WGPU_MAX_TASKS`, 32): a
 /// submission is made every this many launches, and before any upload or read.
@@ -150,8 +150,8 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
             "the prompt needs at least 1 token and decoding at least 2".into(),
         ));
     }
-    let bytes = read(&models.join(SMOLLM2_GGUF))?;
-    let gguf = Gguf::parse(&bytes)?;
+    let file = map(&models.join(SMOLLM2_GGUF))?;
+    let gguf = Gguf::parse_mapped(&file)?;
     let tok = Tokenizer::from_gguf(&gguf)?;
     // A prompt of exactly `prompt_tokens` tokens, from repeated ordinary text.
     let base =
@@ -307,7 +307,7 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
     println!(
         "  webguard peak resident memory: {:.0} MB (GGUF file: {:.0} MB)",
         peak_rss_mb(),
-        bytes.len() as f64 / 1e6
+        file.bytes().len() as f64 / 1e6
     );
     if let Some(python) = &args.python {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llamacpp-peer.py");

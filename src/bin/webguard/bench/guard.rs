@@ -19,7 +19,7 @@ use webguard::weights::Gguf;
 use webguard::{ChatModel, Error, Filter, Result, SMOLLM2_GGUF};
 
 use super::threads;
-use crate::common::read;
+use crate::common::{map, read};
 
 /// A request whose answer is long and benign, so that every run generates the token budget
 /// and nothing is blocked (scripts/bench-browser.mjs asks the same).
@@ -61,8 +61,8 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
     let backend = Backend::init_blocking(args.backend.parse::<BackendChoice>()?)?;
     let filter = Filter::load(models, &Filter::default_heads_path(), &backend.device)?;
     let policy = Policy::new(&filter);
-    let bytes = read(&models.join(SMOLLM2_GGUF))?;
-    let mut chat = ChatModel::load(&Gguf::parse(&bytes)?, &backend.device)?;
+    let file = map(&models.join(SMOLLM2_GGUF))?;
+    let mut chat = ChatModel::load(&Gguf::parse_mapped(&file)?, &backend.device)?;
     if !args.no_probe {
         let probe = webguard::source_checkout().join("assets/chat-probe.safetensors");
         chat.load_probe(&read(&probe)?)?;
