@@ -106,6 +106,16 @@ setup() {
 # wasm-opt LEVEL on FILE in place. npm's binaryen is itself wasm (single-threaded, minutes on
 # these modules), so the result is cached by the input's hash: an unchanged module is not
 # optimised twice. LEVEL "none" skips it.
+# build() runs it in the background (optimize_wasm_bg) while the next module compiles: cargo
+# leaves a core idle through burn's chain of crates, and a cold wasm-opt is minutes of one core
+# (notes/cold-path-s4.md); wait_wasm_opt collects them before anything reads pkg/*.wasm.
+WASM_OPT_PIDS=()
+optimize_wasm_bg() { optimize_wasm "$@" & WASM_OPT_PIDS+=("$!"); }
+wait_wasm_opt() {
+  local pid
+  for pid in "${WASM_OPT_PIDS[@]}"; do wait "$pid" || die "wasm-opt failed (exit $?)"; done
+  WASM_OPT_PIDS=()
+}
 optimize_wasm() {
   local file="$1" opt="$2" extra="${3:-}"
   [ "$opt" != none ] || return 0
@@ -114,7 +124,8 @@ optimize_wasm() {
   if [ ! -f "$cached" ]; then
     step "wasm-opt $opt $file"
     mkdir -p "$CACHE/wasm-opt"
-    find "$CACHE/wasm-opt" -name '*.wasm' -mtime +7 -delete
+    # Two of these may run at once (optimize_wasm_bg): a file the other one deleted is no error.
+    find "$CACHE/wasm-opt" -name '*.wasm' -mtime +7 -delete 2>/dev/null || true
     "$NODE_DIR/node_modules/.bin/wasm-opt" "$opt" --enable-bulk-memory --enable-nontrapping-float-to-int \
       --enable-simd --enable-sign-ext --enable-mutable-globals --enable-reference-types $extra \
       "$file" -o "$cached.tmp"
@@ -139,7 +150,7 @@ build() {
     cargo build --profile wasm --lib --target wasm32-unknown-unknown $features
     step "wasm-bindgen --target web -> pkg/$name.js"
     wasm-bindgen --target web --out-dir pkg --out-name "$name" "$wasm_out/webguard.wasm"
-    optimize_wasm "pkg/${name}_bg.wasm" "$opt"
+    optimize_wasm_bg "pkg/${name}_bg.wasm" "$opt"
   done
   build_wasm_threads "$opt"
   # The package ships the filter heads and the chat probe (guard.js loads them from next to
@@ -149,6 +160,7 @@ build() {
   # byte-deterministic, its sha256 is pinned in pkg/guard-worker.js.
   "$CARGO_TARGET_DIR/release/webguard" --models "$WEBGUARD_MODELS" quantize-filter \
     --out pkg/all-MiniLM-L6-v2.int8.safetensors
+  wait_wasm_opt
   step "what a page downloads (scripts/sizes.mjs; fails over the code budget)"
   node scripts/sizes.mjs --pkg pkg --models "$WEBGUARD_MODELS" --precompress
 }
@@ -169,7 +181,7 @@ build_wasm_threads() {
     -Z build-std=panic_abort,std
   step "wasm-bindgen --target web -> pkg/webguard_threads.js"
   wasm-bindgen --target web --out-dir pkg --out-name webguard_threads "$target/wasm32-unknown-unknown/wasm/webguard.wasm"
-  optimize_wasm pkg/webguard_threads_bg.wasm "$opt" --enable-threads
+  optimize_wasm_bg pkg/webguard_threads_bg.wasm "$opt" --enable-threads
 }
 
 # The threaded module's target flags: SIMD128 as in .cargo/config.toml, atomics, and a shared
@@ -212,7 +224,7 @@ cmd="${1:-}"
 case "$cmd" in
   setup) setup ;;
   build) setup; build ;;
-  wasm-threads) setup_rust; setup_node; build_wasm_threads ;;
+  wasm-threads) setup_rust; setup_node; build_wasm_threads; wait_wasm_opt ;;
   serve)
     setup; build
     step "serving"
