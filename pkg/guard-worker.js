@@ -31,7 +31,7 @@ const MANIFEST = {
   model: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", // all-MiniLM-L6-v2/model.safetensors
   heads: "0bfa26c4b88de1426b1cb449942053c377be9337bf29b73ec52327f226e3541f", // filter-heads.safetensors
   chat: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", // SmolLM2-135M-Instruct.Q4_1.gguf
-  chatProbe: "4b70d5ea81ec1ea75dc2bebc70c74ae474c2102882e827d718c5eea21c939b58", // chat-probe.safetensors
+  chatProbe: "fccea0c47b3351ff39a6e54184ba3887274d23e99139ada3983786f8093eca01", // chat-probe.safetensors
 };
 
 // The filter encoder in 8 bits, the default model (all-MiniLM-L6-v2.int8.safetensors, shipped

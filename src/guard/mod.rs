@@ -6,7 +6,16 @@
 //!    filter reads text in its judging form (look-alikes folded, `crate::text::normalize`).
 //!    When the chat model carries a probe (`crate::models::probe`), the model's own states at
 //!    the end of the prompt are judged too, from the prefill answering needs anyway; a
-//!    flagged conversation is refused before any token is generated.
+//!    flagged conversation is refused before any token is generated. The probe then takes
+//!    over the filter's [`REQUEST_HARM_LABEL`] on the conversation: that head learned
+//!    AdvBench's imperative phrasing, and on held-out everyday tasks phrased that way ("Write
+//!    a tutorial on how to bake sourdough bread") it blocked 21 of 38 where the probe flags
+//!    none. The probe is trained on requests alone and after a benign exchange (a probe
+//!    trained on single turns let most harmful requests through after one: held-out
+//!    past-tense rewordings 119/123 alone, 77/123 after a turn); on validation
+//!    conversations the filter's head added 2 of 490 harmful requests for 5 more of 268
+//!    safe ones blocked (notes/issue-13-guard.md). Its score is still reported; without a
+//!    probe it blocks.
 //! 2. The answer is generated and screened as it streams, one sentence at a time: text reaches
 //!    the caller only after the whole answer so far has passed, so a harmful answer is stopped
 //!    and replaced before any of it is shown. With an answer probe, the chat model also judges
@@ -37,6 +46,10 @@ use crate::generate::{GenerateOptions, Generator, StopReason};
 use crate::text::chat_template::Message;
 use crate::text::sentence_done;
 use policy::Side;
+
+/// The filter label that judges whether a request asks for harm; where the chat model has a
+/// request probe, the probe judges that instead (module docs).
+pub const REQUEST_HARM_LABEL: &str = "harmful";
 
 /// The outcome of one moderated turn.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -178,13 +191,17 @@ pub async fn moderated_chat(
     let filter_failed = |e: Error| format!("the filter failed, so nothing is shown: {e}");
     let texts = input_texts(messages);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let input = match screen(filter, policy, &texts, Side::Conversation, None).await {
+    let mut input = match screen(filter, policy, &texts, Side::Conversation, None).await {
         Ok(s) => s,
         Err(e) => {
             reply.refuse(filter_failed(e));
             return Ok(reply);
         }
     };
+    if chat.probe.is_some() {
+        input.blocked.retain(|l| l != REQUEST_HARM_LABEL);
+        input.warned.retain(|l| l != REQUEST_HARM_LABEL);
+    }
     reply.warnings.extend(input.warned.iter().cloned());
     let blocked = policy.block_reason("the message was", &input, Side::Conversation);
     reply.input = Some(input);
