@@ -171,7 +171,7 @@ struct Example<'a> {
 }
 
 impl Example<'_> {
-    fn messages<'m>(&'m self, exchanges: &'m [Exchange], last: &'m str) -> Vec<Message> {
+    fn messages(&self, exchanges: &[Exchange], last: &str) -> Vec<Message> {
         let mut out = Vec::new();
         if let Some(e) = self.context.map(|i| &exchanges[i]) {
             out.push(Message::new("user", &e.user));
