@@ -155,7 +155,7 @@ build() {
   build_wasm_threads "$opt"
   # The package ships the filter heads and the chat probe (guard.js loads them from next to
   # itself by default).
-  cp assets/filter-heads.safetensors assets/chat-probe.safetensors pkg/
+  cp assets/filter-heads.safetensors assets/chat-probe.safetensors assets/chat-safety-adapters.safetensors pkg/
   # The filter's encoder in 8 bits, guard.js's default (a quarter of MiniLM's f32 download):
   # byte-deterministic, its sha256 is pinned in pkg/guard-worker.js.
   "$CARGO_TARGET_DIR/release/webguard" --models "$WEBGUARD_MODELS" quantize-filter \

@@ -21,7 +21,7 @@ let settings;
 const saved = { filter: null, chat: null };
 
 // sha256 of every model file, by role: the files scripts/fetch-models.sh fetches (the same
-// hashes it checks) and the two this package ships (assets/). A file fetched from a URL is
+// hashes it checks) and the three this package ships (assets/). A file fetched from a URL is
 // checked against these before it is used or cached; `Guard.create({ integrity })` overrides
 // one (a page's own model) or turns the check off (`false`). tests/browser/manifest.test.mjs
 // keeps this table equal to fetch-models.sh and assets/.
@@ -32,6 +32,7 @@ const MANIFEST = {
   heads: "0bfa26c4b88de1426b1cb449942053c377be9337bf29b73ec52327f226e3541f", // filter-heads.safetensors
   chat: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", // SmolLM2-135M-Instruct.Q4_1.gguf
   chatProbe: "fccea0c47b3351ff39a6e54184ba3887274d23e99139ada3983786f8093eca01", // chat-probe.safetensors
+  safetyAdapters: "f6c463a6899e1893150345d168ce6b5e7d78a1ce2545fea2f08443e25615cf82", // chat-safety-adapters.safetensors
 };
 
 // The filter encoder in 8 bits, the default model (all-MiniLM-L6-v2.int8.safetensors, shipped
@@ -282,16 +283,19 @@ async function build(id, backend, state) {
   const hits = [];
   let g;
   try {
-    const [tokenizer, config, model, heads, gguf, chatProbe] = await Promise.all([
+    const [tokenizer, config, model, heads, gguf, chatProbe, safetyAdapters] = await Promise.all([
       ...names.map((n) => bytesOf(id, `filter ${n}`, f.filter[n], expectedHash(n), settings.cache, commits, hits)),
       f.chat ? bytesOf(id, "chat model", f.chat, expectedHash("chat"), settings.cache, commits, hits) : undefined,
       f.chat && f.chatProbe ? bytesOf(id, "chat probe", f.chatProbe, expectedHash("chatProbe"), settings.cache, commits, hits) : undefined,
+      f.chat && f.chatProbe && f.safetyAdapters ? bytesOf(id, "safety adapters", f.safetyAdapters, expectedHash("safetyAdapters"), settings.cache, commits, hits) : undefined,
     ]);
     post(id, "progress", { file: "models", phase: "init", loaded: 0, total: 0 });
     g = await WasmGuard.create(backend, tokenizer, config, model, heads, gguf, chatProbe);
+    if (safetyAdapters) await g.loadSafetyAdapters(safetyAdapters);
   } catch (e) {
     // Files that do not load from their cached copies (possible when a hash is not checked):
     // forget those copies, so that the next try downloads them again.
+    g?.free();
     if (hits.length && e?.name === "ModelFileError" && self.caches) {
       const cache = await caches.open(CACHE_NAME).catch(() => null);
       await Promise.all(hits.map((h) => cache?.delete(h).catch(() => {})));

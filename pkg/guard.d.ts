@@ -79,6 +79,15 @@ export interface CreateOptions {
    * `false` turns it off; a URL or bytes load another (a bad file is a ModelFileError).
    */
   chatProbe?: boolean | Source;
+  /**
+   * LoRA adapters that teach the chat model to refuse harmful requests, used for the answer
+   * when the chat probe scores a conversation close to its threshold but lets it through
+   * (from ChatProbe.safetyAdaptersFrom; Reply.safetyAdapters says when): a second line behind
+   * the screens. Default: chat-safety-adapters.safetensors shipped in this package, loaded
+   * with the chat probe; `false` turns them off; a URL or bytes load others (adapters written
+   * by tuneChat that start after the probe's blocks; a bad file is a ModelFileError).
+   */
+  safetyAdapters?: boolean | Source;
   backend?: "auto" | "webgpu" | "cpu";
   thresholds?: Partial<Record<Label, number>>;
   policy?: Partial<Record<Label, Partial<Rule>>>;
@@ -93,10 +102,10 @@ export interface CreateOptions {
    * An object overrides single files (`null`: not checked); `false` checks none. Files given
    * as bytes are not checked.
    */
-  integrity?: boolean | Partial<Record<"tokenizer" | "config" | "model" | "heads" | "chat" | "chatProbe", string | null>>;
+  integrity?: boolean | Partial<Record<"tokenizer" | "config" | "model" | "heads" | "chat" | "chatProbe" | "safetyAdapters", string | null>>;
   /**
    * The folder (same origin) where this package's own files are served: guard-worker.js,
-   * webguard.js, webguard_bg.wasm, webguard_tune.js, webguard_tune_bg.wasm and the three
+   * webguard.js, webguard_bg.wasm, webguard_tune.js, webguard_tune_bg.wasm and the shipped
    * .safetensors files. Default: next to guard.js
    * (`import.meta.url`), which after a bundler inlined guard.js (esbuild) is the bundle's own
    * folder. Needed for a bundle without `import.meta` (esbuild's iife format).
@@ -182,6 +191,9 @@ export interface Reply {
    * are always kept (a last message too long on its own is an InvalidInput error); the filter
    * screens exactly what is sent. */
   droppedTurns: number;
+  /** Whether the answer came from the safety adapters (the chat probe scored the
+   * conversation at or above Guard.chatProbe.safetyAdaptersFrom, below its threshold). */
+  safetyAdapters: boolean;
 }
 
 /** A request to `guard.chat.completions.create`, in the shape of OpenAI-style chat APIs; each
@@ -278,6 +290,9 @@ export interface ChatProbe {
   layers: number[];
   /** Answers scored at or above it at a sentence end are stopped (null: no answer probe). */
   answerThreshold: number | null;
+  /** Conversations scored at or above it (and below `threshold`) are answered with the safety
+   * adapters (null: none loaded). */
+  safetyAdaptersFrom: number | null;
 }
 
 export interface LabelExample { text: string; label: string; value: boolean; }

@@ -25,10 +25,10 @@
 // Rust library's option types: their names and defaults live there, and the worker's wasm
 // module checks them.
 
-const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "chatProbe", "backend",
+const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "chatProbe", "safetyAdapters", "backend",
   "thresholds", "policy", "onProgress", "cache", "integrity", "assetsUrl", "tuning", "threads"];
 // The files `integrity` can name (the worker's manifest has the same keys).
-const FILES = ["tokenizer", "config", "model", "heads", "chat", "chatProbe"];
+const FILES = ["tokenizer", "config", "model", "heads", "chat", "chatProbe", "safetyAdapters"];
 const CACHE_NAME = "webguard-models-v1";
 
 /** A URL made absolute against the page, or bytes/File passed through (for the worker). */
@@ -71,6 +71,7 @@ const SHIPPED = {
   "all-MiniLM-L6-v2.int8.safetensors": () => new URL("./all-MiniLM-L6-v2.int8.safetensors", import.meta.url),
   "filter-heads.safetensors": () => new URL("./filter-heads.safetensors", import.meta.url),
   "chat-probe.safetensors": () => new URL("./chat-probe.safetensors", import.meta.url),
+  "chat-safety-adapters.safetensors": () => new URL("./chat-safety-adapters.safetensors", import.meta.url),
 };
 
 // An IIFE bundle has no import.meta.url: without assetsUrl the files cannot be found.
@@ -96,6 +97,16 @@ function probeSource(value, hasChat, assets) {
   if (value === undefined || value === true) return hasChat ? shipped(assets, "chat-probe.safetensors") : undefined;
   if (!hasChat) throw new TypeError("chatProbe was given without a chat model: give chatUrl or chat too");
   return source(value, "chatProbe");
+}
+
+/** The safety adapters to load: the shipped ones by default (with a chat model and its probe
+ * only: they answer what the probe scores close to its threshold), none for `false`, or the
+ * page's own URL or bytes. */
+function safetyAdaptersSource(value, hasProbe, assets) {
+  if (value === false || value === null) return undefined;
+  if (value === undefined || value === true) return hasProbe ? shipped(assets, "chat-safety-adapters.safetensors") : undefined;
+  if (!hasProbe) throw new TypeError("safetyAdapters need the chat model and its probe: give chatUrl or chat, and leave chatProbe on");
+  return source(value, "safetyAdapters");
 }
 
 /** `integrity`: true/undefined (the manifest), false (no check), or `{ file: sha256 | null }`
@@ -192,6 +203,12 @@ export class Guard {
    * `chatProbe`: the chat model's harmful-request probe, which judges every conversation from
    * the model's own states before it answers (default: chat-probe.safetensors shipped in this
    * package, loaded with the chat model; `false` turns it off; or a URL / bytes of another);
+   * `safetyAdapters`: LoRA adapters that teach the chat model to refuse harmful requests,
+   * used for the answer when the probe scores a conversation close to its threshold but lets
+   * it through (a second line behind the screens: `reply.safetyAdapters` says when; default:
+   * chat-safety-adapters.safetensors shipped in this package, with the chat probe; `false`
+   * turns them off; or a URL / bytes of adapters written by tuneChat/tune-chat that start
+   * after the probe's blocks);
    * `backend`: "auto" | "webgpu" | "cpu"; `thresholds: { label: number }`;
    * `policy: { label: { threshold, action: "block" | "warn" | "allow" } }`;
    * `onProgress({ file, phase: "download" | "cache" | "module" | "init", loaded, total, done })`;
@@ -234,6 +251,7 @@ export class Guard {
     }
     const chat = source(o.chat ?? o.chatUrl, "chatUrl");
     const chatProbe = probeSource(o.chatProbe, chat !== undefined, assets);
+    const safetyAdapters = safetyAdaptersSource(o.safetyAdapters, chatProbe !== undefined, assets);
     const integrity = integrityOption(o.integrity);
     if (o.tuning !== undefined && typeof o.tuning !== "boolean") {
       throw new TypeError(`tuning must be true or false (got ${JSON.stringify(o.tuning)})`);
@@ -245,7 +263,7 @@ export class Guard {
     const guard = new Guard(newWorker(assets));
     guard.#onProgress = o.onProgress;
     guard.#assets = assets;
-    guard.#config = { backend, files: { filter, chat, chatProbe }, cache: o.cache !== false, integrity, tuning: o.tuning === true, threads };
+    guard.#config = { backend, files: { filter, chat, chatProbe, safetyAdapters }, cache: o.cache !== false, integrity, tuning: o.tuning === true, threads };
     try {
       guard.#info = await guard.#call("create", guard.#config);
       for (const [label, threshold] of Object.entries(o.thresholds ?? {})) {
@@ -285,7 +303,8 @@ export class Guard {
   /** Whether a chat model was loaded. */
   get hasChat() { return this.#info.hasChat; }
 
-  /** The chat model's harmful-request probe, `{ threshold, layers }`, or null when it is off
+  /** The chat model's harmful-request probe, `{ threshold, layers, answerThreshold,
+   *  safetyAdaptersFrom }` (the last null without safety adapters), or null when it is off
    *  (`chatProbe: false`) or there is no chat model. Replies carry its score as `chatJudge`. */
   get chatProbe() { return this.#info.chatProbe ? structuredClone(this.#info.chatProbe) : null; }
 

@@ -30,7 +30,7 @@ const TUNING = ["webguard_tune.js", "webguard_tune_bg.wasm"];
 const THREADED = ["guard.js", "guard-worker.js", "guard-thread.js", "webguard_threads.js", "webguard_threads_bg.wasm"];
 const FILTER = ["all-MiniLM-L6-v2.int8.safetensors", "filter-heads.safetensors",
   "all-MiniLM-L6-v2/tokenizer.json", "all-MiniLM-L6-v2/config.json"];
-const CHAT = ["SmolLM2-135M-Instruct.Q4_1.gguf", "chat-probe.safetensors"];
+const CHAT = ["SmolLM2-135M-Instruct.Q4_1.gguf", "chat-probe.safetensors", "chat-safety-adapters.safetensors"];
 
 function where(name) {
   for (const dir of [PKG, MODELS]) {

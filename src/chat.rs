@@ -7,13 +7,19 @@
 
 use crate::backend::read_f32;
 use crate::error::{Error, Result};
-use crate::models::llama::{KvCache, Llama};
+use crate::models::llama::{Adapters, KvCache, Llama};
+use crate::models::lora::{Lora, LoraConfig, LoraFactors, Projection};
 use crate::models::probe::{ChatProbes, StateProbe};
 #[cfg(doc)]
 use crate::text::chat_template::render;
 use crate::text::chat_template::{Message, turns};
 use crate::text::{Tokenizer, sentence_done};
 use crate::weights::gguf::Gguf;
+use crate::weights::safetensors::SafetensorsFile;
+use burn::module::Param;
+
+/// The `format` metadata of chat adapter files.
+pub const CHAT_ADAPTERS_FORMAT: &str = "webguard-chat-adapters/1";
 
 /// The chat model and what it needs to generate.
 pub struct ChatModel {
@@ -28,9 +34,19 @@ pub struct ChatModel {
     /// Judges the answer so far at each sentence end, from the states generation computes
     /// anyway (it reads the layers `probe` reads).
     pub answer_probe: Option<StateProbe>,
+    /// The request probe's score from which the guard answers with the safety adapters
+    /// ([`ChatModel::load_safety_adapters`]) instead of the model as it is: below the probe's
+    /// threshold (which blocks) and at least this ([`SAFETY_ADAPTERS_FROM`] by default).
+    pub safety_adapters_from: f32,
     /// Most tokens a prompt and its answer take together (see [`ChatModel::context_window`]).
     context_window: usize,
 }
+
+/// The default [`ChatModel::safety_adapters_from`], chosen on the validation split
+/// (notes/issue-13-guard.md): requests scored this high that the probe lets through are
+/// answered by the safety adapters, which refuse most harmful ones; few safe requests score
+/// this high, so few pay for their over-refusal.
+pub const SAFETY_ADAPTERS_FROM: f32 = 0.6;
 
 /// What [`ChatModel::fit_context`] keeps of a conversation.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +74,7 @@ impl ChatModel {
             end_tokens,
             probe: None,
             answer_probe: None,
+            safety_adapters_from: SAFETY_ADAPTERS_FROM,
             context_window: model.config().context_length,
             model,
         })
@@ -221,9 +238,119 @@ impl ChatModel {
     pub fn load_probe(&mut self, bytes: &[u8]) -> Result<()> {
         let c = self.model.config();
         let probes = ChatProbes::load(bytes, c.layers, c.dim)?;
+        if let Some(first) = self.model.safety_adapters().map(|a| a.config.first_block)
+            && let Some(&l) = probes.request.layers.iter().max()
+            && l >= first
+        {
+            return Err(Error::InvalidInput(format!(
+                "this probe reads block {l}, which the safety adapters (from block {first} on) \
+                 change"
+            )));
+        }
         self.probe = Some(probes.request);
         self.answer_probe = probes.answer;
         Ok(())
+    }
+
+    /// Reads an adapters file (`ChatModel::export_adapters` writes them) made for this model.
+    /// Other models' adapters, wrong shapes and other files are errors.
+    pub async fn read_adapters(&self, bytes: &[u8]) -> Result<Adapters> {
+        let file = SafetensorsFile::parse(bytes)?;
+        let get = |key: &str| file.required_metadata(key, "webguard chat adapters");
+        file.expect_format(CHAT_ADAPTERS_FORMAT, "webguard chat adapters")?;
+        let signature = self.model_signature().await?;
+        if get("model")? != signature {
+            return Err(Error::InvalidInput(format!(
+                "these adapters were made for another model ({}); this one is {signature}",
+                get("model")?
+            )));
+        }
+        let config = LoraConfig {
+            rank: get("rank")?
+                .parse()
+                .map_err(|_| Error::Safetensors("chat adapters: rank is not a number".into()))?,
+            alpha: get("alpha")?
+                .parse()
+                .map_err(|_| Error::Safetensors("chat adapters: alpha is not a number".into()))?,
+            targets: get("targets")?
+                .split(',')
+                .map(str::parse::<Projection>)
+                .collect::<Result<_>>()?,
+            // Files written before adapters could start later adapt every block.
+            first_block: match file.metadata().get("first_block") {
+                Some(v) => v.parse().map_err(|_| {
+                    Error::Safetensors("chat adapters: first_block is not a number".into())
+                })?,
+                None => 0,
+            },
+        };
+        config.validate()?;
+        self.model.check_lora_blocks(&config)?;
+        let device = self.model.device().clone();
+        let shapes = self.model.lora_shapes(&config);
+        let mut factors = Vec::with_capacity(shapes.len());
+        for (i, &[out, d_in]) in shapes.iter().enumerate() {
+            let (layer, p) = config.factor_place(i);
+            factors.push(LoraFactors {
+                a: Param::from_tensor(file.tensor::<2>(
+                    &format!("blk.{layer}.{p}.lora_a"),
+                    [d_in, config.rank],
+                    &device,
+                )?),
+                b: Param::from_tensor(file.tensor::<2>(
+                    &format!("blk.{layer}.{p}.lora_b"),
+                    [config.rank, out],
+                    &device,
+                )?),
+            });
+        }
+        Ok(Adapters {
+            config,
+            lora: Lora { factors },
+        })
+    }
+
+    /// Identifies the base model: its shape and a fingerprint (FNV-1a) of its final norm.
+    pub async fn model_signature(&self) -> Result<String> {
+        let c = self.model.config();
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for v in read_f32(self.model.output_norm()).await? {
+            for b in v.to_le_bytes() {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        Ok(format!(
+            "llama layers={} dim={} vocab={} norm={hash:016x}",
+            c.layers, c.dim, c.vocab_size
+        ))
+    }
+
+    /// Keeps safety adapters (an adapters file, see [`ChatModel::read_adapters`]) that the
+    /// guard runs an answer with when the request probe's score is close to its threshold
+    /// (`crate::guard::Policy::second_line_from`). They must start after every block the
+    /// loaded probes read, so the probes judge the same states with or without them.
+    pub async fn load_safety_adapters(&mut self, bytes: &[u8]) -> Result<()> {
+        let adapters = self.read_adapters(bytes).await?;
+        self.check_probe_layers_unadapted(adapters.config.first_block)?;
+        self.model.set_safety_adapters(Some(adapters))
+    }
+
+    /// Drops the safety adapters.
+    pub fn reset_safety_adapters(&mut self) {
+        // `None` always fits.
+        let _ = self.model.set_safety_adapters(None);
+    }
+
+    /// Errors when a loaded probe reads a block at or after `first_block`.
+    fn check_probe_layers_unadapted(&self, first_block: usize) -> Result<()> {
+        let read = self.probe.iter().chain(&self.answer_probe);
+        match read.flat_map(|p| &p.layers).max() {
+            Some(&l) if l >= first_block => Err(Error::InvalidInput(format!(
+                "safety adapters from block {first_block} on would change block {l}, which the \
+                 chat probe reads; they must start after it"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The states a probe reads for `prompt` (token ids from [`ChatModel::prompt_ids`]): the

@@ -250,6 +250,30 @@ impl<'a> Generator<'a> {
         options: &'a GenerateOptions,
         layers: &[usize],
     ) -> Result<Self> {
+        Self::start(chat, prompt, options, layers, false)
+    }
+
+    /// [`Generator::with_states`] running the chat model's safety adapters
+    /// ([`ChatModel::load_safety_adapters`]) instead of the installed adapters: the guard's
+    /// second line for requests its probe scored close to the threshold. They take burn's
+    /// path on a GPU (the engine applies no adapters), which only such turns pay for.
+    /// Errors when the model has none.
+    pub fn with_safety_adapters(
+        chat: &'a ChatModel,
+        prompt: &[u32],
+        options: &'a GenerateOptions,
+        layers: &[usize],
+    ) -> Result<Self> {
+        Self::start(chat, prompt, options, layers, true)
+    }
+
+    fn start(
+        chat: &'a ChatModel,
+        prompt: &[u32],
+        options: &'a GenerateOptions,
+        layers: &[usize],
+        safety: bool,
+    ) -> Result<Self> {
         let (model, tokenizer, end_tokens) = (&chat.model, &chat.tokenizer, &chat.end_tokens[..]);
         options.validate()?;
         if prompt.is_empty() {
@@ -263,13 +287,17 @@ impl<'a> Generator<'a> {
                 prompt.len(),
             )));
         }
-        let mut cache = model.new_cache();
+        let mut cache = if safety {
+            model.new_safety_cache()?
+        } else {
+            model.new_cache()
+        };
         let remaining = options.max_new_tokens.min(room);
         // The engine's cache holds `max_positions` (2,048); a longer turn takes burn's path.
         let engine = model
             .gpu_engine()
             .ok()
-            .filter(|e| prompt.len() + remaining <= e.max_positions());
+            .filter(|e| !safety && prompt.len() + remaining <= e.max_positions());
         let (next_input, last_states, gpu) = match engine {
             Some(engine) => {
                 let mut seq = engine.new_tapped_sequence(layers)?;

@@ -83,6 +83,10 @@ pub struct ModeratedReply {
     /// context window with room for the answer (see [`ChatModel::fit_context`]; 0 when all
     /// were sent). Neither the model nor the input screen read them.
     pub dropped_turns: usize,
+    /// Whether the answer came from the chat model's safety adapters: its probe scored the
+    /// conversation close to its threshold (at least [`ChatModel::safety_adapters_from`]), so
+    /// the model answered with the adapters that teach it to refuse harmful requests.
+    pub safety_adapters: bool,
 }
 
 impl ModeratedReply {
@@ -226,6 +230,14 @@ pub async fn moderated_chat(
                 probe.threshold
             );
             return Ok(reply.blocked_while_generating(generator, reason));
+        }
+        // The second line: a conversation the probe finds suspicious but lets through is
+        // answered with the safety adapters. They start after every block the probes read, so
+        // the states judged so far and at the answer's sentence ends mean the same.
+        if score >= chat.safety_adapters_from && chat.model.safety_adapters().is_some() {
+            generator.cancel();
+            generator = Generator::with_safety_adapters(chat, &ids, options, layers)?;
+            reply.safety_adapters = true;
         }
     }
     // What the generator released (it holds back what may start a stop string and cuts the

@@ -236,8 +236,16 @@ pub struct Adapters {
     pub lora: Lora,
 }
 
-/// Generation: the loaded weights, plus the installed adapters.
-struct Inference<'a>(&'a Llama);
+/// Generation: the loaded weights, plus the adapters the sequence runs with (the installed
+/// ones, or the safety adapters for a cache made by [`Llama::new_safety_cache`]).
+struct Inference<'a>(&'a Llama, Option<&'a Adapters>);
+
+impl<'a> Inference<'a> {
+    /// The installed adapters (none while there are none).
+    fn installed(model: &'a Llama) -> Self {
+        Inference(model, model.adapters.as_ref())
+    }
+}
 
 impl BlockWeights for Inference<'_> {
     fn device(&self) -> &Device {
@@ -254,10 +262,9 @@ impl BlockWeights for Inference<'_> {
     }
 
     fn project(&self, layer: usize, p: Projection, x: Tensor<3>) -> Result<Tensor<3>> {
-        let adapter = self.0.adapters.as_ref().and_then(|a| {
-            let t = a.config.targets.iter().position(|&q| q == p)?;
-            Some((a, layer * a.config.targets.len() + t))
-        });
+        let adapter = self
+            .1
+            .and_then(|a| Some((a, a.config.factor_index(layer, p)?)));
         match adapter {
             Some((a, i)) => {
                 let delta = a.lora.delta(i, x.clone(), a.config.scale());
@@ -283,7 +290,7 @@ impl BlockWeights for Training<'_> {
     }
 
     fn norm(&self, layer: usize, ffn: bool) -> Tensor<1> {
-        Inference(self.model)
+        Inference::installed(self.model)
             .norm(layer, ffn)
             .to_device(&self.device)
     }
@@ -292,11 +299,8 @@ impl BlockWeights for Training<'_> {
         // Dequantised per use: at most one f32 matrix (3.5 MB) beyond the packed weights.
         let w = self.model.blocks[layer].projections[p.index()].dense_on(&self.device);
         let y = project_dense(x.clone(), &w);
-        Ok(match self.config.targets.iter().position(|&q| q == p) {
-            Some(t) => {
-                let i = layer * self.config.targets.len() + t;
-                y + self.lora.delta(i, x, self.config.scale())
-            }
+        Ok(match self.config.factor_index(layer, p) {
+            Some(i) => y + self.lora.delta(i, x, self.config.scale()),
             None => y,
         })
     }
@@ -312,6 +316,9 @@ pub struct Llama {
     device: Device,
     /// LoRA adapters applied on top of the weights (tuning), if any.
     adapters: Option<Adapters>,
+    /// Adapters that only sequences started with [`Llama::new_safety_cache`] run with (the
+    /// guard's second line: see `crate::guard`), instead of `adapters`.
+    safety: Option<Adapters>,
     /// Query rows per attention chunk ([`ATTENTION_CHUNK`] unless a test sets another).
     attention_chunk: usize,
     /// Elements of the largest attention scores tensor built (see
@@ -338,6 +345,9 @@ pub struct KvCache {
     keys: Vec<Option<Tensor<4>>>,
     values: Vec<Option<Tensor<4>>>,
     len: usize,
+    /// Whether the sequence runs with the model's safety adapters instead of the installed
+    /// ones (fixed for the cache's life: its keys and values depend on it).
+    safety: bool,
 }
 
 impl KvCache {
@@ -433,6 +443,7 @@ impl Llama {
             config: c,
             device: device.clone(),
             adapters: None,
+            safety: None,
             attention_chunk: ATTENTION_CHUNK,
             attention_peak: AtomicUsize::new(0),
             precision: Precision::from_env(),
@@ -505,11 +516,24 @@ impl Llama {
         self.blocks[0].projections[p.index()].shape()
     }
 
-    /// The `[out, in]` shapes of the factors `config` needs, block-major (see [`Lora`]).
+    /// The `[out, in]` shapes of the factors `config` needs, block-major (see [`Lora`]); none
+    /// when its first block is past the last.
     pub fn lora_shapes(&self, config: &LoraConfig) -> Vec<[usize; 2]> {
-        (0..self.blocks.len())
+        (config.first_block..self.blocks.len())
             .flat_map(|_| config.targets.iter().map(|&p| self.projection_shape(p)))
             .collect()
+    }
+
+    /// Checks that `config` adapts at least one of this model's blocks.
+    pub fn check_lora_blocks(&self, config: &LoraConfig) -> Result<()> {
+        if config.first_block >= self.blocks.len() {
+            return Err(Error::InvalidInput(format!(
+                "LoRA's first block {} is past the model's last ({})",
+                config.first_block,
+                self.blocks.len() - 1
+            )));
+        }
+        Ok(())
     }
 
     /// The final RMSNorm weight `[dim]`.
@@ -526,34 +550,57 @@ impl Llama {
     /// their shapes do not fit this model.
     pub fn set_adapters(&mut self, adapters: Option<Adapters>) -> Result<()> {
         if let Some(a) = &adapters {
-            a.config.validate()?;
-            let want = self.lora_shapes(&a.config);
-            let got: Vec<[usize; 2]> = a
-                .lora
-                .factors
-                .iter()
-                .map(|f| {
-                    let [d_in, r] = f.a.val().dims();
-                    let [r2, out] = f.b.val().dims();
-                    if r == a.config.rank && r2 == r {
-                        [out, d_in]
-                    } else {
-                        [0, 0]
-                    }
-                })
-                .collect();
-            if got != want {
-                return Err(Error::InvalidInput(format!(
-                    "these adapters do not fit this model: {} factors of rank {} for {} blocks \
-                     x {:?} were expected",
-                    want.len(),
-                    a.config.rank,
-                    self.blocks.len(),
-                    a.config.targets
-                )));
-            }
+            self.check_adapters(a)?;
         }
         self.adapters = adapters;
+        Ok(())
+    }
+
+    /// The safety adapters, if any.
+    pub fn safety_adapters(&self) -> Option<&Adapters> {
+        self.safety.as_ref()
+    }
+
+    /// Keeps `adapters` for sequences started with [`Llama::new_safety_cache`] (`None`:
+    /// none); the installed adapters and other sequences are unaffected. Errors, changing
+    /// nothing, when their shapes do not fit this model.
+    pub fn set_safety_adapters(&mut self, adapters: Option<Adapters>) -> Result<()> {
+        if let Some(a) = &adapters {
+            self.check_adapters(a)?;
+        }
+        self.safety = adapters;
+        Ok(())
+    }
+
+    /// Checks that `a`'s configuration and factors fit this model.
+    fn check_adapters(&self, a: &Adapters) -> Result<()> {
+        a.config.validate()?;
+        self.check_lora_blocks(&a.config)?;
+        let want = self.lora_shapes(&a.config);
+        let got: Vec<[usize; 2]> = a
+            .lora
+            .factors
+            .iter()
+            .map(|f| {
+                let [d_in, r] = f.a.val().dims();
+                let [r2, out] = f.b.val().dims();
+                if r == a.config.rank && r2 == r {
+                    [out, d_in]
+                } else {
+                    [0, 0]
+                }
+            })
+            .collect();
+        if got != want {
+            return Err(Error::InvalidInput(format!(
+                "these adapters do not fit this model: {} factors of rank {} for {} blocks \
+                 x {:?} were expected",
+                want.len(),
+                a.config.rank,
+                self.blocks.len() - a.config.first_block,
+                a.config.targets
+            )));
+        }
         Ok(())
     }
 
@@ -602,7 +649,23 @@ impl Llama {
             keys: vec![None; self.config.layers],
             values: vec![None; self.config.layers],
             len: 0,
+            safety: false,
         }
+    }
+
+    /// An empty cache for a sequence that runs with the safety adapters (see
+    /// [`Llama::set_safety_adapters`]) instead of the installed ones; errors when there are
+    /// none.
+    pub fn new_safety_cache(&self) -> Result<KvCache> {
+        if self.safety.is_none() {
+            return Err(Error::InvalidInput(
+                "the chat model has no safety adapters".into(),
+            ));
+        }
+        Ok(KvCache {
+            safety: true,
+            ..self.new_cache()
+        })
     }
 
     /// cos and sin `[s, head_dim / 2]` for positions `start..start + s`, on `device`.
@@ -717,7 +780,12 @@ impl Llama {
             all_positions,
             states: vec![None; layers.len()],
         };
-        let x = self.blocks_forward(&Inference(self), x, start, Some(cache), Some(&mut taps))?;
+        let weights = if cache.safety {
+            Inference(self, self.safety.as_ref())
+        } else {
+            Inference::installed(self)
+        };
+        let x = self.blocks_forward(&weights, x, start, Some(cache), Some(&mut taps))?;
         let states = taps.states.into_iter().flatten().collect();
         let last = x.narrow(1, s - 1, 1);
         let last = rms_norm(last, &self.output_norm, self.config.rms_eps);

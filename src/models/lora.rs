@@ -92,8 +92,12 @@ pub struct LoraConfig {
     /// Scale numerator: updates are multiplied by `alpha / rank`. Not a JS option.
     #[serde(skip)]
     pub alpha: f32,
-    /// Projections adapted in every block.
+    /// Projections adapted in every block from `first_block` on.
     pub targets: Vec<Projection>,
+    /// The first block with adapters (0: all of them). Blocks before it run as loaded, so
+    /// their states are the base model's: the guard's probe reads blocks up to 26, and safety
+    /// adapters from block 27 on leave what it reads unchanged.
+    pub first_block: usize,
 }
 
 impl Default for LoraConfig {
@@ -104,6 +108,7 @@ impl Default for LoraConfig {
             rank: 8,
             alpha: 16.0,
             targets: vec![Projection::Q, Projection::V],
+            first_block: 0,
         }
     }
 }
@@ -139,6 +144,19 @@ impl LoraConfig {
         Ok(())
     }
 
+    /// Where block `layer`'s projection `p` is in [`Lora::factors`], if it is adapted.
+    pub fn factor_index(&self, layer: usize, p: Projection) -> Option<usize> {
+        let block = layer.checked_sub(self.first_block)?;
+        let t = self.targets.iter().position(|&q| q == p)?;
+        Some(block * self.targets.len() + t)
+    }
+
+    /// The block and projection of factor `i` (the inverse of [`LoraConfig::factor_index`]).
+    pub fn factor_place(&self, i: usize) -> (usize, Projection) {
+        let n = self.targets.len().max(1);
+        (self.first_block + i / n, self.targets[i % n])
+    }
+
     /// The multiplier of `B (A x)`.
     pub fn scale(&self) -> f64 {
         f64::from(self.alpha) / self.rank as f64
@@ -154,8 +172,9 @@ pub struct LoraFactors {
     pub b: Param<Tensor<2>>,
 }
 
-/// The factors of every adapted projection, block-major: block `l`'s target `t` is
-/// `factors[l * targets + t]`.
+/// The factors of every adapted projection, block-major from the configuration's first block
+/// `f` on: block `l`'s target `t` is `factors[(l - f) * targets + t]` (see
+/// [`LoraConfig::factor_index`]).
 #[derive(Module, Debug)]
 pub struct Lora {
     /// The factors.

@@ -20,18 +20,17 @@
 //! long pairs as four passes peaked at 1.46 GB, and took less time than one pass: 28.7 s
 //! against 48.4 s on this shared 2-core machine).
 
-use burn::module::Param;
 use safetensors::Dtype;
 
 use crate::backend::read_f32;
 use crate::chat::ChatModel;
 use crate::error::{Error, Result};
-use crate::models::llama::Adapters;
-use crate::models::lora::{Lora, LoraConfig, LoraFactors, Projection};
+use crate::models::lora::LoraConfig;
 use crate::tune::TuneOptions;
-use crate::weights::safetensors::SafetensorsFile;
 #[cfg(feature = "tune")]
 use {
+    crate::models::llama::Adapters,
+    crate::models::lora::Lora,
     crate::tune::{Step, now_ms, report_step, step_loss},
     burn::grad_clipping::GradientClippingConfig,
     burn::module::Module,
@@ -106,8 +105,7 @@ pub struct ChatTuneReport {
     pub parameters: usize,
 }
 
-/// The `format` metadata of chat adapter files.
-pub const CHAT_ADAPTERS_FORMAT: &str = "webguard-chat-adapters/1";
+pub use crate::chat::CHAT_ADAPTERS_FORMAT;
 /// Most pairs per call.
 pub const MAX_PAIRS: usize = 1000;
 /// Longest prompt or response, in bytes.
@@ -168,6 +166,7 @@ impl ChatModel {
     ) -> Result<ChatTuneReport> {
         options.tune.validate()?;
         options.lora.validate()?;
+        self.model.check_lora_blocks(&options.lora)?;
         if !(1..=32).contains(&options.batch_size) {
             return Err(Error::InvalidInput(format!(
                 "batch size {} is outside 1 to 32",
@@ -340,16 +339,16 @@ impl ChatModel {
     }
 
     /// The installed adapters as safetensors bytes (factors `blk.{l}.{q|k|v|o|gate|up|down}
-    /// .lora_a/.lora_b`, the configuration, and a fingerprint of the base model). Errors when
+    /// .lora_a/.lora_b`, the configuration (`first_block` too), and a fingerprint of the base
+    /// model). Errors when
     /// none are installed.
     pub async fn export_adapters(&self) -> Result<Vec<u8>> {
         let a = self.model.adapters().ok_or_else(|| {
             Error::InvalidInput("nothing to export: the chat model has not been tuned".into())
         })?;
-        let targets = a.config.targets.len();
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (i, f) in a.lora.factors.iter().enumerate() {
-            let (layer, p) = (i / targets, a.config.targets[i % targets]);
+            let (layer, p) = a.config.factor_place(i);
             for (part, t) in [("lora_a", f.a.val()), ("lora_b", f.b.val())] {
                 let shape = t.dims().to_vec();
                 let values = read_f32(t).await?;
@@ -374,6 +373,7 @@ impl ChatModel {
             ("rank", a.config.rank.to_string()),
             ("alpha", a.config.alpha.to_string()),
             ("targets", targets.join(",")),
+            ("first_block", a.config.first_block.to_string()),
             ("model", self.model_signature().await?),
         ]
         .into_iter()
@@ -385,74 +385,13 @@ impl ChatModel {
     /// Installs adapters from [`ChatModel::export_adapters`] made for this model. Other
     /// models' adapters, wrong shapes and other files are errors, and the model is unchanged.
     pub async fn import_adapters(&mut self, bytes: &[u8]) -> Result<()> {
-        let file = SafetensorsFile::parse(bytes)?;
-        let get = |key: &str| file.required_metadata(key, "webguard chat adapters");
-        file.expect_format(CHAT_ADAPTERS_FORMAT, "webguard chat adapters")?;
-        let signature = self.model_signature().await?;
-        if get("model")? != signature {
-            return Err(Error::InvalidInput(format!(
-                "these adapters were made for another model ({}); this one is {signature}",
-                get("model")?
-            )));
-        }
-        let config = LoraConfig {
-            rank: get("rank")?
-                .parse()
-                .map_err(|_| Error::Safetensors("chat adapters: rank is not a number".into()))?,
-            alpha: get("alpha")?
-                .parse()
-                .map_err(|_| Error::Safetensors("chat adapters: alpha is not a number".into()))?,
-            targets: get("targets")?
-                .split(',')
-                .map(str::parse::<Projection>)
-                .collect::<Result<_>>()?,
-        };
-        config.validate()?;
-        let device = self.model.device().clone();
-        let shapes = self.model.lora_shapes(&config);
-        let mut factors = Vec::with_capacity(shapes.len());
-        for (i, &[out, d_in]) in shapes.iter().enumerate() {
-            let (layer, p) = (
-                i / config.targets.len(),
-                config.targets[i % config.targets.len()],
-            );
-            factors.push(LoraFactors {
-                a: Param::from_tensor(file.tensor::<2>(
-                    &format!("blk.{layer}.{p}.lora_a"),
-                    [d_in, config.rank],
-                    &device,
-                )?),
-                b: Param::from_tensor(file.tensor::<2>(
-                    &format!("blk.{layer}.{p}.lora_b"),
-                    [config.rank, out],
-                    &device,
-                )?),
-            });
-        }
-        self.model.set_adapters(Some(Adapters {
-            config,
-            lora: Lora { factors },
-        }))
+        let adapters = self.read_adapters(bytes).await?;
+        self.model.set_adapters(Some(adapters))
     }
 
     /// Back to the base model.
     pub fn reset_adapters(&mut self) {
         // `None` always fits.
         let _ = self.model.set_adapters(None);
-    }
-
-    /// Identifies the base model: its shape and a fingerprint (FNV-1a) of its final norm.
-    async fn model_signature(&self) -> Result<String> {
-        let c = self.model.config();
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
-        for v in read_f32(self.model.output_norm()).await? {
-            for b in v.to_le_bytes() {
-                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        Ok(format!(
-            "llama layers={} dim={} vocab={} norm={hash:016x}",
-            c.layers, c.dim, c.vocab_size
-        ))
     }
 }

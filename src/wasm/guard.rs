@@ -48,6 +48,9 @@ struct ProbeInfo {
     layers: Vec<usize>,
     /// The answer probe's threshold, when the file has one.
     answer_threshold: Option<f32>,
+    /// The score from which moderated chat answers with the safety adapters, when they are
+    /// loaded.
+    safety_adapters_from: Option<f32>,
 }
 
 // The filter's `RefCell` is held across awaits on purpose: every access uses `try_borrow*`,
@@ -148,9 +151,43 @@ impl WasmGuard {
                 threshold: p.threshold,
                 layers: p.layers.clone(),
                 answer_threshold: chat.answer_probe.as_ref().map(|a| a.threshold),
+                safety_adapters_from: chat
+                    .model
+                    .safety_adapters()
+                    .map(|_| chat.safety_adapters_from),
             }),
             None => Ok(JsValue::NULL),
         }
+    }
+
+    /// Loads safety adapters (a chat adapters file that adapts only blocks after those the
+    /// probe reads): moderated chat answers with them when the probe scores a conversation at
+    /// or above `from` (default: the shipped choice) but below its threshold. A bad file, one
+    /// for another model, or `from` outside 0 to 1 is an error and changes nothing.
+    #[wasm_bindgen(js_name = loadSafetyAdapters)]
+    pub async fn load_safety_adapters(
+        &self,
+        bytes: Vec<u8>,
+        from: Option<f32>,
+    ) -> Result<(), JsValue> {
+        let from = from.unwrap_or(crate::chat::SAFETY_ADAPTERS_FROM);
+        if !(0.0..=1.0).contains(&from) {
+            return Err(invalid_input(format!(
+                "safetyAdaptersFrom {from} is outside 0 to 1"
+            )));
+        }
+        let chat = self.chat_model()?;
+        let mut chat = busy(chat.try_borrow_mut())?;
+        if chat.probe.is_none() {
+            return Err(invalid_input(
+                "safety adapters need the chat probe: they answer conversations it scores close to its threshold",
+            ));
+        }
+        chat.load_safety_adapters(&bytes)
+            .await
+            .js_context("the safety adapters could not be loaded")?;
+        chat.safety_adapters_from = from;
+        Ok(())
     }
 
     /// Label names, in score order.

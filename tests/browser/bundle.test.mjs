@@ -18,7 +18,7 @@ import { openBrowser } from "./browser.mjs";
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 // What the README tells a page author to host from node_modules/webguard/.
 const HOSTED = ["guard-worker.js", "webguard.js", "webguard_bg.wasm", "webguard_tune.js", "webguard_tune_bg.wasm", "all-MiniLM-L6-v2.int8.safetensors",
-  "filter-heads.safetensors", "chat-probe.safetensors", "guard-thread.js", "webguard_threads.js", "webguard_threads_bg.wasm"];
+  "filter-heads.safetensors", "chat-probe.safetensors", "chat-safety-adapters.safetensors", "guard-thread.js", "webguard_threads.js", "webguard_threads_bg.wasm"];
 // These pages are cross-origin isolated: with more than one core, the Guard runs the threaded
 // module (and its helper worker) instead of webguard.js; with one, the reverse.
 const SINGLE = ["webguard.js", "webguard_bg.wasm"];
@@ -124,7 +124,7 @@ test("an IIFE bundle finds the package's files through assetsUrl", async () => {
   console.log(`# ${JSON.stringify(r)}`);
   assert.deepEqual(r, { bad: true, good: false, text: false, tuned: true });
   const paths = b.requests.slice(before).map((u) => new URL(u).pathname);
-  for (const f of expected(paths, "/webguard/").filter((f) => f !== "chat-probe.safetensors")) {
+  for (const f of expected(paths, "/webguard/").filter((f) => !["chat-probe.safetensors", "chat-safety-adapters.safetensors"].includes(f))) {
     assert.ok(paths.includes(`/webguard/${f}`), `no request for /webguard/${f}: ${paths.join(" ")}`);
   }
   assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));

@@ -17,7 +17,7 @@ const sha256 = (path) => createHash("sha256").update(readFileSync(new URL(path, 
 test("the worker's manifest is fetch-models.sh's hashes and the shipped files'", () => {
   const worker = readFileSync(new URL("pkg/guard-worker.js", ROOT), "utf8");
   const manifest = Object.fromEntries([...worker.matchAll(/^ {2}(\w+): "([0-9a-f]{64})", \/\/ (\S+)$/gm)].map((m) => [m[1], { hash: m[2], file: m[3] }]));
-  assert.deepEqual(Object.keys(manifest).sort(), ["chat", "chatProbe", "config", "heads", "model", "tokenizer"]);
+  assert.deepEqual(Object.keys(manifest).sort(), ["chat", "chatProbe", "config", "heads", "model", "safetyAdapters", "tokenizer"]);
   const script = readFileSync(new URL("scripts/fetch-models.sh", ROOT), "utf8");
   const fetched = Object.fromEntries([...script.matchAll(/^\s+\[([^\]]+)\]=([0-9a-f]{64})$/gm)].map((m) => [m[1], m[2]]));
   for (const key of ["tokenizer", "config", "model", "chat"]) {
@@ -25,6 +25,7 @@ test("the worker's manifest is fetch-models.sh's hashes and the shipped files'",
   }
   assert.equal(manifest.heads.hash, sha256("assets/filter-heads.safetensors"));
   assert.equal(manifest.chatProbe.hash, sha256("assets/chat-probe.safetensors"));
+  assert.equal(manifest.safetyAdapters.hash, sha256("assets/chat-safety-adapters.safetensors"));
 });
 
 let serve = null; // (url) => a route.fulfill argument, or null for the real file

@@ -46,6 +46,6 @@ test("comment box: filter only, blocks an offensive comment, posts a benign one"
     assert.ok(files.includes(f), `no request for ${f}: ${files.join(" ")}`);
   }
   // Nor the tuning module: a page that never tunes loads only the smaller one.
-  assert.deepEqual(files.filter((f) => /\.gguf$|chat-probe|SmolLM|webguard_tune/i.test(f)), []);
+  assert.deepEqual(files.filter((f) => /\.gguf$|chat-probe|safety-adapters|SmolLM|webguard_tune/i.test(f)), []);
   assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
 });

@@ -3,7 +3,8 @@
 // rejects with an Error of the same name, which is what the worker's GPU-to-CPU fallback and
 // callers branch on. The messages stay the readable ones. Also the chat model's probe as a
 // page gets it: shipped and loaded by default, judging before generation, off with
-// `chatProbe: false`, a bad probe file a ModelFileError at create time.
+// `chatProbe: false`, a bad probe file a ModelFileError at create time; and the safety
+// adapters that come with it.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { usePage } from "./browser.mjs";
@@ -59,5 +60,13 @@ test("chat probe: on by default, blocks a harmful request by itself; chatProbe: 
   assert.equal(r.offFrance.blocked, false);
   assert.match(r.notAProbe, /^ModelFileError: the chat probe could not be loaded: .*not a webguard chat probe/);
   assert.match(r.withoutChat, /^TypeError: chatProbe was given without a chat model/);
+  // The safety adapters come with the probe by default, answering from a score below its
+  // threshold; an ordinary question scores under it and is answered by the model as it is.
+  assert.ok(r.probe.safetyAdaptersFrom > 0 && r.probe.safetyAdaptersFrom < r.probe.threshold, JSON.stringify(r.probe));
+  assert.equal(r.france.safetyAdapters, false);
+  assert.equal(r.noAdaptersProbe.safetyAdaptersFrom, null);
+  assert.equal(r.noAdaptersProbe.threshold, r.probe.threshold);
+  assert.match(r.notAdapters, /^ModelFileError: the safety adapters could not be loaded: /);
+  assert.match(r.adaptersWithoutProbe, /^TypeError: safetyAdapters need the chat model and its probe/);
   assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
 });

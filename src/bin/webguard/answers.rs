@@ -29,6 +29,10 @@ pub struct AnswersArgs {
     /// Most new tokens per answer.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
+    /// Chat adapters written by `tune-chat` (e.g. the safety adapters: how often the model
+    /// refuses by itself, with no screen in front of it).
+    #[arg(long)]
+    chat_adapters: Option<PathBuf>,
     /// At most N prompts of each (type, label), drawn with `--seed` (0: all).
     #[arg(long, default_value_t = 0)]
     per_type: usize,
@@ -91,7 +95,7 @@ pub fn run(models: &Path, args: AnswersArgs) -> Result<()> {
         .iter()
         .filter(|p| !done.contains(&p.id.to_string()))
         .collect();
-    let (chat, backend) = load_chat(models, "cpu", None)?;
+    let (chat, backend) = load_chat(models, "cpu", args.chat_adapters.as_deref())?;
     eprintln!(
         "chat on {backend}; {} prompts, {} answered already",
         prompts.len(),

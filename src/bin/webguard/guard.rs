@@ -38,6 +38,16 @@ pub struct AnswerArgs {
     /// Screen with the filter alone (no chat-model probe).
     #[arg(long)]
     no_probe: bool,
+    /// Safety adapters the model answers with when its probe scores the conversation at
+    /// least `--safety-adapters-from` but below the probe's threshold (the second line).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/chat-safety-adapters.safetensors"))]
+    safety_adapters: PathBuf,
+    /// Answer every conversation with the model as it is (no safety adapters).
+    #[arg(long)]
+    no_safety_adapters: bool,
+    /// The probe score from which the safety adapters answer.
+    #[arg(long, default_value_t = webguard::chat::SAFETY_ADAPTERS_FROM)]
+    safety_adapters_from: f32,
 }
 
 impl AnswerArgs {
@@ -82,15 +92,34 @@ impl Pipeline {
         let filter = filter.load(models)?;
         let policy = Policy::new(&filter);
         let (mut chat, backend) = load_chat(models, "cpu", answer.chat_adapters.as_deref())?;
+        let second_line = !answer.no_probe && !answer.no_safety_adapters;
         if !answer.no_probe {
             chat.load_probe(&read(&answer.probe)?)?;
         }
+        if second_line {
+            let from = answer.safety_adapters_from;
+            if !(0.0..=1.0).contains(&from) {
+                return Err(Error::InvalidInput(format!(
+                    "--safety-adapters-from {from} is outside 0 to 1"
+                )));
+            }
+            pollster::block_on(chat.load_safety_adapters(&read(&answer.safety_adapters)?))?;
+            chat.safety_adapters_from = from;
+        }
         eprintln!(
-            "chat on {backend}{}",
+            "chat on {backend}{}{}",
             if answer.no_probe {
                 ""
             } else {
                 ", with its probe"
+            },
+            if second_line {
+                format!(
+                    " and safety adapters from score {:.2}",
+                    answer.safety_adapters_from
+                )
+            } else {
+                String::new()
             }
         );
         Ok(Pipeline {
@@ -167,6 +196,13 @@ pub fn run_guard(models: &Path, args: GuardArgs) -> Result<()> {
             if let Some(score) = score {
                 lines.push(format!("{what}: {score:.2}"));
             }
+        }
+        if reply.safety_adapters {
+            lines.push(
+                "answered with the safety adapters (the conversation scored close to the probe's \
+                 threshold)"
+                    .into(),
+            );
         }
         if !reply.warnings.is_empty() {
             lines.push(format!("warnings: {}", reply.warnings.join(", ")));
@@ -249,6 +285,8 @@ struct Outcome<'a> {
     chat_judge: Option<f32>,
     /// The answer probe's highest score over the answer's sentence ends.
     answer_judge: Option<f32>,
+    /// The answer came from the safety adapters (the second line).
+    safety_adapters: bool,
 }
 
 /// Counts for one group of prompts.
@@ -367,6 +405,7 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
                 refused,
                 chat_judge: reply.chat_judge,
                 answer_judge: reply.answer_judge,
+                safety_adapters: reply.safety_adapters,
             };
             let line =
                 serde_json::to_string(&outcome).map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -682,6 +721,9 @@ mod tests {
             system: system.map(String::from),
             probe: PathBuf::new(),
             no_probe: true,
+            safety_adapters: PathBuf::new(),
+            no_safety_adapters: true,
+            safety_adapters_from: 0.6,
         }
     }
 

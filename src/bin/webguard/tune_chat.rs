@@ -34,6 +34,10 @@ pub struct TuneChatArgs {
     /// Adapted projections, comma-separated (q, k, v, o, gate, up, down).
     #[arg(long, default_value_t = targets_text(&LoraConfig::default().targets))]
     targets: String,
+    /// The first block with adapters (0: every block; the shipped safety adapters start after
+    /// the last block the guard's probe reads).
+    #[arg(long, default_value_t = LoraConfig::default().first_block)]
+    first_block: usize,
     /// Seeds the adapters' initial weights and the pair order.
     #[arg(long, default_value_t = ChatTuneOptions::default().tune.seed)]
     seed: u64,
@@ -83,7 +87,7 @@ pub fn chat_tune_options(
 
 /// Pairs from JSONL, a line per step, adapters written to `--out`.
 pub fn run(models: &Path, args: TuneChatArgs) -> Result<()> {
-    let options = chat_tune_options(
+    let mut options = chat_tune_options(
         args.steps,
         args.learning_rate,
         args.batch,
@@ -91,6 +95,7 @@ pub fn run(models: &Path, args: TuneChatArgs) -> Result<()> {
         &args.targets,
         args.seed,
     )?;
+    options.lora.first_block = args.first_block;
     let pairs: Vec<ChatPair> = read_jsonl(&args.pairs, r#"{"prompt", "response"}"#)?;
     let (mut chat, backend) = load_chat(models, &args.backend, None)?;
     eprintln!(
