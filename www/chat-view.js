@@ -93,6 +93,15 @@ async function send(event) {
         title: "The chat model's own judgement of its answer at each sentence end (a probe over its states)",
       }));
     }
+    if (reply.safetyAdapters) {
+      // The second line: the probe found the conversation close to its threshold, so the
+      // model answered with the adapters that teach it to refuse harmful requests.
+      const note = document.createElement("p");
+      note.className = "warn-mark";
+      const from = state.guard?.chatProbe?.safetyAdaptersFrom;
+      note.textContent = `Answered with the safety adapters: the chat model judged the conversation ${reply.chatJudge.toFixed(2)}${typeof from === "number" ? ` (from ${from.toFixed(2)} it answers with them)` : ""}`;
+      assistantLi.append(note);
+    }
     if (reply.warnings.length) {
       const warn = document.createElement("p");
       warn.className = "warn-mark";
