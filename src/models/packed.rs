@@ -81,8 +81,9 @@ impl Precision {
     }
 }
 
-/// File bytes [`PackedMatrix::from_gguf`] copies before handing their pages back (a multiple
-/// of both block sizes' page-sized runs does not matter: releases cover whole pages).
+/// File bytes [`PackedMatrix::from_gguf`] copies before handing their pages back (rounded down
+/// to whole blocks; a part need not end on a page: releases round out to whole granules, and a
+/// page of the next part dropped early just faults in again).
 const PACK_CHUNK_BYTES: usize = 1 << 20;
 
 impl Blocks {

@@ -4,8 +4,9 @@
 //! Why: the CLI read the 98 MB GGUF into one buffer and the CPU model packed its blocks into
 //! their own arrays (112 MB), so both were resident while loading: a peak of 255 MB, 2.6x the
 //! file (notes/issue-15-kernels.md). Mapped, a tensor's pages are only resident between its
-//! first read and [`MappedFile::release`]; packing one tensor at a time keeps at most one
-//! tensor's worth of the file resident beside the packed copy.
+//! first read and [`MappedFile::release`]; packing copies a tensor about 1 MiB at a time and
+//! releases each part, so about that much of the file is resident beside the packed copy (the
+//! 30 MB token embedding released whole made the loading peak: notes/issue-15-kernels.md).
 
 use std::fs::File;
 use std::ops::Range;
