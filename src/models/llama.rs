@@ -378,6 +378,7 @@ fn load<const D: usize>(
         )));
     }
     let values = gguf.dequantize(name)?;
+    gguf.release(info);
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
 }
 
@@ -435,10 +436,14 @@ impl Llama {
         } else {
             Engine::load(gguf, &c, device).map_err(|e| e.to_string())
         };
+        let embedding = Weight::load(gguf, "token_embd.weight", [c.vocab_size, d], device)?;
+        let output_norm = load(gguf, "output_norm.weight", [d], device)?;
+        // Everything is copied: a mapped file's pages go back (see `Gguf::release_all`).
+        gguf.release_all();
         Ok(Llama {
             gpu,
-            embedding: Weight::load(gguf, "token_embd.weight", [c.vocab_size, d], device)?,
-            output_norm: load(gguf, "output_norm.weight", [d], device)?,
+            embedding,
+            output_norm,
             blocks,
             config: c,
             device: device.clone(),

@@ -12,11 +12,15 @@
 //! f32 inside the dot product) and, the default, 8-bit activations with integer dot products
 //! per block ([`crate::models::qdot`]; faster, see notes/issue-15-kernels.md for how much and
 //! how far the answers move).
-
-use half::f16;
+//!
+//! Memory (notes/issue-15-kernels.md, "peak memory" sections): the blocks keep the file's f16
+//! scales and minimums (20 bytes per 32 Q4_1 weights, as in the file; widened to f32 they were
+//! 24, 14 MB more for SmolLM2), and [`PackedMatrix::from_gguf`] copies a tensor about 1 MiB at
+//! a time, handing each part's file pages back before the next: the 30 MB token embedding's
+//! pages were all resident at once beside its copy, the chat's loading peak.
 
 use crate::error::{Error, Result};
-use crate::models::qdot::{self, Isa, Quantized};
+use crate::models::qdot::{self, Isa, Quantized, f16, widen};
 use crate::weights::gguf::Gguf;
 use crate::weights::quant::GgmlType;
 
@@ -28,19 +32,20 @@ pub struct PackedMatrix {
     blocks: Blocks,
 }
 
-/// The blocks, with their f16 scales widened to f32 at load (2 or 4 more bytes per 32 values)
-/// so the inner loops do no conversions.
+/// The blocks, split into arrays (scales, minimums, quants) so the kernels load each kind of
+/// value in runs; scales and minimums stay the file's f16 (widened exactly where used,
+/// [`qdot::widen`]).
 #[derive(Debug, Clone)]
 enum Blocks {
     /// Q4_1: value = scale * nibble + min; a block's 16 bytes hold values 0..16 in their low
     /// nibbles and 16..32 in their high nibbles.
     Q4_1 {
-        scales: Vec<f32>,
-        mins: Vec<f32>,
+        scales: Vec<f16>,
+        mins: Vec<f16>,
         nibbles: Vec<u8>,
     },
     /// Q8_0: value = scale * signed byte.
-    Q8_0 { scales: Vec<f32>, quants: Vec<i8> },
+    Q8_0 { scales: Vec<f16>, quants: Vec<i8> },
     /// Other types, dequantised once (a f32 copy: only for files this model family does not
     /// ship).
     Dense(Vec<f32>),
@@ -76,41 +81,62 @@ impl Precision {
     }
 }
 
+/// File bytes [`PackedMatrix::from_gguf`] copies before handing their pages back (rounded down
+/// to whole blocks; a part need not end on a page: releases round out to whole granules, and a
+/// page of the next part dropped early just faults in again).
+const PACK_CHUNK_BYTES: usize = 1 << 20;
+
 impl Blocks {
     /// Q4_1 or Q8_0 blocks of rows `cols` long, from the file's bytes; `None` for other types.
-    fn from_bytes(ty: GgmlType, cols: usize, bytes: &[u8]) -> Option<Self> {
-        let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+    /// `done(range)` is told each range of `bytes` once it has been copied, about
+    /// [`PACK_CHUNK_BYTES`] at a time, in order.
+    fn from_bytes(
+        ty: GgmlType,
+        cols: usize,
+        bytes: &[u8],
+        mut done: impl FnMut(std::ops::Range<usize>),
+    ) -> Option<Self> {
+        let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
         if !cols.is_multiple_of(BLOCK) {
             return None;
         }
-        match ty {
-            // Sized up front: a `flat_map` collect grows by doubling and leaves the freed
-            // smaller buffers behind in the heap (up to 28 MB for the embedding's quants).
-            GgmlType::Q4_1 => {
-                let blocks = bytes.chunks_exact(20);
-                let mut nibbles = Vec::with_capacity(blocks.len() * 16);
-                blocks
-                    .clone()
-                    .for_each(|b| nibbles.extend_from_slice(&b[4..20]));
-                Some(Blocks::Q4_1 {
-                    scales: blocks.clone().map(|b| f16_at(b, 0)).collect(),
-                    mins: blocks.map(|b| f16_at(b, 2)).collect(),
-                    nibbles,
-                })
+        // Bytes per block, and of them the quants'.
+        let (size, quants) = match ty {
+            GgmlType::Q4_1 => (20, 16),
+            GgmlType::Q8_0 => (34, 32),
+            _ => return None,
+        };
+        let n = bytes.len() / size;
+        let per_chunk = (PACK_CHUNK_BYTES / size).max(1);
+        // Sized up front: a `collect` of unknown length grows by doubling and leaves the freed
+        // smaller buffers behind in the heap (up to 28 MB for the embedding's quants).
+        let mut scales = Vec::with_capacity(n);
+        let mut rest = Vec::with_capacity(n * quants);
+        let mut mins = Vec::with_capacity(if size == 20 { n } else { 0 });
+        for (c, chunk) in bytes[..n * size].chunks(per_chunk * size).enumerate() {
+            for b in chunk.chunks_exact(size) {
+                scales.push(f16_at(b, 0));
+                if size == 20 {
+                    mins.push(f16_at(b, 2));
+                    rest.extend_from_slice(&b[4..20]);
+                } else {
+                    rest.extend_from_slice(&b[2..34]);
+                }
             }
-            GgmlType::Q8_0 => {
-                let blocks = bytes.chunks_exact(34);
-                let mut quants = Vec::with_capacity(blocks.len() * 32);
-                blocks
-                    .clone()
-                    .for_each(|b| quants.extend(b[2..34].iter().map(|&q| q as i8)));
-                Some(Blocks::Q8_0 {
-                    scales: blocks.map(|b| f16_at(b, 0)).collect(),
-                    quants,
-                })
-            }
-            _ => None,
+            let start = c * per_chunk * size;
+            done(start..start + chunk.len());
         }
+        Some(match ty {
+            GgmlType::Q4_1 => Blocks::Q4_1 {
+                scales,
+                mins,
+                nibbles: rest,
+            },
+            _ => Blocks::Q8_0 {
+                scales,
+                quants: rest.into_iter().map(|q| q as i8).collect(),
+            },
+        })
     }
 }
 
@@ -125,13 +151,16 @@ impl PackedMatrix {
                 info.shape()
             )));
         }
-        let blocks = Blocks::from_bytes(info.ggml_type, shape[1], gguf.tensor_bytes(info));
+        // Copied part by part: a mapped file's pages need not stay resident beside the copy
+        // (the loading peak was file + packed copy, then the embedding's 30 MB of pages).
+        let bytes = gguf.tensor_bytes(info);
+        let blocks = Blocks::from_bytes(info.ggml_type, shape[1], bytes, |part| {
+            gguf.release_part(info, part)
+        });
         let blocks = match blocks {
             Some(b) => b,
             None => Blocks::Dense(gguf.dequantize(name)?),
         };
-        // Copied: a mapped file's pages for this tensor need not stay resident while the
-        // next ones are packed (the loading peak was file + packed copy).
         gguf.release(info);
         let [rows, cols] = shape;
         Ok(PackedMatrix { rows, cols, blocks })
@@ -149,8 +178,8 @@ impl PackedMatrix {
                 scales,
                 mins,
                 nibbles,
-            } => (scales.len() + mins.len()) * 4 + nibbles.len(),
-            Blocks::Q8_0 { scales, quants } => scales.len() * 4 + quants.len(),
+            } => (scales.len() + mins.len()) * 2 + nibbles.len(),
+            Blocks::Q8_0 { scales, quants } => scales.len() * 2 + quants.len(),
             Blocks::Dense(v) => v.len() * 4,
         }
     }
@@ -166,7 +195,7 @@ impl PackedMatrix {
                 nibbles,
             } => {
                 for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
-                    let (d, m) = (scales[first + b], mins[first + b]);
+                    let (d, m) = (widen(scales[first + b]), widen(mins[first + b]));
                     let qs = &nibbles[(first + b) * 16..(first + b + 1) * 16];
                     let (lo, hi) = out.split_at_mut(16);
                     for ((l, h), &q) in lo.iter_mut().zip(hi).zip(qs) {
@@ -177,7 +206,7 @@ impl PackedMatrix {
             }
             Blocks::Q8_0 { scales, quants } => {
                 for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
-                    let d = scales[first + b];
+                    let d = widen(scales[first + b]);
                     let qs = &quants[(first + b) * BLOCK..(first + b + 1) * BLOCK];
                     for (o, &q) in out.iter_mut().zip(qs) {
                         *o = d * f32::from(q);
@@ -247,11 +276,11 @@ impl PackedMatrix {
                             f32::from(qs[j] >> 4) * hi[j],
                         );
                     }
-                    let d = scales[first + b];
+                    let d = widen(scales[first + b]);
                     for j in 0..16 {
                         acc[j] = madd(d, p[j], acc[j]);
                     }
-                    offsets += mins[first + b] * block_sums[b];
+                    offsets += widen(mins[first + b]) * block_sums[b];
                 }
                 acc.iter().sum::<f32>() + offsets
             }
@@ -259,7 +288,7 @@ impl PackedMatrix {
                 let mut acc = [0.0f32; BLOCK];
                 let blocks = quants[first * BLOCK..(first + per_row) * BLOCK].chunks_exact(BLOCK);
                 for (b, (qs, xs)) in blocks.zip(x.chunks_exact(BLOCK)).enumerate() {
-                    let d = scales[first + b];
+                    let d = widen(scales[first + b]);
                     for j in 0..BLOCK {
                         acc[j] = madd(d, f32::from(qs[j]) * xs[j], acc[j]);
                     }
@@ -500,8 +529,15 @@ mod tests {
         let mut data = Vec::new();
         for r in 0..rows {
             for b in 0..cols / 32 {
-                let d = 0.01 * (1 + (r * 7 + b * 3) % 11) as f32;
-                let m = -0.05 * ((r + b) % 5) as f32;
+                // Some scales and minimums are f16 subnormals.
+                let d = match (r * 3 + b) % 13 {
+                    0 => 2.5e-6,
+                    _ => 0.01 * (1 + (r * 7 + b * 3) % 11) as f32,
+                };
+                let m = match (r + b * 5) % 11 {
+                    0 => -1.5e-6,
+                    _ => -0.05 * ((r + b) % 5) as f32,
+                };
                 data.extend(f16::from_f32(d).to_le_bytes());
                 let quants = match ty {
                     GgmlType::Q4_1 => {
@@ -514,8 +550,33 @@ mod tests {
             }
         }
         let dense = crate::weights::quant::dequantize(ty, &data).unwrap();
-        let blocks = Blocks::from_bytes(ty, cols, &data).unwrap();
+        let blocks = Blocks::from_bytes(ty, cols, &data, |_| {}).unwrap();
         (PackedMatrix { rows, cols, blocks }, dense)
+    }
+
+    /// The file's f16 scales and minimums are kept as they are: the packed values equal GGUF's
+    /// plain block dequantisation (`quant::dequantize`, f16 widened by the `half` crate) bit
+    /// for bit, for tensors copied in several parts, whose parts cover the bytes in order.
+    #[test]
+    fn packing_in_parts_keeps_the_file_values() {
+        for (ty, size) in [(GgmlType::Q4_1, 20), (GgmlType::Q8_0, 34)] {
+            let (rows, cols) = (PACK_CHUNK_BYTES / size / 40 * 2 + 3, 1280);
+            let (m, dense) = matrix(ty, rows, cols);
+            let got = m.dequantize();
+            assert!(
+                got.iter()
+                    .zip(&dense)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+            let bytes = vec![0u8; rows * cols / BLOCK * size];
+            let mut parts = Vec::new();
+            Blocks::from_bytes(ty, cols, &bytes, |r| parts.push(r)).unwrap();
+            assert!(parts.len() > 2, "{ty}: {} parts", parts.len());
+            assert_eq!(parts[0].start, 0);
+            assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+            assert_eq!(parts.last().unwrap().end, bytes.len());
+            assert_eq!(m.resident_bytes(), bytes.len());
+        }
     }
 
     #[test]
@@ -575,7 +636,7 @@ mod tests {
                         .map(|b| {
                             let step = f64::from(steps[t * cols / BLOCK + b]);
                             let off = match &m.blocks {
-                                Blocks::Q4_1 { mins, .. } => mins[r * cols / BLOCK + b],
+                                Blocks::Q4_1 { mins, .. } => mins[r * cols / BLOCK + b].to_f32(),
                                 _ => 0.0,
                             };
                             let wsum: f64 = w[b * BLOCK..(b + 1) * BLOCK]

@@ -4,14 +4,19 @@
 //! Why: the CLI read the 98 MB GGUF into one buffer and the CPU model packed its blocks into
 //! their own arrays (112 MB), so both were resident while loading: a peak of 255 MB, 2.6x the
 //! file (notes/issue-15-kernels.md). Mapped, a tensor's pages are only resident between its
-//! first read and [`MappedFile::release`]; packing one tensor at a time keeps at most one
-//! tensor's worth of the file resident beside the packed copy.
+//! first read and [`MappedFile::release`]; packing copies a tensor about 1 MiB at a time and
+//! releases each part, so about that much of the file is resident beside the packed copy (the
+//! 30 MB token embedding released whole made the loading peak: notes/issue-15-kernels.md).
 
 use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 
 use memmap2::Mmap;
+
+/// The alignment and size multiple of released ranges ([`MappedFile::release`]): Linux's
+/// default fault-around window.
+pub const RELEASE_GRANULE: usize = 64 << 10;
 
 /// A read-only mapping of a whole file.
 #[derive(Debug)]
@@ -38,9 +43,23 @@ impl MappedFile {
     /// Tells the kernel that the pages under `range` (byte offsets) are not needed now: they
     /// leave this process's resident memory and are read from the file again if touched.
     /// Out-of-range parts are ignored; errors are ignored (this only lowers memory).
+    ///
+    /// The range is widened to whole [`RELEASE_GRANULE`]s: on a page fault the kernel maps
+    /// the neighbouring pages already in the page cache too ("fault-around", 64 KiB by
+    /// default), so reading a tensor brought back the edges of the ones released before it
+    /// (10 MB of SmolLM2's GGUF after loading, in runs of up to 16 pages). Neighbours still to
+    /// be read just fault in again.
     pub fn release(&self, range: Range<usize>) {
-        let end = range.end.min(self.map.len());
-        if range.start >= end {
+        if range.start >= range.end.min(self.map.len()) {
+            return;
+        }
+        let start = range.start / RELEASE_GRANULE * RELEASE_GRANULE;
+        let end = range
+            .end
+            .min(self.map.len())
+            .next_multiple_of(RELEASE_GRANULE)
+            .min(self.map.len());
+        if start >= end {
             return;
         }
         #[cfg(unix)]
@@ -50,8 +69,8 @@ impl MappedFile {
         unsafe {
             let _ = self.map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
-                range.start,
-                end - range.start,
+                start,
+                end - start,
             );
         }
     }

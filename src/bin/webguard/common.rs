@@ -73,6 +73,68 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Hands back the resident pages of this executable's read-only mappings (machine code, and
+/// the segment of ELF headers, relocation tables and constants), for callers that have just
+/// loaded a model: most of what they hold is code and tables used only while starting and
+/// loading (the dynamic loader's 4.5 MB relocation table, argument parsing, GGUF parsing, the
+/// tokenizer's construction, packing). Pages used again fault back in from the file (the
+/// executable cannot be rewritten while it runs): 7-8 MB off the chat's peak resident memory
+/// (notes/issue-15-kernels.md), at the cost of a few hundred page faults on the first
+/// tokens. As with the model file's pages (`weights::mapped`), the kernel keeps them in its page
+/// cache; this lowers the process's resident set, not the machine's cached files.
+///
+/// Only private file mappings of the executable that are not writable and hold no anonymous
+/// (copied-on-write) pages: the relocated read-only data (RELRO, `r--p` after the loader's
+/// `mprotect`) holds such copies, and dropping them would bring back unrelocated bytes.
+pub fn release_startup_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let (Ok(exe), Ok(smaps)) = (
+            std::fs::read_link("/proc/self/exe"),
+            std::fs::read_to_string("/proc/self/smaps"),
+        ) else {
+            return;
+        };
+        let exe = exe.to_string_lossy();
+        // A mapping's header line ("start-end perms offset dev inode path"), then its fields.
+        let mut candidate: Option<(usize, usize)> = None;
+        let release = |range: Option<(usize, usize)>| {
+            if let Some((start, end)) = range {
+                // SAFETY: `start..end` is a whole mapping of this executable, read-only (no
+                // thread can write it), private and without anonymous pages: dropping its
+                // page-table entries only makes later reads fault the same bytes in again.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                }
+            }
+        };
+        for line in smaps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let [range, perms, offset, _dev, _inode, path @ ..] = fields.as_slice()
+                && range.contains('-')
+                && perms.len() == 4
+            {
+                candidate = None;
+                let read_only = matches!(*perms, "r-xp" | "r--p");
+                if read_only
+                    && path.join(" ") == exe
+                    && (*perms == "r-xp" || offset.chars().all(|c| c == '0'))
+                    && let Some((a, b)) = range.split_once('-')
+                    && let (Ok(a), Ok(b)) =
+                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
+                    candidate = Some((a, b));
+                }
+            } else if let ["Anonymous:", kb, "kB"] = fields.as_slice() {
+                if *kb == "0" {
+                    release(candidate.take());
+                }
+                candidate = None;
+            }
+        }
+    }
+}
+
 /// Peak resident memory of this process (Linux), in MB.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

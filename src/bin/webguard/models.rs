@@ -64,6 +64,8 @@ pub fn load_chat(
     let file = map(&models.join(SMOLLM2_GGUF))?;
     let gguf = Gguf::parse_mapped(&file)?;
     let mut chat = ChatModel::load(&gguf, &backend.device)?;
+    drop(gguf);
+    crate::common::release_startup_pages();
     if let Some(path) = adapters {
         pollster::block_on(chat.import_adapters(&read(path)?))?;
     }
