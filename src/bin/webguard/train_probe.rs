@@ -323,6 +323,9 @@ fn by_kind(
     out
 }
 
+/// Flagged and total per row of a report.
+type Counts = BTreeMap<String, (usize, usize)>;
+
 /// Flagged per (form, harmful) of `split` at `threshold`, summed over kinds (form: alone or
 /// after which list's turn), and per exchange before the request.
 fn by_form_and_exchange(
@@ -331,10 +334,7 @@ fn by_form_and_exchange(
     scores: &[f32],
     split: Split,
     threshold: f32,
-) -> (
-    BTreeMap<String, (usize, usize)>,
-    BTreeMap<String, (usize, usize)>,
-) {
+) -> (Counts, Counts) {
     let (mut forms, mut per_exchange) = (BTreeMap::new(), BTreeMap::new());
     for (e, &s) in all
         .iter()
@@ -359,7 +359,7 @@ fn by_form_and_exchange(
     (forms, per_exchange)
 }
 
-type Figures = HashMap<String, BTreeMap<String, (usize, usize)>>;
+type Figures = HashMap<String, Counts>;
 
 /// The report of every split by kind, then by form and by exchange for validation and
 /// held-out; and the by-kind figures kept in the probe's provenance.
@@ -371,7 +371,7 @@ fn report(
 ) -> (String, Figures) {
     let mut report = String::new();
     let mut figures = HashMap::new();
-    let mut table = |title: String, rows: &BTreeMap<String, (usize, usize)>| {
+    let mut table = |title: String, rows: &Counts| {
         report.push_str(&title);
         for (k, (flagged, n)) in rows {
             report.push_str(&format!(
