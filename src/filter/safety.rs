@@ -26,9 +26,10 @@
 //! out as a whole (`dangerous_sounding`, never trained on).
 //!
 //! Pages send whole conversations, so each request is also judged after a benign earlier
-//! exchange ([`Exchange`], `data/guard/context-exchanges.jsonl`): [`context_for`] picks one
-//! from a pool of its own split, so validation and held-out figures are on conversations
-//! training never saw.
+//! exchange ([`Exchange`]) from each of the [`ExchangeList`]s (everyday questions, and varied
+//! tasks: translation, code, lists, role-play, arithmetic): [`context_for`] picks one from a
+//! pool of its own split, so validation and held-out figures are on conversations training
+//! never saw.
 
 use std::path::Path;
 
@@ -225,49 +226,95 @@ pub struct Exchange {
     pub assistant: String,
 }
 
-/// The exchanges of `data/guard/context-exchanges.jsonl` (one JSON object per line), with the
-/// file's provenance entry; at least three, one per split's pool.
-pub fn exchanges(root: &Path) -> Result<(Vec<Exchange>, (String, String))> {
+/// A file of benign first exchanges. Each request is judged after one exchange of every list,
+/// so a list added later leaves the requests' exchanges from the earlier lists (and their
+/// cached states) as they were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExchangeList {
+    /// `data/guard/context-exchanges.jsonl`: greetings, trivia, small tasks, openers.
+    Everyday,
+    /// `data/guard/context-exchanges-varied.jsonl`: translation, code, lists, role-play and
+    /// persona set-ups, arithmetic, recipes, summaries, instructions about how to answer.
+    Varied,
+}
+
+impl ExchangeList {
+    /// Every list, in the order a request's conversations are built.
+    pub const ALL: [ExchangeList; 2] = [ExchangeList::Everyday, ExchangeList::Varied];
+
+    /// The file, relative to `data/`.
+    pub fn file(self) -> &'static str {
+        match self {
+            ExchangeList::Everyday => "guard/context-exchanges.jsonl",
+            ExchangeList::Varied => "guard/context-exchanges-varied.jsonl",
+        }
+    }
+
+    /// What a request after one of this list's exchanges is reported as (after its kind).
+    pub fn label(self) -> &'static str {
+        match self {
+            ExchangeList::Everyday => "after a turn",
+            ExchangeList::Varied => "after a varied turn",
+        }
+    }
+
+    /// The list a name given on a command line means.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "everyday" => Ok(ExchangeList::Everyday),
+            "varied" => Ok(ExchangeList::Varied),
+            other => Err(Error::InvalidInput(format!(
+                "exchange list {other:?}: use everyday or varied"
+            ))),
+        }
+    }
+}
+
+/// The exchanges of `list` (one JSON object per line), with the file's provenance entry; at
+/// least three, one per split's pool.
+pub fn exchanges(root: &Path, list: ExchangeList) -> Result<(Vec<Exchange>, (String, String))> {
     let mut files = Files::new();
-    let text = read(
-        &root.join("data"),
-        "guard/context-exchanges.jsonl",
-        "data/",
-        &mut files,
-    )?;
+    let rel = list.file();
+    let text = read(&root.join("data"), rel, "data/", &mut files)?;
     let mut out = Vec::new();
     for (i, line) in text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        out.push(serde_json::from_str(line).map_err(|e| {
-            Error::InvalidInput(format!(
-                "data/guard/context-exchanges.jsonl line {}: {e}",
-                i + 1
-            ))
-        })?);
+        out.push(
+            serde_json::from_str(line)
+                .map_err(|e| Error::InvalidInput(format!("data/{rel} line {}: {e}", i + 1)))?,
+        );
     }
     if out.len() < 3 {
         return Err(Error::InvalidInput(format!(
-            "data/guard/context-exchanges.jsonl: {} exchanges; each of the three splits needs one",
+            "data/{rel}: {} exchanges; each of the three splits needs one",
             out.len()
         )));
     }
     Ok((out, files.remove(0)))
 }
 
-/// The exchange (an index into `n` exchanges) that goes before `request`: the first two
-/// thirds of the exchanges are training's pool, the next sixth validation's, the last sixth
-/// held-out's; within its pool, picked by a hash of the text.
-pub fn context_for(request: &Request, n: usize) -> usize {
+/// The exchange of `list` (an index into its `n` exchanges) that goes before `request`: the
+/// first two thirds of the exchanges are training's pool, the next sixth validation's, the
+/// last sixth held-out's; within its pool, picked by a hash of the text (salted by the list
+/// after the first, so a request's two exchanges are not at the same place in both lists).
+pub fn context_for(request: &Request, n: usize, list: ExchangeList) -> usize {
     let (val, held_out) = (n * 2 / 3, n * 5 / 6);
     let pool = match request.split {
         Split::Train => 0..val,
         Split::Val => val..held_out,
         Split::HeldOut => held_out..n,
     };
-    let hash = Sha256::digest(request.text.as_bytes());
+    let mut h = Sha256::new();
+    // The first list hashes the text alone, as it did before the second list existed, so
+    // its assignments (and the states cached for them) stay valid.
+    if list != ExchangeList::Everyday {
+        h.update(list.file().as_bytes());
+    }
+    h.update(request.text.as_bytes());
+    let hash = h.finalize();
     let pick = u64::from_le_bytes(hash[..8].try_into().unwrap_or([0; 8]));
     pool.start + (pick % pool.len().max(1) as u64) as usize
 }
@@ -296,24 +343,82 @@ mod tests {
         assert!(moved > 1000, "the seed changes the split");
     }
 
+    fn request(i: usize) -> Request {
+        let text = format!("request number {i}");
+        let split = split_of(&text, 7);
+        Request {
+            text,
+            harmful: false,
+            kind: "ordinary",
+            split,
+        }
+    }
+
     #[test]
     fn each_split_gets_exchanges_from_its_own_pool_and_every_exchange_is_used() {
         let n = 24;
-        let mut used = vec![std::collections::BTreeSet::new(); 3];
-        for i in 0..600 {
-            let text = format!("request number {i}");
-            let split = split_of(&text, 7);
-            let r = Request {
-                text,
-                harmful: false,
-                kind: "ordinary",
-                split,
-            };
-            used[split as usize].insert(context_for(&r, n));
+        for list in ExchangeList::ALL {
+            let mut used = vec![std::collections::BTreeSet::new(); 3];
+            for r in (0..600).map(request) {
+                used[r.split as usize].insert(context_for(&r, n, list));
+            }
+            let all =
+                |range: std::ops::Range<usize>| range.collect::<std::collections::BTreeSet<_>>();
+            assert_eq!(used[Split::Train as usize], all(0..16), "{list:?}");
+            assert_eq!(used[Split::Val as usize], all(16..20), "{list:?}");
+            assert_eq!(used[Split::HeldOut as usize], all(20..24), "{list:?}");
         }
-        let all = |range: std::ops::Range<usize>| range.collect::<std::collections::BTreeSet<_>>();
-        assert_eq!(used[Split::Train as usize], all(0..16));
-        assert_eq!(used[Split::Val as usize], all(16..20));
-        assert_eq!(used[Split::HeldOut as usize], all(20..24));
+    }
+
+    #[test]
+    fn the_first_lists_picks_are_the_texts_hash_and_the_second_list_picks_independently() {
+        // The first list's assignment is what the cached states were computed for: the text's
+        // SHA-256 alone, modulo the pool.
+        let r = request(0);
+        let digest = Sha256::digest(r.text.as_bytes());
+        let pick = u64::from_le_bytes(digest[..8].try_into().unwrap()) as usize;
+        let pool = match r.split {
+            Split::Train => 0,
+            Split::Val => 16,
+            Split::HeldOut => 20,
+        };
+        let len = if r.split == Split::Train { 16 } else { 4 };
+        assert_eq!(
+            context_for(&r, 24, ExchangeList::Everyday),
+            pool + pick % len
+        );
+        let same = (0..600)
+            .map(request)
+            .filter(|r| r.split == Split::Train)
+            .filter(|r| {
+                context_for(r, 24, ExchangeList::Everyday)
+                    == context_for(r, 24, ExchangeList::Varied)
+            })
+            .count();
+        let train = (0..600)
+            .map(request)
+            .filter(|r| r.split == Split::Train)
+            .count();
+        // Independent picks among 16 agree about one time in 16.
+        assert!(same * 6 < train, "{same} of {train} at the same place");
+    }
+
+    #[test]
+    fn both_exchange_lists_load_with_a_pool_for_every_split() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for list in ExchangeList::ALL {
+            let (e, (file, _)) = exchanges(root, list).unwrap();
+            assert_eq!(file, format!("data/{}", list.file()));
+            assert_eq!(e.len(), 24, "{list:?}");
+            assert!(
+                e.iter()
+                    .all(|x| !x.user.is_empty() && !x.assistant.is_empty())
+            );
+        }
+        // No exchange is in both lists (its states would be computed twice, and a training
+        // exchange of one list could be a validation one of the other).
+        let (a, _) = exchanges(root, ExchangeList::Everyday).unwrap();
+        let (b, _) = exchanges(root, ExchangeList::Varied).unwrap();
+        assert!(a.iter().all(|x| b.iter().all(|y| x.user != y.user)));
     }
 }

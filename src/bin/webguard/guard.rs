@@ -470,15 +470,19 @@ pub struct SafetyPromptsArgs {
     /// Seed of the split (the one `train-filter` used).
     #[arg(long, default_value_t = webguard::filter::train::TrainConfig::default().seed)]
     seed: u64,
-    /// Each request as a conversation after a benign exchange of its split's pool
-    /// (`data/guard/context-exchanges.jsonl`; what `train-probe` reports "after a turn").
+    /// Each request as a conversation after a benign exchange of its split's pool (from the
+    /// list `--exchanges` names; what `train-probe` reports "after a turn").
     #[arg(long)]
     after_a_turn: bool,
+    /// With `--after-a-turn`: everyday (`data/guard/context-exchanges.jsonl`) or varied
+    /// (`data/guard/context-exchanges-varied.jsonl`, reported "after a varied turn").
+    #[arg(long, default_value = "everyday")]
+    exchanges: String,
 }
 
 /// `safety-prompts`: the labelled requests of one split as `eval-guard` input, on stdout.
 pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
-    use webguard::filter::safety::{Split, context_for, exchanges, requests};
+    use webguard::filter::safety::{ExchangeList, Split, context_for, exchanges, requests};
     let split = match args.split.as_str() {
         "train" => Split::Train,
         "val" => Split::Val,
@@ -491,8 +495,9 @@ pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (all, _) = requests(&args.data, root, args.seed)?;
+    let list = ExchangeList::parse(&args.exchanges)?;
     let exchanges = if args.after_a_turn {
-        exchanges(root)?.0
+        exchanges(root, list)?.0
     } else {
         Vec::new()
     };
@@ -500,7 +505,7 @@ pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
     for (i, q) in all.iter().filter(|q| q.split == split).enumerate() {
         let label = if q.harmful { "unsafe" } else { "safe" };
         let line = if args.after_a_turn {
-            let e = &exchanges[context_for(q, exchanges.len())];
+            let e = &exchanges[context_for(q, exchanges.len(), list)];
             serde_json::json!({
                 "id": format!("{}-after-{i}", q.kind),
                 "messages": [
@@ -509,7 +514,7 @@ pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
                     {"role": "user", "content": q.text},
                 ],
                 "label": label,
-                "type": format!("{} (after a turn)", q.kind),
+                "type": format!("{} ({})", q.kind, list.label()),
             })
         } else {
             serde_json::json!({

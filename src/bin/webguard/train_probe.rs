@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use webguard::filter::safety::{Exchange, Request, Split, context_for, exchanges, requests};
+use webguard::filter::safety::{
+    Exchange, ExchangeList, Request, Split, context_for, exchanges, requests,
+};
 use webguard::models::probe::{ChatProbes, ProbeTrainConfig, StateProbe};
 use webguard::text::chat_template::Message;
 use webguard::{ChatModel, Error, Result, SMOLLM2_GGUF};
@@ -48,6 +50,14 @@ pub struct TrainProbeArgs {
     /// Fit on single-turn requests only (the requests after an exchange are still reported).
     #[arg(long)]
     single_turn_training: bool,
+    /// Fit without the requests after an exchange of the varied list (they are still
+    /// reported): the recipe before that list existed.
+    #[arg(long)]
+    without_varied_exchanges: bool,
+    /// Fit nothing: report the figures of this probe file's request probe, at its own
+    /// threshold, on the same examples (to compare a new probe with the shipped one).
+    #[arg(long)]
+    evaluate: Option<PathBuf>,
 }
 
 /// How a probe is fitted and its threshold chosen (shared with `train-answer-probe`).
@@ -163,11 +173,27 @@ impl StateCache {
     }
 }
 
+/// Every list's exchanges, one after the other (an [`Example`]'s context indexes it).
+struct Exchanges {
+    all: Vec<Exchange>,
+    /// Each list with the index of its first exchange in `all` and its length.
+    lists: Vec<(ExchangeList, usize, usize)>,
+}
+
+impl std::ops::Deref for Exchanges {
+    type Target = [Exchange];
+    fn deref(&self) -> &[Exchange] {
+        &self.all
+    }
+}
+
 /// One conversation the probe reads: a request, alone or after an earlier exchange.
 struct Example<'a> {
     request: &'a Request,
-    /// The benign exchange before the request (index into the exchanges), if any.
+    /// The benign exchange before the request (index into every list's exchanges), if any.
     context: Option<usize>,
+    /// The list that exchange comes from.
+    list: Option<ExchangeList>,
 }
 
 impl Example<'_> {
@@ -193,24 +219,31 @@ impl Example<'_> {
     }
 
     fn kind(&self) -> String {
-        match self.context {
+        match self.list {
             None => self.request.kind.to_string(),
-            Some(_) => format!("{} (after a turn)", self.request.kind),
+            Some(list) => format!("{} ({})", self.request.kind, list.label()),
         }
     }
 }
 
-/// Every request alone, and after the benign exchange [`context_for`] picks.
-fn examples<'a>(all: &'a [Request], exchanges: &[Exchange]) -> Vec<Example<'a>> {
-    let alone = all.iter().map(|request| Example {
-        request,
-        context: None,
-    });
-    let after = all.iter().map(|request| Example {
-        request,
-        context: Some(context_for(request, exchanges.len())),
-    });
-    alone.chain(after).collect()
+/// Every request alone, and after the benign exchange [`context_for`] picks from each list.
+fn examples<'a>(all: &'a [Request], exchanges: &Exchanges) -> Vec<Example<'a>> {
+    let mut out: Vec<Example> = all
+        .iter()
+        .map(|request| Example {
+            request,
+            context: None,
+            list: None,
+        })
+        .collect();
+    for &(list, start, n) in &exchanges.lists {
+        out.extend(all.iter().map(|request| Example {
+            request,
+            context: Some(start + context_for(request, n, list)),
+            list: Some(list),
+        }));
+    }
+    out
 }
 
 /// States of every example (from the cache, the missing ones computed and cached).
@@ -290,20 +323,110 @@ fn by_kind(
     out
 }
 
+/// Flagged and total per row of a report.
+type Counts = BTreeMap<String, (usize, usize)>;
+
+/// Flagged per (form, harmful) of `split` at `threshold`, summed over kinds (form: alone or
+/// after which list's turn), and per exchange before the request.
+fn by_form_and_exchange(
+    all: &[Example],
+    exchanges: &Exchanges,
+    scores: &[f32],
+    split: Split,
+    threshold: f32,
+) -> (Counts, Counts) {
+    let (mut forms, mut per_exchange) = (BTreeMap::new(), BTreeMap::new());
+    for (e, &s) in all
+        .iter()
+        .zip(scores)
+        .filter(|(e, _)| e.request.split == split)
+    {
+        let label = if e.request.harmful { "unsafe" } else { "safe" };
+        let form = e.list.map_or("alone", |l| l.label());
+        let flagged = usize::from(s >= threshold);
+        let f: &mut (usize, usize) = forms.entry(format!("{form}/{label}")).or_default();
+        f.0 += flagged;
+        f.1 += 1;
+        if let Some(i) = e.context {
+            let user: String = exchanges[i].user.chars().take(40).collect();
+            let x: &mut (usize, usize) = per_exchange
+                .entry(format!("{i:>2} {user}/{label}"))
+                .or_default();
+            x.0 += flagged;
+            x.1 += 1;
+        }
+    }
+    (forms, per_exchange)
+}
+
+type Figures = HashMap<String, Counts>;
+
+/// The report of every split by kind, then by form and by exchange for validation and
+/// held-out; and the by-kind figures kept in the probe's provenance.
+fn report(
+    all: &[Example],
+    exchanges: &Exchanges,
+    scores: &[f32],
+    threshold: f32,
+) -> (String, Figures) {
+    let mut report = String::new();
+    let mut figures = HashMap::new();
+    let mut table = |title: String, rows: &Counts| {
+        report.push_str(&title);
+        for (k, (flagged, n)) in rows {
+            report.push_str(&format!(
+                "  {k:<52} {flagged:>4} / {n:<4} {:>5.1}%\n",
+                100.0 * *flagged as f64 / (*n).max(1) as f64
+            ));
+        }
+    };
+    for (name, split) in [
+        ("val", Split::Val),
+        ("held-out", Split::HeldOut),
+        ("train", Split::Train),
+    ] {
+        let rows = by_kind(all, scores, split, threshold);
+        table(
+            format!("{name} (flagged / requests at threshold {threshold:.3}):\n"),
+            &rows,
+        );
+        if split != Split::Train {
+            let (forms, per_exchange) =
+                by_form_and_exchange(all, exchanges, scores, split, threshold);
+            table(format!("{name}, all kinds:\n"), &forms);
+            table(format!("{name}, by exchange:\n"), &per_exchange);
+        }
+        figures.insert(name.to_string(), rows);
+    }
+    (report, figures)
+}
+
 pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     let layers = parse_layers(&args.layers)?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (requests, mut files) = requests(&args.data, root, args.seed)?;
     // Pages send whole conversations, and the probe reads the last prompt token's states,
-    // which earlier turns change: each request is also judged after a benign exchange.
-    let (exchanges, provenance) = exchanges(root)?;
-    files.push(provenance);
+    // which earlier turns change: each request is also judged after a benign exchange of
+    // each list.
+    let mut lists = Exchanges {
+        all: Vec::new(),
+        lists: Vec::new(),
+    };
+    for list in ExchangeList::ALL {
+        let (e, provenance) = exchanges(root, list)?;
+        files.push(provenance);
+        lists.lists.push((list, lists.all.len(), e.len()));
+        lists.all.extend(e);
+    }
+    let exchanges = lists;
     let all = examples(&requests, &exchanges);
     let (chat, backend) = load_chat(models, "cpu", None)?;
     eprintln!(
-        "chat on {backend}; {} requests from {} files, each alone and after one of {} exchanges",
+        "chat on {backend}; {} requests from {} files, each alone and after one exchange of \
+         each of {} lists ({} exchanges)",
         requests.len(),
         files.len(),
+        exchanges.lists.len(),
         exchanges.len()
     );
     // Everything the states depend on but the request's text (which keys each record).
@@ -331,9 +454,27 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
             .zip(&rows)
             .filter(|(e, _)| e.request.split == split)
             .filter(|(e, _)| !(args.single_turn_training && e.context.is_some()))
+            .filter(|(e, _)| {
+                !(args.without_varied_exchanges && e.list == Some(ExchangeList::Varied))
+            })
             .map(|(e, r)| (r.clone(), e.request.harmful))
             .unzip()
     };
+    let c = chat.model.config();
+    if let Some(path) = &args.evaluate {
+        let probe = ChatProbes::load(&read(path)?, c.layers, c.dim)?.request;
+        if probe.layers != layers {
+            return Err(Error::InvalidInput(format!(
+                "{} reads layers {:?}, not --layers {}",
+                path.display(),
+                probe.layers,
+                args.layers
+            )));
+        }
+        let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
+        eprint!("{}", report(&all, &exchanges, &scores, probe.threshold).0);
+        return Ok(());
+    }
     let (train_x, train_y) = pick(Split::Train);
     let config = match args.hidden {
         0 => args.fit.config(),
@@ -355,25 +496,7 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         .collect();
     let threshold = args.fit.threshold(&val);
     probe.threshold = threshold;
-    let mut report = String::new();
-    let mut figures = HashMap::new();
-    for (name, split) in [
-        ("val", Split::Val),
-        ("held-out", Split::HeldOut),
-        ("train", Split::Train),
-    ] {
-        let rows = by_kind(&all, &scores, split, threshold);
-        report.push_str(&format!(
-            "{name} (flagged / requests at threshold {threshold:.3}):\n"
-        ));
-        for (k, (flagged, n)) in &rows {
-            report.push_str(&format!(
-                "  {k:<44} {flagged:>4} / {n:<4} {:>5.1}%\n",
-                100.0 * *flagged as f64 / (*n).max(1) as f64
-            ));
-        }
-        figures.insert(name.to_string(), rows);
-    }
+    let (report, figures) = report(&all, &exchanges, &scores, threshold);
     eprint!("{report}");
     let files: BTreeMap<_, _> = files.into_iter().collect();
     probe.provenance.insert(
@@ -391,7 +514,6 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     probe.provenance.insert("model".into(), SMOLLM2_GGUF.into());
     // An answer probe already in the file (`train-answer-probe`) is kept when it reads the
     // same layers: the two are fitted separately.
-    let c = chat.model.config();
     let answer = std::fs::read(&args.out)
         .ok()
         .and_then(|bytes| ChatProbes::load(&bytes, c.layers, c.dim).ok())
