@@ -328,6 +328,9 @@ export interface TuneChatOptions extends TuneFilterOptions {
   rank?: number;
   /** Projections that get adapters in every block (default ["q", "v"]). */
   targets?: Array<"q" | "k" | "v" | "o" | "gate" | "up" | "down">;
+  /** The first block with adapters; earlier blocks run as loaded, so states the chat probe
+   * reads there stay the same (the shipped safety adapters start at 27; default 0). */
+  firstBlock?: number;
   /** Pairs per step, 1 to 32 (default 4). */
   batchSize?: number;
 }
