@@ -83,7 +83,8 @@ export interface CreateOptions {
    * LoRA adapters that teach the chat model to refuse harmful requests, used for the answer
    * when the chat probe scores a conversation close to its threshold but lets it through
    * (from ChatProbe.safetyAdaptersFrom; Reply.safetyAdapters says when): a second line behind
-   * the screens. Default: chat-safety-adapters.safetensors shipped in this package, loaded
+   * the screens (on the CPU backend; the WebGPU engine applies no adapters yet, so there the
+   * probe alone decides). Default: chat-safety-adapters.safetensors shipped in this package, loaded
    * with the chat probe; `false` turns them off; a URL or bytes load others (adapters written
    * by tuneChat that start after the probe's blocks; a bad file is a ModelFileError).
    */

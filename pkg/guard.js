@@ -205,7 +205,8 @@ export class Guard {
    * package, loaded with the chat model; `false` turns it off; or a URL / bytes of another);
    * `safetyAdapters`: LoRA adapters that teach the chat model to refuse harmful requests,
    * used for the answer when the probe scores a conversation close to its threshold but lets
-   * it through (a second line behind the screens: `reply.safetyAdapters` says when; default:
+   * it through (a second line behind the screens, on the CPU backend: the WebGPU engine applies
+   * no adapters yet; `reply.safetyAdapters` says when; default:
    * chat-safety-adapters.safetensors shipped in this package, with the chat probe; `false`
    * turns them off; or a URL / bytes of adapters written by tuneChat/tune-chat that start
    * after the probe's blocks);

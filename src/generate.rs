@@ -256,8 +256,8 @@ impl<'a> Generator<'a> {
     /// [`Generator::with_states`] running the chat model's safety adapters
     /// ([`ChatModel::load_safety_adapters`]) instead of the installed adapters: the guard's
     /// second line for requests its probe scored close to the threshold. They take burn's
-    /// path on a GPU (the engine applies no adapters), which only such turns pay for.
-    /// Errors when the model has none.
+    /// path (the GPU engine applies no adapters; the guard uses them only where the engine
+    /// does not run). Errors when the model has none.
     pub fn with_safety_adapters(
         chat: &'a ChatModel,
         prompt: &[u32],

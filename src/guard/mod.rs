@@ -85,7 +85,8 @@ pub struct ModeratedReply {
     pub dropped_turns: usize,
     /// Whether the answer came from the chat model's safety adapters: its probe scored the
     /// conversation close to its threshold (at least [`ChatModel::safety_adapters_from`]), so
-    /// the model answered with the adapters that teach it to refuse harmful requests.
+    /// the model answered with the adapters that teach it to refuse harmful requests. Never
+    /// while the GPU engine generates (it applies no adapters).
     pub safety_adapters: bool,
 }
 
@@ -233,8 +234,13 @@ pub async fn moderated_chat(
         }
         // The second line: a conversation the probe finds suspicious but lets through is
         // answered with the safety adapters. They start after every block the probes read, so
-        // the states judged so far and at the answer's sentence ends mean the same.
-        if score >= chat.safety_adapters_from && chat.model.safety_adapters().is_some() {
+        // the states judged so far and at the answer's sentence ends mean the same. Not where
+        // the GPU engine generates: it has no adapter kernels, and burn's path would widen the
+        // weights to f32 on the GPU (about 540 MB) for one turn.
+        if score >= chat.safety_adapters_from
+            && chat.model.safety_adapters().is_some()
+            && chat.model.gpu_engine().is_err()
+        {
             generator.cancel();
             generator = Generator::with_safety_adapters(chat, &ids, options, layers)?;
             reply.safety_adapters = true;
