@@ -84,7 +84,7 @@ export interface CreateOptions {
    * when the chat probe scores a conversation close to its threshold but lets it through
    * (from ChatProbe.safetyAdaptersFrom; Reply.safetyAdapters says when): a second line behind
    * the screens (on the CPU backend; the WebGPU engine applies no adapters yet, so there the
-   * probe alone decides). Default: chat-safety-adapters.safetensors shipped in this package, loaded
+   * probe alone decides). Default: off (see the README); `true` loads chat-safety-adapters.safetensors shipped in this package,
    * with the chat probe; `false` turns them off; a URL or bytes load others (adapters written
    * by tuneChat that start after the probe's blocks; a bad file is a ModelFileError).
    */

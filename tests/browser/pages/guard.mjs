@@ -74,6 +74,9 @@ window.webguard.chatProbe = async () => {
   out.withoutChat = await outcome(() => Guard.create({ filterUrl, backend: "cpu", cache: false, chatProbe: heads }));
   // Safety adapters: off on request, a bad file refused, none without the probe.
   const noAdapters = await Guard.create({ filterUrl, chatUrl, backend: "cpu", cache: false, safetyAdapters: false });
+  const withAdapters = await Guard.create({ filterUrl, chatUrl, backend: "cpu", cache: false, safetyAdapters: true });
+  out.withAdaptersProbe = withAdapters.chatProbe;
+  withAdapters.dispose();
   out.noAdaptersProbe = noAdapters.chatProbe;
   noAdapters.dispose();
   out.notAdapters = await outcome(() => Guard.create({ filterUrl, chatUrl, backend: "cpu", cache: false, safetyAdapters: heads }));
