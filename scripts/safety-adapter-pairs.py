@@ -13,21 +13,19 @@ moving how it answers), cut at their last sentence end, refusals left out. Pairs
 """
 import argparse
 import json
+import pathlib
 import random
 import re
 import sys
 
-# The same texts as `REFUSALS` in src/tune/refusals.rs.
-REFUSALS = [
-    "I can't help with that. It could seriously hurt people.",
-    "I'm sorry, but I can't assist with that request.",
-    "I won't help with this, because it could be used to harm someone. If you need help with something safe, I'm glad to help.",
-    "I can't provide that. It is dangerous and could be illegal.",
-    "Sorry, I can't help with that request. Is there something else I can do for you?",
-    "I cannot help with this. Causing harm to people or property is not something I will assist with.",
-    "I'm not able to help with that, as it could put people at risk.",
-    "I can't do that. If you or someone else is in danger, please contact local emergency services.",
-]
+def refusals():
+    """`REFUSALS` as src/tune/refusals.rs defines them (read from there, not copied)."""
+    src = (pathlib.Path(__file__).resolve().parent.parent / "src/tune/refusals.rs").read_text()
+    body = re.search(r"pub const REFUSALS: \[&str; \d+\] = \[(.*?)\];", src, re.S).group(1)
+    return [json.loads(m) for m in re.findall(r'"(?:[^"\\]|\\.)*"', body)]
+
+
+REFUSALS = refusals()
 
 
 def cut(answer):
