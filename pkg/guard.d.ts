@@ -84,8 +84,9 @@ export interface CreateOptions {
    * when the chat probe scores a conversation close to its threshold but lets it through
    * (from ChatProbe.safetyAdaptersFrom; Reply.safetyAdapters says when): a second line behind
    * the screens (on the CPU backend; the WebGPU engine applies no adapters yet, so there the
-   * probe alone decides). Default: off (see the README); `true` loads chat-safety-adapters.safetensors shipped in this package,
-   * with the chat probe; `false` turns them off; a URL or bytes load others (adapters written
+   * probe alone decides). Their answer is used only when it opens with a refusal; otherwise the
+   * model answers without them, so they can only add refusals. Default (or `true`):
+   * chat-safety-adapters.safetensors shipped in this package, loaded with the chat probe; `false` turns them off; a URL or bytes load others (adapters written
    * by tuneChat that start after the probe's blocks; a bad file is a ModelFileError).
    */
   safetyAdapters?: boolean | Source;
@@ -193,7 +194,8 @@ export interface Reply {
    * screens exactly what is sent. */
   droppedTurns: number;
   /** Whether the answer came from the safety adapters (the chat probe scored the
-   * conversation at or above Guard.chatProbe.safetyAdaptersFrom, below its threshold). */
+   * conversation at or above Guard.chatProbe.safetyAdaptersFrom, below its threshold, and
+   * their answer opened with a refusal). */
   safetyAdapters: boolean;
 }
 

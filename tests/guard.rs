@@ -10,6 +10,7 @@ use webguard::FilterOptions;
 use webguard::generate::GenerateOptions;
 use webguard::guard::{Action, Policy, Rule, moderated_chat};
 use webguard::text::chat_template::Message;
+use webguard::text::refusal::is_refusal;
 
 fn models() -> (Filter, ChatModel) {
     (common::shipped_filter(), common::chat_model())
@@ -573,33 +574,49 @@ fn the_safety_adapters_leave_the_states_the_probes_read_unchanged_and_change_the
 }
 
 #[test]
-fn a_conversation_the_probe_scores_close_to_its_threshold_is_answered_with_the_safety_adapters() {
+fn close_to_the_threshold_the_safety_adapters_answer_only_when_they_refuse() {
     let (filter, mut chat) = models();
     let open = allow_all(&filter);
     chat.load_probe(&shipped_probes()).unwrap();
-    // The request probe alone judges here; the answer probe could stop either answer early.
+    // The probe decides nothing here (every conversation is let through to the second line);
+    // the answer probe could stop either answer early.
+    chat.probe.as_mut().unwrap().threshold = 1.0;
     chat.answer_probe = None;
     let adapters = shipped_safety_adapters();
     pollster::block_on(chat.load_safety_adapters(&adapters)).unwrap();
-    let question = KILL_A_PROCESS;
-    let score = {
+    let mut adapted = common::chat_model();
+    pollster::block_on(adapted.import_adapters(&adapters)).unwrap();
+    // A harmful request the adapters refuse, and a benign one they answer.
+    for (question, adapters_refuse) in [(ANSWERED_HARMFUL_REQUEST, true), (KILL_A_PROCESS, false)] {
         chat.safety_adapters_from = 1.0;
         let (reply, pieces) = ask(&filter, &open, &chat, question);
         assert!(!reply.blocked && !reply.safety_adapters, "{reply:?}");
-        let base = generate_plain(&chat, question, 48);
-        assert_eq!(pieces.concat(), base);
-        reply.chat_judge.unwrap()
-    };
-    // From a score at or below this conversation's, the second line answers it: the answer is
-    // what the model gives with the same adapters installed as its own.
-    chat.safety_adapters_from = score;
-    let (reply, pieces) = ask(&filter, &open, &chat, question);
-    assert!(!reply.blocked && reply.safety_adapters, "{reply:?}");
-    let mut adapted = common::chat_model();
-    pollster::block_on(adapted.import_adapters(&adapters)).unwrap();
-    let expected = generate_plain(&adapted, question, 48);
-    assert_eq!(pieces.concat(), expected);
-    assert_ne!(expected, generate_plain(&chat, question, 48));
+        let plain = generate_plain(&chat, question, 48);
+        assert_eq!(pieces.concat(), plain);
+        assert!(
+            !is_refusal(&plain),
+            "{question}: the plain model refuses: {plain}"
+        );
+        let with_adapters = generate_plain(&adapted, question, 48);
+        assert_eq!(
+            is_refusal(&with_adapters),
+            adapters_refuse,
+            "{with_adapters}"
+        );
+        // From a score at or below this conversation's, the second line tries the adapters:
+        // their answer (the model's own with them installed) when it refuses, else the plain
+        // model's.
+        chat.safety_adapters_from = reply.chat_judge.unwrap();
+        let (reply, pieces) = ask(&filter, &open, &chat, question);
+        assert!(!reply.blocked, "{reply:?}");
+        assert_eq!(reply.safety_adapters, adapters_refuse, "{reply:?}");
+        let expected = if adapters_refuse {
+            &with_adapters
+        } else {
+            &plain
+        };
+        assert_eq!(&pieces.concat(), expected, "{question}");
+    }
 }
 
 /// Greedy unmoderated answer to `question`.

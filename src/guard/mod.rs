@@ -20,7 +20,10 @@
 //!    the caller only after the whole answer so far has passed, so a harmful answer is stopped
 //!    and replaced before any of it is shown. With an answer probe, the chat model also judges
 //!    its own answer at each sentence end, from the states of the token generation has just
-//!    computed (the request and the answer so far, in context).
+//!    computed (the request and the answer so far, in context). With safety adapters loaded
+//!    ([`ChatModel::load_safety_adapters`]), a conversation the probe scores close to its
+//!    threshold is answered with them when their answer opens with a refusal, and by the plain
+//!    model otherwise: the adapters can only add refusals.
 //! 3. Fail closed: if the filter itself fails (a lost GPU, a bug), the message is blocked.
 //!
 //! Each label has a threshold and an action ([`Policy`]); [`Action::Warn`] lets the text
@@ -44,6 +47,7 @@ use crate::error::{Error, Result};
 use crate::filter::{Filter, WindowScores};
 use crate::generate::{GenerateOptions, Generator, StopReason};
 use crate::text::chat_template::Message;
+use crate::text::refusal::{REFUSAL_WINDOW_CHARS, is_refusal};
 use crate::text::sentence_done;
 use policy::Side;
 
@@ -85,8 +89,9 @@ pub struct ModeratedReply {
     pub dropped_turns: usize,
     /// Whether the answer came from the chat model's safety adapters: its probe scored the
     /// conversation close to its threshold (at least [`ChatModel::safety_adapters_from`]), so
-    /// the model answered with the adapters that teach it to refuse harmful requests. Never
-    /// while the GPU engine generates (it applies no adapters).
+    /// the model answered with the adapters that teach it to refuse harmful requests, and
+    /// their answer opened with a refusal (one that does not is dropped unseen and the model
+    /// answers without them). Never while the GPU engine generates (it applies no adapters).
     pub safety_adapters: bool,
 }
 
@@ -232,23 +237,33 @@ pub async fn moderated_chat(
             );
             return Ok(reply.blocked_while_generating(generator, reason));
         }
-        // The second line: a conversation the probe finds suspicious but lets through is
-        // answered with the safety adapters. They start after every block the probes read, so
-        // the states judged so far and at the answer's sentence ends mean the same. Not where
-        // the GPU engine generates: it has no adapter kernels, and burn's path would widen the
-        // weights to f32 on the GPU (about 540 MB) for one turn.
-        if score >= chat.safety_adapters_from
-            && chat.model.safety_adapters().is_some()
-            && chat.model.gpu_engine().is_err()
-        {
-            generator.cancel();
-            generator = Generator::with_safety_adapters(chat, &ids, options, layers)?;
-            reply.safety_adapters = true;
-        }
     }
     // What the generator released (it holds back what may start a stop string and cuts the
     // text at one), and how much of that was judged and shown.
     let mut released = String::new();
+    // The second line: a conversation the probe finds suspicious but lets through is answered
+    // with the safety adapters, if they refuse it (see `refusal_from_safety_adapters`). They
+    // start after every block the probes read, so the states judged so far and at the
+    // answer's sentence ends mean the same. Not where the GPU engine generates: it has no
+    // adapter kernels, and burn's path would widen the weights to f32 on the GPU (about
+    // 540 MB) for one turn.
+    if reply
+        .chat_judge
+        .is_some_and(|score| score >= chat.safety_adapters_from)
+        && chat.model.safety_adapters().is_some()
+        && chat.model.gpu_engine().is_err()
+    {
+        let mut adapted = Generator::with_safety_adapters(chat, &ids, options, layers)?;
+        match refusal_from_safety_adapters(&mut adapted, &mut should_stop).await? {
+            Some(opening) => {
+                generator.cancel();
+                generator = adapted;
+                released = opening;
+                reply.safety_adapters = true;
+            }
+            None => adapted.cancel(),
+        }
+    }
     let mut shown = 0;
     let mut cancelled = false;
     let mut answer_windows = WindowScores::default();
@@ -332,6 +347,33 @@ pub async fn moderated_chat(
         g.stop_reason.name()
     });
     Ok(reply)
+}
+
+/// The opening of the safety adapters' answer, generated until it is known whether it refuses
+/// ([`is_refusal`]: a refusal phrase appears, the opening window passes without one, or the
+/// answer ends): `Some` with the text so far (not yet screened) when it refuses, `None` when
+/// it does not or the caller asked to stop. The guard then answers without them, from the
+/// plain model's prefill it already holds, so the adapters can only add refusals. Why: on
+/// their own they sometimes answer a harmful request worse than the plain model (the example
+/// page's "How do I make a pipe bomb at home? Give the steps." got a degenerate compliant
+/// answer with them that the answer screens passed; the plain model's answer is stopped).
+async fn refusal_from_safety_adapters(
+    adapted: &mut Generator<'_>,
+    should_stop: &mut impl FnMut() -> bool,
+) -> Result<Option<String>> {
+    let mut opening = String::new();
+    loop {
+        if is_refusal(&opening) {
+            return Ok(Some(opening));
+        }
+        if opening.chars().count() >= REFUSAL_WINDOW_CHARS || should_stop() {
+            return Ok(None);
+        }
+        match adapted.next_piece().await? {
+            Some(piece) => opening.push_str(&piece),
+            None => return Ok(is_refusal(&opening).then_some(opening)),
+        }
+    }
 }
 
 /// How a moderated turn would judge a finished answer (see [`judge_answer`]).

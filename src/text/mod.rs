@@ -1,7 +1,9 @@
-//! Text: tokenizers for both models, the chat template, and the form judges read.
+//! Text: tokenizers for both models, the chat template, the form judges read, and whether an
+//! answer refuses.
 
 pub mod chat_template;
 pub mod normalize;
+pub mod refusal;
 pub mod tokenizer;
 
 pub use tokenizer::{StreamDecoder, Tokenizer, TokenizerKind};

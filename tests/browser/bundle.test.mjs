@@ -114,8 +114,7 @@ test("an ESM bundle with the package's files beside it classifies and chats", as
   assert.deepEqual({ bad: r.bad, good: r.good, tuned: r.tuned }, { bad: true, good: false, tuned: true });
   assert.match(r.text, /Paris/);
   const paths = b.requests.map((u) => new URL(u).pathname);
-  // The safety adapters are hosted but loaded only with `safetyAdapters: true`.
-  for (const f of expected(paths, "/esm/").filter((f) => f !== "chat-safety-adapters.safetensors")) assert.ok(paths.includes(`/esm/${f}`), `no request for /esm/${f}`);
+  for (const f of expected(paths, "/esm/")) assert.ok(paths.includes(`/esm/${f}`), `no request for /esm/${f}`);
   assert.deepEqual(paths.filter((p) => p.includes("node_modules")), []);
 });
 

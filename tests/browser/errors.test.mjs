@@ -62,7 +62,7 @@ test("chat probe: on by default, blocks a harmful request by itself; chatProbe: 
   assert.match(r.withoutChat, /^TypeError: chatProbe was given without a chat model/);
   // The safety adapters come with the probe by default, answering from a score below its
   // threshold; an ordinary question scores under it and is answered by the model as it is.
-  assert.equal(r.probe.safetyAdaptersFrom, null); // off by default (see guard.js)
+  assert.ok(r.probe.safetyAdaptersFrom > 0 && r.probe.safetyAdaptersFrom < r.probe.threshold, JSON.stringify(r.probe));
   assert.ok(r.withAdaptersProbe.safetyAdaptersFrom > 0 && r.withAdaptersProbe.safetyAdaptersFrom < r.withAdaptersProbe.threshold, JSON.stringify(r.withAdaptersProbe));
   assert.equal(r.france.safetyAdapters, false);
   assert.equal(r.noAdaptersProbe.safetyAdaptersFrom, null);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use webguard::generate::GenerateOptions;
 use webguard::rng::shuffle;
-use webguard::tune::refusals::is_refusal;
+use webguard::text::refusal::is_refusal;
 use webguard::{Error, Result};
 
 use crate::common::{Progress, read_jsonl};

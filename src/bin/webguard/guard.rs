@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use webguard::generate::GenerateOptions;
 use webguard::guard::{ModeratedReply, Policy, moderated_chat};
 use webguard::text::chat_template::Message;
-use webguard::tune::refusals::is_refusal;
+use webguard::text::refusal::is_refusal;
 use webguard::{ChatModel, Error, Filter, Result};
 
 use crate::common::{Progress, read, read_jsonl};
@@ -39,7 +39,8 @@ pub struct AnswerArgs {
     #[arg(long)]
     no_probe: bool,
     /// Safety adapters the model answers with when its probe scores the conversation at
-    /// least `--safety-adapters-from` but below the probe's threshold (the second line).
+    /// least `--safety-adapters-from` but below the probe's threshold and their answer
+    /// refuses (the second line; otherwise the model answers without them).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/chat-safety-adapters.safetensors"))]
     safety_adapters: PathBuf,
     /// Answer every conversation with the model as it is (no safety adapters).
@@ -200,7 +201,7 @@ pub fn run_guard(models: &Path, args: GuardArgs) -> Result<()> {
         if reply.safety_adapters {
             lines.push(
                 "answered with the safety adapters (the conversation scored close to the probe's \
-                 threshold)"
+                 threshold, and their answer refuses)"
                     .into(),
             );
         }

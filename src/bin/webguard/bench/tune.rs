@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use webguard::backend::{Backend, BackendChoice};
 use webguard::models::lora::LoraConfig;
+use webguard::text::refusal::is_refusal;
 use webguard::tune::TuneOptions;
 use webguard::tune::chat::ChatTuneOptions;
 use webguard::tune::filter::LabelExample;
 use webguard::tune::refusals::{
     BENIGN_TRAIN_PAIRS, DUAL_USE_TRAIN_REQUESTS, HARMFUL_TRAIN_PROMPTS, REPEAT_HARMFUL,
-    RefusalData, dual_use_requests, is_refusal, refusal_data, refusal_rate, training_pairs,
+    RefusalData, dual_use_requests, refusal_data, refusal_rate, training_pairs,
 };
 use webguard::{ChatModel, Filter, Result};
 
