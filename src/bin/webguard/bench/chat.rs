@@ -194,9 +194,12 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
         // The quantised engine first (before burn's path widens its weights on the GPU).
         match model.gpu_engine() {
             Ok(engine) => {
-                // Warm-up (kernel compilation), then the measured run.
+                // Warm-up (kernel compilation: prefill's and one decode step's, whose
+                // products are other kernel variants), then the measured run.
                 let mut seq = engine.new_sequence();
                 engine.step(&mut seq, &prompt[..prompt_tokens.min(8)])?;
+                pollster::block_on(engine.argmax(&mut seq))?;
+                engine.step_picked(&mut seq)?;
                 pollster::block_on(engine.argmax(&mut seq))?;
                 drop(seq);
                 let mut seq = engine.new_sequence();
