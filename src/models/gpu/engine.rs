@@ -4,7 +4,7 @@
 //! One step over `n` new positions (`n = 1` when decoding) is, per block: RMSNorm + QKV
 //! (one stacked Q4_1 matrix), RoPE + KV write, attention, output projection + residual,
 //! RMSNorm + gate/up + SwiGLU, down projection + residual: 6 dispatches. Around the blocks:
-//! the embedding lookup, the final RMSNorm + logits of the last position, and (greedy) the
+//! the embedding lookup, the final RMSNorm of the last position, its logits, and (greedy) the
 //! argmax. Nothing is read back until the caller asks for the token (8 bytes) or the logits.
 //! The KV cache is `max_positions` long from the start (2,048), so a step never reallocates
 //! nor copies it; the RoPE angles are an f64-computed table (GPUs' `sin`/`cos` are only
@@ -605,25 +605,38 @@ impl Engine {
             }
         }
         let e = &self.embedding;
+        // The last position normalised once (1 dispatch), then the logits read it directly.
+        let xn = client.empty(d * 4);
         // SAFETY: every index the kernel computes is inside its buffers (sized above from
         // the same shapes), so the bounds checks `launch` adds are dropped.
+        unsafe {
+            kernels::final_norm::launch_unchecked(
+                client,
+                CubeCount::Static(1, 1, 1),
+                lanes,
+                arg(&x, n * d),
+                arg(&self.output_norm, d),
+                arg(&xn, d),
+                n - 1,
+                eps,
+                d,
+            )
+        };
+        // SAFETY: as above.
         unsafe {
             kernels::logits_q8_0::launch_unchecked(
                 client,
                 CubeCount::Static(e.rows as u32 / ROWS, 1, 1),
                 CubeDim::new_1d(ROWS),
-                arg(&x, n * d),
-                arg(&self.output_norm, d),
+                arg(&xn, d),
                 arg(&e.words, e.rows * d / 16),
                 arg(&e.scales, e.scale_words),
                 arg(&seq.logits, c.vocab_size),
-                n - 1,
                 e.rows,
-                eps,
                 d,
             )
         };
-        self.launched(1);
+        self.launched(2);
         seq.len += n;
         seq.ready = true;
         seq.picked_token = None;

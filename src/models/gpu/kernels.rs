@@ -27,7 +27,9 @@
 //! Fusions (each a single dispatch): RMSNorm + projection (the workgroup normalises its
 //! position itself: 576 values, cheaper than a dispatch), projection + residual add, RMSNorm +
 //! gate/up + SwiGLU, RoPE + KV-cache write, the whole attention of one head and position
-//! (scores, softmax, weighted values) and argmax over the vocabulary.
+//! (scores, softmax, weighted values) and argmax over the vocabulary. The final RMSNorm is
+//! its own small dispatch ([`final_norm`]): the logits' 768 workgroups then read it directly
+//! instead of each normalising the input again.
 
 // `#[cube(launch_unchecked)]` generates a module and launch items per kernel that cannot carry docs.
 #![allow(missing_docs)]
@@ -207,7 +209,7 @@ fn dot_q4_1(
 fn dot_q8_0(
     words: &[Quad],
     scales: &[u32],
-    xs: &Shared<[f32]>,
+    xs: &[f32],
     row: usize,
     rows: usize,
     #[comptime] cols: usize,
@@ -380,41 +382,54 @@ pub fn swiglu_q4_1(
     }
 }
 
-/// `out[r] = W[r] · RMSNorm(x[p])` for a Q8_0 matrix at one position `p` (the logits of the
-/// last position against the tied embedding; `rows` a multiple of [`ROWS`]): grid
-/// `(rows / ROWS)` of [`ROWS`] invocations.
+/// `xn = RMSNorm(x[p])` (`cols` values; one workgroup of [`LANES`]): the logits' input,
+/// normalised once for all of [`logits_q8_0`]'s workgroups.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub fn logits_q8_0(
+pub fn final_norm(
     x: &[f32],
     norm_w: &[f32],
-    words: &[Quad],
-    scales: &[u32],
-    out: &mut [f32],
+    xn: &mut [f32],
     p: usize,
-    rows: usize,
     eps: f32,
     #[comptime] cols: usize,
 ) {
-    let mut xs = Shared::new_slice(cols);
-    let mut sums = Shared::new_slice(1usize);
-    let mut scratch = Shared::new_slice(ROWS as usize);
-    stage_input(
-        x,
-        norm_w,
-        &mut xs,
-        &mut sums,
-        &mut scratch,
-        p,
-        eps,
-        0usize,
-        cols,
-        ROWS as usize,
-        true,
-        false,
-    );
+    let mut scratch = Shared::new_slice(LANES as usize);
+    let tid = UNIT_POS as usize;
+    let base = p * cols;
+    let mut squares = 0.0f32;
+    let mut c = tid;
+    while c < cols {
+        let v = x[base + c];
+        squares += v * v;
+        c += LANES as usize;
+    }
+    let total = workgroup_sum(squares, &mut scratch, LANES as usize);
+    let rms = f32::sqrt(total / f32::cast_from(cols) + eps);
+    let mut c = tid;
+    while c < cols {
+        xn[c] = x[base + c] / rms * norm_w[c];
+        c += LANES as usize;
+    }
+}
+
+/// `out[r] = W[r] · xn` for a Q8_0 matrix (the logits against the tied embedding; `rows` a
+/// multiple of [`ROWS`]): grid `(rows / ROWS)` of [`ROWS`] invocations. `xn` is read at
+/// constant addresses straight from its buffer (one load broadcast to 8 invocations on
+/// lavapipe): no workgroup memory and no barrier. Staging and normalising the input in each
+/// of the 768 workgroups, as the block products do, made the logits 2x slower on lavapipe
+/// (34 vs 17 ms a token); the block products have 9 to 24 workgroups, and reading their
+/// input this way (no staging) did not make them faster there.
+#[cube(launch_unchecked)]
+pub fn logits_q8_0(
+    xn: &[f32],
+    words: &[Quad],
+    scales: &[u32],
+    out: &mut [f32],
+    rows: usize,
+    #[comptime] cols: usize,
+) {
     let row = CUBE_POS_X as usize * ROWS as usize + UNIT_POS as usize;
-    out[row] = dot_q8_0(words, scales, &xs, row, rows, cols);
+    out[row] = dot_q8_0(words, scales, xn, row, rows, cols);
 }
 
 /// `x[p] = embedding row tokens[p]` (Q8_0, stored as for [`logits_q8_0`]: `words` is the
