@@ -315,8 +315,8 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
     let blocks = on_gpu.model.config().layers as u64;
     assert_eq!(
         engine.stats().dispatches - before,
-        1 + 6 * blocks + 1 + 1,
-        "embedding, 6 per block, logits, one copy for the repeated tap"
+        1 + 6 * blocks + 2 + 1,
+        "embedding, 6 per block, final norm and logits, one copy for the repeated tap"
     );
     let got = pollster::block_on(engine.states(&seq)).unwrap();
     let want = pollster::block_on(on_cpu.prompt_states(&ids, &[a, b])).unwrap();

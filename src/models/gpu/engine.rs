@@ -4,7 +4,7 @@
 //! One step over `n` new positions (`n = 1` when decoding) is, per block: RMSNorm + QKV
 //! (one stacked Q4_1 matrix), RoPE + KV write, attention, output projection + residual,
 //! RMSNorm + gate/up + SwiGLU, down projection + residual: 6 dispatches. Around the blocks:
-//! the embedding lookup, the final RMSNorm + logits of the last position, and (greedy) the
+//! the embedding lookup, the final RMSNorm of the last position, its logits, and (greedy) the
 //! argmax. Nothing is read back until the caller asks for the token (8 bytes) or the logits.
 //! The KV cache is `max_positions` long from the start (2,048), so a step never reallocates
 //! nor copies it; the RoPE angles are an f64-computed table (GPUs' `sin`/`cos` are only
@@ -25,11 +25,6 @@ use crate::weights::gguf::Gguf;
 
 /// Positions a [`Sequence`]'s KV cache holds.
 pub const MAX_POSITIONS: usize = 2048;
-
-const _: () = assert!(
-    ROWS == LANES,
-    "the products stage their input with LANES invocations"
-);
 
 struct Layer {
     attn_norm: Handle,
@@ -184,6 +179,13 @@ impl Engine {
                         m.quant
                     )));
                 }
+                // The products have no branch for rows past the end (see `kernels`).
+                if !m.rows.is_multiple_of(ROWS as usize) {
+                    return Err(Error::Backend(format!(
+                        "the GPU engine's products need rows in multiples of {ROWS}; block {i} has a matrix of {}",
+                        m.rows
+                    )));
+                }
                 weight_bytes += m.bytes;
             }
             weight_bytes += 2 * d * 4;
@@ -194,6 +196,13 @@ impl Engine {
             return Err(Error::Backend(format!(
                 "the GPU engine reads the embedding as Q8_0; this file's is {:?}",
                 embedding.quant
+            )));
+        }
+        // The logits kernel has no branch for rows past the end and reads blocks in pairs.
+        if !c.vocab_size.is_multiple_of(ROWS as usize) || !d.is_multiple_of(64) {
+            return Err(Error::Backend(format!(
+                "the GPU engine's logits need a vocabulary in multiples of {ROWS} and a width in multiples of 64 ({} and {d} here)",
+                c.vocab_size
             )));
         }
         weight_bytes += embedding.bytes + d * 4;
@@ -393,6 +402,7 @@ impl Engine {
         let ctx = client.empty(n * d * 4);
         let h = client.empty(n * ffn * 4);
         let lanes = CubeDim::new_1d(LANES);
+        let rows_dim = CubeDim::new_1d(ROWS);
         // Positions per workgroup in the products: 1 when decoding; in prefill as many as fit
         // in 12 KB of staged inputs (4 of 576 values, 2 of 1,536), under WebGPU's 16 KB.
         let tile = |cols: usize| if n == 1 { 1 } else { (3072 / cols).clamp(1, 4) };
@@ -424,7 +434,7 @@ impl Engine {
         for (l, w) in self.layers.iter().enumerate() {
             let q4 = |m: &QMatrix| {
                 (
-                    arg(&m.words, m.rows * m.cols / 8),
+                    arg(&m.words, m.rows * m.cols / 32),
                     arg(&m.scales, m.scale_words),
                 )
             };
@@ -435,7 +445,7 @@ impl Engine {
                 kernels::matvec_q4_1::launch_unchecked(
                     client,
                     grid(width, d),
-                    lanes,
+                    rows_dim,
                     arg(&x, n * d),
                     arg(&w.attn_norm, d),
                     qw,
@@ -444,7 +454,6 @@ impl Engine {
                     arg(&self.no_states, 1),
                     n,
                     width,
-                    d,
                     eps,
                     0,
                     d,
@@ -504,7 +513,7 @@ impl Engine {
                 kernels::matvec_q4_1::launch_unchecked(
                     client,
                     grid(d, d),
-                    lanes,
+                    rows_dim,
                     arg(&ctx, n * d),
                     arg(&w.attn_norm, d),
                     ow,
@@ -512,7 +521,6 @@ impl Engine {
                     arg(&x, n * d),
                     arg(&self.no_states, 1),
                     n,
-                    d,
                     d,
                     eps,
                     0,
@@ -530,7 +538,7 @@ impl Engine {
                 kernels::swiglu_q4_1::launch_unchecked(
                     client,
                     grid(ffn, d),
-                    lanes,
+                    rows_dim,
                     arg(&x, n * d),
                     arg(&w.ffn_norm, d),
                     gw,
@@ -538,7 +546,6 @@ impl Engine {
                     arg(&h, n * ffn),
                     n,
                     ffn,
-                    d,
                     eps,
                     d,
                     tile(d),
@@ -559,7 +566,7 @@ impl Engine {
                 kernels::matvec_q4_1::launch_unchecked(
                     client,
                     grid(d, ffn),
-                    lanes,
+                    rows_dim,
                     arg(&h, n * ffn),
                     arg(&w.ffn_norm, d),
                     dw,
@@ -568,7 +575,6 @@ impl Engine {
                     states,
                     n,
                     d,
-                    ffn,
                     eps,
                     first.unwrap_or(0),
                     ffn,
@@ -599,26 +605,38 @@ impl Engine {
             }
         }
         let e = &self.embedding;
+        // The last position normalised once (1 dispatch), then the logits read it directly.
+        let xn = client.empty(d * 4);
         // SAFETY: every index the kernel computes is inside its buffers (sized above from
         // the same shapes), so the bounds checks `launch` adds are dropped.
         unsafe {
-            kernels::logits_q8_0::launch_unchecked(
+            kernels::final_norm::launch_unchecked(
                 client,
-                CubeCount::Static(e.rows.div_ceil(ROWS as usize) as u32, 1, 1),
+                CubeCount::Static(1, 1, 1),
                 lanes,
                 arg(&x, n * d),
                 arg(&self.output_norm, d),
-                arg(&e.words, e.rows * d / 4),
-                arg(&e.scales, e.scale_words),
-                arg(&seq.logits, c.vocab_size),
+                arg(&xn, d),
                 n - 1,
-                e.rows,
-                d,
                 eps,
                 d,
             )
         };
-        self.launched(1);
+        // SAFETY: as above.
+        unsafe {
+            kernels::logits_q8_0::launch_unchecked(
+                client,
+                CubeCount::Static(e.rows as u32 / ROWS, 1, 1),
+                CubeDim::new_1d(ROWS),
+                arg(&xn, d),
+                arg(&e.words, e.rows * d / 16),
+                arg(&e.scales, e.scale_words),
+                arg(&seq.logits, c.vocab_size),
+                e.rows,
+                d,
+            )
+        };
+        self.launched(2);
         seq.len += n;
         seq.ready = true;
         seq.picked_token = None;

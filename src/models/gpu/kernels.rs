@@ -7,17 +7,29 @@
 //! reductions go through workgroup memory.
 //!
 //! Products run **one invocation per output row** (a workgroup of [`ROWS`] rows): a row's dot
-//! product reads its blocks one after the other, the input vectors sit in workgroup memory,
-//! and there is no cross-invocation reduction at all. For prefill the same kernels take
-//! `tile` positions per workgroup (a comptime constant: 1 when decoding, up to 4 in prefill;
-//! at most 12 KB of inputs, under WebGPU's 16 KB): each weight is unpacked once and multiplied
-//! with every staged position, and the grid's second dimension covers the positions, so a
-//! prefill is still one dispatch per product (a simple mat-mat: no tiling over columns).
+//! product reads its blocks one after the other, 16 bytes (a Q4_1 block, half a Q8_0 block)
+//! per load, the input vectors sit in workgroup memory, and there is no cross-invocation
+//! reduction at all. For prefill the same kernels take `tile`
+//! positions per workgroup (a comptime constant: 1 when decoding, up to 4 in prefill; at most
+//! 12 KB of inputs, under WebGPU's 16 KB): each weight is unpacked once and multiplied with
+//! every staged position, and the grid's second dimension covers the positions, so a prefill
+//! is still one dispatch per product (a simple mat-mat: no tiling over columns).
+//!
+//! **Why the products are unrolled** over a row (the width is a comptime constant, and no
+//! branch encloses the dot product): CPU implementations of Vulkan (lavapipe's llvmpipe, Mesa
+//! 22.3 here) run 8 invocations per SIMD vector and turn every load whose address is not a
+//! compile-time constant, or that sits in a loop or a branch, into a loop over the 8
+//! invocations with a branch per value; a load at a constant address outside control flow is
+//! one scalar load broadcast to all 8. Unrolled, every read of the staged input (32 per block
+//! and row, the bulk of the loads) is a constant address; only the weights' 16-byte loads and
+//! scales stay per invocation. A GPU sees the same straight-line code (and fewer, wider loads).
 //!
 //! Fusions (each a single dispatch): RMSNorm + projection (the workgroup normalises its
 //! position itself: 576 values, cheaper than a dispatch), projection + residual add, RMSNorm +
 //! gate/up + SwiGLU, RoPE + KV-cache write, the whole attention of one head and position
-//! (scores, softmax, weighted values) and argmax over the vocabulary.
+//! (scores, softmax, weighted values) and argmax over the vocabulary. The final RMSNorm is
+//! its own small dispatch ([`final_norm`]): the logits' 768 workgroups then read it directly
+//! instead of each normalising the input again.
 
 // `#[cube(launch_unchecked)]` generates a module and launch items per kernel that cannot carry docs.
 #![allow(missing_docs)]
@@ -26,35 +38,43 @@ use cubecl::prelude::*;
 
 use super::half;
 
-/// Rows (invocations) per workgroup of the products.
+/// Rows (invocations) per workgroup of the products (the logits' included). Each workgroup
+/// stages (normalises) its input itself, so narrower workgroups stage it more often, and on
+/// lavapipe wider ones ran slower: the logits took 94 ms a token with 256 rows per
+/// workgroup, 34 ms with 64 and 64 ms with 32 (the block products 1.6x slower with 32).
 pub const ROWS: u32 = 64;
 /// Invocations of the reductions (RMSNorm statistics, attention, argmax).
 pub const LANES: u32 = 64;
 /// Values per quantisation block.
 pub const BLOCK: usize = 32;
 
-/// Sum of `v` over the workgroup's [`LANES`] invocations, through `scratch` (every
-/// invocation gets the total).
+/// Four u32 words read with one load: a Q4_1 block's quants, half a Q8_0 block's.
+pub type Quad = Vector<u32, Const<4>>;
+
+/// Sum of `v` over the workgroup's `lanes` invocations, through `scratch` (every invocation
+/// gets the total). Unrolled: every read is at a constant address (see the module docs).
 #[cube]
-fn workgroup_sum(v: f32, scratch: &mut Shared<[f32]>) -> f32 {
+fn workgroup_sum(v: f32, scratch: &mut Shared<[f32]>, #[comptime] lanes: usize) -> f32 {
     let tid = UNIT_POS as usize;
     scratch[tid] = v;
     sync_cube();
     let mut total = 0.0f32;
-    for i in 0..LANES as usize {
+    #[unroll]
+    for i in 0..lanes {
         total += scratch[i];
     }
     sync_cube();
     total
 }
 
-/// Maximum of `v` over the workgroup (as [`workgroup_sum`]).
+/// Maximum of `v` over the workgroup's [`LANES`] invocations (as [`workgroup_sum`]).
 #[cube]
 fn workgroup_max(v: f32, scratch: &mut Shared<[f32]>) -> f32 {
     let tid = UNIT_POS as usize;
     scratch[tid] = v;
     sync_cube();
     let mut best = scratch[0];
+    #[unroll]
     for i in 1..LANES as usize {
         best = max(best, scratch[i]);
     }
@@ -63,9 +83,11 @@ fn workgroup_max(v: f32, scratch: &mut Shared<[f32]>) -> f32 {
 }
 
 /// Copies position `p` of `x` (`cols` wide) into slot `slot` of `xs` (`cols` per slot),
-/// RMS-normalised with `norm_w` when `norm`, and each block's sum into slot `slot` of `sums`.
-/// Every invocation of the workgroup takes part (it has barriers: call it uniformly).
+/// RMS-normalised with `norm_w` when `norm`, and (when `block_sums`) each block's sum into
+/// slot `slot` of `sums`. Every invocation of the workgroup (`lanes` of them) takes part (it
+/// has barriers: call it uniformly).
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn stage_input(
     x: &[f32],
     norm_w: &[f32],
@@ -73,10 +95,12 @@ fn stage_input(
     sums: &mut Shared<[f32]>,
     scratch: &mut Shared<[f32]>,
     p: usize,
-    slot: usize,
-    cols: usize,
     eps: f32,
+    #[comptime] slot: usize,
+    #[comptime] cols: usize,
+    #[comptime] lanes: usize,
     #[comptime] norm: bool,
+    #[comptime] block_sums: bool,
 ) {
     let tid = UNIT_POS as usize;
     let base = p * cols;
@@ -87,55 +111,58 @@ fn stage_input(
         while c < cols {
             let v = x[base + c];
             squares += v * v;
-            c += LANES as usize;
+            c += lanes;
         }
-        let total = workgroup_sum(squares, scratch);
+        let total = workgroup_sum(squares, scratch, lanes);
         let rms = f32::sqrt(total / f32::cast_from(cols) + eps);
         let mut c = tid;
         while c < cols {
             xs[to + c] = x[base + c] / rms * norm_w[c];
-            c += LANES as usize;
+            c += lanes;
         }
     } else {
         let mut c = tid;
         while c < cols {
             xs[to + c] = x[base + c];
-            c += LANES as usize;
+            c += lanes;
         }
     }
     sync_cube();
-    // Each block's sum (Q4_1's minimums multiply it): once here, not once per row.
-    let mut b = tid;
-    while b < cols / BLOCK {
-        let mut s = 0.0f32;
-        for i in 0..BLOCK {
-            s += xs[to + b * BLOCK + i];
+    if block_sums {
+        // Each block's sum (Q4_1's minimums multiply it): once here, not once per row.
+        let mut b = tid;
+        while b < cols / BLOCK {
+            let mut s = 0.0f32;
+            for i in 0..BLOCK {
+                s += xs[to + b * BLOCK + i];
+            }
+            sums[slot * (cols / BLOCK) + b] = s;
+            b += lanes;
         }
-        sums[slot * (cols / BLOCK) + b] = s;
-        b += LANES as usize;
+        sync_cube();
     }
-    sync_cube();
 }
 
 /// Row `row` of a Q4_1 matrix (`rows` x `cols`) · each of the `tile` staged inputs, into
-/// `acc[0..tile]`: value = scale · nibble + min; a block's 4 words hold values 0..16 in their
-/// bytes' low nibbles and 16..32 in the high ones, and its scale and minimum are the f16
-/// halves of one word of `scales`. Each weight is unpacked once and used for
+/// `acc[0..tile]`: value = scale · nibble + min; a block's 4 words (one [`Quad`]) hold values
+/// 0..16 in their bytes' low nibbles and 16..32 in the high ones, and its scale and minimum
+/// are the f16 halves of one word of `scales`. Each weight is unpacked once and used for
 /// every staged position (prefill: `tile` positions per weight read; decode: 1). Stored
-/// column-major by word (see [`super::weights`]): neighbouring invocations (rows) read
-/// neighbouring words, one coalesced load on a GPU and one vector load on lavapipe.
+/// column-major by block (see [`super::weights`]): neighbouring invocations (rows) read
+/// neighbouring blocks. Unrolled over the row, so every `xs`/`sums` index is a constant (see
+/// the module docs); call it outside any branch.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn dot_q4_1(
-    words: &[u32],
+    words: &[Quad],
     scales: &[u32],
     xs: &Shared<[f32]>,
     sums: &Shared<[f32]>,
     row: usize,
     rows: usize,
-    cols: usize,
     acc: &mut Array<f32>,
     qx: &mut Array<f32>,
+    #[comptime] cols: usize,
     #[comptime] tile: usize,
 ) {
     let per_row = cols / BLOCK;
@@ -143,15 +170,17 @@ fn dot_q4_1(
     for t in 0..tile {
         acc[t] = 0.0;
     }
+    #[unroll]
     for b in 0..per_row {
-        let x0 = b * BLOCK;
+        let quad = words[b * rows + row];
+        let dm = scales[b * rows + row];
         #[unroll]
         for t in 0..tile {
             qx[t] = 0.0;
         }
         #[unroll]
         for w in 0..4usize {
-            let word = words[(b * 4 + w) * rows + row];
+            let word = quad.extract(w);
             #[unroll]
             for k in 0..4usize {
                 let byte = (word >> (8 * k as u32)) & 0xff;
@@ -159,12 +188,11 @@ fn dot_q4_1(
                 let hi = f32::cast_from(byte >> 4);
                 #[unroll]
                 for t in 0..tile {
-                    let at = t * cols + x0 + 4 * w + k;
+                    let at = t * cols + b * BLOCK + 4 * w + k;
                     qx[t] += lo * xs[at] + hi * xs[at + 16];
                 }
             }
         }
-        let dm = scales[b * rows + row];
         let d = half::unpack(dm, false);
         let m = half::unpack(dm, true);
         #[unroll]
@@ -174,69 +202,76 @@ fn dot_q4_1(
     }
 }
 
-/// Row `row` of a Q8_0 matrix · `xs`: value = scale · signed byte, 8 words per block; the
-/// f16 scales of blocks `2j` and `2j + 1` share word `j` of the row in `scales`.
+/// Row `row` of a Q8_0 matrix · `xs`: value = scale · signed byte, 8 words (two [`Quad`]s)
+/// per block; the f16 scales of blocks `2j` and `2j + 1` share word `j` of the row in
+/// `scales` (`cols` is a whole number of block pairs). Unrolled as [`dot_q4_1`].
 #[cube]
 fn dot_q8_0(
-    words: &[u32],
+    words: &[Quad],
     scales: &[u32],
-    xs: &Shared<[f32]>,
+    xs: &[f32],
     row: usize,
     rows: usize,
-    cols: usize,
+    #[comptime] cols: usize,
 ) -> f32 {
-    let per_row = cols / BLOCK;
     let mut acc = 0.0f32;
-    for b in 0..per_row {
-        let x0 = b * BLOCK;
-        let mut qx = 0.0f32;
+    #[unroll]
+    for pair in 0..cols / (2 * BLOCK) {
+        let dd = scales[pair * rows + row];
         #[unroll]
-        for w in 0..8usize {
-            let word = words[(b * 8 + w) * rows + row];
+        for h in 0..2usize {
+            let b = 2 * pair + h;
+            let mut qx = 0.0f32;
             #[unroll]
-            for k in 0..4usize {
-                let byte = (word >> (8 * k as u32)) & 0xff;
-                let mut q = f32::cast_from(byte);
-                if byte > 127 {
-                    q -= 256.0;
+            for half_block in 0..2usize {
+                let quad = words[(2 * b + half_block) * rows + row];
+                #[unroll]
+                for w in 0..4usize {
+                    let word = i32::reinterpret(quad.extract(w));
+                    #[unroll]
+                    for k in 0..4usize {
+                        // Byte k, sign-extended: shifted to the top, then arithmetically down.
+                        let q = f32::cast_from((word << (24 - 8 * k as i32)) >> 24);
+                        qx += q * xs[b * BLOCK + 16 * half_block + 4 * w + k];
+                    }
                 }
-                qx += q * xs[x0 + 4 * w + k];
             }
+            acc += half::unpack(dd, h == 1) * qx;
         }
-        acc += half::unpack(scales[(b / 2) * rows + row], b % 2 == 1) * qx;
     }
     acc
 }
 
-/// `out[p, r] (+)= W[r] · norm?(x[p])` for a Q4_1 matrix: grid `(rows / ROWS, positions /
-/// tile)`, `tile` positions per workgroup. `residual` adds to `out` (the residual stream)
-/// instead of writing it; `tap` (with `residual`) also copies the last position's new row
-/// into row `slot` of `states` (what the probes read after a block: the down projection
-/// writes it, so no separate copy dispatch is needed; untapped launches bind any buffer).
+/// `out[p, r] (+)= W[r] · norm?(x[p])` for a Q4_1 matrix (`rows` a multiple of [`ROWS`]):
+/// grid `(rows / ROWS, positions / tile)`, `tile` positions per workgroup. `residual` adds to
+/// `out` (the residual stream) instead of writing it; `tap` (with `residual`) also copies the
+/// last position's new row into row `slot` of `states` (what the probes read after a block:
+/// the down projection writes it, so no separate copy dispatch is needed; untapped launches
+/// bind any buffer).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_q4_1(
     x: &[f32],
     norm_w: &[f32],
-    words: &[u32],
+    words: &[Quad],
     scales: &[u32],
     out: &mut [f32],
     states: &mut [f32],
     n: usize,
     rows: usize,
-    cols: usize,
     eps: f32,
     slot: usize,
-    #[comptime] max_cols: usize,
+    #[comptime] cols: usize,
     #[comptime] norm: bool,
     #[comptime] residual: bool,
     #[comptime] tile: usize,
     #[comptime] tap: bool,
 ) {
-    let mut xs = Shared::new_slice(tile * max_cols);
-    let mut sums = Shared::new_slice(tile * max_cols / BLOCK);
-    let mut scratch = Shared::new_slice(LANES as usize);
+    let mut xs = Shared::new_slice(tile * cols);
+    let mut sums = Shared::new_slice(tile * cols / BLOCK);
+    let mut scratch = Shared::new_slice(ROWS as usize);
     let p0 = CUBE_POS_Y as usize * tile;
+    #[unroll]
     for t in 0..tile {
         // Past the last position: stage the last one again (barriers stay uniform).
         let p = min(p0 + t, n - 1);
@@ -247,32 +282,33 @@ pub fn matvec_q4_1(
             &mut sums,
             &mut scratch,
             p,
+            eps,
             t,
             cols,
-            eps,
+            ROWS as usize,
             norm,
+            true,
         );
     }
+    // Every row exists (rows is a multiple of ROWS): no branch around the dot product.
     let row = CUBE_POS_X as usize * ROWS as usize + UNIT_POS as usize;
-    if row < rows {
-        let mut acc = Array::<f32>::new(tile);
-        let mut qx = Array::<f32>::new(tile);
-        dot_q4_1(
-            words, scales, &xs, &sums, row, rows, cols, &mut acc, &mut qx, tile,
-        );
-        #[unroll]
-        for t in 0..tile {
-            let p = p0 + t;
-            if p < n {
-                if residual {
-                    let v = out[p * rows + row] + acc[t];
-                    out[p * rows + row] = v;
-                    if tap && p == n - 1 {
-                        states[slot * rows + row] = v;
-                    }
-                } else {
-                    out[p * rows + row] = acc[t];
+    let mut acc = Array::<f32>::new(tile);
+    let mut qx = Array::<f32>::new(tile);
+    dot_q4_1(
+        words, scales, &xs, &sums, row, rows, &mut acc, &mut qx, cols, tile,
+    );
+    #[unroll]
+    for t in 0..tile {
+        let p = p0 + t;
+        if p < n {
+            if residual {
+                let v = out[p * rows + row] + acc[t];
+                out[p * rows + row] = v;
+                if tap && p == n - 1 {
+                    states[slot * rows + row] = v;
                 }
+            } else {
+                out[p * rows + row] = acc[t];
             }
         }
     }
@@ -286,20 +322,20 @@ pub fn matvec_q4_1(
 pub fn swiglu_q4_1(
     x: &[f32],
     norm_w: &[f32],
-    words: &[u32],
+    words: &[Quad],
     scales: &[u32],
     h: &mut [f32],
     n: usize,
     rows: usize,
-    cols: usize,
     eps: f32,
-    #[comptime] max_cols: usize,
+    #[comptime] cols: usize,
     #[comptime] tile: usize,
 ) {
-    let mut xs = Shared::new_slice(tile * max_cols);
-    let mut sums = Shared::new_slice(tile * max_cols / BLOCK);
-    let mut scratch = Shared::new_slice(LANES as usize);
+    let mut xs = Shared::new_slice(tile * cols);
+    let mut sums = Shared::new_slice(tile * cols / BLOCK);
+    let mut scratch = Shared::new_slice(ROWS as usize);
     let p0 = CUBE_POS_Y as usize * tile;
+    #[unroll]
     for t in 0..tile {
         let p = min(p0 + t, n - 1);
         stage_input(
@@ -309,81 +345,95 @@ pub fn swiglu_q4_1(
             &mut sums,
             &mut scratch,
             p,
+            eps,
             t,
             cols,
-            eps,
+            ROWS as usize,
+            true,
             true,
         );
     }
     let row = CUBE_POS_X as usize * ROWS as usize + UNIT_POS as usize;
-    if row < rows {
-        let mut g = Array::<f32>::new(tile);
-        let mut u = Array::<f32>::new(tile);
-        let mut qx = Array::<f32>::new(tile);
-        let stacked = 2 * rows;
-        dot_q4_1(
-            words, scales, &xs, &sums, row, stacked, cols, &mut g, &mut qx, tile,
-        );
-        dot_q4_1(
-            words,
-            scales,
-            &xs,
-            &sums,
-            rows + row,
-            stacked,
-            cols,
-            &mut u,
-            &mut qx,
-            tile,
-        );
-        #[unroll]
-        for t in 0..tile {
-            let p = p0 + t;
-            if p < n {
-                h[p * rows + row] = g[t] / (1.0 + f32::exp(-g[t])) * u[t];
-            }
+    let mut g = Array::<f32>::new(tile);
+    let mut u = Array::<f32>::new(tile);
+    let mut qx = Array::<f32>::new(tile);
+    let stacked = 2 * rows;
+    dot_q4_1(
+        words, scales, &xs, &sums, row, stacked, &mut g, &mut qx, cols, tile,
+    );
+    dot_q4_1(
+        words,
+        scales,
+        &xs,
+        &sums,
+        rows + row,
+        stacked,
+        &mut u,
+        &mut qx,
+        cols,
+        tile,
+    );
+    #[unroll]
+    for t in 0..tile {
+        let p = p0 + t;
+        if p < n {
+            h[p * rows + row] = g[t] / (1.0 + f32::exp(-g[t])) * u[t];
         }
     }
 }
 
-/// `out[r] = W[r] · RMSNorm(x[p])` for a Q8_0 matrix at one position `p` (the logits of the
-/// last position against the tied embedding): grid `(rows / ROWS)`.
+/// `xn = RMSNorm(x[p])` (`cols` values; one workgroup of [`LANES`]): the logits' input,
+/// normalised once for all of [`logits_q8_0`]'s workgroups.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub fn logits_q8_0(
+pub fn final_norm(
     x: &[f32],
     norm_w: &[f32],
-    words: &[u32],
-    scales: &[u32],
-    out: &mut [f32],
+    xn: &mut [f32],
     p: usize,
-    rows: usize,
-    cols: usize,
     eps: f32,
-    #[comptime] max_cols: usize,
+    #[comptime] cols: usize,
 ) {
-    let mut xs = Shared::new_slice(max_cols);
-    let mut sums = Shared::new_slice(max_cols / BLOCK);
     let mut scratch = Shared::new_slice(LANES as usize);
-    stage_input(
-        x,
-        norm_w,
-        &mut xs,
-        &mut sums,
-        &mut scratch,
-        p,
-        0,
-        cols,
-        eps,
-        true,
-    );
-    let row = CUBE_POS_X as usize * ROWS as usize + UNIT_POS as usize;
-    if row < rows {
-        out[row] = dot_q8_0(words, scales, &xs, row, rows, cols);
+    let tid = UNIT_POS as usize;
+    let base = p * cols;
+    let mut squares = 0.0f32;
+    let mut c = tid;
+    while c < cols {
+        let v = x[base + c];
+        squares += v * v;
+        c += LANES as usize;
+    }
+    let total = workgroup_sum(squares, &mut scratch, LANES as usize);
+    let rms = f32::sqrt(total / f32::cast_from(cols) + eps);
+    let mut c = tid;
+    while c < cols {
+        xn[c] = x[base + c] / rms * norm_w[c];
+        c += LANES as usize;
     }
 }
 
-/// `x[p] = embedding row tokens[p]` (Q8_0): grid `(positions)`.
+/// `out[r] = W[r] · xn` for a Q8_0 matrix (the logits against the tied embedding; `rows` a
+/// multiple of [`ROWS`]): grid `(rows / ROWS)` of [`ROWS`] invocations. `xn` is read at
+/// constant addresses straight from its buffer (one load broadcast to 8 invocations on
+/// lavapipe): no workgroup memory and no barrier. Staging and normalising the input in each
+/// of the 768 workgroups, as the block products do, made the logits 2x slower on lavapipe
+/// (34 vs 17 ms a token); the block products have 9 to 24 workgroups, and reading their
+/// input this way (no staging) did not make them faster there.
+#[cube(launch_unchecked)]
+pub fn logits_q8_0(
+    xn: &[f32],
+    words: &[Quad],
+    scales: &[u32],
+    out: &mut [f32],
+    rows: usize,
+    #[comptime] cols: usize,
+) {
+    let row = CUBE_POS_X as usize * ROWS as usize + UNIT_POS as usize;
+    out[row] = dot_q8_0(words, scales, xn, row, rows, cols);
+}
+
+/// `x[p] = embedding row tokens[p]` (Q8_0, stored as for [`logits_q8_0`]: `words` is the
+/// same buffer read a word at a time): grid `(positions)`.
 #[cube(launch_unchecked)]
 pub fn embed_q8_0(
     tokens: &[u32],
@@ -399,7 +449,9 @@ pub fn embed_q8_0(
     while c < cols {
         let b = c / BLOCK;
         let within = c % BLOCK;
-        let word = words[(b * 8 + within / 4) * rows + id];
+        // Word `j` of the row is component `j % 4` of its group `j / 4`.
+        let j = b * 8 + within / 4;
+        let word = words[((j / 4) * rows + id) * 4 + j % 4];
         let byte = (word >> (8 * (within % 4) as u32)) & 0xff;
         let mut q = f32::cast_from(byte);
         if byte > 127 {
@@ -562,7 +614,7 @@ pub fn attention(
         sum += e;
         t += LANES as usize;
     }
-    let sum = workgroup_sum(sum, &mut scratch);
+    let sum = workgroup_sum(sum, &mut scratch, LANES as usize);
     let mut acc = 0.0f32;
     for t in 0..start {
         acc += scores[t] * load(v_cache, cache0 + t * kv_dim + tid, f16);

@@ -1,8 +1,9 @@
 //! The GGUF's quantised blocks uploaded as they are: per matrix one buffer of u32 words (the
 //! quants) and one of the blocks' f16 scales (and Q4_1's minimums) packed two to a u32 word,
-//! each stored column-major (word `w` of every row, then word `w + 1`): the products run one
-//! row per invocation, so neighbouring invocations then read neighbouring words (coalesced),
-//! where row-major blocks made every load a gather.
+//! each stored column-major: the quants by groups of 4 words (16 bytes: a Q4_1 block, half a
+//! Q8_0 block; group `g` of every row, then group `g + 1`), the scales by word. The products
+//! run one row per invocation and read a group per load, so neighbouring invocations read
+//! neighbouring groups (coalesced), where row-major blocks made every load a gather.
 //!
 //! Why this layout: WebGPU storage buffers are arrays of 4-byte words, so the quants are
 //! regrouped word-aligned (a Q8_0 block is 34 bytes in the file: 2 of scale, 32 of quants).
@@ -140,11 +141,12 @@ impl HostBlocks {
         let quant = self
             .quant
             .ok_or_else(|| Error::Backend("no matrix to upload".into()))?;
-        // Column-major by word and by block: invocation `r` of a product reads row `r`, so
-        // neighbouring invocations read neighbouring words.
+        // Column-major by 4-word group (a Q4_1 block, half a Q8_0 block) and by scale word:
+        // invocation `r` of a product reads row `r` a group at a time (one 16-byte load), so
+        // neighbouring invocations read neighbouring groups.
         let rows = self.rows;
-        let words = client.create_from_slice(u32::as_bytes(&transpose(&self.words, rows)));
-        let scales = client.create_from_slice(u32::as_bytes(&transpose(&self.scales, rows)));
+        let words = client.create_from_slice(u32::as_bytes(&transpose(&self.words, rows, 4)));
+        let scales = client.create_from_slice(u32::as_bytes(&transpose(&self.scales, rows, 1)));
         Ok(QMatrix {
             quant,
             rows: self.rows,
@@ -157,11 +159,17 @@ impl HostBlocks {
     }
 }
 
-/// `values` (`rows` rows, row-major) column-major.
-fn transpose<T: Copy>(values: &[T], rows: usize) -> Vec<T> {
+/// `values` (`rows` rows, row-major) column-major by groups of `group` values: group `g` of
+/// every row, then group `g + 1` (each group's values stay in order).
+fn transpose<T: Copy>(values: &[T], rows: usize, group: usize) -> Vec<T> {
     let per_row = values.len() / rows;
-    (0..per_row)
-        .flat_map(|c| (0..rows).map(move |r| values[r * per_row + c]))
+    (0..per_row / group)
+        .flat_map(|g| {
+            (0..rows).flat_map(move |r| {
+                let at = r * per_row + g * group;
+                values[at..at + group].iter().copied()
+            })
+        })
         .collect()
 }
 

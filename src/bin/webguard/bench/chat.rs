@@ -53,6 +53,11 @@ pub struct ChatBench {
     /// lavapipe).
     #[arg(long)]
     engine_only: bool,
+    /// On a GPU, after the measured run, time each of the engine's kernels over this many more
+    /// decoded tokens (one at a time: the device waits for each) and print where a token's
+    /// time goes.
+    #[arg(long, default_value_t = 0)]
+    profile_tokens: usize,
 }
 
 /// Counts every kernel launch, burn's included.
@@ -63,6 +68,102 @@ impl cubecl::logging::LaunchObserver for Launches {
     fn launched(&self, _kernel: &'static str) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Times every launch one at a time (the issuing thread waits for each), in order.
+#[derive(Default)]
+struct KernelTimes {
+    names: std::sync::Mutex<Vec<&'static str>>,
+    times: std::sync::Mutex<Vec<(f64, cubecl::logging::TimingMethod)>>,
+}
+
+impl cubecl::logging::LaunchObserver for KernelTimes {
+    fn launched(&self, kernel: &'static str) {
+        self.names.lock().unwrap().push(kernel);
+    }
+
+    fn timing(&self) -> cubecl::logging::TimingRequest {
+        cubecl::logging::TimingRequest::Resolved
+    }
+
+    fn timed(
+        &self,
+        _kernel: &'static str,
+        duration: cubecl::logging::Duration,
+        method: cubecl::logging::TimingMethod,
+    ) {
+        self.times
+            .lock()
+            .unwrap()
+            .push((duration.as_secs_f64(), method));
+    }
+}
+
+/// `tokens` greedy decode steps with every kernel timed, summed per kernel (the engine's
+/// three Q4_1 products per block told apart by their order: QKV, output, down), printed.
+fn profile_engine(
+    engine: &webguard::models::gpu::Engine,
+    seq: &mut webguard::models::gpu::Sequence,
+    tokens: usize,
+) -> Result<()> {
+    let times = Arc::new(KernelTimes::default());
+    let observing = cubecl::logging::LaunchObservation::new(times.clone());
+    for _ in 0..tokens {
+        engine.step_picked(seq)?;
+        pollster::block_on(engine.argmax(seq))?;
+    }
+    drop(observing);
+    let names = times.names.lock().unwrap().clone();
+    let timed = times.times.lock().unwrap().clone();
+    if names.len() != timed.len() {
+        return Err(Error::Backend(format!(
+            "{} launches but {} timings",
+            names.len(),
+            timed.len()
+        )));
+    }
+    let mut rows: Vec<(String, usize, f64)> = Vec::new();
+    let mut products = 0;
+    for (name, (secs, _)) in names.iter().zip(&timed) {
+        // `...::kernels::matvec_q4_1::...` → `matvec_q4_1`.
+        let mut short = name
+            .split("::")
+            .skip_while(|part| *part != "kernels")
+            .nth(1)
+            .unwrap_or(name)
+            .to_string();
+        if short == "embed_q8_0" {
+            products = 0;
+        }
+        if short == "matvec_q4_1" {
+            short += [" (QKV)", " (output)", " (down)"][products % 3];
+            products += 1;
+        }
+        match rows.iter_mut().find(|r| r.0 == short) {
+            Some(row) => {
+                row.1 += 1;
+                row.2 += secs;
+            }
+            None => rows.push((short, 1, *secs)),
+        }
+    }
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    let method = timed.first().map(|t| format!("{:?}", t.1));
+    println!(
+        "  per-kernel profile over {tokens} decoded tokens ({} timing, kernels one at a time): {:.1} ms/token",
+        method.unwrap_or_default(),
+        total * 1e3 / tokens as f64
+    );
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    for (name, launches, secs) in rows {
+        println!(
+            "    {name:<24} {:>5.1} launches/token {:>8.2} ms/token {:>5.1}%",
+            launches as f64 / tokens as f64,
+            secs * 1e3 / tokens as f64,
+            100.0 * secs / total
+        );
+    }
+    Ok(())
 }
 
 /// One backend and path's figures.
@@ -194,9 +295,12 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
         // The quantised engine first (before burn's path widens its weights on the GPU).
         match model.gpu_engine() {
             Ok(engine) => {
-                // Warm-up (kernel compilation), then the measured run.
+                // Warm-up (kernel compilation: prefill's and one decode step's, whose
+                // products are other kernel variants), then the measured run.
                 let mut seq = engine.new_sequence();
                 engine.step(&mut seq, &prompt[..prompt_tokens.min(8)])?;
+                pollster::block_on(engine.argmax(&mut seq))?;
+                engine.step_picked(&mut seq)?;
                 pollster::block_on(engine.argmax(&mut seq))?;
                 drop(seq);
                 let mut seq = engine.new_sequence();
@@ -247,6 +351,14 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
                 });
                 if !args.json {
                     runs.last().map(Run::print);
+                }
+                if args.profile_tokens > 0 {
+                    if seq.len() + args.profile_tokens > engine.max_positions() {
+                        return Err(Error::InvalidInput(
+                            "--profile-tokens: past the engine's cache".into(),
+                        ));
+                    }
+                    profile_engine(engine, &mut seq, args.profile_tokens)?;
                 }
             }
             Err(reason) if gpu => {
