@@ -4,10 +4,11 @@
 #   ./build.sh setup   toolchain targets, wasm-bindgen-cli (pinned to Cargo.lock), Debian packages
 #                      (chromium, mesa-vulkan-drivers), npm packages, Python reference tools, models
 #   ./build.sh build   native release build + three wasm32 modules -> pkg/ (wasm-bindgen --target web,
-#                      wasm-opt), then what each page downloads (scripts/sizes.mjs)
+#                      wasm-opt), then what each page downloads (scripts/sizes.mjs); each of
+#                      webguard's crates is linted by clippy as it compiles (warnings are errors)
 #   ./build.sh wasm-threads   only the threaded module (part of build; its own target folder)
 #   ./build.sh serve   setup + build, then serve the demo on 127.0.0.1 with COOP/COEP headers
-#   ./build.sh test    setup + build + every test: format, lints, native, references, browser
+#   ./build.sh test    setup + build + every test: format, layering, native, references, browser
 #   ./build.sh bench [ARGS]     browser benchmark: classify and chat on WebGPU and the CPU (wasm)
 #                      next to wllama on the same GGUF, and a moderated chat turn next to the
 #                      unmoderated answer (scripts/bench-browser.mjs ARGS, e.g. --guard-only)
@@ -31,6 +32,12 @@ export PATH="$TOOLS/bin:$HOME/.cargo/bin:$PATH"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$CACHE/xdg-runtime}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
+# cargo for webguard's own crates, each linted by clippy (warnings are errors) just before rustc
+# compiles it (scripts/rustc-with-clippy.sh): every build and test build here is also the lint
+# run, in each configuration (native with the tests, the three wasm modules). Dependencies are
+# never linted; the wrapper is part of cargo's fingerprint, so a plain `cargo build` of the same
+# crate is a separate artifact and never counts as linted.
+cargo_linted() { RUSTC_WORKSPACE_WRAPPER="$ROOT/scripts/rustc-with-clippy.sh" cargo "$@"; }
 step() { printf '\n==> %s [%s]\n' "$*" "$(date +%H:%M:%S)"; }
 die() { echo "error: $*" >&2; exit 1; }
 
@@ -136,8 +143,12 @@ optimize_wasm() {
 
 build() {
   local opt="${WASM_OPT:--O1}"
+  # The threaded module shares no crate build with the others (atomics, its own std), so it
+  # compiles beside them from the start: one cargo alone leaves a core idle through burn's and
+  # wgpu's chains of crates (notes/cold-path-s4.md).
+  compile_wasm_threads_bg
   step "cargo build --release (native)"
-  cargo build --release
+  cargo_linted build --release
   # Two wasm modules from one crate (issue 18): webguard.js without the `tune` feature
   # (autodiff and the optimiser: the smaller first download every page takes) and
   # webguard_tune.js with it (fetched when a page first tunes). The `wasm` profile builds cold
@@ -147,12 +158,13 @@ build() {
   for variant in core tune; do
     if [ "$variant" = core ]; then name=webguard features="--no-default-features --features webgpu"; else name=webguard_tune features=; fi
     step "cargo build --profile wasm --target wasm32-unknown-unknown $features"
-    cargo build --profile wasm --lib --target wasm32-unknown-unknown $features
+    cargo_linted build --profile wasm --lib --target wasm32-unknown-unknown $features
     step "wasm-bindgen --target web -> pkg/$name.js"
     wasm-bindgen --target web --out-dir pkg --out-name "$name" "$wasm_out/webguard.wasm"
     optimize_wasm_bg "pkg/${name}_bg.wasm" "$opt"
   done
-  build_wasm_threads "$opt"
+  wait_compile_wasm_threads
+  bindgen_wasm_threads "$opt"
   # The package ships the filter heads and the chat probe (guard.js loads them from next to
   # itself by default).
   cp assets/filter-heads.safetensors assets/chat-probe.safetensors assets/chat-safety-adapters.safetensors pkg/
@@ -171,16 +183,45 @@ build() {
 # single-threaded module can grow to), which guard-worker.js loads on cross-origin isolated
 # pages and shares with its helper workers (guard-thread.js). Its own target folder: every crate
 # differs (atomics, a rebuilt std), so it would only evict the other builds' artifacts.
-build_wasm_threads() {
-  local opt="${1:-${WASM_OPT:--O1}}"
-  local target="$CARGO_TARGET_DIR/wasm-threads"
+WASM_THREADS_TARGET="$CARGO_TARGET_DIR/wasm-threads"
+compile_wasm_threads() {
   step "cargo +$NIGHTLY build --profile wasm --target wasm32-unknown-unknown --no-default-features (threads, -Z build-std)"
   # RUSTFLAGS replaces .cargo/config.toml's flags for the target: they are repeated here.
-  CARGO_TARGET_DIR="$target" RUSTFLAGS="--cfg getrandom_backend=\"wasm_js\" $WASM_THREADS_FLAGS" \
-    cargo "+$NIGHTLY" build --profile wasm --lib --target wasm32-unknown-unknown --no-default-features \
+  CARGO_TARGET_DIR="$WASM_THREADS_TARGET" RUSTFLAGS="--cfg getrandom_backend=\"wasm_js\" $WASM_THREADS_FLAGS" \
+    cargo_linted "+$NIGHTLY" build --profile wasm --lib --target wasm32-unknown-unknown --no-default-features \
     -Z build-std=panic_abort,std
+}
+# In the background, its output to a log that is shown if it fails (interleaved with the other
+# builds' it would be unreadable).
+WASM_THREADS_PID=
+WASM_THREADS_LOG="$CACHE/wasm-threads-build.log"
+compile_wasm_threads_bg() {
+  step "threaded module compiling in the background (log: $WASM_THREADS_LOG)"
+  mkdir -p "$CACHE"
+  compile_wasm_threads >"$WASM_THREADS_LOG" 2>&1 &
+  WASM_THREADS_PID=$!
+  # A failure of the other builds ends the script: the background cargo goes with it.
+  trap 'stop_compile_wasm_threads' EXIT
+}
+stop_compile_wasm_threads() {
+  [ -n "$WASM_THREADS_PID" ] || return 0
+  pkill -TERM -P "$WASM_THREADS_PID" 2>/dev/null || true
+  kill "$WASM_THREADS_PID" 2>/dev/null || true
+}
+wait_compile_wasm_threads() {
+  [ -n "$WASM_THREADS_PID" ] || return 0
+  step "waiting for the threaded module's compile"
+  if ! wait "$WASM_THREADS_PID"; then
+    tail -n 60 "$WASM_THREADS_LOG" >&2
+    die "the threaded module did not compile (whole log: $WASM_THREADS_LOG)"
+  fi
+  WASM_THREADS_PID=
+  grep -E "^(==>|\s+Finished)" "$WASM_THREADS_LOG" || true
+}
+bindgen_wasm_threads() {
+  local opt="${1:-${WASM_OPT:--O1}}"
   step "wasm-bindgen --target web -> pkg/webguard_threads.js"
-  wasm-bindgen --target web --out-dir pkg --out-name webguard_threads "$target/wasm32-unknown-unknown/wasm/webguard.wasm"
+  wasm-bindgen --target web --out-dir pkg --out-name webguard_threads "$WASM_THREADS_TARGET/wasm32-unknown-unknown/wasm/webguard.wasm"
   optimize_wasm_bg pkg/webguard_threads_bg.wasm "$opt" --enable-threads
 }
 
@@ -191,21 +232,10 @@ WASM_THREADS_FLAGS="-C target-feature=+atomics,+bulk-memory,+simd128 -C link-arg
 -C link-arg=--max-memory=4294967296 -C link-arg=--import-memory -C link-arg=--export=__wasm_init_tls \
 -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
 
-clippy_wasm_threads() {
-  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-threads" RUSTFLAGS="--cfg getrandom_backend=\"wasm_js\" $WASM_THREADS_FLAGS" \
-    cargo "+$NIGHTLY" clippy --profile wasm --lib --target wasm32-unknown-unknown --no-default-features \
-    -Z build-std=panic_abort,std -- -D warnings
-}
-
 run_tests() {
   step "cargo fmt --check; layering (scripts/check-layers.sh)"
   cargo fmt --all -- --check
   scripts/check-layers.sh
-  step "cargo clippy (native and wasm32, warnings are errors)"
-  cargo clippy --release --all-targets -- -D warnings
-  cargo clippy --release --lib --target wasm32-unknown-unknown -- -D warnings
-  cargo clippy --release --lib --target wasm32-unknown-unknown --no-default-features --features webgpu -- -D warnings
-  clippy_wasm_threads
   step "references: scripts/make-references.py reproduces tests/reference/"
   local tmp; tmp="$(mktemp -d)"
   "$VENV/bin/python" scripts/make-references.py "$WEBGUARD_MODELS" --out "$tmp" >/dev/null
@@ -214,8 +244,8 @@ run_tests() {
       || die "tests/reference/$(basename "$f") differs from what scripts/make-references.py produces now"
   done
   rm -rf "$tmp"
-  step "native tests (cargo test --release)"
-  cargo test --release
+  step "native tests (cargo test --release; the tests linted on the way)"
+  cargo_linted test --release
   step "browser tests (headless Chromium, playwright-core)"
   (cd "$NODE_DIR" && node --test --test-concurrency=1 ./*.test.mjs)
 }
@@ -224,7 +254,7 @@ cmd="${1:-}"
 case "$cmd" in
   setup) setup ;;
   build) setup; build ;;
-  wasm-threads) setup_rust; setup_node; build_wasm_threads; wait_wasm_opt ;;
+  wasm-threads) setup_rust; setup_node; compile_wasm_threads; bindgen_wasm_threads; wait_wasm_opt ;;
   serve)
     setup; build
     step "serving"
