@@ -8,10 +8,12 @@
 // moderated-turn comparison. --threads 1,2 (issue 15) runs only the CPU chat in a worker, once
 // per count and round (--thread-runs, alternating): 1 is the single-threaded module
 // (webguard.js), N > 1 the threaded one (webguard_threads.js, N threads), "1t" the threaded
-// module on one thread (the cost of building with atomics); medians side by side.
+// module on one thread (the cost of building with atomics); wllama runs in the same rounds
+// with each numeric count (its pthreads build for N > 1; --no-wllama skips it); medians and
+// ratios side by side.
 //
 //   node scripts/bench-browser.mjs [--webgpu-tokens 4] [--tokens 64] [--guard-tokens 128]
-//     [--guard-runs 3] [--guard-only] [--skip-webgpu] [--threads 1,2 [--thread-runs 3]] [--json]
+//     [--guard-runs 3] [--guard-only] [--skip-webgpu] [--threads 1,2 [--thread-runs 3] [--no-wllama]] [--json]
 import { openBrowser, load } from "../tests/browser/browser.mjs";
 
 const arg = (name, fallback) => {
@@ -56,19 +58,35 @@ try {
   const threadsList = process.argv.includes("--threads") ? process.argv[process.argv.indexOf("--threads") + 1].split(",") : null;
   if (threadsList) {
     log(`  chat cpu (wasm) in a worker, by threads: ${TOKENS} new tokens, ${arg("--thread-runs", 3)} alternating rounds; crossOriginIsolated ${await b.page.evaluate(() => self.crossOriginIsolated)}`);
+    // wllama with the same thread counts (its pthreads build; "1t" has no counterpart), run
+    // in the same rounds so load from elsewhere falls on both (--no-wllama skips it).
+    const peerCounts = flag("--no-wllama") ? [] : [...new Set(threadsList.filter((t) => /^\d+$/.test(t)))];
     const runs = Object.fromEntries(threadsList.map((t) => [t, []]));
+    const peerRuns = Object.fromEntries(peerCounts.map((t) => [t, []]));
     for (let round = 0; round < arg("--thread-runs", 3); round++) {
       for (const t of threadsList) {
         const r = await ev("workerChat", t === "1" ? "single" : "threads", Number.parseInt(t, 10), MESSAGE, TOKENS);
         runs[t].push(r);
         log(`    round ${round + 1}, ${t === "1" ? "1 thread (webguard.js)" : `${r.threads} thread(s) (webguard_threads.js)`}: prompt ${r.promptTokens} tokens, prefill ${r.prefillPerSecond.toFixed(1)} tokens/s, decode ${r.decodePerSecond.toFixed(2)} tokens/s (${r.tokens} tokens)${r.module === "threads" ? `; helpers joined ${r.joined} products` : ""}`);
       }
+      for (const t of peerCounts) {
+        const r = await ev("wllamaChat", MESSAGE, TOKENS, Number.parseInt(t, 10));
+        if (r.threads !== Number.parseInt(t, 10)) throw new Error(`wllama ran on ${r.threads} thread(s), asked for ${t}`);
+        peerRuns[t].push(r);
+        log(`    round ${round + 1}, wllama ${t} thread(s): prompt ${r.promptTokens} tokens, prefill ${r.prefillPerSecond.toFixed(1)} tokens/s, decode ${r.decodePerSecond.toFixed(2)} tokens/s (${r.tokens} tokens)`);
+      }
     }
+    const medians = (list) => ({ prefillPerSecond: median(list.map((r) => r.prefillPerSecond)), decodePerSecond: median(list.map((r) => r.decodePerSecond)) });
     for (const t of threadsList) {
-      const m = (k) => median(runs[t].map((r) => r[k]));
-      const row = { what: "threads", threads: t, module: runs[t][0].module, prefillPerSecond: m("prefillPerSecond"), decodePerSecond: m("decodePerSecond"), runs: runs[t] };
+      const row = { what: "threads", threads: t, module: runs[t][0].module, ...medians(runs[t]), runs: runs[t] };
       rows.push(row);
       log(`  median ${t}: prefill ${row.prefillPerSecond.toFixed(1)} tokens/s, decode ${row.decodePerSecond.toFixed(2)} tokens/s`);
+    }
+    for (const t of peerCounts) {
+      const peer = { what: "threads", who: "wllama", threads: t, ...medians(peerRuns[t]), runs: peerRuns[t] };
+      rows.push(peer);
+      const ours = rows.find((r) => r.what === "threads" && r.threads === t && !r.who);
+      log(`  median wllama ${t}: prefill ${peer.prefillPerSecond.toFixed(1)} tokens/s, decode ${peer.decodePerSecond.toFixed(2)} tokens/s; ratio webguard / wllama at ${t} thread(s): prefill ${(ours.prefillPerSecond / peer.prefillPerSecond).toFixed(2)}, decode ${(ours.decodePerSecond / peer.decodePerSecond).toFixed(2)}`);
     }
   } else {
     add({ what: "guard", ...(await ev("guardChat", MESSAGE, GUARD_TOKENS, GUARD_RUNS)) });

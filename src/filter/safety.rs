@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn both_exchange_lists_load_with_a_pool_for_every_split() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = &crate::source_checkout();
         for list in ExchangeList::ALL {
             let (e, (file, _)) = exchanges(root, list).unwrap();
             assert_eq!(file, format!("data/{}", list.file()));

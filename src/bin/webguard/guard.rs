@@ -494,7 +494,7 @@ pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
             )));
         }
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &webguard::source_checkout();
     let (all, _) = requests(&args.data, root, args.seed)?;
     let list = ExchangeList::parse(&args.exchanges)?;
     let exchanges = if args.after_a_turn {

@@ -261,7 +261,7 @@ pub fn run(models: &Path, args: TrainFilterArgs) -> Result<()> {
     let lora = args.lora(&config);
     // The heads' width: LoRA runs train their own heads.
     let hidden = lora.as_ref().map_or(config.hidden, |l| l.config.hidden);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &webguard::source_checkout();
     let seed = config.seed;
     let data = Dataset::load(&args.data, root, seed)?;
     eprintln!(

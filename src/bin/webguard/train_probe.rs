@@ -403,7 +403,7 @@ fn report(
 
 pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     let layers = parse_layers(&args.layers)?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &webguard::source_checkout();
     let (requests, mut files) = requests(&args.data, root, args.seed)?;
     // Pages send whole conversations, and the probe reads the last prompt token's states,
     // which earlier turns change: each request is also judged after a benign exchange of

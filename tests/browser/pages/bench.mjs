@@ -99,17 +99,20 @@ window.bench = {
     g.free();
     return out;
   },
-  /** The same for wllama, single-threaded, on the CPU, with the same rendered prompt. */
-  async wllamaChat(message, maxTokens) {
+  /** The same for wllama on the CPU, with the same rendered prompt: `threads` 1 is its
+   *  single-threaded path; more uses its pthreads (the page is cross-origin isolated; wllama
+   *  falls back to one thread otherwise, which `threads` in the result reports). */
+  async wllamaChat(message, maxTokens, threads = 1) {
     const wllama = new Wllama({ default: "/tests/browser/node_modules/@wllama/wllama/esm/wasm/wllama.wasm" }, { suppressNativeLog: true });
-    await wllama.loadModelFromUrl(GGUF, { n_threads: 1, n_gpu_layers: 0, n_ctx: 1024, useCache: false });
+    await wllama.loadModelFromUrl(GGUF, { n_threads: threads, n_gpu_layers: 0, n_ctx: 1024, useCache: false });
+    const usedThreads = wllama.isMultithread() ? wllama.getNumThreads() : 1;
     await wllama.createCompletion({ prompt: "Hi", max_tokens: 2, temperature: 0 });
     const prompt = `<|im_start|>system\n${SYSTEM}<|im_end|>\n<|im_start|>user\n${message}<|im_end|>\n<|im_start|>assistant\n`;
     const r = await wllama.createCompletion({ prompt, max_tokens: maxTokens, temperature: 0, cache_prompt: false });
     const t = r.timings;
     await wllama.exit();
     return {
-      promptTokens: t.prompt_n, tokens: t.predicted_n, ttftMs: t.prompt_ms + t.predicted_per_token_ms,
+      threads: usedThreads, promptTokens: t.prompt_n, tokens: t.predicted_n, ttftMs: t.prompt_ms + t.predicted_per_token_ms,
       prefillPerSecond: t.prompt_per_second, decodePerSecond: t.predicted_per_second,
     };
   },

@@ -426,7 +426,7 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
         peak_rss_mb() / file_mb
     );
     if let Some(python) = &args.python {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llamacpp-peer.py");
+        let script = webguard::source_checkout().join("scripts/llamacpp-peer.py");
         let mut command = std::process::Command::new(python);
         command
             .arg(&script)

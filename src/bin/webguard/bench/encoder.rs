@@ -151,7 +151,7 @@ fn run(subject: Subject, models: &Path, args: &EncoderBench) -> Result<()> {
         let file = std::env::temp_dir().join(format!("webguard-bench-{}.json", std::process::id()));
         std::fs::write(&file, serde_json::to_string(&texts).unwrap_or_default())
             .map_err(|e| Error::io(&file, e))?;
-        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+        let scripts = webguard::source_checkout().join("scripts");
         let mut command = std::process::Command::new(python);
         match &subject {
             Subject::Embed => command.arg(scripts.join("bench-embeddings.py")),

@@ -90,7 +90,7 @@ pub struct TuneBench {
 
 /// The spoiler examples of tests/data/tune.
 fn spoiler_examples() -> Result<Vec<LabelExample>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tune/spoiler-train.jsonl");
+    let path = webguard::source_checkout().join("tests/data/tune/spoiler-train.jsonl");
     read_jsonl(&path, r#"{"text", "label", "value"}"#)
 }
 
@@ -174,7 +174,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// requests with dangerous-sounding words) before and after tuning.
 fn refusal_experiment(models: &Path, b: &TuneBench, data: &RefusalData) -> Result<()> {
     let (mut chat, backend) = load_chat(models, "cpu", None)?;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = &webguard::source_checkout();
     let (dual_train, dual_eval) = dual_use_requests(repo, b.dual_use, b.seed)?;
     println!(
         "refusal experiment on {backend}: train {} AdvBench prompts with refusals, {} self-instruct pairs{}, {} dual-use requests with the model's own answers; {} steps of {} pairs, learning rate {}, LoRA rank {} on {}; evaluate {} AdvBench and {} self-instruct prompts not trained on (and {} held-out dual-use requests), greedy, {} tokens",
