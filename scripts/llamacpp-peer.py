@@ -61,6 +61,7 @@ def bench(a):
 def compare(a):
     ref = json.loads((ROOT / "tests" / "reference" / "llama_smollm2.json").read_text())
     llm = load(a.threads, logits_all=True)
+    totals = [0, 0]
     for case in ref["cases"]:
         llm.reset()
         llm.eval(case["ids"])
@@ -78,9 +79,21 @@ def compare(a):
             step = np.array(llm.scores[llm.n_tokens - 1])
         same = sum(1 for x, y in zip(greedy, case["greedy"]) if x == y)
         first_diff = next((i for i, (x, y) in enumerate(zip(greedy, case["greedy"])) if x != y), None)
+        # Teacher-forced: the reference's own continuation fed in one pass; at each position,
+        # is the top logit the reference's next token? (Each position judged on its own: one
+        # early difference does not decide the rest, unlike free-running greedy.)
+        llm.reset()
+        llm.eval(case["ids"] + case["greedy"][:-1])
+        start = len(case["ids"]) - 1
+        forced = sum(1 for i, want_id in enumerate(case["greedy"])
+                     if int(np.argmax(llm.scores[start + i])) == want_id)
+        totals[0] += forced
+        totals[1] += len(case["greedy"])
         print(f"{case['prompt']!r}: max |logit - float64 ref| {np.abs(logits[ids] - want).max():.3f}, "
               f"greedy tokens equal to the reference: {same}/{len(case['greedy'])}"
-              + ("" if first_diff is None else f" (first difference at {first_diff})"))
+              + ("" if first_diff is None else f" (first difference at {first_diff})")
+              + f"; teacher-forced top-1 equal: {forced}/{len(case['greedy'])}")
+    print(f"teacher-forced top-1 equal to the reference, all prompts: {totals[0]}/{totals[1]}")
 
 
 def main():

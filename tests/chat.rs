@@ -197,3 +197,59 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
     // Different sentence ends have different states (each row is its own token).
     assert_ne!(whole[0], whole[1]);
 }
+
+/// Generated tokens run in plain loops over host vectors (`host_step`) by default; burn's ops
+/// (the prompt's path) are the reference: same logits and states up to f32 summation order,
+/// through a cache that moves between the two forms (a second prompt on the same cache after
+/// generated tokens, then more tokens) and a cache cloned half-way.
+#[test]
+fn generated_tokens_in_host_loops_equal_burns_ops_through_turns_and_clones() {
+    use webguard::models::packed::Precision;
+    let mut loops = common::chat_model();
+    let mut ops = common::chat_model();
+    loops.model.set_precision(Precision::Exact);
+    ops.model.set_precision(Precision::Exact);
+    ops.model.set_host_steps(false);
+    let layers = [3, 20];
+    let step = |ids: &[u32], a: &mut webguard::models::llama::KvCache, b: &mut webguard::models::llama::KvCache| {
+        let (la, sa) = loops.model.forward_with_states(ids, a, &layers).unwrap();
+        let (lb, sb) = ops.model.forward_with_states(ids, b, &layers).unwrap();
+        let read = |t: burn::tensor::Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+        let (la, lb) = (read(la), read(lb));
+        let worst = max_relative_diff(&lb, &la);
+        assert!(worst < 1e-3, "logits after {ids:?}: worst relative difference {worst}");
+        for (x, y) in sa.into_iter().zip(sb) {
+            let worst = max_relative_diff(&read(y), &read(x));
+            assert!(worst < 1e-3, "states after {ids:?}: worst relative difference {worst}");
+        }
+        assert_eq!(a.len(), b.len());
+        // The greedy pick, fed to both next.
+        la.iter()
+            .enumerate()
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map(|(i, _)| i as u32)
+            .unwrap()
+    };
+    let (mut a, mut b) = (loops.model.new_cache(), ops.model.new_cache());
+    let prompt = loops.user_prompt_ids("Name three rivers in Europe.").unwrap();
+    let mut next = step(&prompt, &mut a, &mut b);
+    let mut clone = None;
+    for i in 0..12 {
+        next = step(&[next], &mut a, &mut b);
+        if i == 5 {
+            clone = Some((a.clone(), b.clone(), next));
+        }
+    }
+    // A second prompt on the same caches (burn's path for several positions), then tokens.
+    let turn = loops.tokenizer.encode("\nAnd three in Asia?").unwrap();
+    next = step(&turn, &mut a, &mut b);
+    for _ in 0..4 {
+        next = step(&[next], &mut a, &mut b);
+    }
+    // The clones continue from where they were taken, unaffected by what followed.
+    let (mut a, mut b, mut next) = clone.unwrap();
+    for _ in 0..4 {
+        next = step(&[next], &mut a, &mut b);
+    }
+    assert!(loops.model.largest_attention_scores() > 0);
+}

@@ -2,8 +2,8 @@
 //! (scripts/make-llama-reference.py -> tests/reference/llama_smollm2.json): prompt ids, the
 //! next-token logits after prefill (64 most likely ids plus every 193rd id, and the
 //! log-sum-exp over all 49,152), and 32-token greedy continuations through the KV cache —
-//! exactly with [`Precision::Exact`], and within measured bounds with the default 8-bit
-//! activations ([`Precision::Int8`]).
+//! exactly with [`Precision::Exact`], and within measured bounds with the default 16-bit
+//! activations ([`Precision::Int16`]) and the selectable 8-bit ones ([`Precision::Int8`]).
 
 mod common;
 
@@ -29,6 +29,9 @@ struct Run {
     worst_logit: f64,
     greedy: Vec<u32>,
     want: Vec<u32>,
+    /// Teacher-forced: positions of the reference's continuation (fed token by token through
+    /// the cache) where the model's top logit is the reference's next token.
+    forced: usize,
 }
 
 fn run(precision: Precision) -> Vec<Run> {
@@ -91,11 +94,25 @@ fn run(precision: Precision) -> Vec<Run> {
             let l = model.forward(&[next], &mut cache).unwrap();
             step = pollster::block_on(read_f32(l.reshape([vocab]))).unwrap();
         }
+        let argmax = |l: burn::tensor::Tensor<2>| {
+            let l = pollster::block_on(read_f32(l.reshape([vocab]))).unwrap();
+            l.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as u32
+        };
+        let mut cache = model.new_cache();
+        let mut forced = usize::from(argmax(model.forward(&ids, &mut cache).unwrap()) == want[0]);
+        for pair in want.windows(2) {
+            forced += usize::from(argmax(model.forward(&pair[..1], &mut cache).unwrap()) == pair[1]);
+        }
         runs.push(Run {
             prompt: prompt.to_string(),
             worst_logit: worst,
             greedy: got,
             want,
+            forced,
         });
     }
     runs
@@ -117,27 +134,46 @@ fn logits_and_greedy_continuations_match_numpy() {
     eprintln!("worst logit abs diff vs numpy float64: {worst:.2e}");
 }
 
-/// Greedy tokens equal to the exact model's, position by position (the reference's, which
-/// the exact model reproduces), the number compared, and the worst logit difference after
-/// prefill, printed per prompt.
-fn agreement(precision: Precision) -> (usize, usize, f64) {
-    let (mut same, mut total, mut worst) = (0, 0, 0.0f64);
+/// Agreement with the exact model (the reference's tokens, which the exact model reproduces),
+/// printed per prompt.
+struct Agreement {
+    /// Free-running greedy tokens equal, position by position.
+    same: usize,
+    /// Teacher-forced top-1 equal.
+    forced: usize,
+    /// Positions compared.
+    total: usize,
+    /// Worst logit difference after prefill.
+    worst: f64,
+}
+
+fn agreement(precision: Precision) -> Agreement {
+    let mut a = Agreement {
+        same: 0,
+        forced: 0,
+        total: 0,
+        worst: 0.0,
+    };
     for r in run(precision) {
         let equal = r.greedy.iter().zip(&r.want).filter(|(a, b)| a == b).count();
         eprintln!(
-            "{precision:?} {}: {equal}/{} greedy tokens equal, worst logit diff {:.4}",
+            "{precision:?} {}: {equal}/{} greedy tokens equal, teacher-forced {}/{}, worst logit diff {:.4}",
             r.prompt,
+            r.want.len(),
+            r.forced,
             r.want.len(),
             r.worst_logit
         );
-        same += equal;
-        total += r.want.len();
-        worst = worst.max(r.worst_logit);
+        a.same += equal;
+        a.forced += r.forced;
+        a.total += r.want.len();
+        a.worst = a.worst.max(r.worst_logit);
     }
     eprintln!(
-        "{precision:?}: {same}/{total} greedy tokens equal to exact, worst logit diff {worst:.4}"
+        "{precision:?}: {}/{} greedy tokens equal to exact, teacher-forced {}/{}, worst logit diff {:.4}",
+        a.same, a.total, a.forced, a.total, a.worst
     );
-    (same, total, worst)
+    a
 }
 
 /// The default 16-bit activations against the exact model (which the float64 reference is, to
@@ -148,19 +184,28 @@ fn agreement(precision: Precision) -> (usize, usize, f64) {
 /// whole units, and 8-bit activations already move them by ~1).
 #[test]
 fn int16_products_give_the_exact_model_s_answers() {
-    let (same, total, worst) = agreement(Precision::Int16);
-    assert!(worst <= 0.02, "worst logit difference {worst}");
-    assert_eq!(same, total, "greedy tokens equal to the exact model's");
+    let a = agreement(Precision::Int16);
+    assert!(a.worst <= 0.02, "worst logit difference {}", a.worst);
+    assert_eq!(a.same, a.total, "greedy tokens equal to the exact model's");
+    assert_eq!(a.forced, a.total, "teacher-forced top-1 equal to the exact model's");
 }
 
-/// 8-bit activations (llama.cpp's scheme; selectable, not the default): measured 54/99 tokens
-/// equal and logits within 1.0; the test holds them to what llama.cpp does (46/99, 1.33).
+/// 8-bit activations (llama.cpp's scheme; selectable, not the default). Teacher-forced (the
+/// reference's continuation fed in, each position judged on its own) they pick the exact
+/// model's next token at 90-91 of 99 positions here, through burn's ops or the host loops;
+/// llama.cpp on the same GGUF 95/99 (`scripts/llamacpp-peer.py compare`), logits after prefill
+/// within 1.33 (ours 0.92). A wrong block, scale or offset drops far below both bounds.
+/// Free-running greedy agreement is printed, not bounded: once one token differs the rest
+/// follow another text, so it swings with f32 summation order alone (54, 48 and 35 of 99 for
+/// the same products after changes to the order of other sums; llama.cpp 46/99).
 #[test]
-fn int8_products_stay_within_llama_cpp_s_distance_of_the_exact_model() {
-    let (same, total, worst) = agreement(Precision::Int8);
-    assert!(worst <= 1.33, "worst logit difference {worst}");
+fn int8_products_mostly_pick_the_exact_model_s_next_token() {
+    let a = agreement(Precision::Int8);
+    assert!(a.worst <= 1.33, "worst logit difference {}", a.worst);
     assert!(
-        same * 99 >= 46 * total,
-        "{same}/{total} greedy tokens equal"
+        a.forced * 99 >= 88 * a.total,
+        "{}/{} teacher-forced top-1 equal",
+        a.forced,
+        a.total
     );
 }

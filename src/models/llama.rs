@@ -26,6 +26,8 @@ use crate::models::lora::{Lora, LoraConfig, Projection};
 use crate::models::packed::{PackedMatrix, Precision};
 use crate::weights::gguf::Gguf;
 
+mod host_step;
+
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -213,6 +215,8 @@ impl Weight {
 struct Block {
     attn_norm: Tensor<1>,
     ffn_norm: Tensor<1>,
+    /// The two norms' weights as host vectors (attention, feed-forward), for `host_step`.
+    host_norms: [Vec<f32>; 2],
     /// In [`Projection::ALL`] order.
     projections: Vec<Weight>,
 }
@@ -326,6 +330,9 @@ pub struct Llama {
     attention_peak: AtomicUsize,
     /// How packed decode products round ([`Precision::from_env`] at load).
     precision: Precision,
+    /// Whether single positions run in `host_step` where it applies (see
+    /// [`Llama::set_host_steps`]).
+    host_steps: bool,
     /// On a GPU: the quantised engine generation runs in, or why there is none.
     gpu: std::result::Result<Engine, String>,
 }
@@ -345,6 +352,9 @@ pub struct KvCache {
     keys: Vec<Option<Tensor<4>>>,
     values: Vec<Option<Tensor<4>>>,
     len: usize,
+    /// The same keys and values as host buffers after `host_step` ran (then `keys` and
+    /// `values` are `None`); converted back when burn's path runs next.
+    host: Option<Vec<host_step::LayerKv>>,
     /// Whether the sequence runs with the model's safety adapters instead of the installed
     /// ones (fixed for the cache's life: its keys and values depend on it).
     safety: bool,
@@ -425,9 +435,17 @@ impl Llama {
                     Weight::load(gguf, &n(name), shape, device)
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let attn_norm = load(gguf, &n("attn_norm"), [d], device)?;
+            let ffn_norm = load(gguf, &n("ffn_norm"), [d], device)?;
+            let host = |t: &Tensor<1>| {
+                t.to_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
+            };
             blocks.push(Block {
-                attn_norm: load(gguf, &n("attn_norm"), [d], device)?,
-                ffn_norm: load(gguf, &n("ffn_norm"), [d], device)?,
+                host_norms: [host(&attn_norm)?, host(&ffn_norm)?],
+                attn_norm,
+                ffn_norm,
                 projections,
             });
         }
@@ -452,7 +470,15 @@ impl Llama {
             attention_chunk: ATTENTION_CHUNK,
             attention_peak: AtomicUsize::new(0),
             precision: Precision::from_env(),
+            host_steps: true,
         })
+    }
+
+    /// Whether generated tokens on the CPU backend run in plain loops over host vectors
+    /// (default) or through burn's ops like a prompt (the reference the tests compare the
+    /// loops with; the two agree up to f32 rounding of sums).
+    pub fn set_host_steps(&mut self, on: bool) {
+        self.host_steps = on;
     }
 
     /// How the CPU's packed products of a few positions (decoding) round.
@@ -654,6 +680,7 @@ impl Llama {
             keys: vec![None; self.config.layers],
             values: vec![None; self.config.layers],
             len: 0,
+            host: None,
             safety: false,
         }
     }
@@ -676,23 +703,28 @@ impl Llama {
     /// cos and sin `[s, head_dim / 2]` for positions `start..start + s`, on `device`.
     fn rope_tables(&self, start: usize, s: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
         let half = self.config.head_dim() / 2;
-        let mut cos = Vec::with_capacity(s * half);
-        let mut sin = Vec::with_capacity(s * half);
+        let (mut cos, mut sin) = (Vec::with_capacity(s * half), Vec::with_capacity(s * half));
         for p in start..start + s {
-            for i in 0..half {
-                let freq = self
-                    .config
-                    .rope_base
-                    .powf(-(2.0 * i as f64) / self.config.head_dim() as f64);
-                let angle = p as f64 * freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
+            let (c, s) = self.rope_angles(p);
+            cos.extend(c);
+            sin.extend(s);
         }
         (
             Tensor::from_data(TensorData::new(cos, [s, half]), device),
             Tensor::from_data(TensorData::new(sin, [s, half]), device),
         )
+    }
+
+    /// cos and sin of position `p`'s angles (`head_dim / 2` each), computed in f64.
+    fn rope_angles(&self, p: usize) -> (Vec<f32>, Vec<f32>) {
+        let hd = self.config.head_dim();
+        (0..hd / 2)
+            .map(|i| {
+                let freq = self.config.rope_base.powf(-(2.0 * i as f64) / hd as f64);
+                let angle = p as f64 * freq;
+                (angle.cos() as f32, angle.sin() as f32)
+            })
+            .unzip()
     }
 
     /// Rotates adjacent pairs of `x [b, h, s, head_dim]`.
@@ -778,7 +810,6 @@ impl Llama {
             )));
         }
         let (s, d) = (ids.len(), self.config.dim);
-        let x = self.embedding.rows(ids, &self.device).reshape([1, s, d]);
         let start = cache.len;
         let mut taps = Taps {
             layers,
@@ -790,7 +821,13 @@ impl Llama {
         } else {
             Inference::installed(self)
         };
-        let x = self.blocks_forward(&weights, x, start, Some(cache), Some(&mut taps))?;
+        let x = if self.host_step_applies(s, weights.1.is_some()) {
+            self.host_step(ids[0], cache, &mut taps)?
+        } else {
+            self.cache_to_tensors(cache);
+            let x = self.embedding.rows(ids, &self.device).reshape([1, s, d]);
+            self.blocks_forward(&weights, x, start, Some(cache), Some(&mut taps))?
+        };
         let states = taps.states.into_iter().flatten().collect();
         let last = x.narrow(1, s - 1, 1);
         let last = rms_norm(last, &self.output_norm, self.config.rms_eps);

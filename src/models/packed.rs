@@ -421,10 +421,22 @@ const TASKS_PER_THREAD: usize = 4;
 /// one per thread of the decode pool when the product (`macs` multiply-adds) is large enough,
 /// all on the calling thread otherwise (and always in the single-threaded wasm build). The
 /// threaded wasm build (`+atomics`) has the pool its Web Workers join (src/wasm).
-fn for_row_ranges(
+pub(crate) fn for_row_ranges(
     out: &mut [f32],
     rows: usize,
     macs: usize,
+    f: impl Fn(usize, &mut [f32]) + Send + Sync,
+) {
+    for_row_ranges_of(out, rows, macs, 8, f);
+}
+
+/// [`for_row_ranges`] with tasks of at least `min_rows` rows (a product's rows are cheap and
+/// take 8; attention's rows are whole heads).
+pub(crate) fn for_row_ranges_of(
+    out: &mut [f32],
+    rows: usize,
+    macs: usize,
+    min_rows: usize,
     f: impl Fn(usize, &mut [f32]) + Send + Sync,
 ) {
     #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
@@ -433,7 +445,7 @@ fn for_row_ranges(
         let pool = crate::models::spin::Pool::global();
         // A few tasks per thread, claimed as threads come free: a thread slowed by other work
         // on the machine does less of the product instead of holding it up.
-        let per_task = rows.div_ceil(pool.threads() * TASKS_PER_THREAD).max(8);
+        let per_task = rows.div_ceil(pool.threads() * TASKS_PER_THREAD).max(min_rows);
         let tasks = rows.div_ceil(per_task);
         /// The output's address, shared with the tasks (each writes only its own rows).
         struct Out(*mut f32);
@@ -455,7 +467,7 @@ fn for_row_ranges(
         });
         return;
     }
-    let _ = (rows, macs);
+    let _ = (rows, macs, min_rows);
     f(0, out);
 }
 

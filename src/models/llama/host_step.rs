@@ -1,0 +1,240 @@
+//! One generated token through the blocks on the CPU backend, in plain loops over host vectors.
+//!
+//! Why: a decode step is a single position, so each of burn's ops on it (the RMSNorms, RoPE's
+//! slices and stack, attention's two matmuls and softmax, the KV cache's `cat`, SwiGLU) is a
+//! tiny tensor op paying its own allocation and dispatch. Profiled with `perf` (`bench chat
+//! --backends cpu --prompt-tokens 4 --new-tokens 512`, 2 threads, AMD EPYC), the calling thread
+//! spent about 45% of each token outside the packed products while the pool's helper waited;
+//! the `cat` that grew the cache by one position copied the whole cache every step (5% of all
+//! samples). Here the same arithmetic runs as loops over `Vec<f32>`, the products are the same
+//! packed products ([`PackedMatrix::matmul`], so the same numbers), and keys and values are
+//! appended to per-layer buffers that grow [`GROW_POSITIONS`] at a time.
+//!
+//! It takes a step only where its result is the burn path's up to f32 rounding of sums: the
+//! CPU backend, one position, no adapters for the sequence (LoRA stays in burn). The cache
+//! moves between the two forms as the path changes ([`Llama::cache_to_host`],
+//! [`Llama::cache_to_tensors`]), so a prompt prefilled by burn continues here, and a later
+//! prompt on the same cache goes back to burn.
+
+use super::{KvCache, Llama, Taps, Weight};
+use crate::error::{Error, Result};
+use crate::models::lora::Projection;
+use crate::models::packed::{PackedMatrix, for_row_ranges_of};
+use burn::tensor::{Tensor, TensorData};
+use std::sync::atomic::Ordering;
+
+/// Positions a layer's buffers grow by when full: a bounded over-allocation (at most this
+/// many positions per layer, 1.5 MB for SmolLM2), where doubling would hold up to twice the
+/// cache (issue 15's peak-memory bound is tight).
+const GROW_POSITIONS: usize = 64;
+
+/// One layer's keys and values on the host, position-major: `[positions, kv_heads · head_dim]`
+/// each (a new position is one append).
+#[derive(Clone, Default)]
+pub(super) struct LayerKv {
+    pub(super) keys: Vec<f32>,
+    pub(super) values: Vec<f32>,
+}
+
+impl LayerKv {
+    fn push(&mut self, k: &[f32], v: &[f32]) {
+        for (buffer, new) in [(&mut self.keys, k), (&mut self.values, v)] {
+            if buffer.capacity() - buffer.len() < new.len() {
+                buffer.reserve_exact(GROW_POSITIONS * new.len());
+            }
+            buffer.extend_from_slice(new);
+        }
+    }
+}
+
+/// `x / sqrt(mean(x²) + eps) · weight`, as `rms_norm` computes it in f32.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
+    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let rms = (mean + eps as f32).sqrt();
+    x.iter().zip(weight).map(|(v, w)| v / rms * w).collect()
+}
+
+/// Rotates the adjacent pairs of every `head_dim` slice of `x` by the angles `cos`/`sin`
+/// (`head_dim / 2` each), as `Llama::rope` does.
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let hd = cos.len() * 2;
+    for head in x.chunks_exact_mut(hd) {
+        for (pair, (c, s)) in head.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
+            let (x0, x1) = (pair[0], pair[1]);
+            pair[0] = x0 * c - x1 * s;
+            pair[1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+/// `a · b` in eight running sums (a single running sum is a chain of dependent adds that the
+/// compiler may not reorder into vector lanes).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `x / (1 + e^-x)`.
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+impl Llama {
+    /// Whether [`Llama::host_step`] takes a step of `positions` positions for a sequence whose
+    /// adapters are `adapters_apply`.
+    pub(super) fn host_step_applies(&self, positions: usize, adapters_apply: bool) -> bool {
+        self.host_steps
+            && positions == 1
+            && !adapters_apply
+            && self.gpu.is_err()
+            && self.blocks.iter().all(|b| {
+                b.projections
+                    .iter()
+                    .all(|p| matches!(p, Weight::Packed(_)))
+            })
+    }
+
+    /// The cache's keys and values as host buffers (a no-op when they already are).
+    pub(super) fn cache_to_host(&self, cache: &mut KvCache) -> Result<()> {
+        if cache.host.is_some() {
+            return Ok(());
+        }
+        let read = |t: Option<Tensor<4>>| -> Result<Vec<f32>> {
+            match t {
+                // [1, kv_heads, t, head_dim] -> [1, t, kv_heads, head_dim], row-major.
+                Some(t) => t
+                    .swap_dims(1, 2)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}"))),
+                None => Ok(Vec::new()),
+            }
+        };
+        let mut host = Vec::with_capacity(self.blocks.len());
+        for l in 0..self.blocks.len() {
+            host.push(LayerKv {
+                keys: read(cache.keys[l].take())?,
+                values: read(cache.values[l].take())?,
+            });
+        }
+        cache.host = Some(host);
+        Ok(())
+    }
+
+    /// The cache's keys and values as tensors on the model's device, for burn's path (a no-op
+    /// when they already are).
+    pub(super) fn cache_to_tensors(&self, cache: &mut KvCache) {
+        let Some(host) = cache.host.take() else {
+            return;
+        };
+        let (t, kvh, hd) = (cache.len, self.config.kv_heads, self.config.head_dim());
+        let tensor = |v: Vec<f32>| {
+            (t > 0).then(|| {
+                Tensor::<4>::from_data(TensorData::new(v, [1, t, kvh, hd]), &self.device)
+                    .swap_dims(1, 2)
+            })
+        };
+        for (l, layer) in host.into_iter().enumerate() {
+            cache.keys[l] = tensor(layer.keys);
+            cache.values[l] = tensor(layer.values);
+        }
+    }
+
+    /// The residual stream `[1, 1, dim]` after the blocks for token `id` at position
+    /// `cache.len()`, the cache one position longer; the states `taps` asks for kept as in
+    /// `blocks_forward`. The caller checked [`Llama::host_step_applies`] and the id.
+    pub(super) fn host_step(
+        &self,
+        id: u32,
+        cache: &mut KvCache,
+        taps: &mut Taps<'_>,
+    ) -> Result<Tensor<3>> {
+        self.cache_to_host(cache)?;
+        let c = &self.config;
+        let (d, hd, h, kvh) = (c.dim, c.head_dim(), c.heads, c.kv_heads);
+        let (group, kvd, position) = (h / kvh, kvh * hd, cache.len);
+        let seen = position + 1;
+        let packed = |l: usize, p: Projection| -> &PackedMatrix {
+            match &self.blocks[l].projections[p.index()] {
+                Weight::Packed(w) => w,
+                Weight::Dense(_) => unreachable!("host_step_applies checked every projection"),
+            }
+        };
+        let product = |l: usize, p: Projection, x: &[f32]| packed(l, p).matmul(x, 1, self.precision);
+        let mut x = vec![0.0; d];
+        match &self.embedding {
+            Weight::Packed(w) => w.row_into(id as usize, &mut x),
+            Weight::Dense(_) => unreachable!("the CPU backend keeps the embedding packed"),
+        }
+        let (cos, sin) = self.rope_angles(position);
+        // `blocks_forward` divides the scores by sqrt(head_dim) computed in f64.
+        let scale = (hd as f64).sqrt() as f32;
+        let host = cache.host.as_mut().expect("cache_to_host just ran");
+        let mut context = vec![0.0f32; d];
+        for (l, kv) in host.iter_mut().enumerate() {
+            let block = &self.blocks[l];
+            let a = rms_norm(&x, &block.host_norms[0], c.rms_eps);
+            let mut q = product(l, Projection::Q, &a);
+            let mut k = product(l, Projection::K, &a);
+            let v = product(l, Projection::V, &a);
+            rope(&mut q, &cos, &sin);
+            rope(&mut k, &cos, &sin);
+            kv.push(&k, &v);
+            self.attention_peak.fetch_max(h * seen, Ordering::Relaxed);
+            // The heads split over the pool's threads like a product's rows (the helpers
+            // would otherwise wait through it: a tenth of a token at 500 positions).
+            let kv = &*kv;
+            for_row_ranges_of(&mut context, h, h * seen * hd * 2, 1, |first, out| {
+                let mut scores = vec![0.0f32; seen];
+                for (i, ctx) in out.chunks_exact_mut(hd).enumerate() {
+                    let head = first + i;
+                    let g = head / group;
+                    let q = &q[head * hd..(head + 1) * hd];
+                    let keys = kv.keys.chunks_exact(kvd).map(|row| &row[g * hd..(g + 1) * hd]);
+                    for (score, key) in scores.iter_mut().zip(keys) {
+                        *score = dot(q, key) / scale;
+                    }
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    ctx.fill(0.0);
+                    let values = kv.values.chunks_exact(kvd).map(|row| &row[g * hd..(g + 1) * hd]);
+                    for (&p, value) in scores.iter().zip(values) {
+                        let p = p / sum;
+                        for (o, v) in ctx.iter_mut().zip(value) {
+                            *o += p * v;
+                        }
+                    }
+                }
+            });
+            for (x, o) in x.iter_mut().zip(product(l, Projection::O, &context)) {
+                *x += o;
+            }
+            let f = rms_norm(&x, &block.host_norms[1], c.rms_eps);
+            let gate = product(l, Projection::Gate, &f);
+            let up = product(l, Projection::Up, &f);
+            let ff: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
+            for (x, o) in x.iter_mut().zip(product(l, Projection::Down, &ff)) {
+                *x += o;
+            }
+            for (slot, _) in taps.layers.iter().enumerate().filter(|(_, t)| **t == l) {
+                taps.states[slot] = Some(Tensor::from_data(
+                    TensorData::new(x.clone(), [1, d]),
+                    &self.device,
+                ));
+            }
+        }
+        cache.len = seen;
+        Ok(Tensor::from_data(TensorData::new(x, [1, 1, d]), &self.device))
+    }
+}
