@@ -211,16 +211,24 @@ fn generated_tokens_in_host_loops_equal_burns_ops_through_turns_and_clones() {
     ops.model.set_precision(Precision::Exact);
     ops.model.set_host_steps(false);
     let layers = [3, 20];
-    let step = |ids: &[u32], a: &mut webguard::models::llama::KvCache, b: &mut webguard::models::llama::KvCache| {
+    let step = |ids: &[u32],
+                a: &mut webguard::models::llama::KvCache,
+                b: &mut webguard::models::llama::KvCache| {
         let (la, sa) = loops.model.forward_with_states(ids, a, &layers).unwrap();
         let (lb, sb) = ops.model.forward_with_states(ids, b, &layers).unwrap();
         let read = |t: burn::tensor::Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
         let (la, lb) = (read(la), read(lb));
         let worst = max_relative_diff(&lb, &la);
-        assert!(worst < 1e-3, "logits after {ids:?}: worst relative difference {worst}");
+        assert!(
+            worst < 1e-3,
+            "logits after {ids:?}: worst relative difference {worst}"
+        );
         for (x, y) in sa.into_iter().zip(sb) {
             let worst = max_relative_diff(&read(y), &read(x));
-            assert!(worst < 1e-3, "states after {ids:?}: worst relative difference {worst}");
+            assert!(
+                worst < 1e-3,
+                "states after {ids:?}: worst relative difference {worst}"
+            );
         }
         assert_eq!(a.len(), b.len());
         // The greedy pick, fed to both next.
@@ -231,7 +239,9 @@ fn generated_tokens_in_host_loops_equal_burns_ops_through_turns_and_clones() {
             .unwrap()
     };
     let (mut a, mut b) = (loops.model.new_cache(), ops.model.new_cache());
-    let prompt = loops.user_prompt_ids("Name three rivers in Europe.").unwrap();
+    let prompt = loops
+        .user_prompt_ids("Name three rivers in Europe.")
+        .unwrap();
     let mut next = step(&prompt, &mut a, &mut b);
     let mut clone = None;
     for i in 0..12 {

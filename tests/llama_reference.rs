@@ -105,7 +105,8 @@ fn run(precision: Precision) -> Vec<Run> {
         let mut cache = model.new_cache();
         let mut forced = usize::from(argmax(model.forward(&ids, &mut cache).unwrap()) == want[0]);
         for pair in want.windows(2) {
-            forced += usize::from(argmax(model.forward(&pair[..1], &mut cache).unwrap()) == pair[1]);
+            forced +=
+                usize::from(argmax(model.forward(&pair[..1], &mut cache).unwrap()) == pair[1]);
         }
         runs.push(Run {
             prompt: prompt.to_string(),
@@ -187,7 +188,10 @@ fn int16_products_give_the_exact_model_s_answers() {
     let a = agreement(Precision::Int16);
     assert!(a.worst <= 0.02, "worst logit difference {}", a.worst);
     assert_eq!(a.same, a.total, "greedy tokens equal to the exact model's");
-    assert_eq!(a.forced, a.total, "teacher-forced top-1 equal to the exact model's");
+    assert_eq!(
+        a.forced, a.total,
+        "teacher-forced top-1 equal to the exact model's"
+    );
 }
 
 /// 8-bit activations (llama.cpp's scheme; selectable, not the default). Teacher-forced (the

@@ -12,7 +12,9 @@
 //! decoding reads 5.5x fewer bytes than f32); on a GPU they are dequantised to f32 at load. A
 //! [`KvCache`] holds each layer's keys and values so each generated token costs one position,
 //! not the whole prompt again. Attention runs [`ATTENTION_CHUNK`] query positions at a time,
-//! so a long prompt's prefill holds `O(chunk x positions)` scores, not `O(positions²)`.
+//! so a long prompt's prefill holds `O(chunk x positions)` scores, not `O(positions²)`. On the
+//! CPU a generated token (one position, no adapters) skips burn's ops: `host_step` runs the
+//! same arithmetic in plain loops, with the cache's keys and values in host buffers.
 
 use burn::tensor::activation::{silu, softmax};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,9 +164,12 @@ impl Weight {
                 } else {
                     x
                 };
-                let dense = Tensor::from_data(TensorData::new(w.dequantize(), w.shape()), &device);
-                debug_assert_eq!(dense.dims()[1], d);
-                Ok(project_dense(x, &dense))
+                let [out, _] = w.shape();
+                let wt = Tensor::<2>::from_data(
+                    TensorData::new(w.dequantize_transposed(), [d, out]),
+                    &device,
+                );
+                Ok(x.reshape([b * s, d]).matmul(wt).reshape([b, s, out]))
             }
         }
     }

@@ -72,7 +72,12 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in a8.zip(b8) {
         for i in 0..8 {
             lanes[i] += x[i] * y[i];
@@ -94,11 +99,10 @@ impl Llama {
             && positions == 1
             && !adapters_apply
             && self.gpu.is_err()
-            && self.blocks.iter().all(|b| {
-                b.projections
-                    .iter()
-                    .all(|p| matches!(p, Weight::Packed(_)))
-            })
+            && self
+                .blocks
+                .iter()
+                .all(|b| b.projections.iter().all(|p| matches!(p, Weight::Packed(_))))
     }
 
     /// The cache's keys and values as host buffers (a no-op when they already are).
@@ -167,7 +171,8 @@ impl Llama {
                 Weight::Dense(_) => unreachable!("host_step_applies checked every projection"),
             }
         };
-        let product = |l: usize, p: Projection, x: &[f32]| packed(l, p).matmul(x, 1, self.precision);
+        let product =
+            |l: usize, p: Projection, x: &[f32]| packed(l, p).matmul(x, 1, self.precision);
         let mut x = vec![0.0; d];
         match &self.embedding {
             Weight::Packed(w) => w.row_into(id as usize, &mut x),
@@ -197,7 +202,10 @@ impl Llama {
                     let head = first + i;
                     let g = head / group;
                     let q = &q[head * hd..(head + 1) * hd];
-                    let keys = kv.keys.chunks_exact(kvd).map(|row| &row[g * hd..(g + 1) * hd]);
+                    let keys = kv
+                        .keys
+                        .chunks_exact(kvd)
+                        .map(|row| &row[g * hd..(g + 1) * hd]);
                     for (score, key) in scores.iter_mut().zip(keys) {
                         *score = dot(q, key) / scale;
                     }
@@ -208,7 +216,10 @@ impl Llama {
                         sum += *s;
                     }
                     ctx.fill(0.0);
-                    let values = kv.values.chunks_exact(kvd).map(|row| &row[g * hd..(g + 1) * hd]);
+                    let values = kv
+                        .values
+                        .chunks_exact(kvd)
+                        .map(|row| &row[g * hd..(g + 1) * hd]);
                     for (&p, value) in scores.iter().zip(values) {
                         let p = p / sum;
                         for (o, v) in ctx.iter_mut().zip(value) {
@@ -235,6 +246,9 @@ impl Llama {
             }
         }
         cache.len = seen;
-        Ok(Tensor::from_data(TensorData::new(x, [1, 1, d]), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(x, [1, 1, d]),
+            &self.device,
+        ))
     }
 }
