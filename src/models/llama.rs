@@ -385,6 +385,14 @@ fn load<const D: usize>(
     shape: [usize; D],
     device: &Device,
 ) -> Result<Tensor<D>> {
+    Ok(Tensor::from_data(
+        TensorData::new(load_values(gguf, name, shape)?, shape),
+        device,
+    ))
+}
+
+/// [`load`]'s values, on the host (a GPU tensor cannot be read back synchronously in wasm).
+fn load_values<const D: usize>(gguf: &Gguf<'_>, name: &str, shape: [usize; D]) -> Result<Vec<f32>> {
     let info = gguf.tensor_info(name)?;
     if info.shape() != shape {
         return Err(Error::ModelFile(format!(
@@ -394,7 +402,7 @@ fn load<const D: usize>(
     }
     let values = gguf.dequantize(name)?;
     gguf.release(info);
-    Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    Ok(values)
 }
 
 fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
@@ -440,17 +448,13 @@ impl Llama {
                     Weight::load(gguf, &n(name), shape, device)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let attn_norm = load(gguf, &n("attn_norm"), [d], device)?;
-            let ffn_norm = load(gguf, &n("ffn_norm"), [d], device)?;
-            let host = |t: &Tensor<1>| {
-                t.to_data()
-                    .try_to_vec::<f32>()
-                    .map_err(|e| Error::Backend(format!("unexpected tensor data: {e:?}")))
-            };
+            let attn_norm = load_values(gguf, &n("attn_norm"), [d])?;
+            let ffn_norm = load_values(gguf, &n("ffn_norm"), [d])?;
+            let tensor = |v: &[f32]| Tensor::from_data(TensorData::new(v.to_vec(), [d]), device);
             blocks.push(Block {
-                host_norms: [host(&attn_norm)?, host(&ffn_norm)?],
-                attn_norm,
-                ffn_norm,
+                attn_norm: tensor(&attn_norm),
+                ffn_norm: tensor(&ffn_norm),
+                host_norms: [attn_norm, ffn_norm],
                 projections,
             });
         }
