@@ -99,10 +99,24 @@ impl Llama {
             && positions == 1
             && !adapters_apply
             && self.gpu.is_err()
-            && self
-                .blocks
-                .iter()
-                .all(|b| b.projections.iter().all(|p| matches!(p, Weight::Packed(_))))
+            && self.packed_weights().is_some()
+    }
+
+    /// The packed matrices the loops read: the embedding, and each block's projections in
+    /// [`Projection::ALL`] order; `None` where any is dense (a GPU device).
+    fn packed_weights(&self) -> Option<(&PackedMatrix, Vec<Vec<&PackedMatrix>>)> {
+        fn packed(w: &Weight) -> Option<&PackedMatrix> {
+            match w {
+                Weight::Packed(p) => Some(p),
+                Weight::Dense(_) => None,
+            }
+        }
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| b.projections.iter().map(packed).collect::<Option<Vec<_>>>())
+            .collect::<Option<Vec<_>>>()?;
+        Some((packed(&self.embedding)?, blocks))
     }
 
     /// The cache's keys and values as host buffers (a no-op when they already are).
@@ -165,23 +179,19 @@ impl Llama {
         let (d, hd, h, kvh) = (c.dim, c.head_dim(), c.heads, c.kv_heads);
         let (group, kvd, position) = (h / kvh, kvh * hd, cache.len);
         let seen = position + 1;
-        let packed = |l: usize, p: Projection| -> &PackedMatrix {
-            match &self.blocks[l].projections[p.index()] {
-                Weight::Packed(w) => w,
-                Weight::Dense(_) => unreachable!("host_step_applies checked every projection"),
-            }
-        };
+        let (embedding, blocks) = self
+            .packed_weights()
+            .ok_or_else(|| Error::Backend("generation on the host needs packed weights".into()))?;
         let product =
-            |l: usize, p: Projection, x: &[f32]| packed(l, p).matmul(x, 1, self.precision);
+            |l: usize, p: Projection, x: &[f32]| blocks[l][p.index()].matmul(x, 1, self.precision);
         let mut x = vec![0.0; d];
-        match &self.embedding {
-            Weight::Packed(w) => w.row_into(id as usize, &mut x),
-            Weight::Dense(_) => unreachable!("the CPU backend keeps the embedding packed"),
-        }
+        embedding.row_into(id as usize, &mut x);
         let (cos, sin) = self.rope_angles(position);
         // `blocks_forward` divides the scores by sqrt(head_dim) computed in f64.
         let scale = (hd as f64).sqrt() as f32;
-        let host = cache.host.as_mut().expect("cache_to_host just ran");
+        let Some(host) = cache.host.as_mut() else {
+            return Err(Error::Backend("the cache has no host buffers".into()));
+        };
         let mut context = vec![0.0f32; d];
         for (l, kv) in host.iter_mut().enumerate() {
             let block = &self.blocks[l];
