@@ -271,7 +271,10 @@ impl PackedMatrix {
         out
     }
 
-    /// Row `r` dequantised to `dst[c · stride]` for `c < cols`.
+    /// Row `r` dequantised to `dst[c · stride]` for `c < cols`. The same values as
+    /// [`PackedMatrix::row_into`], kept apart from it: that one writes each block's two
+    /// halves contiguously, which the compiler vectorises; a shared per-value callback would
+    /// give that up for the embedding lookups and training's dequantisation.
     ///
     /// # Safety
     /// `dst` must be valid for writes at every `c · stride`, `c < cols`.

@@ -24,8 +24,8 @@ use burn::tensor::{Tensor, TensorData};
 use std::sync::atomic::Ordering;
 
 /// Positions a layer's buffers grow by when full: a bounded over-allocation (at most this
-/// many positions per layer, 1.5 MB for SmolLM2), where doubling would hold up to twice the
-/// cache (issue 15's peak-memory bound is tight).
+/// many positions per layer, 2.9 MB over SmolLM2's 30 layers), where doubling would hold up to
+/// twice the cache (issue 15's peak-memory bound is tight).
 const GROW_POSITIONS: usize = 64;
 
 /// One layer's keys and values on the host, position-major: `[positions, kv_heads · head_dim]`
