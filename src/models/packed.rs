@@ -233,7 +233,7 @@ impl PackedMatrix {
     /// The whole matrix as f32, transposed: `[cols, rows]` row-major (`wᵀ`, the layout in
     /// which a matrix product `x · wᵀ` packs its right-hand side from contiguous memory: the
     /// product's packing pass took 18% of a 128-token prefill with `[rows, cols]` and a
-    /// transposed view, 3% with this; prefill +11% measured alternating, notes/issue-15-kernels.md).
+    /// transposed view, 3% with this; prefill +7-11% measured alternating, notes/issue-15-kernels.md).
     /// Tasks own groups of [`TRANSPOSE_TILE`] rows, whose values for one input column fill
     /// one cache line of the output.
     pub fn dequantize_transposed(&self) -> Vec<f32> {

@@ -20,7 +20,7 @@ use super::{KvCache, Llama, Taps, Weight};
 use crate::error::{Error, Result};
 use crate::models::lora::Projection;
 use crate::models::packed::{PackedMatrix, for_row_ranges_of};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use std::sync::atomic::Ordering;
 
 /// Positions a layer's buffers grow by when full: a bounded over-allocation (at most this
@@ -98,8 +98,9 @@ impl Llama {
         self.host_steps
             && positions == 1
             && !adapters_apply
-            && self.gpu.is_err()
-            && self.packed_weights().is_some()
+            // The CPU backend is where `Weight::load` keeps every matrix packed; `host_step`
+            // still checks, once per token.
+            && self.device == Device::flex()
     }
 
     /// The packed matrices the loops read: the embedding, and each block's projections in
