@@ -93,6 +93,21 @@ impl fmt::Display for Backend {
 #[cfg(feature = "webgpu")]
 static GPU: Mutex<Option<(Device, AdapterInfo)>> = Mutex::new(None);
 
+/// The GPU adapter this process set up (natively or in the browser), if it set one up.
+pub fn gpu_adapter() -> Option<AdapterInfo> {
+    #[cfg(feature = "webgpu")]
+    {
+        GPU.lock()
+            .ok()?
+            .as_ref()
+            .map(|(_, adapter)| adapter.clone())
+    }
+    #[cfg(not(feature = "webgpu"))]
+    {
+        None
+    }
+}
+
 impl Backend {
     /// The CPU backend.
     pub fn cpu(reason: Option<String>) -> Self {

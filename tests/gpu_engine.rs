@@ -23,7 +23,7 @@ use webguard::backend::{Backend, BackendChoice, read_f32};
 use webguard::generate::{GenerateOptions, Generator};
 use webguard::guard::{Policy, moderated_chat};
 use webguard::models::gpu::engine::device_bytes_in_use;
-use webguard::models::gpu::{Engine, KvPrecision};
+use webguard::models::gpu::{DecodeLayout, Engine, KvPrecision};
 use webguard::models::llama::{Llama, LlamaConfig};
 use webguard::models::packed::Precision;
 use webguard::models::probe::StateProbe;
@@ -45,19 +45,27 @@ const F16_KV_DECODE_TOLERANCE: f64 = 2e-2;
 #[test]
 fn engine_logits_and_greedy_continuations_match_cpu_and_numpy() {
     assert_eq!(KvPrecision::default(), KvPrecision::F16);
-    against_references(KvPrecision::default(), F16_KV_DECODE_TOLERANCE);
+    against_references(KvPrecision::default(), F16_KV_DECODE_TOLERANCE, false);
 }
 
 #[test]
 fn engine_with_f32_kv_cache_is_exact_after_decoding_too() {
-    against_references(KvPrecision::F32, LOGIT_TOLERANCE);
+    against_references(KvPrecision::F32, LOGIT_TOLERANCE, false);
+}
+
+/// The decode layout the adapter does not get by default (split rows on lavapipe, one row per
+/// invocation on a GPU): so that both layouts' kernels are checked on any adapter.
+#[test]
+fn engine_in_the_other_decode_layout_matches_cpu_and_numpy() {
+    against_references(KvPrecision::default(), F16_KV_DECODE_TOLERANCE, true);
 }
 
 /// The engine with `kv` on the 5 reference prompts: logits after prefill within
 /// [`LOGIT_TOLERANCE`] of the CPU backend and the numpy reference, those after the greedy
 /// continuation within `decode_tolerance` of the CPU's, and the same 32-token greedy
-/// continuations as the reference; the worst differences are printed.
-fn against_references(kv: KvPrecision, decode_tolerance: f64) {
+/// continuations as the reference; the worst differences are printed. `other_layout` decodes
+/// in the [`DecodeLayout`] the adapter does not get by default.
+fn against_references(kv: KvPrecision, decode_tolerance: f64, other_layout: bool) {
     let tolerance = LOGIT_TOLERANCE;
     let reference = common::reference("llama_smollm2.json");
     let bytes = common::read_model(webguard::SMOLLM2_GGUF);
@@ -69,6 +77,13 @@ fn against_references(kv: KvPrecision, decode_tolerance: f64) {
     let config = LlamaConfig::from_gguf(&gguf).unwrap();
     let mut engine = Engine::load(&gguf, &config, &gpu.device).unwrap();
     engine.set_kv_precision(kv);
+    if other_layout {
+        engine.set_decode_layout(match engine.decode_layout() {
+            DecodeLayout::RowPerInvocation => DecodeLayout::SplitRows,
+            DecodeLayout::SplitRows => DecodeLayout::RowPerInvocation,
+        });
+    }
+    let layout = engine.decode_layout();
     // The CPU's exact f32 products (its default rounds activations to 16 bits, within 4e-3).
     let mut cpu = Llama::load(&gguf, &Device::flex()).unwrap();
     cpu.set_precision(Precision::Exact);
@@ -172,7 +187,7 @@ fn against_references(kv: KvPrecision, decode_tolerance: f64) {
         }
     }
     eprintln!(
-        "{kv:?} KV cache: worst logit abs diff after prefill: vs CPU {worst_cpu:.2e}, vs numpy float64 {worst_ref:.2e}; after the greedy continuation vs CPU {worst_decoded:.2e}"
+        "{kv:?} KV cache, {layout:?}: worst logit abs diff after prefill: vs CPU {worst_cpu:.2e}, vs numpy float64 {worst_ref:.2e}; after the greedy continuation vs CPU {worst_decoded:.2e}"
     );
     assert!(
         greedy_differ.is_empty(),

@@ -23,7 +23,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::models::dense_cache::DenseCache;
-use crate::models::gpu::{Engine, KvPrecision};
+use crate::models::gpu::{DecodeLayout, Engine, KvPrecision};
 use crate::models::lora::{Lora, LoraConfig, Projection};
 use crate::models::packed::{PackedMatrix, Precision};
 use crate::weights::gguf::Gguf;
@@ -518,6 +518,14 @@ impl Llama {
     pub fn set_gpu_kv_precision(&mut self, kv: KvPrecision) {
         if let Ok(engine) = &mut self.gpu {
             engine.set_kv_precision(kv);
+        }
+    }
+
+    /// Sets how the GPU engine lays out a decoded position's products (nothing without an
+    /// engine; the default is picked from the adapter).
+    pub fn set_gpu_decode_layout(&mut self, layout: DecodeLayout) {
+        if let Ok(engine) = &mut self.gpu {
+            engine.set_decode_layout(layout);
         }
     }
 

@@ -16,9 +16,9 @@ use burn::tensor::Device;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use super::KvPrecision;
 use super::kernels::{self, LANES, ROWS};
 use super::weights::{self, HostBlocks, QMatrix, Quant};
+use super::{DecodeLayout, KvPrecision};
 use crate::error::{Error, Result};
 use crate::models::llama::LlamaConfig;
 use crate::weights::gguf::Gguf;
@@ -61,6 +61,7 @@ pub struct Engine {
     sin: Handle,
     max_positions: usize,
     kv_precision: KvPrecision,
+    decode_layout: DecodeLayout,
     /// One f32, bound as the products' `states` where they keep none (every launch binds it).
     no_states: Handle,
     weight_bytes: usize,
@@ -221,6 +222,9 @@ impl Engine {
             output_norm,
             max_positions,
             kv_precision: KvPrecision::default(),
+            decode_layout: crate::backend::gpu_adapter()
+                .map(|a| DecodeLayout::for_adapter(&a.name, &a.device_type))
+                .unwrap_or(DecodeLayout::RowPerInvocation),
             weight_bytes,
             table_bytes,
             dispatches: AtomicU64::new(0),
@@ -251,6 +255,17 @@ impl Engine {
     /// [`KvPrecision::F32`]).
     pub fn set_kv_precision(&mut self, kv: KvPrecision) {
         self.kv_precision = kv;
+    }
+
+    /// How decode steps lay out their products (picked from the adapter at load).
+    pub fn decode_layout(&self) -> DecodeLayout {
+        self.decode_layout
+    }
+
+    /// Sets how decode steps lay out their products (both give the same values to f32
+    /// rounding; the speed differs by device, see [`DecodeLayout`]).
+    pub fn set_decode_layout(&mut self, layout: DecodeLayout) {
+        self.decode_layout = layout;
     }
 
     /// Bytes of the RoPE tables.
@@ -406,9 +421,21 @@ impl Engine {
         // Positions per workgroup in the products: 1 when decoding; in prefill as many as fit
         // in 12 KB of staged inputs (4 of 576 values, 2 of 1,536), under WebGPU's 16 KB.
         let tile = |cols: usize| if n == 1 { 1 } else { (3072 / cols).clamp(1, 4) };
+        // Invocations per row: the decode layout's when decoding, 1 in prefill.
+        let split = if n == 1 {
+            self.decode_layout.split()
+        } else {
+            1
+        };
+        // Position groups of a decoded position's attention (see `kernels::attention`).
+        let attention_groups = if split > 1 {
+            kernels::ATTENTION_GROUPS as usize
+        } else {
+            1
+        };
         let grid = |rows: usize, cols: usize| {
             CubeCount::Static(
-                rows.div_ceil(ROWS as usize) as u32,
+                rows.div_ceil(ROWS as usize / split) as u32,
                 n.div_ceil(tile(cols)) as u32,
                 1,
             )
@@ -461,6 +488,7 @@ impl Engine {
                     false,
                     tile(d),
                     false,
+                    split,
                 )
             };
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
@@ -490,7 +518,7 @@ impl Engine {
                 kernels::attention::launch_unchecked(
                     client,
                     CubeCount::Static(c.heads as u32, pos, 1),
-                    lanes,
+                    CubeDim::new_1d(LANES * attention_groups as u32),
                     arg(&qkv, n * width),
                     arg(&seq.k, cache_len),
                     arg(&seq.v, cache_len),
@@ -504,6 +532,7 @@ impl Engine {
                     self.max_positions,
                     hd,
                     f16,
+                    attention_groups,
                 )
             };
             let (ow, os) = q4(&w.o);
@@ -529,6 +558,7 @@ impl Engine {
                     true,
                     tile(d),
                     false,
+                    split,
                 )
             };
             let (gw, gs) = q4(&w.gate_up);
@@ -549,6 +579,7 @@ impl Engine {
                     eps,
                     d,
                     tile(d),
+                    split,
                 )
             };
             let (dw, ds) = q4(&w.down);
@@ -582,6 +613,7 @@ impl Engine {
                     true,
                     tile(ffn),
                     first.is_some(),
+                    split,
                 )
             };
             self.launched(6);

@@ -24,6 +24,15 @@
 //! and row, the bulk of the loads) is a constant address; only the weights' 16-byte loads and
 //! scales stay per invocation. A GPU sees the same straight-line code (and fewer, wider loads).
 //!
+//! **Split rows, on GPUs** (a comptime `split`, [`super::DecodeLayout::SplitRows`]): one row
+//! per invocation leaves a GPU nearly idle when decoding (the block products have 576 to
+//! 1,536 rows: 9 to 24 workgroups for a GPU's hundred-odd cores, each invocation running 18
+//! to 48 blocks one after the other). With `split` invocations per row, each takes every
+//! `split`-th block and the partial sums meet in workgroup memory: `split` times the
+//! workgroups and `1/split` of each invocation's serial chain. Neighbouring invocations still
+//! read neighbouring rows' blocks (invocation `lane · rows_per_group + r`). CPU implementations
+//! keep one row per invocation (the unrolled constant-address reads above are what they need).
+//!
 //! Fusions (each a single dispatch): RMSNorm + projection (the workgroup normalises its
 //! position itself: 576 values, cheaper than a dispatch), projection + residual add, RMSNorm +
 //! gate/up + SwiGLU, RoPE + KV-cache write, the whole attention of one head and position
@@ -47,6 +56,9 @@ pub const ROWS: u32 = 64;
 pub const LANES: u32 = 64;
 /// Values per quantisation block.
 pub const BLOCK: usize = 32;
+/// Invocations per row of the decode products in [`super::DecodeLayout::SplitRows`]: 8 rows
+/// of 8 invocations per workgroup of [`ROWS`] (72 to 192 workgroups for SmolLM2's products).
+pub const SPLIT: u32 = 8;
 
 /// Four u32 words read with one load: a Q4_1 block's quants, half a Q8_0 block's.
 pub type Quad = Vector<u32, Const<4>>;
@@ -67,15 +79,15 @@ fn workgroup_sum(v: f32, scratch: &mut Shared<[f32]>, #[comptime] lanes: usize) 
     total
 }
 
-/// Maximum of `v` over the workgroup's [`LANES`] invocations (as [`workgroup_sum`]).
+/// Maximum of `v` over the workgroup's `lanes` invocations (as [`workgroup_sum`]).
 #[cube]
-fn workgroup_max(v: f32, scratch: &mut Shared<[f32]>) -> f32 {
+fn workgroup_max(v: f32, scratch: &mut Shared<[f32]>, #[comptime] lanes: usize) -> f32 {
     let tid = UNIT_POS as usize;
     scratch[tid] = v;
     sync_cube();
     let mut best = scratch[0];
     #[unroll]
-    for i in 1..LANES as usize {
+    for i in 1..lanes {
         best = max(best, scratch[i]);
     }
     sync_cube();
@@ -202,6 +214,64 @@ fn dot_q4_1(
     }
 }
 
+/// Lane `lane`'s part of row `row` of a Q4_1 matrix · the staged input (slot 0): blocks
+/// `lane`, `lane + lanes`, … (as [`dot_q4_1`] otherwise; a runtime loop, for GPUs).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn dot_q4_1_part(
+    words: &[Quad],
+    scales: &[u32],
+    xs: &Shared<[f32]>,
+    sums: &Shared<[f32]>,
+    row: usize,
+    rows: usize,
+    lane: usize,
+    #[comptime] cols: usize,
+    #[comptime] lanes: usize,
+) -> f32 {
+    let per_row = cols / BLOCK;
+    let mut acc = 0.0f32;
+    let mut b = lane;
+    while b < per_row {
+        let quad = words[b * rows + row];
+        let dm = scales[b * rows + row];
+        let mut qx = 0.0f32;
+        #[unroll]
+        for w in 0..4usize {
+            let word = quad.extract(w);
+            #[unroll]
+            for k in 0..4usize {
+                let byte = (word >> (8 * k as u32)) & 0xff;
+                let at = b * BLOCK + 4 * w + k;
+                qx +=
+                    f32::cast_from(byte & 0x0f) * xs[at] + f32::cast_from(byte >> 4) * xs[at + 16];
+            }
+        }
+        acc += half::unpack(dm, false) * qx + half::unpack(dm, true) * sums[b];
+        b += lanes;
+    }
+    acc
+}
+
+/// The sum of the `lanes` parts of the row of invocation `UNIT_POS` (invocation
+/// `lane · (ROWS / lanes) + r` holds row `r`'s part `lane`), through `scratch`; every
+/// invocation gets its row's total. Has barriers: call it uniformly.
+#[cube]
+fn row_parts_sum(part: f32, scratch: &mut Shared<[f32]>, #[comptime] lanes: usize) -> f32 {
+    let tid = UNIT_POS as usize;
+    let per = ROWS as usize / lanes;
+    scratch[tid] = part;
+    sync_cube();
+    let r = tid % per;
+    let mut total = 0.0f32;
+    #[unroll]
+    for l in 0..lanes {
+        total += scratch[l * per + r];
+    }
+    sync_cube();
+    total
+}
+
 /// Row `row` of a Q8_0 matrix · `xs`: value = scale · signed byte, 8 words (two [`Quad`]s)
 /// per block; the f16 scales of blocks `2j` and `2j + 1` share word `j` of the row in
 /// `scales` (`cols` is a whole number of block pairs). Unrolled as [`dot_q4_1`].
@@ -243,7 +313,8 @@ fn dot_q8_0(
 }
 
 /// `out[p, r] (+)= W[r] · norm?(x[p])` for a Q4_1 matrix (`rows` a multiple of [`ROWS`]):
-/// grid `(rows / ROWS, positions / tile)`, `tile` positions per workgroup. `residual` adds to
+/// grid `(rows / (ROWS / split), positions / tile)`, `tile` positions per workgroup, `split`
+/// invocations per row (`split > 1` only with `tile == 1`: decoding on a GPU). `residual` adds to
 /// `out` (the residual stream) instead of writing it; `tap` (with `residual`) also copies the
 /// last position's new row into row `slot` of `states` (what the probes read after a block:
 /// the down projection writes it, so no separate copy dispatch is needed; untapped launches
@@ -266,6 +337,7 @@ pub fn matvec_q4_1(
     #[comptime] residual: bool,
     #[comptime] tile: usize,
     #[comptime] tap: bool,
+    #[comptime] split: usize,
 ) {
     let mut xs = Shared::new_slice(tile * cols);
     let mut sums = Shared::new_slice(tile * cols / BLOCK);
@@ -291,16 +363,25 @@ pub fn matvec_q4_1(
         );
     }
     // Every row exists (rows is a multiple of ROWS): no branch around the dot product.
-    let row = CUBE_POS_X as usize * ROWS as usize + UNIT_POS as usize;
+    let per = ROWS as usize / split;
+    let tid = UNIT_POS as usize;
+    let row = CUBE_POS_X as usize * per + tid % per;
     let mut acc = Array::<f32>::new(tile);
     let mut qx = Array::<f32>::new(tile);
-    dot_q4_1(
-        words, scales, &xs, &sums, row, rows, &mut acc, &mut qx, cols, tile,
-    );
+    if split == 1 {
+        dot_q4_1(
+            words, scales, &xs, &sums, row, rows, &mut acc, &mut qx, cols, tile,
+        );
+    } else {
+        let part = dot_q4_1_part(words, scales, &xs, &sums, row, rows, tid / per, cols, split);
+        acc[0] = row_parts_sum(part, &mut scratch, split);
+    }
+    // The first `per` invocations write (all of them when split is 1).
+    let writes = tid < per;
     #[unroll]
     for t in 0..tile {
         let p = p0 + t;
-        if p < n {
+        if p < n && writes {
             if residual {
                 let v = out[p * rows + row] + acc[t];
                 out[p * rows + row] = v;
@@ -315,7 +396,7 @@ pub fn matvec_q4_1(
 }
 
 /// `h[p, r] = silu(G[r] · n) · (U[r] · n)` with `n = RMSNorm(x[p])`: the feed-forward's first
-/// half in one dispatch (grid `(rows / ROWS, positions / tile)`). `G` and `U` are one stacked
+/// half in one dispatch (grid `(rows / (ROWS / split), positions / tile)`, as [`matvec_q4_1`]). `G` and `U` are one stacked
 /// `[2·rows, cols]` matrix (gate rows first), so the kernel binds 5 storage buffers.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -330,6 +411,7 @@ pub fn swiglu_q4_1(
     eps: f32,
     #[comptime] cols: usize,
     #[comptime] tile: usize,
+    #[comptime] split: usize,
 ) {
     let mut xs = Shared::new_slice(tile * cols);
     let mut sums = Shared::new_slice(tile * cols / BLOCK);
@@ -353,30 +435,51 @@ pub fn swiglu_q4_1(
             true,
         );
     }
-    let row = CUBE_POS_X as usize * ROWS as usize + UNIT_POS as usize;
+    let per = ROWS as usize / split;
+    let tid = UNIT_POS as usize;
+    let row = CUBE_POS_X as usize * per + tid % per;
     let mut g = Array::<f32>::new(tile);
     let mut u = Array::<f32>::new(tile);
     let mut qx = Array::<f32>::new(tile);
     let stacked = 2 * rows;
-    dot_q4_1(
-        words, scales, &xs, &sums, row, stacked, &mut g, &mut qx, cols, tile,
-    );
-    dot_q4_1(
-        words,
-        scales,
-        &xs,
-        &sums,
-        rows + row,
-        stacked,
-        &mut u,
-        &mut qx,
-        cols,
-        tile,
-    );
+    if split == 1 {
+        dot_q4_1(
+            words, scales, &xs, &sums, row, stacked, &mut g, &mut qx, cols, tile,
+        );
+        dot_q4_1(
+            words,
+            scales,
+            &xs,
+            &sums,
+            rows + row,
+            stacked,
+            &mut u,
+            &mut qx,
+            cols,
+            tile,
+        );
+    } else {
+        let lane = tid / per;
+        let gate = dot_q4_1_part(words, scales, &xs, &sums, row, stacked, lane, cols, split);
+        let up = dot_q4_1_part(
+            words,
+            scales,
+            &xs,
+            &sums,
+            rows + row,
+            stacked,
+            lane,
+            cols,
+            split,
+        );
+        g[0] = row_parts_sum(gate, &mut scratch, split);
+        u[0] = row_parts_sum(up, &mut scratch, split);
+    }
+    let writes = tid < per;
     #[unroll]
     for t in 0..tile {
         let p = p0 + t;
-        if p < n {
+        if p < n && writes {
             h[p * rows + row] = g[t] / (1.0 + f32::exp(-g[t])) * u[t];
         }
     }
@@ -537,10 +640,22 @@ pub fn rope_kv(
     }
 }
 
+/// Position groups of the attention kernel when decoding on a GPU
+/// ([`super::DecodeLayout::SplitRows`]): 4 groups of [`LANES`] invocations (256, WebGPU's
+/// default limit per workgroup) each take every 4th position.
+pub const ATTENTION_GROUPS: u32 = 4;
+
 /// Attention of query head `CUBE_POS_X` at position `start + CUBE_POS_Y` over every key up to
-/// it (causal): scores, softmax and the weighted values in one workgroup; the scores stay in
-/// workgroup memory (`max_positions` f32: 8 KB for 2,048). Writes `ctx[p, head·hd..]`.
-/// `head_dim` must equal [`LANES`].
+/// it (causal): scores, softmax and the weighted values in one workgroup of `groups` ·
+/// `head_dim` invocations; the scores stay in workgroup memory (`max_positions` f32: 8 KB for
+/// 2,048). Writes `ctx[p, head·hd..]`. `head_dim` must equal [`LANES`].
+///
+/// Invocation `g · head_dim + d` scores keys `tid`, `tid + lanes`, … and sums value `d` over
+/// positions `g`, `g + groups`, …; the groups' sums meet in workgroup memory. One group (a
+/// prefill, where heads × positions workgroups fill the device, and CPU adapters) is the
+/// plain kernel; a decoded position has only as many workgroups as heads (9), so on a GPU its
+/// serial chain of value loads (one per position, each waiting on memory) is what takes the
+/// time: 4 groups and 4 loads in flight per iteration cut it 16-fold.
 ///
 /// Keys and values of earlier steps (positions before `start`) come from the caches, those of
 /// this step's positions from `qkv` in f32 (rotated by [`rope_kv`]). With an f16 cache this
@@ -563,17 +678,23 @@ pub fn attention(
     #[comptime] max_positions: usize,
     #[comptime] head_dim: usize,
     #[comptime] f16: bool,
+    #[comptime] groups: usize,
 ) {
+    let lanes = groups * head_dim;
     let mut scores = Shared::new_slice(max_positions);
     let mut q = Shared::new_slice(head_dim);
-    let mut scratch = Shared::new_slice(LANES as usize);
+    let mut scratch = Shared::new_slice(lanes);
     let h = CUBE_POS_X as usize;
     let p = CUBE_POS_Y as usize;
     let tid = UNIT_POS as usize;
+    let dim = tid % head_dim;
+    let g = tid / head_dim;
     let kvh = h / group;
     let total = start + p + 1;
     let width = q_dim + 2 * kv_dim;
-    q[tid] = qkv[p * width + h * head_dim + tid];
+    if g == 0 {
+        q[dim] = qkv[p * width + h * head_dim + dim];
+    }
     sync_cube();
     let cache0 = layer * max_positions * kv_dim + kvh * head_dim;
     // This step's keys and values in `qkv`: position `start + i` at row `i`.
@@ -603,26 +724,61 @@ pub fn attention(
         s /= scale;
         scores[t] = s;
         best = max(best, s);
-        t += LANES as usize;
+        t += lanes;
     }
-    let best = workgroup_max(best, &mut scratch);
+    let best = workgroup_max(best, &mut scratch, lanes);
     let mut sum = 0.0f32;
     let mut t = tid;
     while t < total {
         let e = f32::exp(scores[t] - best);
         scores[t] = e;
         sum += e;
-        t += LANES as usize;
+        t += lanes;
     }
-    let sum = workgroup_sum(sum, &mut scratch, LANES as usize);
+    let sum = workgroup_sum(sum, &mut scratch, lanes);
     let mut acc = 0.0f32;
-    for t in 0..start {
-        acc += scores[t] * load(v_cache, cache0 + t * kv_dim + tid, f16);
+    let col = cache0 + dim;
+    if groups == 1 {
+        for t in 0..start {
+            acc += scores[t] * load(v_cache, col + t * kv_dim, f16);
+        }
+    } else {
+        // Four positions per iteration, so four loads are in flight at once.
+        let step = 4 * groups;
+        let mut t = g;
+        while t + 3 * groups < start {
+            let a = load(v_cache, col + t * kv_dim, f16);
+            let b = load(v_cache, col + (t + groups) * kv_dim, f16);
+            let c = load(v_cache, col + (t + 2 * groups) * kv_dim, f16);
+            let e = load(v_cache, col + (t + 3 * groups) * kv_dim, f16);
+            acc += scores[t] * a
+                + scores[t + groups] * b
+                + scores[t + 2 * groups] * c
+                + scores[t + 3 * groups] * e;
+            t += step;
+        }
+        while t < start {
+            acc += scores[t] * load(v_cache, col + t * kv_dim, f16);
+            t += groups;
+        }
     }
-    for t in start..total {
-        acc += scores[t] * qkv[(t - start) * width + v_new + tid];
+    let mut t = start + g;
+    while t < total {
+        acc += scores[t] * qkv[(t - start) * width + v_new + dim];
+        t += groups;
     }
-    ctx[p * q_dim + h * head_dim + tid] = acc / sum;
+    if groups > 1 {
+        scratch[tid] = acc;
+        sync_cube();
+        acc = 0.0;
+        #[unroll]
+        for j in 0..groups {
+            acc += scratch[j * head_dim + dim];
+        }
+    }
+    if g == 0 {
+        ctx[p * q_dim + h * head_dim + dim] = acc / sum;
+    }
 }
 
 /// `out[slot] = x[p]` (`cols` values): keeps the residual stream after a block at the step's

@@ -62,6 +62,50 @@ impl KvPrecision {
     }
 }
 
+/// How a decoded position's products spread their rows over a workgroup's invocations.
+///
+/// The engine picks by adapter ([`DecodeLayout::for_adapter`]); prefill always runs one row per
+/// invocation (its workgroups already multiply up to 4 positions per weight read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeLayout {
+    /// One invocation per row, its dot product unrolled at constant input addresses: what CPU
+    /// implementations of Vulkan/WebGPU (lavapipe, SwiftShader) run fastest (see `kernels`).
+    RowPerInvocation,
+    /// `kernels::SPLIT` (8) invocations per row, partial sums added in workgroup memory: 8x
+    /// the workgroups and an eighth of each invocation's serial work, for GPUs. Figures:
+    /// notes/issue-14-gpu.md.
+    SplitRows,
+}
+
+impl DecodeLayout {
+    /// [`DecodeLayout::RowPerInvocation`] for a software adapter (wgpu's `Cpu` device type,
+    /// or a name naming SwiftShader, lavapipe's llvmpipe or WARP, which browsers report
+    /// without a type), [`DecodeLayout::SplitRows`] otherwise.
+    pub fn for_adapter(name: &str, device_type: &str) -> Self {
+        let name = name.to_ascii_lowercase();
+        let software = device_type == "Cpu"
+            || ["swiftshader", "llvmpipe", "lavapipe", "warp", "software"]
+                .iter()
+                .any(|s| name.contains(s));
+        if software {
+            DecodeLayout::RowPerInvocation
+        } else {
+            DecodeLayout::SplitRows
+        }
+    }
+
+    /// Invocations per row.
+    pub fn split(self) -> usize {
+        match self {
+            DecodeLayout::RowPerInvocation => 1,
+            #[cfg(feature = "webgpu")]
+            DecodeLayout::SplitRows => kernels::SPLIT as usize,
+            #[cfg(not(feature = "webgpu"))]
+            DecodeLayout::SplitRows => 8,
+        }
+    }
+}
+
 #[cfg(not(feature = "webgpu"))]
 pub use without_webgpu::{Engine, Sequence};
 
@@ -103,6 +147,8 @@ mod without_webgpu {
         }
         /// Nothing to set.
         pub fn set_kv_precision(&mut self, _kv: super::KvPrecision) {}
+        /// Nothing to set.
+        pub fn set_decode_layout(&mut self, _layout: super::DecodeLayout) {}
         /// No positions.
         pub fn max_positions(&self) -> usize {
             0

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use webguard::backend::{Backend, BackendChoice, BackendKind, read_f32};
-use webguard::models::gpu::KvPrecision;
 use webguard::models::gpu::engine::device_bytes_in_use;
+use webguard::models::gpu::{DecodeLayout, KvPrecision};
 use webguard::models::llama::Llama;
 use webguard::models::packed::Precision;
 use webguard::text::Tokenizer;
@@ -58,6 +58,11 @@ pub struct ChatBench {
     /// time goes.
     #[arg(long, default_value_t = 0)]
     profile_tokens: usize,
+    /// On a GPU, how the engine lays out a decoded position's products: auto (picked from the
+    /// adapter), rows (one invocation per row), split (8 per row), or a comma-separated list
+    /// measured one after the other in this run (e.g. `rows,split,rows,split`).
+    #[arg(long, default_value = "auto")]
+    gpu_layouts: String,
 }
 
 /// Counts every kernel launch, burn's included.
@@ -184,6 +189,8 @@ struct Run {
     readback_bytes_per_token: Option<f64>,
     /// The engine's KV cache storage (f32 or f16).
     kv_cache: Option<String>,
+    /// The engine's decode layout.
+    layout: Option<String>,
 }
 
 impl Run {
@@ -192,6 +199,7 @@ impl Run {
             "backend": self.backend,
             "path": self.path,
             "kv_cache": self.kv_cache,
+            "decode_layout": self.layout,
             "device": self.device,
             "load_s": self.load_s,
             "prefill_tokens_per_s": self.prefill,
@@ -223,6 +231,9 @@ impl Run {
         }
         if let Some(kv) = &self.kv_cache {
             line += &format!(" ({kv} KV cache)");
+        }
+        if let Some(layout) = &self.layout {
+            line += &format!(", decode layout {layout}");
         }
         if let Some(d) = self.dispatches_per_token {
             line += &format!(", {d:.0} dispatches/token");
@@ -275,6 +286,18 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
             )));
         }
     };
+    let layouts = args
+        .gpu_layouts
+        .split(',')
+        .map(|l| match l.trim() {
+            "auto" => Ok(None),
+            "rows" => Ok(Some(DecodeLayout::RowPerInvocation)),
+            "split" => Ok(Some(DecodeLayout::SplitRows)),
+            other => Err(Error::InvalidInput(format!(
+                "--gpu-layouts {other}: expected auto, rows or split"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let launches = Arc::new(Launches::default());
     let _observing = cubecl::logging::LaunchObservation::new(launches.clone());
     let count = || launches.0.load(Ordering::Relaxed);
@@ -293,78 +316,88 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
         let vocab = model.config().vocab_size;
 
         // The quantised engine first (before burn's path widens its weights on the GPU).
-        match model.gpu_engine() {
-            Ok(engine) => {
-                // Warm-up (kernel compilation: prefill's and one decode step's, whose
-                // products are other kernel variants), then the measured run.
-                let mut seq = engine.new_sequence();
-                engine.step(&mut seq, &prompt[..prompt_tokens.min(8)])?;
-                pollster::block_on(engine.argmax(&mut seq))?;
-                engine.step_picked(&mut seq)?;
-                pollster::block_on(engine.argmax(&mut seq))?;
-                drop(seq);
-                let mut seq = engine.new_sequence();
-                let start = Instant::now();
-                engine.step(&mut seq, &prompt)?;
-                pollster::block_on(engine.argmax(&mut seq))?;
-                let ttft = start.elapsed().as_secs_f64();
-                let (before, launched) = (engine.stats(), count());
-                let decode_start = Instant::now();
-                for _ in 1..new_tokens {
-                    // Greedy: the pick stays on the GPU for the next step.
+        for (i, layout) in layouts.iter().enumerate() {
+            // `auto`: the adapter's default (also after an explicit layout in the list).
+            let adapter = backend.adapter.as_ref();
+            let auto = adapter.map(|a| DecodeLayout::for_adapter(&a.name, &a.device_type));
+            if let Some(layout) = layout.or(auto) {
+                model.set_gpu_decode_layout(layout);
+            }
+            let last_layout = i + 1 == layouts.len();
+            match model.gpu_engine() {
+                Ok(engine) => {
+                    // Warm-up (kernel compilation: prefill's and one decode step's, whose
+                    // products are other kernel variants), then the measured run.
+                    let mut seq = engine.new_sequence();
+                    engine.step(&mut seq, &prompt[..prompt_tokens.min(8)])?;
+                    pollster::block_on(engine.argmax(&mut seq))?;
                     engine.step_picked(&mut seq)?;
                     pollster::block_on(engine.argmax(&mut seq))?;
-                }
-                let decode = decode_start.elapsed().as_secs_f64();
-                let (after, launched) = (engine.stats(), count() - launched);
-                let tokens = (new_tokens - 1) as f64;
-                let own = after.dispatches - before.dispatches;
-                if own != launched {
-                    return Err(Error::Backend(format!(
-                        "the engine counted {own} launches, cubecl's observer {launched}"
-                    )));
-                }
-                // Nothing is uploaded per token (an upload would submit what is queued): the
-                // launches go in batches of 32, the last batch at the read.
-                if after.upload_bytes != before.upload_bytes {
-                    return Err(Error::Backend("greedy decoding uploaded data".into()));
-                }
-                let per_token = (launched as f64 / (new_tokens - 1) as f64).ceil() as u64;
-                let submissions =
-                    per_token.div_ceil(WGPU_TASKS_PER_SUBMISSION) * (new_tokens - 1) as u64;
-                runs.push(Run {
-                    backend: name.trim().into(),
-                    path: "engine".into(),
-                    kv_cache: Some(args.kv.clone()),
-                    device: backend.to_string(),
-                    load_s: load,
-                    prefill: prompt_tokens as f64 / ttft,
-                    ttft_ms: ttft * 1000.0,
-                    decode: tokens / decode,
-                    weight_bytes: engine.weight_bytes(),
-                    total_bytes: in_use(),
-                    dispatches_per_token: Some(launched as f64 / tokens),
-                    submissions_per_token: Some(submissions as f64 / tokens),
-                    readback_bytes_per_token: Some(
-                        (after.readback_bytes - before.readback_bytes) as f64 / tokens,
-                    ),
-                });
-                if !args.json {
-                    runs.last().map(Run::print);
-                }
-                if args.profile_tokens > 0 {
-                    if seq.len() + args.profile_tokens > engine.max_positions() {
-                        return Err(Error::InvalidInput(
-                            "--profile-tokens: past the engine's cache".into(),
-                        ));
+                    drop(seq);
+                    let mut seq = engine.new_sequence();
+                    let start = Instant::now();
+                    engine.step(&mut seq, &prompt)?;
+                    pollster::block_on(engine.argmax(&mut seq))?;
+                    let ttft = start.elapsed().as_secs_f64();
+                    let (before, launched) = (engine.stats(), count());
+                    let decode_start = Instant::now();
+                    for _ in 1..new_tokens {
+                        // Greedy: the pick stays on the GPU for the next step.
+                        engine.step_picked(&mut seq)?;
+                        pollster::block_on(engine.argmax(&mut seq))?;
                     }
-                    profile_engine(engine, &mut seq, args.profile_tokens)?;
+                    let decode = decode_start.elapsed().as_secs_f64();
+                    let (after, launched) = (engine.stats(), count() - launched);
+                    let tokens = (new_tokens - 1) as f64;
+                    let own = after.dispatches - before.dispatches;
+                    if own != launched {
+                        return Err(Error::Backend(format!(
+                            "the engine counted {own} launches, cubecl's observer {launched}"
+                        )));
+                    }
+                    // Nothing is uploaded per token (an upload would submit what is queued): the
+                    // launches go in batches of 32, the last batch at the read.
+                    if after.upload_bytes != before.upload_bytes {
+                        return Err(Error::Backend("greedy decoding uploaded data".into()));
+                    }
+                    let per_token = (launched as f64 / (new_tokens - 1) as f64).ceil() as u64;
+                    let submissions =
+                        per_token.div_ceil(WGPU_TASKS_PER_SUBMISSION) * (new_tokens - 1) as u64;
+                    runs.push(Run {
+                        backend: name.trim().into(),
+                        path: "engine".into(),
+                        kv_cache: Some(args.kv.clone()),
+                        layout: Some(format!("{:?}", engine.decode_layout())),
+                        device: backend.to_string(),
+                        load_s: load,
+                        prefill: prompt_tokens as f64 / ttft,
+                        ttft_ms: ttft * 1000.0,
+                        decode: tokens / decode,
+                        weight_bytes: engine.weight_bytes(),
+                        total_bytes: in_use(),
+                        dispatches_per_token: Some(launched as f64 / tokens),
+                        submissions_per_token: Some(submissions as f64 / tokens),
+                        readback_bytes_per_token: Some(
+                            (after.readback_bytes - before.readback_bytes) as f64 / tokens,
+                        ),
+                    });
+                    if !args.json {
+                        runs.last().map(Run::print);
+                    }
+                    if args.profile_tokens > 0 && last_layout {
+                        if seq.len() + args.profile_tokens > engine.max_positions() {
+                            return Err(Error::InvalidInput(
+                                "--profile-tokens: past the engine's cache".into(),
+                            ));
+                        }
+                        profile_engine(engine, &mut seq, args.profile_tokens)?;
+                    }
                 }
+                Err(reason) if gpu && last_layout => {
+                    eprintln!("  (the GPU engine does not run: {reason})");
+                }
+                Err(_) => {}
             }
-            Err(reason) if gpu => {
-                eprintln!("  (the GPU engine does not run: {reason})");
-            }
-            Err(_) => {}
         }
 
         if gpu && args.engine_only {
@@ -407,6 +440,7 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
             submissions_per_token: None,
             readback_bytes_per_token: Some((vocab * 4) as f64),
             kv_cache: None,
+            layout: None,
         });
         if !args.json {
             runs.last().map(Run::print);
