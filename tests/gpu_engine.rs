@@ -342,6 +342,14 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
     );
     let diff = state_diff(&got[..2 * 576], &want);
     assert!(diff <= STATE_TOLERANCE, "taps {a}, {b}: {diff:e}");
+    // A decoded position: its RoPE and cache write are done by the attention kernel.
+    let before = engine.stats().dispatches;
+    engine.step(&mut seq, &ids[..1]).unwrap();
+    assert_eq!(
+        engine.stats().dispatches - before,
+        1 + 5 * blocks + 2 + 1,
+        "embedding, 5 per block when decoding, final norm and logits, the repeated tap's copy"
+    );
     drop(seq);
 
     // A moderated turn (the filter on the CPU, so that the GPU holds the chat model only):

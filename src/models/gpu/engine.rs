@@ -1,9 +1,10 @@
 //! Loading the engine, running positions through it, reading results back, and counting
 //! what that cost (dispatches, read-back bytes).
 //!
-//! One step over `n` new positions (`n = 1` when decoding) is, per block: RMSNorm + QKV
-//! (one stacked Q4_1 matrix), RoPE + KV write, attention, output projection + residual,
-//! RMSNorm + gate/up + SwiGLU, down projection + residual: 6 dispatches. Around the blocks:
+//! One step over `n` new positions is, per block: RMSNorm + QKV (one stacked Q4_1 matrix),
+//! RoPE + KV write, attention, output projection + residual, RMSNorm + gate/up + SwiGLU, down
+//! projection + residual: 6 dispatches; decoding (`n = 1`) 5, the attention kernel rotating
+//! its position and writing the caches itself. Around the blocks:
 //! the embedding lookup, the final RMSNorm of the last position, its logits, and (greedy) the
 //! argmax. Nothing is read back until the caller asks for the token (8 bytes) or the logits.
 //! The KV cache is `max_positions` long from the start (2,048), so a step never reallocates
@@ -491,27 +492,32 @@ impl Engine {
                     split,
                 )
             };
+            // A decoded position is rotated (and cached) by the attention kernel itself.
+            let rope_in_attention = n == 1;
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
-            unsafe {
-                kernels::rope_kv::launch_unchecked(
-                    client,
-                    CubeCount::Static(pos, 1, 1),
-                    lanes,
-                    arg(&qkv, n * width),
-                    arg(&self.cos, self.max_positions * hd / 2),
-                    arg(&self.sin, self.max_positions * hd / 2),
-                    arg(&seq.k, cache_len),
-                    arg(&seq.v, cache_len),
-                    start,
-                    l,
-                    d,
-                    kv,
-                    hd,
-                    self.max_positions,
-                    f16,
-                )
-            };
+            if !rope_in_attention {
+                unsafe {
+                    kernels::rope_kv::launch_unchecked(
+                        client,
+                        CubeCount::Static(pos, 1, 1),
+                        lanes,
+                        arg(&qkv, n * width),
+                        arg(&self.cos, self.max_positions * hd / 2),
+                        arg(&self.sin, self.max_positions * hd / 2),
+                        arg(&seq.k, cache_len),
+                        arg(&seq.v, cache_len),
+                        start,
+                        l,
+                        d,
+                        kv,
+                        hd,
+                        self.max_positions,
+                        f16,
+                    )
+                };
+                self.launched(1);
+            }
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
             // the same shapes), so the bounds checks `launch` adds are dropped.
             unsafe {
@@ -523,6 +529,8 @@ impl Engine {
                     arg(&seq.k, cache_len),
                     arg(&seq.v, cache_len),
                     arg(&ctx, n * d),
+                    arg(&self.cos, self.max_positions * hd / 2),
+                    arg(&self.sin, self.max_positions * hd / 2),
                     start,
                     l,
                     d,
@@ -533,6 +541,7 @@ impl Engine {
                     hd,
                     f16,
                     attention_groups,
+                    rope_in_attention,
                 )
             };
             let (ow, os) = q4(&w.o);
@@ -616,7 +625,7 @@ impl Engine {
                     split,
                 )
             };
-            self.launched(6);
+            self.launched(5);
             if let Some(states) = &seq.states {
                 for (slot, _) in slots {
                     // SAFETY: `x` holds `n` positions of `d` and `states` `taps.len()` rows.

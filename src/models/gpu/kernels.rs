@@ -35,7 +35,8 @@
 //!
 //! Fusions (each a single dispatch): RMSNorm + projection (the workgroup normalises its
 //! position itself: 576 values, cheaper than a dispatch), projection + residual add, RMSNorm +
-//! gate/up + SwiGLU, RoPE + KV-cache write, the whole attention of one head and position
+//! gate/up + SwiGLU, RoPE + KV-cache write (in prefill; a decoded position's RoPE and cache
+//! write are done in its attention kernel), the whole attention of one head and position
 //! (scores, softmax, weighted values) and argmax over the vocabulary. The final RMSNorm is
 //! its own small dispatch ([`final_norm`]): the logits' 768 workgroups then read it directly
 //! instead of each normalising the input again.
@@ -577,9 +578,10 @@ fn store_pair(cache: &mut [u32], at: usize, a: f32, b: f32, #[comptime] f16: boo
     }
 }
 
-/// Value `at` of a KV cache stored by [`store_pair`].
+/// Value `at` of a KV cache stored by [`store_pair`]. (The cache is bound writable: the
+/// attention kernel both reads it and writes a decoded position into it.)
 #[cube]
-fn load(cache: &[u32], at: usize, #[comptime] f16: bool) -> f32 {
+fn load(cache: &mut [u32], at: usize, #[comptime] f16: bool) -> f32 {
     if f16 {
         half::unpack(cache[at / 2], at % 2 == 1)
     } else {
@@ -657,18 +659,25 @@ pub const ATTENTION_GROUPS: u32 = 4;
 /// serial chain of value loads (one per position, each waiting on memory) is what takes the
 /// time: 4 groups and 4 loads in flight per iteration cut it 16-fold.
 ///
+/// `rope` (a decoded position): the kernel rotates the query and the new key itself and
+/// writes the new key and value to the caches, so a decoded token needs no [`rope_kv`]
+/// dispatch (5 per block instead of 6); a prefill's positions are rotated once each by
+/// [`rope_kv`] first (here every workgroup would rotate every earlier new key again).
+///
 /// Keys and values of earlier steps (positions before `start`) come from the caches, those of
-/// this step's positions from `qkv` in f32 (rotated by [`rope_kv`]). With an f16 cache this
+/// this step's positions from `qkv` in f32 (rotated by [`rope_kv`] or here). With an f16 cache this
 /// keeps a prefill exact (every position it attends to is its own: the logits after a prompt
 /// equal the f32 cache's) and rounds only what later steps read back; with an f32 cache both
 /// sources hold the same values.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)] // (no is_multiple_of in kernels)
 pub fn attention(
     qkv: &[f32],
-    k_cache: &[u32],
-    v_cache: &[u32],
+    k_cache: &mut [u32],
+    v_cache: &mut [u32],
     ctx: &mut [f32],
+    cos: &[f32],
+    sin: &[f32],
     start: usize,
     layer: usize,
     q_dim: usize,
@@ -679,10 +688,12 @@ pub fn attention(
     #[comptime] head_dim: usize,
     #[comptime] f16: bool,
     #[comptime] groups: usize,
+    #[comptime] rope: bool,
 ) {
     let lanes = groups * head_dim;
     let mut scores = Shared::new_slice(max_positions);
     let mut q = Shared::new_slice(head_dim);
+    let mut k_rotated = Shared::new_slice(head_dim);
     let mut scratch = Shared::new_slice(lanes);
     let h = CUBE_POS_X as usize;
     let p = CUBE_POS_Y as usize;
@@ -692,23 +703,57 @@ pub fn attention(
     let kvh = h / group;
     let total = start + p + 1;
     let width = q_dim + 2 * kv_dim;
-    if g == 0 {
-        q[dim] = qkv[p * width + h * head_dim + dim];
-    }
-    sync_cube();
-    let cache0 = layer * max_positions * kv_dim + kvh * head_dim;
     // This step's keys and values in `qkv`: position `start + i` at row `i`.
     let k_new = q_dim + kvh * head_dim;
     let v_new = k_new + kv_dim;
+    if g == 0 {
+        if rope {
+            // One decoded position (p = 0): its query and key rotated here, as `rope_kv`
+            // does (the same f32 expressions), instead of in a dispatch of their own.
+            let i = dim / 2;
+            let c = cos[start * (head_dim / 2) + i];
+            let s = sin[start * (head_dim / 2) + i];
+            let qa = h * head_dim + 2 * i;
+            let ka = k_new + 2 * i;
+            let (x0, x1) = (qkv[qa], qkv[qa + 1]);
+            let (y0, y1) = (qkv[ka], qkv[ka + 1]);
+            let mut qr = x0 * c - x1 * s;
+            let mut kr = y0 * c - y1 * s;
+            if dim % 2 == 1 {
+                qr = x0 * s + x1 * c;
+                kr = y0 * s + y1 * c;
+            }
+            q[dim] = qr;
+            k_rotated[dim] = kr;
+        } else {
+            q[dim] = qkv[p * width + h * head_dim + dim];
+        }
+    }
+    sync_cube();
+    if rope && g == 0 && h % group == 0 && dim % 2 == 0 {
+        // The first query head of each key/value head writes that head's new key and value
+        // to the caches (no workgroup of this dispatch reads them there: each reads this
+        // step's own position from `k_rotated` and `qkv`).
+        let at = (layer * max_positions + start) * kv_dim + kvh * head_dim + dim;
+        store_pair(k_cache, at, k_rotated[dim], k_rotated[dim + 1], f16);
+        store_pair(v_cache, at, qkv[v_new + dim], qkv[v_new + dim + 1], f16);
+    }
+    let cache0 = layer * max_positions * kv_dim + kvh * head_dim;
     let mut best = f32::new(-3.0e38);
     let mut t = tid;
     while t < total {
         let k0 = cache0 + t * kv_dim;
         let mut s = 0.0f32;
         if t >= start {
-            let k1 = (t - start) * width + k_new;
-            for d in 0..head_dim {
-                s += q[d] * qkv[k1 + d];
+            if rope {
+                for d in 0..head_dim {
+                    s += q[d] * k_rotated[d];
+                }
+            } else {
+                let k1 = (t - start) * width + k_new;
+                for d in 0..head_dim {
+                    s += q[d] * qkv[k1 + d];
+                }
             }
         } else if f16 {
             // A word holds two neighbouring key values.

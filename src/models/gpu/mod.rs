@@ -1,5 +1,5 @@
 //! The chat model's GPU engine: SmolLM2 with its weights kept in the GGUF's Q4_1/Q8_0 blocks on
-//! the GPU and a decoded token in a few fused dispatches (6 per block, 184 for 30 blocks), with
+//! the GPU and a decoded token in a few fused dispatches (5 per block, 154 for 30 blocks), with
 //! a KV cache allocated once and greedy picks made on the GPU (8 bytes read back per token).
 //!
 //! Why its own engine rather than burn ops: burn's path widens the weights to f32 (538 MB of
