@@ -10,7 +10,8 @@
 // (webguard.js), N > 1 the threaded one (webguard_threads.js, N threads), "1t" the threaded
 // module on one thread (the cost of building with atomics); wllama runs in the same rounds
 // with each numeric count (its pthreads build for N > 1; --no-wllama skips it); medians and
-// ratios side by side.
+// ratios side by side; then classify latency for 1 and 32 texts by the same thread counts (the
+// filter as the Guard's worker loads it, in a worker, alternating rounds).
 //
 //   node scripts/bench-browser.mjs [--webgpu-tokens 4] [--tokens 64] [--guard-tokens 128]
 //     [--guard-runs 3] [--guard-only] [--skip-webgpu] [--threads 1,2 [--thread-runs 3] [--no-wllama]] [--json]
@@ -87,6 +88,21 @@ try {
       rows.push(peer);
       const ours = rows.find((r) => r.what === "threads" && r.threads === t && !r.who);
       log(`  median wllama ${t}: prefill ${peer.prefillPerSecond.toFixed(1)} tokens/s, decode ${peer.decodePerSecond.toFixed(2)} tokens/s; ratio webguard / wllama at ${t} thread(s): prefill ${(ours.prefillPerSecond / peer.prefillPerSecond).toFixed(2)}, decode ${(ours.decodePerSecond / peer.decodePerSecond).toFixed(2)}`);
+    }
+    // Classify latency by threads (the filter as the Guard's worker loads it), same rounds.
+    const batches = [1, 32];
+    const cls = Object.fromEntries(threadsList.map((t) => [t, []]));
+    for (let round = 0; round < arg("--thread-runs", 3); round++) {
+      for (const t of threadsList) {
+        const r = await ev("workerClassify", t === "1" ? "single" : "threads", Number.parseInt(t, 10), batches, 3);
+        cls[t].push(r);
+        log(`    round ${round + 1}, classify, ${t === "1" ? "1 thread (webguard.js)" : `${r.threads} thread(s) (webguard_threads.js)`}: ${batches.map((n) => `${n} text(s) ${r.msByBatch[n].toFixed(0)} ms`).join(", ")}${r.module === "threads" ? `; helpers joined ${r.joined} jobs` : ""}`);
+      }
+    }
+    for (const t of threadsList) {
+      const ms = Object.fromEntries(batches.map((n) => [n, median(cls[t].map((r) => r.msByBatch[n]))]));
+      rows.push({ what: "classify-threads", threads: t, module: cls[t][0].module, msByBatch: ms, runs: cls[t] });
+      log(`  median classify ${t}: ${batches.map((n) => `${n} text(s) ${ms[n].toFixed(0)} ms`).join(", ")}`);
     }
   } else {
     add({ what: "guard", ...(await ev("guardChat", MESSAGE, GUARD_TOKENS, GUARD_RUNS)) });

@@ -1,10 +1,36 @@
-// scripts/bench-browser.mjs --threads: webguard's wasm Chat in a worker, as guard-worker.js runs
-// it: the single-threaded module (webguard.js), or the threaded one (webguard_threads.js) with
-// helper workers (pkg/guard-thread.js) on its shared memory. A worker because the pool's
-// threads may wait (Atomics.wait), which a page's main thread may not.
-import { GGUF } from "./common.mjs";
+// scripts/bench-browser.mjs --threads: webguard's wasm Chat (kind "chat") or Filter (kind
+// "classify") in a worker, as guard-worker.js runs them: the single-threaded module
+// (webguard.js), or the threaded one (webguard_threads.js) with helper workers
+// (pkg/guard-thread.js) on its shared memory. A worker because the pool's threads may wait
+// (Atomics.wait), which a page's main thread may not.
+import { GGUF, MINILM } from "./common.mjs";
 
-self.onmessage = async ({ data: { module, threads, message, maxTokens } }) => {
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const fetchBytes = async (url) => new Uint8Array(await (await fetch(url)).arrayBuffer());
+
+/** Classify latency: the filter the Guard's worker loads (the 8-bit encoder, the shipped
+ *  heads), median of `runs` calls on each batch size after a warm-up. */
+async function classify(mod, batches, runs) {
+  const f = await mod.Filter.create(
+    "cpu", await fetchBytes(`${MINILM}/tokenizer.json`), await fetchBytes(`${MINILM}/config.json`),
+    await fetchBytes("/pkg/all-MiniLM-L6-v2.int8.safetensors"), await fetchBytes("/assets/filter-heads.safetensors"));
+  const out = {};
+  for (const batch of batches) {
+    const texts = Array.from({ length: batch }, (_, i) => `message ${i}: you are such an idiot, nobody wants you here, go away and never come back`);
+    await f.classify(texts);
+    const times = [];
+    for (let i = 0; i < runs; i++) {
+      const t0 = performance.now();
+      await f.classify(texts);
+      times.push(performance.now() - t0);
+    }
+    out[batch] = median(times);
+  }
+  f.free();
+  return out;
+}
+
+self.onmessage = async ({ data: { module, threads, kind = "chat", message, maxTokens, batches = [1, 32], runs = 3 } }) => {
   try {
     const mod = module === "threads" ? await import("/pkg/webguard_threads.js") : await import("/pkg/webguard.js");
     await mod.default();
@@ -19,7 +45,12 @@ self.onmessage = async ({ data: { module, threads, message, maxTokens } }) => {
         w.postMessage({ module: wasmModule, memory });
       })));
     }
-    const gguf = new Uint8Array(await (await fetch(GGUF)).arrayBuffer());
+    if (kind === "classify") {
+      const msByBatch = await classify(mod, batches, runs);
+      self.postMessage({ ok: true, result: { module, threads: n, joined: mod.threadJobsJoined?.() ?? 0, msByBatch } });
+      return;
+    }
+    const gguf = await fetchBytes(GGUF);
     const chat = await mod.Chat.create("cpu", gguf);
     await chat.generate([{ role: "user", content: "Hi" }], { maxTokens: 2 });
     let first;

@@ -17,12 +17,19 @@ window.bench = {
    *  "threads" (webguard_threads.js with `threads` threads); a new worker each time (a
    *  module's pool size is set once). */
   async workerChat(module, threads, message, maxTokens) {
+    return this.inWorker({ module, threads, message, maxTokens });
+  },
+  /** Classify latency (median ms per batch size) in a worker, as `workerChat`. */
+  async workerClassify(module, threads, batches, runs) {
+    return this.inWorker({ module, threads, kind: "classify", batches, runs });
+  },
+  async inWorker(request) {
     const w = new Worker(new URL("./bench-worker.mjs", import.meta.url), { type: "module" });
     try {
       const { data } = await new Promise((resolve, reject) => {
         w.onmessage = resolve;
         w.onerror = (e) => reject(new Error(e.message || "the bench worker failed"));
-        w.postMessage({ module, threads, message, maxTokens });
+        w.postMessage(request);
       });
       if (!data.ok) throw new Error(data.message);
       return data.result;
