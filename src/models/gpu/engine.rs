@@ -494,9 +494,9 @@ impl Engine {
             };
             // A decoded position is rotated (and cached) by the attention kernel itself.
             let rope_in_attention = n == 1;
-            // SAFETY: every index the kernel computes is inside its buffers (sized above from
-            // the same shapes), so the bounds checks `launch` adds are dropped.
             if !rope_in_attention {
+                // SAFETY: every index the kernel computes is inside its buffers (sized above
+                // from the same shapes), so the bounds checks `launch` adds are dropped.
                 unsafe {
                     kernels::rope_kv::launch_unchecked(
                         client,

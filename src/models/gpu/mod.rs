@@ -72,21 +72,29 @@ pub enum DecodeLayout {
     /// implementations of Vulkan/WebGPU (lavapipe, SwiftShader) run fastest (see `kernels`).
     RowPerInvocation,
     /// `kernels::SPLIT` (8) invocations per row, partial sums added in workgroup memory: 8x
-    /// the workgroups and an eighth of each invocation's serial work, for GPUs. Figures:
-    /// notes/issue-14-gpu.md.
+    /// the workgroups and an eighth of each invocation's serial work; and the attention in
+    /// `kernels::ATTENTION_GROUPS` (4) position groups. For GPUs: on an NVIDIA H200 it decoded
+    /// 1.4-2.7x faster than one row per invocation (notes/issue-14-gpu.md).
     SplitRows,
 }
 
 impl DecodeLayout {
     /// [`DecodeLayout::RowPerInvocation`] for a software adapter (wgpu's `Cpu` device type,
-    /// or a name naming SwiftShader, lavapipe's llvmpipe or WARP, which browsers report
-    /// without a type), [`DecodeLayout::SplitRows`] otherwise.
+    /// or a name naming SwiftShader, lavapipe's llvmpipe or Windows' WARP ("Microsoft Basic
+    /// Render Driver"), which browsers report without a type), [`DecodeLayout::SplitRows`]
+    /// otherwise.
     pub fn for_adapter(name: &str, device_type: &str) -> Self {
         let name = name.to_ascii_lowercase();
         let software = device_type == "Cpu"
-            || ["swiftshader", "llvmpipe", "lavapipe", "warp", "software"]
-                .iter()
-                .any(|s| name.contains(s));
+            || [
+                "swiftshader",
+                "llvmpipe",
+                "lavapipe",
+                "basic render",
+                "software",
+            ]
+            .iter()
+            .any(|s| name.contains(s));
         if software {
             DecodeLayout::RowPerInvocation
         } else {
@@ -103,6 +111,39 @@ impl DecodeLayout {
             #[cfg(not(feature = "webgpu"))]
             DecodeLayout::SplitRows => 8,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecodeLayout::{RowPerInvocation, SplitRows};
+    use super::*;
+
+    #[test]
+    fn software_adapters_decode_one_row_per_invocation_and_gpus_split_rows() {
+        // Names as wgpu reports them natively, and as a browser's adapter info gives them.
+        let cases = [
+            ("llvmpipe (LLVM 15.0.6, 256 bits)", "Cpu", RowPerInvocation),
+            ("SwiftShader Device", "Other", RowPerInvocation),
+            ("Google SwiftShader", "Other", RowPerInvocation),
+            ("Microsoft Basic Render Driver", "Other", RowPerInvocation),
+            ("NVIDIA H200", "DiscreteGpu", SplitRows),
+            ("Apple M2", "IntegratedGpu", SplitRows),
+            (
+                "ANGLE (Intel, Intel(R) UHD Graphics 620)",
+                "Other",
+                SplitRows,
+            ),
+        ];
+        for (name, kind, want) in cases {
+            assert_eq!(
+                DecodeLayout::for_adapter(name, kind),
+                want,
+                "{name} ({kind})"
+            );
+        }
+        assert_eq!(RowPerInvocation.split(), 1);
+        assert_eq!(SplitRows.split(), 8);
     }
 }
 
