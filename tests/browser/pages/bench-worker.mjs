@@ -4,8 +4,8 @@
 // (pkg/guard-thread.js) on its shared memory. A worker because the pool's threads may wait
 // (Atomics.wait), which a page's main thread may not.
 import { GGUF, MINILM } from "./common.mjs";
+import { classifyMs } from "./bench-common.mjs";
 
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const fetchBytes = async (url) => new Uint8Array(await (await fetch(url)).arrayBuffer());
 
 /** Classify latency: the filter the Guard's worker loads (the 8-bit encoder, the shipped
@@ -15,17 +15,7 @@ async function classify(mod, batches, runs) {
     "cpu", await fetchBytes(`${MINILM}/tokenizer.json`), await fetchBytes(`${MINILM}/config.json`),
     await fetchBytes("/pkg/all-MiniLM-L6-v2.int8.safetensors"), await fetchBytes("/assets/filter-heads.safetensors"));
   const out = {};
-  for (const batch of batches) {
-    const texts = Array.from({ length: batch }, (_, i) => `message ${i}: you are such an idiot, nobody wants you here, go away and never come back`);
-    await f.classify(texts);
-    const times = [];
-    for (let i = 0; i < runs; i++) {
-      const t0 = performance.now();
-      await f.classify(texts);
-      times.push(performance.now() - t0);
-    }
-    out[batch] = median(times);
-  }
+  for (const batch of batches) out[batch] = await classifyMs(f, batch, runs);
   f.free();
   return out;
 }

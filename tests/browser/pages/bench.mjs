@@ -5,10 +5,10 @@ import init, { Chat, Filter, Guard } from "/pkg/webguard.js";
 import initTuning, { Guard as TuningGuard } from "/pkg/webguard_tune.js";
 import { Wllama } from "/tests/browser/node_modules/@wllama/wllama/esm/index.js";
 import { GGUF, MINILM, bytes, minilm, spoilers } from "./common.mjs";
+import { classifyMs, median } from "./bench-common.mjs";
 
 const SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 const heads = () => bytes("/assets/filter-heads.safetensors");
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 await init();
 await initTuning();
@@ -144,15 +144,7 @@ window.bench = {
   /** Filter latency: median of `runs` calls on `batch` copies of one short message. */
   async classify(backend, batch, runs) {
     const f = await Filter.create(backend, ...(await minilm()), await heads());
-    const texts = Array.from({ length: batch }, (_, i) => `message ${i}: you are such an idiot, nobody wants you here, go away and never come back`);
-    await f.classify(texts);
-    const times = [];
-    for (let i = 0; i < runs; i++) {
-      const t0 = performance.now();
-      await f.classify(texts);
-      times.push(performance.now() - t0);
-    }
-    const out = { backend: f.backendDescription, batch, medianMs: median(times) };
+    const out = { backend: f.backendDescription, batch, medianMs: await classifyMs(f, batch, runs) };
     f.free();
     return out;
   },
