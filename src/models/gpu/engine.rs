@@ -428,6 +428,8 @@ impl Engine {
         } else {
             1
         };
+        // A decoded position is rotated (and cached) by the attention kernel itself.
+        let rope_in_attention = n == 1;
         // Position groups of a decoded position's attention (see `kernels::attention`).
         let attention_groups = if split > 1 {
             kernels::ATTENTION_GROUPS as usize
@@ -492,8 +494,6 @@ impl Engine {
                     split,
                 )
             };
-            // A decoded position is rotated (and cached) by the attention kernel itself.
-            let rope_in_attention = n == 1;
             if !rope_in_attention {
                 // SAFETY: every index the kernel computes is inside its buffers (sized above
                 // from the same shapes), so the bounds checks `launch` adds are dropped.

@@ -57,9 +57,6 @@ pub const ROWS: u32 = 64;
 pub const LANES: u32 = 64;
 /// Values per quantisation block.
 pub const BLOCK: usize = 32;
-/// Invocations per row of the decode products in [`super::DecodeLayout::SplitRows`]: 8 rows
-/// of 8 invocations per workgroup of [`ROWS`] (72 to 192 workgroups for SmolLM2's products).
-pub const SPLIT: u32 = 8;
 
 /// Four u32 words read with one load: a Q4_1 block's quants, half a Q8_0 block's.
 pub type Quad = Vector<u32, Const<4>>;
@@ -315,8 +312,8 @@ fn dot_q8_0(
 
 /// `out[p, r] (+)= W[r] · norm?(x[p])` for a Q4_1 matrix (`rows` a multiple of [`ROWS`]):
 /// grid `(rows / (ROWS / split), positions / tile)`, `tile` positions per workgroup, `split`
-/// invocations per row (`split > 1` only with `tile == 1`: decoding on a GPU). `residual` adds to
-/// `out` (the residual stream) instead of writing it; `tap` (with `residual`) also copies the
+/// invocations per row (`split > 1` only with `tile == 1`: decoding on a GPU). `residual` adds
+/// to `out` (the residual stream) instead of writing it; `tap` (with `residual`) also copies the
 /// last position's new row into row `slot` of `states` (what the probes read after a block:
 /// the down projection writes it, so no separate copy dispatch is needed; untapped launches
 /// bind any buffer).
@@ -397,8 +394,9 @@ pub fn matvec_q4_1(
 }
 
 /// `h[p, r] = silu(G[r] · n) · (U[r] · n)` with `n = RMSNorm(x[p])`: the feed-forward's first
-/// half in one dispatch (grid `(rows / (ROWS / split), positions / tile)`, as [`matvec_q4_1`]). `G` and `U` are one stacked
-/// `[2·rows, cols]` matrix (gate rows first), so the kernel binds 5 storage buffers.
+/// half in one dispatch (grid `(rows / (ROWS / split), positions / tile)`, as
+/// [`matvec_q4_1`]). `G` and `U` are one stacked `[2·rows, cols]` matrix (gate rows first), so
+/// the kernel binds 5 storage buffers.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn swiglu_q4_1(
@@ -578,6 +576,18 @@ fn store_pair(cache: &mut [u32], at: usize, a: f32, b: f32, #[comptime] f16: boo
     }
 }
 
+/// Element `second` (0 or 1) of the adjacent pair `(x0, x1)` rotated by the angle whose cosine
+/// and sine are `c` and `s`: [`rope_kv`] and a decoded position's [`attention`] both rotate
+/// with it, so the two paths give the same values.
+#[cube]
+fn rotated(x0: f32, x1: f32, c: f32, s: f32, #[comptime] second: bool) -> f32 {
+    if second {
+        x0 * s + x1 * c
+    } else {
+        x0 * c - x1 * s
+    }
+}
+
 /// Value `at` of a KV cache stored by [`store_pair`]. (The cache is bound writable: the
 /// attention kernel both reads it and writes a decoded position into it.)
 #[cube]
@@ -626,8 +636,8 @@ pub fn rope_kv(
             let s = sin[pos * half + i];
             let x0 = qkv[row + 2 * j];
             let x1 = qkv[row + 2 * j + 1];
-            let r0 = x0 * c - x1 * s;
-            let r1 = x0 * s + x1 * c;
+            let r0 = rotated(x0, x1, c, s, false);
+            let r1 = rotated(x0, x1, c, s, true);
             qkv[row + 2 * j] = r0;
             qkv[row + 2 * j + 1] = r1;
             if 2 * j >= q_dim {
@@ -657,7 +667,8 @@ pub const ATTENTION_GROUPS: u32 = 4;
 /// prefill, where heads × positions workgroups fill the device, and CPU adapters) is the
 /// plain kernel; a decoded position has only as many workgroups as heads (9), so on a GPU its
 /// serial chain of value loads (one per position, each waiting on memory) is what takes the
-/// time: 4 groups and 4 loads in flight per iteration cut it 16-fold.
+/// time: with 4 groups and 4 loads in flight per iteration (and split rows in the products)
+/// attention took 0.59 instead of 1.15 ms a token on an NVIDIA H200 (notes/issue-14-gpu.md).
 ///
 /// `rope` (a decoded position): the kernel rotates the query and the new key itself and
 /// writes the new key and value to the caches, so a decoded token needs no [`rope_kv`]
@@ -665,8 +676,8 @@ pub const ATTENTION_GROUPS: u32 = 4;
 /// [`rope_kv`] first (here every workgroup would rotate every earlier new key again).
 ///
 /// Keys and values of earlier steps (positions before `start`) come from the caches, those of
-/// this step's positions from `qkv` in f32 (rotated by [`rope_kv`] or here). With an f16 cache this
-/// keeps a prefill exact (every position it attends to is its own: the logits after a prompt
+/// this step's positions from `qkv` in f32 (rotated by [`rope_kv`] or here). With an f16
+/// cache this keeps a prefill exact (every position it attends to is its own: the logits after a prompt
 /// equal the f32 cache's) and rounds only what later steps read back; with an f32 cache both
 /// sources hold the same values.
 #[cube(launch_unchecked)]
@@ -717,14 +728,13 @@ pub fn attention(
             let ka = k_new + 2 * i;
             let (x0, x1) = (qkv[qa], qkv[qa + 1]);
             let (y0, y1) = (qkv[ka], qkv[ka + 1]);
-            let mut qr = x0 * c - x1 * s;
-            let mut kr = y0 * c - y1 * s;
-            if dim % 2 == 1 {
-                qr = x0 * s + x1 * c;
-                kr = y0 * s + y1 * c;
+            if dim % 2 == 0 {
+                q[dim] = rotated(x0, x1, c, s, false);
+                k_rotated[dim] = rotated(y0, y1, c, s, false);
+            } else {
+                q[dim] = rotated(x0, x1, c, s, true);
+                k_rotated[dim] = rotated(y0, y1, c, s, true);
             }
-            q[dim] = qr;
-            k_rotated[dim] = kr;
         } else {
             q[dim] = qkv[p * width + h * head_dim + dim];
         }

@@ -71,7 +71,7 @@ pub enum DecodeLayout {
     /// One invocation per row, its dot product unrolled at constant input addresses: what CPU
     /// implementations of Vulkan/WebGPU (lavapipe, SwiftShader) run fastest (see `kernels`).
     RowPerInvocation,
-    /// `kernels::SPLIT` (8) invocations per row, partial sums added in workgroup memory: 8x
+    /// [`DecodeLayout::SPLIT`] (8) invocations per row, partial sums added in workgroup memory: 8x
     /// the workgroups and an eighth of each invocation's serial work; and the attention in
     /// `kernels::ATTENTION_GROUPS` (4) position groups. For GPUs: on an NVIDIA H200 it decoded
     /// 1.4-2.7x faster than one row per invocation (notes/issue-14-gpu.md).
@@ -102,14 +102,15 @@ impl DecodeLayout {
         }
     }
 
+    /// Invocations per row in [`DecodeLayout::SplitRows`]: 8 rows of 8 invocations per
+    /// workgroup of 64 (72 to 192 workgroups for SmolLM2's products).
+    pub const SPLIT: usize = 8;
+
     /// Invocations per row.
     pub fn split(self) -> usize {
         match self {
             DecodeLayout::RowPerInvocation => 1,
-            #[cfg(feature = "webgpu")]
-            DecodeLayout::SplitRows => kernels::SPLIT as usize,
-            #[cfg(not(feature = "webgpu"))]
-            DecodeLayout::SplitRows => 8,
+            DecodeLayout::SplitRows => Self::SPLIT,
         }
     }
 }

@@ -316,10 +316,10 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
         let vocab = model.config().vocab_size;
 
         // The quantised engine first (before burn's path widens its weights on the GPU).
+        // `auto`: the adapter's default (also after an explicit layout in the list).
+        let adapter = backend.adapter.as_ref();
+        let auto = adapter.map(|a| DecodeLayout::for_adapter(&a.name, &a.device_type));
         for (i, layout) in layouts.iter().enumerate() {
-            // `auto`: the adapter's default (also after an explicit layout in the list).
-            let adapter = backend.adapter.as_ref();
-            let auto = adapter.map(|a| DecodeLayout::for_adapter(&a.name, &a.device_type));
             if let Some(layout) = layout.or(auto) {
                 model.set_gpu_decode_layout(layout);
             }
