@@ -306,7 +306,9 @@ export class Guard {
 
   /** The chat model's harmful-request probe, `{ threshold, layers, answerThreshold,
    *  safetyAdaptersFrom }` (the last null without safety adapters), or null when it is off
-   *  (`chatProbe: false`) or there is no chat model. Replies carry its score as `chatJudge`. */
+   *  (`chatProbe: false`) or there is no chat model. Replies carry its score as `chatJudge`
+   *  (after earlier turns or a system prompt, the higher of the conversation's score and the
+   *  last user message's read on its own: either blocks). */
   get chatProbe() { return this.#info.chatProbe ? structuredClone(this.#info.chatProbe) : null; }
 
   /** `{ label: { threshold, action } }`. */

@@ -4,7 +4,9 @@ TweetEval offensive? Trains on offensive train only and prints val macro-F1 (bes
 ROC-AUC after each epoch. Used to decide how webguard's filter is trained (notes/issue-3-filter.md).
 
     ~/.cache/webguard/venv-st/bin/python scripts/experiments/lora-offensive-torch.py lora 1e-3 1
-    (args: lora|full, learning rate, epochs)
+    (args: lora|full, learning rate, epochs[, "sched": 6% linear warm-up then linear decay])
+Each epoch's validation scores go to /tmp/offensive-val-<mode>-ep<N>.npy (for
+scripts/experiments/offensive-lexical-ensemble.py).
 """
 import torch, numpy as np, pathlib, time, sys
 from transformers import AutoTokenizer, AutoModel
@@ -31,6 +33,8 @@ head = torch.nn.Sequential(torch.nn.Linear(384 * 2, 256), torch.nn.ReLU(), torch
 params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
 print("trainable", sum(p.numel() for p in params))
 opt = torch.optim.AdamW(params, lr=float(sys.argv[2]))
+steps = int(sys.argv[3]) * ((len(tt) + 31) // 32)
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / (0.06 * steps)) * max(0.0, (steps - s) / steps)) if sys.argv[4:] == ["sched"] else None
 def feats(texts):
     e = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
     h = model(**e).last_hidden_state; m = e["attention_mask"].unsqueeze(-1).float()
@@ -40,7 +44,7 @@ def evaluate():
     model.eval(); head.eval(); s = []
     with torch.no_grad():
         for i in range(0, len(vt), 64): s += torch.sigmoid(head(feats(vt[i:i+64]))).squeeze(1).tolist()
-    s = np.array(s); model.train(); head.train()
+    s = np.array(s); model.train(); head.train(); evaluate.scores = s
     return max(f1_score(yv, s >= t, average="macro") for t in np.quantile(s, np.linspace(0.05, 0.95, 91))), roc_auc_score(yv, s)
 order = np.random.RandomState(0).permutation(len(tt)); t0 = time.time()
 w = torch.tensor([1.0, (len(yt) - sum(yt)) / sum(yt)])
@@ -50,5 +54,7 @@ for ep in range(int(sys.argv[3])):
         z = head(feats([tt[j] for j in idx])).squeeze(1)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y, pos_weight=w[1])
         opt.zero_grad(); loss.backward(); opt.step()
+        if sched: sched.step()
         if k % 100 == 0: print(ep, k, round(loss.item(), 4), round(time.time() - t0), flush=True)
     print("epoch", ep, "val macroF1/auc", evaluate(), round(time.time() - t0), flush=True)
+    np.save(f"/tmp/offensive-val-{mode}-ep{ep}.npy", evaluate.scores)

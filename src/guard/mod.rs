@@ -15,7 +15,9 @@
 //!    past-tense rewordings 119/123 alone, 77/123 after a turn); on validation
 //!    conversations the filter's head added 2 of 490 harmful requests for 5 more of 268
 //!    safe ones blocked (notes/issue-13-guard.md). Its score is still reported; without a
-//!    probe it blocks.
+//!    probe it blocks. When there is more before the last user message than the default
+//!    system prompt, that message is also judged on its own ([`last_message_judged_alone`]):
+//!    either judgement blocks.
 //! 2. The answer is generated and screened as it streams, one sentence at a time: text reaches
 //!    the caller only after the whole answer so far has passed, so a harmful answer is stopped
 //!    and replaced before any of it is shown. With an answer probe, the chat model also judges
@@ -78,7 +80,8 @@ pub struct ModeratedReply {
     /// Why generation ended (`None` when the model was not called).
     pub stop_reason: Option<String>,
     /// The chat model's own harm score of the conversation (its probe), when it has one and
-    /// the filter let the conversation through.
+    /// the filter let the conversation through: the higher of the conversation's score and,
+    /// when earlier turns or a system prompt precede it, the last user message's alone.
     pub chat_judge: Option<f32>,
     /// The chat model's highest harm score of the answer at its sentence ends (its answer
     /// probe), when it has one and an answer was judged.
@@ -114,6 +117,38 @@ impl ModeratedReply {
         self.stop_reason = Some("blocked".into());
         self
     }
+}
+
+/// The request probe's score of the last user message alone (with the default system
+/// prompt), where the conversation `ids` is more than that; `None` without a probe or when
+/// the two prompts are the same.
+///
+/// Why: the probe reads the states at the last prompt token, and earlier turns change them.
+/// Trained on requests alone and after one benign exchange, it still let through a fifth of
+/// harmful validation requests after an exchange of a kind it had seen few of (a translation,
+/// a persona; 189 of 245 flagged against 233 alone), and either judgement blocking took that
+/// to 235 for 2 more of 143 safe requests (`train-probe --evaluate`, notes/issue-13-guard.md).
+/// A split request ("how do I make" / "a pipe bomb") is still the conversation's to catch.
+async fn last_message_judged_alone(
+    chat: &ChatModel,
+    messages: &[Message],
+    ids: &[u32],
+    options: &GenerateOptions,
+) -> Result<Option<f32>> {
+    let (Some(probe), Some(last)) = (
+        chat.probe.as_ref(),
+        messages.iter().rev().find(|m| m.role == "user"),
+    ) else {
+        return Ok(None);
+    };
+    let alone = chat.prompt_ids(&[Message::new("user", &last.content)])?;
+    if alone == ids {
+        return Ok(None);
+    }
+    let mut generator = Generator::with_states(chat, &alone, options, &probe.layers)?;
+    let features = generator.states_at_last_token().await?;
+    generator.cancel();
+    Ok(Some(probe.score(&features)?))
 }
 
 /// The text that replaces a blocked message or answer.
@@ -220,6 +255,19 @@ pub async fn moderated_chat(
         return Ok(reply);
     }
 
+    // Earlier turns can hide a request from the probe: the last user message is judged on
+    // its own too, before the conversation (so that only one sequence is held at a time).
+    if let Some(score) = last_message_judged_alone(chat, messages, &ids, options).await? {
+        reply.chat_judge = Some(score);
+        if let Some(probe) = chat.probe.as_ref().filter(|p| score >= p.threshold) {
+            reply.refuse(format!(
+                "the last message, read on its own, was judged harmful by the chat model \
+                 {score:.2} >= {:.2}",
+                probe.threshold
+            ));
+            return Ok(reply);
+        }
+    }
     // The chat model's own judgement, from the prefill that answering needs anyway.
     let layers = (chat.probe.as_ref())
         .or(chat.answer_probe.as_ref())
@@ -229,7 +277,7 @@ pub async fn moderated_chat(
         // Right after the prefill: the states at the last prompt token.
         let features = generator.states_at_last_token().await?;
         let score = probe.score(&features)?;
-        reply.chat_judge = Some(score);
+        reply.chat_judge = Some(reply.chat_judge.map_or(score, |alone| alone.max(score)));
         if score >= probe.threshold {
             let reason = format!(
                 "the conversation was judged harmful by the chat model {score:.2} >= {:.2}",

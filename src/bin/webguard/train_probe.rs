@@ -58,6 +58,10 @@ pub struct TrainProbeArgs {
     /// threshold, on the same examples (to compare a new probe with the shipped one).
     #[arg(long)]
     evaluate: Option<PathBuf>,
+    /// With `--evaluate`: compute (and report) only these splits' states, e.g. `val` or
+    /// `val,held-out` (the training split's states are the slow part of a first run).
+    #[arg(long, value_delimiter = ',', requires = "evaluate")]
+    splits: Vec<String>,
 }
 
 /// How a probe is fitted and its threshold chosen (shared with `train-answer-probe`).
@@ -359,6 +363,24 @@ fn by_form_and_exchange(
     (forms, per_exchange)
 }
 
+/// Each example's score under the guard's rule: after an exchange, the higher of its own
+/// score and the score of its request alone.
+fn either_form(all: &[Example], scores: &[f32]) -> Vec<f32> {
+    let alone: HashMap<*const Request, f32> = all
+        .iter()
+        .zip(scores)
+        .filter(|(e, _)| e.context.is_none())
+        .map(|(e, &s)| (e.request as *const Request, s))
+        .collect();
+    all.iter()
+        .zip(scores)
+        .map(|(e, &s)| match alone.get(&(e.request as *const Request)) {
+            Some(&a) if e.context.is_some() => s.max(a),
+            _ => s,
+        })
+        .collect()
+}
+
 type Figures = HashMap<String, Counts>;
 
 /// The report of every split by kind, then by form and by exchange for validation and
@@ -380,11 +402,17 @@ fn report(
             ));
         }
     };
+    // The guard's rule for conversations with earlier turns: the last user message is also
+    // judged alone, and either judgement blocks.
+    let either = either_form(all, scores);
     for (name, split) in [
         ("val", Split::Val),
         ("held-out", Split::HeldOut),
         ("train", Split::Train),
     ] {
+        if !all.iter().any(|e| e.request.split == split) {
+            continue;
+        }
         let rows = by_kind(all, scores, split, threshold);
         table(
             format!("{name} (flagged / requests at threshold {threshold:.3}):\n"),
@@ -395,6 +423,11 @@ fn report(
                 by_form_and_exchange(all, exchanges, scores, split, threshold);
             table(format!("{name}, all kinds:\n"), &forms);
             table(format!("{name}, by exchange:\n"), &per_exchange);
+            let (forms, _) = by_form_and_exchange(all, exchanges, &either, split, threshold);
+            table(
+                format!("{name}, all kinds, the last message also judged alone:\n"),
+                &forms,
+            );
         }
         figures.insert(name.to_string(), rows);
     }
@@ -419,7 +452,22 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         lists.all.extend(e);
     }
     let exchanges = lists;
-    let all = examples(&requests, &exchanges);
+    let mut all = examples(&requests, &exchanges);
+    if !args.splits.is_empty() {
+        let keep: Vec<Split> = args
+            .splits
+            .iter()
+            .map(|s| match s.as_str() {
+                "train" => Ok(Split::Train),
+                "val" => Ok(Split::Val),
+                "held-out" => Ok(Split::HeldOut),
+                other => Err(Error::InvalidInput(format!(
+                    "--splits: {other:?} is not train, val or held-out"
+                ))),
+            })
+            .collect::<Result<_>>()?;
+        all.retain(|e| keep.contains(&e.request.split));
+    }
     let (chat, backend) = load_chat(models, "cpu", None)?;
     eprintln!(
         "chat on {backend}; {} requests from {} files, each alone and after one exchange of \

@@ -41,6 +41,10 @@ pub struct GuardBench {
     /// Without the chat model's probes (the filter alone screens).
     #[arg(long)]
     no_probe: bool,
+    /// A system prompt before the request: the guard then also judges the request on its
+    /// own (a second, short prefill), which this measures.
+    #[arg(long)]
+    system: Option<String>,
     /// Print one JSON object instead of lines.
     #[arg(long)]
     json: bool,
@@ -67,7 +71,10 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
         let probe = webguard::source_checkout().join("assets/chat-probe.safetensors");
         chat.load_probe(&read(&probe)?)?;
     }
-    let messages = [Message::new("user", MESSAGE)];
+    let messages: Vec<Message> = (args.system.iter())
+        .map(|s| Message::new("system", s))
+        .chain([Message::new("user", MESSAGE)])
+        .collect();
     let options = GenerateOptions {
         max_new_tokens: args.new_tokens,
         ..GenerateOptions::default()
@@ -154,6 +161,7 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
             "backend": backend.to_string(),
             "threads": threads(),
             "probes": !args.no_probe,
+            "system_prompt": args.system.is_some(),
             "prompt_tokens": ids.len(),
             "tokens": tokens,
             "runs": args.runs,
@@ -178,10 +186,10 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
         threads(),
         ids.len(),
         args.runs,
-        if args.no_probe {
-            ", no chat-model probes"
-        } else {
-            ""
+        match (args.no_probe, args.system.is_some()) {
+            (true, _) => ", no chat-model probes",
+            (false, true) => ", a system prompt first (the request is also judged alone)",
+            (false, false) => "",
         }
     );
     println!(
