@@ -160,6 +160,41 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn every_instruction_set_gives_the_same_bits() {
+        let input: Vec<f32> = (0..40_001)
+            .map(|i| (i as f32 - 20_000.0) * 7.3e-4)
+            .collect();
+        let mut portable = input.clone();
+        gelu_chunk_portable(&mut portable);
+        let mut checked = 0;
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let mut wide = input.clone();
+            // SAFETY: the CPU has AVX2 (checked above).
+            unsafe { gelu_chunk_avx2(&mut wide) };
+            assert!(
+                wide.iter()
+                    .zip(&portable)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+            checked += 1;
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let mut wide = input.clone();
+            // SAFETY: the CPU has AVX-512F (checked above).
+            unsafe { gelu_chunk_avx512(&mut wide) };
+            assert!(
+                wide.iter()
+                    .zip(&portable)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+            checked += 1;
+        }
+        // Every x86-64 machine these tests run on has AVX2.
+        assert!(checked >= 1, "no wide path ran");
+    }
+
+    #[test]
     fn the_tensor_path_equals_burns_gelu() {
         let device = Device::flex();
         let values: Vec<f32> = (0..3 * 1000).map(|i| (i as f32 - 1500.0) * 7e-3).collect();
