@@ -366,6 +366,7 @@ fn by_form_and_exchange(
 /// Each example's score under the guard's rule: after an exchange, the higher of its own
 /// score and the score of its request alone.
 fn either_form(all: &[Example], scores: &[f32]) -> Vec<f32> {
+    // Keyed by the request's address: every form of a request borrows the same one.
     let alone: HashMap<*const Request, f32> = all
         .iter()
         .zip(scores)
