@@ -49,6 +49,20 @@ pub enum Split {
     HeldOut,
 }
 
+impl Split {
+    /// The split a name given on a command line means (`train`, `val`, `held-out`).
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "train" => Ok(Split::Train),
+            "val" => Ok(Split::Val),
+            "held-out" | "heldout" => Ok(Split::HeldOut),
+            other => Err(Error::InvalidInput(format!(
+                "split {other:?}: use train, val or held-out"
+            ))),
+        }
+    }
+}
+
 /// One request with its label, kind and split.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {

@@ -151,6 +151,12 @@ async fn last_message_judged_alone(
     Ok(Some(probe.score(&features)?))
 }
 
+/// Why the chat model's probe blocked: `what` ("the conversation", ...) scored `score` against
+/// `threshold`.
+fn judged_harmful(what: &str, score: f32, threshold: f32) -> String {
+    format!("{what} was judged harmful by the chat model {score:.2} >= {threshold:.2}")
+}
+
 /// The text that replaces a blocked message or answer.
 fn refusal(reason: &str) -> String {
     format!("Blocked by the content filter ({reason}).")
@@ -260,10 +266,10 @@ pub async fn moderated_chat(
     if let Some(score) = last_message_judged_alone(chat, messages, &ids, options).await? {
         reply.chat_judge = Some(score);
         if let Some(probe) = chat.probe.as_ref().filter(|p| score >= p.threshold) {
-            reply.refuse(format!(
-                "the last message, read on its own, was judged harmful by the chat model \
-                 {score:.2} >= {:.2}",
-                probe.threshold
+            reply.refuse(judged_harmful(
+                "the last message, read on its own,",
+                score,
+                probe.threshold,
             ));
             return Ok(reply);
         }
@@ -279,10 +285,7 @@ pub async fn moderated_chat(
         let score = probe.score(&features)?;
         reply.chat_judge = Some(reply.chat_judge.map_or(score, |alone| alone.max(score)));
         if score >= probe.threshold {
-            let reason = format!(
-                "the conversation was judged harmful by the chat model {score:.2} >= {:.2}",
-                probe.threshold
-            );
+            let reason = judged_harmful("the conversation", score, probe.threshold);
             return Ok(reply.blocked_while_generating(generator, reason));
         }
     }
@@ -365,10 +368,7 @@ pub async fn moderated_chat(
             };
             reply.answer_judge = Some(reply.answer_judge.map_or(score, |s| s.max(score)));
             if score >= probe.threshold {
-                let reason = format!(
-                    "the answer was judged harmful by the chat model {score:.2} >= {:.2}",
-                    probe.threshold
-                );
+                let reason = judged_harmful("the answer", score, probe.threshold);
                 return Ok(reply.blocked_while_generating(generator, reason));
             }
         }
@@ -469,10 +469,7 @@ pub async fn judge_answer(
             let score = probe.score(&states.prompt_end)?;
             chat_judge = Some(score);
             if reason.is_none() && score >= probe.threshold {
-                reason = Some(format!(
-                    "the conversation was judged harmful by the chat model {score:.2} >= {:.2}",
-                    probe.threshold
-                ));
+                reason = Some(judged_harmful("the conversation", score, probe.threshold));
             }
         }
         if let Some(probe) = &chat.answer_probe {
@@ -482,10 +479,7 @@ pub async fn judge_answer(
             }
             answer_judge = Some(worst);
             if reason.is_none() && worst >= probe.threshold {
-                reason = Some(format!(
-                    "the answer was judged harmful by the chat model {worst:.2} >= {:.2}",
-                    probe.threshold
-                ));
+                reason = Some(judged_harmful("the answer", worst, probe.threshold));
             }
         }
     }

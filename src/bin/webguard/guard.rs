@@ -484,16 +484,7 @@ pub struct SafetyPromptsArgs {
 /// `safety-prompts`: the labelled requests of one split as `eval-guard` input, on stdout.
 pub fn run_safety_prompts(args: SafetyPromptsArgs) -> Result<()> {
     use webguard::filter::safety::{ExchangeList, Split, context_for, exchanges, requests};
-    let split = match args.split.as_str() {
-        "train" => Split::Train,
-        "val" => Split::Val,
-        "held-out" | "heldout" => Split::HeldOut,
-        other => {
-            return Err(Error::InvalidInput(format!(
-                "--split {other:?}: use train, val or held-out"
-            )));
-        }
-    };
+    let split = Split::parse(&args.split)?;
     let root = &webguard::source_checkout();
     let (all, _) = requests(&args.data, root, args.seed)?;
     let list = ExchangeList::parse(&args.exchanges)?;

@@ -455,17 +455,8 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     let exchanges = lists;
     let mut all = examples(&requests, &exchanges);
     if !args.splits.is_empty() {
-        let keep: Vec<Split> = args
-            .splits
-            .iter()
-            .map(|s| match s.as_str() {
-                "train" => Ok(Split::Train),
-                "val" => Ok(Split::Val),
-                "held-out" => Ok(Split::HeldOut),
-                other => Err(Error::InvalidInput(format!(
-                    "--splits: {other:?} is not train, val or held-out"
-                ))),
-            })
+        let keep: Vec<Split> = (args.splits.iter())
+            .map(|s| Split::parse(s))
             .collect::<Result<_>>()?;
         all.retain(|e| keep.contains(&e.request.split));
     }
