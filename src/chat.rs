@@ -12,7 +12,7 @@ use crate::models::lora::{Lora, LoraConfig, LoraFactors, Projection};
 use crate::models::probe::{ChatProbes, StateProbe};
 #[cfg(doc)]
 use crate::text::chat_template::render;
-use crate::text::chat_template::{Message, turns};
+use crate::text::chat_template::{DEFAULT_SYSTEM_PROMPT, Message, turns};
 use crate::text::{Tokenizer, sentence_done};
 use crate::weights::gguf::Gguf;
 use crate::weights::safetensors::SafetensorsFile;
@@ -354,10 +354,27 @@ impl ChatModel {
     }
 
     /// The states a probe reads for `prompt` (token ids from [`ChatModel::prompt_ids`]): the
-    /// output of each of `layers` at the last prompt token, concatenated.
+    /// output of each of `layers` at the last prompt token, concatenated. A prompt that starts
+    /// with the default system turn continues from that turn's keys and values, which the
+    /// model computes once and keeps ([`Llama::kept_prefix`]).
     pub async fn prompt_states(&self, prompt: &[u32], layers: &[usize]) -> Result<Vec<f32>> {
-        self.prompt_states_after(&self.model.new_cache(), prompt, layers)
-            .await
+        let system = self.default_system_turn()?;
+        match prompt.strip_prefix(&system[..]) {
+            Some(rest) if !rest.is_empty() => {
+                let prefix = self.model.kept_prefix(&system)?;
+                self.prompt_states_after(&prefix, rest, layers).await
+            }
+            _ => {
+                self.prompt_states_after(&self.model.new_cache(), prompt, layers)
+                    .await
+            }
+        }
+    }
+
+    /// The ids of the default system turn, which starts every prompt without a system message.
+    fn default_system_turn(&self) -> Result<Vec<u32>> {
+        let system = Message::new("system", DEFAULT_SYSTEM_PROMPT);
+        Ok(self.turn_ids(&[system])?.concat())
     }
 
     /// [`ChatModel::prompt_states`] for a prompt whose first tokens are already in `prefix`
@@ -368,8 +385,7 @@ impl ChatModel {
         rest: &[u32],
         layers: &[usize],
     ) -> Result<Vec<f32>> {
-        let mut cache = prefix.clone();
-        let (_, states) = self.model.forward_with_states(rest, &mut cache, layers)?;
+        let states = self.model.states_after(prefix, rest, layers)?;
         let mut out = Vec::with_capacity(layers.len() * self.model.config().dim);
         for s in states {
             out.extend(read_f32(s).await?);

@@ -124,13 +124,34 @@ fn prompt_ids_equal_the_rendered_template_and_typed_markers_stay_text() {
     );
 }
 
+/// The states at the last token of `ids` from one prefill of the whole prompt (every block,
+/// and the logits): the reference for the probe's shorter paths.
+fn whole_prefill_states(chat: &webguard::ChatModel, ids: &[u32], layers: &[usize]) -> Vec<f32> {
+    let mut cache = chat.model.new_cache();
+    let (_, states) = chat
+        .model
+        .forward_with_states(ids, &mut cache, layers)
+        .unwrap();
+    states
+        .into_iter()
+        .flat_map(|s| pollster::block_on(webguard::backend::read_f32(s)).unwrap())
+        .collect()
+}
+
 #[test]
 fn probe_states_do_not_depend_on_how_the_prompt_was_prefilled() {
     let chat = common::chat_model();
     let ids = chat.user_prompt_ids("How do I bake bread?").unwrap();
     let layers = [20, 3];
-    let whole = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    let whole = whole_prefill_states(&chat, &ids, &layers);
     assert_eq!(whole.len(), 2 * chat.model.config().dim);
+    // The default system turn kept by the model, then the rest, stopping after block 20.
+    let kept = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    let worst = max_relative_diff(&whole, &kept);
+    assert!(
+        worst < path_tolerance(&chat),
+        "kept system turn: worst relative difference {worst}"
+    );
     let mut prefix = chat.model.new_cache();
     chat.model.forward(&ids[..10], &mut prefix).unwrap();
     let split = pollster::block_on(chat.prompt_states_after(&prefix, &ids[10..], &layers)).unwrap();
@@ -141,8 +162,52 @@ fn probe_states_do_not_depend_on_how_the_prompt_was_prefilled() {
     );
     // The layers come back in the order asked: layer 3 alone equals the second half.
     let third = pollster::block_on(chat.prompt_states(&ids, &[3])).unwrap();
-    assert_eq!(third, whole[chat.model.config().dim..]);
+    assert_eq!(third, kept[chat.model.config().dim..]);
     assert!(pollster::block_on(chat.prompt_states(&ids, &[99])).is_err());
+    assert!(pollster::block_on(chat.prompt_states(&ids, &[])).is_err());
+}
+
+/// The guard judges each request alone after the default system turn, whose keys and values
+/// the model computes once and keeps. Adapters installed afterwards change those keys and
+/// values: a kept turn from before them would give states a whole prefill does not.
+#[test]
+fn the_kept_system_turn_is_dropped_when_adapters_change_what_it_holds() {
+    use burn::module::Param;
+    use burn::tensor::{Distribution, Tensor};
+    use webguard::models::llama::Adapters;
+    use webguard::models::lora::{Lora, LoraConfig};
+    let mut chat = common::chat_model();
+    let ids = chat.user_prompt_ids("Name a colour.").unwrap();
+    let layers = [6, 26];
+    let base = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    // Adapters on every block from the first, with non-zero B (fresh ones change nothing).
+    let config = LoraConfig::default();
+    let shapes = chat.model.lora_shapes(&config);
+    let device = chat.model.device().clone();
+    let mut lora = Lora::new(config.rank, &shapes, &device);
+    for f in &mut lora.factors {
+        let [rank, out] = f.b.val().dims();
+        f.b = Param::from_tensor(Tensor::random(
+            [rank, out],
+            Distribution::Normal(0.0, 0.05),
+            &device,
+        ));
+    }
+    chat.model
+        .set_adapters(Some(Adapters { config, lora }))
+        .unwrap();
+    let tuned = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    let whole = whole_prefill_states(&chat, &ids, &layers);
+    let worst = max_relative_diff(&whole, &tuned);
+    assert!(
+        worst < path_tolerance(&chat),
+        "with adapters: worst relative difference {worst}"
+    );
+    let changed = max_relative_diff(&base, &tuned);
+    assert!(
+        changed > 0.1,
+        "the adapters barely change the states ({changed})"
+    );
 }
 
 #[test]

@@ -145,9 +145,18 @@ async fn last_message_judged_alone(
     if alone == ids {
         return Ok(None);
     }
-    let mut generator = Generator::with_states(chat, &alone, options, &probe.layers)?;
-    let features = generator.states_at_last_token().await?;
-    generator.cancel();
+    let features = if chat.model.gpu_engine().is_ok() {
+        // The engine's prefill (burn's would make its f32 copy of the weights).
+        let mut generator = Generator::with_states(chat, &alone, options, &probe.layers)?;
+        let features = generator.states_at_last_token().await?;
+        generator.cancel();
+        features
+    } else {
+        // From the default system turn's keys and values, kept between requests, and only up
+        // to the probe's deepest block: a 75-token judgement took 333 ms as a whole prefill,
+        // 252 ms this way (`bench guard --system`, notes/issue-13-guard.md).
+        chat.prompt_states(&alone, &probe.layers).await?
+    };
     Ok(Some(probe.score(&features)?))
 }
 

@@ -18,6 +18,7 @@
 
 use burn::tensor::activation::{silu, softmax};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -119,8 +120,16 @@ pub const ATTENTION_CHUNK: usize = 256;
 
 /// Up to this many positions, packed products run row by row on the blocks; longer prompts
 /// (prefill) dequantise one matrix at a time and use the backend's matrix multiply, which is
-/// faster there and holds at most one f32 matrix (3.5 MB) at a time.
+/// faster there and holds at most one f32 matrix (3.5 MB) at a time...
 const PACKED_MATVEC_MAX_POSITIONS: usize = 4;
+
+/// ...except up to this many positions where the CPU has the tiled integer kernel for the
+/// matrix ([`PackedMatrix::tiles_prompts`]: 16-bit activations on Q4_1, x86-64 with AVX2).
+/// Dequantising every matrix costs ~145 ms per prefill whatever its length; the tiles cost
+/// more per position than the dense product but need no dequantisation. Measured with
+/// `bench chat --prompt-tokens N --new-tokens 2`: 45 positions 182 -> 300 tokens/s, 128
+/// positions 240 -> 288, 256 even, 512 slower (notes/issue-15-kernels.md).
+const PROMPT_TILES_MAX_POSITIONS: usize = 256;
 
 impl Weight {
     fn load(gguf: &Gguf<'_>, name: &str, shape: [usize; 2], device: &Device) -> Result<Self> {
@@ -152,7 +161,10 @@ impl Weight {
         };
         match self {
             Weight::Dense(w) => Ok(project_dense(x, w.get())),
-            Weight::Packed(w) if b * s <= PACKED_MATVEC_MAX_POSITIONS => {
+            Weight::Packed(w)
+                if b * s <= PACKED_MATVEC_MAX_POSITIONS
+                    || (b * s <= PROMPT_TILES_MAX_POSITIONS && w.tiles_prompts(precision)) =>
+            {
                 let [out, _] = w.shape();
                 let y = w.matmul(&read(x)?, b * s, precision);
                 Ok(Tensor::from_data(TensorData::new(y, [b, s, out]), &device))
@@ -340,6 +352,11 @@ pub struct Llama {
     host_steps: bool,
     /// On a GPU: the quantised engine generation runs in, or why there is none.
     gpu: std::result::Result<Engine, String>,
+    /// One prompt prefix's ids and keys and values, computed once for the probe's prefills
+    /// that start with it ([`Llama::kept_prefix`]: the guard judges each request alone after
+    /// the same default system turn). Every setter that changes what the blocks compute drops
+    /// it ([`Llama::forget_kept_prefix`]).
+    kept_prefix: Mutex<Option<(Vec<u32>, KvCache)>>,
 }
 
 /// Which blocks' outputs [`Llama::forward_with_states`] keeps, and what it kept.
@@ -347,6 +364,9 @@ struct Taps<'a> {
     layers: &'a [usize],
     /// Every position (`[b * s, dim]`), not only the last (`[b, dim]`).
     all_positions: bool,
+    /// Stop after the deepest of `layers`: only the states are wanted (no logits), and the
+    /// cache, missing the later blocks' keys, is thrown away.
+    states_only: bool,
     states: Vec<Option<Tensor<2>>>,
 }
 
@@ -480,6 +500,7 @@ impl Llama {
             attention_peak: AtomicUsize::new(0),
             precision: Precision::from_env(),
             host_steps: true,
+            kept_prefix: Mutex::new(None),
         })
     }
 
@@ -500,6 +521,7 @@ impl Llama {
     /// way.
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
+        self.forget_kept_prefix();
     }
 
     /// The GPU engine generation runs in ([`crate::models::gpu`]), or why it does not run:
@@ -544,6 +566,7 @@ impl Llama {
             ));
         }
         self.attention_chunk = rows;
+        self.forget_kept_prefix();
         Ok(())
     }
 
@@ -601,6 +624,7 @@ impl Llama {
             self.check_adapters(a)?;
         }
         self.adapters = adapters;
+        self.forget_kept_prefix();
         Ok(())
     }
 
@@ -812,6 +836,81 @@ impl Llama {
         self.forward_tapped(ids, cache, layers, true)
     }
 
+    /// The residual stream at the last of `ids` after each block in `layers` (`[1, dim]` each,
+    /// in the order asked), continuing from `prefix` (which is not changed): what a probe
+    /// reads. Unlike [`Llama::forward_with_states`] no logits are made and the blocks after the
+    /// deepest of `layers` do not run (3 of SmolLM2's 30 for the shipped probe). The adapters
+    /// `prefix` runs with apply (the installed ones, or the safety adapters for a cache from
+    /// [`Llama::new_safety_cache`]), as in generation.
+    pub fn states_after(
+        &self,
+        prefix: &KvCache,
+        ids: &[u32],
+        layers: &[usize],
+    ) -> Result<Vec<Tensor<2>>> {
+        self.check_ids(ids, prefix.len)?;
+        if layers.is_empty() {
+            return Err(Error::InvalidInput("no layers to read states from".into()));
+        }
+        if let Some(l) = layers.iter().find(|&&l| l >= self.blocks.len()) {
+            return Err(Error::InvalidInput(format!(
+                "layer {l} is past the model's {} blocks",
+                self.blocks.len()
+            )));
+        }
+        let mut cache = prefix.clone();
+        self.cache_to_tensors(&mut cache);
+        let mut taps = Taps {
+            layers,
+            all_positions: false,
+            states_only: true,
+            states: vec![None; layers.len()],
+        };
+        let (s, d) = (ids.len(), self.config.dim);
+        let x = self.embedding.rows(ids, &self.device).reshape([1, s, d]);
+        let start = cache.len;
+        let weights = if cache.safety {
+            Inference(self, self.safety.as_ref())
+        } else {
+            Inference::installed(self)
+        };
+        self.blocks_forward(&weights, x, start, Some(&mut cache), Some(&mut taps))?;
+        Ok(taps.states.into_iter().flatten().collect())
+    }
+
+    /// A cache holding `prefix` (token ids), computed the first time and kept until another
+    /// prefix is asked for or a setting changes what the blocks compute: the guard judges
+    /// every request after the same default system turn, whose 20 tokens are then run once.
+    pub fn kept_prefix(&self, prefix: &[u32]) -> Result<KvCache> {
+        let mut kept = self
+            .kept_prefix
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((ids, cache)) = kept.as_ref()
+            && ids == prefix
+        {
+            return Ok(cache.clone());
+        }
+        let mut cache = self.new_cache();
+        if !prefix.is_empty() {
+            self.check_ids(prefix, 0)?;
+            let (s, d) = (prefix.len(), self.config.dim);
+            let x = self.embedding.rows(prefix, &self.device).reshape([1, s, d]);
+            self.blocks_forward(&Inference::installed(self), x, 0, Some(&mut cache), None)?;
+        }
+        *kept = Some((prefix.to_vec(), cache.clone()));
+        Ok(cache)
+    }
+
+    /// Drops the kept prefix (see [`Llama::kept_prefix`]): its keys and values no longer are
+    /// what the blocks compute.
+    fn forget_kept_prefix(&mut self) {
+        *self
+            .kept_prefix
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     fn forward_tapped(
         &self,
         ids: &[u32],
@@ -831,6 +930,7 @@ impl Llama {
         let mut taps = Taps {
             layers,
             all_positions,
+            states_only: false,
             states: vec![None; layers.len()],
         };
         let weights = if cache.safety {
@@ -926,7 +1026,11 @@ impl Llama {
             }
         };
         let scale = (hd as f64).sqrt();
-        for l in 0..self.blocks.len() {
+        let blocks = match taps.as_ref() {
+            Some(t) if t.states_only => t.layers.iter().max().map_or(0, |&l| l + 1),
+            _ => self.blocks.len(),
+        };
+        for l in 0..blocks {
             let a = rms_norm(x.clone(), &w.norm(l, false), c.rms_eps);
             let split = |t: Tensor<3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
             let q = Self::rope(

@@ -384,11 +384,29 @@ impl PackedMatrix {
         }
     }
 
-    /// `x [n, cols] · selfᵀ -> [n, rows]`, row-major, rounded as `precision` says. Meant for
-    /// small `n` (decoding): the rows are split across the cores and each is read once for all
-    /// `n` vectors.
+    /// `x [n, cols] · selfᵀ -> [n, rows]`, row-major, rounded as `precision` says: the rows
+    /// are split across the cores and each is read once for all `n` vectors. For decoding,
+    /// and for prompts where [`PackedMatrix::tiles_prompts`]; a long prompt runs
+    /// [`PROMPT_CHUNK`] positions at a time (each position's result is the same either way).
     pub fn matmul(&self, x: &[f32], n: usize, precision: Precision) -> Vec<f32> {
-        self.matmul_on(x, n, precision, Isa::best())
+        if n <= PROMPT_CHUNK {
+            return self.matmul_on(x, n, precision, Isa::best());
+        }
+        let mut out = Vec::with_capacity(n * self.rows);
+        for part in x.chunks(PROMPT_CHUNK * self.cols) {
+            let m = part.len() / self.cols;
+            out.extend(self.matmul_on(part, m, precision, Isa::best()));
+        }
+        out
+    }
+
+    /// Whether a product with many vectors (a prompt) is faster through
+    /// [`PackedMatrix::matmul`]'s integer kernels than dequantised to f32 for a dense product:
+    /// 16-bit activations on Q4_1 blocks where the CPU has the tiled kernel.
+    pub fn tiles_prompts(&self, precision: Precision) -> bool {
+        precision == Precision::Int16
+            && matches!(self.blocks, Blocks::Q4_1 { .. })
+            && Isa::best().tiles_prompts()
     }
 
     /// Whether products in `precision` round the inputs (the integer modes on Q4_1/Q8_0
@@ -453,7 +471,11 @@ impl PackedMatrix {
                             mins,
                             nibbles,
                         };
-                        qdot::q4_1_rows16(isa, w, first, x, out);
+                        if n > 1 {
+                            qdot::q4_1_tiles16(isa, w, first, x, out);
+                        } else {
+                            qdot::q4_1_rows16(isa, w, first, x, out);
+                        }
                     }
                     (Blocks::Q8_0 { scales, quants }, Some(x), _) => {
                         qdot::q8_0_rows(isa, qdot::Q8_0 { scales, quants }, first, x, out);
@@ -497,6 +519,12 @@ impl PackedMatrix {
 /// this the split would cost more than the product.
 #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
 const PARALLEL_MIN_MACS: usize = 32 << 10;
+
+/// Positions per pass of a prompt's integer products: every row reads all of a pass's
+/// quantised activations, which at 64 positions (196 KB for the widest matrix) stay in the
+/// core's L2 cache (512 positions in one pass: 210 tokens/s of prefill, in passes of 64: 240;
+/// notes/issue-15-kernels.md).
+const PROMPT_CHUNK: usize = 64;
 
 /// Rows per group in [`PackedMatrix::dequantize_transposed`]: 16 f32 are one 64-byte line of
 /// the transposed output.
@@ -708,7 +736,8 @@ mod tests {
     #[test]
     fn matmul_matches_dense_product() {
         for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
-            for n in [1, 3] {
+            // 70 vectors: a prompt, in two passes (`PROMPT_CHUNK`), through the tiles.
+            for n in [1, 3, 70] {
                 check_matmul(ty, n, 70);
             }
         }

@@ -197,6 +197,12 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// Whether [`q4_1_tiles16`] has a tiled kernel on this path: then a prompt's products
+    /// over Q4_1 blocks are faster through it than dequantised to f32 for a dense product.
+    pub fn tiles_prompts(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
+    }
+
     /// The fastest path this CPU runs (detected once).
     pub fn best() -> Isa {
         #[cfg(target_arch = "x86_64")]
@@ -320,6 +326,20 @@ pub fn q4_1_rows16(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out:
         #[cfg(target_arch = "wasm32")]
         Isa::Simd128 => wasm::q4_1_rows16(w, first, x, out),
         _ => rows(first, x, out, |r, t| q4_1_dot_portable(w, r, x, t)),
+    }
+}
+
+/// [`q4_1_rows16`] for a prompt's positions: on x86-64 (AVX2) each block is widened once per
+/// row for up to 4 vectors ([`Isa::tiles_prompts`]); elsewhere the one-vector kernels.
+pub fn q4_1_tiles16(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+    assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
+    let nb = x.blocks();
+    assert!((first * nb + out.len() / x.n() * nb) <= w.scales.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q4_1_tiles16_avx2(w, first, x, out) },
+        _ => q4_1_rows16(isa, w, first, x, out),
     }
 }
 
@@ -630,6 +650,81 @@ mod x86 {
                 |m| unsafe { widen1(m) },
             )
         });
+    }
+
+    /// [`q4_1_rows16_avx2`] for a prompt's positions: each block's nibbles are widened once
+    /// per row and multiplied with [`TILE`] vectors in turn, one accumulator each, instead of
+    /// being widened again for every vector. A prefill of this is faster than dequantising
+    /// every matrix to f32 for a dense product (notes/issue-15-kernels.md); the sums are the
+    /// same integers, added in another order than the one-vector kernel's.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn q4_1_tiles16_avx2(
+        w: Q4_1<'_>,
+        first: usize,
+        x: &Quantized<i16>,
+        out: &mut [f32],
+    ) {
+        let (nb, n) = (x.blocks(), x.n());
+        for (i, out) in out.chunks_exact_mut(n).enumerate() {
+            let row = (first + i) * nb;
+            let w = Q4_1 {
+                scales: &w.scales[row..row + nb],
+                mins: &w.mins[row..row + nb],
+                nibbles: &w.nibbles[row * 16..(row + nb) * 16],
+            };
+            let mut t = 0;
+            // SAFETY: `w` holds exactly `nb` blocks and `x` has `nb` blocks per vector;
+            // vectors `t..t + P` exist (`t + P <= n`). The CPU has AVX2, FMA and F16C.
+            unsafe {
+                while t + TILE <= n {
+                    tile16::<TILE>(w, x, t, &mut out[t..t + TILE]);
+                    t += TILE;
+                }
+                match n - t {
+                    3 => tile16::<3>(w, x, t, &mut out[t..]),
+                    2 => tile16::<2>(w, x, t, &mut out[t..]),
+                    1 => tile16::<1>(w, x, t, &mut out[t..]),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Vectors per tile of [`q4_1_tiles16_avx2`]: `TILE` accumulators, the two widened halves
+    /// of the block and two activation loads fit AVX2's 16 registers.
+    const TILE: usize = 4;
+
+    /// One row of Q4_1 blocks (`w`, exactly `nb` blocks) times vectors `t0..t0 + P` of `x`,
+    /// into `out[..P]`.
+    #[inline(always)]
+    unsafe fn tile16<const P: usize>(w: Q4_1<'_>, x: &Quantized<i16>, t0: usize, out: &mut [f32]) {
+        let nb = x.blocks();
+        // SAFETY: see the caller; every index below is `< nb` blocks of `w` and of vectors
+        // `t0..t0 + P`.
+        unsafe {
+            let mask = _mm_set1_epi8(0x0f);
+            let mut acc = [_mm256_setzero_ps(); P];
+            for b in 0..nb {
+                let raw = _mm_loadu_si128(w.nibbles.as_ptr().add(16 * b).cast());
+                let lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask));
+                let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                let dw = widen1(*w.scales.get_unchecked(b));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let t = t0 + j;
+                    let xp = x.q.as_ptr().add(t * x.cols + BLOCK * b);
+                    let x0 = _mm256_loadu_si256(xp.cast());
+                    let x1 = _mm256_loadu_si256(xp.add(16).cast());
+                    let d = _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
+                    let s = _mm256_set1_ps(dw * *x.scales.get_unchecked(t * nb + b));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, *acc);
+                }
+            }
+            for (j, acc) in acc.iter().enumerate() {
+                let (_, _, xs) = x.vector(t0 + j);
+                *out.get_unchecked_mut(j) =
+                    hsum(*acc) + offsets(w.mins, xs, |m| widen8(m), |m| widen1(m));
+            }
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1050,13 +1145,20 @@ mod tests {
             false => (x8.dequantize(), &x8.scales),
             true => (x16.dequantize(), &x16.scales),
         };
-        for (name, is_q4) in [("Q4_1", true), ("Q8_0", false)] {
+        for (name, is_q4, tiled) in [
+            ("Q4_1", true, false),
+            ("Q4_1 in tiles", true, true),
+            ("Q8_0", false, false),
+        ] {
             let mut out = vec![f32::NAN; rows * n];
-            match (is_q4, wide) {
-                (true, false) => q4_1_rows(isa, q4, first, &x8, &mut out),
-                (false, false) => q8_0_rows(isa, q8, first, &x8, &mut out),
-                (true, true) => q4_1_rows16(isa, q4, first, &x16, &mut out),
-                (false, true) => q8_0_rows16(isa, q8, first, &x16, &mut out),
+            match (is_q4, wide, tiled) {
+                // Tiles are for 16-bit activations only.
+                (_, false, true) => continue,
+                (true, false, false) => q4_1_rows(isa, q4, first, &x8, &mut out),
+                (false, false, _) => q8_0_rows(isa, q8, first, &x8, &mut out),
+                (true, true, false) => q4_1_rows16(isa, q4, first, &x16, &mut out),
+                (true, true, true) => q4_1_tiles16(isa, q4, first, &x16, &mut out),
+                (false, true, _) => q8_0_rows16(isa, q8, first, &x16, &mut out),
             }
             for i in 0..rows {
                 let r = first + i;
@@ -1117,13 +1219,16 @@ mod tests {
         }
         for isa in isas {
             // 1, odd and even block counts (the SIMD paths step two blocks at a time), one and
-            // several vectors, rows past the first.
+            // several vectors (in tiles of 4: a full tile, and the last 1, 2 or 3 alone), rows
+            // past the first.
             for (nb, rows, first, n) in [
                 (1, 3, 0, 1),
                 (2, 5, 1, 1),
                 (18, 7, 3, 1),
                 (19, 4, 0, 3),
                 (48, 2, 5, 4),
+                (3, 3, 1, 6),
+                (18, 2, 2, 9),
             ] {
                 check(isa, nb, rows, first, n, false);
                 check(isa, nb, rows, first, n, true);

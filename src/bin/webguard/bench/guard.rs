@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use webguard::backend::{Backend, BackendChoice};
 use webguard::filter::WindowScores;
-use webguard::generate::{GenerateOptions, generate};
+use webguard::generate::{GenerateOptions, Generator, generate};
 use webguard::guard::{Policy, input_texts, moderated_chat};
 use webguard::text::chat_template::Message;
 use webguard::weights::Gguf;
@@ -156,6 +156,25 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
         }
         Ok(())
     })?;
+    // The last message judged alone (with a system prompt): through the kept default system
+    // turn and only up to the probe's deepest block, as the guard does on the CPU, and as a
+    // whole prefill of that prompt, as it did before (and still does on the GPU engine).
+    let alone = match (&chat.probe, args.system.is_some()) {
+        (Some(probe), true) => {
+            let ids = chat.user_prompt_ids(MESSAGE)?;
+            let kept = time(&mut || {
+                pollster::block_on(chat.prompt_states(&ids, &probe.layers)).map(|_| ())
+            })?;
+            let whole = time(&mut || {
+                let mut g = Generator::with_states(&chat, &ids, &options, &probe.layers)?;
+                pollster::block_on(g.states_at_last_token())?;
+                g.cancel();
+                Ok(())
+            })?;
+            Some((ids.len(), kept, whole))
+        }
+        _ => None,
+    };
     if args.json {
         let out = serde_json::json!({
             "backend": backend.to_string(),
@@ -177,6 +196,9 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
             "answer_screens_whole_windows": whole_windows,
             "answer_screens_cached_s": cached,
             "answer_screens_cached_windows_run": cache.run,
+            "alone_prompt_tokens": alone.map(|a| a.0),
+            "alone_judged_s": alone.map(|a| a.1),
+            "alone_whole_prefill_s": alone.map(|a| a.2),
         });
         println!("{out}");
         return Ok(());
@@ -218,5 +240,12 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
         cache.run,
         whole * 1000.0,
     );
+    if let Some((tokens, kept, whole)) = alone {
+        println!(
+            "  the last message judged alone ({tokens} tokens with the default system turn): {:.0} ms from the kept system turn up to the probe's deepest block, {:.0} ms as a whole prefill",
+            kept * 1000.0,
+            whole * 1000.0
+        );
+    }
     Ok(())
 }
