@@ -338,7 +338,10 @@ pub fn q4_1_tiles16(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q4_1_tiles16_avx2(w, first, x, out) },
+        Isa::Avx2 => unsafe { x86::q4_1_tiles16_avx2(w, first, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 VNNI and VL besides (checked above).
+        Isa::Avx512Vnni => unsafe { x86::q4_1_tiles16_vnni(w, first, x, out) },
         _ => q4_1_rows16(isa, w, first, x, out),
     }
 }
@@ -657,47 +660,76 @@ mod x86 {
     /// being widened again for every vector. A prefill of this is faster than dequantising
     /// every matrix to f32 for a dense product (notes/issue-15-kernels.md); the sums are the
     /// same integers, added in another order than the one-vector kernel's.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn q4_1_tiles16_avx2(
-        w: Q4_1<'_>,
-        first: usize,
-        x: &Quantized<i16>,
-        out: &mut [f32],
-    ) {
-        let (nb, n) = (x.blocks(), x.n());
-        for (i, out) in out.chunks_exact_mut(n).enumerate() {
-            let row = (first + i) * nb;
-            let w = Q4_1 {
-                scales: &w.scales[row..row + nb],
-                mins: &w.mins[row..row + nb],
-                nibbles: &w.nibbles[row * 16..(row + nb) * 16],
-            };
-            let mut t = 0;
-            // SAFETY: `w` holds exactly `nb` blocks and `x` has `nb` blocks per vector;
-            // vectors `t..t + P` exist (`t + P <= n`). The CPU has AVX2, FMA and F16C.
-            unsafe {
-                while t + TILE <= n {
-                    tile16::<TILE>(w, x, t, &mut out[t..t + TILE]);
-                    t += TILE;
-                }
-                match n - t {
-                    3 => tile16::<3>(w, x, t, &mut out[t..]),
-                    2 => tile16::<2>(w, x, t, &mut out[t..]),
-                    1 => tile16::<1>(w, x, t, &mut out[t..]),
-                    _ => {}
+    macro_rules! tile_kernel {
+        ($name:ident, $features:literal, $dot:ident) => {
+            #[target_feature(enable = $features)]
+            pub(super) fn $name(w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+                let (nb, n) = (x.blocks(), x.n());
+                for (i, out) in out.chunks_exact_mut(n).enumerate() {
+                    let row = (first + i) * nb;
+                    let w = Q4_1 {
+                        scales: &w.scales[row..row + nb],
+                        mins: &w.mins[row..row + nb],
+                        nibbles: &w.nibbles[row * 16..(row + nb) * 16],
+                    };
+                    let mut t = 0;
+                    // SAFETY: `w` holds exactly `nb` blocks and `x` has `nb` blocks per
+                    // vector; vectors `t..t + P` exist (`t + P <= n`). The CPU has this
+                    // function's features.
+                    unsafe {
+                        let dot = |lo, hi, x0, x1| $dot(lo, hi, x0, x1);
+                        while t + TILE <= n {
+                            tile16::<TILE>(w, x, t, &mut out[t..t + TILE], dot);
+                            t += TILE;
+                        }
+                        match n - t {
+                            3 => tile16::<3>(w, x, t, &mut out[t..], dot),
+                            2 => tile16::<2>(w, x, t, &mut out[t..], dot),
+                            1 => tile16::<1>(w, x, t, &mut out[t..], dot),
+                            _ => {}
+                        }
+                    }
                 }
             }
-        }
+        };
     }
 
-    /// Vectors per tile of [`q4_1_tiles16_avx2`]: `TILE` accumulators, the two widened halves
-    /// of the block and two activation loads fit AVX2's 16 registers.
+    tile_kernel!(q4_1_tiles16_avx2, "avx2,fma,f16c", dot16_avx2);
+    tile_kernel!(
+        q4_1_tiles16_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        dot16_vnni
+    );
+
+    /// A block's 8 i32 lanes of Σ widened nibbles · activations: `lo`/`hi` the low and high
+    /// nibbles as i16, `x0`/`x1` the activations they multiply.
+    #[inline(always)]
+    unsafe fn dot16_avx2(lo: __m256i, hi: __m256i, x0: __m256i, x1: __m256i) -> __m256i {
+        // SAFETY: the callers run with AVX2.
+        unsafe { _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1)) }
+    }
+
+    /// [`dot16_avx2`] with VNNI's multiply-accumulate: two instructions instead of three.
+    #[inline(always)]
+    unsafe fn dot16_vnni(lo: __m256i, hi: __m256i, x0: __m256i, x1: __m256i) -> __m256i {
+        // SAFETY: the callers run with AVX-512 VNNI and VL.
+        unsafe { _mm256_dpwssd_epi32(_mm256_madd_epi16(lo, x0), hi, x1) }
+    }
+
+    /// Vectors per tile of the tiled kernels: `TILE` accumulators, the two widened halves of
+    /// the block and two activation loads fit AVX2's 16 registers.
     const TILE: usize = 4;
 
     /// One row of Q4_1 blocks (`w`, exactly `nb` blocks) times vectors `t0..t0 + P` of `x`,
     /// into `out[..P]`.
     #[inline(always)]
-    unsafe fn tile16<const P: usize>(w: Q4_1<'_>, x: &Quantized<i16>, t0: usize, out: &mut [f32]) {
+    unsafe fn tile16<const P: usize>(
+        w: Q4_1<'_>,
+        x: &Quantized<i16>,
+        t0: usize,
+        out: &mut [f32],
+        dot: impl Fn(__m256i, __m256i, __m256i, __m256i) -> __m256i,
+    ) {
         let nb = x.blocks();
         // SAFETY: see the caller; every index below is `< nb` blocks of `w` and of vectors
         // `t0..t0 + P`.
@@ -714,7 +746,7 @@ mod x86 {
                     let xp = x.q.as_ptr().add(t * x.cols + BLOCK * b);
                     let x0 = _mm256_loadu_si256(xp.cast());
                     let x1 = _mm256_loadu_si256(xp.add(16).cast());
-                    let d = _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
+                    let d = dot(lo, hi, x0, x1);
                     let s = _mm256_set1_ps(dw * *x.scales.get_unchecked(t * nb + b));
                     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, *acc);
                 }
