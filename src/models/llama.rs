@@ -852,12 +852,7 @@ impl Llama {
         if layers.is_empty() {
             return Err(Error::InvalidInput("no layers to read states from".into()));
         }
-        if let Some(l) = layers.iter().find(|&&l| l >= self.blocks.len()) {
-            return Err(Error::InvalidInput(format!(
-                "layer {l} is past the model's {} blocks",
-                self.blocks.len()
-            )));
-        }
+        self.check_layers(layers)?;
         let mut cache = prefix.clone();
         self.cache_to_tensors(&mut cache);
         let mut taps = Taps {
@@ -893,13 +888,21 @@ impl Llama {
         }
         let mut cache = self.new_cache();
         if !prefix.is_empty() {
-            self.check_ids(prefix, 0)?;
-            let (s, d) = (prefix.len(), self.config.dim);
-            let x = self.embedding.rows(prefix, &self.device).reshape([1, s, d]);
-            self.blocks_forward(&Inference::installed(self), x, 0, Some(&mut cache), None)?;
+            self.forward(prefix, &mut cache)?;
         }
         *kept = Some((prefix.to_vec(), cache.clone()));
         Ok(cache)
+    }
+
+    /// Errors when a layer asked for is past the last block.
+    fn check_layers(&self, layers: &[usize]) -> Result<()> {
+        match layers.iter().find(|&&l| l >= self.blocks.len()) {
+            Some(l) => Err(Error::InvalidInput(format!(
+                "layer {l} is past the model's {} blocks",
+                self.blocks.len()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Drops the kept prefix (see [`Llama::kept_prefix`]): its keys and values no longer are
@@ -919,12 +922,7 @@ impl Llama {
         all_positions: bool,
     ) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
         self.check_ids(ids, cache.len)?;
-        if let Some(l) = layers.iter().find(|&&l| l >= self.blocks.len()) {
-            return Err(Error::InvalidInput(format!(
-                "layer {l} is past the model's {} blocks",
-                self.blocks.len()
-            )));
-        }
+        self.check_layers(layers)?;
         let (s, d) = (ids.len(), self.config.dim);
         let start = cache.len;
         let mut taps = Taps {
