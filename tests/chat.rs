@@ -263,7 +263,88 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
     assert_ne!(whole[0], whole[1]);
 }
 
-/// Generated tokens run in plain loops over host vectors (`host_step`) by default; burn's ops
+/// Short prompts on the CPU run in the same host loops as generated tokens (the products in
+/// the packed tiles, attention's rows split over the pool); burn's ops are the reference: the
+/// same logits and states up to f32 summation order and the 16-bit rounding of inputs that
+/// differ in their last bits (worst measured 0.9%; with exact products, forced through the
+/// loops by a temporary switch, 7e-5), for a first prompt, a second prompt on the same cache, every
+/// position's states, and the probe's states after a kept prefix.
+#[test]
+fn prompts_in_host_loops_equal_burns_ops() {
+    use webguard::models::packed::Precision;
+    let mut loops = common::chat_model();
+    let mut ops = common::chat_model();
+    loops.model.set_precision(Precision::Int16);
+    ops.model.set_precision(Precision::Int16);
+    ops.model.set_host_steps(false);
+    let layers = [3, 20];
+    let read = |t: burn::tensor::Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+    let check = |what: &str, a: Vec<f32>, b: Vec<f32>| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        let worst = max_relative_diff(&b, &a);
+        eprintln!("{what}: worst relative difference {worst}");
+        assert!(
+            worst < path_tolerance(&loops),
+            "{what}: worst relative difference {worst}"
+        );
+    };
+    let (mut a, mut b) = (loops.model.new_cache(), ops.model.new_cache());
+    let prompt = loops
+        .user_prompt_ids("Name three rivers in Europe and say which is longest.")
+        .unwrap();
+    let (la, sa) = loops
+        .model
+        .forward_with_states(&prompt, &mut a, &layers)
+        .unwrap();
+    let (lb, sb) = ops
+        .model
+        .forward_with_states(&prompt, &mut b, &layers)
+        .unwrap();
+    assert!(
+        a.on_host() && !b.on_host(),
+        "the prompt did not take the loops"
+    );
+    check("first prompt's logits", read(la), read(lb));
+    for (x, y) in sa.into_iter().zip(sb) {
+        check("first prompt's states", read(x), read(y));
+    }
+    let turn = loops.tokenizer.encode("\nAnd three in Asia?").unwrap();
+    let (la, sa) = loops
+        .model
+        .forward_with_all_states(&turn, &mut a, &layers)
+        .unwrap();
+    let (lb, sb) = ops
+        .model
+        .forward_with_all_states(&turn, &mut b, &layers)
+        .unwrap();
+    assert_eq!(
+        (a.len(), b.len()),
+        (prompt.len() + turn.len(), prompt.len() + turn.len())
+    );
+    check("second prompt's logits", read(la), read(lb));
+    for (x, y) in sa.into_iter().zip(sb) {
+        let (x, y) = (read(x), read(y));
+        assert_eq!(x.len(), turn.len() * loops.model.config().dim);
+        check("second prompt's states at every position", x, y);
+    }
+    let prefix = &prompt[..10];
+    let (ka, kb) = (
+        loops.model.kept_prefix(prefix).unwrap(),
+        ops.model.kept_prefix(prefix).unwrap(),
+    );
+    let (sa, sb) = (
+        loops
+            .model
+            .states_after(&ka, &prompt[10..], &layers)
+            .unwrap(),
+        ops.model.states_after(&kb, &prompt[10..], &layers).unwrap(),
+    );
+    for (x, y) in sa.into_iter().zip(sb) {
+        check("states after a kept prefix", read(x), read(y));
+    }
+}
+
+/// Generated tokens run in plain loops over host vectors (`host_loops`) by default; burn's ops
 /// (the prompt's path) are the reference: same logits and states up to f32 summation order,
 /// through a cache that moves between the two forms (a second prompt on the same cache after
 /// generated tokens, then more tokens) and a cache cloned half-way.

@@ -13,8 +13,8 @@
 //! [`KvCache`] holds each layer's keys and values so each generated token costs one position,
 //! not the whole prompt again. Attention runs [`ATTENTION_CHUNK`] query positions at a time,
 //! so a long prompt's prefill holds `O(chunk x positions)` scores, not `O(positions²)`. On the
-//! CPU a generated token (one position, no adapters) skips burn's ops: `host_step` runs the
-//! same arithmetic in plain loops, with the cache's keys and values in host buffers.
+//! CPU a generated token or a short prompt (no adapters) skips burn's ops: `host_loops` runs
+//! the same arithmetic in plain loops, with the cache's keys and values in host buffers.
 
 use burn::tensor::activation::{silu, softmax};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +29,7 @@ use crate::models::lora::{Lora, LoraConfig, Projection};
 use crate::models::packed::{PackedMatrix, Precision};
 use crate::weights::gguf::Gguf;
 
-mod host_step;
+mod host_loops;
 
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,7 +232,7 @@ impl Weight {
 struct Block {
     attn_norm: Tensor<1>,
     ffn_norm: Tensor<1>,
-    /// The two norms' weights as host vectors (attention, feed-forward), for `host_step`.
+    /// The two norms' weights as host vectors (attention, feed-forward), for `host_loops`.
     host_norms: [Vec<f32>; 2],
     /// In [`Projection::ALL`] order.
     projections: Vec<Weight>,
@@ -347,7 +347,7 @@ pub struct Llama {
     attention_peak: AtomicUsize,
     /// How packed decode products round ([`Precision::from_env`] at load).
     precision: Precision,
-    /// Whether single positions run in `host_step` where it applies (see
+    /// Whether generated tokens and short prompts run in `host_loops` where they apply (see
     /// [`Llama::set_host_steps`]).
     host_steps: bool,
     /// On a GPU: the quantised engine generation runs in, or why there is none.
@@ -377,15 +377,21 @@ pub struct KvCache {
     keys: Vec<Option<Tensor<4>>>,
     values: Vec<Option<Tensor<4>>>,
     len: usize,
-    /// The same keys and values as host buffers after `host_step` ran (then `keys` and
+    /// The same keys and values as host buffers after `host_loops` ran (then `keys` and
     /// `values` are `None`); converted back when burn's path runs next.
-    host: Option<Vec<host_step::LayerKv>>,
+    host: Option<Vec<host_loops::LayerKv>>,
     /// Whether the sequence runs with the model's safety adapters instead of the installed
     /// ones (fixed for the cache's life: its keys and values depend on it).
     safety: bool,
 }
 
 impl KvCache {
+    /// Whether the keys and values are host buffers: the CPU's plain loops (`host_loops`)
+    /// ran last on this cache.
+    pub fn on_host(&self) -> bool {
+        self.host.is_some()
+    }
+
     /// Positions cached.
     pub fn len(&self) -> usize {
         self.len
@@ -504,9 +510,9 @@ impl Llama {
         })
     }
 
-    /// Whether generated tokens on the CPU backend run in plain loops over host vectors
-    /// (default) or through burn's ops like a prompt (the reference the tests compare the
-    /// loops with; the two agree up to f32 rounding of sums).
+    /// Whether generated tokens and short prompts on the CPU backend run in plain loops over
+    /// host vectors (default) or through burn's ops (the reference the tests compare the loops
+    /// with; the two agree up to f32 rounding of sums).
     pub fn set_host_steps(&mut self, on: bool) {
         self.host_steps = on;
     }
@@ -854,7 +860,6 @@ impl Llama {
         }
         self.check_layers(layers)?;
         let mut cache = prefix.clone();
-        self.cache_to_tensors(&mut cache);
         let mut taps = Taps {
             layers,
             all_positions: false,
@@ -862,14 +867,19 @@ impl Llama {
             states: vec![None; layers.len()],
         };
         let (s, d) = (ids.len(), self.config.dim);
-        let x = self.embedding.rows(ids, &self.device).reshape([1, s, d]);
         let start = cache.len;
         let weights = if cache.safety {
             Inference(self, self.safety.as_ref())
         } else {
             Inference::installed(self)
         };
-        self.blocks_forward(&weights, x, start, Some(&mut cache), Some(&mut taps))?;
+        if self.host_loops_apply(s, weights.1.is_some()) {
+            self.host_forward(ids, &mut cache, &mut taps)?;
+        } else {
+            self.cache_to_tensors(&mut cache);
+            let x = self.embedding.rows(ids, &self.device).reshape([1, s, d]);
+            self.blocks_forward(&weights, x, start, Some(&mut cache), Some(&mut taps))?;
+        }
         Ok(taps.states.into_iter().flatten().collect())
     }
 
@@ -936,8 +946,8 @@ impl Llama {
         } else {
             Inference::installed(self)
         };
-        let x = if self.host_step_applies(s, weights.1.is_some()) {
-            self.host_step(ids[0], cache, &mut taps)?
+        let x = if self.host_loops_apply(s, weights.1.is_some()) {
+            self.host_forward(ids, cache, &mut taps)?
         } else {
             self.cache_to_tensors(cache);
             let x = self.embedding.rows(ids, &self.device).reshape([1, s, d]);

@@ -1,4 +1,5 @@
-//! One generated token through the blocks on the CPU backend, in plain loops over host vectors.
+//! Generated tokens and short prompts through the blocks on the CPU backend, in plain loops
+//! over host vectors.
 //!
 //! Why: a decode step is a single position, so each of burn's ops on it (the RMSNorms, RoPE's
 //! slices and stack, attention's two matmuls and softmax, the KV cache's `cat`, SwiGLU) is a
@@ -10,13 +11,18 @@
 //! packed products ([`PackedMatrix::matmul`], so the same numbers), and keys and values are
 //! appended to per-layer buffers that grow [`GROW_POSITIONS`] at a time.
 //!
+//! A prompt short enough for the packed products' tiles ([`PROMPT_TILES_MAX_POSITIONS`]) runs
+//! here too: there burn's ops ran on one core while the other waited (a sixth of a 128-token
+//! prefill), and the masked scores' `exp(-1e9)` took libm's slow underflow path. Here
+//! attention's (position, head) rows, SwiGLU's and the norms' positions split over the pool.
+//!
 //! It takes a step only where its result is the burn path's up to f32 rounding of sums: the
-//! CPU backend, one position, no adapters for the sequence (LoRA stays in burn). The cache
-//! moves between the two forms as the path changes ([`Llama::cache_to_host`],
-//! [`Llama::cache_to_tensors`]), so a prompt prefilled by burn continues here, and a later
-//! prompt on the same cache goes back to burn.
+//! CPU backend, no adapters for the sequence (LoRA stays in burn), one position or a prompt
+//! whose every product takes the tiles. The cache moves between the two forms as the path
+//! changes ([`Llama::cache_to_host`], [`Llama::cache_to_tensors`]), so a prompt prefilled by
+//! burn continues here, and a later prompt on the same cache goes back to burn.
 
-use super::{KvCache, Llama, Taps, Weight};
+use super::{KvCache, Llama, PROMPT_TILES_MAX_POSITIONS, Taps, Weight};
 use crate::error::{Error, Result};
 use crate::models::lora::Projection;
 use crate::models::packed::{PackedMatrix, for_row_ranges_of};
@@ -37,10 +43,11 @@ pub(super) struct LayerKv {
 }
 
 impl LayerKv {
-    fn push(&mut self, k: &[f32], v: &[f32]) {
+    /// Appends positions' keys and values (`width` values per position each).
+    fn push(&mut self, k: &[f32], v: &[f32], width: usize) {
         for (buffer, new) in [(&mut self.keys, k), (&mut self.values, v)] {
             if buffer.capacity() - buffer.len() < new.len() {
-                buffer.reserve_exact(GROW_POSITIONS * new.len());
+                buffer.reserve_exact(new.len().max(GROW_POSITIONS * width));
             }
             buffer.extend_from_slice(new);
         }
@@ -52,6 +59,13 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
     let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let rms = (mean + eps as f32).sqrt();
     x.iter().zip(weight).map(|(v, w)| v / rms * w).collect()
+}
+
+/// [`rms_norm`] of each `weight.len()`-wide row of `x`.
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
+    x.chunks_exact(weight.len())
+        .flat_map(|row| rms_norm(row, weight, eps))
+        .collect()
 }
 
 /// Rotates the adjacent pairs of every `head_dim` slice of `x` by the angles `cos`/`sin`
@@ -92,15 +106,20 @@ fn silu(x: f32) -> f32 {
 }
 
 impl Llama {
-    /// Whether [`Llama::host_step`] takes a step of `positions` positions for a sequence whose
-    /// adapters are `adapters_apply`.
-    pub(super) fn host_step_applies(&self, positions: usize, adapters_apply: bool) -> bool {
+    /// Whether [`Llama::host_forward`] takes `positions` positions for a sequence whose
+    /// adapters are `adapters_apply`: one position, or a prompt whose every product takes the
+    /// packed tiles (as `Weight::project` would).
+    pub(super) fn host_loops_apply(&self, positions: usize, adapters_apply: bool) -> bool {
         self.host_steps
-            && positions == 1
             && !adapters_apply
-            // The CPU backend is where `Weight::load` keeps every matrix packed; `host_step`
-            // still checks, once per token.
+            // The CPU backend is where `Weight::load` keeps every matrix packed; `host_forward`
+            // still checks.
             && self.device == Device::flex()
+            && (positions == 1
+                || (positions <= PROMPT_TILES_MAX_POSITIONS
+                    && self.packed_weights().is_some_and(|(_, blocks)| {
+                        blocks.iter().flatten().all(|w| w.tiles_prompts(self.precision))
+                    })))
     }
 
     /// The packed matrices the loops read: the embedding, and each block's projections in
@@ -166,53 +185,69 @@ impl Llama {
         }
     }
 
-    /// The residual stream `[1, 1, dim]` after the blocks for token `id` at position
-    /// `cache.len()`, the cache one position longer; the states `taps` asks for kept as in
-    /// `blocks_forward`. The caller checked [`Llama::host_step_applies`] and the id.
-    pub(super) fn host_step(
+    /// The residual stream `[1, s, dim]` after the blocks for the `s` tokens `ids` at
+    /// positions `cache.len()..`, the cache `s` positions longer; the states `taps` asks for
+    /// kept as in `blocks_forward` (which this follows: same products, same order of
+    /// operations within a position). The caller checked [`Llama::host_loops_apply`] and the
+    /// ids.
+    pub(super) fn host_forward(
         &self,
-        id: u32,
+        ids: &[u32],
         cache: &mut KvCache,
         taps: &mut Taps<'_>,
     ) -> Result<Tensor<3>> {
         self.cache_to_host(cache)?;
         let c = &self.config;
         let (d, hd, h, kvh) = (c.dim, c.head_dim(), c.heads, c.kv_heads);
-        let (group, kvd, position) = (h / kvh, kvh * hd, cache.len);
-        let seen = position + 1;
+        let (group, kvd, start, s) = (h / kvh, kvh * hd, cache.len, ids.len());
+        let total = start + s;
         let (embedding, blocks) = self
             .packed_weights()
             .ok_or_else(|| Error::Backend("generation on the host needs packed weights".into()))?;
         let product =
-            |l: usize, p: Projection, x: &[f32]| blocks[l][p.index()].matmul(x, 1, self.precision);
-        let mut x = vec![0.0; d];
-        embedding.row_into(id as usize, &mut x);
-        let (cos, sin) = self.rope_angles(position);
+            |l: usize, p: Projection, x: &[f32]| blocks[l][p.index()].matmul(x, s, self.precision);
+        let mut x = vec![0.0; s * d];
+        for (&id, row) in ids.iter().zip(x.chunks_exact_mut(d)) {
+            embedding.row_into(id as usize, row);
+        }
+        let angles: Vec<(Vec<f32>, Vec<f32>)> =
+            (start..total).map(|p| self.rope_angles(p)).collect();
         // `blocks_forward` divides the scores by sqrt(head_dim) computed in f64.
         let scale = (hd as f64).sqrt() as f32;
+        let last_block = if taps.states_only {
+            taps.layers.iter().max().map_or(0, |&l| l + 1)
+        } else {
+            self.blocks.len()
+        };
         let Some(host) = cache.host.as_mut() else {
             return Err(Error::Backend("the cache has no host buffers".into()));
         };
-        let mut context = vec![0.0f32; d];
-        for (l, kv) in host.iter_mut().enumerate() {
+        let mut context = vec![0.0f32; s * d];
+        for (l, kv) in host.iter_mut().enumerate().take(last_block) {
             let block = &self.blocks[l];
-            let a = rms_norm(&x, &block.host_norms[0], c.rms_eps);
+            let a = rms_norm_rows(&x, &block.host_norms[0], c.rms_eps);
             let mut q = product(l, Projection::Q, &a);
             let mut k = product(l, Projection::K, &a);
             let v = product(l, Projection::V, &a);
-            rope(&mut q, &cos, &sin);
-            rope(&mut k, &cos, &sin);
-            kv.push(&k, &v);
-            self.attention_peak.fetch_max(h * seen, Ordering::Relaxed);
-            // The heads split over the pool's threads like a product's rows (the helpers
-            // would otherwise wait through it: a tenth of a token at 500 positions).
+            for (t, (cos, sin)) in angles.iter().enumerate() {
+                rope(&mut q[t * d..(t + 1) * d], cos, sin);
+                rope(&mut k[t * kvd..(t + 1) * kvd], cos, sin);
+            }
+            kv.push(&k, &v, kvd);
+            self.attention_peak.fetch_max(h * total, Ordering::Relaxed);
+            // Rows (position, head) split over the pool's threads like a product's rows (the
+            // helpers would otherwise wait through it: a tenth of a token at 500 positions).
+            // Position `t` sees the keys up to its own, `start + t + 1` of them.
             let kv = &*kv;
-            for_row_ranges_of(&mut context, h, h * seen * hd * 2, 1, |first, out| {
-                let mut scores = vec![0.0f32; seen];
+            let macs = h * hd * 2 * (s * start + s * (s + 1) / 2);
+            for_row_ranges_of(&mut context, s * h, macs, 1, |first, out| {
+                let mut scores = vec![0.0f32; total];
                 for (i, ctx) in out.chunks_exact_mut(hd).enumerate() {
-                    let head = first + i;
+                    let (t, head) = ((first + i) / h, (first + i) % h);
+                    let seen = start + t + 1;
+                    let scores = &mut scores[..seen];
                     let g = head / group;
-                    let q = &q[head * hd..(head + 1) * hd];
+                    let q = &q[t * d + head * hd..t * d + (head + 1) * hd];
                     let keys = kv
                         .keys
                         .chunks_exact(kvd)
@@ -242,23 +277,36 @@ impl Llama {
             for (x, o) in x.iter_mut().zip(product(l, Projection::O, &context)) {
                 *x += o;
             }
-            let f = rms_norm(&x, &block.host_norms[1], c.rms_eps);
-            let gate = product(l, Projection::Gate, &f);
+            let f = rms_norm_rows(&x, &block.host_norms[1], c.rms_eps);
+            let mut ff = product(l, Projection::Gate, &f);
             let up = product(l, Projection::Up, &f);
-            let ff: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
+            // SwiGLU by positions over the pool (a prompt's exponentials on one core were 3%
+            // of a prefill's samples).
+            let width = ff.len() / s;
+            for_row_ranges_of(&mut ff, s, s * width * 8, 1, |first, out| {
+                let up = &up[first * width..first * width + out.len()];
+                for (g, &u) in out.iter_mut().zip(up) {
+                    *g = silu(*g) * u;
+                }
+            });
             for (x, o) in x.iter_mut().zip(product(l, Projection::Down, &ff)) {
                 *x += o;
             }
             for (slot, _) in taps.layers.iter().enumerate().filter(|(_, t)| **t == l) {
+                let (rows, values) = if taps.all_positions {
+                    (s, x.clone())
+                } else {
+                    (1, x[(s - 1) * d..].to_vec())
+                };
                 taps.states[slot] = Some(Tensor::from_data(
-                    TensorData::new(x.clone(), [1, d]),
+                    TensorData::new(values, [rows, d]),
                     &self.device,
                 ));
             }
         }
-        cache.len = seen;
+        cache.len = total;
         Ok(Tensor::from_data(
-            TensorData::new(x, [1, 1, d]),
+            TensorData::new(x, [1, s, d]),
             &self.device,
         ))
     }
