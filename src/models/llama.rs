@@ -131,6 +131,13 @@ const PACKED_MATVEC_MAX_POSITIONS: usize = 4;
 /// positions 240 -> 288, 256 even, 512 slower (notes/issue-15-kernels.md).
 const PROMPT_TILES_MAX_POSITIONS: usize = 256;
 
+/// Prompts up to this many positions whose every product takes the tiles run in the host
+/// loops (`host_loops`: the tiles, and attention and SwiGLU over both cores), longer ones in
+/// burn's ops. `bench chat --prompt-tokens N --new-tokens 2`, burn's ops / the loops, tokens/s:
+/// 128 positions 360 / 470, 512 positions 340 / 360; at 1,024 the loops' attention (plain
+/// dot products, no blocking) is slower than burn's (310 / 260).
+const HOST_LOOPS_MAX_POSITIONS: usize = 512;
+
 impl Weight {
     fn load(gguf: &Gguf<'_>, name: &str, shape: [usize; 2], device: &Device) -> Result<Self> {
         if *device == Device::flex() {

@@ -11,10 +11,10 @@
 //! packed products ([`PackedMatrix::matmul`], so the same numbers), and keys and values are
 //! appended to per-layer buffers that grow [`GROW_POSITIONS`] at a time.
 //!
-//! A prompt short enough for the packed products' tiles ([`PROMPT_TILES_MAX_POSITIONS`]) runs
+//! A prompt whose products all take the packed tiles, up to [`HOST_LOOPS_MAX_POSITIONS`], runs
 //! here too: there burn's ops ran on one core while the other waited (a sixth of a 128-token
 //! prefill), and the masked scores' `exp(-1e9)` took libm's slow underflow path. Here
-//! attention's (position, head) rows, SwiGLU's and the norms' positions split over the pool.
+//! attention's (position, head) rows and SwiGLU's positions split over the pool.
 //!
 //! It takes a step only where its result is the burn path's up to f32 rounding of sums: the
 //! CPU backend, no adapters for the sequence (LoRA stays in burn), one position or a prompt
@@ -22,7 +22,7 @@
 //! changes ([`Llama::cache_to_host`], [`Llama::cache_to_tensors`]), so a prompt prefilled by
 //! burn continues here, and a later prompt on the same cache goes back to burn.
 
-use super::{KvCache, Llama, PROMPT_TILES_MAX_POSITIONS, Taps, Weight};
+use super::{HOST_LOOPS_MAX_POSITIONS, KvCache, Llama, Taps, Weight};
 use crate::error::{Error, Result};
 use crate::models::lora::Projection;
 use crate::models::packed::{PackedMatrix, for_row_ranges_of};
@@ -116,7 +116,7 @@ impl Llama {
             // still checks.
             && self.device == Device::flex()
             && (positions == 1
-                || (positions <= PROMPT_TILES_MAX_POSITIONS
+                || (positions <= HOST_LOOPS_MAX_POSITIONS
                     && self.packed_weights().is_some_and(|(_, blocks)| {
                         blocks.iter().flatten().all(|w| w.tiles_prompts(self.precision))
                     })))
