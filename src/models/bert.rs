@@ -155,16 +155,33 @@ struct Loader<'a, 'b> {
 }
 
 impl Loader<'_, '_> {
-    /// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as a burn `Linear` (`[in, out]`).
+    /// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as a burn `Linear` (`[in, out]`),
+    /// transposed on the host into a contiguous `[in, out]` buffer. Why not a transposed view
+    /// of `[out, in]`: gemm computes a row-major product as its transpose, with the weight as
+    /// the left operand, which it wants contiguous along the output's columns; from the view
+    /// it copied the weight into panels one value at a time on every product (35% of `bench
+    /// filter --batches 1`, notes/issue-15-kernels.md).
     fn linear(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear> {
-        let weight =
-            self.file
-                .tensor::<2>(&format!("{prefix}.weight"), [d_out, d_in], self.device)?;
+        let name = format!("{prefix}.weight");
+        let (values, shape) = self.file.f32_values(&name)?;
+        if shape != [d_out, d_in] {
+            return Err(Error::Safetensors(format!(
+                "tensor {name:?} has shape {shape:?}; the model needs {:?}",
+                [d_out, d_in]
+            )));
+        }
+        let mut transposed = vec![0.0f32; values.len()];
+        for (o, row) in values.chunks_exact(d_in).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                transposed[i * d_out + o] = v;
+            }
+        }
+        let weight = Tensor::from_data(TensorData::new(transposed, [d_in, d_out]), self.device);
         let bias = self
             .file
             .tensor::<1>(&format!("{prefix}.bias"), [d_out], self.device)?;
         Ok(Linear {
-            weight: Param::from_tensor(weight.transpose()),
+            weight: Param::from_tensor(weight),
             bias: Some(Param::from_tensor(bias)),
         })
     }
