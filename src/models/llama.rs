@@ -519,9 +519,11 @@ impl Llama {
 
     /// Whether generated tokens and short prompts on the CPU backend run in plain loops over
     /// host vectors (default) or through burn's ops (the reference the tests compare the loops
-    /// with; the two agree up to f32 rounding of sums).
+    /// with; the two agree up to f32 rounding of sums). Drops the kept prefix, computed the
+    /// other way.
     pub fn set_host_steps(&mut self, on: bool) {
         self.host_steps = on;
+        self.forget_kept_prefix();
     }
 
     /// How the CPU's packed products of a few positions (decoding) round.

@@ -433,9 +433,9 @@ impl PackedMatrix {
         assert_eq!(x.len(), n * self.cols, "input is not [n, cols]");
         // Computed as [rows, n] so that parallel tasks own contiguous rows; each task then
         // writes its rows' values into the [n, rows] result itself (a serial transposition
-        // after the product was 2% of a prefill while the other core waited).
-        // A prompt's [rows, n] values go to this thread's scratch buffer and the result is
-        // written once without zeroing it first: zeroing both was 2-4% of a prefill.
+        // after the product was 2% of a prefill while the other core waited). A prompt's
+        // [rows, n] values go to this thread's scratch buffer, and the result is written once
+        // without being zeroed first (zeroing both was 2-4% of a prefill).
         let mut scratch = if n > 1 { SCRATCH.take() } else { Vec::new() };
         if scratch.len() < self.rows * n {
             scratch.resize(self.rows * n, 0.0);
