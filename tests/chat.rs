@@ -263,6 +263,19 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
     assert_ne!(whole[0], whole[1]);
 }
 
+/// Two chat models with products rounded as `precision`: the first runs generated tokens and
+/// short prompts in the host loops (the default), the second in burn's ops (the reference).
+fn loops_and_burns_ops(
+    precision: webguard::models::packed::Precision,
+) -> (webguard::ChatModel, webguard::ChatModel) {
+    let mut loops = common::chat_model();
+    let mut ops = common::chat_model();
+    loops.model.set_precision(precision);
+    ops.model.set_precision(precision);
+    ops.model.set_host_steps(false);
+    (loops, ops)
+}
+
 /// Short prompts on the CPU run in the same host loops as generated tokens (the products in
 /// the packed tiles, attention's rows split over the pool); burn's ops are the reference: the
 /// same logits and states up to f32 summation order and the 16-bit rounding of inputs that
@@ -271,12 +284,7 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
 /// position's states, and the probe's states after a kept prefix.
 #[test]
 fn prompts_in_host_loops_equal_burns_ops() {
-    use webguard::models::packed::Precision;
-    let mut loops = common::chat_model();
-    let mut ops = common::chat_model();
-    loops.model.set_precision(Precision::Int16);
-    ops.model.set_precision(Precision::Int16);
-    ops.model.set_host_steps(false);
+    let (loops, ops) = loops_and_burns_ops(webguard::models::packed::Precision::Int16);
     let layers = [3, 20];
     let read = |t: burn::tensor::Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
     let check = |what: &str, a: Vec<f32>, b: Vec<f32>| {
@@ -350,12 +358,7 @@ fn prompts_in_host_loops_equal_burns_ops() {
 /// generated tokens, then more tokens) and a cache cloned half-way.
 #[test]
 fn generated_tokens_in_host_loops_equal_burns_ops_through_turns_and_clones() {
-    use webguard::models::packed::Precision;
-    let mut loops = common::chat_model();
-    let mut ops = common::chat_model();
-    loops.model.set_precision(Precision::Exact);
-    ops.model.set_precision(Precision::Exact);
-    ops.model.set_host_steps(false);
+    let (loops, ops) = loops_and_burns_ops(webguard::models::packed::Precision::Exact);
     let layers = [3, 20];
     let step = |ids: &[u32],
                 a: &mut webguard::models::llama::KvCache,

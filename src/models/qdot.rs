@@ -849,13 +849,32 @@ mod x86 {
         out: &mut [f32],
         dot: impl Fn(__m256i, __m256i, __m256i, __m256i) -> __m256i,
     ) {
+        // SAFETY: see the caller.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); P];
+            blocks_one_by_one(w, x, t0, 0, &mut acc, dot);
+            finish_tile(w, x, t0, &acc, out);
+        }
+    }
+
+    /// Adds blocks `from..` of the row (`w`) times vectors `t0..t0 + P` into `acc`, a block at
+    /// a time: its nibbles widened once, then for each vector one product, one scale and one
+    /// FMA.
+    #[inline(always)]
+    unsafe fn blocks_one_by_one<const P: usize>(
+        w: Q4_1<'_>,
+        x: &Quantized<i16>,
+        t0: usize,
+        from: usize,
+        acc: &mut [__m256; P],
+        dot: impl Fn(__m256i, __m256i, __m256i, __m256i) -> __m256i,
+    ) {
         let nb = x.blocks();
-        // SAFETY: see the caller; every index below is `< nb` blocks of `w` and of vectors
-        // `t0..t0 + P`.
+        // SAFETY: the callers run with AVX2, FMA and F16C and pass a row of exactly `nb`
+        // blocks and vectors `t0..t0 + P` of `x`; every index below is `< nb` blocks of each.
         unsafe {
             let mask = _mm_set1_epi8(0x0f);
-            let mut acc = [_mm256_setzero_ps(); P];
-            for b in 0..nb {
+            for b in from..nb {
                 let raw = _mm_loadu_si128(w.nibbles.as_ptr().add(16 * b).cast());
                 let lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask));
                 let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
@@ -870,6 +889,20 @@ mod x86 {
                     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, *acc);
                 }
             }
+        }
+    }
+
+    /// `out[j]`: vector `t0 + j`'s accumulated lanes summed, plus Q4_1's offset term.
+    #[inline(always)]
+    unsafe fn finish_tile<const P: usize>(
+        w: Q4_1<'_>,
+        x: &Quantized<i16>,
+        t0: usize,
+        acc: &[__m256; P],
+        out: &mut [f32],
+    ) {
+        // SAFETY: the callers run with AVX2 and F16C; `out` holds at least `P` values.
+        unsafe {
             for (j, acc) in acc.iter().enumerate() {
                 let (_, _, xs) = x.vector(t0 + j);
                 *out.get_unchecked_mut(j) =
@@ -932,26 +965,8 @@ mod x86 {
                     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(dw, xs), *acc);
                 }
             }
-            for b in full..nb {
-                let raw = _mm_loadu_si128(w.nibbles.as_ptr().add(16 * b).cast());
-                let lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask));
-                let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
-                let dw = widen1(*w.scales.get_unchecked(b));
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    let t = t0 + j;
-                    let xp = x.q.as_ptr().add(t * x.cols + BLOCK * b);
-                    let x0 = _mm256_loadu_si256(xp.cast());
-                    let x1 = _mm256_loadu_si256(xp.add(16).cast());
-                    let d = dot(lo, hi, x0, x1);
-                    let s = _mm256_set1_ps(dw * *x.scales.get_unchecked(t * nb + b));
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, *acc);
-                }
-            }
-            for (j, acc) in acc.iter().enumerate() {
-                let (_, _, xs) = x.vector(t0 + j);
-                *out.get_unchecked_mut(j) =
-                    hsum(*acc) + offsets(w.mins, xs, |m| widen8(m), |m| widen1(m));
-            }
+            blocks_one_by_one(w, x, t0, full, &mut acc, dot);
+            finish_tile(w, x, t0, &acc, out);
         }
     }
 
