@@ -558,6 +558,21 @@ mod x86 {
         }
     }
 
+    /// The 32 nibbles of a Q4_1 block (16 bytes at `p`) widened to i16: the low nibbles
+    /// (values 0..16) and the high ones (16..32).
+    #[inline(always)]
+    unsafe fn widened_halves(p: *const u8) -> (__m256i, __m256i) {
+        // SAFETY: the caller passes 16 readable bytes; the CPU has AVX2.
+        unsafe {
+            let raw = _mm_loadu_si128(p.cast());
+            let mask = _mm_set1_epi8(0x0f);
+            (
+                _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask)),
+                _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask)),
+            )
+        }
+    }
+
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
         // SAFETY: AVX is implied by the callers' AVX2.
@@ -729,10 +744,7 @@ mod x86 {
             // SAFETY: blocks `b < nb` lie inside `ws` (16 bytes each) and `xq` (32 i16 each).
             let dots = unsafe {
                 blocks(scales, xd, |b| {
-                    let raw = _mm_loadu_si128(ws.as_ptr().add(16 * b).cast());
-                    let mask = _mm_set1_epi8(0x0f);
-                    let lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask));
-                    let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                    let (lo, hi) = widened_halves(ws.as_ptr().add(16 * b));
                     let xp = xq.as_ptr().add(BLOCK * b);
                     let x0 = _mm256_loadu_si256(xp.cast());
                     let x1 = _mm256_loadu_si256(xp.add(16).cast());
@@ -750,8 +762,8 @@ mod x86 {
     }
 
     /// [`q4_1_rows16_avx2`] for a prompt's positions: each block's nibbles are widened once
-    /// per row and multiplied with a tile's vectors (`$size`) in turn, one accumulator each, instead of
-    /// being widened again for every vector. A prefill of this is faster than dequantising
+    /// per row and multiplied with a tile's `$size` vectors in turn, one accumulator each,
+    /// instead of being widened again for every vector. A prefill of this is faster than dequantising
     /// every matrix to f32 for a dense product (notes/issue-15-kernels.md); the sums are the
     /// same integers, added in another order than the one-vector kernel's.
     macro_rules! tile_kernel {
@@ -774,7 +786,7 @@ mod x86 {
                 unsafe {
                     let dot = |lo, hi, x0, x1| $dot(lo, hi, x0, x1);
                     // `ROW_GROUP` rows at a time, each tile of vectors through all of them:
-                    // the tile's activations (4 vectors) and the group's blocks stay in L1.
+                    // the tile's activations (4 or 8 vectors) and the group's blocks stay in L1.
                     for g0 in (0..rows).step_by(ROW_GROUP) {
                         let group = g0..(g0 + ROW_GROUP).min(rows);
                         let mut t = 0;
@@ -873,11 +885,8 @@ mod x86 {
         // SAFETY: the callers run with AVX2, FMA and F16C and pass a row of exactly `nb`
         // blocks and vectors `t0..t0 + P` of `x`; every index below is `< nb` blocks of each.
         unsafe {
-            let mask = _mm_set1_epi8(0x0f);
             for b in from..nb {
-                let raw = _mm_loadu_si128(w.nibbles.as_ptr().add(16 * b).cast());
-                let lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask));
-                let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                let (lo, hi) = widened_halves(w.nibbles.as_ptr().add(16 * b));
                 let dw = widen1(*w.scales.get_unchecked(b));
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let t = t0 + j;
@@ -931,15 +940,12 @@ mod x86 {
         // SAFETY: see the caller; every index below is `< nb` blocks of `w` and of vectors
         // `t0..t0 + P`.
         unsafe {
-            let mask = _mm_set1_epi8(0x0f);
             let mut acc = [_mm256_setzero_ps(); P];
             for g in (0..full).step_by(8) {
                 let mut lo = [_mm256_setzero_si256(); 8];
                 let mut hi = [_mm256_setzero_si256(); 8];
                 for k in 0..8 {
-                    let raw = _mm_loadu_si128(w.nibbles.as_ptr().add(16 * (g + k)).cast());
-                    lo[k] = _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask));
-                    hi[k] = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                    (lo[k], hi[k]) = widened_halves(w.nibbles.as_ptr().add(16 * (g + k)));
                 }
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.scales.as_ptr().add(g).cast()));
                 for (j, acc) in acc.iter_mut().enumerate() {

@@ -117,8 +117,8 @@ impl Llama {
             && self.device == Device::flex()
             && (positions == 1
                 || (positions <= HOST_LOOPS_MAX_POSITIONS
-                    && self.packed_weights().is_some_and(|(_, blocks)| {
-                        blocks.iter().flatten().all(|w| w.tiles_prompts(self.precision))
+                    && self.blocks.iter().flat_map(|b| &b.projections).all(|w| {
+                        matches!(w, Weight::Packed(p) if p.tiles_prompts(self.precision))
                     })))
     }
 
