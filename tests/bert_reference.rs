@@ -55,6 +55,45 @@ fn embeddings_match_sentence_transformers() {
     eprintln!("worst cosine over {} sentences: {worst:.7}", want.len());
 }
 
+/// The host loops (`hidden_states_on_host`) against burn's ops on the same weights, every
+/// hidden state at every position (padding included), in each of their ways to split the
+/// work: one sequence and a few (split inside each op over the pool) and many padded ones
+/// (whole sequences per thread, when the pool has two or more threads).
+#[test]
+fn host_layers_equal_burns_ops() {
+    let reference = common::reference("embeddings_minilm.json");
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    let device = Device::flex();
+    let (bert, tok) = load(&device);
+    let ids: Vec<Vec<u32>> = sentences.iter().map(|s| tok.encode(s).unwrap()).collect();
+    let mut worst = 0.0f32;
+    for batch in [&ids[..1], &ids[3..6], &ids[..13]] {
+        let (batch_ids, mask) = pad_batch(batch, 0, &device);
+        let ours = bert
+            .hidden_states_on_host(&batch_ids, &mask)
+            .expect("the host loops take plain weights on the CPU backend");
+        let burns = bert.hidden_states_by_ops(batch_ids, mask);
+        assert_eq!(ours.len(), bert.layer_count() + 1);
+        for (layer, (a, b)) in ours.into_iter().zip(burns).enumerate() {
+            assert_eq!(a.dims(), b.dims());
+            let a = a.into_data().try_to_vec::<f32>().unwrap();
+            let b = b.into_data().try_to_vec::<f32>().unwrap();
+            let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let diff = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                diff <= 2e-5 * scale,
+                "batch of {}, hidden state {layer}: differs by {diff} (largest value {scale})",
+                batch.len()
+            );
+            worst = worst.max(diff / scale);
+        }
+    }
+    eprintln!("worst difference relative to the largest value: {worst:e}");
+}
+
 #[test]
 fn embeddings_on_wgpu_match_too() {
     let reference = common::reference("embeddings_minilm.json");

@@ -19,6 +19,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::gelu::gelu;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod host_layers;
 use crate::weights::int8::EncoderWeights;
 
 /// The parts of a BERT `config.json` the encoder needs.
@@ -145,6 +148,7 @@ pub struct Bert {
     layers: Vec<BertLayer>,
     max_tokens: usize,
     vocab_size: usize,
+    layer_norm_eps: f64,
 }
 
 /// Loads tensors by name with the shapes the config implies.
@@ -254,6 +258,7 @@ impl Bert {
             layers,
             max_tokens: config.max_position_embeddings,
             vocab_size: config.vocab_size,
+            layer_norm_eps: config.layer_norm_eps,
         })
     }
 
@@ -298,8 +303,37 @@ impl Bert {
     }
 
     /// The embeddings' output followed by every layer's output (`1 + layers` tensors of
-    /// `[batch, seq, d]`): the filter pools earlier layers as well as the last.
+    /// `[batch, seq, d]`): the filter pools earlier layers as well as the last. Natively on
+    /// the CPU backend this runs in loops over host buffers (`host_layers`: the same
+    /// arithmetic up to f32 rounding, a third faster at batch 32); elsewhere, with autodiff or
+    /// adapters, burn's ops ([`Bert::hidden_states_by_ops`]).
     pub fn hidden_states(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Vec<Tensor<3>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(states) = self.hidden_states_on_host(&ids, &mask) {
+            return states;
+        }
+        self.hidden_states_by_ops(ids, mask)
+    }
+
+    /// [`Bert::hidden_states`] in loops over host buffers (natively, on the CPU backend), or
+    /// `None` where that path does not apply: another backend, autodiff or adapters in the
+    /// weights, ids outside the tables, a sequence without a real token.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn hidden_states_on_host(
+        &self,
+        ids: &Tensor<2, Int>,
+        mask: &Tensor<2, Bool>,
+    ) -> Option<Vec<Tensor<3>>> {
+        host_layers::hidden_states(self, ids, mask)
+    }
+
+    /// [`Bert::hidden_states`] through burn's tensor ops on any backend (what autodiff and
+    /// the GPU run, and the reference the host loops are tested against).
+    pub fn hidden_states_by_ops(
+        &self,
+        ids: Tensor<2, Int>,
+        mask: Tensor<2, Bool>,
+    ) -> Vec<Tensor<3>> {
         let [batch, seq] = ids.dims();
         let device = ids.device();
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
