@@ -15,6 +15,7 @@
 //!   attention reads in place (no head permutes); a head's two products are gemm calls over
 //!   the real tokens' keys and values (padding keys skipped, where burn's mask gives them
 //!   zero weight); the residual is added inside the LayerNorm's pass over a row.
+//!
 //! `bench filter --backends cpu --batches 1,32`, the two binaries alternating (3 rounds):
 //! batch 32 87-97 → 118-123 texts/s, batch 1 69-72 → 82-93.
 //!
