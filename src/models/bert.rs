@@ -20,7 +20,6 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::models::gelu::gelu;
 
-#[cfg(not(target_arch = "wasm32"))]
 mod host_layers;
 use crate::weights::int8::EncoderWeights;
 
@@ -303,22 +302,20 @@ impl Bert {
     }
 
     /// The embeddings' output followed by every layer's output (`1 + layers` tensors of
-    /// `[batch, seq, d]`): the filter pools earlier layers as well as the last. Natively on
-    /// the CPU backend this runs in loops over host buffers (`host_layers`: the same
+    /// `[batch, seq, d]`): the filter pools earlier layers as well as the last. On the CPU
+    /// backend this runs in loops over host buffers (`host_layers`: the same
     /// arithmetic up to f32 rounding, a third faster at batch 32); elsewhere, with autodiff or
     /// adapters, burn's ops ([`Bert::hidden_states_by_ops`]).
     pub fn hidden_states(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Vec<Tensor<3>> {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(states) = self.hidden_states_on_host(&ids, &mask) {
             return states;
         }
         self.hidden_states_by_ops(ids, mask)
     }
 
-    /// [`Bert::hidden_states`] in loops over host buffers (natively, on the CPU backend), or
-    /// `None` where that path does not apply: another backend, autodiff or adapters in the
-    /// weights, ids outside the tables, a sequence without a real token.
-    #[cfg(not(target_arch = "wasm32"))]
+    /// [`Bert::hidden_states`] in loops over host buffers (on the CPU backend, natively and
+    /// in wasm), or `None` where that path does not apply: another backend, autodiff or
+    /// adapters in the weights, ids outside the tables, a sequence without a real token.
     pub fn hidden_states_on_host(
         &self,
         ids: &Tensor<2, Int>,

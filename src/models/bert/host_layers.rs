@@ -1,5 +1,6 @@
 //! The encoder's layers on the CPU backend as loops over host buffers, with gemm for the
-//! products and the spin pool for the threads.
+//! products and the spin pool for the threads (natively, and in the threaded wasm module,
+//! whose pool is Web Workers; the single-threaded module runs the same loops on one thread).
 //!
 //! Why: at batch 32 (2,048 rows of 64 tokens) burn's ops around the products cost a third
 //! of the encoder's time (`perf` on `bench filter --batches 32`, AMD EPYC Zen 4, 2 threads:
@@ -17,7 +18,10 @@
 //!   zero weight); the residual is added inside the LayerNorm's pass over a row.
 //!
 //! `bench filter --backends cpu --batches 1,32`, the two binaries alternating (3 rounds):
-//! batch 32 87-97 → 118-123 texts/s, batch 1 69-72 → 82-93.
+//! batch 32 87-97 → 118-123 texts/s, batch 1 69-72 → 82-93. In headless Chromium
+//! (`bench-browser.mjs --threads 1,1t,2`, the Guard's 8-bit filter in a worker): the threaded
+//! module on 2 threads classifies 32 texts in 282-286 ms (was 523-530: burn's path ran on one
+//! thread there) and 1 text in 14 ms (was 25-26); the other modes within a few percent.
 //!
 //! The arithmetic is burn's up to f32 rounding of sums (the same formulas; gemm's products
 //! blocked differently); [`Bert::hidden_states_by_ops`] keeps burn's path for autodiff, the
@@ -33,13 +37,35 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use super::{Bert, BertLayer};
 use crate::models::gelu::{exp_f32, gelu_serial};
-use crate::models::spin::Pool;
 
 /// Rows a thread takes through the layers at a time when whole sequences are split over the
 /// threads. gemm packs the weight on every call, so larger groups pack less often: at batch
 /// 32 (2,048 rows, 2 threads) groups of 128 rows spent 8.6% of the samples in packing and ran
 /// 113 texts/s, groups of 1,024 rows 1.3% and 122 texts/s (256: 116, 512: 120).
 const ROWS_PER_GROUP: usize = 1024;
+
+/// The spin pool's thread count where the build has threads (natively, the threaded wasm
+/// module); one in the single-threaded wasm module.
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+fn threads() -> usize {
+    crate::models::spin::Pool::global().threads()
+}
+
+/// `f(t)` for every task `t` in `0..tasks`, over the spin pool where the build has threads.
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    crate::models::spin::Pool::global().run(tasks, f)
+}
+
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+fn threads() -> usize {
+    1
+}
+
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    (0..tasks).for_each(f)
+}
 
 /// Output columns per task are a multiple of this (gemm's AVX-512 f32 tile width).
 const COLUMN_STEP: usize = 16;
@@ -78,8 +104,7 @@ pub(super) fn hidden_states(
     let mut states: Vec<Vec<f32>> = (0..=encoder.layers.len())
         .map(|_| vec![0.0f32; batch * seq * d])
         .collect();
-    let pool = Pool::global();
-    let threads = pool.threads();
+    let threads = threads();
     if threads > 1 && batch >= 2 * threads {
         // Whole sequences per thread: a multiple of `threads` groups of about
         // ROWS_PER_GROUP rows each.
@@ -96,7 +121,7 @@ pub(super) fn hidden_states(
             }
         }
         let slots: Vec<Mutex<Vec<&mut [f32]>>> = outputs.into_iter().map(Mutex::new).collect();
-        pool.run(slots.len(), &|g| {
+        run(slots.len(), &|g| {
             let mut out = slots[g].lock().unwrap_or_else(|e| e.into_inner());
             let at = g * rows..((g + 1) * rows).min(batch * seq);
             encoder.run(&ids[at.clone()], &mask[at], seq, Split::Serial, &mut out);
@@ -388,17 +413,14 @@ fn product(x: &[f32], p: &Projection, dst: &mut [f32], stride: usize, at: usize,
     };
     let parts = match split {
         Split::Serial => 1,
-        Split::Pool => Pool::global()
-            .threads()
-            .min(d_out.div_ceil(COLUMN_STEP))
-            .max(1),
+        Split::Pool => threads().min(d_out.div_ceil(COLUMN_STEP)).max(1),
     };
     if parts == 1 {
         columns(0, d_out);
         return;
     }
     let width = d_out.div_ceil(parts).next_multiple_of(COLUMN_STEP);
-    Pool::global().run(d_out.div_ceil(width), &|t| {
+    run(d_out.div_ceil(width), &|t| {
         let first = t * width;
         columns(first, width.min(d_out - first));
     });
@@ -414,14 +436,14 @@ fn for_chunks(
     f: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
     let rows = data.len() / width;
-    let threads = Pool::global().threads();
+    let threads = threads();
     if split == Split::Serial || threads == 1 || rows < 2 {
         f(0, data);
         return;
     }
     let per_task = rows.div_ceil(threads) * width;
     let parts: Vec<Mutex<&mut [f32]>> = data.chunks_mut(per_task).map(Mutex::new).collect();
-    Pool::global().run(parts.len(), &|t| {
+    run(parts.len(), &|t| {
         let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
         f(t * per_task, &mut part);
     });
@@ -457,7 +479,7 @@ fn attention(
     };
     let sequences = keys.len();
     let mut scratch = Vec::new();
-    if split == Split::Serial || Pool::global().threads() == 1 {
+    if split == Split::Serial || threads() == 1 {
         let mut out = vec![0.0f32; seq * hd];
         for s in 0..sequences {
             for h in 0..heads {
@@ -470,7 +492,7 @@ fn attention(
     let results: Vec<Mutex<Vec<f32>>> = (0..sequences * heads)
         .map(|_| Mutex::new(vec![0.0f32; seq * hd]))
         .collect();
-    Pool::global().run(results.len(), &|t| {
+    run(results.len(), &|t| {
         let mut out = results[t].lock().unwrap_or_else(|e| e.into_inner());
         one(t / heads, t % heads, &mut out, &mut Vec::new());
     });
@@ -549,70 +571,177 @@ fn attend_portable(
 ) {
     let n = keys.len();
     let seq = block.len() / stride;
+    assert!(out.len() == seq * hd, "attention output size");
     scratch.resize(2 * n * hd + seq * n, 0.0);
-    // The real tokens' keys and values gathered `[n, hd]`, then the scores `[seq, n]`.
+    // The real tokens' keys (`[n, hd]`, or `[hd, n]` for the loops) and values (`[n, hd]`)
+    // gathered, then the scores `[seq, n]`.
     let (k, rest) = scratch.split_at_mut(n * hd);
     let (v, scores) = rest.split_at_mut(n * hd);
     for (j, &key) in keys.iter().enumerate() {
         let row = &block[key * stride + q_at..];
-        k[j * hd..(j + 1) * hd].copy_from_slice(&row[d..d + hd]);
+        if head_products::KEYS_TRANSPOSED {
+            for (c, &value) in row[d..d + hd].iter().enumerate() {
+                k[c * n + j] = value;
+            }
+        } else {
+            k[j * hd..(j + 1) * hd].copy_from_slice(&row[d..d + hd]);
+        }
         v[j * hd..(j + 1) * hd].copy_from_slice(&row[2 * d..2 * d + hd]);
     }
     let scale = 1.0 / (hd as f32).sqrt();
-    // SAFETY: `block` holds `seq` rows of `stride` values with the head's queries at
-    // `q_at..q_at + hd` of each (the caller's layout); `k` is `[n, hd]` read as its
-    // transpose `[hd, n]`; `scores` is `[seq, n]`, written whole.
-    unsafe {
-        gemm::gemm(
-            seq,
-            n,
-            hd,
-            scores.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            block[q_at..].as_ptr(),
-            1,
-            stride as isize,
-            k.as_ptr(),
-            hd as isize,
-            1,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let queries = &block[q_at..];
+    head_products::scores(queries, stride, k, hd, scale, scores);
     for row in scores.chunks_exact_mut(n) {
         softmax_row(row);
     }
-    // SAFETY: `scores` is `[seq, n]`, `v` `[n, hd]`, `out` `[seq, hd]` (the caller's size),
-    // all row-major.
-    assert!(out.len() == seq * hd, "attention output size");
-    unsafe {
-        gemm::gemm(
-            seq,
-            hd,
-            n,
-            out.as_mut_ptr(),
-            1,
-            hd as isize,
-            false,
-            scores.as_ptr(),
-            1,
-            n as isize,
-            v.as_ptr(),
-            1,
-            hd as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+    head_products::context(scores, v, hd, out);
+}
+
+/// A head's two products. Natively gemm calls: the same function over loops of our own took
+/// 12% of `bench filter --batches 32` against 4.8%. In wasm loops: a short text's 144 pairs
+/// of tiny gemm calls (25 × 25 × 32) cost more than the products (the threaded module on one
+/// thread classified one text in 44 ms with them against 26 ms before this path).
+#[cfg(not(target_arch = "wasm32"))]
+mod head_products {
+    /// gemm reads the keys as they are, `[n, hd]`.
+    pub(super) const KEYS_TRANSPOSED: bool = false;
+
+    /// `scores [seq, n] = scale · Q Kᵀ` for the queries at `queries[i · stride..][..hd]` and
+    /// the keys `k [n, hd]`.
+    #[inline(always)]
+    pub(super) fn scores(
+        queries: &[f32],
+        stride: usize,
+        k: &[f32],
+        hd: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let n = k.len() / hd;
+        let seq = scores.len() / n;
+        assert!(queries.len() >= (seq - 1) * stride + hd, "query rows");
+        // SAFETY: the query rows are in `queries` (checked above), `k` is `[n, hd]` read as
+        // its transpose `[hd, n]`, `scores` is `[seq, n]`, written whole.
+        unsafe {
+            gemm::gemm(
+                seq,
+                n,
+                hd,
+                scores.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                queries.as_ptr(),
+                1,
+                stride as isize,
+                k.as_ptr(),
+                hd as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+
+    /// `out [seq, hd] = weights [seq, n] · v [n, hd]`.
+    #[inline(always)]
+    pub(super) fn context(weights: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
+        let n = v.len() / hd;
+        let seq = out.len() / hd;
+        assert!(weights.len() == seq * n, "weights size");
+        // SAFETY: all three row-major with the sizes checked above.
+        unsafe {
+            gemm::gemm(
+                seq,
+                hd,
+                n,
+                out.as_mut_ptr(),
+                1,
+                hd as isize,
+                false,
+                weights.as_ptr(),
+                1,
+                n as isize,
+                v.as_ptr(),
+                1,
+                hd as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod head_products {
+    /// The loops read the keys transposed, `[hd, n]`: `BLOCK` keys' scores are then sums of
+    /// whole vectors over the head's columns.
+    pub(super) const KEYS_TRANSPOSED: bool = true;
+
+    /// Keys scored at a time, each its own running sum (one running sum would wait on each
+    /// add).
+    const BLOCK: usize = 16;
+
+    /// `scores [seq, n] = scale · Q Kᵀ` for the queries at `queries[i · stride..][..hd]` and
+    /// the transposed keys `kt [hd, n]`.
+    #[inline(always)]
+    pub(super) fn scores(
+        queries: &[f32],
+        stride: usize,
+        kt: &[f32],
+        hd: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let n = kt.len() / hd;
+        for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+            let q = &queries[i * stride..][..hd];
+            let mut first = 0;
+            while first + BLOCK <= n {
+                let mut acc = [0.0f32; BLOCK];
+                for (c, &qc) in q.iter().enumerate() {
+                    let keys: &[f32; BLOCK] =
+                        kt[c * n + first..][..BLOCK].try_into().expect("BLOCK keys");
+                    for (a, k) in acc.iter_mut().zip(keys) {
+                        *a += qc * k;
+                    }
+                }
+                for (s, a) in row[first..first + BLOCK].iter_mut().zip(acc) {
+                    *s = a * scale;
+                }
+                first += BLOCK;
+            }
+            for (j, s) in row.iter_mut().enumerate().skip(first) {
+                let dot = q
+                    .iter()
+                    .enumerate()
+                    .fold(0.0f32, |acc, (c, &qc)| acc + qc * kt[c * n + j]);
+                *s = dot * scale;
+            }
+        }
+    }
+
+    /// `out [seq, hd] = weights [seq, n] · v [n, hd]`, a row of `out` accumulated over `v`'s
+    /// rows.
+    #[inline(always)]
+    pub(super) fn context(weights: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
+        let n = v.len() / hd;
+        for (o, w) in out.chunks_exact_mut(hd).zip(weights.chunks_exact(n)) {
+            o.fill(0.0);
+            for (&w, v) in w.iter().zip(v.chunks_exact(hd)) {
+                for (o, v) in o.iter_mut().zip(v) {
+                    *o += w * v;
+                }
+            }
+        }
     }
 }
 
