@@ -4,7 +4,7 @@
 
 mod common;
 
-use burn::tensor::Device;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use webguard::backend::{Backend, BackendChoice};
 use webguard::models::bert::{Bert, BertConfig, pad_batch};
 use webguard::text::Tokenizer;
@@ -92,6 +92,37 @@ fn host_layers_equal_burns_ops() {
         }
     }
     eprintln!("worst difference relative to the largest value: {worst:e}");
+}
+
+/// What the host loops do not take comes back as `None` (burn's ops then run, or fail, as
+/// before): a sequence with no real token, an id outside the vocabulary, a mask of another
+/// shape; a plain batch is taken.
+#[test]
+fn host_layers_decline_what_they_do_not_take() {
+    let device = Device::flex();
+    let (bert, _) = load(&device);
+    let ids = |v: Vec<i64>, shape: [usize; 2]| {
+        Tensor::<2, Int>::from_data(TensorData::new(v, shape), &device)
+    };
+    let mask = |v: Vec<bool>, shape: [usize; 2]| {
+        Tensor::<2, Bool>::from_data(TensorData::new(v, shape), &device)
+    };
+    let plain = ids(vec![101, 7592, 102, 101, 2088, 102], [2, 3]);
+    assert!(
+        bert.hidden_states_on_host(&plain, &mask(vec![true; 6], [2, 3]))
+            .is_some()
+    );
+    let one_empty = mask(vec![true, true, true, false, false, false], [2, 3]);
+    assert!(bert.hidden_states_on_host(&plain, &one_empty).is_none());
+    let outside = ids(vec![101, 30522, 102], [1, 3]);
+    assert!(
+        bert.hidden_states_on_host(&outside, &mask(vec![true; 3], [1, 3]))
+            .is_none()
+    );
+    assert!(
+        bert.hidden_states_on_host(&plain, &mask(vec![true; 6], [3, 2]))
+            .is_none()
+    );
 }
 
 #[test]

@@ -72,7 +72,8 @@ const COLUMN_STEP: usize = 16;
 
 /// `Bert::hidden_states` on host buffers, or `None` where this path does not apply: another
 /// backend, autodiff or LoRA adapters in the weights, a layout or dtype it does not read,
-/// token ids outside the tables, or a sequence without a real token.
+/// a mask not the ids' shape, token ids outside the tables, or a sequence without a real
+/// token.
 pub(super) fn hidden_states(
     bert: &Bert,
     ids: &Tensor<2, Int>,
@@ -84,6 +85,9 @@ pub(super) fn hidden_states(
     }
     let encoder = Encoder::of(bert)?;
     let [batch, seq] = ids.dims();
+    if mask.dims() != [batch, seq] {
+        return None;
+    }
     let ids: Vec<i64> = ids.to_data().iter::<i64>().collect();
     let mask: Vec<bool> = mask.to_data().iter::<bool>().collect();
     let vocab = encoder.word.len() / encoder.d;
