@@ -19,9 +19,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::gelu::gelu;
+use crate::weights::int8::EncoderWeights;
 
 mod host_layers;
-use crate::weights::int8::EncoderWeights;
 
 /// The parts of a BERT `config.json` the encoder needs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -315,7 +315,8 @@ impl Bert {
 
     /// [`Bert::hidden_states`] in loops over host buffers (on the CPU backend, natively and
     /// in wasm), or `None` where that path does not apply: another backend, autodiff or
-    /// adapters in the weights, ids outside the tables, a sequence without a real token.
+    /// adapters in the weights, a mask not the ids' shape, ids outside the tables, a
+    /// sequence without a real token.
     pub fn hidden_states_on_host(
         &self,
         ids: &Tensor<2, Int>,

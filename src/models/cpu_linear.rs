@@ -8,6 +8,10 @@
 //! gemm's dispatch around the microkernel (notes/issue-3-filter.md). Split by columns, each
 //! thread packs only its part of the weight, so nothing is packed twice. Larger products
 //! (batch 32: 2,048 rows) keep burn's path, where gemm's own split pays.
+//!
+//! Plain inference now runs the encoder's layers in `bert/host_layers.rs`, which splits
+//! products the same way; this serves burn's path where that one declines (an encoder with
+//! LoRA adapters attached, evaluated during tuning).
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
