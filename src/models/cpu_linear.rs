@@ -19,12 +19,11 @@ use burn::nn::Linear;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
+use crate::models::column_product::{self, COLUMN_STEP, SharedOut, Strided};
+
 /// Products over at most this many rows take this path (a 64-token window is 64 rows; batch 32
 /// is 2,048, where gemm's own threading is faster).
 pub const MAX_ROWS: usize = 256;
-
-/// Output columns per task are a multiple of this (gemm's AVX-512 f32 tile width).
-const COLUMN_STEP: usize = 16;
 
 /// `layer.forward(x)` for `x [rows, in]`, or `None` where this path does not apply (another
 /// backend, autodiff, not f32, more than [`MAX_ROWS`] rows, a layout it does not take).
@@ -55,7 +54,7 @@ pub fn forward(layer: &Linear, x: &Tensor<2>) -> Option<Tensor<2>> {
         .min(d_out.div_ceil(COLUMN_STEP))
         .max(1);
     let width = d_out.div_ceil(parts).next_multiple_of(COLUMN_STEP);
-    let dst = SendPtr(out.as_mut_ptr());
+    let dst = SharedOut(out.as_mut_ptr());
     (0..d_out.div_ceil(width)).into_par_iter().for_each(|p| {
         let first = p * width;
         let n = width.min(d_out - first);
@@ -64,38 +63,24 @@ pub fn forward(layer: &Linear, x: &Tensor<2>) -> Option<Tensor<2>> {
         // buffer; `out` is `rows × d_out`, row-major, and task `p` reads and writes only
         // columns `first..first + n` of it (the tasks' column ranges are disjoint).
         unsafe {
-            gemm::gemm(
+            column_product::columns(
                 rows,
                 n,
                 d_in,
+                Strided {
+                    ptr: lhs.at(0, 0),
+                    row_stride: lhs.row_stride,
+                    col_stride: lhs.col_stride,
+                },
+                Strided {
+                    ptr: rhs.at(0, first),
+                    row_stride: rhs.row_stride,
+                    col_stride: rhs.col_stride,
+                },
                 dst.0.add(first),
-                1,
-                d_out as isize,
-                false,
-                lhs.at(0, 0),
-                lhs.col_stride,
-                lhs.row_stride,
-                rhs.at(0, first),
-                rhs.col_stride,
-                rhs.row_stride,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                d_out,
+                bias.as_ref().map(|b| &b[first..first + n]),
             );
-            // The bias added after the product, as burn's `Linear` does: folding it into
-            // gemm's first depth chunk moved filter scores by up to 9e-5 (the heads divide
-            // features by their spread, which amplifies rounding).
-            if let Some(bias) = &bias {
-                for r in 0..rows {
-                    let row = std::slice::from_raw_parts_mut(dst.0.add(r * d_out + first), n);
-                    row.iter_mut()
-                        .zip(&bias[first..first + n])
-                        .for_each(|(y, b)| *y += b);
-                }
-            }
         }
     });
     Some(Tensor::from_data(
@@ -103,11 +88,6 @@ pub fn forward(layer: &Linear, x: &Tensor<2>) -> Option<Tensor<2>> {
         &x.device(),
     ))
 }
-
-/// The output's base pointer, shared by the column tasks (each writes its own columns).
-struct SendPtr(*mut f32);
-// SAFETY: the tasks write disjoint columns of one buffer that outlives them.
-unsafe impl Sync for SendPtr {}
 
 /// A 2-D f32 tensor's buffer and strides on the CPU backend.
 struct Matrix {

@@ -42,16 +42,11 @@ pub fn gelu_in_place(values: &mut [f32]) {
     values.chunks_mut(CHUNK).for_each(gelu_chunk);
 }
 
-/// GELU over a slice in place on the calling thread (the widest vectors the CPU has).
-pub(crate) fn gelu_serial(values: &mut [f32]) {
-    gelu_chunk(values)
-}
-
-/// One chunk, with the widest vectors the CPU has: the crate targets baseline x86-64 (SSE2,
+/// One chunk, on the calling thread, with the widest vectors the CPU has: the crate targets baseline x86-64 (SSE2,
 /// 4 lanes), where this loop was ~10% of the encoder's time at batch 32 (`perf` on `bench
 /// filter --batches 32`). The same code is compiled for each instruction set; no FMA
 /// contraction happens in Rust, so every path gives the same bits.
-fn gelu_chunk(chunk: &mut [f32]) {
+pub(crate) fn gelu_chunk(chunk: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {

@@ -1,6 +1,7 @@
 //! The neural networks, as burn modules on a runtime-chosen device.
 
 pub mod bert;
+pub(crate) mod column_product;
 // Natively (burn-flex's buffers through burn's `extension` feature; rayon).
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cpu_linear;

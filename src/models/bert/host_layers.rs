@@ -36,7 +36,8 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use super::{Bert, BertLayer};
-use crate::models::gelu::{exp_f32, gelu_serial};
+use crate::models::column_product::{self, COLUMN_STEP, SharedOut, Strided};
+use crate::models::gelu::{exp_f32, gelu_chunk};
 
 /// Rows a thread takes through the layers at a time when whole sequences are split over the
 /// threads. gemm packs the weight on every call, so larger groups pack less often: at batch
@@ -66,9 +67,6 @@ fn threads() -> usize {
 fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     (0..tasks).for_each(f)
 }
-
-/// Output columns per task are a multiple of this (gemm's AVX-512 f32 tile width).
-const COLUMN_STEP: usize = 16;
 
 /// `Bert::hidden_states` on host buffers, or `None` where this path does not apply: another
 /// backend, autodiff or LoRA adapters in the weights, a layout or dtype it does not read,
@@ -331,7 +329,7 @@ impl Encoder {
             product(&context, &layer.attention_out, &mut sum, d, 0, split);
             add_and_norm(&mut x, &sum, &layer.attention_norm, split);
             product(&x, &layer.intermediate, &mut hidden, ff, 0, split);
-            for_chunks(split, &mut hidden, ff, &|_, chunk| gelu_serial(chunk));
+            for_chunks(split, &mut hidden, ff, &|_, chunk| gelu_chunk(chunk));
             product(&hidden, &layer.output, &mut sum, d, 0, split);
             add_and_norm(&mut x, &sum, &layer.output_norm, split);
             out[l + 1].copy_from_slice(&x);
@@ -362,11 +360,6 @@ impl Encoder {
     }
 }
 
-/// The output's base pointer, shared by column tasks that each write their own columns.
-struct SharedOut(*mut f32);
-// SAFETY: the tasks write disjoint columns of one buffer that outlives them.
-unsafe impl Sync for SharedOut {}
-
 /// `dst[:, at..at + d_out] = x · W + b` for `x [rows, d_in]`, `dst` `stride` wide.
 fn product(x: &[f32], p: &Projection, dst: &mut [f32], stride: usize, at: usize, split: Split) {
     let (d_in, d_out) = (p.d_in, p.d_out);
@@ -385,34 +378,24 @@ fn product(x: &[f32], p: &Projection, dst: &mut [f32], stride: usize, at: usize,
         // call reads and writes only columns `at + first .. at + first + n` of `dst`, and
         // concurrent calls take disjoint column ranges.
         unsafe {
-            gemm::gemm(
+            column_product::columns(
                 rows,
                 n,
                 d_in,
+                Strided {
+                    ptr: x.as_ptr(),
+                    row_stride: d_in as isize,
+                    col_stride: 1,
+                },
+                Strided {
+                    ptr: weight.as_ptr().add(first),
+                    row_stride: d_out as isize,
+                    col_stride: 1,
+                },
                 out.0.add(at + first),
-                1,
-                stride as isize,
-                false,
-                x.as_ptr(),
-                1,
-                d_in as isize,
-                weight.as_ptr().add(first),
-                1,
-                d_out as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                stride,
+                bias.map(|b| &b[first..first + n]),
             );
-            // The bias after the product, as burn's `Linear` adds it.
-            if let Some(bias) = bias {
-                for r in 0..rows {
-                    let row = std::slice::from_raw_parts_mut(out.0.add(r * stride + at + first), n);
-                    add_in_place(row, &bias[first..first + n]);
-                }
-            }
         }
     };
     let parts = match split {
@@ -607,6 +590,8 @@ fn attend_portable(
 /// thread classified one text in 44 ms with them against 26 ms before this path).
 #[cfg(not(target_arch = "wasm32"))]
 mod head_products {
+    use crate::models::column_product::Strided;
+
     /// gemm reads the keys as they are, `[n, hd]`.
     pub(super) const KEYS_TRANSPOSED: bool = false;
 
@@ -659,26 +644,23 @@ mod head_products {
         assert!(weights.len() == seq * n, "weights size");
         // SAFETY: all three row-major with the sizes checked above.
         unsafe {
-            gemm::gemm(
+            crate::models::column_product::columns(
                 seq,
                 hd,
                 n,
+                Strided {
+                    ptr: weights.as_ptr(),
+                    row_stride: n as isize,
+                    col_stride: 1,
+                },
+                Strided {
+                    ptr: v.as_ptr(),
+                    row_stride: hd as isize,
+                    col_stride: 1,
+                },
                 out.as_mut_ptr(),
-                1,
-                hd as isize,
-                false,
-                weights.as_ptr(),
-                1,
-                n as isize,
-                v.as_ptr(),
-                1,
-                hd as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                hd,
+                None,
             );
         }
     }
@@ -779,10 +761,6 @@ fn softmax_row(row: &mut [f32]) {
     for s in row.iter_mut() {
         *s /= total;
     }
-}
-
-fn add_in_place(row: &mut [f32], add: &[f32]) {
-    row.iter_mut().zip(add).for_each(|(y, b)| *y += b);
 }
 
 widest!(
