@@ -8,6 +8,16 @@
     $PY scripts/llamacpp-peer.py bench --prompt-tokens 128 --new-tokens 128 --threads 2   # JSON
     $PY scripts/llamacpp-peer.py compare      # logits and greedy tokens vs tests/reference/llama_smollm2.json
 
+The peer of `webguard bench --avx2-only chat` (the paths of an x86-64 CPU without AVX-512,
+measured on one with it) is llama.cpp built the same way, in a venv of its own:
+
+    python3 -m venv ~/.cache/webguard/venv-llamacpp-avx2
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+      -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF \
+      -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF" ~/.cache/webguard/venv-llamacpp-avx2/bin/pip \
+      install --no-cache-dir --no-binary llama-cpp-python llama-cpp-python==0.3.36 numpy
+    # check: objdump -d .../llama_cpp/lib/libggml-cpu.so.0.* | grep -c zmm   -> 0
+
 llama.cpp multiplies Q4_1 weights with activations quantised to 8 bits, so its logits differ
 from an exact f32/f64 evaluation by more than webguard's do; `compare` reports by how much.
 """

@@ -49,7 +49,7 @@ pub fn gelu_in_place(values: &mut [f32]) {
 pub(crate) fn gelu_chunk(chunk: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::models::qdot::avx512f_allowed() {
             // SAFETY: the CPU has AVX-512F (checked above).
             return unsafe { gelu_chunk_avx512(chunk) };
         }

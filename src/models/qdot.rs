@@ -297,12 +297,17 @@ impl Isa {
         matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
     }
 
-    /// The fastest path this CPU runs (detected once).
+    /// The fastest path this CPU runs (detected once), within [`limit_to_avx2`]'s limit.
     pub fn best() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-            *BEST.get_or_init(|| Isa::available().last().copied().unwrap_or(Isa::Portable))
+            let best =
+                *BEST.get_or_init(|| Isa::available().last().copied().unwrap_or(Isa::Portable));
+            if best == Isa::Avx512Vnni && AVX2_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+                return Isa::Avx2;
+            }
+            best
         }
         #[cfg(target_arch = "wasm32")]
         return Isa::Simd128;
@@ -345,6 +350,24 @@ impl Isa {
             _ => false,
         }
     }
+}
+
+/// Set by [`limit_to_avx2`].
+static AVX2_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keeps this process on the paths an x86-64 CPU without AVX-512 takes (the integer
+/// products' AVX2 tiles, GELU and the encoder's loops in 8-lane vectors), so that their speed
+/// can be measured on a CPU that has AVX-512 (`bench --avx2-only`). gemm's own choice (the
+/// encoder's dense products) is not affected: it has no such switch.
+pub fn limit_to_avx2() {
+    AVX2_ONLY.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether AVX-512F code may run: the CPU has it and [`limit_to_avx2`] was not called.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512f_allowed() -> bool {
+    !AVX2_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+        && std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// Q4_1 blocks of a matrix: per block a scale, a minimum and 16 bytes of nibbles (values 0..16

@@ -513,7 +513,7 @@ macro_rules! widest {
                 fn avx2($($arg: $ty),*) {
                     $portable($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if crate::models::qdot::avx512f_allowed() {
                     // SAFETY: the CPU has AVX-512F (checked above).
                     return unsafe { avx512($($arg),*) };
                 }

@@ -15,6 +15,11 @@ use webguard::{Error, Result};
 pub struct BenchArgs {
     #[command(subcommand)]
     what: BenchWhat,
+    /// Only the paths an x86-64 CPU without AVX-512 takes (integer products, GELU, the
+    /// encoder's loops; gemm keeps its own choice), to measure them on a CPU with AVX-512.
+    /// The peers are not limited: point `--python` at one built without AVX-512.
+    #[arg(long, global = true)]
+    avx2_only: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -43,6 +48,15 @@ enum BenchWhat {
 }
 
 pub fn run(models: &Path, args: BenchArgs) -> Result<()> {
+    if args.avx2_only {
+        webguard::models::qdot::limit_to_avx2();
+    }
+    // On stderr, so that `--json` output stays one object per line.
+    eprintln!(
+        "CPU: {}; integer products: {:?}",
+        cpu_model(),
+        webguard::models::qdot::Isa::best()
+    );
     match args.what {
         BenchWhat::Embed(args) => encoder::run_embed(models, &args),
         BenchWhat::Chat(args) => chat::run(models, &args),
@@ -79,4 +93,17 @@ fn sync_read(t: burn::tensor::Tensor<2>) -> Result<()> {
 /// The threads the CPU backend and the peers use: every core.
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The CPU's model name (Linux), for the figures' record.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
