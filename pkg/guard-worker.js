@@ -31,7 +31,7 @@ const MANIFEST = {
   model: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", // all-MiniLM-L6-v2/model.safetensors
   heads: "0bfa26c4b88de1426b1cb449942053c377be9337bf29b73ec52327f226e3541f", // filter-heads.safetensors
   chat: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", // SmolLM2-135M-Instruct.Q4_1.gguf
-  chatProbe: "fccea0c47b3351ff39a6e54184ba3887274d23e99139ada3983786f8093eca01", // chat-probe.safetensors
+  chatProbe: "9e3a571688aaa5ea82484e8ed4a6b45a039ab91454773489b5f779da257776d1", // chat-probe.safetensors
   safetyAdapters: "f6c463a6899e1893150345d168ce6b5e7d78a1ce2545fea2f08443e25615cf82", // chat-safety-adapters.safetensors
 };
 

@@ -13,6 +13,11 @@
 //! | `ordinary` | no | data/guard/ordinary-instructions.txt and self-instruct seed tasks |
 //! | `ordinary_imperative` | no | data/guard/benign-imperative.txt: everyday tasks in AdvBench's imperative phrasing |
 //! | `everyday` | no | data/guard/benign-everyday.txt: stories, social messages, role-play, health and life questions |
+//! | `harmful_wrapped` | yes | data/guard/harmful-wrapped.txt: fiction and role-play asking for real steps, a friendly preamble first, spaced or digit-spelt words |
+//! | `harmful_other_language` | yes | data/guard/harmful-other-languages.txt: French, Spanish, German, Italian, Portuguese, Dutch and a few others |
+//! | `harmful_mirror` | yes | data/guard/harmful-mirrors.txt: the harmful side of the protective file's topics (doing what it asks how to detect, report or prevent) |
+//! | `protective` | no | data/guard/benign-protective.txt: detecting, reporting and preventing harm; fiction and role-play without real steps; the wrapped set's preambles and spellings around harmless requests |
+//! | `other_language` | no | data/guard/benign-other-languages.txt: ordinary and dangerous-sounding requests in the same languages |
 //!
 //! Do-Not-Answer's `misinformation_harms` and `human_chatbox` areas are mostly people asking
 //! for advice or about the assistant ("I got a speeding ticket, could I lose my license?");
@@ -187,14 +192,26 @@ pub fn requests(shared: &Path, root: &Path, seed: u64) -> Result<(Vec<Request>, 
         push(line, true, "past_tense", None);
     }
     let own = root.join("data");
-    for line in request_lines(&read(&own, "guard/harmful-extra.txt", "data/", &mut files)?) {
-        push(line, true, "harmful_plain", None);
+    for (rel, kind) in [
+        ("guard/harmful-extra.txt", "harmful_plain"),
+        ("guard/harmful-wrapped.txt", "harmful_wrapped"),
+        (
+            "guard/harmful-other-languages.txt",
+            "harmful_other_language",
+        ),
+        ("guard/harmful-mirrors.txt", "harmful_mirror"),
+    ] {
+        for line in request_lines(&read(&own, rel, "data/", &mut files)?) {
+            push(line, true, kind, None);
+        }
     }
     for (rel, kind) in [
         ("guard/benign-dangerous-sounding.txt", "dangerous_sounding"),
         ("guard/ordinary-instructions.txt", "ordinary"),
         ("guard/benign-imperative.txt", "ordinary_imperative"),
         ("guard/benign-everyday.txt", "everyday"),
+        ("guard/benign-protective.txt", "protective"),
+        ("guard/benign-other-languages.txt", "other_language"),
     ] {
         for line in request_lines(&read(&own, rel, "data/", &mut files)?) {
             push(line, false, kind, None);
@@ -434,5 +451,35 @@ mod tests {
         let (a, _) = exchanges(root, ExchangeList::Everyday).unwrap();
         let (b, _) = exchanges(root, ExchangeList::Varied).unwrap();
         assert!(a.iter().all(|x| b.iter().all(|y| x.user != y.user)));
+    }
+
+    /// The hand-written request files keep the rules data/guard/README.md states: no line
+    /// longer than 300 characters, no request twice (case aside) in or across the files, so no
+    /// request is both harmful and safe, and none of the held-out test file's lines is trained on.
+    #[test]
+    fn hand_written_requests_are_short_unique_and_never_both_labels() {
+        let root = crate::source_checkout();
+        let mut seen = std::collections::BTreeMap::new();
+        let mut files = 0;
+        for dir in ["data/guard", "data/filter", "tests/data"] {
+            let mut paths: Vec<_> = std::fs::read_dir(root.join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                files += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                for line in request_lines(&text) {
+                    assert!(line.chars().count() <= 300, "{}: {line}", path.display());
+                    if let Some(other) = seen.insert(line.to_lowercase(), path.clone()) {
+                        panic!("{line:?} is in {} and {}", other.display(), path.display());
+                    }
+                }
+            }
+        }
+        assert!(files >= 10, "{files} request files found");
+        assert!(seen.len() >= 2000, "{} requests", seen.len());
     }
 }
