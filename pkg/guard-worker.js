@@ -340,6 +340,7 @@ function describe(g) {
     kind: g.backend,
     adapter: g.adapter ?? null,
     reason: g.fallbackReason ?? null,
+    filterRoute: g.filterRoute,
     labels: g.labels,
     labelOrigins: g.labelOrigins,
     hasChat: g.hasChat,

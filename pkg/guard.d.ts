@@ -351,14 +351,30 @@ export interface ImportOptions {
  * or a loaded one adjusted); "imported": added by importAdapters, or a loaded one replaced. */
 export type LabelOrigin = "shipped" | "taught" | "imported";
 
+/** Which device encodes the filter's batches, and why (Guard.backend.filter). */
+export interface FilterRoute {
+  /** Batches of at least this many windows run on the GPU, smaller ones on the CPU; null:
+   *  every batch on the CPU; 1: every batch on the GPU. */
+  gpuFromBatch: number | null;
+  /** What was measured and what it chose, in words. */
+  reason: string;
+  /** The load-time timings (backend "auto" on WebGPU only): milliseconds for one window and
+   *  for `batch` windows of `windowTokens` tokens on each device (gpuBatchMs null: not tried,
+   *  the GPU was slower for one window than the CPU for the batch). */
+  measured: { windowTokens: number; batch: number; cpuOneMs: number; cpuBatchMs: number; gpuOneMs: number; gpuBatchMs: number | null } | null;
+}
+
 export interface ChatTuneReport { pairs: number; firstLoss: number; finalLoss: number; parameters: number; }
 
 export class Guard {
   static create(options?: CreateOptions): Promise<Guard>;
   static clearCache(): Promise<boolean>;
   /** What runs: the backend, its adapter, why the CPU (reason); the CPU threads, and why fewer
-   *  than asked (threadsReason, null when as asked). */
-  readonly backend: { kind: "webgpu" | "cpu"; adapter: string | null; reason: string | null; threads: number; threadsReason: string | null };
+   *  than asked (threadsReason, null when as asked); which device encodes the filter's batches
+   *  (filter: with backend "auto" on WebGPU, both devices are timed at load and batches of at
+   *  least gpuFromBatch windows run on the GPU, smaller ones on the CPU; gpuFromBatch null:
+   *  every batch on the CPU). */
+  readonly backend: { kind: "webgpu" | "cpu"; adapter: string | null; reason: string | null; threads: number; threadsReason: string | null; filter: FilterRoute | null };
   /** Whether the tuning module is loaded (`tuning: true`, or after the first tuning call). */
   readonly tuning: boolean;
   /** The shipped labels plus any taught with tuneFilter. */

@@ -287,8 +287,9 @@ export class Guard {
    *  adapter, or why the CPU; the threads the module runs the chat model's CPU products on, and
    *  why fewer than asked (null when as asked). */
   get backend() {
-    const { kind, adapter, reason, threads, threadsReason } = this.#info;
-    return { kind, adapter, reason, threads: threads ?? 1, threadsReason: threadsReason ?? null };
+    const { kind, adapter, reason, threads, threadsReason, filterRoute } = this.#info;
+    const filter = filterRoute ? { gpuFromBatch: filterRoute.gpuFromBatch ?? null, reason: filterRoute.reason, measured: filterRoute.measured ?? null } : null;
+    return { kind, adapter, reason, threads: threads ?? 1, threadsReason: threadsReason ?? null, filter };
   }
 
   /** Whether the tuning module is loaded (`tuning: true`, or after the first tuning call). */

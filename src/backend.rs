@@ -74,6 +74,9 @@ pub struct Backend {
     pub adapter: Option<AdapterInfo>,
     /// Why the GPU is not used, when the CPU runs.
     pub fallback_reason: Option<String>,
+    /// What the caller asked for: with [`BackendChoice::Auto`] on a GPU, the filter measures
+    /// which device runs each batch size faster ([`crate::filter::routing`]).
+    pub requested: BackendChoice,
 }
 
 impl fmt::Display for Backend {
@@ -87,6 +90,23 @@ impl fmt::Display for Backend {
             (BackendKind::Cpu, _, None) => write!(f, "cpu"),
         }
     }
+}
+
+/// Launches cubecl-wgpu gathers into one command submission (it submits every this many
+/// launches, and before any upload or read-back). Its default is 32, which cut a decoded token
+/// of the chat engine (154 launches, then an 8-byte read) into 5 submissions; 256 makes it one,
+/// and gathers more of burn's op-by-op launches too (the filter's encoder on a GPU). The
+/// environment variable `CUBECL_WGPU_MAX_TASKS`, when set, still wins (as cubecl documents).
+pub const WGPU_TASKS_PER_SUBMISSION: usize = 256;
+
+/// The launches per submission in effect: `CUBECL_WGPU_MAX_TASKS` when set to a number,
+/// otherwise [`WGPU_TASKS_PER_SUBMISSION`].
+pub fn wgpu_tasks_per_submission() -> usize {
+    std::env::var("CUBECL_WGPU_MAX_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(WGPU_TASKS_PER_SUBMISSION)
 }
 
 /// The process-wide GPU setup: burn's wgpu runtime can be registered only once.
@@ -109,13 +129,14 @@ pub fn gpu_adapter() -> Option<AdapterInfo> {
 }
 
 impl Backend {
-    /// The CPU backend.
+    /// The CPU backend (asked for as [`BackendChoice::Cpu`]).
     pub fn cpu(reason: Option<String>) -> Self {
         Backend {
             device: Device::flex(),
             kind: BackendKind::Cpu,
             adapter: None,
             fallback_reason: reason,
+            requested: BackendChoice::Cpu,
         }
     }
 
@@ -130,8 +151,12 @@ impl Backend {
                 kind: BackendKind::Wgpu,
                 adapter: Some(adapter),
                 fallback_reason: None,
+                requested: choice,
             }),
-            Err(reason) if choice == BackendChoice::Auto => Ok(Self::cpu(Some(reason))),
+            Err(reason) if choice == BackendChoice::Auto => Ok(Backend {
+                requested: choice,
+                ..Self::cpu(Some(reason))
+            }),
             Err(reason) => Err(Error::Backend(format!("no usable GPU: {reason}"))),
         }
     }
@@ -158,6 +183,7 @@ async fn gpu() -> Result<(Device, AdapterInfo), String> {
     let browser_name = webgpu_available().await?;
 
     let (device, setup) = match burn::tensor::Device::wgpu_options()
+        .tasks_max(wgpu_tasks_per_submission())
         .init_with_setup_async()
         .await
     {

@@ -17,7 +17,8 @@
 //! - `wasm` (on `wasm32` only): the JavaScript API; the CLI is `src/bin/webguard`.
 //!
 //! Beside the stack: [`backend`] (WebGPU/Vulkan through burn-wgpu, or burn's CPU backend, and
-//! WebGPU detection), [`rng`] (the one seeded generator), [`error`].
+//! WebGPU detection), [`rng`] (the one seeded generator), [`clock`] (milliseconds, natively and
+//! in the browser), [`error`].
 //!
 //! Dependencies point one way, down this list: nothing below `wasm` and the CLI imports them,
 //! and `tune`, `generate`, `models` and `filter` never import `guard` (`build.sh test` checks).
@@ -28,6 +29,7 @@
 
 pub mod backend;
 pub mod chat;
+pub mod clock;
 pub mod error;
 pub mod filter;
 pub mod generate;

@@ -63,7 +63,8 @@ function showBackend(b) {
   const badge = $("badge");
   badge.dataset.kind = b.kind;
   badge.textContent = b.kind === "webgpu" ? `WebGPU · ${b.adapter || "GPU"}` : "CPU (WebAssembly)";
-  badge.title = b.reason ? `Running on the CPU: ${b.reason}` : "Running on the GPU through WebGPU";
+  const filter = b.filter ? `\nFilter: ${b.filter.reason}` : "";
+  badge.title = (b.reason ? `Running on the CPU: ${b.reason}` : "Running on the GPU through WebGPU") + filter;
   $("backend-note")?.remove();
   if (b.kind === "cpu" && b.reason) {
     const note = document.createElement("p");

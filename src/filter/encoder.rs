@@ -1,12 +1,15 @@
 //! Texts to feature vectors: tokenize, split long texts into overlapping windows, batch
 //! windows of similar length, run the encoder, pool. Shared by classification and training.
 
-use burn::tensor::Device;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::backend::read_f32;
 use crate::error::{Error, Result};
 use crate::filter::features::FeatureSpec;
-use crate::models::bert::{Bert, pad_batch, windows};
+use crate::filter::routing::BatchRoute;
+use crate::models::bert::{Bert, windows};
 use crate::text::Tokenizer;
 use crate::text::normalize::for_judging;
 
@@ -37,12 +40,32 @@ impl Default for FilterOptions {
     }
 }
 
-/// The MiniLM tokenizer and encoder on one device.
+/// The MiniLM tokenizer and encoder on one device, and optionally a second copy of the encoder
+/// on a GPU for large batches ([`crate::filter::routing`]).
 pub struct TextEncoder {
     tokenizer: Tokenizer,
     bert: Bert,
     options: FilterOptions,
     device: Device,
+    gpu: Option<GpuCopy>,
+    route: Option<BatchRoute>,
+    batches: [AtomicUsize; 2],
+}
+
+/// The encoder's second copy, on a GPU, and the smallest batch it takes.
+struct GpuCopy {
+    bert: Bert,
+    device: Device,
+    from_batch: usize,
+}
+
+/// Batches encoded so far on the encoder's own device and on its GPU copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchCounts {
+    /// On the encoder's own device (the CPU when routed).
+    pub own: usize,
+    /// On the GPU copy.
+    pub gpu: usize,
 }
 
 impl TextEncoder {
@@ -53,7 +76,53 @@ impl TextEncoder {
             bert,
             options: FilterOptions::default(),
             device: device.clone(),
+            gpu: None,
+            route: None,
+            batches: Default::default(),
         }
+    }
+
+    /// Sends batches of at least `route.gpu_from_batch` windows to `bert` on `device` (a copy
+    /// of this encoder, the same weights, on a GPU); with no such batch size the copy is
+    /// dropped and every batch stays here. The route is kept to say what was chosen.
+    pub fn route_to_gpu(&mut self, bert: Bert, device: &Device, route: BatchRoute) -> Result<()> {
+        if bert.width() != self.bert.width() || bert.layer_count() != self.bert.layer_count() {
+            return Err(Error::InvalidInput(
+                "the GPU copy of the encoder has another shape than the encoder".into(),
+            ));
+        }
+        self.gpu = route.gpu_from_batch.map(|from_batch| GpuCopy {
+            bert,
+            device: device.clone(),
+            from_batch,
+        });
+        self.route = Some(route);
+        Ok(())
+    }
+
+    /// The route measured at load, when the encoder was routed ([`Self::route_to_gpu`]).
+    pub fn route(&self) -> Option<&BatchRoute> {
+        self.route.as_ref()
+    }
+
+    /// Batches encoded so far on each device.
+    pub fn batch_counts(&self) -> BatchCounts {
+        BatchCounts {
+            own: self.batches[0].load(Ordering::Relaxed),
+            gpu: self.batches[1].load(Ordering::Relaxed),
+        }
+    }
+
+    /// The longest window of a fixed English text: what the load-time measurement encodes.
+    pub fn sample_window(&self) -> Result<Vec<u32>> {
+        let text = "The committee met on Tuesday to review the budget, and after a long \
+                    discussion about the library, the roads and the new school, it agreed to \
+                    publish the figures next month. "
+            .repeat(4);
+        self.windows(&[&text])?
+            .pop()
+            .map(|(_, w)| w)
+            .ok_or_else(|| Error::InvalidInput("the sample text gave no window".into()))
     }
 
     /// Loads `tokenizer.json`, `config.json` and `model.safetensors` from MiniLM's folder.
@@ -132,15 +201,30 @@ impl TextEncoder {
         Ok(items)
     }
 
-    /// Features `[rows, width]` of a batch of windows, still on the device.
-    pub fn batch_features(
+    /// Features `[rows, width]` of a batch of windows, on the encoder's device. A batch large
+    /// enough for the GPU copy runs there and its features are read back (`rows x width`
+    /// floats) onto this device.
+    pub async fn batch_features(
         &self,
         spec: &FeatureSpec,
         windows: &[&[u32]],
-    ) -> burn::tensor::Tensor<2> {
-        let ids: Vec<Vec<u32>> = windows.iter().map(|w| w.to_vec()).collect();
-        let (ids, mask) = pad_batch(&ids, 0, &self.device);
-        spec.compute(&self.bert, ids, mask)
+    ) -> Result<Tensor<2>> {
+        let gpu = (self.gpu.as_ref()).filter(|gpu| windows.len() >= gpu.from_batch);
+        let (bert, device) = match gpu {
+            Some(gpu) => (&gpu.bert, &gpu.device),
+            None => (&self.bert, &self.device),
+        };
+        self.batches[usize::from(gpu.is_some())].fetch_add(1, Ordering::Relaxed);
+        let features = spec.of_windows(bert, windows, device);
+        if gpu.is_none() {
+            return Ok(features);
+        }
+        let shape = [windows.len(), spec.width(self.bert.width())];
+        let values = read_f32(features).await?;
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            &self.device,
+        ))
     }
 
     /// Feature vectors of every window of `texts` as `(text index, features)` (what the heads
@@ -157,7 +241,7 @@ impl TextEncoder {
         let mut out = Vec::with_capacity(items.len());
         for chunk in items.chunks(self.options.batch_size) {
             let rows: Vec<&[u32]> = chunk.iter().map(|(_, w)| w.as_slice()).collect();
-            let values = read_f32(self.batch_features(spec, &rows)).await?;
+            let values = read_f32(self.batch_features(spec, &rows).await?).await?;
             for ((text, _), row) in chunk.iter().zip(values.chunks_exact(width)) {
                 out.push((*text, row.to_vec()));
             }

@@ -7,10 +7,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::error::{Error, Result};
-use crate::models::bert::{Bert, l2_normalise, masked_max, masked_mean};
+use crate::models::bert::{Bert, l2_normalise, masked_max, masked_mean, pad_batch};
 
 /// One pooling of the encoder's hidden states into a `d`-wide vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,16 @@ impl FeatureSpec {
             }
         }
         Ok(())
+    }
+
+    /// Features `[windows, width]` of token-id windows, padded into one batch on `device`.
+    /// Not inlined: its callers are async functions, and each inlined copy of the encoder's
+    /// forward pass costs the browser's download tens of kilobytes.
+    #[inline(never)]
+    pub fn of_windows(&self, encoder: &Bert, windows: &[&[u32]], device: &Device) -> Tensor<2> {
+        let ids: Vec<Vec<u32>> = windows.iter().map(|w| w.to_vec()).collect();
+        let (ids, mask) = pad_batch(&ids, 0, device);
+        self.compute(encoder, ids, mask)
     }
 
     /// Features `[batch, width]` for padded token ids and their mask.

@@ -14,6 +14,7 @@ pub mod features;
 pub mod heads;
 pub mod heads_file;
 pub mod metrics;
+pub mod routing;
 #[cfg(feature = "tune")]
 pub mod train;
 
@@ -27,7 +28,7 @@ use std::collections::BTreeMap;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use crate::backend::read_f32;
+use crate::backend::{Backend, BackendChoice, BackendKind, read_f32};
 use crate::error::{Error, Result};
 use crate::models::bert::{Bert, BertConfig};
 use crate::text::Tokenizer;
@@ -114,6 +115,8 @@ pub struct Filter {
     base: Box<(Heads, HeadsInfo)>,
     /// Where each label came from, in label order.
     origins: Vec<LabelOrigin>,
+    /// Which device encodes which batches.
+    route: routing::BatchRoute,
 }
 
 impl std::fmt::Debug for Filter {
@@ -138,13 +141,85 @@ impl Filter {
         device: &Device,
     ) -> Result<Self> {
         let tokenizer = Tokenizer::from_tokenizer_json(tokenizer_json)?;
-        let config = BertConfig::from_json(config_json)?;
-        let mut bert = Bert::load(&config, encoder_weights, device)?;
+        let bert = load_encoder(config_json, encoder_weights, heads_file, device)?;
         let (heads, info) = Heads::load(heads_file, device)?;
-        for ad in Heads::load_adapters(heads_file, device)? {
-            bert.merge_lora(&ad.name, ad.a, ad.b, ad.scale)?;
-        }
         Self::from_parts(TextEncoder::new(tokenizer, bert, device), heads, info)
+    }
+
+    /// [`Filter::new`] on `backend`. With `auto` on a GPU ([`BackendChoice::Auto`]), the heads
+    /// and the encoder load on the CPU, a second copy of the encoder on the GPU, and both
+    /// devices are timed once ([`routing`]): batches from the size where the GPU is faster run
+    /// there, smaller ones on the CPU, and the GPU copy is dropped when it is faster nowhere
+    /// (or fails while measured: the reason says so). [`Filter::route`] tells what was chosen.
+    pub async fn for_backend(
+        tokenizer_json: &[u8],
+        config_json: &[u8],
+        encoder_weights: &[u8],
+        heads_file: &[u8],
+        backend: &Backend,
+    ) -> Result<Self> {
+        let routed = backend.kind == BackendKind::Wgpu && backend.requested == BackendChoice::Auto;
+        let cpu = Backend::cpu(None).device;
+        let own = if routed { &cpu } else { &backend.device };
+        let mut filter = Self::new(
+            tokenizer_json,
+            config_json,
+            encoder_weights,
+            heads_file,
+            own,
+        )?;
+        if !routed {
+            let why = match (&backend.fallback_reason, backend.requested) {
+                (Some(reason), _) => reason.clone(),
+                (None, BackendChoice::Gpu) => "the GPU requested".into(),
+                (None, _) => "one device".into(),
+            };
+            filter.route = routing::BatchRoute::single(backend.kind, &why);
+            return Ok(filter);
+        }
+        let gpu = load_encoder(config_json, encoder_weights, heads_file, &backend.device)?;
+        let window = filter.encoder.sample_window()?;
+        let measured = routing::measure(
+            &filter.info.features,
+            routing::Timed {
+                bert: filter.encoder.bert(),
+                device: &cpu,
+            },
+            routing::Timed {
+                bert: &gpu,
+                device: &backend.device,
+            },
+            &window,
+        )
+        .await;
+        let max_batch = filter.encoder.options().batch_size;
+        let route = match measured {
+            Ok(m) => routing::BatchRoute::from_measurement(m, max_batch),
+            Err(e) => routing::BatchRoute {
+                gpu_from_batch: None,
+                reason: format!(
+                    "the GPU failed while measured at load ({e}): every batch on the CPU"
+                ),
+                measured: None,
+            },
+        };
+        filter.route_to_gpu(gpu, &backend.device, route)?;
+        Ok(filter)
+    }
+
+    /// Sends batches of at least `route.gpu_from_batch` windows to `gpu_encoder` on `device`
+    /// (this filter's encoder loaded there: [`load_encoder`]) and keeps `route` as what
+    /// [`Filter::route`] says; with no such batch size the copy is dropped.
+    pub fn route_to_gpu(
+        &mut self,
+        gpu_encoder: Bert,
+        device: &Device,
+        route: routing::BatchRoute,
+    ) -> Result<()> {
+        self.encoder
+            .route_to_gpu(gpu_encoder, device, route.clone())?;
+        self.route = route;
+        Ok(())
     }
 
     /// Assembles a filter from loaded parts, checking that they fit together.
@@ -161,7 +236,17 @@ impl Filter {
         let conversation_thresholds = info
             .conversation_thresholds()?
             .unwrap_or_else(|| vec![0.0; info.labels.len()]);
+        let kind = if *encoder.device() == Device::flex() {
+            BackendKind::Cpu
+        } else {
+            BackendKind::Wgpu
+        };
+        let route = routing::BatchRoute::single(kind, "one device");
         Ok(Filter {
+            route: match encoder.route() {
+                Some(r) => r.clone(),
+                None => route,
+            },
             encoder,
             origins: vec![LabelOrigin::Shipped; info.labels.len()],
             base: Box::new((heads.clone(), info.clone())),
@@ -190,6 +275,31 @@ impl Filter {
             &read(heads_path)?,
             device,
         )
+    }
+
+    /// [`Filter::load`] on `backend`, routed as [`Filter::for_backend`] says.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn load_for(
+        models_dir: &std::path::Path,
+        heads_path: &std::path::Path,
+        backend: &Backend,
+    ) -> Result<Self> {
+        let dir = models_dir.join(crate::MINILM_DIR);
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+        Self::for_backend(
+            &read(&dir.join("tokenizer.json"))?,
+            &read(&dir.join("config.json"))?,
+            &read(&dir.join("model.safetensors"))?,
+            &read(heads_path)?,
+            backend,
+        )
+        .await
+    }
+
+    /// Which device encodes which batches, and why: measured at load with `auto` on a GPU
+    /// ([`Filter::for_backend`]), otherwise the one device the filter was loaded on.
+    pub fn route(&self) -> &routing::BatchRoute {
+        &self.route
     }
 
     /// Where the shipped heads file is in a source checkout.
@@ -392,7 +502,10 @@ impl Filter {
     async fn window_scores(&self, rows: &[&[u32]]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(rows.len() * self.info.labels.len());
         for chunk in rows.chunks(self.encoder.options().batch_size) {
-            let features = self.encoder.batch_features(&self.info.features, chunk);
+            let features = self
+                .encoder
+                .batch_features(&self.info.features, chunk)
+                .await?;
             let values = read_f32(self.heads.scores(features)).await?;
             if let Some(s) = values.iter().find(|s| !s.is_finite()) {
                 return Err(Error::Backend(format!(
@@ -426,4 +539,20 @@ impl Filter {
     pub fn verdict_with(&self, scores: &[f32], thresholds: &[f32]) -> Verdict {
         Verdict::new(&self.info.labels, scores, thresholds)
     }
+}
+
+/// MiniLM from its `config.json` and weights on `device`, with the encoder adapters a heads
+/// file may carry merged in: the encoder [`Filter::new`] builds.
+pub fn load_encoder(
+    config_json: &[u8],
+    encoder_weights: &[u8],
+    heads_file: &[u8],
+    device: &Device,
+) -> Result<Bert> {
+    let config = BertConfig::from_json(config_json)?;
+    let mut bert = Bert::load(&config, encoder_weights, device)?;
+    for ad in Heads::load_adapters(heads_file, device)? {
+        bert.merge_lora(&ad.name, ad.a, ad.b, ad.scale)?;
+    }
+    Ok(bert)
 }

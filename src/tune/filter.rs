@@ -135,7 +135,10 @@ impl Filter {
         let mut features = Vec::with_capacity(windows.len() * width);
         for chunk in windows.chunks(self.options().batch_size) {
             let rows: Vec<&[u32]> = chunk.iter().map(|(_, w)| w.as_slice()).collect();
-            let raw = self.encoder().batch_features(&self.info().features, &rows);
+            let raw = self
+                .encoder()
+                .batch_features(&self.info().features, &rows)
+                .await?;
             features.extend(read_f32(self.heads().standardise(raw)).await?);
         }
         let per_label: Vec<LabelRows> = order

@@ -126,18 +126,4 @@ pub(crate) fn report_step(
 }
 
 #[cfg(feature = "tune")]
-/// Milliseconds from an arbitrary origin (`Instant` does not exist on wasm32).
-pub(crate) fn now_ms() -> f64 {
-    #[cfg(target_arch = "wasm32")]
-    return js_sys::Date::now();
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use std::sync::OnceLock;
-        static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
-        ORIGIN
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_secs_f64()
-            * 1000.0
-    }
-}
+pub(crate) use crate::clock::now_ms;

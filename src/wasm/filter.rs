@@ -6,7 +6,7 @@ use std::rc::Rc;
 use js_sys::Promise;
 use wasm_bindgen::prelude::*;
 
-use super::convert::{self, JsResult};
+use super::convert::{self, JsResult, to_js};
 use super::{backend_kind, classify, init_backend};
 use crate::backend::Backend;
 use crate::filter::Filter;
@@ -34,13 +34,14 @@ impl WasmFilter {
         heads_safetensors: Vec<u8>,
     ) -> Result<WasmFilter, JsValue> {
         let backend = init_backend(&backend).await?;
-        let inner = Filter::new(
+        let inner = Filter::for_backend(
             &tokenizer_json,
             &config_json,
             &model_safetensors,
             &heads_safetensors,
-            &backend.device,
+            &backend,
         )
+        .await
         .js()?;
         Ok(WasmFilter {
             thresholds: Rc::new(RefCell::new(inner.thresholds().to_vec())),
@@ -59,6 +60,14 @@ impl WasmFilter {
     #[wasm_bindgen(getter, js_name = backendDescription)]
     pub fn backend_description(&self) -> String {
         self.backend.to_string()
+    }
+
+    /// Which device encodes which batches: `{ gpuFromBatch, reason, measured }` (with
+    /// `"auto"` on WebGPU, measured at load: batches of at least `gpuFromBatch` windows run on
+    /// the GPU, smaller ones on the CPU; `null`: every batch on the CPU).
+    #[wasm_bindgen(getter)]
+    pub fn route(&self) -> Result<JsValue, JsValue> {
+        to_js(self.inner.route())
     }
 
     /// Label names, in score order.

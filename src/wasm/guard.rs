@@ -77,13 +77,14 @@ impl WasmGuard {
             ));
         }
         let backend = init_backend(&backend).await?;
-        let filter = Filter::new(
+        let filter = Filter::for_backend(
             &tokenizer_json,
             &config_json,
             &model_safetensors,
             &heads_safetensors,
-            &backend.device,
+            &backend,
         )
+        .await
         .js_context("the filter could not be loaded")?;
         let chat = match gguf {
             Some(bytes) => {
@@ -128,6 +129,13 @@ impl WasmGuard {
     #[wasm_bindgen(getter, js_name = fallbackReason)]
     pub fn fallback_reason(&self) -> Option<String> {
         self.backend.fallback_reason.clone()
+    }
+
+    /// Which device encodes the filter's batches: `{ gpuFromBatch, reason, measured }` (see
+    /// `Filter.route`).
+    #[wasm_bindgen(getter, js_name = filterRoute)]
+    pub fn filter_route(&self) -> Result<JsValue, JsValue> {
+        to_js(busy(self.filter.try_borrow())?.route())
     }
 
     /// Whether the chat model is loaded.

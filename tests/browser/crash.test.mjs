@@ -161,6 +161,7 @@ test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot 
     const g = await Guard.create({ filterUrl: models.filterUrl, backend: "webgpu", cache: false });
     try {
       out.kind = g.backend.kind;
+      out.filterBefore = g.backend.filter;
       await g.importAdapters(adapters);
       await g.setRule("spoiler", { threshold: 0.33, action: "warn" });
       await g.setRule("hate", { threshold: 0.9 });
@@ -187,6 +188,7 @@ test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot 
     return out;
   });
   assert.equal(r.kind, "webgpu");
+  assert.deepEqual(r.filterBefore, { gpuFromBatch: 1, reason: "the GPU requested: every batch on the GPU", measured: null });
   assert.match(r.failed.error ?? "", /^BackendError: the device was lost/);
   assert.equal(r.stillKind, "webgpu");
   assert.ok(r.stillLabels.includes("spoiler"));
@@ -195,6 +197,7 @@ test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot 
   assert.equal(r.moved.ok, true, r.moved.error);
   assert.equal(r.backend.kind, "cpu");
   assert.match(r.backend.reason, /WebGPU failed \(the device was lost/);
+  assert.equal(r.backend.filter.reason, "CPU requested: every batch on the CPU");
   assert.deepEqual(r.labels, ["offensive", "hate", "harmful", "spoiler"]);
   assert.deepEqual(r.origins, { offensive: "shipped", hate: "shipped", harmful: "shipped", spoiler: "imported" });
   assert.equal(r.policy.spoiler.action, "warn");

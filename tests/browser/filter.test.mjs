@@ -49,9 +49,26 @@ test("WebGPU (SwiftShader): the same scores as native", async () => {
   assertSameScores(r.verdicts, "webgpu");
 });
 
+test("auto on WebGPU (SwiftShader): both devices timed at load, every batch on the faster CPU, the same scores", async () => {
+  const r = await b.page.evaluate((t) => window.webguard.classify("auto", t), TEXTS);
+  assert.equal(r.backend, "webgpu", r.description);
+  console.log(`# ${r.route.reason}`);
+  const m = r.route.measured;
+  assert.equal(m.windowTokens, 64);
+  for (const ms of [m.cpuOneMs, m.cpuBatchMs, m.gpuOneMs]) assert.ok(ms > 0, JSON.stringify(m));
+  // SwiftShader takes seconds for one window where the CPU takes tens of milliseconds for
+  // eight: the GPU cannot win at any batch size, so its batch is not even tried.
+  assert.ok(m.gpuOneMs > 10 * m.cpuBatchMs, JSON.stringify(m));
+  assert.equal(m.gpuBatchMs, null);
+  assert.equal(r.route.gpuFromBatch, null);
+  assert.match(r.route.reason, /^measured at load .*: every batch on the CPU$/);
+  assertSameScores(r.verdicts, "auto");
+});
+
 test("CPU backend in wasm: the same scores as native", async () => {
   const r = await b.page.evaluate((t) => window.webguard.classify("cpu", t), TEXTS);
   assert.equal(r.backend, "cpu");
+  assert.deepEqual(r.route, { gpuFromBatch: null, reason: "CPU requested: every batch on the CPU", measured: null });
   assertSameScores(r.verdicts, "cpu");
 });
 

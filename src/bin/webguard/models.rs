@@ -35,7 +35,7 @@ impl FilterArgs {
             .heads
             .clone()
             .unwrap_or_else(Filter::default_heads_path);
-        let mut filter = Filter::load(models, &heads, &backend.device)?;
+        let mut filter = pollster::block_on(Filter::load_for(models, &heads, &backend))?;
         if let Some(path) = &self.adapters {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             pollster::block_on(filter.import_adapters(&bytes))?;
@@ -49,7 +49,7 @@ impl FilterArgs {
             })?;
             filter.set_threshold(label, value)?;
         }
-        eprintln!("filter on {backend}");
+        eprintln!("filter on {backend}; {}", filter.route().reason);
         Ok(filter)
     }
 }

@@ -14,7 +14,7 @@ await init();
 window.webguard = {
   async classify(backend, texts) {
     const f = await filterOn(backend);
-    return { backend: f.backend, description: f.backendDescription, labels: f.labels, verdicts: await f.classify(texts) };
+    return { backend: f.backend, description: f.backendDescription, route: f.route, labels: f.labels, verdicts: await f.classify(texts) };
   },
   async setThreshold(backend, label, value) {
     const f = await filterOn(backend);

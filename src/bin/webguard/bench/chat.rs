@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use webguard::backend::{Backend, BackendChoice, BackendKind, read_f32};
+use webguard::backend::{Backend, BackendChoice, BackendKind, read_f32, wgpu_tasks_per_submission};
 use webguard::models::gpu::engine::device_bytes_in_use;
 use webguard::models::gpu::{DecodeLayout, KvPrecision};
 use webguard::models::llama::Llama;
@@ -20,10 +20,6 @@ use webguard::{Error, Result, SMOLLM2_GGUF};
 
 use super::{peer_json, sync_read, threads};
 use crate::common::{map, peak_rss_mb, release_startup_pages};
-
-/// cubecl-wgpu's default launches per command submission (`CUBECL_WGPU_MAX_TASKS`, 32): a
-/// submission is made every this many launches, and before any upload or read.
-const WGPU_TASKS_PER_SUBMISSION: u64 = 32;
 
 #[derive(clap::Args)]
 pub struct ChatBench {
@@ -356,13 +352,14 @@ pub fn run(models: &Path, args: &ChatBench) -> Result<()> {
                         )));
                     }
                     // Nothing is uploaded per token (an upload would submit what is queued): the
-                    // launches go in batches of 32, the last batch at the read.
+                    // launches go in batches of `wgpu_tasks_per_submission()`, the last batch at
+                    // the read.
                     if after.upload_bytes != before.upload_bytes {
                         return Err(Error::Backend("greedy decoding uploaded data".into()));
                     }
                     let per_token = (launched as f64 / (new_tokens - 1) as f64).ceil() as u64;
-                    let submissions =
-                        per_token.div_ceil(WGPU_TASKS_PER_SUBMISSION) * (new_tokens - 1) as u64;
+                    let submissions = per_token.div_ceil(wgpu_tasks_per_submission() as u64)
+                        * (new_tokens - 1) as u64;
                     runs.push(Run {
                         backend: name.trim().into(),
                         path: "engine".into(),

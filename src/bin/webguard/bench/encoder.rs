@@ -125,7 +125,8 @@ fn run(subject: Subject, models: &Path, args: &EncoderBench) -> Result<()> {
                 Box::new(move |batch| sync_read(bert.embed_sequences(&ids[..batch], &device)?))
             }
             Subject::Filter(heads) => {
-                let filter = Filter::load(models, heads, &backend.device)?;
+                let filter = pollster::block_on(Filter::load_for(models, heads, &backend))?;
+                println!("  filter on {backend}: {}", filter.route().reason);
                 let texts = texts.clone();
                 Box::new(move |batch| {
                     let refs: Vec<&str> = texts[..batch].iter().map(String::as_str).collect();

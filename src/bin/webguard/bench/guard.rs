@@ -63,7 +63,11 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
         ));
     }
     let backend = Backend::init_blocking(args.backend.parse::<BackendChoice>()?)?;
-    let filter = Filter::load(models, &Filter::default_heads_path(), &backend.device)?;
+    let filter = pollster::block_on(Filter::load_for(
+        models,
+        &Filter::default_heads_path(),
+        &backend,
+    ))?;
     let policy = Policy::new(&filter);
     let file = map(&models.join(SMOLLM2_GGUF))?;
     let mut chat = ChatModel::load(&Gguf::parse_mapped(&file)?, &backend.device)?;

@@ -118,7 +118,7 @@ pub fn run(models: &Path, b: &TuneBench) -> Result<()> {
         let backend = Backend::init_blocking(name.trim().parse::<BackendChoice>()?)?;
         // Filter: the first step includes nothing but training (features are computed first).
         let heads = Filter::default_heads_path();
-        let mut filter = Filter::load(models, &heads, &backend.device)?;
+        let mut filter = pollster::block_on(Filter::load_for(models, &heads, &backend))?;
         let examples = spoiler_examples()?;
         let start = Instant::now();
         let mut step_ms = Vec::new();
