@@ -392,6 +392,34 @@ impl<'a> Generator<'a> {
         Ok(Some(piece))
     }
 
+    /// The logits for the next pick, all `vocab_size` of them, without picking: after the
+    /// prompt, or after the last token picked (run through the model now rather than at the
+    /// next pick, so it costs nothing extra). On the GPU engine this reads the whole row back
+    /// (196 KB), which greedy picks avoid.
+    pub async fn next_logits(&mut self) -> Result<Vec<f32>> {
+        if self.reason.is_some() {
+            return Err(Error::InvalidInput(
+                "generation has ended: there is no next pick".into(),
+            ));
+        }
+        if let NextInput::Token(t) = self.next_input {
+            self.feed(t)?;
+        }
+        match (&self.gpu, &self.next_input) {
+            (Some(seq), _) => {
+                let engine = self.model.gpu_engine().map_err(Error::Backend)?;
+                engine.logits(seq).await
+            }
+            (None, NextInput::Logits(logits)) => {
+                let vocab = self.model.config().vocab_size;
+                read_f32((**logits).clone().reshape([vocab])).await
+            }
+            (None, _) => Err(Error::Backend(
+                "generation lost its logits (burn's path without a forward pass)".into(),
+            )),
+        }
+    }
+
     /// Runs token `t` through the model: the logits for the next pick (and the states of `t`)
     /// are then ready, in the engine's sequence or in `next_input`.
     fn feed(&mut self, t: u32) -> Result<()> {

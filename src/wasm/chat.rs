@@ -44,6 +44,20 @@ impl WasmChat {
         self.backend.to_string()
     }
 
+    /// Resolves to the model's logits (a `Float32Array` of the vocabulary's 49,152) for the
+    /// token after `ids` (token ids, e.g. a rendered chat prompt): what scoring candidate next
+    /// tokens needs, and how the test pages compare a backend with the float64 reference.
+    #[wasm_bindgen(js_name = nextTokenLogits)]
+    pub fn next_token_logits(&self, ids: Vec<u32>) -> Result<Promise, JsValue> {
+        let chat = self.chat.clone();
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let options = GenerateOptions::default();
+            let mut generator = crate::generate::Generator::new(&chat, &ids, &options).js()?;
+            let logits = generator.next_logits().await.js()?;
+            Ok(js_sys::Float32Array::from(logits.as_slice()).into())
+        }))
+    }
+
     /// Resolves to `{ text, tokens, stopReason, promptTokens }` for `messages`
     /// (`[{ role, content }]`) with `options` (`GenerateOptions`: `{ maxTokens, temperature,
     /// topK, topP, repetitionPenalty, seed, stop }`); `onToken(piece)` gets each text piece and

@@ -21,6 +21,15 @@ window.webguard = {
     const r = await c.generate([{ role: "user", content: prompt }], { maxTokens }, (p) => { pieces.push(p); });
     return { backend: c.backend, description: c.backendDescription, text: r.text, tokens: Array.from(r.tokens), stopReason: r.stopReason, pieces };
   },
+  /** The logits after `ids` at the positions `at` (the reference's ids), and their
+   * log-sum-exp over the whole vocabulary. */
+  async nextLogits(backend, ids, at) {
+    const c = await chatOn(backend);
+    const logits = await c.nextTokenLogits(Uint32Array.from(ids));
+    const max = logits.reduce((m, v) => Math.max(m, v), -Infinity);
+    const lse = max + Math.log(logits.reduce((s, v) => s + Math.exp(v - max), 0));
+    return { backend: c.backend, length: logits.length, at: at.map((i) => logits[i]), logsumexp: lse };
+  },
   async cancelAfterFirst(backend) {
     const c = await chatOn(backend);
     let n = 0;
