@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use crate::backend::read_f32;
 use crate::chat::ChatModel;
 use crate::error::{Error, Result};
-use crate::models::gpu::Sequence;
+use crate::models::gpu::{Candidates, MAX_TOP_CANDIDATES, Sequence};
 use crate::models::llama::{KvCache, Llama};
 use crate::rng::Rng;
 use crate::text::tokenizer::StreamDecoder;
@@ -176,6 +176,53 @@ fn pick(logits: &mut [f32], history: &[u32], o: &GenerateOptions, rng: &mut Rng)
         }
     }
     order.last().map_or_else(argmax, |&i| i as u32)
+}
+
+/// [`pick`] from the GPU's most likely tokens ([`crate::models::gpu::Engine::top_candidates`])
+/// instead of the whole row, for options without a repetition penalty and with a temperature:
+/// the same draw whenever those tokens are all the options need. With a top-k of at most the
+/// candidates' count the pool is exactly theirs (bit for bit `pick`'s arithmetic); with a
+/// top-p alone, the nucleus is judged against the GPU's normaliser over the whole vocabulary
+/// (f32, where `pick` sums in f64: a draw can differ only when the nucleus's edge falls within
+/// that rounding). `None`, with nothing drawn, when the nucleus is wider than the candidates or
+/// the whole vocabulary is the pool: the caller reads the row back and calls `pick`.
+fn pick_from_candidates(c: &Candidates, o: &GenerateOptions, rng: &mut Rng) -> Option<u32> {
+    let max = *c.logits.first()?;
+    if o.top_k > c.ids.len() || (o.top_k == 0 && o.top_p >= 1.0) {
+        return None;
+    }
+    let pool = if o.top_k > 0 { o.top_k } else { c.ids.len() };
+    let mut probs: Vec<f64> = c.logits[..pool]
+        .iter()
+        .map(|&l| (((l - max) / o.temperature) as f64).exp())
+        .collect();
+    let total: f64 = if o.top_k > 0 {
+        probs.iter().sum()
+    } else {
+        f64::from(c.normaliser)
+    };
+    probs.iter_mut().for_each(|p| *p /= total);
+    if o.top_p < 1.0 {
+        let mut acc = 0.0;
+        match probs.iter().position(|p| {
+            acc += p;
+            acc >= o.top_p as f64
+        }) {
+            Some(i) => probs.truncate(i + 1),
+            // `pick` keeps the whole top-k; without one, the nucleus goes past the candidates.
+            None if o.top_k > 0 => {}
+            None => return None,
+        }
+    }
+    let total: f64 = probs.iter().sum();
+    let mut r = rng.next_f64() * total;
+    for (p, &i) in probs.iter().zip(&c.ids) {
+        r -= p;
+        if r <= 0.0 {
+            return Some(i);
+        }
+    }
+    c.ids.get(probs.len() - 1).copied()
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of a stop string: that much
@@ -351,8 +398,29 @@ impl<'a> Generator<'a> {
                     // Greedy: picked on the GPU, 8 bytes read back.
                     engine.argmax(seq).await?.0
                 } else {
-                    let mut values = engine.logits(seq).await?;
-                    pick(&mut values, &self.history, o, &mut self.rng)
+                    // Sampling: the most likely tokens come back (516 bytes) when they are
+                    // all the options need, otherwise the whole row (196 KB).
+                    let narrow = o.repetition_penalty <= 1.0
+                        && o.top_k <= MAX_TOP_CANDIDATES
+                        && (o.top_k > 0 || o.top_p < 1.0);
+                    let picked = if narrow {
+                        let k = if o.top_k > 0 {
+                            o.top_k
+                        } else {
+                            MAX_TOP_CANDIDATES
+                        };
+                        let c = engine.top_candidates(seq, k, o.temperature).await?;
+                        pick_from_candidates(&c, o, &mut self.rng)
+                    } else {
+                        None
+                    };
+                    match picked {
+                        Some(t) => t,
+                        None => {
+                            let mut values = engine.logits(seq).await?;
+                            pick(&mut values, &self.history, o, &mut self.rng)
+                        }
+                    }
                 }
             }
             (None, NextInput::Logits(logits)) => {
@@ -559,6 +627,83 @@ mod tests {
             "top-k 2 keeps tokens 1 and 3"
         );
         assert!(a.contains(&1) && a.contains(&3));
+    }
+
+    /// What the GPU's `top_candidates` computes, on the host: the `k` largest logits (equal
+    /// ones by id) and the f32 normaliser over the whole row.
+    fn candidates(logits: &[f32], k: usize, temperature: f32) -> Candidates {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        order.truncate(k);
+        let top = logits[order[0]];
+        Candidates {
+            ids: order.iter().map(|&i| i as u32).collect(),
+            logits: order.iter().map(|&i| logits[i]).collect(),
+            normaliser: logits.iter().map(|l| ((l - top) / temperature).exp()).sum(),
+        }
+    }
+
+    #[test]
+    fn sampling_from_the_gpus_candidates_draws_what_the_whole_row_draws() {
+        // 2,000 distinct logits, peaked like a language model's (a few likely tokens).
+        let mut rng = Rng::new(3);
+        let row: Vec<f32> = (0..2000)
+            .map(|i| (rng.next_f64() as f32) * 4.0 - (i % 97) as f32 * 0.15)
+            .collect();
+        let cases = [
+            (0.7, 40, 1.0), // top-k within the candidates: always drawn from them
+            (1.0, 64, 0.9),
+            (0.8, 20, 0.5),
+            (0.3, 0, 0.9), // top-p alone: drawn when the nucleus closes within 64 tokens
+            (1.5, 0, 0.95),
+        ];
+        for (temperature, top_k, top_p) in cases {
+            let o = GenerateOptions {
+                temperature,
+                top_k,
+                top_p,
+                ..GenerateOptions::default()
+            };
+            let k = if top_k > 0 { top_k } else { MAX_TOP_CANDIDATES };
+            let c = candidates(&row, k, temperature);
+            let (mut drawn, mut same) = (0, 0);
+            for seed in 0..300 {
+                let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
+                let want = pick(&mut row.clone(), &[], &o, &mut a);
+                if let Some(got) = pick_from_candidates(&c, &o, &mut b) {
+                    drawn += 1;
+                    same += usize::from(got == want);
+                    // One draw each: the generator's sequence goes on the same either way.
+                    assert_eq!(a.next_u64(), b.next_u64());
+                } else {
+                    // Nothing drawn: the row's pick then takes this seed's draw.
+                    assert_eq!(b.next_u64(), Rng::new(seed).next_u64());
+                }
+            }
+            assert_eq!(
+                same, drawn,
+                "{o:?}: every draw from the candidates is the row's"
+            );
+            if top_k > 0 || temperature == 0.3 {
+                // A top-k within the candidates always draws; so does this nucleus, which
+                // closes within them (whether it does depends on the logits, not the seed).
+                assert_eq!(drawn, 300, "{o:?}");
+            }
+        }
+        // A flat distribution's nucleus does not, and sampling the whole vocabulary never can.
+        let flat = vec![0.0f32; 2000];
+        let o = GenerateOptions {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..GenerateOptions::default()
+        };
+        let c = candidates(&flat, MAX_TOP_CANDIDATES, 1.0);
+        assert_eq!(pick_from_candidates(&c, &o, &mut Rng::new(0)), None);
+        let o = GenerateOptions {
+            temperature: 1.0,
+            ..GenerateOptions::default()
+        };
+        assert_eq!(pick_from_candidates(&c, &o, &mut Rng::new(0)), None);
     }
 
     #[test]

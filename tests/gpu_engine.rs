@@ -594,3 +594,99 @@ fn f16_unpacking_widens_every_pattern_exactly() {
         }
     }
 }
+
+/// The most likely tokens the GPU ranks for sampling (`top_candidates`) are the whole row's
+/// ranking, bit for bit, with the normaliser over the whole vocabulary; a sampled generation
+/// in the engine reads back those few bytes per token, not the row, and draws what the CPU
+/// backend draws from the same seed.
+#[test]
+fn engine_top_candidates_are_the_rows_ranking_and_sampling_reads_little() {
+    let bytes = common::read_model(webguard::SMOLLM2_GGUF);
+    let gguf = Gguf::parse(&bytes).unwrap();
+    let gpu = Backend::init_blocking(BackendChoice::Gpu)
+        .expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+    let mut on_gpu = ChatModel::load(&gguf, &gpu.device).unwrap();
+    // The exact cache: the f16 one moves decode steps' logits by up to 7e-3, enough to move a
+    // draw below against the CPU's.
+    on_gpu.model.set_gpu_kv_precision(KvPrecision::F32);
+    let engine = on_gpu.model.gpu_engine().expect("the engine on wgpu");
+    let reference = common::reference("llama_smollm2.json");
+    for case in reference["cases"].as_array().unwrap().iter().take(2) {
+        let ids = on_gpu
+            .user_prompt_ids(case["prompt"].as_str().unwrap())
+            .unwrap();
+        let mut seq = engine.new_sequence();
+        engine.step(&mut seq, &ids).unwrap();
+        let row = pollster::block_on(engine.logits(&seq)).unwrap();
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let temperature = 0.7f32;
+        let before = engine.stats();
+        let c = pollster::block_on(engine.top_candidates(&seq, 64, temperature)).unwrap();
+        assert_eq!(engine.stats().readback_bytes - before.readback_bytes, 516);
+        let want: Vec<u32> = order[..64].iter().map(|&i| i as u32).collect();
+        assert_eq!(c.ids, want);
+        for (&got, &i) in c.logits.iter().zip(&order) {
+            assert_eq!(got.to_bits(), row[i].to_bits());
+        }
+        let top = f64::from(row[order[0]]);
+        let normaliser: f64 = row
+            .iter()
+            .map(|&l| ((f64::from(l) - top) / f64::from(temperature)).exp())
+            .sum();
+        let rel = (f64::from(c.normaliser) - normaliser).abs() / normaliser;
+        eprintln!(
+            "normaliser {} vs {normaliser} (f64): relative {rel:.1e}",
+            c.normaliser
+        );
+        assert!(rel < 1e-5, "{} vs {normaliser}", c.normaliser);
+        let one = pollster::block_on(engine.top_candidates(&seq, 1, 1.0)).unwrap();
+        assert_eq!(one.ids, vec![order[0] as u32]);
+    }
+    // Out of range: clear errors.
+    let mut seq = engine.new_sequence();
+    for (k, t) in [(0, 1.0), (65, 1.0), (8, 0.0), (8, f32::NAN)] {
+        engine.step(&mut seq, &[1]).unwrap();
+        let err = pollster::block_on(engine.top_candidates(&seq, k, t)).unwrap_err();
+        assert!(err.to_string().contains("top candidates"), "{err}");
+    }
+
+    // Sampling with a top-k: each token reads back (2 · 40 + 1) · 4 bytes; the CPU backend
+    // (exact products) draws the same tokens from the same seed (with the f32 cache the logits
+    // agree to 6e-5 after decoding too, far inside these draws' margins).
+    let options = GenerateOptions {
+        max_new_tokens: 12,
+        temperature: 0.8,
+        top_k: 40,
+        seed: 5,
+        ..GenerateOptions::default()
+    };
+    let ids = on_gpu
+        .user_prompt_ids("Write a short poem about the sea.")
+        .unwrap();
+    let before = engine.stats();
+    let sampled = pollster::block_on(webguard::generate::generate(
+        &on_gpu,
+        &ids,
+        &options,
+        |_| true,
+    ))
+    .unwrap();
+    let read = engine.stats().readback_bytes - before.readback_bytes;
+    assert_eq!(sampled.tokens.len(), 12, "{}", sampled.text);
+    assert_eq!(read, 12 * 324, "bytes read back for 12 sampled tokens");
+    let mut on_cpu = ChatModel::load(&gguf, &Device::flex()).unwrap();
+    on_cpu.model.set_precision(Precision::Exact);
+    let want = pollster::block_on(webguard::generate::generate(
+        &on_cpu,
+        &ids,
+        &options,
+        |_| true,
+    ))
+    .unwrap();
+    assert_eq!(
+        sampled.tokens, want.tokens,
+        "{:?} vs {:?}",
+        sampled.text, want.text
+    );
+}

@@ -43,6 +43,14 @@ test("WebGPU (SwiftShader): logits after the 5 reference prompts within 1e-3 of 
   console.log(`# ${r.description}: ${JSON.stringify(r.text)}`);
   assert.deepEqual(r.tokens, france.greedy.filter((t) => t !== 2 && t !== 0), r.text);
   assert.equal(r.stopReason, "endOfTurn");
+  // Sampling picks from the most likely tokens ranked on the GPU (the top-candidates kernel,
+  // in WGSL here): the same draws as the CPU backend from the same seed.
+  const sampling = { temperature: 0.8, topK: 40, seed: 5 };
+  const poem = "Write a short poem about the sea.";
+  const sampled = await b.page.evaluate(([p, o]) => window.webguard.generate("webgpu", p, 3, o), [poem, sampling]);
+  const onCpu = await b.page.evaluate(([p, o]) => window.webguard.generate("cpu", p, 3, o), [poem, sampling]);
+  assert.equal(sampled.tokens.length, 3, sampled.text);
+  assert.deepEqual(sampled.tokens, onCpu.tokens, `${sampled.text} vs ${onCpu.text}`);
   console.log(`# worst logit difference after prefill vs float64: ${worst.toExponential(2)} (${ref.cases.length} prompts, ${ref.cases[0].top_ids.length + ref.cases[0].sampled_ids.length} logits each and the log-sum-exp)`);
   assert.ok(worst <= 1e-3, `worst ${worst}`);
 });

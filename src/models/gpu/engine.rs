@@ -19,7 +19,7 @@ use cubecl::server::Handle;
 
 use super::kernels::{self, LANES, ROWS};
 use super::weights::{self, HostBlocks, QMatrix, Quant};
-use super::{DecodeLayout, KvPrecision};
+use super::{Candidates, DecodeLayout, KvPrecision, MAX_TOP_CANDIDATES};
 use crate::error::{Error, Result};
 use crate::models::llama::LlamaConfig;
 use crate::weights::gguf::Gguf;
@@ -715,6 +715,50 @@ impl Engine {
         let words = u32::from_bytes(&bytes);
         seq.picked_token = Some(words[0]);
         Ok((words[0], f32::from_bits(words[1])))
+    }
+
+    /// The `k` most likely tokens after the last step, best first, with their logits and
+    /// the normaliser `sum(exp((logit - best) / temperature))` over the whole vocabulary,
+    /// computed on the GPU: reads back `(2k + 1) · 4` bytes (516 for 64) instead of the whole
+    /// row. `k` is 1 to [`MAX_TOP_CANDIDATES`]; `temperature` above 0.
+    pub async fn top_candidates(
+        &self,
+        seq: &Sequence,
+        k: usize,
+        temperature: f32,
+    ) -> Result<Candidates> {
+        Self::check_ready(seq)?;
+        if !((1..=MAX_TOP_CANDIDATES).contains(&k) && temperature > 0.0 && temperature.is_finite())
+        {
+            return Err(Error::InvalidInput(format!(
+                "top candidates: k {k} must be 1 to {MAX_TOP_CANDIDATES} and the temperature \
+                 {temperature} above 0"
+            )));
+        }
+        let vocab = self.config.vocab_size;
+        let out = self.client.empty((2 * k + 1) * 4);
+        // SAFETY: the kernel reads `vocab` logits and writes `2k + 1` words, the sizes of
+        // the two buffers.
+        unsafe {
+            kernels::top_candidates::launch_unchecked(
+                &self.client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(LANES),
+                arg(&seq.logits, vocab),
+                arg(&out, 2 * k + 1),
+                vocab,
+                k,
+                1.0 / temperature,
+            )
+        };
+        self.launched(1);
+        let bytes = self.read(out).await?;
+        let words = u32::from_bytes(&bytes);
+        Ok(Candidates {
+            ids: words[..k].to_vec(),
+            logits: words[k..2 * k].iter().map(|&w| f32::from_bits(w)).collect(),
+            normaliser: f32::from_bits(words[2 * k]),
+        })
     }
 
     /// The residual stream after each tapped block at the last position of the last step,

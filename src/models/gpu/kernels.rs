@@ -885,3 +885,82 @@ pub fn argmax(logits: &[f32], out: &mut [u32], vocab: usize) {
         out[1] = u32::reinterpret(b);
     }
 }
+
+/// The `k` most likely tokens after the last step, best first: `out[r]` the id, `out[k + r]`
+/// its logit's bits (equal logits: the lower id first), and `out[2k]` the bits of
+/// `sum(exp((logit - best) * inv_temperature))` over the whole vocabulary (the normaliser
+/// sampling at that temperature needs). One workgroup, `k` rounds: each is a pass over the
+/// logits for the best one ranked after the previous round's pick, so about `k · vocab`
+/// loads, which a GPU does in microseconds and which saves reading the 196 KB row back (on a
+/// software rasteriser it is slower than the read: only sampling uses it, greedy picks use
+/// [`argmax`]).
+#[cube(launch_unchecked)]
+pub fn top_candidates(
+    logits: &[f32],
+    out: &mut [u32],
+    vocab: usize,
+    k: usize,
+    inv_temperature: f32,
+) {
+    let mut values = Shared::new_slice(LANES as usize);
+    let mut ids = Shared::new_slice(LANES as usize);
+    let tid = UNIT_POS as usize;
+    let mut prev = f32::new(0.0);
+    let mut prev_id = vocab as u32;
+    let mut top = f32::new(0.0);
+    let mut r = 0usize;
+    while r < k {
+        let mut best = f32::new(-3.0e38);
+        let mut best_id = vocab as u32;
+        let mut i = tid;
+        while i < vocab {
+            let v = logits[i];
+            let id = i as u32;
+            let after = r == 0 || v < prev || (v == prev && id > prev_id);
+            let better = v > best || (v == best && id < best_id);
+            if after && better {
+                best = v;
+                best_id = id;
+            }
+            i += LANES as usize;
+        }
+        values[tid] = best;
+        ids[tid] = best_id;
+        sync_cube();
+        // Every invocation reduces the 64 candidates itself (constant addresses), so the
+        // round's pick needs no broadcast.
+        let mut b = values[0];
+        let mut bid = ids[0];
+        #[unroll]
+        for j in 1..LANES as usize {
+            let v = values[j];
+            let id = ids[j];
+            if v > b || (v == b && id < bid) {
+                b = v;
+                bid = id;
+            }
+        }
+        sync_cube();
+        if r == 0 {
+            top = b;
+        }
+        prev = b;
+        prev_id = bid;
+        if tid == 0 {
+            out[r] = bid;
+            out[k + r] = u32::reinterpret(b);
+        }
+        r += 1;
+    }
+    let mut sum = 0.0f32;
+    let mut i = tid;
+    while i < vocab {
+        sum += f32::exp((logits[i] - top) * inv_temperature);
+        i += LANES as usize;
+    }
+    let mut scratch = Shared::new_slice(LANES as usize);
+    let sum = workgroup_sum(sum, &mut scratch, LANES as usize);
+    if tid == 0 {
+        out[2 * k] = u32::reinterpret(sum);
+    }
+}

@@ -148,6 +148,21 @@ mod tests {
     }
 }
 
+/// Most candidates [`Engine::top_candidates`] computes: sampling with a wider top-k, or a
+/// nucleus (top-p) that needs more tokens, reads the whole row back instead.
+pub const MAX_TOP_CANDIDATES: usize = 64;
+
+/// The most likely next tokens, best first ([`Engine::top_candidates`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidates {
+    /// Token ids, most likely first (equal logits: the lower id first).
+    pub ids: Vec<u32>,
+    /// Their logits.
+    pub logits: Vec<f32>,
+    /// `sum(exp((logit - logits[0]) / temperature))` over the whole vocabulary.
+    pub normaliser: f32,
+}
+
 #[cfg(not(feature = "webgpu"))]
 pub use without_webgpu::{Engine, Sequence};
 
@@ -217,6 +232,15 @@ mod without_webgpu {
         }
         /// The same error as [`Engine::load`].
         pub async fn logits(&self, _seq: &Sequence) -> Result<Vec<f32>> {
+            Err(none())
+        }
+        /// The same error as [`Engine::load`].
+        pub async fn top_candidates(
+            &self,
+            _seq: &Sequence,
+            _k: usize,
+            _temperature: f32,
+        ) -> Result<super::Candidates> {
             Err(none())
         }
     }

@@ -15,10 +15,10 @@ async function chatOn(backend) {
 
 await init();
 window.webguard = {
-  async generate(backend, prompt, maxTokens) {
+  async generate(backend, prompt, maxTokens, options = {}) {
     const c = await chatOn(backend);
     const pieces = [];
-    const r = await c.generate([{ role: "user", content: prompt }], { maxTokens }, (p) => { pieces.push(p); });
+    const r = await c.generate([{ role: "user", content: prompt }], { maxTokens, ...options }, (p) => { pieces.push(p); });
     return { backend: c.backend, description: c.backendDescription, text: r.text, tokens: Array.from(r.tokens), stopReason: r.stopReason, pieces };
   },
   /** The logits after `ids` at the positions `at` (the reference's ids), and their
