@@ -8,7 +8,6 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::backend::read_f32;
 use crate::error::{Error, Result};
 use crate::filter::features::FeatureSpec;
-use crate::filter::routing::BatchRoute;
 use crate::models::bert::{Bert, windows};
 use crate::text::Tokenizer;
 use crate::text::normalize::for_judging;
@@ -48,7 +47,6 @@ pub struct TextEncoder {
     options: FilterOptions,
     device: Device,
     gpu: Option<GpuCopy>,
-    route: Option<BatchRoute>,
     batches: [AtomicUsize; 2],
 }
 
@@ -77,32 +75,30 @@ impl TextEncoder {
             options: FilterOptions::default(),
             device: device.clone(),
             gpu: None,
-            route: None,
             batches: Default::default(),
         }
     }
 
-    /// Sends batches of at least `route.gpu_from_batch` windows to `bert` on `device` (a copy
-    /// of this encoder, the same weights, on a GPU); with no such batch size the copy is
-    /// dropped and every batch stays here. The route is kept to say what was chosen.
-    pub fn route_to_gpu(&mut self, bert: Bert, device: &Device, route: BatchRoute) -> Result<()> {
+    /// Sends batches of at least `from_batch` windows to `bert` on `device` (a copy of this
+    /// encoder, the same weights, on a GPU); with `None` the copy is dropped and every batch
+    /// stays here ([`crate::filter::routing`] measures which).
+    pub fn route_to_gpu(
+        &mut self,
+        bert: Bert,
+        device: &Device,
+        from_batch: Option<usize>,
+    ) -> Result<()> {
         if bert.width() != self.bert.width() || bert.layer_count() != self.bert.layer_count() {
             return Err(Error::InvalidInput(
                 "the GPU copy of the encoder has another shape than the encoder".into(),
             ));
         }
-        self.gpu = route.gpu_from_batch.map(|from_batch| GpuCopy {
+        self.gpu = from_batch.map(|from_batch| GpuCopy {
             bert,
             device: device.clone(),
             from_batch,
         });
-        self.route = Some(route);
         Ok(())
-    }
-
-    /// The route measured at load, when the encoder was routed ([`Self::route_to_gpu`]).
-    pub fn route(&self) -> Option<&BatchRoute> {
-        self.route.as_ref()
     }
 
     /// Batches encoded so far on each device.

@@ -217,7 +217,7 @@ impl Filter {
         route: routing::BatchRoute,
     ) -> Result<()> {
         self.encoder
-            .route_to_gpu(gpu_encoder, device, route.clone())?;
+            .route_to_gpu(gpu_encoder, device, route.gpu_from_batch)?;
         self.route = route;
         Ok(())
     }
@@ -241,12 +241,8 @@ impl Filter {
         } else {
             BackendKind::Wgpu
         };
-        let route = routing::BatchRoute::single(kind, "one device");
         Ok(Filter {
-            route: match encoder.route() {
-                Some(r) => r.clone(),
-                None => route,
-            },
+            route: routing::BatchRoute::single(kind, "one device"),
             encoder,
             origins: vec![LabelOrigin::Shipped; info.labels.len()],
             base: Box::new((heads.clone(), info.clone())),
@@ -266,15 +262,8 @@ impl Filter {
         heads_path: &std::path::Path,
         device: &Device,
     ) -> Result<Self> {
-        let dir = models_dir.join(crate::MINILM_DIR);
-        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::io(p, e));
-        Self::new(
-            &read(&dir.join("tokenizer.json"))?,
-            &read(&dir.join("config.json"))?,
-            &read(&dir.join("model.safetensors"))?,
-            &read(heads_path)?,
-            device,
-        )
+        let [tokenizer, config, weights, heads] = read_files(models_dir, heads_path)?;
+        Self::new(&tokenizer, &config, &weights, &heads, device)
     }
 
     /// [`Filter::load`] on `backend`, routed as [`Filter::for_backend`] says.
@@ -284,16 +273,8 @@ impl Filter {
         heads_path: &std::path::Path,
         backend: &Backend,
     ) -> Result<Self> {
-        let dir = models_dir.join(crate::MINILM_DIR);
-        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::io(p, e));
-        Self::for_backend(
-            &read(&dir.join("tokenizer.json"))?,
-            &read(&dir.join("config.json"))?,
-            &read(&dir.join("model.safetensors"))?,
-            &read(heads_path)?,
-            backend,
-        )
-        .await
+        let [tokenizer, config, weights, heads] = read_files(models_dir, heads_path)?;
+        Self::for_backend(&tokenizer, &config, &weights, &heads, backend).await
     }
 
     /// Which device encodes which batches, and why: measured at load with `auto` on a GPU
@@ -539,6 +520,20 @@ impl Filter {
     pub fn verdict_with(&self, scores: &[f32], thresholds: &[f32]) -> Verdict {
         Verdict::new(&self.info.labels, scores, thresholds)
     }
+}
+
+/// MiniLM's `tokenizer.json`, `config.json` and `model.safetensors` from `models_dir` (as
+/// `scripts/fetch-models.sh` lays it out) and the heads file.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_files(models_dir: &std::path::Path, heads_path: &std::path::Path) -> Result<[Vec<u8>; 4]> {
+    let dir = models_dir.join(crate::MINILM_DIR);
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+    Ok([
+        read(&dir.join("tokenizer.json"))?,
+        read(&dir.join("config.json"))?,
+        read(&dir.join("model.safetensors"))?,
+        read(heads_path)?,
+    ])
 }
 
 /// MiniLM from its `config.json` and weights on `device`, with the encoder adapters a heads
