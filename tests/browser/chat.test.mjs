@@ -67,5 +67,7 @@ test("a callback returning false cancels; bad input is a JS error", async () => 
   assert.match(r.badTopP, /^Error: .*top_p/);
   assert.match(r.unknownOption, /^Error: options: unknown option "temprature"/);
   assert.match(r.garbageGguf, /^Error: /);
+  assert.match(r.idsOutsideVocabulary, /^Error: .*token id 999999 is outside the vocabulary of 49152/);
+  assert.match(r.noIds, /^Error: .*the prompt is empty/);
   assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
 });

@@ -46,6 +46,8 @@ window.webguard = {
       badTopP: () => c.generate([{ role: "user", content: "hi" }], { topP: 2 }),
       unknownOption: () => c.generate([{ role: "user", content: "hi" }], { temprature: 1 }),
       garbageGguf: () => Chat.create("cpu", new Uint8Array([71, 71, 85, 70, 3, 0, 0, 0])),
+      idsOutsideVocabulary: () => c.nextTokenLogits(Uint32Array.from([1, 999999])),
+      noIds: () => c.nextTokenLogits(new Uint32Array()),
     });
   },
 };
