@@ -137,12 +137,15 @@ async function loadModule(id, tuning, threads, hasChat, backend) {
 }
 
 /** Why the threaded module (CPU only: cubecl-wgpu does not build with atomics) is not for
- * `backend`: "webgpu" asked for, or "auto" where WebGPU gives an adapter (the single-threaded
- * module runs the chat model there); null when the CPU will run it anyway. */
+ * `backend`: "webgpu" asked for, or "auto" where WebGPU gives a hardware adapter (the
+ * single-threaded module runs the chat model there); null when the CPU will run it anyway
+ * (no adapter, or a software one such as SwiftShader, where "auto" runs the chat model on the
+ * CPU: the same test as the Rust side's `AdapterInfo::is_software`). */
 async function webgpuWanted(backend) {
   if (backend === "webgpu") return "WebGPU requested (the threaded module runs on the CPU only): the single-threaded module";
   const adapter = self.navigator?.gpu ? await self.navigator.gpu.requestAdapter().catch(() => null) : null;
-  return adapter ? "WebGPU is available (the threaded module runs on the CPU only): the single-threaded module" : null;
+  if (!adapter || adapter.info?.isFallbackAdapter === true) return null;
+  return "WebGPU is available (the threaded module runs on the CPU only): the single-threaded module";
 }
 
 // The threaded module's helper workers (they live as long as this worker).
@@ -341,6 +344,7 @@ function describe(g) {
     adapter: g.adapter ?? null,
     reason: g.fallbackReason ?? null,
     filterRoute: g.filterRoute,
+    chat: g.hasChat ? { kind: g.chatBackend, reason: g.chatFallbackReason ?? null } : null,
     labels: g.labels,
     labelOrigins: g.labelOrigins,
     hasChat: g.hasChat,

@@ -123,7 +123,8 @@ export interface CreateOptions {
   /**
    * Threads for the chat model's products on the CPU, 1 to 16 (default
    * min(navigator.hardwareConcurrency, 4)). More than one needs a chat model on the CPU
-   * (backend "cpu", or "auto" without a WebGPU adapter: the threaded module has no WebGPU), a
+   * (backend "cpu", or "auto" without a WebGPU adapter or with a software one such as
+   * SwiftShader: the threaded module has no WebGPU), a
    * cross-origin isolated page (COOP/COEP headers; the threaded module shares its memory with helper
    * workers) and the module without tuning; otherwise one thread runs and
    * `backend.threadsReason` says why.
@@ -373,8 +374,10 @@ export class Guard {
    *  than asked (threadsReason, null when as asked); which device encodes the filter's batches
    *  (filter: with backend "auto" on WebGPU, both devices are timed at load and batches of at
    *  least gpuFromBatch windows run on the GPU, smaller ones on the CPU; gpuFromBatch null:
-   *  every batch on the CPU). */
-  readonly backend: { kind: "webgpu" | "cpu"; adapter: string | null; reason: string | null; threads: number; threadsReason: string | null; filter: FilterRoute | null };
+   *  every batch on the CPU); where the chat model runs (chat: null without one; with backend
+   *  "auto" on a software adapter such as SwiftShader it runs on the CPU, which decodes about
+   *  ten times faster there, and chat.reason says so). */
+  readonly backend: { kind: "webgpu" | "cpu"; adapter: string | null; reason: string | null; threads: number; threadsReason: string | null; filter: FilterRoute | null; chat: { kind: "webgpu" | "cpu"; reason: string | null } | null };
   /** Whether the tuning module is loaded (`tuning: true`, or after the first tuning call). */
   readonly tuning: boolean;
   /** The shipped labels plus any taught with tuneFilter. */

@@ -283,13 +283,14 @@ export class Guard {
     return caches.delete(CACHE_NAME);
   }
 
-  /** `{ kind: "webgpu" | "cpu", adapter, reason, threads, threadsReason }`: what runs, on which
-   *  adapter, or why the CPU; the threads the module runs the chat model's CPU products on, and
-   *  why fewer than asked (null when as asked). */
+  /** `{ kind: "webgpu" | "cpu", adapter, reason, threads, threadsReason, filter, chat }`: what
+   *  runs, on which adapter, or why the CPU; the threads the module runs the chat model's CPU
+   *  products on, and why fewer than asked (null when as asked); where the filter's batches and
+   *  the chat model run (chat null without a chat model). */
   get backend() {
-    const { kind, adapter, reason, threads, threadsReason, filterRoute } = this.#info;
+    const { kind, adapter, reason, threads, threadsReason, filterRoute, chat } = this.#info;
     const filter = filterRoute ? { gpuFromBatch: filterRoute.gpuFromBatch ?? null, reason: filterRoute.reason, measured: filterRoute.measured ?? null } : null;
-    return { kind, adapter, reason, threads: threads ?? 1, threadsReason: threadsReason ?? null, filter };
+    return { kind, adapter, reason, threads: threads ?? 1, threadsReason: threadsReason ?? null, filter, chat: chat ?? null };
   }
 
   /** Whether the tuning module is loaded (`tuning: true`, or after the first tuning call). */

@@ -63,6 +63,15 @@ pub struct AdapterInfo {
     pub device_type: String,
 }
 
+impl AdapterInfo {
+    /// Whether the adapter is a software rasteriser on the CPU (lavapipe natively, SwiftShader
+    /// in Chromium): wgpu reports its device type as `Cpu` (in a browser, from
+    /// `GPUAdapterInfo.isFallbackAdapter`).
+    pub fn is_software(&self) -> bool {
+        self.device_type == "Cpu"
+    }
+}
+
 /// A ready device and a description of it.
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -158,6 +167,31 @@ impl Backend {
                 ..Self::cpu(Some(reason))
             }),
             Err(reason) => Err(Error::Backend(format!("no usable GPU: {reason}"))),
+        }
+    }
+
+    /// The backend the chat model runs on: this one, except that `auto` on a software adapter
+    /// (see [`AdapterInfo::is_software`]) takes the CPU backend and says why. Measured
+    /// (notes/issue-14-gpu.md): the GPU engine decodes 12-14 tokens/s on lavapipe where the
+    /// CPU backend decodes 120-140, and a token takes about 4 s on SwiftShader; the CPU path
+    /// also applies the safety adapters. A real GPU keeps the chat model; the filter measures
+    /// its own choice per batch size instead ([`crate::filter::routing`]).
+    pub fn for_chat(&self) -> Backend {
+        match &self.adapter {
+            Some(a)
+                if a.is_software()
+                    && self.kind == BackendKind::Wgpu
+                    && self.requested == BackendChoice::Auto =>
+            {
+                Backend {
+                    requested: BackendChoice::Auto,
+                    ..Self::cpu(Some(format!(
+                        "the WebGPU adapter ({}) is a software rasteriser: the CPU backend decodes faster",
+                        a.name
+                    )))
+                }
+            }
+            _ => self.clone(),
         }
     }
 
@@ -324,5 +358,45 @@ mod tests {
         assert_eq!("cpu".parse::<BackendChoice>().unwrap(), BackendChoice::Cpu);
         let err = "tpu".parse::<BackendChoice>().unwrap_err().to_string();
         assert!(err.contains("tpu") && err.contains("auto"), "{err}");
+    }
+
+    /// A GPU backend as `init` would report it, for `for_chat`'s rule.
+    fn gpu_backend(device_type: &str, requested: BackendChoice) -> Backend {
+        Backend {
+            device: Device::flex(),
+            kind: BackendKind::Wgpu,
+            adapter: Some(AdapterInfo {
+                name: "some adapter".into(),
+                api: "Vulkan".into(),
+                device_type: device_type.into(),
+            }),
+            fallback_reason: None,
+            requested,
+        }
+    }
+
+    #[test]
+    fn auto_runs_the_chat_model_on_the_cpu_only_when_the_adapter_is_software() {
+        let chat = gpu_backend("Cpu", BackendChoice::Auto).for_chat();
+        assert_eq!(chat.kind, BackendKind::Cpu);
+        assert_eq!(chat.requested, BackendChoice::Auto);
+        let reason = chat.fallback_reason.unwrap();
+        assert!(
+            reason.contains("some adapter") && reason.contains("software"),
+            "{reason}"
+        );
+        for (device_type, requested) in [
+            ("DiscreteGpu", BackendChoice::Auto),
+            ("IntegratedGpu", BackendChoice::Auto),
+            ("Other", BackendChoice::Auto),
+            ("Cpu", BackendChoice::Gpu),
+        ] {
+            let chat = gpu_backend(device_type, requested).for_chat();
+            assert_eq!(chat.kind, BackendKind::Wgpu, "{device_type} {requested:?}");
+            assert!(chat.fallback_reason.is_none());
+        }
+        let cpu = Backend::cpu(Some("CPU requested".into())).for_chat();
+        assert_eq!(cpu.kind, BackendKind::Cpu);
+        assert_eq!(cpu.fallback_reason.as_deref(), Some("CPU requested"));
     }
 }

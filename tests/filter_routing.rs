@@ -1,5 +1,6 @@
 //! The filter with `backend: "auto"` on a GPU (lavapipe here): both devices are measured at
-//! load, and batches routed to the GPU copy of the encoder score what the CPU scores.
+//! load, and batches routed to the GPU copy of the encoder score what the CPU scores. And the
+//! chat model's side of `auto`: a software adapter such as lavapipe sends it to the CPU.
 
 mod common;
 
@@ -21,6 +22,30 @@ fn gpu_backend(choice: BackendChoice) -> Backend {
 
 fn scores(filter: &Filter, texts: &[&str]) -> Vec<Vec<f32>> {
     pollster::block_on(filter.scores(texts)).unwrap()
+}
+
+#[test]
+fn auto_on_lavapipe_runs_the_chat_model_on_the_cpu_and_a_requested_gpu_stays() {
+    let auto = gpu_backend(BackendChoice::Auto);
+    let adapter = auto.adapter.clone().unwrap();
+    assert!(
+        adapter.is_software(),
+        "lavapipe is a CPU adapter: {adapter:?}"
+    );
+    let chat = auto.for_chat();
+    assert_eq!(chat.kind, BackendKind::Cpu);
+    assert!(chat.device == Device::flex());
+    let reason = chat.fallback_reason.unwrap();
+    assert!(
+        reason.contains(&adapter.name) && reason.contains("software rasteriser"),
+        "{reason}"
+    );
+    let asked = gpu_backend(BackendChoice::Gpu).for_chat();
+    assert_eq!(
+        asked.kind,
+        BackendKind::Wgpu,
+        "the GPU asked for is kept: {asked}"
+    );
 }
 
 #[test]

@@ -64,7 +64,8 @@ function showBackend(b) {
   badge.dataset.kind = b.kind;
   badge.textContent = b.kind === "webgpu" ? `WebGPU · ${b.adapter || "GPU"}` : "CPU (WebAssembly)";
   const filter = b.filter ? `\nFilter: ${b.filter.reason}` : "";
-  badge.title = (b.reason ? `Running on the CPU: ${b.reason}` : "Running on the GPU through WebGPU") + filter;
+  const chat = b.chat?.reason ? `\nChat model on the CPU: ${b.chat.reason}` : "";
+  badge.title = (b.reason ? `Running on the CPU: ${b.reason}` : "Running on the GPU through WebGPU") + filter + chat;
   $("backend-note")?.remove();
   if (b.kind === "cpu" && b.reason) {
     const note = document.createElement("p");

@@ -22,9 +22,10 @@ pub struct WasmChat {
 
 #[wasm_bindgen(js_class = Chat)]
 impl WasmChat {
-    /// Sets up `backend` (`"auto"`, `"webgpu"` or `"cpu"`) and loads SmolLM2 from its GGUF bytes.
+    /// Sets up `backend` (`"auto"`, `"webgpu"` or `"cpu"`; `"auto"` on a software adapter runs
+    /// on the CPU, see `Backend::for_chat`) and loads SmolLM2 from its GGUF bytes.
     pub async fn create(backend: String, gguf: Vec<u8>) -> Result<WasmChat, JsValue> {
-        let backend = init_backend(&backend).await?;
+        let backend = init_backend(&backend).await?.for_chat();
         let chat = load_chat(&gguf, &backend).js()?;
         Ok(WasmChat {
             chat: Rc::new(chat),

@@ -38,6 +38,8 @@ pub struct WasmGuard {
     /// Copied into each call, so changing it never races a call in flight.
     policy: Rc<RefCell<Policy>>,
     backend: Backend,
+    /// Where the chat model runs: `backend`, or the CPU for `auto` on a software adapter.
+    chat_backend: Backend,
 }
 
 /// What `Guard.chatProbe` says about a loaded probe.
@@ -86,10 +88,11 @@ impl WasmGuard {
         )
         .await
         .js_context("the filter could not be loaded")?;
+        let chat_backend = backend.for_chat();
         let chat = match gguf {
             Some(bytes) => {
-                let mut chat =
-                    load_chat(&bytes, &backend).js_context("the chat model could not be loaded")?;
+                let mut chat = load_chat(&bytes, &chat_backend)
+                    .js_context("the chat model could not be loaded")?;
                 if let Some(probe) = chat_probe {
                     chat.load_probe(&probe)
                         .js_context("the chat probe could not be loaded")?;
@@ -103,6 +106,7 @@ impl WasmGuard {
             filter: Rc::new(RefCell::new(filter)),
             chat,
             backend,
+            chat_backend,
         })
     }
 
@@ -136,6 +140,23 @@ impl WasmGuard {
     #[wasm_bindgen(getter, js_name = filterRoute)]
     pub fn filter_route(&self) -> Result<JsValue, JsValue> {
         to_js(busy(self.filter.try_borrow())?.route())
+    }
+
+    /// Where the chat model runs (`"webgpu"` or `"cpu"`), or `null` without one.
+    #[wasm_bindgen(getter, js_name = chatBackend)]
+    pub fn chat_backend(&self) -> Option<String> {
+        self.chat.as_ref()?;
+        Some(backend_kind(&self.chat_backend).into())
+    }
+
+    /// Why the chat model runs on the CPU when the filter does not (`auto` on a software
+    /// adapter), else `null`.
+    #[wasm_bindgen(getter, js_name = chatFallbackReason)]
+    pub fn chat_fallback_reason(&self) -> Option<String> {
+        self.chat.as_ref()?;
+        (self.chat_backend.kind != self.backend.kind)
+            .then(|| self.chat_backend.fallback_reason.clone())
+            .flatten()
     }
 
     /// Whether the chat model is loaded.

@@ -150,6 +150,36 @@ test("the panic from the issue (stop inside an answer), while it exists, does no
   noPageErrors(b);
 });
 
+test("auto on a software adapter (SwiftShader): the chat model runs on the CPU and says why; with threads, the threaded module", async () => {
+  const r = await b.page.evaluate(async () => {
+    const out = {};
+    const g = await Guard.create({ ...models, backend: "auto", threads: 1, cache: false });
+    try {
+      out.one = g.backend;
+      out.answer = (await g.chat([{ role: "user", content: "What is the capital of France?" }], { maxTokens: 8 })).text;
+    } finally {
+      g.dispose();
+    }
+    const threaded = await Guard.create({ ...models, backend: "auto", threads: 2 });
+    out.two = threaded.backend;
+    threaded.dispose();
+    return out;
+  });
+  // One thread: the single-threaded module sets up WebGPU; the filter timed both devices and
+  // keeps every batch on the CPU; the chat model runs on the CPU by rule, with the reason.
+  assert.equal(r.one.kind, "webgpu", JSON.stringify(r.one));
+  assert.equal(r.one.filter.gpuFromBatch, null, r.one.filter.reason);
+  assert.equal(r.one.chat.kind, "cpu");
+  assert.match(r.one.chat.reason, /WebGPU adapter \(.*\) is a software rasteriser: the CPU backend decodes faster/);
+  assert.match(r.answer, /Paris/);
+  // Two threads: a software adapter does not claim the page, so
+  // the threaded (CPU) module runs.
+  assert.equal(r.two.kind, "cpu", JSON.stringify(r.two));
+  assert.equal(r.two.threads, 2, r.two.threadsReason);
+  assert.equal(r.two.chat.kind, "cpu");
+  noPageErrors(b);
+});
+
 test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot take over, nothing changes", async () => {
   const r = await b.page.evaluate(async () => {
     const out = {};

@@ -54,13 +54,14 @@ impl FilterArgs {
     }
 }
 
-/// Loads SmolLM2 on `backend`, with chat adapters from `tune-chat` when given.
+/// Loads SmolLM2 on `backend` (`auto` on a software adapter: the CPU, see
+/// [`Backend::for_chat`]), with chat adapters from `tune-chat` when given.
 pub fn load_chat(
     models: &Path,
     backend: &str,
     adapters: Option<&Path>,
 ) -> Result<(ChatModel, Backend)> {
-    let backend = Backend::init_blocking(backend.parse::<BackendChoice>()?)?;
+    let backend = Backend::init_blocking(backend.parse::<BackendChoice>()?)?.for_chat();
     let file = map(&models.join(SMOLLM2_GGUF))?;
     let gguf = Gguf::parse_mapped(&file)?;
     let mut chat = ChatModel::load(&gguf, &backend.device)?;
