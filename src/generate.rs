@@ -143,39 +143,56 @@ fn pick(logits: &mut [f32], history: &[u32], o: &GenerateOptions, rng: &mut Rng)
     if o.temperature == 0.0 {
         return argmax();
     }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
     if o.top_k > 0 {
         order.truncate(o.top_k);
     }
-    let max = logits[order[0]];
-    let mut probs: Vec<f64> = order
+    let ranked: Vec<f32> = order.iter().map(|&i| logits[i as usize]).collect();
+    draw_ranked(&order, &ranked, o, None, rng).unwrap_or_else(argmax)
+}
+
+/// The seeded draw [`pick`] and [`pick_from_candidates`] share, so that the two draw alike by
+/// construction: over a pool ranked best first (`ids`, with their `logits`), the
+/// probabilities at the temperature divided by `normaliser` (the whole vocabulary's, from the
+/// GPU) or else by the pool's own sum, cut to the nucleus `top_p`, then one draw from what is
+/// left. `None` for an empty pool, or when a nucleus measured against `normaliser` does not
+/// close within the pool (the rest of the row is needed); against the pool's own sum it
+/// always closes, up to rounding, and then the whole pool is kept.
+fn draw_ranked(
+    ids: &[u32],
+    logits: &[f32],
+    o: &GenerateOptions,
+    normaliser: Option<f64>,
+    rng: &mut Rng,
+) -> Option<u32> {
+    let max = *logits.first()?;
+    let mut probs: Vec<f64> = logits
         .iter()
-        .map(|&i| (((logits[i] - max) / o.temperature) as f64).exp())
+        .map(|&l| (((l - max) / o.temperature) as f64).exp())
         .collect();
-    let total: f64 = probs.iter().sum();
+    let total = normaliser.unwrap_or_else(|| probs.iter().sum());
     probs.iter_mut().for_each(|p| *p /= total);
     if o.top_p < 1.0 {
         let mut acc = 0.0;
-        let keep = probs
-            .iter()
-            .position(|p| {
-                acc += p;
-                acc >= o.top_p as f64
-            })
-            .map_or(probs.len(), |i| i + 1);
-        probs.truncate(keep);
-        order.truncate(keep);
+        match probs.iter().position(|p| {
+            acc += p;
+            acc >= o.top_p as f64
+        }) {
+            Some(i) => probs.truncate(i + 1),
+            None if normaliser.is_some() => return None,
+            None => {}
+        }
     }
     let total: f64 = probs.iter().sum();
     let mut r = rng.next_f64() * total;
-    for (p, &i) in probs.iter().zip(&order) {
+    for (p, &i) in probs.iter().zip(ids) {
         r -= p;
         if r <= 0.0 {
-            return i as u32;
+            return Some(i);
         }
     }
-    order.last().map_or_else(argmax, |&i| i as u32)
+    ids.get(probs.len() - 1).copied()
 }
 
 /// [`pick`] from the GPU's most likely tokens ([`crate::models::gpu::Engine::top_candidates`])
@@ -187,42 +204,22 @@ fn pick(logits: &mut [f32], history: &[u32], o: &GenerateOptions, rng: &mut Rng)
 /// that rounding). `None`, with nothing drawn, when the nucleus is wider than the candidates or
 /// the whole vocabulary is the pool: the caller reads the row back and calls `pick`.
 fn pick_from_candidates(c: &Candidates, o: &GenerateOptions, rng: &mut Rng) -> Option<u32> {
-    let max = *c.logits.first()?;
     if o.top_k > c.ids.len() || (o.top_k == 0 && o.top_p >= 1.0) {
         return None;
     }
-    let pool = if o.top_k > 0 { o.top_k } else { c.ids.len() };
-    let mut probs: Vec<f64> = c.logits[..pool]
-        .iter()
-        .map(|&l| (((l - max) / o.temperature) as f64).exp())
-        .collect();
-    let total: f64 = if o.top_k > 0 {
-        probs.iter().sum()
-    } else {
-        f64::from(c.normaliser)
+    // With a top-k the pool is those k, normalised by their own sum as `pick` does; with a
+    // top-p alone, the candidates judged against the whole vocabulary's normaliser.
+    let (pool, normaliser) = match o.top_k {
+        0 => (c.ids.len(), Some(f64::from(c.normaliser))),
+        k => (k, None),
     };
-    probs.iter_mut().for_each(|p| *p /= total);
-    if o.top_p < 1.0 {
-        let mut acc = 0.0;
-        match probs.iter().position(|p| {
-            acc += p;
-            acc >= o.top_p as f64
-        }) {
-            Some(i) => probs.truncate(i + 1),
-            // `pick` keeps the whole top-k; without one, the nucleus goes past the candidates.
-            None if o.top_k > 0 => {}
-            None => return None,
-        }
-    }
-    let total: f64 = probs.iter().sum();
-    let mut r = rng.next_f64() * total;
-    for (p, &i) in probs.iter().zip(&c.ids) {
-        r -= p;
-        if r <= 0.0 {
-            return Some(i);
-        }
-    }
-    c.ids.get(probs.len() - 1).copied()
+    draw_ranked(
+        c.ids.get(..pool)?,
+        c.logits.get(..pool)?,
+        o,
+        normaliser,
+        rng,
+    )
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of a stop string: that much
@@ -390,7 +387,7 @@ impl<'a> Generator<'a> {
             self.feed(t)?;
         }
         let input = std::mem::replace(&mut self.next_input, NextInput::OnGpu);
-        let next = match (self.gpu.as_mut(), input) {
+        let next = match (self.gpu.as_mut(), &input) {
             (Some(seq), _) => {
                 let engine = self.model.gpu_engine().map_err(Error::Backend)?;
                 let o = self.options;
@@ -417,21 +414,15 @@ impl<'a> Generator<'a> {
                     match picked {
                         Some(t) => t,
                         None => {
-                            let mut values = engine.logits(seq).await?;
+                            let mut values = self.logits_row(&input).await?;
                             pick(&mut values, &self.history, o, &mut self.rng)
                         }
                     }
                 }
             }
-            (None, NextInput::Logits(logits)) => {
-                let vocab = self.model.config().vocab_size;
-                let mut values = read_f32(logits.reshape([vocab])).await?;
+            (None, input) => {
+                let mut values = self.logits_row(input).await?;
                 pick(&mut values, &self.history, self.options, &mut self.rng)
-            }
-            (None, _) => {
-                return Err(Error::Backend(
-                    "generation lost its logits (burn's path without a forward pass)".into(),
-                ));
             }
         };
         if self.end_tokens.contains(&next) {
@@ -473,7 +464,13 @@ impl<'a> Generator<'a> {
         if let NextInput::Token(t) = self.next_input {
             self.feed(t)?;
         }
-        match (&self.gpu, &self.next_input) {
+        self.logits_row(&self.next_input).await
+    }
+
+    /// The whole logits row for the next pick, read back from where it is: the engine's
+    /// sequence, or burn's tensor in `input` (the one place either is turned into the row).
+    async fn logits_row(&self, input: &NextInput) -> Result<Vec<f32>> {
+        match (&self.gpu, input) {
             (Some(seq), _) => {
                 let engine = self.model.gpu_engine().map_err(Error::Backend)?;
                 engine.logits(seq).await
@@ -704,6 +701,37 @@ mod tests {
             ..GenerateOptions::default()
         };
         assert_eq!(pick_from_candidates(&c, &o, &mut Rng::new(0)), None);
+    }
+
+    #[test]
+    fn draws_follow_the_softmax_at_the_temperature() {
+        // Logits ln 1, ln 3, ln 6: probabilities 0.1, 0.3, 0.6 at temperature 1; at temperature
+        // 0.5 they square before normalising: 1/46, 9/46, 36/46.
+        let logits = [1f32.ln(), 3f32.ln(), 6f32.ln()];
+        for (temperature, want) in [
+            (1.0, [0.1, 0.3, 0.6]),
+            (0.5, [1.0 / 46.0, 9.0 / 46.0, 36.0 / 46.0]),
+        ] {
+            let o = GenerateOptions {
+                temperature,
+                ..GenerateOptions::default()
+            };
+            let mut rng = Rng::new(11);
+            let mut counts = [0usize; 3];
+            let n = 20_000;
+            for _ in 0..n {
+                counts[pick(&mut logits.clone(), &[], &o, &mut rng) as usize] += 1;
+            }
+            for (c, w) in counts.iter().zip(want) {
+                // Four standard deviations of a binomial frequency.
+                let sd = (w * (1.0 - w) / n as f64).sqrt();
+                let got = *c as f64 / n as f64;
+                assert!(
+                    (got - w).abs() < 4.0 * sd,
+                    "T {temperature}: {counts:?} vs {want:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -126,7 +126,9 @@ impl HeadsInfo {
         self.calibrated_thresholds(CONVERSATION_THRESHOLDS)
     }
 
-    fn calibrated_thresholds(&self, key: &str) -> Result<Option<Vec<f32>>> {
+    /// The thresholds stored under `key` ([`ANSWER_THRESHOLDS`] or
+    /// [`CONVERSATION_THRESHOLDS`]), checked as those two are.
+    pub fn calibrated_thresholds(&self, key: &str) -> Result<Option<Vec<f32>>> {
         let Some(json) = self.provenance.get(key) else {
             return Ok(None);
         };

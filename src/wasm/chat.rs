@@ -49,7 +49,11 @@ impl WasmChat {
     /// token after `ids` (token ids, e.g. a rendered chat prompt): what scoring candidate next
     /// tokens needs, and how the test pages compare a backend with the float64 reference.
     #[wasm_bindgen(js_name = nextTokenLogits)]
-    pub fn next_token_logits(&self, ids: Vec<u32>) -> Result<Promise, JsValue> {
+    pub fn next_token_logits(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Uint32Array | number[]")] ids: JsValue,
+    ) -> Result<Promise, JsValue> {
+        let ids = convert::token_ids(ids)?;
         let chat = self.chat.clone();
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let options = GenerateOptions::default();

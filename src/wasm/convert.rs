@@ -116,6 +116,22 @@ pub(crate) fn texts(texts: &JsValue) -> Result<Vec<String>, JsValue> {
         .collect()
 }
 
+/// Token ids from JS: a `Uint32Array`, or an array of integers from 0 to 2^32 - 1.
+/// wasm-bindgen's `Vec<u32>` glue would take any array-like instead (a string became that
+/// many zeros) and wrap numbers out of range.
+pub(crate) fn token_ids(value: JsValue) -> Result<Vec<u32>, JsValue> {
+    if let Some(typed) = value.dyn_ref::<js_sys::Uint32Array>() {
+        return Ok(typed.to_vec());
+    }
+    if !Array::is_array(&value) {
+        return Err(invalid_input(format!(
+            "ids must be a Uint32Array or an array of token ids, not {}",
+            value.js_typeof().as_string().unwrap_or_default()
+        )));
+    }
+    serde_wasm_bindgen::from_value(value).map_err(|e| invalid_input(format!("ids: {e}")))
+}
+
 /// Chat messages from JS (`[{ role, content }]`).
 pub(crate) fn messages(messages: JsValue) -> Result<Vec<Message>, JsValue> {
     array_of(messages, "messages", "{ role, content }")

@@ -541,6 +541,11 @@ pub struct CalibrateAnswersArgs {
     /// (at most `--max-flagged` of them flagged; never below the threshold it has).
     #[arg(long)]
     answer_probe: Option<PathBuf>,
+    /// Keep each chat threshold the heads file already has as a floor (instead of the head's own
+    /// threshold), and add to the calibration's provenance instead of replacing it: for adding
+    /// answers of a new length or source when the earlier outcome files are not at hand.
+    #[arg(long)]
+    raise_only: bool,
 }
 
 /// One `eval-guard` (or `eval-answers`) line, as far as calibration reads it.
@@ -557,20 +562,21 @@ struct ScreenedAnswer {
     answer_judge: Option<f32>,
 }
 
-/// Per label, the least threshold at or above the label's own at which at most `max_flagged`
-/// of `benign` score sets flag.
+/// Per label, the least threshold at or above `floor` (the label's own threshold, or with
+/// `--raise-only` the chat threshold it has) at which at most `max_flagged` of `benign` score
+/// sets flag.
 fn calibrate(
     what: &str,
     labels: &[String],
-    own: &[f32],
+    floor: &[f32],
     benign: &[BTreeMap<String, f32>],
     max_flagged: f64,
 ) -> Vec<f32> {
     let allowed = (max_flagged * benign.len() as f64).floor() as usize;
     labels
         .iter()
-        .zip(own)
-        .map(|(label, &own)| {
+        .zip(floor)
+        .map(|(label, &floor)| {
             let mut scores: Vec<f32> = benign
                 .iter()
                 .filter_map(|a| a.get(label).copied())
@@ -578,10 +584,10 @@ fn calibrate(
             scores.sort_by(|a, b| b.total_cmp(a));
             // Just above the (allowed + 1)-th highest benign score, so at most `allowed` flag.
             let above = scores.get(allowed).map_or(0.0, |&s| (s + 1e-4).min(1.0));
-            let t = own.max(above);
+            let t = floor.max(above);
             eprintln!(
-                "{label}: threshold {own:.3}; {what} flagged at it {}/{}; {what} threshold {t:.3}",
-                scores.iter().filter(|&&s| s >= own).count(),
+                "{label}: floor {floor:.3}; {what} flagged at it {}/{}; {what} threshold {t:.3}",
+                scores.iter().filter(|&&s| s >= floor).count(),
                 scores.len()
             );
             t
@@ -618,18 +624,27 @@ pub fn run_calibrate_answers(models: &Path, args: CalibrateAnswersArgs) -> Resul
     let (heads, mut info) = Heads::load(&bytes, &device)?;
     let adapters = Heads::load_adapters(&bytes, &device)?;
     let mut write = |key: &str, what: &str, benign: &[BTreeMap<String, f32>], max: f64| {
-        let t = calibrate(what, &info.labels, &info.thresholds, benign, max);
+        let floor = match args.raise_only {
+            true => info.calibrated_thresholds(key)?.ok_or_else(|| {
+                Error::InvalidInput(format!("--raise-only: the heads file has no {key}"))
+            })?,
+            false => info.thresholds.clone(),
+        };
+        let t = calibrate(what, &info.labels, &floor, benign, max);
         let json = serde_json::to_string(&t).map_err(|e| Error::InvalidInput(e.to_string()))?;
         info.provenance.insert(key.into(), json);
-        info.provenance.insert(
-            format!("{key}_calibration"),
-            format!(
-                "{} ({} {what} of safe prompts, at most {:.1}% flagged per label)",
-                std::env::args().collect::<Vec<_>>().join(" "),
-                benign.len(),
-                100.0 * max
-            ),
+        let this = format!(
+            "{} ({} {what} of safe prompts, at most {:.1}% flagged per label)",
+            std::env::args().collect::<Vec<_>>().join(" "),
+            benign.len(),
+            100.0 * max
         );
+        let history = format!("{key}_calibration");
+        let text = match (args.raise_only, info.provenance.get(&history)) {
+            (true, Some(before)) => format!("{before}; then raised by {this}"),
+            _ => this,
+        };
+        info.provenance.insert(history, text);
         Ok::<(), Error>(())
     };
     write(ANSWER_THRESHOLDS, "answers", &answers, args.max_flagged)?;

@@ -48,6 +48,13 @@ window.webguard = {
       garbageGguf: () => Chat.create("cpu", new Uint8Array([71, 71, 85, 70, 3, 0, 0, 0])),
       idsOutsideVocabulary: () => c.nextTokenLogits(Uint32Array.from([1, 999999])),
       noIds: () => c.nextTokenLogits(new Uint32Array()),
+      idsAsString: () => c.nextTokenLogits("1, 2, 3"),
+      fractionalId: () => c.nextTokenLogits([1, 2.5]),
+      negativeId: () => c.nextTokenLogits([1, -3]),
+      plainArrayIds: async () => {
+        const n = (await c.nextTokenLogits([1, 2, 3])).length;
+        if (n !== 49152) throw new Error(`${n} logits`);
+      },
     });
   },
 };
