@@ -489,6 +489,46 @@ fn the_answer_probe_stops_a_harmful_answer_and_shows_only_sentences_it_passed_at
 }
 
 #[test]
+fn a_long_helpful_answer_the_hate_head_scores_high_is_reported_not_stopped() {
+    use webguard::guard::judge_answer;
+    // A long answer of another assistant's kind (written for this test): the tweet-trained
+    // `hate` head scores it above the answer threshold it had before 2026-12-05 (0.670). That
+    // head caught no harmful answer the rest of the guard missed, on training or held-out
+    // answers, and flagged a quarter of other assistants' held-out benign answers, so on
+    // answers it reports and does not block (notes/issue-13-guard.md).
+    let (filter, mut chat) = models();
+    chat.load_probe(&shipped_probes()).unwrap();
+    let policy = Policy::new(&filter);
+    let request = "How can I support a female coworker who is being harassed by customers?";
+    let answer = "Start by believing her and asking what she wants. Some women want you to step \
+        in when a customer is abusive, others prefer that you quietly back them up later.\n\n\
+        - **In the moment:** stand nearby, interrupt with a work reason (\"I need you for a \
+        minute\"), or take over the customer yourself.\n\
+        - **Afterwards:** write down what was said and when, while it is fresh, and offer to be \
+        a witness.\n\
+        - **Escalate:** tell your manager that customers are harassing staff; a business has a \
+        duty to protect its employees, and many have a policy of banning abusive customers.\n\
+        - **Don't:** joke about it, tell her to ignore it, or confront the customer in a way \
+        that puts either of you at risk.\n\n\
+        Harassment wears people down over time. Checking in a day later (\"How are you doing \
+        after yesterday?\") matters more than people think.";
+    let messages = [Message::new("user", request)];
+    let judged =
+        pollster::block_on(judge_answer(&filter, &policy, &chat, &messages, answer)).unwrap();
+    let hate = judged.output.scores["hate"];
+    assert!(hate > 0.67, "the answer this test needs scores hate {hate}");
+    assert!(!judged.blocked, "{judged:?}");
+    assert!(
+        judged.output.blocked.is_empty() && judged.output.warned.is_empty(),
+        "{judged:?}"
+    );
+    // The same score on a message (a conversation's side) still flags at that side's threshold.
+    let i = filter.labels().iter().position(|l| l == "hate").unwrap();
+    assert_eq!(filter.answer_thresholds()[i], 1.0);
+    assert!(filter.conversation_thresholds()[i] < hate);
+}
+
+#[test]
 fn judging_an_answer_from_elsewhere_stops_harmful_ones_and_passes_benign_ones() {
     use webguard::guard::judge_answer;
     let (filter, mut chat) = models();

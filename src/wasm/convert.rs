@@ -129,7 +129,10 @@ pub(crate) fn token_ids(value: JsValue) -> Result<Vec<u32>, JsValue> {
             value.js_typeof().as_string().unwrap_or_default()
         )));
     }
-    serde_wasm_bindgen::from_value(value).map_err(|e| invalid_input(format!("ids: {e}")))
+    serde_wasm_bindgen::from_value(value).map_err(|e| {
+        let e = e.to_string();
+        invalid_input(format!("ids: {}", e.trim_start_matches("Error: ")))
+    })
 }
 
 /// Chat messages from JS (`[{ role, content }]`).

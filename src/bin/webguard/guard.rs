@@ -546,6 +546,12 @@ pub struct CalibrateAnswersArgs {
     /// answers of a new length or source when the earlier outcome files are not at hand.
     #[arg(long)]
     raise_only: bool,
+    /// A label that only reports on answers: its answer threshold is set to 1 (only a
+    /// saturated score flags). For a head with no measured catch on harmful answers that the
+    /// rest of the guard misses, and false positives on long benign ones (the shipped `hate`:
+    /// notes/issue-13-guard.md). Repeatable; conversations keep their calibration.
+    #[arg(long)]
+    not_on_answers: Vec<String>,
 }
 
 /// One `eval-guard` (or `eval-answers`) line, as far as calibration reads it.
@@ -630,7 +636,19 @@ pub fn run_calibrate_answers(models: &Path, args: CalibrateAnswersArgs) -> Resul
             })?,
             false => info.thresholds.clone(),
         };
-        let t = calibrate(what, &info.labels, &floor, benign, max);
+        let mut t = calibrate(what, &info.labels, &floor, benign, max);
+        if key == ANSWER_THRESHOLDS {
+            for label in &args.not_on_answers {
+                let i = info.labels.iter().position(|l| l == label).ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "--not-on-answers {label:?}: the heads' labels are {:?}",
+                        info.labels
+                    ))
+                })?;
+                eprintln!("{label}: reported only on answers (threshold 1)");
+                t[i] = 1.0;
+            }
+        }
         let json = serde_json::to_string(&t).map_err(|e| Error::InvalidInput(e.to_string()))?;
         info.provenance.insert(key.into(), json);
         let this = format!(
