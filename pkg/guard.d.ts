@@ -388,6 +388,12 @@ export class Guard {
   /** The loaded chat probe, or null (turned off, or no chat model). */
   readonly chatProbe: ChatProbe | null;
   readonly policy: Record<string, Rule>;
+  /** Sets a label's threshold and/or action. A threshold set here applies everywhere the label
+   *  is judged: texts (classify), chat messages and the chat model's answers. Until a page sets
+   *  one, messages and answers use thresholds calibrated on the chat model's own requests and
+   *  long answers (higher than classify's, since the heads were trained on tweets), and `hate`
+   *  only reports on answers (it stopped benign long answers and caught no harmful one the
+   *  rest of the guard missed). */
   setRule(label: string, rule: Partial<Rule>): Promise<void>;
   classify(texts: string | string[]): Promise<Verdict[]>;
   /**
