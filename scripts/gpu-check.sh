@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with a GPU (or lavapipe): build, check the GPU engine's exactness, and print
 # decode/prefill tokens/s of the engine and of burn's path natively on Vulkan, with the
-# roofline bound (bytes read per decoded token / memory bandwidth) when the bandwidth is given.
+# roofline bound (bytes read per decoded token / memory bandwidth) when the bandwidth is given,
+# and the filter on the CPU, the GPU and `auto` (its measured route) at batches 1, 8 and 32.
 #
 #   scripts/gpu-check.sh [--bandwidth-gbs N] [--prompt-tokens N] [--new-tokens N]
 #                        [--profile-tokens N] [--prebuilt DIR] [--engine-only]
@@ -70,6 +71,14 @@ if [ "$profile" != 0 ]; then
   echo "== where a decoded token's time goes on the GPU ($profile tokens, one at a time)"
   "$webguard" bench chat --backends gpu --engine-only --models "$models" \
     --prompt-tokens "$prompt" --new-tokens 16 --profile-tokens "$profile"
+fi
+
+# The filter's `auto` (issue 14, item 3): which batch sizes it sends to the GPU, from its
+# load-time timing, beside the CPU and the GPU alone. Needs MiniLM in the models folder.
+if [ -d "$models/all-MiniLM-L6-v2" ]; then
+  echo "== bench filter (CPU, GPU, and auto's measured route)"
+  "$webguard" bench filter --backends cpu,gpu,auto --batches 1,8,32 --seconds 3 --models "$models" 2>&1 |
+    grep -v XDG_RUNTIME_DIR || echo "FAILED: bench filter"
 fi
 
 # The roofline: a decoded token reads every weight once (the engine's weight bytes) plus the
