@@ -115,39 +115,6 @@ impl DecodeLayout {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::DecodeLayout::{RowPerInvocation, SplitRows};
-    use super::*;
-
-    #[test]
-    fn software_adapters_decode_one_row_per_invocation_and_gpus_split_rows() {
-        // Names as wgpu reports them natively, and as a browser's adapter info gives them.
-        let cases = [
-            ("llvmpipe (LLVM 15.0.6, 256 bits)", "Cpu", RowPerInvocation),
-            ("SwiftShader Device", "Other", RowPerInvocation),
-            ("Google SwiftShader", "Other", RowPerInvocation),
-            ("Microsoft Basic Render Driver", "Other", RowPerInvocation),
-            ("NVIDIA H200", "DiscreteGpu", SplitRows),
-            ("Apple M2", "IntegratedGpu", SplitRows),
-            (
-                "ANGLE (Intel, Intel(R) UHD Graphics 620)",
-                "Other",
-                SplitRows,
-            ),
-        ];
-        for (name, kind, want) in cases {
-            assert_eq!(
-                DecodeLayout::for_adapter(name, kind),
-                want,
-                "{name} ({kind})"
-            );
-        }
-        assert_eq!(RowPerInvocation.split(), 1);
-        assert_eq!(SplitRows.split(), 8);
-    }
-}
-
 /// Most candidates [`Engine::top_candidates`] computes: sampling with a wider top-k, or a
 /// nucleus (top-p) that needs more tokens, reads the whole row back instead.
 pub const MAX_TOP_CANDIDATES: usize = 64;
@@ -250,5 +217,38 @@ mod without_webgpu {
         pub fn picked(&self) -> Option<u32> {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecodeLayout::{RowPerInvocation, SplitRows};
+    use super::*;
+
+    #[test]
+    fn software_adapters_decode_one_row_per_invocation_and_gpus_split_rows() {
+        // Names as wgpu reports them natively, and as a browser's adapter info gives them.
+        let cases = [
+            ("llvmpipe (LLVM 15.0.6, 256 bits)", "Cpu", RowPerInvocation),
+            ("SwiftShader Device", "Other", RowPerInvocation),
+            ("Google SwiftShader", "Other", RowPerInvocation),
+            ("Microsoft Basic Render Driver", "Other", RowPerInvocation),
+            ("NVIDIA H200", "DiscreteGpu", SplitRows),
+            ("Apple M2", "IntegratedGpu", SplitRows),
+            (
+                "ANGLE (Intel, Intel(R) UHD Graphics 620)",
+                "Other",
+                SplitRows,
+            ),
+        ];
+        for (name, kind, want) in cases {
+            assert_eq!(
+                DecodeLayout::for_adapter(name, kind),
+                want,
+                "{name} ({kind})"
+            );
+        }
+        assert_eq!(RowPerInvocation.split(), 1);
+        assert_eq!(SplitRows.split(), 8);
     }
 }
