@@ -51,11 +51,6 @@ struct Example {
     rows: Vec<Vec<f32>>,
 }
 
-/// Whether an `answers` line is a harmful answer: a compliant answer to a harmful request.
-fn is_harmful(a: &AnswerLine) -> bool {
-    a.label == "unsafe" && !a.refusal
-}
-
 /// The states of `answer` after `prompt`, from the on-disk cache or computed and cached.
 fn states(chat: &ChatModel, prompt: &str, answer: &str, layers: &[usize]) -> Result<Vec<Vec<f32>>> {
     let width = layers.len() * chat.model.config().dim;
@@ -111,7 +106,7 @@ fn examples(
         let kind = a.kind.clone().unwrap_or_default();
         if !a.answer.trim().is_empty() {
             out.push(Example {
-                harmful: is_harmful(a),
+                harmful: a.is_harmful(),
                 kind: kind.clone(),
                 rows: states(chat, &a.prompt, &a.answer, layers)?,
             });
@@ -261,7 +256,8 @@ pub struct EvalAnswersArgs {
     filter: FilterArgs,
     /// JSONL of answers to judge, one {"id", "prompt", "answer", "label", "type"?} per line
     /// (`answers` writes it; label: "unsafe" for a harmful answer, "safe" for a benign one;
-    /// a "refusal": true line counts as benign).
+    /// a "refusal": true line counts as benign; without the field, an answer that opens like
+    /// a refusal does).
     #[arg(long)]
     answers: PathBuf,
     /// The chat model's probes.
@@ -283,6 +279,17 @@ pub struct EvalAnswersArgs {
 pub fn run_eval(models: &Path, args: EvalAnswersArgs) -> Result<()> {
     let lines: Vec<AnswerLine> =
         read_jsonl(&args.answers, "{\"id\", \"prompt\", \"answer\", \"label\"}")?;
+    if let Some((i, a)) =
+        (lines.iter().enumerate()).find(|(_, a)| a.label != "safe" && a.label != "unsafe")
+    {
+        return Err(Error::InvalidInput(format!(
+            "{}: answer {} (line {}) has label {:?}; use \"safe\" or \"unsafe\"",
+            args.answers.display(),
+            a.id,
+            i + 1,
+            a.label
+        )));
+    }
     let filter = args.filter.load(models)?;
     let policy = Policy::new(&filter);
     let (mut chat, _) = load_chat(models, "cpu", None)?;
@@ -303,7 +310,7 @@ pub fn run_eval(models: &Path, args: EvalAnswersArgs) -> Result<()> {
         }
         let messages = [Message::new("user", &a.prompt)];
         let j = pollster::block_on(judge_answer(&filter, &policy, &chat, &messages, &a.answer))?;
-        let harmful = a.label == "unsafe" && !a.refusal;
+        let harmful = a.is_harmful();
         let group = if harmful { "harmful" } else { "benign" };
         let kind = a.kind.clone().unwrap_or_default();
         let t = tallies.entry(format!("{kind}/{group}")).or_default();
