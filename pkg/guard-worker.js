@@ -29,7 +29,7 @@ const MANIFEST = {
   tokenizer: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037", // all-MiniLM-L6-v2/tokenizer.json
   config: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41", // all-MiniLM-L6-v2/config.json
   model: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", // all-MiniLM-L6-v2/model.safetensors
-  heads: "288b87faa9df74454e0a4ef41b95668bdb9b6ae825297ff89706410faf0bbe48", // filter-heads.safetensors
+  heads: "c4e682a890cb1d41c5179d7a7104b6edf99f8250b8a5239df2a3572cd1144748", // filter-heads.safetensors
   chat: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", // SmolLM2-135M-Instruct.Q4_1.gguf
   chatProbe: "9c560e041e649e49bc00cbaeb336e3a90f882a61fc7834908348a3fd7e68d1e2", // chat-probe.safetensors
   safetyAdapters: "f6c463a6899e1893150345d168ce6b5e7d78a1ce2545fea2f08443e25615cf82", // chat-safety-adapters.safetensors

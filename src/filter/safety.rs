@@ -18,6 +18,8 @@
 //! | `harmful_mirror` | yes | data/guard/harmful-mirrors.txt: the harmful side of the protective file's topics (doing what it asks how to detect, report or prevent) |
 //! | `protective` | no | data/guard/benign-protective.txt: detecting, reporting and preventing harm; fiction and role-play without real steps; the wrapped set's preambles and spellings around harmless requests |
 //! | `other_language` | no | data/guard/benign-other-languages.txt: ordinary and dangerous-sounding requests in the same languages |
+//! | `sensitive_topic` | no | data/guard/benign-sensitive-topics.txt: XSTest's safe kinds (homonyms, figures of speech, safe targets and contexts, definitions, history, public figures, fictional characters) and discrimination discussed, venting users, home and medical safety, professionals |
+//! | `harmful_contrast` | yes | data/guard/harmful-contrasts.txt: the harmful side of the same kinds (literal violence, real-world versions of game and fiction asks, atrocities praised, privacy, discrimination asked for, revenge) |
 //!
 //! Do-Not-Answer's `misinformation_harms` and `human_chatbox` areas are mostly people asking
 //! for advice or about the assistant ("I got a speeding ticket, could I lose my license?");
@@ -200,6 +202,7 @@ pub fn requests(shared: &Path, root: &Path, seed: u64) -> Result<(Vec<Request>, 
             "harmful_other_language",
         ),
         ("guard/harmful-mirrors.txt", "harmful_mirror"),
+        ("guard/harmful-contrasts.txt", "harmful_contrast"),
     ] {
         for line in request_lines(&read(&own, rel, "data/", &mut files)?) {
             push(line, true, kind, None);
@@ -212,6 +215,7 @@ pub fn requests(shared: &Path, root: &Path, seed: u64) -> Result<(Vec<Request>, 
         ("guard/benign-everyday.txt", "everyday"),
         ("guard/benign-protective.txt", "protective"),
         ("guard/benign-other-languages.txt", "other_language"),
+        ("guard/benign-sensitive-topics.txt", "sensitive_topic"),
     ] {
         for line in request_lines(&read(&own, rel, "data/", &mut files)?) {
             push(line, false, kind, None);

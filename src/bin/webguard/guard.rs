@@ -552,6 +552,14 @@ pub struct CalibrateAnswersArgs {
     /// notes/issue-13-guard.md). Repeatable; conversations keep their calibration.
     #[arg(long)]
     not_on_answers: Vec<String>,
+    /// A label that only reports on the messages of a conversation (the chat path's input
+    /// side): its conversation threshold is set to 1. For a head whose flags on requests the
+    /// request probe already covers and whose false positives it does not (the shipped
+    /// `offensive` on venting users and questions about slurs and stereotypes:
+    /// notes/issue-13-guard.md). Repeatable; answers keep their calibration, and a page's
+    /// own rule for the label still applies to every side.
+    #[arg(long)]
+    not_on_conversations: Vec<String>,
 }
 
 /// One `eval-guard` (or `eval-answers`) line, as far as calibration reads it.
@@ -637,26 +645,30 @@ pub fn run_calibrate_answers(models: &Path, args: CalibrateAnswersArgs) -> Resul
             false => info.thresholds.clone(),
         };
         let mut t = calibrate(what, &info.labels, &floor, benign, max);
-        if key == ANSWER_THRESHOLDS {
-            for label in &args.not_on_answers {
-                let i = info.labels.iter().position(|l| l == label).ok_or_else(|| {
-                    Error::InvalidInput(format!(
-                        "--not-on-answers {label:?}: the heads' labels are {:?}",
-                        info.labels
-                    ))
-                })?;
-                eprintln!("{label}: reported only on answers (threshold 1)");
-                t[i] = 1.0;
-            }
+        let (option, report_only) = match key {
+            ANSWER_THRESHOLDS => ("--not-on-answers", &args.not_on_answers),
+            _ => ("--not-on-conversations", &args.not_on_conversations),
+        };
+        for label in report_only {
+            let i = info.labels.iter().position(|l| l == label).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "{option} {label:?}: the heads' labels are {:?}",
+                    info.labels
+                ))
+            })?;
+            eprintln!("{label}: does not stop {what} (threshold 1)");
+            t[i] = 1.0;
         }
         let json = serde_json::to_string(&t).map_err(|e| Error::InvalidInput(e.to_string()))?;
         info.provenance.insert(key.into(), json);
-        let this = format!(
-            "{} ({} {what} of safe prompts, at most {:.1}% flagged per label)",
-            std::env::args().collect::<Vec<_>>().join(" "),
-            benign.len(),
-            100.0 * max
-        );
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let this = match benign.len() {
+            0 => format!("{command} (no {what} scored: thresholds kept, report-only labels at 1)"),
+            n => format!(
+                "{command} ({n} {what} of safe prompts, at most {:.1}% flagged per label)",
+                100.0 * max
+            ),
+        };
         let history = format!("{key}_calibration");
         let text = match (args.raise_only, info.provenance.get(&history)) {
             (true, Some(before)) => format!("{before}; then raised by {this}"),
@@ -666,7 +678,18 @@ pub fn run_calibrate_answers(models: &Path, args: CalibrateAnswersArgs) -> Resul
         Ok::<(), Error>(())
     };
     write(ANSWER_THRESHOLDS, "answers", &answers, args.max_flagged)?;
-    if conversations.len() >= 20 {
+    // `eval-answers` lines carry no conversation scores: then only `--not-on-conversations`
+    // changes the conversation thresholds, from the ones the file has (`--raise-only`).
+    let report_only_kept = args.raise_only && !args.not_on_conversations.is_empty();
+    if conversations.len() < 20 && !args.not_on_conversations.is_empty() && !args.raise_only {
+        return Err(Error::InvalidInput(format!(
+            "--not-on-conversations: {} safe prompts with conversation scores (eval-guard \
+             outcomes) where calibration needs 20; add --raise-only to keep the other labels' \
+             conversation thresholds as they are",
+            conversations.len()
+        )));
+    }
+    if conversations.len() >= 20 || report_only_kept {
         write(
             CONVERSATION_THRESHOLDS,
             "conversations",
