@@ -391,9 +391,10 @@ export class Guard {
   /** Sets a label's threshold and/or action. A threshold set here applies everywhere the label
    *  is judged: texts (classify), chat messages and the chat model's answers. Until a page sets
    *  one, messages and answers use thresholds calibrated on the chat model's own requests and
-   *  long answers (higher than classify's, since the heads were trained on tweets), and `hate`
+   *  long answers (higher than classify's, since the heads were trained on tweets); `hate`
    *  only reports on answers (it stopped benign long answers and caught no harmful one the
-   *  rest of the guard missed). */
+   *  rest of the guard missed), and `offensive` only reports on chat messages (it stopped
+   *  venting users and questions about stereotypes; harmful requests are the chat probe's). */
   setRule(label: string, rule: Partial<Rule>): Promise<void>;
   classify(texts: string | string[]): Promise<Verdict[]>;
   /**

@@ -19,7 +19,7 @@ use webguard::tune::refusals::REFUSALS;
 use webguard::{ChatModel, Error, Result, SMOLLM2_GGUF};
 
 use crate::answers::AnswerLine;
-use crate::common::{Progress, read, read_jsonl};
+use crate::common::{Progress, check_safe_or_unsafe, read, read_jsonl};
 use crate::models::{FilterArgs, load_chat};
 use crate::train_probe::ProbeFitArgs;
 
@@ -279,17 +279,11 @@ pub struct EvalAnswersArgs {
 pub fn run_eval(models: &Path, args: EvalAnswersArgs) -> Result<()> {
     let lines: Vec<AnswerLine> =
         read_jsonl(&args.answers, "{\"id\", \"prompt\", \"answer\", \"label\"}")?;
-    if let Some((i, a)) =
-        (lines.iter().enumerate()).find(|(_, a)| a.label != "safe" && a.label != "unsafe")
-    {
-        return Err(Error::InvalidInput(format!(
-            "{}: answer {} (line {}) has label {:?}; use \"safe\" or \"unsafe\"",
-            args.answers.display(),
-            a.id,
-            i + 1,
-            a.label
-        )));
-    }
+    check_safe_or_unsafe(
+        &args.answers,
+        "answer",
+        lines.iter().map(|a| (&a.id, a.label.as_str())),
+    )?;
     let filter = args.filter.load(models)?;
     let policy = Policy::new(&filter);
     let (mut chat, _) = load_chat(models, "cpu", None)?;

@@ -47,6 +47,24 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, shape: &str) -> R
         .collect()
 }
 
+/// An error naming the first of a labelled file's lines (`lines`: each one's id and label, in
+/// order; `what`: "prompt" or "answer") whose label is neither "safe" nor "unsafe".
+pub fn check_safe_or_unsafe<'a>(
+    path: &Path,
+    what: &str,
+    lines: impl IntoIterator<Item = (&'a serde_json::Value, &'a str)>,
+) -> Result<()> {
+    let bad = (lines.into_iter().enumerate()).find(|(_, (_, l))| *l != "safe" && *l != "unsafe");
+    match bad {
+        Some((i, (id, label))) => Err(Error::InvalidInput(format!(
+            "{}: {what} {id} (line {}) has label {label:?}; use \"safe\" or \"unsafe\"",
+            path.display(),
+            i + 1
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The texts given as arguments, or each line of stdin when there are none.
 pub fn texts_or_stdin(texts: Vec<String>) -> Vec<String> {
     if texts.is_empty() {
@@ -222,5 +240,22 @@ fn fmt_secs(s: f64) -> String {
         format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
     } else {
         format!("{s:.0}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_other_than_safe_or_unsafe_is_an_error_naming_its_line() {
+        let path = Path::new("prompts.jsonl");
+        let (a, b) = (serde_json::json!("a"), serde_json::json!(7));
+        assert!(check_safe_or_unsafe(path, "prompt", [(&a, "safe"), (&b, "unsafe")]).is_ok());
+        let err = check_safe_or_unsafe(path, "answer", [(&a, "safe"), (&b, "Unsafe")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prompts.jsonl: answer 7 (line 2)"), "{err}");
+        assert!(err.contains("\"Unsafe\""), "{err}");
     }
 }

@@ -14,7 +14,7 @@ use webguard::text::chat_template::Message;
 use webguard::text::refusal::is_refusal;
 use webguard::{ChatModel, Error, Filter, Result};
 
-use crate::common::{Progress, read, read_jsonl};
+use crate::common::{Progress, check_safe_or_unsafe, read, read_jsonl};
 use crate::models::{FilterArgs, load_chat};
 
 /// The chat side of a moderated turn.
@@ -357,19 +357,11 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    if let Some((i, p)) = prompts
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p.label != "safe" && p.label != "unsafe")
-    {
-        return Err(Error::InvalidInput(format!(
-            "{}: prompt {} (line {}) has label {:?}; use \"safe\" or \"unsafe\"",
-            args.prompts.display(),
-            p.id,
-            i + 1,
-            p.label
-        )));
-    }
+    check_safe_or_unsafe(
+        &args.prompts,
+        "prompt",
+        prompts.iter().map(|p| (&p.id, p.label.as_str())),
+    )?;
     let pipeline = Pipeline::load(models, &args.filter, &args.answer)?;
     let mut lines = match &args.out {
         Some(path) => Some(std::io::BufWriter::new(
