@@ -45,8 +45,10 @@ pub struct ChatModel {
 /// The default [`ChatModel::safety_adapters_from`], chosen on the validation split
 /// (notes/issue-13-guard.md): requests scored this high that the probe lets through are
 /// answered by the safety adapters, which refuse most harmful ones; few safe requests score
-/// this high, so few pay for their over-refusal.
-pub const SAFETY_ADAPTERS_FROM: f32 = 0.6;
+/// this high, so few pay for their over-refusal. It sits as far below the shipped request
+/// probe's threshold (0.506) as the first choice, 0.6, sat below the threshold of its time
+/// (0.658): a probe refitted with another threshold moves it.
+pub const SAFETY_ADAPTERS_FROM: f32 = 0.45;
 
 /// What [`ChatModel::fit_context`] keeps of a conversation.
 #[derive(Debug, Clone, PartialEq)]

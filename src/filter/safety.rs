@@ -20,6 +20,8 @@
 //! | `other_language` | no | data/guard/benign-other-languages.txt: ordinary and dangerous-sounding requests in the same languages |
 //! | `sensitive_topic` | no | data/guard/benign-sensitive-topics.txt: XSTest's safe kinds (homonyms, figures of speech, safe targets and contexts, definitions, history, public figures, fictional characters) and discrimination discussed, venting users, home and medical safety, professionals |
 //! | `harmful_contrast` | yes | data/guard/harmful-contrasts.txt: the harmful side of the same kinds (literal violence, real-world versions of game and fiction asks, atrocities praised, privacy, discrimination asked for, revenge) |
+//! | `harmful_informal` | yes | data/guard/harmful-informal.txt: slang and typos, self-harm and suicide (plain, euphemistic, clinical), German, Italian, Portuguese, Dutch and Spanish, purpose implied in everyday words, persona jailbreaks, authority wrappers, hypotheticals asking for real steps, stated intent against a person or animal |
+//! | `informal` | no | data/guard/benign-informal.txt: the harmless counterpart of each of those lines, in the same style and on the same topic (seeking help, reporting, role-play without harm, conflicts resolved) |
 //!
 //! Do-Not-Answer's `misinformation_harms` and `human_chatbox` areas are mostly people asking
 //! for advice or about the assistant ("I got a speeding ticket, could I lose my license?");
@@ -203,6 +205,7 @@ pub fn requests(shared: &Path, root: &Path, seed: u64) -> Result<(Vec<Request>, 
         ),
         ("guard/harmful-mirrors.txt", "harmful_mirror"),
         ("guard/harmful-contrasts.txt", "harmful_contrast"),
+        ("guard/harmful-informal.txt", "harmful_informal"),
     ] {
         for line in request_lines(&read(&own, rel, "data/", &mut files)?) {
             push(line, true, kind, None);
@@ -216,6 +219,7 @@ pub fn requests(shared: &Path, root: &Path, seed: u64) -> Result<(Vec<Request>, 
         ("guard/benign-protective.txt", "protective"),
         ("guard/benign-other-languages.txt", "other_language"),
         ("guard/benign-sensitive-topics.txt", "sensitive_topic"),
+        ("guard/benign-informal.txt", "informal"),
     ] {
         for line in request_lines(&read(&own, rel, "data/", &mut files)?) {
             push(line, false, kind, None);

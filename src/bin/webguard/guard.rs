@@ -241,10 +241,16 @@ pub struct Turn {
 }
 
 impl LabelledPrompt {
-    /// The conversation to answer, or why the line cannot be one.
+    /// The conversation to answer (behind `--system`), or why the line cannot be one.
     fn conversation(&self, answer: &AnswerArgs) -> std::result::Result<Vec<Message>, String> {
+        self.turns().map(|turns| answer.conversation(turns))
+    }
+
+    /// The line's turns as given (a `prompt` is one user turn), or why they cannot be a
+    /// conversation to answer.
+    pub fn turns(&self) -> std::result::Result<Vec<Message>, String> {
         match (&self.prompt, &self.messages) {
-            (Some(p), None) => Ok(answer.messages(p)),
+            (Some(p), None) => Ok(vec![Message::new("user", p)]),
             (None, Some(turns)) => {
                 if let Some(t) = turns
                     .iter()
@@ -255,12 +261,10 @@ impl LabelledPrompt {
                 if turns.last().is_none_or(|t| t.role != "user") {
                     return Err("\"messages\" must end with a user turn".into());
                 }
-                Ok(answer.conversation(
-                    turns
-                        .iter()
-                        .map(|t| Message::new(&t.role, &t.content))
-                        .collect(),
-                ))
+                Ok(turns
+                    .iter()
+                    .map(|t| Message::new(&t.role, &t.content))
+                    .collect())
             }
             _ => Err("give either \"prompt\" or \"messages\"".into()),
         }

@@ -62,6 +62,17 @@ pub struct TrainProbeArgs {
     /// `val,held-out` (the training split's states are the slow part of a first run).
     #[arg(long, value_delimiter = ',', requires = "evaluate")]
     splits: Vec<String>,
+    /// Also report on these labelled prompts (`eval-guard --prompts` lines: a `prompt`, or
+    /// `messages` judged as the guard does, the higher of the conversation's score and the last
+    /// user message's alone), at the chosen threshold, by `type`: development sets of other
+    /// authors, kept out of the training data. Their states are cached with the others.
+    #[arg(long)]
+    dev_prompts: Vec<PathBuf>,
+    /// Write every validation and `--dev-prompts` example's score here (JSONL: set, kind,
+    /// form, label, score under the guard's rule), to compare probes at other thresholds. The
+    /// held-out split is left out, so choosing from this file cannot read it.
+    #[arg(long)]
+    scores_out: Option<PathBuf>,
 }
 
 /// How a probe is fitted and its threshold chosen (shared with `train-answer-probe`).
@@ -77,6 +88,11 @@ pub struct ProbeFitArgs {
     /// threshold.
     #[arg(long, default_value_t = 0.02)]
     max_false_positives: f64,
+    /// Write this threshold instead of the one `--max-false-positives` gives (a choice made
+    /// on more than the validation split, such as development sets of other authors; the
+    /// notes say why).
+    #[arg(long, conflicts_with = "max_false_positives", value_parser = parse_score)]
+    threshold: Option<f32>,
 }
 
 impl ProbeFitArgs {
@@ -92,6 +108,9 @@ impl ProbeFitArgs {
     /// The lowest threshold at which at most `--max-false-positives` of the validation
     /// split's safe examples flag (`val`: score and whether the example is harmful).
     pub fn threshold(&self, val: &[(f32, bool)]) -> f32 {
+        if let Some(t) = self.threshold {
+            return t;
+        }
         let safe: Vec<f32> = val.iter().filter(|(_, h)| !h).map(|(s, _)| *s).collect();
         let mut candidates: Vec<f32> = val.iter().map(|(s, _)| *s).collect();
         candidates.sort_by(f32::total_cmp);
@@ -104,6 +123,14 @@ impl ProbeFitArgs {
             })
             .unwrap_or(0.5)
             .clamp(0.0, 1.0)
+    }
+}
+
+/// A score a probe can give: 0 to 1.
+fn parse_score(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
+        _ => Err(format!("{s:?} is not a score from 0 to 1")),
     }
 }
 
@@ -256,13 +283,8 @@ fn states(
     all: &[Example],
     exchanges: &[Exchange],
     layers: &[usize],
-    cache: PathBuf,
+    cache: &mut StateCache,
 ) -> Result<Vec<Vec<f32>>> {
-    let width = layers.len() * chat.model.config().dim;
-    if let Some(dir) = cache.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let mut cache = StateCache::open(cache, width)?;
     let keys: Vec<String> = all.iter().map(|e| e.key(exchanges)).collect();
     let mut missing: Vec<(&Example, &String)> = all
         .iter()
@@ -488,7 +510,12 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
                 .join(".cache/webguard/probe-states")
         })
         .join(format!("{key}.rows"));
-    let rows = states(&chat, &all, &exchanges, &layers, cache)?;
+    if let Some(dir) = cache.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut cache = StateCache::open(cache, layers.len() * chat.model.config().dim)?;
+    let rows = states(&chat, &all, &exchanges, &layers, &mut cache)?;
+    let dev = dev_sets(&chat, &args.dev_prompts, &layers, &mut cache)?;
     let pick = |split: Split| -> (Vec<Vec<f32>>, Vec<bool>) {
         all.iter()
             .zip(&rows)
@@ -513,6 +540,10 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         }
         let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
         eprint!("{}", report(&all, &exchanges, &scores, probe.threshold).0);
+        eprint!("{}", dev_report(&dev, &probe)?);
+        if let Some(out) = &args.scores_out {
+            write_scores(out, &all, &scores, &dev, &probe)?;
+        }
         return Ok(());
     }
     let (train_x, train_y) = pick(Split::Train);
@@ -538,6 +569,10 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     probe.threshold = threshold;
     let (report, figures) = report(&all, &exchanges, &scores, threshold);
     eprint!("{report}");
+    eprint!("{}", dev_report(&dev, &probe)?);
+    if let Some(out) = &args.scores_out {
+        write_scores(out, &all, &scores, &dev, &probe)?;
+    }
     let files: BTreeMap<_, _> = files.into_iter().collect();
     probe.provenance.insert(
         "command".into(),
@@ -570,4 +605,149 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     std::fs::write(&args.out, bytes).map_err(|e| Error::io(&args.out, e))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// One line of a `--dev-prompts` file, with the states the guard's rule reads: the
+/// conversation's, and for a conversation of more than the last user message, that message's
+/// alone too.
+struct DevExample {
+    label: String,
+    kind: String,
+    states: Vec<Vec<f32>>,
+}
+
+/// The `--dev-prompts` files' examples (states from the cache, the missing ones computed).
+fn dev_sets(
+    chat: &ChatModel,
+    files: &[PathBuf],
+    layers: &[usize],
+    cache: &mut StateCache,
+) -> Result<Vec<(PathBuf, Vec<DevExample>)>> {
+    let mut out = Vec::new();
+    for path in files {
+        let lines: Vec<crate::guard::LabelledPrompt> =
+            crate::common::read_jsonl(path, "{\"id\", \"prompt\" or \"messages\", \"label\"}")?;
+        crate::common::check_safe_or_unsafe(
+            path,
+            "prompt",
+            lines.iter().map(|l| (&l.id, l.label.as_str())),
+        )?;
+        let mut examples = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let messages = line.turns().map_err(|why| {
+                Error::InvalidInput(format!("{}:{}: {why}", path.display(), i + 1))
+            })?;
+            let last = messages
+                .last()
+                .expect("messages end with a user turn")
+                .clone();
+            let mut forms = vec![messages.clone()];
+            if messages.len() > 1 {
+                forms.push(vec![last]);
+            }
+            let mut states = Vec::new();
+            for form in forms {
+                // The same key as a request alone in the training data when it is one.
+                let key = match &form[..] {
+                    [only] => only.content.clone(),
+                    _ => form
+                        .iter()
+                        .map(|m| format!("{}\0{}", m.role, m.content))
+                        .collect::<Vec<_>>()
+                        .join("\0"),
+                };
+                let k = StateCache::key(&key);
+                if !cache.rows.contains_key(&k) {
+                    let ids = chat.prompt_ids(&form)?;
+                    let row = pollster::block_on(chat.prompt_states(&ids, layers))?;
+                    cache.append(&key, row)?;
+                }
+                states.push(cache.rows[&k].clone());
+            }
+            examples.push(DevExample {
+                label: line.label.clone(),
+                kind: line.kind.clone().unwrap_or_default(),
+                states,
+            });
+        }
+        out.push((path.clone(), examples));
+    }
+    Ok(out)
+}
+
+/// The guard's score of a development example: the highest of its forms'.
+fn dev_score(e: &DevExample, probe: &StateProbe) -> Result<f32> {
+    let mut score = f32::MIN;
+    for s in &e.states {
+        score = score.max(probe.score(s)?);
+    }
+    Ok(score)
+}
+
+/// `--scores-out`: one JSON line per validation example (under the guard's rule) and per
+/// development example (with each of its forms' own scores: the conversation's, then the last
+/// message's alone).
+fn write_scores(
+    out: &Path,
+    all: &[Example],
+    scores: &[f32],
+    dev: &[(PathBuf, Vec<DevExample>)],
+    probe: &StateProbe,
+) -> Result<()> {
+    let mut rows = Vec::new();
+    for (e, s) in all.iter().zip(either_form(all, scores)) {
+        if e.request.split == Split::Val {
+            let label = if e.request.harmful { "unsafe" } else { "safe" };
+            let form = e.list.map_or("alone", |l| l.label());
+            rows.push(
+                serde_json::json!({"set": "val", "kind": e.request.kind, "form": form,
+                "label": label, "score": s}),
+            );
+        }
+    }
+    for (path, examples) in dev {
+        for e in examples {
+            let forms: Vec<f32> = (e.states.iter())
+                .map(|s| probe.score(s))
+                .collect::<Result<_>>()?;
+            rows.push(
+                serde_json::json!({"set": path.display().to_string(), "kind": e.kind,
+                "form": "as given", "label": e.label, "score": dev_score(e, probe)?,
+                "forms": forms}),
+            );
+        }
+    }
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(out, text).map_err(|e| Error::io(out, e))
+}
+
+/// Flagged per (type, label) of each development set at the probe's threshold.
+fn dev_report(dev: &[(PathBuf, Vec<DevExample>)], probe: &StateProbe) -> Result<String> {
+    let mut report = String::new();
+    for (path, examples) in dev {
+        let mut rows: Counts = BTreeMap::new();
+        for e in examples {
+            let flagged = usize::from(dev_score(e, probe)? >= probe.threshold);
+            for key in [
+                format!("{}/{}", e.kind, e.label),
+                format!("all/{}", e.label),
+            ] {
+                let r = rows.entry(key).or_default();
+                r.0 += flagged;
+                r.1 += 1;
+            }
+        }
+        report.push_str(&format!(
+            "dev {} (flagged / prompts at threshold {:.3}):\n",
+            path.display(),
+            probe.threshold
+        ));
+        for (k, (flagged, n)) in &rows {
+            report.push_str(&format!(
+                "  {k:<52} {flagged:>4} / {n:<4} {:>5.1}%\n",
+                100.0 * *flagged as f64 / (*n).max(1) as f64
+            ));
+        }
+    }
+    Ok(report)
 }
