@@ -406,6 +406,17 @@ fn either_form(all: &[Example], scores: &[f32]) -> Vec<f32> {
 
 type Figures = HashMap<String, Counts>;
 
+/// Appends `title` and one line per row (flagged / total, percent) to `report`.
+fn push_table(report: &mut String, title: &str, rows: &Counts) {
+    report.push_str(title);
+    for (k, (flagged, n)) in rows {
+        report.push_str(&format!(
+            "  {k:<52} {flagged:>4} / {n:<4} {:>5.1}%\n",
+            100.0 * *flagged as f64 / (*n).max(1) as f64
+        ));
+    }
+}
+
 /// The report of every split by kind, then by form and by exchange for validation and
 /// held-out; and the by-kind figures kept in the probe's provenance.
 fn report(
@@ -416,15 +427,7 @@ fn report(
 ) -> (String, Figures) {
     let mut report = String::new();
     let mut figures = HashMap::new();
-    let mut table = |title: String, rows: &Counts| {
-        report.push_str(&title);
-        for (k, (flagged, n)) in rows {
-            report.push_str(&format!(
-                "  {k:<52} {flagged:>4} / {n:<4} {:>5.1}%\n",
-                100.0 * *flagged as f64 / (*n).max(1) as f64
-            ));
-        }
-    };
+    let mut table = |title: String, rows: &Counts| push_table(&mut report, &title, rows);
     // The guard's rule for conversations with earlier turns: the last user message is also
     // judged alone, and either judgement blocks.
     let either = either_form(all, scores);
@@ -637,13 +640,9 @@ fn dev_sets(
             let messages = line.turns().map_err(|why| {
                 Error::InvalidInput(format!("{}:{}: {why}", path.display(), i + 1))
             })?;
-            let last = messages
-                .last()
-                .expect("messages end with a user turn")
-                .clone();
             let mut forms = vec![messages.clone()];
-            if messages.len() > 1 {
-                forms.push(vec![last]);
+            if let [_, .., last] = &messages[..] {
+                forms.push(vec![last.clone()]);
             }
             let mut states = Vec::new();
             for form in forms {
@@ -675,13 +674,14 @@ fn dev_sets(
     Ok(out)
 }
 
-/// The guard's score of a development example: the highest of its forms'.
-fn dev_score(e: &DevExample, probe: &StateProbe) -> Result<f32> {
-    let mut score = f32::MIN;
-    for s in &e.states {
-        score = score.max(probe.score(s)?);
-    }
-    Ok(score)
+/// A development example's score per form (the conversation's, then the last message's
+/// alone) and the guard's score of it, the highest of them.
+fn dev_scores(e: &DevExample, probe: &StateProbe) -> Result<(Vec<f32>, f32)> {
+    let forms: Vec<f32> = (e.states.iter())
+        .map(|s| probe.score(s))
+        .collect::<Result<_>>()?;
+    let score = forms.iter().copied().fold(f32::MIN, f32::max);
+    Ok((forms, score))
 }
 
 /// `--scores-out`: one JSON line per validation example (under the guard's rule) and per
@@ -707,13 +707,10 @@ fn write_scores(
     }
     for (path, examples) in dev {
         for e in examples {
-            let forms: Vec<f32> = (e.states.iter())
-                .map(|s| probe.score(s))
-                .collect::<Result<_>>()?;
+            let (forms, score) = dev_scores(e, probe)?;
             rows.push(
                 serde_json::json!({"set": path.display().to_string(), "kind": e.kind,
-                "form": "as given", "label": e.label, "score": dev_score(e, probe)?,
-                "forms": forms}),
+                "form": "as given", "label": e.label, "score": score, "forms": forms}),
             );
         }
     }
@@ -727,7 +724,7 @@ fn dev_report(dev: &[(PathBuf, Vec<DevExample>)], probe: &StateProbe) -> Result<
     for (path, examples) in dev {
         let mut rows: Counts = BTreeMap::new();
         for e in examples {
-            let flagged = usize::from(dev_score(e, probe)? >= probe.threshold);
+            let flagged = usize::from(dev_scores(e, probe)?.1 >= probe.threshold);
             for key in [
                 format!("{}/{}", e.kind, e.label),
                 format!("all/{}", e.label),
@@ -737,17 +734,12 @@ fn dev_report(dev: &[(PathBuf, Vec<DevExample>)], probe: &StateProbe) -> Result<
                 r.1 += 1;
             }
         }
-        report.push_str(&format!(
+        let title = format!(
             "dev {} (flagged / prompts at threshold {:.3}):\n",
             path.display(),
             probe.threshold
-        ));
-        for (k, (flagged, n)) in &rows {
-            report.push_str(&format!(
-                "  {k:<52} {flagged:>4} / {n:<4} {:>5.1}%\n",
-                100.0 * *flagged as f64 / (*n).max(1) as f64
-            ));
-        }
+        );
+        push_table(&mut report, &title, &rows);
     }
     Ok(report)
 }
