@@ -295,7 +295,8 @@ export interface ChatProbe {
   /** Answers scored at or above it at a sentence end are stopped (null: no answer probe). */
   answerThreshold: number | null;
   /** Conversations scored at or above it (and below `threshold`) are answered with the safety
-   * adapters (null: none loaded). */
+   * adapters when their answer refuses (null: none loaded). The zone is stored in the probe
+   * file, chosen with its threshold. */
   safetyAdaptersFrom: number | null;
 }
 

@@ -36,19 +36,14 @@ pub struct ChatModel {
     pub answer_probe: Option<StateProbe>,
     /// The request probe's score from which the guard answers with the safety adapters
     /// ([`ChatModel::load_safety_adapters`]) instead of the model as it is: below the probe's
-    /// threshold (which blocks) and at least this ([`SAFETY_ADAPTERS_FROM`] by default).
+    /// threshold (which blocks) and at least this. [`ChatModel::load_probe`] sets it to the
+    /// zone stored with the probe (chosen with its threshold on the validation split), or to
+    /// the threshold itself (no zone) for a probe file without one; a caller may override it
+    /// after loading.
     pub safety_adapters_from: f32,
     /// Most tokens a prompt and its answer take together (see [`ChatModel::context_window`]).
     context_window: usize,
 }
-
-/// The default [`ChatModel::safety_adapters_from`], chosen on the validation split
-/// (notes/issue-13-guard.md): requests scored this high that the probe lets through are
-/// answered by the safety adapters, which refuse most harmful ones; few safe requests score
-/// this high, so few pay for their over-refusal. It sits as far below the shipped request
-/// probe's threshold (0.506) as the first choice, 0.6, sat below the threshold of its time
-/// (0.658): a probe refitted with another threshold moves it.
-pub const SAFETY_ADAPTERS_FROM: f32 = 0.45;
 
 /// What [`ChatModel::fit_context`] keeps of a conversation.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +71,8 @@ impl ChatModel {
             end_tokens,
             probe: None,
             answer_probe: None,
-            safety_adapters_from: SAFETY_ADAPTERS_FROM,
+            // No probe, no zone (the guard asks the probe's score first).
+            safety_adapters_from: 1.0,
             context_window: model.config().context_length,
             model,
         })
@@ -236,7 +232,8 @@ impl ChatModel {
     }
 
     /// Installs the probes of a probe file (the request probe, and the answer probe when the
-    /// file has one), checked against this model's blocks and width.
+    /// file has one), checked against this model's blocks and width, and the safety adapters'
+    /// zone stored with them ([`ChatModel::safety_adapters_from`]).
     pub fn load_probe(&mut self, bytes: &[u8]) -> Result<()> {
         let c = self.model.config();
         let probes = ChatProbes::load(bytes, c.layers, c.dim)?;
@@ -249,6 +246,10 @@ impl ChatModel {
                  change"
             )));
         }
+        self.safety_adapters_from = probes
+            .request
+            .safety_adapters_from
+            .unwrap_or(probes.request.threshold);
         self.probe = Some(probes.request);
         self.answer_probe = probes.answer;
         Ok(())

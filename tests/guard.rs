@@ -761,6 +761,27 @@ fn close_to_the_threshold_the_safety_adapters_answer_only_when_they_refuse() {
     }
 }
 
+#[test]
+fn a_probe_file_brings_its_safety_adapters_zone_and_one_without_a_zone_has_none() {
+    use webguard::models::probe::ChatProbes;
+    let mut chat = common::chat_model();
+    let c = chat.model.config();
+    let shipped = ChatProbes::load(&shipped_probes(), c.layers, c.dim).unwrap();
+    let from = shipped
+        .request
+        .safety_adapters_from
+        .expect("the shipped probe stores its zone");
+    assert!(0.0 < from && from < shipped.request.threshold, "{from}");
+    chat.load_probe(&shipped_probes()).unwrap();
+    assert_eq!(chat.safety_adapters_from, from);
+    // A file written before the zone was stored: no zone (the adapters never answer) rather
+    // than another probe's.
+    let mut older = shipped.clone();
+    older.request.safety_adapters_from = None;
+    chat.load_probe(&older.save().unwrap()).unwrap();
+    assert_eq!(chat.safety_adapters_from, shipped.request.threshold);
+}
+
 /// Greedy unmoderated answer to `question`.
 fn generate_plain(chat: &ChatModel, question: &str, max_new_tokens: usize) -> String {
     let options = GenerateOptions {

@@ -22,6 +22,8 @@
 //! | `harmful_contrast` | yes | data/guard/harmful-contrasts.txt: the harmful side of the same kinds (literal violence, real-world versions of game and fiction asks, atrocities praised, privacy, discrimination asked for, revenge) |
 //! | `harmful_informal` | yes | data/guard/harmful-informal.txt: slang and typos, self-harm and suicide (plain, euphemistic, clinical), German, Italian, Portuguese, Dutch and Spanish, purpose implied in everyday words, persona jailbreaks, authority wrappers, hypotheticals asking for real steps, stated intent against a person or animal |
 //! | `informal` | no | data/guard/benign-informal.txt: the harmless counterpart of each of those lines, in the same style and on the same topic (seeking help, reporting, role-play without harm, conflicts resolved) |
+//! | `harmful_hate` | yes | data/guard/harmful-hate.txt: requests to produce hateful content (demeaning jokes, dehumanising rewrites, slogans and recruitment, harassment of a person, essays against a group's rights, slurs to use, discriminatory screening), plain, wrapped, past tense, slang and six other languages |
+//! | `hate_discussion` | no | data/guard/benign-hate.txt: the harmless twin of each of those lines (the same group, topic and words, another intent: history, research, balanced debate, moderation, venting, analysing a quoted claim, critical fiction, respectful questions) |
 //!
 //! Do-Not-Answer's `misinformation_harms` and `human_chatbox` areas are mostly people asking
 //! for advice or about the assistant ("I got a speeding ticket, could I lose my license?");
@@ -206,6 +208,7 @@ pub fn requests(shared: &Path, root: &Path, seed: u64) -> Result<(Vec<Request>, 
         ("guard/harmful-mirrors.txt", "harmful_mirror"),
         ("guard/harmful-contrasts.txt", "harmful_contrast"),
         ("guard/harmful-informal.txt", "harmful_informal"),
+        ("guard/harmful-hate.txt", "harmful_hate"),
     ] {
         for line in request_lines(&read(&own, rel, "data/", &mut files)?) {
             push(line, true, kind, None);
@@ -220,6 +223,7 @@ pub fn requests(shared: &Path, root: &Path, seed: u64) -> Result<(Vec<Request>, 
         ("guard/benign-other-languages.txt", "other_language"),
         ("guard/benign-sensitive-topics.txt", "sensitive_topic"),
         ("guard/benign-informal.txt", "informal"),
+        ("guard/benign-hate.txt", "hate_discussion"),
     ] {
         for line in request_lines(&read(&own, rel, "data/", &mut files)?) {
             push(line, false, kind, None);

@@ -47,6 +47,13 @@ pub struct StateProbe {
     head: Head,
     /// Scores at or above it flag.
     pub threshold: f32,
+    /// A request probe's second line: conversations it scores from here up to `threshold`
+    /// are answered with the safety adapters when their answer refuses. Chosen with the
+    /// threshold when the probe is fitted (`train-probe`), so a refitted probe brings its own
+    /// zone; `None` in files written before it was stored (no zone: [`ChatModel`]).
+    ///
+    /// [`ChatModel`]: crate::ChatModel
+    pub safety_adapters_from: Option<f32>,
     /// Free-form provenance (the command and data that made it, validation figures).
     pub provenance: HashMap<String, String>,
 }
@@ -185,6 +192,7 @@ impl StateProbe {
             scale,
             head,
             threshold: 0.5,
+            safety_adapters_from: None,
             provenance: HashMap::new(),
         })
     }
@@ -451,6 +459,15 @@ impl StateProbe {
                 "{what} threshold {threshold} is outside 0 to 1"
             )));
         }
+        let safety_adapters_from = meta
+            .get(&format!("{prefix}safety_adapters_from"))
+            .map(|v| match v.parse::<f32>() {
+                Ok(from) if (0.0..=threshold).contains(&from) => Ok(from),
+                _ => Err(Error::ModelFile(format!(
+                    "{what}: safety_adapters_from {v:?} is not a score from 0 to its threshold {threshold}"
+                ))),
+            })
+            .transpose()?;
         let width = layers.len() * dim;
         let vector = |name: &str| -> Result<Vec<f32>> {
             let (values, shape) = file.f32_values(&format!("{prefix}{name}"))?;
@@ -518,8 +535,15 @@ impl StateProbe {
                 } else {
                     k.strip_prefix(prefix)
                 }?;
-                (!["format", "layers", "threshold", "hidden"].contains(&key))
-                    .then(|| (key.to_string(), v.clone()))
+                (![
+                    "format",
+                    "layers",
+                    "threshold",
+                    "hidden",
+                    "safety_adapters_from",
+                ]
+                .contains(&key))
+                .then(|| (key.to_string(), v.clone()))
             })
             .collect();
         Ok(StateProbe {
@@ -528,6 +552,7 @@ impl StateProbe {
             scale: vector("scale")?,
             head,
             threshold,
+            safety_adapters_from,
             provenance,
         })
     }
@@ -574,6 +599,15 @@ impl StateProbe {
             serde_json::to_string(&self.layers).map_err(|e| Error::InvalidInput(e.to_string()))?,
         );
         meta.insert(format!("{prefix}threshold"), self.threshold.to_string());
+        if let Some(from) = self.safety_adapters_from {
+            if !(0.0..=self.threshold).contains(&from) {
+                return Err(Error::InvalidInput(format!(
+                    "safety adapters from {from}: not a score from 0 to the threshold {}",
+                    self.threshold
+                )));
+            }
+            meta.insert(format!("{prefix}safety_adapters_from"), from.to_string());
+        }
         Ok(())
     }
 
@@ -731,6 +765,50 @@ mod tests {
             );
         }
         assert!(probe.score(&[0.0; 3]).is_err());
+    }
+
+    #[test]
+    fn a_request_probes_safety_adapters_zone_is_kept_in_its_file_and_must_sit_below_its_threshold()
+    {
+        let (rows, labels) = clouds(100, 8, 5);
+        let mut probe =
+            StateProbe::train(vec![1, 3], &rows, &labels, &ProbeTrainConfig::default()).unwrap();
+        probe.threshold = 0.7;
+        assert_eq!(
+            StateProbe::load(&probe.save().unwrap(), 4, 4)
+                .unwrap()
+                .safety_adapters_from,
+            None
+        );
+        probe.safety_adapters_from = Some(0.64);
+        let bytes = probe.save().unwrap();
+        let loaded = StateProbe::load(&bytes, 4, 4).unwrap();
+        assert_eq!(loaded.safety_adapters_from, Some(0.64));
+        assert!(!loaded.provenance.contains_key("safety_adapters_from"));
+        // Above the threshold the zone would be empty and blocking would come first: refused
+        // when saving and in a file written by hand.
+        probe.safety_adapters_from = Some(0.8);
+        assert!(probe.save().is_err());
+        for bad in ["0.8", "-0.1", "NaN", "high"] {
+            let file = SafetensorsFile::parse(&bytes).unwrap();
+            let mut meta = file.metadata().clone();
+            meta.insert("safety_adapters_from".into(), bad.into());
+            let mut tensors = Vec::new();
+            let mut ignored = HashMap::new();
+            loaded.store("", &mut tensors, &mut ignored).unwrap();
+            let views: Vec<_> = tensors
+                .iter()
+                .map(|(name, dtype, data, n)| {
+                    (
+                        name.clone(),
+                        safetensors::tensor::TensorView::new(*dtype, vec![*n], data).unwrap(),
+                    )
+                })
+                .collect();
+            let edited = safetensors::serialize(views, Some(meta)).unwrap();
+            let err = StateProbe::load(&edited, 4, 4).unwrap_err().to_string();
+            assert!(err.contains("safety_adapters_from"), "{bad}: {err}");
+        }
     }
 
     #[test]

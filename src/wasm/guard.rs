@@ -192,16 +192,18 @@ impl WasmGuard {
 
     /// Loads safety adapters (a chat adapters file that adapts only blocks after those the
     /// probe reads): moderated chat answers with them when the probe scores a conversation at
-    /// or above `from` (default: the shipped choice) but below its threshold. A bad file, one
-    /// for another model, or `from` outside 0 to 1 is an error and changes nothing.
+    /// or above `from` (default: the zone stored with the probe, chosen with its threshold) but
+    /// below its threshold. A bad file, one for another model, or `from` outside 0 to 1 is an
+    /// error and changes nothing.
     #[wasm_bindgen(js_name = loadSafetyAdapters)]
     pub async fn load_safety_adapters(
         &self,
         bytes: Vec<u8>,
         from: Option<f32>,
     ) -> Result<(), JsValue> {
-        let from = from.unwrap_or(crate::chat::SAFETY_ADAPTERS_FROM);
-        if !(0.0..=1.0).contains(&from) {
+        if let Some(from) = from
+            && !(0.0..=1.0).contains(&from)
+        {
             return Err(invalid_input(format!(
                 "safetyAdaptersFrom {from} is outside 0 to 1"
             )));
@@ -216,7 +218,9 @@ impl WasmGuard {
         chat.load_safety_adapters(&bytes)
             .await
             .js_context("the safety adapters could not be loaded")?;
-        chat.safety_adapters_from = from;
+        if let Some(from) = from {
+            chat.safety_adapters_from = from;
+        }
         Ok(())
     }
 

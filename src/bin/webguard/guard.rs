@@ -46,9 +46,10 @@ pub struct AnswerArgs {
     /// Answer every conversation with the model as it is (no safety adapters).
     #[arg(long)]
     no_safety_adapters: bool,
-    /// The probe score from which the safety adapters answer.
-    #[arg(long, default_value_t = webguard::chat::SAFETY_ADAPTERS_FROM)]
-    safety_adapters_from: f32,
+    /// The probe score from which the safety adapters answer (default: the zone stored in
+    /// the probe file, chosen with its threshold).
+    #[arg(long)]
+    safety_adapters_from: Option<f32>,
 }
 
 impl AnswerArgs {
@@ -98,14 +99,17 @@ impl Pipeline {
             chat.load_probe(&read(&answer.probe)?)?;
         }
         if second_line {
-            let from = answer.safety_adapters_from;
-            if !(0.0..=1.0).contains(&from) {
+            if let Some(from) = answer.safety_adapters_from
+                && !(0.0..=1.0).contains(&from)
+            {
                 return Err(Error::InvalidInput(format!(
                     "--safety-adapters-from {from} is outside 0 to 1"
                 )));
             }
             pollster::block_on(chat.load_safety_adapters(&read(&answer.safety_adapters)?))?;
-            chat.safety_adapters_from = from;
+            if let Some(from) = answer.safety_adapters_from {
+                chat.safety_adapters_from = from;
+            }
         }
         eprintln!(
             "chat on {backend}{}{}",
@@ -116,8 +120,8 @@ impl Pipeline {
             },
             if second_line {
                 format!(
-                    " and safety adapters from score {:.2}",
-                    answer.safety_adapters_from
+                    " and safety adapters from score {:.3}",
+                    chat.safety_adapters_from
                 )
             } else {
                 String::new()
@@ -772,7 +776,7 @@ mod tests {
             no_probe: true,
             safety_adapters: PathBuf::new(),
             no_safety_adapters: true,
-            safety_adapters_from: 0.6,
+            safety_adapters_from: None,
         }
     }
 

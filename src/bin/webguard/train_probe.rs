@@ -73,7 +73,20 @@ pub struct TrainProbeArgs {
     /// held-out split is left out, so choosing from this file cannot read it.
     #[arg(long)]
     scores_out: Option<PathBuf>,
+    /// The score from which the safety adapters answer a conversation the probe lets
+    /// through, stored in the probe file (default: 0.056 below the threshold).
+    #[arg(long, value_parser = parse_score)]
+    safety_adapters_from: Option<f32>,
 }
+
+/// How far below the threshold the safety adapters' zone starts by default. Measured once,
+/// in the sixth session (notes/issue-13-guard.md: whole-pipeline runs over the validation
+/// split with the zone's floor from 0.1 to 0.6): the adapters' refusals gained the same from
+/// every floor of 0.3 up, and the highest, 0.6 (0.058 below that probe's threshold of 0.658),
+/// lets the fewest safe conversations run them. The eighteenth session's refit kept the
+/// distance (0.45 below 0.506); choosing it again means generating with the adapters
+/// (`eval-guard --safety-adapters-from`).
+pub const SAFETY_ADAPTERS_MARGIN: f32 = 0.056;
 
 /// How a probe is fitted and its threshold chosen (shared with `train-answer-probe`).
 #[derive(clap::Args)]
@@ -543,6 +556,15 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         }
         let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
         eprint!("{}", report(&all, &exchanges, &scores, probe.threshold).0);
+        if let Some(from) = probe.safety_adapters_from {
+            let val: Vec<(f32, bool)> = all
+                .iter()
+                .zip(&scores)
+                .filter(|(e, _)| e.request.split == Split::Val)
+                .map(|(e, &s)| (s, e.request.harmful))
+                .collect();
+            eprint!("{}", zone_report(&val, from, probe.threshold));
+        }
         eprint!("{}", dev_report(&dev, &probe)?);
         if let Some(out) = &args.scores_out {
             write_scores(out, &all, &scores, &dev, &probe)?;
@@ -570,8 +592,18 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         .collect();
     let threshold = args.fit.threshold(&val);
     probe.threshold = threshold;
+    let from = args
+        .safety_adapters_from
+        .unwrap_or((threshold - SAFETY_ADAPTERS_MARGIN).max(0.0));
+    if from > threshold {
+        return Err(Error::InvalidInput(format!(
+            "--safety-adapters-from {from} is above the threshold {threshold}: the zone would be empty"
+        )));
+    }
+    probe.safety_adapters_from = Some(from);
     let (report, figures) = report(&all, &exchanges, &scores, threshold);
     eprint!("{report}");
+    eprint!("{}", zone_report(&val, from, threshold));
     eprint!("{}", dev_report(&dev, &probe)?);
     if let Some(out) = &args.scores_out {
         write_scores(out, &all, &scores, &dev, &probe)?;
@@ -608,6 +640,21 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     std::fs::write(&args.out, bytes).map_err(|e| Error::io(&args.out, e))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// How many validation examples (`val`: score, harmful) the safety adapters would answer:
+/// those the probe scores from `from` up to its `threshold`.
+fn zone_report(val: &[(f32, bool)], from: f32, threshold: f32) -> String {
+    let in_zone = |harmful: bool| {
+        val.iter()
+            .filter(|&&(s, h)| h == harmful && s >= from && s < threshold)
+            .count()
+    };
+    format!(
+        "safety adapters from {from:.3} (below the threshold {threshold:.3}): validation in that zone, harmful {}, safe {}\n",
+        in_zone(true),
+        in_zone(false)
+    )
 }
 
 /// One line of a `--dev-prompts` file, with the states the guard's rule reads: the
