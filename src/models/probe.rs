@@ -50,9 +50,8 @@ pub struct StateProbe {
     /// A request probe's second line: conversations it scores from here up to `threshold`
     /// are answered with the safety adapters when their answer refuses. Chosen with the
     /// threshold when the probe is fitted (`train-probe`), so a refitted probe brings its own
-    /// zone; `None` in files written before it was stored (no zone: [`ChatModel`]).
-    ///
-    /// [`ChatModel`]: crate::ChatModel
+    /// zone; `None` in files written before it was stored (then there is no zone: the
+    /// adapters never answer).
     pub safety_adapters_from: Option<f32>,
     /// Free-form provenance (the command and data that made it, validation figures).
     pub provenance: HashMap<String, String>,
