@@ -557,13 +557,10 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
         eprint!("{}", report(&all, &exchanges, &scores, probe.threshold).0);
         if let Some(from) = probe.safety_adapters_from {
-            let val: Vec<(f32, bool)> = all
-                .iter()
-                .zip(&scores)
-                .filter(|(e, _)| e.request.split == Split::Val)
-                .map(|(e, &s)| (s, e.request.harmful))
-                .collect();
-            eprint!("{}", zone_report(&val, from, probe.threshold));
+            eprint!(
+                "{}",
+                zone_report(&val_scores(&all, &scores), from, probe.threshold)
+            );
         }
         eprint!("{}", dev_report(&dev, &probe)?);
         if let Some(out) = &args.scores_out {
@@ -584,12 +581,7 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     };
     let mut probe = StateProbe::train(layers, &train_x, &train_y, &config)?;
     let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
-    let val: Vec<(f32, bool)> = all
-        .iter()
-        .zip(&scores)
-        .filter(|(e, _)| e.request.split == Split::Val)
-        .map(|(e, &s)| (s, e.request.harmful))
-        .collect();
+    let val = val_scores(&all, &scores);
     let threshold = args.fit.threshold(&val);
     probe.threshold = threshold;
     let from = args
@@ -640,6 +632,15 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     std::fs::write(&args.out, bytes).map_err(|e| Error::io(&args.out, e))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// The validation split's scores, each with whether its example is harmful.
+fn val_scores(all: &[Example], scores: &[f32]) -> Vec<(f32, bool)> {
+    all.iter()
+        .zip(scores)
+        .filter(|(e, _)| e.request.split == Split::Val)
+        .map(|(e, &s)| (s, e.request.harmful))
+        .collect()
 }
 
 /// How many validation examples (`val`: score, harmful) the safety adapters would answer:
