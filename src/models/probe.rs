@@ -729,6 +729,25 @@ mod tests {
         (rows, labels)
     }
 
+    /// `probe`'s own file with one metadata entry set to `value` (a file edited by hand).
+    fn with_metadata(probe: &StateProbe, key: &str, value: &str) -> Vec<u8> {
+        let saved = probe.save().unwrap();
+        let mut meta = SafetensorsFile::parse(&saved).unwrap().metadata().clone();
+        meta.insert(key.into(), value.into());
+        let mut tensors = Vec::new();
+        probe.store("", &mut tensors, &mut HashMap::new()).unwrap();
+        let views: Vec<_> = tensors
+            .iter()
+            .map(|(name, dtype, data, n)| {
+                (
+                    name.clone(),
+                    safetensors::tensor::TensorView::new(*dtype, vec![*n], data).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize(views, Some(meta)).unwrap()
+    }
+
     #[test]
     fn a_probe_separates_classes_that_differ_along_one_direction() {
         let (rows, labels) = clouds(400, 16, 1);
@@ -789,22 +808,7 @@ mod tests {
         probe.safety_adapters_from = Some(0.8);
         assert!(probe.save().is_err());
         for bad in ["0.8", "-0.1", "NaN", "high"] {
-            let file = SafetensorsFile::parse(&bytes).unwrap();
-            let mut meta = file.metadata().clone();
-            meta.insert("safety_adapters_from".into(), bad.into());
-            let mut tensors = Vec::new();
-            let mut ignored = HashMap::new();
-            loaded.store("", &mut tensors, &mut ignored).unwrap();
-            let views: Vec<_> = tensors
-                .iter()
-                .map(|(name, dtype, data, n)| {
-                    (
-                        name.clone(),
-                        safetensors::tensor::TensorView::new(*dtype, vec![*n], data).unwrap(),
-                    )
-                })
-                .collect();
-            let edited = safetensors::serialize(views, Some(meta)).unwrap();
+            let edited = with_metadata(&loaded, "safety_adapters_from", bad);
             let err = StateProbe::load(&edited, 4, 4).unwrap_err().to_string();
             assert!(err.contains("safety_adapters_from"), "{bad}: {err}");
         }
@@ -916,23 +920,7 @@ mod tests {
             );
         }
         // The same tensors with a hidden size that does not divide them.
-        let saved = request.save().unwrap();
-        let file = SafetensorsFile::parse(&saved).unwrap();
-        let mut meta = file.metadata().clone();
-        meta.insert("hidden".into(), "5".into());
-        let mut tensors = Vec::new();
-        let mut ignored = HashMap::new();
-        request.store("", &mut tensors, &mut ignored).unwrap();
-        let views: Vec<_> = tensors
-            .iter()
-            .map(|(name, dtype, data, n)| {
-                (
-                    name.clone(),
-                    safetensors::tensor::TensorView::new(*dtype, vec![*n], data).unwrap(),
-                )
-            })
-            .collect();
-        let bad = safetensors::serialize(views, Some(meta)).unwrap();
+        let bad = with_metadata(&request, "hidden", "5");
         let err = StateProbe::load(&bad, 3, 3).unwrap_err().to_string();
         assert!(err.contains("weight1"), "{err}");
     }
