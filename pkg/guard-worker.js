@@ -276,7 +276,7 @@ function expectedHash(key) {
   return [MANIFEST[key], ...(ALSO_ACCEPTED[key] ?? [])];
 }
 
-/** Loads the models from `files` on `backend`; with `state` ({ adapters, policy }), restores
+/** Loads the models from `files` on `backend`; with `state` ({ adapters, policy, otherLanguages }), restores
  * the page's tuning and rules into them before they are returned, so a failure anywhere
  * leaves nothing half-built. */
 async function build(id, backend, state) {
@@ -318,13 +318,14 @@ async function build(id, backend, state) {
 }
 
 /** Puts the page's tuning (adapters files) and rules back into a freshly built Guard. */
-async function restore(g, { adapters, policy }) {
+async function restore(g, { adapters, policy, otherLanguages }) {
   for (const kind of ["filter", "chat"]) {
     // The page's own earlier state, exported from this Guard: shipped labels it tuned may
     // come back (the opt-in a shared file would need; ignored by builds before it).
     if (adapters?.[kind]) await g.importAdapters(adapters[kind], { replaceShippedLabels: true });
   }
   for (const [label, rule] of Object.entries(policy ?? {})) g.setRule(label, rule.threshold, rule.action);
+  if (otherLanguages) g.setOtherLanguages(otherLanguages);
 }
 
 /** Adapters of `kind` as they are now, for `saved` (kept as they were if the export fails). */
@@ -350,6 +351,7 @@ function describe(g) {
     hasChat: g.hasChat,
     chatProbe: g.chatProbe ?? null,
     policy: g.policy,
+    otherLanguages: g.otherLanguages,
     canTune: g.canTune,
     ...threading,
   };
@@ -363,7 +365,7 @@ async function fallBackToCpu(id, error) {
   if (!guard || guard.backend !== "webgpu") return false;
   let cpu;
   try {
-    cpu = await build(id, "cpu", { adapters: saved, policy: guard.policy });
+    cpu = await build(id, "cpu", { adapters: saved, policy: guard.policy, otherLanguages: guard.otherLanguages });
   } catch (e) {
     if (isTrap(e)) throw e;
     console.warn(`webguard: WebGPU failed (${error.message}) and the CPU could not take over: ${e.message}`);
@@ -444,6 +446,10 @@ const ops = {
   async setRule(id, { label, threshold, action }) {
     guard.setRule(label, threshold, action);
     return guard.policy;
+  },
+  async setOtherLanguages(id, { choice }) {
+    guard.setOtherLanguages(choice);
+    return guard.otherLanguages;
   },
   async dispose() {
     guard?.free();

@@ -42,6 +42,8 @@ export type Source = string | URL | ArrayBuffer | ArrayBufferView | Blob;
 
 export type Label = "offensive" | "hate" | "harmful";
 export type Action = "block" | "warn" | "allow";
+/** What chat does with a message in a language other than English (Guard.setOtherLanguages). */
+export type OtherLanguages = "block" | "judge" | "allow";
 
 export interface Rule { threshold: number; action: Action; }
 
@@ -93,6 +95,9 @@ export interface CreateOptions {
   backend?: "auto" | "webgpu" | "cpu";
   thresholds?: Partial<Record<Label, number>>;
   policy?: Partial<Record<Label, Partial<Rule>>>;
+  /** What chat does with a user or system message in a language other than English (see
+   * Guard.setOtherLanguages; default "block"). */
+  otherLanguages?: OtherLanguages;
   onProgress?: (p: Progress) => void;
   /** Keep model files in the Cache API (default true). */
   cache?: boolean;
@@ -198,6 +203,11 @@ export interface Reply {
    * conversation at or above Guard.chatProbe.safetyAdaptersFrom, below its threshold, and
    * their answer opened with a refusal). */
   safetyAdapters: boolean;
+  /** The language other than English a user or system message is in ("French", "Cyrillic
+   * script"; the first such message's), whatever Guard.otherLanguages then did; null when all
+   * read as English. Detected from function words (English and ten other languages) and
+   * scripts; other Latin-script languages and very short texts read as English. */
+  otherLanguage: string | null;
 }
 
 /** A request to `guard.chat.completions.create`, in the shape of OpenAI-style chat APIs; each
@@ -243,6 +253,10 @@ export interface Moderation {
   answerJudge: number | null;
   /** The oldest turns left out to fit the context window (the Reply's `droppedTurns`). */
   droppedTurns: number;
+  /** Whether the safety adapters answered (the Reply's `safetyAdapters`). */
+  safetyAdapters: boolean;
+  /** The language other than English a message is in, or null (the Reply's `otherLanguage`). */
+  otherLanguage: string | null;
 }
 
 export interface Usage { prompt_tokens: number; completion_tokens: number; total_tokens: number; }
@@ -397,6 +411,15 @@ export class Guard {
    *  rest of the guard missed), and `offensive` only reports on chat messages (it stopped
    *  venting users and questions about stereotypes; harmful requests are the chat probe's). */
   setRule(label: string, rule: Partial<Rule>): Promise<void>;
+  /** What chat does with a user or system message in a language other than English. */
+  readonly otherLanguages: OtherLanguages;
+  /** Sets it. The guard's judges read English (the chat probe stopped 67% of 160 harmless
+   *  requests in eight other languages and 92.5% of 40 harmful ones): "block" (the default)
+   *  refuses such a turn and says why; "judge" judges it as if it were English; "allow" lets
+   *  the chat probe step aside for it (the filter and the answer screens still judge), so a
+   *  request written, or disguised, in another language passes the probe. Anything else is a
+   *  TypeError. */
+  setOtherLanguages(choice: OtherLanguages): Promise<void>;
   classify(texts: string | string[]): Promise<Verdict[]>;
   /**
    * `chat(messages, options)`: answers with moderation (Reply; pieces to `onToken`), or

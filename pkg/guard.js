@@ -26,7 +26,8 @@
 // module checks them.
 
 const OPTIONS = ["filterUrl", "headsUrl", "chatUrl", "filter", "chat", "chatProbe", "safetyAdapters", "backend",
-  "thresholds", "policy", "onProgress", "cache", "integrity", "assetsUrl", "tuning", "threads"];
+  "thresholds", "policy", "otherLanguages", "onProgress", "cache", "integrity", "assetsUrl", "tuning", "threads"];
+const OTHER_LANGUAGES = ["block", "judge", "allow"];
 // The files `integrity` can name (the worker's manifest has the same keys).
 const FILES = ["tokenizer", "config", "model", "heads", "chat", "chatProbe", "safetyAdapters"];
 const CACHE_NAME = "webguard-models-v1";
@@ -143,8 +144,8 @@ function finishReason(reply) {
 function usage(reply) {
   return { prompt_tokens: reply.promptTokens, completion_tokens: reply.tokens, total_tokens: reply.promptTokens + reply.tokens };
 }
-function moderation({ blocked, reason, input, output, warnings, chatJudge, answerJudge, droppedTurns }) {
-  return { blocked, reason, input, output, warnings, chatJudge, answerJudge, droppedTurns };
+function moderation({ blocked, reason, input, output, warnings, chatJudge, answerJudge, droppedTurns, safetyAdapters, otherLanguage }) {
+  return { blocked, reason, input, output, warnings, chatJudge, answerJudge, droppedTurns, safetyAdapters, otherLanguage };
 }
 
 export class Guard {
@@ -212,6 +213,9 @@ export class Guard {
    * after the probe's blocks);
    * `backend`: "auto" | "webgpu" | "cpu"; `thresholds: { label: number }`;
    * `policy: { label: { threshold, action: "block" | "warn" | "allow" } }`;
+   * `otherLanguages: "block" | "judge" | "allow"` (default "block"): what chat does with a user
+   * or system message in a language other than English, which the guard's judges cannot
+   * read (see `setOtherLanguages`);
    * `onProgress({ file, phase: "download" | "cache" | "module" | "init", loaded, total, done })`;
    * `cache` (default true); `integrity`: the sha256 each file fetched from a URL must have
    * (default: this package's manifest of the shipped models; `{ chat: "<sha256>" }` for
@@ -257,6 +261,9 @@ export class Guard {
     if (o.tuning !== undefined && typeof o.tuning !== "boolean") {
       throw new TypeError(`tuning must be true or false (got ${JSON.stringify(o.tuning)})`);
     }
+    if (o.otherLanguages !== undefined && !OTHER_LANGUAGES.includes(o.otherLanguages)) {
+      throw new TypeError(`otherLanguages must be "block", "judge" or "allow" (got ${JSON.stringify(o.otherLanguages)})`);
+    }
     const threads = o.threads === undefined ? Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 4)) : o.threads;
     if (!Number.isInteger(threads) || threads < 1 || threads > 16) {
       throw new TypeError(`threads must be an integer from 1 to 16 (got ${JSON.stringify(o.threads)})`);
@@ -271,6 +278,7 @@ export class Guard {
         await guard.setRule(label, { threshold });
       }
       for (const [label, rule] of Object.entries(o.policy ?? {})) await guard.setRule(label, rule);
+      if (o.otherLanguages !== undefined) await guard.setOtherLanguages(o.otherLanguages);
     } catch (e) {
       guard.dispose();
       throw e;
@@ -327,6 +335,22 @@ export class Guard {
     this.#info.policy = await this.#call("setRule", {
       label, threshold: threshold ?? current.threshold, action: action ?? current.action,
     });
+  }
+
+  /** What chat does with a user or system message in a language other than English:
+   *  "block" (the default), "judge" or "allow". */
+  get otherLanguages() { return this.#info.otherLanguages; }
+
+  /** Sets what chat does with a message in a language other than English (the guard's judges
+   *  read English; `reply.otherLanguage` names the language found): "block" refuses the turn
+   *  and says why; "judge" judges it as if it were English (the chat probe then stops many
+   *  harmless requests and misses some harmful ones); "allow" lets the chat probe step aside
+   *  for it, while the filter and the answer screens still judge. */
+  async setOtherLanguages(choice) {
+    if (!OTHER_LANGUAGES.includes(choice)) {
+      throw new TypeError(`setOtherLanguages: use "block", "judge" or "allow" (got ${JSON.stringify(choice)})`);
+    }
+    this.#info.otherLanguages = await this.#call("setOtherLanguages", { choice });
   }
 
   /** One verdict per text: `{ scores: { offensive, hate, harmful }, labels, flagged }`. */
@@ -529,7 +553,7 @@ export class Guard {
       this.#attach(newWorker(this.#assets));
       // Where a GPU failure already moved the models to the CPU, they stay there.
       const backend = this.#info?.kind === "cpu" ? "cpu" : this.#config.backend;
-      const restore = { adapters: { ...this.#adapters }, policy: this.#info?.policy };
+      const restore = { adapters: { ...this.#adapters }, policy: this.#info?.policy, otherLanguages: this.#info?.otherLanguages };
       try {
         const info = await this.#post("create", { ...this.#config, backend, restore });
         // The origins are the crashed worker's (restoring its adapters marks them "imported").

@@ -1,5 +1,5 @@
-// The settings drawer: the backend, a threshold and an action per label (the Guard's policy,
-// changed live), the sampling options.
+// The settings drawer: the backend, a threshold and an action per label and what messages in
+// other languages do (the Guard's policy, changed live), the sampling options.
 import { $ } from "./dom.js";
 import { state } from "./state.js";
 
@@ -47,6 +47,8 @@ export function renderRules() {
   $("chat-probe-note").textContent = !state.guard.hasChat ? ""
     : probe ? `The chat model also judges each conversation before answering, from its own states: it blocks at a score of ${probe.threshold.toFixed(2)} or more.`
       : "The chat model's own judgement is off (chatProbe=0).";
+  $("other-languages-row").hidden = !state.guard.hasChat;
+  $("other-languages").value = state.guard.otherLanguages;
 }
 
 function toggleSettings(open) {
@@ -60,6 +62,9 @@ export function initSettings() {
   $("open-settings").addEventListener("click", () => toggleSettings($("settings").hidden));
   $("close-settings").addEventListener("click", () => toggleSettings(false));
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !$("settings").hidden) toggleSettings(false); });
+  $("other-languages").addEventListener("change", async (e) => {
+    await state.guard?.setOtherLanguages(e.target.value);
+  });
   for (const id of ["temperature", "top-p"]) {
     $(id).addEventListener("input", () => { $(`${id}-value`).textContent = $(id).value; });
   }

@@ -27,6 +27,8 @@
 //!    threshold is answered with them when their answer opens with a refusal, and by the plain
 //!    model otherwise: the adapters can only add refusals.
 //! 3. Fail closed: if the filter itself fails (a lost GPU, a bug), the message is blocked.
+//!    So is, by default, a user or system message in a language other than English: the
+//!    judges read English ([`OtherLanguages`] lets the page judge or allow it instead).
 //!
 //! Each label has a threshold and an action ([`Policy`]); [`Action::Warn`] lets the text
 //! through and reports the label, [`Action::Allow`] ignores it.
@@ -42,13 +44,15 @@
 
 mod policy;
 
-pub use policy::{Action, Policy, Rule, Screening};
+pub use policy::{Action, OtherLanguages, Policy, Rule, Screening};
 
 use crate::chat::ChatModel;
 use crate::error::{Error, Result};
 use crate::filter::{Filter, WindowScores};
 use crate::generate::{GenerateOptions, Generator, StopReason};
 use crate::text::chat_template::Message;
+use crate::text::language::{OtherLanguage, other_language};
+use crate::text::normalize::for_judging;
 use crate::text::refusal::{REFUSAL_WINDOW_CHARS, is_refusal};
 use crate::text::sentence_done;
 use policy::Side;
@@ -96,6 +100,10 @@ pub struct ModeratedReply {
     /// their answer opened with a refusal (one that does not is dropped unseen and the model
     /// answers without them). Never while the GPU engine generates (it applies no adapters).
     pub safety_adapters: bool,
+    /// The language other than English a user or system message of the conversation is in,
+    /// in words ("French"; the first such message's), whatever the policy then did
+    /// ([`OtherLanguages`]); `None` when all read as English.
+    pub other_language: Option<String>,
 }
 
 impl ModeratedReply {
@@ -164,6 +172,53 @@ async fn last_message_judged_alone(
 /// `threshold`.
 fn judged_harmful(what: &str, score: f32, threshold: f32) -> String {
     format!("{what} was judged harmful by the chat model {score:.2} >= {threshold:.2}")
+}
+
+/// The languages other than English in a conversation's user and system messages
+/// ([`crate::text::language`], read in their judging form).
+struct Languages {
+    /// The first message's in another language.
+    first: Option<OtherLanguage>,
+    /// The last user message's, when it is in another language.
+    last_user: Option<OtherLanguage>,
+}
+
+impl Languages {
+    fn of(messages: &[Message]) -> Self {
+        let mut found = Languages {
+            first: None,
+            last_user: None,
+        };
+        for m in messages.iter().filter(|m| m.role != "assistant") {
+            let language = other_language(&for_judging(&m.content));
+            found.first = found.first.or(language);
+            if m.role == "user" {
+                found.last_user = language;
+            }
+        }
+        found
+    }
+
+    /// Why `policy` refuses the conversation outright (`None` when it does not).
+    fn block_reason(&self, policy: &Policy) -> Option<String> {
+        let language = self
+            .first
+            .filter(|_| policy.other_languages() == OtherLanguages::Block)?;
+        Some(format!(
+            "a message is in {}, which the guard cannot judge: other languages are blocked",
+            language.name
+        ))
+    }
+
+    /// Whether the request probe judges the whole conversation under `policy`.
+    fn probe_judges_conversation(&self, policy: &Policy) -> bool {
+        self.first.is_none() || policy.other_languages() != OtherLanguages::Allow
+    }
+
+    /// Whether the request probe judges the last user message on its own under `policy`.
+    fn probe_judges_last_message(&self, policy: &Policy) -> bool {
+        self.last_user.is_none() || policy.other_languages() != OtherLanguages::Allow
+    }
 }
 
 /// The text that replaces a blocked message or answer.
@@ -263,7 +318,11 @@ pub async fn moderated_chat(
         input.warned.retain(|l| l != REQUEST_HARM_LABEL);
     }
     reply.warnings.extend(input.warned.iter().cloned());
-    let blocked = policy.block_reason("the message was", &input, Side::Conversation);
+    let languages = Languages::of(messages);
+    reply.other_language = languages.first.map(|l| l.name.to_string());
+    let blocked = policy
+        .block_reason("the message was", &input, Side::Conversation)
+        .or_else(|| languages.block_reason(policy));
     reply.input = Some(input);
     if let Some(reason) = blocked {
         reply.refuse(reason);
@@ -272,7 +331,11 @@ pub async fn moderated_chat(
 
     // Earlier turns can hide a request from the probe: the last user message is judged on
     // its own too, before the conversation (so that only one sequence is held at a time).
-    if let Some(score) = last_message_judged_alone(chat, messages, &ids, options).await? {
+    let alone = match languages.probe_judges_last_message(policy) {
+        true => last_message_judged_alone(chat, messages, &ids, options).await?,
+        false => None,
+    };
+    if let Some(score) = alone {
         reply.chat_judge = Some(score);
         if let Some(probe) = chat.probe.as_ref().filter(|p| score >= p.threshold) {
             reply.refuse(judged_harmful(
@@ -288,7 +351,9 @@ pub async fn moderated_chat(
         .or(chat.answer_probe.as_ref())
         .map_or(&[][..], |p| &p.layers[..]);
     let mut generator = Generator::with_states(chat, &ids, options, layers)?;
-    if let Some(probe) = &chat.probe {
+    let conversation_probe =
+        (chat.probe.as_ref()).filter(|_| languages.probe_judges_conversation(policy));
+    if let Some(probe) = conversation_probe {
         // Right after the prefill: the states at the last prompt token.
         let features = generator.states_at_last_token().await?;
         let score = probe.score(&features)?;
@@ -447,6 +512,9 @@ pub struct AnswerJudgement {
     pub chat_judge: Option<f32>,
     /// The answer probe's highest score over the answer's sentence ends (`None` without one).
     pub answer_judge: Option<f32>,
+    /// As in [`ModeratedReply::other_language`]; under [`OtherLanguages::Block`] such a
+    /// conversation is never answered, so its answer is stopped.
+    pub other_language: Option<String>,
 }
 
 /// Judges `answer`, given as the assistant's reply to `messages`, with what judges answers in
@@ -467,14 +535,19 @@ pub async fn judge_answer(
         return Err(Error::InvalidInput("the answer is empty".into()));
     }
     let output = screen(filter, policy, &[answer], Side::Answer, None).await?;
-    let mut reason = policy.block_reason("the answer was", &output, Side::Answer);
+    let languages = Languages::of(messages);
+    let mut reason = policy
+        .block_reason("the answer was", &output, Side::Answer)
+        .or_else(|| languages.block_reason(policy));
     let (mut chat_judge, mut answer_judge) = (None, None);
     let layers = (chat.probe.as_ref()).or(chat.answer_probe.as_ref());
     if let Some(layers) = layers.map(|p| &p.layers[..]) {
         let prompt = chat.prompt_ids(messages)?;
         let ids = chat.tokenizer.encode_literal(answer)?;
         let states = chat.answer_states(&prompt, &ids, layers).await?;
-        if let Some(probe) = &chat.probe {
+        let conversation_probe =
+            (chat.probe.as_ref()).filter(|_| languages.probe_judges_conversation(policy));
+        if let Some(probe) = conversation_probe {
             let score = probe.score(&states.prompt_end)?;
             chat_judge = Some(score);
             if reason.is_none() && score >= probe.threshold {
@@ -498,5 +571,6 @@ pub async fn judge_answer(
         output,
         chat_judge,
         answer_judge,
+        other_language: languages.first.map(|l| l.name.to_string()),
     })
 }

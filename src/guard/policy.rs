@@ -44,6 +44,51 @@ impl fmt::Display for Action {
     }
 }
 
+/// What a moderated turn does when a user or system message is in a language other than
+/// English ([`crate::text::language`]): the judges read English, and the chat model's probe
+/// reads other languages as "unfamiliar" more than as harmful or not (notes/issue-13-guard.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherLanguages {
+    /// Refuse the turn, naming the language. The default: a judge that cannot read the text
+    /// fails closed, as the guard does when the filter fails.
+    #[default]
+    Block,
+    /// Judge it as if it were English (what the guard did before it could tell): on 200
+    /// requests in eight other languages the probe stopped 67% of the harmless ones and 92.5%
+    /// of the harmful ones.
+    Judge,
+    /// The chat model's probe does not judge a conversation with such a message (nor the last
+    /// message alone, when that is the one); the filter's heads and the answer screens still
+    /// do. For pages whose users write in other languages and who accept that a request
+    /// written (or disguised) in one passes the probe.
+    Allow,
+}
+
+impl FromStr for OtherLanguages {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "block" => Ok(OtherLanguages::Block),
+            "judge" => Ok(OtherLanguages::Judge),
+            "allow" => Ok(OtherLanguages::Allow),
+            other => Err(Error::InvalidInput(format!(
+                "unknown choice for other languages {other:?}: use \"block\", \"judge\" or \"allow\""
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for OtherLanguages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OtherLanguages::Block => "block",
+            OtherLanguages::Judge => "judge",
+            OtherLanguages::Allow => "allow",
+        })
+    }
+}
+
 /// One label's rule.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rule {
@@ -66,6 +111,8 @@ pub struct Policy {
     /// conversation threshold (calibrated on safe requests to the chat model, never below the
     /// label's own) until the rule is set, then the rule's.
     conversation_thresholds: Vec<f32>,
+    /// What a message in another language does.
+    other_languages: OtherLanguages,
 }
 
 impl Policy {
@@ -83,6 +130,7 @@ impl Policy {
                 .collect(),
             answer_thresholds: calibrated(filter, filter.answer_thresholds()),
             conversation_thresholds: calibrated(filter, filter.conversation_thresholds()),
+            other_languages: OtherLanguages::default(),
         }
     }
 
@@ -96,6 +144,7 @@ impl Policy {
             rules: Vec::new(),
             answer_thresholds: Vec::new(),
             conversation_thresholds: Vec::new(),
+            other_languages: self.other_languages,
         };
         for (i, (label, &threshold)) in filter.labels().iter().zip(filter.thresholds()).enumerate()
         {
@@ -144,6 +193,16 @@ impl Policy {
         }
         self.rules[i] = rule;
         Ok(())
+    }
+
+    /// What a message in another language does.
+    pub fn other_languages(&self) -> OtherLanguages {
+        self.other_languages
+    }
+
+    /// Sets what a message in another language does.
+    pub fn set_other_languages(&mut self, choice: OtherLanguages) {
+        self.other_languages = choice;
     }
 
     /// `(label, rule)` pairs in label order.
@@ -277,7 +336,28 @@ mod tests {
             ],
             answer_thresholds: vec![0.5, 0.9, 0.5],
             conversation_thresholds: vec![0.7, 0.5, 0.5],
+            other_languages: OtherLanguages::default(),
         }
+    }
+
+    #[test]
+    fn other_languages_are_blocked_by_default_and_the_choice_reads_writes_and_refuses_unknowns() {
+        let mut p = policy();
+        assert_eq!(p.other_languages(), OtherLanguages::Block);
+        for choice in [
+            OtherLanguages::Block,
+            OtherLanguages::Judge,
+            OtherLanguages::Allow,
+        ] {
+            assert_eq!(
+                choice.to_string().parse::<OtherLanguages>().unwrap(),
+                choice
+            );
+            p.set_other_languages(choice);
+            assert_eq!(p.other_languages(), choice);
+        }
+        let err = "Judge".parse::<OtherLanguages>().unwrap_err().to_string();
+        assert!(err.contains("\"block\", \"judge\" or \"allow\""), "{err}");
     }
 
     #[test]

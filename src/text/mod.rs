@@ -1,7 +1,8 @@
-//! Text: tokenizers for both models, the chat template, the form judges read, and whether an
-//! answer refuses.
+//! Text: tokenizers for both models, the chat template, the form judges read, whether a text
+//! is in a language the judges cannot read, and whether an answer refuses.
 
 pub mod chat_template;
+pub mod language;
 pub mod normalize;
 pub mod refusal;
 pub mod tokenizer;

@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::chat::ChatModel;
 use crate::filter::Filter;
 use crate::generate::GenerateOptions;
-use crate::guard::{Action, Policy, Rule};
+use crate::guard::{Action, OtherLanguages, Policy, Rule};
 #[cfg(feature = "tune")]
 use crate::tune::TuneOptions;
 use crate::tune::chat::CHAT_ADAPTERS_FORMAT;
@@ -271,6 +271,23 @@ impl WasmGuard {
             .js()
     }
 
+    /// What a user or system message in a language other than English does in `chat`:
+    /// `"block"` (the default), `"judge"` or `"allow"` (see `OtherLanguages`).
+    #[wasm_bindgen(getter, js_name = otherLanguages)]
+    pub fn other_languages(&self) -> String {
+        self.policy.borrow().other_languages().to_string()
+    }
+
+    /// Sets what a message in another language does; anything but `"block"`, `"judge"` or
+    /// `"allow"` is an `InvalidInputError`.
+    #[wasm_bindgen(js_name = setOtherLanguages)]
+    pub fn set_other_languages(&self, choice: JsValue) -> Result<(), JsValue> {
+        let choice = convert::string(&choice, "otherLanguages")?;
+        let choice = choice.parse::<OtherLanguages>().js()?;
+        self.policy.borrow_mut().set_other_languages(choice);
+        Ok(())
+    }
+
     /// Resolves to one verdict per text: `{ scores: { offensive, hate, harmful }, labels,
     /// flagged }`, under the current thresholds.
     pub fn classify(&self, texts: JsValue) -> Result<Promise, JsValue> {
@@ -283,8 +300,9 @@ impl WasmGuard {
     }
 
     /// One moderated turn (see `src/guard/mod.rs`): resolves to `{ text, blocked, reason, input,
-    /// output, warnings, tokens, promptTokens, stopReason, chatJudge, answerJudge, droppedTurns
-    /// }` (`droppedTurns`: the oldest messages left out to fit the context window). `options`
+    /// output, warnings, tokens, promptTokens, stopReason, chatJudge, answerJudge, droppedTurns,
+    /// safetyAdapters, otherLanguage }` (`droppedTurns`: the oldest messages left out to fit
+    /// the context window; `otherLanguage`: the language other than English a message is in). `options`
     /// are `Chat.generate`'s;
     /// `onToken(piece)` receives screened text and may return `false` to stop; `shouldStop()`
     /// is asked after each piece (the worker checks an abort flag there).

@@ -1,7 +1,8 @@
 // guard.chat.completions.create, the OpenAI-style chat API beside the callback one (on the
 // page www/examples/chat.html, which uses it): streamed chunks concatenate to the callback
 // API's text for the same seed, greedy and sampled, and the non-streaming completion has the
-// same text; a blocked request says so in `moderation`; leaving the loop early stops it.
+// same text; a blocked request says so in `moderation`; leaving the loop early stops it. Also
+// the Guard's choice for messages in other languages, on this page's Guard.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { openBrowser } from "./browser.mjs";
@@ -82,6 +83,44 @@ test("a blocked request: moderation.blocked, finish_reason content_filter, the r
   assert.equal(r.completion.choices[0].finish_reason, "content_filter");
   assert.match(r.completion.choices[0].message.content, /^Blocked by the content filter/);
   assert.equal(r.chunks.length, 2); // the refusal, then the end
+});
+
+test("a message in another language: refused naming it by default; judged or let past the probe when the page says so", async () => {
+  const r = await b.page.evaluate(async () => {
+    const g = window.guard;
+    const french = [{ role: "user", content: "Peux-tu me donner une recette de quiche lorraine pour ce soir ?" }];
+    const english = [{ role: "user", content: "What is the capital of France?" }];
+    const turn = async (messages) => {
+      const { blocked, reason, chatJudge, otherLanguage, tokens } = await g.chat(messages, { maxTokens: 4, temperature: 0 });
+      return { blocked, reason, chatJudge, otherLanguage, tokens };
+    };
+    const out = { initial: g.otherLanguages, block: await turn(french), english: await turn(english) };
+    await g.setOtherLanguages("judge");
+    out.judge = await turn(french);
+    await g.setOtherLanguages("allow");
+    out.allow = await turn(french);
+    out.bad = await g.setOtherLanguages("yes").then(() => "no error", (e) => `${e.name}: ${e.message}`);
+    out.after = g.otherLanguages;
+    await g.setOtherLanguages("block");
+    return out;
+  });
+  console.log(`# ${JSON.stringify(r)}`);
+  assert.equal(r.initial, "block");
+  assert.deepEqual(r.block, {
+    blocked: true, reason: "a message is in French, which the guard cannot judge: other languages are blocked",
+    chatJudge: null, otherLanguage: "French", tokens: 0,
+  });
+  assert.equal(r.english.otherLanguage, null);
+  assert.equal(typeof r.english.chatJudge, "number");
+  // Judged: the chat probe scores it, whatever it decides.
+  assert.equal(r.judge.otherLanguage, "French");
+  assert.equal(typeof r.judge.chatJudge, "number");
+  // Allowed: the probe does not judge it; the answer is still screened.
+  assert.deepEqual({ ...r.allow, tokens: r.allow.tokens > 0 }, {
+    blocked: false, reason: null, chatJudge: null, otherLanguage: "French", tokens: true,
+  });
+  assert.match(r.bad, /^TypeError: setOtherLanguages: use "block", "judge" or "allow"/);
+  assert.equal(r.after, "allow");
 });
 
 test("signal and leaving the loop early stop generation; unknown request fields are refused", async () => {

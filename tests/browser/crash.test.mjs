@@ -64,7 +64,7 @@ const b = usePage("hardening", {
   },
 });
 
-test("a trapped worker rejects every pending call, and the next call reloads it with tuning and rules", async () => {
+test("a trapped worker rejects every pending call, and the next call reloads it with tuning, rules and the other-languages choice", async () => {
   const start = b.requests.length;
   const r = await b.page.evaluate(async () => {
     const g = await Guard.create({ filterUrl: models.filterUrl, backend: "cpu" });
@@ -73,6 +73,7 @@ test("a trapped worker rejects every pending call, and the next call reloads it 
       await g.tuneFilter(await spoilers(), { steps: 5 });
       await g.setRule("offensive", { threshold: 0.77, action: "warn" });
       await g.setRule("spoiler", { threshold: 0.42 });
+      await g.setOtherLanguages("judge");
       const texts = ["you are an idiot", "Snape kills Dumbledore at the end of the book"];
       out.before = await g.classify(texts);
       out.originsBefore = g.labelOrigins;
@@ -88,6 +89,7 @@ test("a trapped worker rejects every pending call, and the next call reloads it 
       out.labels = g.labels;
       out.origins = g.labelOrigins;
       out.policy = g.policy;
+      out.otherLanguages = g.otherLanguages;
       // A trap that surfaces as the call's own exception.
       out.sync = await settle(g.classify(["__trap_sync__"]), 20_000);
       out.again = await settle(g.classify(["have a nice day"]), 120_000);
@@ -111,6 +113,7 @@ test("a trapped worker rejects every pending call, and the next call reloads it 
   assert.equal(r.policy.offensive.action, "warn");
   assert.equal(r.policy.offensive.threshold.toFixed(2), "0.77");
   assert.equal(Math.round(r.policy.spoiler.threshold * 100), 42);
+  assert.equal(r.otherLanguages, "judge");
   // The same scores as before the crash, tuned label included.
   for (const [i, v] of r.after.value.entries()) {
     for (const [label, score] of Object.entries(r.before[i].scores)) {
@@ -180,7 +183,7 @@ test("auto on a software adapter (SwiftShader): the chat model runs on the CPU a
   noPageErrors(b);
 });
 
-test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot take over, nothing changes", async () => {
+test("GPU to CPU fallback: tuned labels, rules and the other-languages choice come along; if the CPU cannot take over, nothing changes", async () => {
   const r = await b.page.evaluate(async () => {
     const out = {};
     // Adapters tuned on the CPU (quicker than on SwiftShader), loaded into a WebGPU Guard.
@@ -195,6 +198,7 @@ test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot 
       await g.importAdapters(adapters);
       await g.setRule("spoiler", { threshold: 0.33, action: "warn" });
       await g.setRule("hate", { threshold: 0.9 });
+      await g.setOtherLanguages("allow");
       const text = ["Snape kills Dumbledore at the end of the book"];
       out.before = (await g.classify(text))[0];
       // The CPU cannot take over (the encoder's download fails): the call fails with the
@@ -211,6 +215,7 @@ test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot 
       out.labels = g.labels;
       out.origins = g.labelOrigins;
       out.policy = g.policy;
+      out.otherLanguages = g.otherLanguages;
       out.after = (await g.classify(text))[0];
     } finally {
       g.dispose();
@@ -233,6 +238,7 @@ test("GPU to CPU fallback: tuned labels and rules come along; if the CPU cannot 
   assert.equal(r.policy.spoiler.action, "warn");
   assert.equal(r.policy.spoiler.threshold.toFixed(2), "0.33");
   assert.equal(r.policy.hate.threshold.toFixed(2), "0.90");
+  assert.equal(r.otherLanguages, "allow");
   assert.ok(Math.abs(r.after.scores.spoiler - r.before.scores.spoiler) < 0.02, `${r.after.scores.spoiler} vs ${r.before.scores.spoiler}`);
   noPageErrors(b);
 });

@@ -89,9 +89,18 @@ test("chat: the answer streams in and mentions Paris; a harmful request is block
   assert.match(refusal, /Blocked by the content filter/);
   await shot(b, "chat");
 
+  // A message in another language: refused by default, saying which; the settings say so too.
+  await b.page.click("#clear");
+  await b.page.fill("#prompt", "Peux-tu me donner une recette de quiche lorraine pour ce soir ?");
+  await b.page.click("#send");
+  await b.page.waitForSelector(".message.user.blocked", { timeout: 60_000 });
+  assert.match(await b.page.textContent(".message.user.blocked .blocked-mark"), /French, which the guard cannot judge/);
+
   // Stop: a long answer, stopped once its first sentence shows.
   await b.page.click("#clear");
   await b.page.click("#open-settings");
+  assert.equal(await b.page.inputValue("#other-languages"), "block");
+  assert.equal(await b.page.isVisible("#other-languages"), true);
   await b.page.fill("#max-tokens", "200");
   await shot(b, "settings");
   await b.page.click("#close-settings");

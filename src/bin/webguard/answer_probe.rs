@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use webguard::guard::{Policy, judge_answer};
+use webguard::guard::{OtherLanguages, Policy, judge_answer};
 use webguard::models::probe::{ChatProbes, StateProbe};
 use webguard::text::chat_template::Message;
 use webguard::tune::refusals::REFUSALS;
@@ -260,6 +260,11 @@ pub struct EvalAnswersArgs {
     /// a refusal does).
     #[arg(long)]
     answers: PathBuf,
+    /// What a request in a language other than English does to its answer's judgement:
+    /// "block" (stopped, as the guard never answers it), "judge" (as if English) or "allow"
+    /// (the request probe does not judge it).
+    #[arg(long, default_value_t = OtherLanguages::default())]
+    other_languages: OtherLanguages,
     /// The chat model's probes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/chat-probe.safetensors"))]
     probe: PathBuf,
@@ -285,7 +290,8 @@ pub fn run_eval(models: &Path, args: EvalAnswersArgs) -> Result<()> {
         lines.iter().map(|a| (&a.id, a.label.as_str())),
     )?;
     let filter = args.filter.load(models)?;
-    let policy = Policy::new(&filter);
+    let mut policy = Policy::new(&filter);
+    policy.set_other_languages(args.other_languages);
     let (mut chat, _) = load_chat(models, "cpu", None)?;
     if !args.no_probe {
         chat.load_probe(&read(&args.probe)?)?;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use webguard::generate::GenerateOptions;
-use webguard::guard::{ModeratedReply, Policy, moderated_chat};
+use webguard::guard::{ModeratedReply, OtherLanguages, Policy, moderated_chat};
 use webguard::text::chat_template::Message;
 use webguard::text::refusal::is_refusal;
 use webguard::{ChatModel, Error, Filter, Result};
@@ -50,6 +50,11 @@ pub struct AnswerArgs {
     /// the probe file, chosen with its threshold).
     #[arg(long)]
     safety_adapters_from: Option<f32>,
+    /// What a user or system message in a language other than English does: "block" (refuse
+    /// it, naming the language), "judge" (as if English) or "allow" (the chat model's probe
+    /// does not judge it; the filter and the answer screens still do).
+    #[arg(long, default_value_t = OtherLanguages::default())]
+    other_languages: OtherLanguages,
 }
 
 impl AnswerArgs {
@@ -92,7 +97,8 @@ impl Pipeline {
     fn load(models: &Path, filter: &FilterArgs, answer: &AnswerArgs) -> Result<Self> {
         let options = answer.options()?;
         let filter = filter.load(models)?;
-        let policy = Policy::new(&filter);
+        let mut policy = Policy::new(&filter);
+        policy.set_other_languages(answer.other_languages);
         let (mut chat, backend) = load_chat(models, "cpu", answer.chat_adapters.as_deref())?;
         let second_line = !answer.no_probe && !answer.no_safety_adapters;
         if !answer.no_probe {
@@ -209,6 +215,12 @@ pub fn run_guard(models: &Path, args: GuardArgs) -> Result<()> {
                     .into(),
             );
         }
+        if let Some(language) = &reply.other_language {
+            lines.push(format!(
+                "a message is in {language} (--other-languages {})",
+                args.answer.other_languages
+            ));
+        }
         if !reply.warnings.is_empty() {
             lines.push(format!("warnings: {}", reply.warnings.join(", ")));
         }
@@ -296,6 +308,9 @@ struct Outcome<'a> {
     answer_judge: Option<f32>,
     /// The answer came from the safety adapters (the second line).
     safety_adapters: bool,
+    /// The language other than English a message was found in (`--other-languages`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    other_language: Option<&'a str>,
 }
 
 /// Counts for one group of prompts.
@@ -407,6 +422,7 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
                 chat_judge: reply.chat_judge,
                 answer_judge: reply.answer_judge,
                 safety_adapters: reply.safety_adapters,
+                other_language: reply.other_language.as_deref(),
             };
             let line =
                 serde_json::to_string(&outcome).map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -777,6 +793,7 @@ mod tests {
             safety_adapters: PathBuf::new(),
             no_safety_adapters: true,
             safety_adapters_from: None,
+            other_languages: OtherLanguages::default(),
         }
     }
 
