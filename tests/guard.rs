@@ -465,6 +465,26 @@ fn a_message_in_another_language_is_refused_by_default_and_judged_or_let_past_th
     let (reply, pieces) = ask(&filter, &policy, &chat, quiche);
     assert!(!reply.blocked && !pieces.is_empty(), "{reply:?}");
     assert_eq!(reply.chat_judge, None);
+    // Where the probe steps aside, the filter's harm label judges as it does without a probe:
+    // set to flag everything, it blocks the request under allow, and not under judge (where
+    // the probe has the label).
+    let mut strict = allow_all(&filter);
+    let flag_all = Rule {
+        threshold: 0.0,
+        action: Action::Block,
+    };
+    strict.set("harmful", flag_all).unwrap();
+    strict.set_other_languages(OtherLanguages::Allow);
+    let (reply, _) = ask(&filter, &strict, &chat, quiche);
+    let on_the_message = "the message was flagged as harmful";
+    assert!(
+        reason(&reply.reason).starts_with(on_the_message),
+        "{reply:?}"
+    );
+    strict.set_other_languages(OtherLanguages::Judge);
+    let (reply, _) = ask(&filter, &strict, &chat, quiche);
+    let why = reply.reason.as_deref().unwrap_or("");
+    assert!(!why.starts_with(on_the_message), "{reply:?}");
     // A French turn does not switch the probe off for an English request after it: the last
     // message is still judged on its own.
     let messages = [

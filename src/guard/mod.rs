@@ -58,7 +58,7 @@ use crate::text::sentence_done;
 use policy::Side;
 
 /// The filter label that judges whether a request asks for harm; where the chat model has a
-/// request probe, the probe judges that instead (module docs).
+/// request probe that judges the conversation, the probe judges that instead (module docs).
 pub const REQUEST_HARM_LABEL: &str = "harmful";
 
 /// The outcome of one moderated turn.
@@ -313,13 +313,15 @@ pub async fn moderated_chat(
             return Ok(reply);
         }
     };
-    if chat.probe.is_some() {
+    let languages = Languages::of(messages);
+    reply.other_language = languages.first.map(|l| l.name.to_string());
+    // The probe takes over the filter's harm label where it judges the conversation; where
+    // it steps aside (`OtherLanguages::Allow`), the label judges as it does without a probe.
+    if chat.probe.is_some() && languages.probe_judges_conversation(policy) {
         input.blocked.retain(|l| l != REQUEST_HARM_LABEL);
         input.warned.retain(|l| l != REQUEST_HARM_LABEL);
     }
     reply.warnings.extend(input.warned.iter().cloned());
-    let languages = Languages::of(messages);
-    reply.other_language = languages.first.map(|l| l.name.to_string());
     let blocked = policy
         .block_reason("the message was", &input, Side::Conversation)
         .or_else(|| languages.block_reason(policy));

@@ -59,8 +59,8 @@ pub enum OtherLanguages {
     /// of the harmful ones.
     Judge,
     /// The chat model's probe does not judge a conversation with such a message (nor the last
-    /// message alone, when that is the one); the filter's heads and the answer screens still
-    /// do. For pages whose users write in other languages and who accept that a request
+    /// message alone, when that is the one); the filter's heads (its `harmful` head too, as
+    /// without a probe) and the answer screens still do. For pages whose users write in other languages and who accept that a request
     /// written (or disguised) in one passes the probe.
     Allow,
 }

@@ -11,9 +11,9 @@ const wasmRequests = (from) => b.requests.slice(from).map((u) => new URL(u).path
 test("a Guard loads the tuning module on its first tuning call and keeps its rules, adapters and calls", async () => {
   const start = b.requests.length;
   const r = await b.page.evaluate(async () => {
-    const g = await Guard.create({ filterUrl: models.filterUrl, backend: "cpu" });
+    const g = await Guard.create({ filterUrl: models.filterUrl, backend: "cpu", otherLanguages: "judge" });
     try {
-      const out = { tuningAtStart: g.tuning };
+      const out = { tuningAtStart: g.tuning, otherLanguagesAtStart: g.otherLanguages };
       await g.setRule("offensive", { threshold: 0.77, action: "warn" });
       const texts = ["you are an idiot", "Snape kills Dumbledore at the end of the book"];
       out.before = await g.classify(texts);
@@ -26,6 +26,7 @@ test("a Guard loads the tuning module on its first tuning call and keeps its rul
       out.during = await during;
       out.tuningAfter = g.tuning;
       out.policy = g.policy;
+      out.otherLanguages = g.otherLanguages;
       out.labels = g.labels;
       out.after = await g.classify(texts);
       // The adapters taught in the tuning module export and import like any others.
@@ -37,6 +38,7 @@ test("a Guard loads the tuning module on its first tuning call and keeps its rul
   });
   assert.equal(r.tuningAtStart, false);
   assert.equal(r.tuningAfter, true);
+  assert.deepEqual([r.otherLanguagesAtStart, r.otherLanguages], ["judge", "judge"]);
   assert.deepEqual(r.report.labels, ["spoiler"]);
   assert.ok(r.labels.includes("spoiler"), JSON.stringify(r.labels));
   assert.deepEqual(r.policy.offensive, { threshold: Math.fround(0.77), action: "warn" }); // an f32
@@ -62,6 +64,7 @@ test("tuning: true loads only the tuning module, and tunes without moving", asyn
       const out = { tuning: g.tuning };
       out.report = await g.tuneFilter(await spoilers(), { steps: 3 });
       out.badOption = await settle(Guard.create({ filterUrl: models.filterUrl, backend: "cpu", tuning: "yes" }));
+      out.badLanguages = await settle(Guard.create({ filterUrl: models.filterUrl, backend: "cpu", otherLanguages: "translate" }));
       return out;
     } finally {
       g.dispose();
@@ -70,5 +73,6 @@ test("tuning: true loads only the tuning module, and tunes without moving", asyn
   assert.equal(r.tuning, true);
   assert.deepEqual(r.report.labels, ["spoiler"]);
   assert.match(r.badOption.error, /TypeError: tuning must be true or false/);
+  assert.match(r.badLanguages.error, /TypeError: otherLanguages must be "block", "judge" or "allow" \(got "translate"\)/);
   assert.deepEqual(wasmRequests(start), ["/pkg/webguard_tune_bg.wasm"]);
 });
