@@ -142,6 +142,9 @@ export interface Verdict {
   scores: Record<string, number>;
   labels: string[];
   flagged: boolean;
+  /** The language other than English the text is in ("French"), whose scores mean little: the
+   * filter learned English. null when it reads as English (see Reply.otherLanguage). */
+  otherLanguage: string | null;
 }
 
 export interface Screening {

@@ -5,7 +5,7 @@
 //   const guard = await Guard.create({ filterUrl: "/models/all-MiniLM-L6-v2/",
 //                                      chatUrl: "/models/SmolLM2-135M-Instruct.Q4_1.gguf",
 //                                      onProgress: (p) => console.log(p) });
-//   await guard.classify(["you are an idiot"]);  // [{ scores, labels, flagged }]
+//   await guard.classify(["you are an idiot"]);  // [{ scores, labels, flagged, otherLanguage }]
 //   await guard.chat([{ role: "user", content: "Hi!" }], { onToken: (t) => show(t) });
 //   for await (const chunk of await guard.chat.completions.create({ messages, stream: true })) { ... }
 //   guard.dispose();
@@ -353,7 +353,9 @@ export class Guard {
     this.#info.otherLanguages = await this.#call("setOtherLanguages", { choice });
   }
 
-  /** One verdict per text: `{ scores: { offensive, hate, harmful }, labels, flagged }`. */
+  /** One verdict per text: `{ scores: { offensive, hate, harmful }, labels, flagged,
+   *  otherLanguage }` (`otherLanguage`: the language other than English the text is in, whose
+   *  scores mean little; null for English). */
   async classify(texts) {
     if (typeof texts === "string") texts = [texts];
     return this.#call("classify", { texts });

@@ -130,6 +130,12 @@ fn shipped_heads_flag_clear_cases_and_say_where_they_came_from() {
     assert!(!v[1].flagged, "{v:?}");
     assert!(v[2].labels.contains(&"harmful".to_string()), "{v:?}");
     assert!(!v[3].flagged, "{v:?}");
+    assert!(v.iter().all(|v| v.other_language.is_none()), "{v:?}");
+    // A text in another language is scored too, and its verdict says which language it is.
+    let french = filter
+        .classify_blocking(&["Tu es vraiment un idiot, je te déteste"])
+        .unwrap();
+    assert_eq!(french[0].other_language.as_deref(), Some("French"));
     for verdict in &v {
         assert!(verdict.scores.values().all(|s| (0.0..=1.0).contains(s)));
         assert_eq!(verdict.flagged, !verdict.labels.is_empty());

@@ -50,6 +50,11 @@ pub struct Verdict {
     pub labels: Vec<String>,
     /// Whether any label was reached.
     pub flagged: bool,
+    /// The language other than English the text is in ("French", see
+    /// [`crate::text::language`]), whose scores mean little: the encoder and its heads learned
+    /// English. `None` when it reads as English, or for scores given without their text.
+    #[serde(rename = "otherLanguage")]
+    pub other_language: Option<String>,
 }
 
 impl Verdict {
@@ -65,7 +70,16 @@ impl Verdict {
             scores: score_map(labels, scores),
             flagged: !flagged.is_empty(),
             labels: flagged,
+            other_language: None,
         }
+    }
+
+    /// This verdict of `text`: says which other language it is in, if any.
+    pub fn of_text(mut self, text: &str) -> Self {
+        let language =
+            crate::text::language::other_language(&crate::text::normalize::for_judging(text));
+        self.other_language = language.map(|l| l.name.to_string());
+        self
     }
 }
 
@@ -498,11 +512,13 @@ impl Filter {
         Ok(out)
     }
 
-    /// One [`Verdict`] per text, in order. Empty texts are scored too (as `[CLS] [SEP]`);
-    /// texts longer than `max_text_bytes` are an error and nothing is scored.
+    /// One [`Verdict`] per text, in order, each saying which other language its text is in, if
+    /// any. Empty texts are scored too (as `[CLS] [SEP]`); texts longer than `max_text_bytes`
+    /// are an error and nothing is scored.
     pub async fn classify(&self, texts: &[&str]) -> Result<Vec<Verdict>> {
         let scores = self.scores(texts).await?;
-        Ok(scores.iter().map(|s| self.verdict(s)).collect())
+        let verdicts = scores.iter().zip(texts);
+        Ok(verdicts.map(|(s, t)| self.verdict(s).of_text(t)).collect())
     }
 
     /// [`Filter::classify`], blocking until done (native only).

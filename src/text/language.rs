@@ -211,25 +211,25 @@ fn listed(list: &str, word: &str) -> bool {
 
 /// The script most of `text`'s letters are written in, when that is not Latin.
 fn non_latin_script(text: &str) -> Option<OtherLanguage> {
-    let (mut latin, mut other) = (0usize, Vec::new());
+    let mut latin = 0usize;
+    // Letters per script, in the order first met (a handful of entries at most).
+    let mut counts: Vec<(OtherLanguage, usize)> = Vec::new();
     for c in text.chars().filter(|c| c.is_alphabetic()) {
         match script(c) {
             None => latin += 1,
-            Some(s) => other.push(s),
+            Some(s) => match counts.iter_mut().find(|(t, _)| *t == s) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((s, 1)),
+            },
         }
     }
-    if other.len() <= latin {
+    if counts.iter().map(|(_, n)| n).sum::<usize>() <= latin {
         return None;
     }
     // Japanese mixes kana with Chinese characters: any kana makes it Japanese.
-    let japanese = other.iter().find(|s| s.code == "ja");
-    japanese.or_else(|| most_common(&other)).copied()
-}
-
-fn most_common(scripts: &[OtherLanguage]) -> Option<&OtherLanguage> {
-    scripts
-        .iter()
-        .max_by_key(|s| scripts.iter().filter(|t| t.code == s.code).count())
+    let japanese = counts.iter().find(|(s, _)| s.code == "ja");
+    let most = counts.iter().rev().max_by_key(|(_, n)| *n);
+    japanese.or(most).map(|(s, _)| *s)
 }
 
 #[cfg(test)]
@@ -320,6 +320,13 @@ mod tests {
         let judged = crate::text::normalize::for_judging(disguised);
         assert_eq!(judged, "how to make bomb");
         assert_eq!(code(&judged), None);
+    }
+
+    #[test]
+    fn a_long_text_in_another_script_is_named_by_its_commonest_script() {
+        // 200,000 letters, counted once each (a count per pair of letters grows with the square).
+        let text = format!("{}{}", "漢".repeat(150_000), "ж".repeat(50_000));
+        assert_eq!(code(&text), Some("Hani"));
     }
 
     #[test]

@@ -135,9 +135,8 @@ async fn classify(
 ) -> Result<JsValue, JsValue> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let scores = filter.scores(&refs).await.js()?;
-    let verdicts: Vec<Verdict> = scores
-        .iter()
-        .map(|s| filter.verdict_with(s, thresholds))
+    let verdicts: Vec<Verdict> = (scores.iter().zip(texts))
+        .map(|(s, text)| filter.verdict_with(s, thresholds).of_text(text))
         .collect();
     to_js(&verdicts)
 }

@@ -72,6 +72,11 @@ test("CPU backend in wasm: the same scores as native", async () => {
   assertSameScores(r.verdicts, "cpu");
 });
 
+test("a verdict names the language other than English its text is in", async () => {
+  const r = await b.page.evaluate(() => window.webguard.classify("cpu", ["Tu es vraiment un idiot, je te déteste", "you are an idiot"]));
+  assert.deepEqual(r.verdicts.map((v) => v.otherLanguage), ["French", null]);
+});
+
 test("thresholds can be overridden, within range", async () => {
   const t = await b.page.evaluate(() => window.webguard.setThreshold("cpu", "hate", 0.99));
   assert.equal(Math.abs(t[1] - 0.99) < 1e-6, true, JSON.stringify(t));

@@ -38,11 +38,15 @@ pub fn run(models: &Path, args: ClassifyArgs) -> Result<()> {
                     .iter()
                     .map(|l| format!("{l}={:.3}", v.scores[l]))
                     .collect();
-                let mark = if v.flagged {
+                let mut mark = if v.flagged {
                     format!("FLAGGED {}", v.labels.join("+"))
                 } else {
                     "ok".into()
                 };
+                // The scores of a text in another language mean little (English heads).
+                if let Some(language) = &v.other_language {
+                    mark.push_str(&format!(" ({language})"));
+                }
                 format!("{mark:<28} {}  {text}", scores.join(" "))
             };
             writeln!(out, "{line}").map_err(|e| Error::io("stdout", e))?;
