@@ -19,8 +19,9 @@
 //!
 //! Measured (notes/issue-13-guard.md, twentieth session): all 200 requests of
 //! `tests/data/guard-eval/other-languages-dev.jsonl` and 264 of the 266 other-language requests
-//! of the other evaluation sets and the training data found (the two missed: Italian with
-//! `all'`, Czech without its own letters); of 6,623 English texts (AdvBench, Do-Not-Answer,
+//! of the other evaluation sets and the training data found (missed: an Italian request
+//! with `all'`, where English `all` and `i` tied it; a Czech one, where `by` and `to` tied the
+//! two words with its letters); of 6,623 English texts (AdvBench, Do-Not-Answer,
 //! past-tense rewordings, RealToxicityPrompts, ToxiGen, self-instruct, TweetEval validation,
 //! the English evaluation requests) none taken for another language (the one tweet it named
 //! is Dutch). Latin-script languages without a list (Finnish, Hungarian, Vietnamese ...) read
