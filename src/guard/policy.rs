@@ -47,21 +47,20 @@ impl fmt::Display for Action {
 /// What a moderated turn does when a user or system message is in a language other than
 /// English ([`crate::text::language`]): the judges read English, and the chat model's probe
 /// reads other languages as "unfamiliar" more than as harmful or not (notes/issue-13-guard.md).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OtherLanguages {
     /// Refuse the turn, naming the language. The default: a judge that cannot read the text
     /// fails closed, as the guard does when the filter fails.
     #[default]
     Block,
     /// Judge it as if it were English (what the guard did before it could tell): on 200
-    /// requests in eight other languages the probe stopped 67% of the harmless ones and 92.5%
-    /// of the harmful ones.
+    /// requests in eight other languages the whole pipeline stopped 70% of the harmless ones
+    /// and 92.5% of the harmful ones (the probe alone flagged 67% of the harmless ones).
     Judge,
     /// The chat model's probe does not judge a conversation with such a message (nor the last
     /// message alone, when that is the one); the filter's heads (its `harmful` head too, as
-    /// without a probe) and the answer screens still do. For pages whose users write in other languages and who accept that a request
-    /// written (or disguised) in one passes the probe.
+    /// without a probe) and the answer screens still do. For pages whose users write in other
+    /// languages and who accept that a request written (or disguised) in one passes the probe.
     Allow,
 }
 
@@ -462,7 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_rules_are_errors() {
+    fn bad_rules_and_unknown_actions_are_errors_and_actions_parse_as_printed() {
         let mut p = policy();
         let rule = Rule {
             threshold: 1.5,
@@ -479,7 +478,13 @@ mod tests {
             )
             .is_err()
         );
-        assert!("ban".parse::<Action>().is_err());
-        assert_eq!("warn".parse::<Action>().unwrap(), Action::Warn);
+        let err = "ban".parse::<Action>().unwrap_err().to_string();
+        assert!(
+            err.contains(r#"unknown action "ban": use "block", "warn" or "allow""#),
+            "{err}"
+        );
+        for action in [Action::Block, Action::Warn, Action::Allow] {
+            assert_eq!(action.to_string().parse::<Action>().unwrap(), action);
+        }
     }
 }
