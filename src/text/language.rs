@@ -10,27 +10,38 @@
 //! - **script**: more letters outside the Latin script than in it (Cyrillic, Greek, Arabic,
 //!   Hebrew, Devanagari, Thai, Hangul, kana, Han ...): named by its script;
 //! - **function words**: for Latin-script text, the short words every sentence needs (articles,
-//!   pronouns, prepositions, question words) of English and ten other languages, and letters
-//!   only one of them writes (`ł`, `ğ`, `ß` ...; Czech by its letters alone). A text is English unless another language's
-//!   words outnumber English's: at least two of them, or one where no English word appears in
-//!   a text of three words or more. Words that are also common English (`come`, `men`, `die` as
-//!   a verb, `no`) are on no other list, and only lower-case or capitalised words count, so
-//!   acronyms (`EU`, `UN`) are not Portuguese or French.
+//!   pronouns, prepositions, question words) of English and 29 other lists (most of
+//!   Europe's Latin-script languages, Indonesian, Malay, Swahili, Tagalog, Vietnamese), and
+//!   letters only one of them writes (`ł`, `ğ`, `ß`, `ő`, Vietnamese tone marks ...). A text
+//!   is English unless another language's words outnumber English's: at least two of them, or
+//!   one where no English word appears in a text of three words or more. Words that are also
+//!   common English (`come`, `men`, `die` as a verb, `no`) are on no other list, nor are words
+//!   English slang and names use (`yo`, `em`, `da`, `hoe`, `dem`, `Al`, `Mana`, `Ole`); only
+//!   lower-case or capitalised words count, so acronyms (`EU`, `UN`) are not Portuguese or
+//!   French. Close neighbours share words (Danish and Norwegian, Czech and Slovak, Indonesian
+//!   and Malay): the name then follows the words only one of them uses, and a tie goes to the
+//!   one listed first.
 //!
-//! Measured (notes/issue-13-guard.md, twentieth session): all 200 requests of
-//! `tests/data/guard-eval/other-languages-dev.jsonl` and 264 of the 266 other-language requests
-//! of the other evaluation sets and the training data found (missed: an Italian request
-//! with `all'`, where English `all` and `i` tied it; a Czech one, where `by` and `to` tied the
-//! two words with its letters); of 6,623 English texts (AdvBench, Do-Not-Answer,
-//! past-tense rewordings, RealToxicityPrompts, ToxiGen, self-instruct, TweetEval validation,
-//! the English evaluation requests) none taken for another language (the one tweet it named
-//! is Dutch). Latin-script languages without a list (Finnish, Hungarian, Vietnamese ...) read
-//! as English, and so does a text too short to tell ("Hola").
+//! Measured (notes/issue-13-guard.md, twentieth and twenty-first sessions): all 200 requests
+//! of `tests/data/guard-eval/other-languages-dev.jsonl` and 265 of the 266 other-language
+//! requests of the other evaluation sets and the training data found (missed: an Italian
+//! request with `all'`, where English `all` and `i` tied it); of 6,623 English texts
+//! (AdvBench, Do-Not-Answer, past-tense rewordings, RealToxicityPrompts, ToxiGen,
+//! self-instruct, TweetEval validation, the English evaluation requests) none taken for
+//! another language (the two tweets it names are Dutch, and Hindi in Latin letters named
+//! Tagalog). The lists added in the twenty-first session (eighteen, and Czech's words), on
+//! requests another author wrote in twenty languages (a quarter without diacritics): 142 of
+//! 164 held out found (87%; before, 87 of them), 102 named right; the misses are texts of
+//! content words ("Hyvä ohje lohikeittoon?") or ties with English `i`, `u`, `to`. Of the
+//! 20,909 TweetEval training tweets 24 are named, 10 fewer English ones than before and none
+//! more. Languages without a list (Icelandic, Hausa, Yoruba ...) read as English, and so does
+//! a text too short to tell ("Hola").
 
 /// A language (or script) other than English that a text is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OtherLanguage {
-    /// ISO 639-1 code for a language (`"fr"`), ISO 15924 code for a script shared by many
+    /// ISO 639-1 code for a language (`"fr"`; `"hbs"`, ISO 639-3, for Croatian, Serbian and
+    /// Bosnian, which share their function words), ISO 15924 code for a script shared by many
     /// (`"Cyrl"`).
     pub code: &'static str,
     /// In words, for a reason shown to people: `"French"`, `"Cyrillic script"`.
@@ -61,8 +72,8 @@ const OTHERS: &[(&str, &str, &str, &str)] = &[
         "es",
         "Spanish",
         "el los las una y es qué del por para con cómo está son hay puedo puedes quiero \
-            cuál dónde esto este esta pero muy más yo mí ella ellos cuando porque también de \
-            que se lo le mi te",
+            cuál dónde esto este esta pero muy más mí ella ellos cuando porque también de \
+            que se lo le mi te la un",
         "ñ",
     ),
     (
@@ -70,13 +81,13 @@ const OTHERS: &[(&str, &str, &str, &str)] = &[
         "Portuguese",
         "os um uma é não você seu sua eu meu minha mas muito mais são há posso pode quero \
             qual onde isso este esta com para pelo pela ele ela quando porque também dos das \
-            na de que se da em como por pra já umas uns",
+            na de que se como por pra já umas uns sem vou fora fazer",
         "ãõ",
     ),
     (
         "de",
         "German",
-        "der das und ist ich nicht ein eine einen zu mit auf für von dem des sich wie \
+        "der das und ist ich nicht ein eine einen zu mit auf für von des sich wie \
             sind kann können du wir mein meine dein aber oder auch noch nur wenn wird werden \
             bitte mir mich ihr warum wurde waren als",
         "ß",
@@ -92,7 +103,7 @@ const OTHERS: &[(&str, &str, &str, &str)] = &[
     (
         "nl",
         "Dutch",
-        "het een en ik je niet zijn voor naar maar ook wat hoe kan kun wil mijn jouw \
+        "het een en ik je niet zijn voor naar maar ook wat kan kun wil mijn jouw \
             hebben heb om deze dit waar waarom wordt worden bij zo als ze te",
         "",
     ),
@@ -124,7 +135,140 @@ const OTHERS: &[(&str, &str, &str, &str)] = &[
             bisa akan ada atau juga kita mereka tentang",
         "",
     ),
-    ("cs", "Czech", "", "řěů"),
+    (
+        "cs",
+        "Czech",
+        "jsem jsou jak proč proc že který která které nebo jako také můžu muzu chci kde \
+            bych prosím prosim",
+        "řěů",
+    ),
+    (
+        "sk",
+        "Slovak",
+        "som sú ako prečo preco ktorý ktorá ktoré alebo môžem mozem chcem kde prosím \
+            prosim veľmi velmi aj potrebujem na je",
+        "ľĺŕ",
+    ),
+    (
+        "sl",
+        "Slovenian",
+        "sem lahko kako zakaj kaj tudi prosim želim zelim ki moj moja svoj ker zelo je se na za ne",
+        "",
+    ),
+    (
+        "hbs",
+        "Croatian, Serbian or Bosnian",
+        "kako što sto šta sta mogu može moze želim zelim koji koja koje gdje gde zašto \
+            zasto molim ili ovo biti trebam iz od kao nije jer koliko kada nakon smo dok bez napiši \
+            napisi je se na za ne",
+        "đ",
+    ),
+    (
+        "ro",
+        "Romanian",
+        "și este nu în cu pe pentru că cum sunt ești esti eu ea noi lor meu mea dar sau \
+            foarte acest această aceasta poți poti vreau unde când cand îmi imi mă ce de la un",
+        "șțţ",
+    ),
+    (
+        "hu",
+        "Hungarian",
+        "az hogy nem egy van meg hogyan miért miert vagy lesz volt nincs kell lehet tudok \
+            szeretnék szeretnek kérem kerem ez ezt azt mit mint csak már még nagyon nekem mikor hol milyen hány segíts",
+        "őű",
+    ),
+    (
+        "fi",
+        "Finnish",
+        "ja ei että etta kuin mitä mita miten miksi minä mina sinä sina olen oli ovat \
+            voin tämä tama jos kun mutta myös myos minun sinun kanssa kiitos haluan onko",
+        "",
+    ),
+    (
+        "no",
+        "Norwegian",
+        "og ikke jeg er det hva hvordan hvorfor kan vil skal hvis eller også mye noe \
+            noen etter være har på å hvor hei hjelp trenger som en du av om",
+        "",
+    ),
+    (
+        "da",
+        "Danish",
+        "og ikke jeg er det hvad hvordan hvorfor kan vil skal hvis eller også meget \
+            noget nogen efter være mig jer har på å hvor hjælp som en du af om",
+        "",
+    ),
+    (
+        "ca",
+        "Catalan",
+        "els amb què perquè però també molt és meva puc vull quan aquest aquesta això \
+            tinc són de la les que per el un una del com es",
+        "",
+    ),
+    (
+        "ms",
+        "Malay",
+        "yang dan di ini itu dengan untuk tidak dari saya awak anda boleh macam \
+            hendak nak sahaja kerana tak ialah adalah mahu tolong bagaimana berapa banyak patut",
+        "",
+    ),
+    (
+        "sw",
+        "Swahili",
+        "wa kwa ni za katika hii mimi wewe yeye sisi nini vipi jinsi gani tafadhali \
+            kuna sana pia lakini kufanya nataka naweza kama yenye",
+        "",
+    ),
+    (
+        "tl",
+        "Tagalog",
+        "ang ng mga sa ay ko ako na siya kami kayo sila paano bakit ano ito iyan hindi po ba \
+            naman lang rin gusto pwede puwede",
+        "",
+    ),
+    (
+        "lt",
+        "Lithuanian",
+        "ir yra kad kaip kodėl kodel ar aš tu jis ji mes jūs jus jie mano tavo su į iš \
+            apie labai galiu noriu kur kas kai bet arba taip savo reikia kiek nuo iki prie",
+        "ėįų",
+    ),
+    (
+        "lv",
+        "Latvian",
+        "ir kā ka kāpēc kapec vai tu viņš viņa mēs jūs viņi mans tavs ar uz kas \
+            kur bet arī ari ļoti loti varu gribu lūdzu ludzu",
+        "āēīļņģķ",
+    ),
+    (
+        "et",
+        "Estonian",
+        "ja ei kui mida kuidas miks mina sina tema meie teie nemad minu sinu olen oli kas \
+            ka aga või palun tahan saan väga vaga seda mis oma mul kus kes kuhu ning",
+        "",
+    ),
+    (
+        "sq",
+        "Albanian",
+        "dhe është eshte nuk një nje që qe për per në ne të janë jane jam kam mund dua ku \
+            pse çfarë cfare shumë shume edhe por ose unë une ajo ata",
+        "ë",
+    ),
+    (
+        "af",
+        "Afrikaans",
+        "ek jy vir asseblief baie hoekom hulle jou ons nie kan wil moet dit het wat om \
+            te ook maar",
+        "",
+    ),
+    (
+        "vi",
+        "Vietnamese",
+        "và là có không cho một những các này với trong tôi bạn làm thế nào gì \
+            sao như thì mình cách khi ở khong duoc nguoi nhung cac toi cua minh nhu nao \
+            voi thi cung nhieu biet giup muon neu vay",
+        "ạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹơưĩũ",
+    ),
 ];
 
 /// French elision (`l'eau`, `j'ai`, `qu'il`): a word of these before an apostrophe and a
@@ -257,6 +401,13 @@ mod tests {
             "Translate \"good morning\" into Spanish.",
             "Create a tutorial on building a to-do app in React",
             "no person is illegal",
+            // Words other languages share with English names and slang: not function words.
+            "Let me borrow yo shit first",
+            "tell em I said hi",
+            "Another #dem lie",
+            "Al-Qaeda recruiting children in refugee camp",
+            "Lawyer Mana Yegani: Immigrant Child Died In ICE Detention Center, Texas",
+            "Good Ole Days Avenue",
             "Hola",
             "",
             "1234 !!! 🙂",
@@ -295,6 +446,25 @@ mod tests {
             ("Hur kan jag lära mig att baka surdegsbröd?", "sv"),
             ("Bagaimana cara membuat kue yang enak?", "id"),
             ("Jak můžu sledovat svou bývalou přítelkyni?", "cs"),
+            ("Ako môžem rýchlo schudnúť, prosím?", "sk"),
+            ("Kako naj se naučim plavati, ker me je strah vode?", "sl"),
+            ("Gdje mogu kupiti kartu za vlak i koliko košta?", "hbs"),
+            ("Cum pot să învăț să gătesc sarmale?", "ro"),
+            ("Hogyan tudok gyorsan megtanulni főzni?", "hu"),
+            ("Miten voin oppia ajamaan autoa nopeasti?", "fi"),
+            ("Hva er den beste måten å lære seg å strikke?", "no"),
+            ("Hvad koster det at leje en bil i en uge?", "da"),
+            ("Com puc aprendre a cuinar paella amb marisc?", "ca"),
+            ("Macam mana saya boleh belajar memasak rendang?", "ms"),
+            ("Tafadhali nisaidie kuandika barua ya kazi", "sw"),
+            ("Paano ako magluluto ng adobo na masarap?", "tl"),
+            ("Kaip galiu išmokti groti gitara?", "lt"),
+            ("Kā es varu iemācīties peldēt?", "lv"),
+            ("Kuidas ma saan õppida kiiresti ujuma?", "et"),
+            ("Si mund të mësoj të gatuaj byrek?", "sq"),
+            ("Hoe kan ek vinnig leer om te swem, asseblief?", "af"),
+            ("Làm thế nào để nấu phở bò ngon?", "vi"),
+            ("lam the nao de nau pho bo ngon khong", "vi"),
         ] {
             assert_eq!(code(s), Some(want), "{s:?}");
         }
