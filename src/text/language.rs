@@ -51,11 +51,10 @@ pub struct OtherLanguage {
 /// English's function words, one string (a table of slices cost the wasm module 3 KB). Words
 /// that are also another language's common words (`i`, `do`, `to`, `no`) count for English
 /// too: English text must win on its own words.
-const ENGLISH: &str = "the and of for with how what why can could you your my it this that does be have has \
-    please write give make from about should would will or not at by if some there they \
-    we she which when where who are get tell any more than been were these those them \
-    their our its her him his like just all but do was i is to so go no up out got im u \
-    lol ur dont";
+const ENGLISH: &str = "the and of for with how what why can could you your my it this that does \
+    be have has please write give make from about should would will or not at by if some there \
+    they we she which when where who are get tell any more than been were these those them their \
+    our its her him his like just all but do was i is to so go no up out got im u lol ur dont";
 
 /// Other languages: code, name, function words (none of them common English; space-separated
 /// as `ENGLISH`), letters that language alone writes among these.
@@ -159,8 +158,8 @@ const OTHERS: &[(&str, &str, &str, &str)] = &[
         "hbs",
         "Croatian, Serbian or Bosnian",
         "kako što sto šta sta mogu može moze želim zelim koji koja koje gdje gde zašto \
-            zasto molim ili ovo biti trebam iz od kao nije jer koliko kada nakon smo dok bez napiši \
-            napisi je se na za ne",
+            zasto molim ili ovo biti trebam iz od kao nije jer koliko kada nakon smo dok bez \
+            napiši napisi je se na za ne",
         "đ",
     ),
     (
@@ -174,7 +173,8 @@ const OTHERS: &[(&str, &str, &str, &str)] = &[
         "hu",
         "Hungarian",
         "az hogy nem egy van meg hogyan miért miert vagy lesz volt nincs kell lehet tudok \
-            szeretnék szeretnek kérem kerem ez ezt azt mit mint csak már még nagyon nekem mikor hol milyen hány segíts",
+            szeretnék szeretnek kérem kerem ez ezt azt mit mint csak már még nagyon nekem mikor \
+            hol milyen hány segíts",
         "őű",
     ),
     (
