@@ -7,9 +7,9 @@
 
 use crate::backend::read_f32;
 use crate::error::{Error, Result};
-use crate::models::llama::{Adapters, KvCache, Llama};
+use crate::models::llama::{Adapters, KvCache, Llama, Positions};
 use crate::models::lora::{Lora, LoraConfig, LoraFactors, Projection};
-use crate::models::probe::{ChatProbes, StateProbe};
+use crate::models::probe::{ChatProbes, Pooling, StateProbe};
 #[cfg(doc)]
 use crate::text::chat_template::render;
 use crate::text::chat_template::{DEFAULT_SYSTEM_PROMPT, Message, turns};
@@ -132,6 +132,36 @@ impl ChatModel {
                 Ok(ids)
             })
             .collect()
+    }
+
+    /// Where the request probe ([`ChatModel::probe`]) reads the prompt of `messages`
+    /// ([`ChatModel::probe_positions`] with its pooling; the last token without a probe).
+    pub fn request_probe_positions(&self, messages: &[Message]) -> Result<Positions> {
+        let pooling = self
+            .probe
+            .as_ref()
+            .map_or(Pooling::LastToken, |p| p.pooling);
+        self.probe_positions(pooling, messages)
+    }
+
+    /// Where a request probe with `pooling` reads the prompt of `messages`
+    /// ([`ChatModel::prompt_ids`]): at its last token, or, for [`Pooling::UserMessage`],
+    /// averaged over the last user message's text (the positions after its role line and
+    /// before `<|im_end|>`; at least one). Errors as `prompt_ids` does, and for a pooling
+    /// probe without a user message.
+    pub fn probe_positions(&self, pooling: Pooling, messages: &[Message]) -> Result<Positions> {
+        if pooling == Pooling::LastToken {
+            return Ok(Positions::Last);
+        }
+        let roles = turns(messages)?;
+        let ids = self.turn_ids(messages)?;
+        let k = (roles.iter().rposition(|(role, _)| *role == "user"))
+            .ok_or_else(|| Error::InvalidInput("no user message for the probe to read".into()))?;
+        let start: usize = ids[..k].iter().map(Vec::len).sum();
+        // The turn is `<|im_start|>`, the role line and text, `<|im_end|>`, a newline.
+        let end = start + ids[k].len() - 1 - self.tokenizer.encode("\n")?.len();
+        let role_line = self.tokenizer.encode_literal("user\n")?.len();
+        Ok(Positions::Mean((start + 1 + role_line).min(end - 1)..end))
     }
 
     /// What opens the assistant's turn after the conversation.
@@ -357,19 +387,28 @@ impl ChatModel {
     }
 
     /// The states a probe reads for `prompt` (token ids from [`ChatModel::prompt_ids`]): the
-    /// output of each of `layers` at the last prompt token, concatenated. A prompt that starts
-    /// with the default system turn continues from that turn's keys and values, which the
-    /// model computes once and keeps ([`Llama::kept_prefix`]).
-    pub async fn prompt_states(&self, prompt: &[u32], layers: &[usize]) -> Result<Vec<f32>> {
+    /// output of each of `layers` at `positions` of the prompt (one row: the last token, or a
+    /// mean), concatenated. A prompt that starts with the default system turn continues from
+    /// that turn's keys and values, which the model computes once and keeps
+    /// ([`Llama::kept_prefix`]).
+    pub async fn prompt_states(
+        &self,
+        prompt: &[u32],
+        layers: &[usize],
+        positions: Positions,
+    ) -> Result<Vec<f32>> {
         let system = self.default_system_turn()?;
-        match prompt.strip_prefix(&system[..]) {
-            Some(rest) if !rest.is_empty() => {
+        match (
+            prompt.strip_prefix(&system[..]),
+            positions.after(system.len()),
+        ) {
+            (Some(rest), Some(after)) if !rest.is_empty() => {
                 let prefix = self.model.kept_prefix(&system)?;
-                self.prompt_states_after(&prefix, rest, layers).await
+                self.prompt_states_after(&prefix, rest, layers, after).await
             }
             _ => {
-                self.prompt_states_after(&self.model.new_cache(), prompt, layers)
-                    .await
+                let cache = self.model.new_cache();
+                (self.prompt_states_after(&cache, prompt, layers, positions)).await
             }
         }
     }
@@ -381,14 +420,21 @@ impl ChatModel {
     }
 
     /// [`ChatModel::prompt_states`] for a prompt whose first tokens are already in `prefix`
-    /// (a shared system turn, computed once); `rest` are the tokens after them.
+    /// (a shared system turn, computed once); `rest` are the tokens after them, and
+    /// `positions` count from the first of them.
     pub async fn prompt_states_after(
         &self,
         prefix: &KvCache,
         rest: &[u32],
         layers: &[usize],
+        positions: Positions,
     ) -> Result<Vec<f32>> {
-        let states = self.model.states_after(prefix, rest, layers)?;
+        if positions == Positions::All {
+            return Err(Error::InvalidInput(
+                "a probe reads one row of states".into(),
+            ));
+        }
+        let states = self.model.states_after(prefix, rest, layers, positions)?;
         let mut out = Vec::with_capacity(layers.len() * self.model.config().dim);
         for s in states {
             out.extend(read_f32(s).await?);
@@ -416,19 +462,30 @@ impl ChatModel {
     }
 
     /// The states the probes read for `answer` (token ids) following `prompt` (from
-    /// [`ChatModel::prompt_ids`]): at the last prompt token (the request probe's), and at each
-    /// [`ChatModel::sentence_ends`] entry (the answer probe's), each the output of `layers`
-    /// concatenated. One forward pass over both; equal (to rounding) to what prefill and
-    /// generation compute token by token.
+    /// [`ChatModel::prompt_ids`]): at `request` positions of the prompt (the request probe's,
+    /// [`ChatModel::probe_positions`]), and at each [`ChatModel::sentence_ends`] entry (the
+    /// answer probe's), each the output of `layers` concatenated. One forward pass over both;
+    /// equal (to rounding) to what prefill and generation compute token by token.
     pub async fn answer_states(
         &self,
         prompt: &[u32],
         answer: &[u32],
         layers: &[usize],
+        request: Positions,
     ) -> Result<AnswerStates> {
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }
+        let request = match request {
+            Positions::Last => prompt.len() - 1..prompt.len(),
+            Positions::Mean(r) if !r.is_empty() && r.end <= prompt.len() => r,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "the request's states at {other:?} of {} prompt tokens",
+                    prompt.len()
+                )));
+            }
+        };
         let ends = self.sentence_ends(answer)?;
         let ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
         // On a GPU: the engine, one step per sentence (its states are kept at a step's last
@@ -437,7 +494,7 @@ impl ChatModel {
             && ids.len() <= engine.max_positions()
         {
             let mut seq = engine.new_tapped_sequence(layers)?;
-            engine.step(&mut seq, prompt)?;
+            engine.step_averaging(&mut seq, prompt, request)?;
             let prompt_end = engine.states(&seq).await?;
             let mut sentence_ends = Vec::with_capacity(ends.len());
             let mut from = 0;
@@ -466,8 +523,15 @@ impl ChatModel {
                 .flat_map(|l| l[at..at + dim].iter().copied())
                 .collect()
         };
+        let mut prompt_end = vec![0.0; layers.len() * dim];
+        for p in request.clone() {
+            prompt_end.iter_mut().zip(row(p)).for_each(|(m, v)| *m += v);
+        }
+        prompt_end
+            .iter_mut()
+            .for_each(|m| *m /= request.len() as f32);
         Ok(AnswerStates {
-            prompt_end: row(prompt.len() - 1),
+            prompt_end,
             sentence_ends: ends.iter().map(|&e| row(prompt.len() + e)).collect(),
         })
     }
@@ -475,7 +539,7 @@ impl ChatModel {
 
 /// What [`ChatModel::answer_states`] returns.
 pub struct AnswerStates {
-    /// At the last prompt token.
+    /// At the request's positions (the last prompt token's, or a mean).
     pub prompt_end: Vec<f32>,
     /// At each sentence end of the answer, in order.
     pub sentence_ends: Vec<Vec<f32>>,

@@ -9,7 +9,7 @@ use crate::backend::read_f32;
 use crate::chat::ChatModel;
 use crate::error::{Error, Result};
 use crate::models::gpu::{Candidates, MAX_TOP_CANDIDATES, Sequence};
-use crate::models::llama::{KvCache, Llama};
+use crate::models::llama::{KvCache, Llama, Positions};
 use crate::rng::Rng;
 use crate::text::tokenizer::StreamDecoder;
 
@@ -256,7 +256,7 @@ pub struct Generator<'a> {
     remaining: usize,
     reason: Option<StopReason>,
     prompt_tokens: usize,
-    /// Blocks whose states [`Generator::states_at_last_token`] returns.
+    /// Blocks whose states [`Generator::latest_states`] returns.
     layers: Vec<usize>,
     /// Their states at the last token run through burn's path (set whenever `layers` is not
     /// empty: the prefill's last token, then each token fed); the engine keeps its own.
@@ -281,20 +281,22 @@ impl<'a> Generator<'a> {
     /// Checks the options and runs the prompt (token ids, e.g. a rendered chat) through the
     /// model. `end_tokens` end the turn (for SmolLM2: `<|im_end|>` and `<|endoftext|>`).
     pub fn new(chat: &'a ChatModel, prompt: &[u32], options: &'a GenerateOptions) -> Result<Self> {
-        Self::with_states(chat, prompt, options, &[])
+        Self::with_states(chat, prompt, options, &[], Positions::Last)
     }
 
-    /// [`Generator::new`], also keeping the residual stream after each block in `layers` at
-    /// the last token run (what the chat model's probes read): right away,
-    /// [`Generator::states_at_last_token`] gives them at the last prompt token, from the same
-    /// prefill. On a GPU the engine keeps them (a 14 KB read-back for 6 blocks).
+    /// [`Generator::new`], also keeping the residual stream after each block in `layers` (what
+    /// the chat model's probes read): right away, [`Generator::latest_states`] gives them at
+    /// `positions` of the prompt (the last token, or a mean over a message), from the same
+    /// prefill; after each token, at that token. On a GPU the engine keeps them (a 14 KB
+    /// read-back for 6 blocks).
     pub fn with_states(
         chat: &'a ChatModel,
         prompt: &[u32],
         options: &'a GenerateOptions,
         layers: &[usize],
+        positions: Positions,
     ) -> Result<Self> {
-        Self::start(chat, prompt, options, layers, false)
+        Self::start(chat, prompt, options, layers, positions, false)
     }
 
     /// [`Generator::with_states`] running the chat model's safety adapters
@@ -307,8 +309,9 @@ impl<'a> Generator<'a> {
         prompt: &[u32],
         options: &'a GenerateOptions,
         layers: &[usize],
+        positions: Positions,
     ) -> Result<Self> {
-        Self::start(chat, prompt, options, layers, true)
+        Self::start(chat, prompt, options, layers, positions, true)
     }
 
     fn start(
@@ -316,12 +319,18 @@ impl<'a> Generator<'a> {
         prompt: &[u32],
         options: &'a GenerateOptions,
         layers: &[usize],
+        positions: Positions,
         safety: bool,
     ) -> Result<Self> {
         let (model, tokenizer, end_tokens) = (&chat.model, &chat.tokenizer, &chat.end_tokens[..]);
         options.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        if positions == Positions::All {
+            return Err(Error::InvalidInput(
+                "a probe reads one row of states".into(),
+            ));
         }
         let window = chat.context_window();
         let room = window.saturating_sub(prompt.len());
@@ -345,11 +354,15 @@ impl<'a> Generator<'a> {
         let (next_input, last_states, gpu) = match engine {
             Some(engine) => {
                 let mut seq = engine.new_tapped_sequence(layers)?;
-                engine.step(&mut seq, prompt)?;
+                match positions {
+                    Positions::Mean(over) => engine.step_averaging(&mut seq, prompt, over)?,
+                    _ => engine.step(&mut seq, prompt)?,
+                }
                 (NextInput::OnGpu, Vec::new(), Some(seq))
             }
             None => {
-                let (logits, states) = model.forward_with_states(prompt, &mut cache, layers)?;
+                let (logits, states) =
+                    model.forward_with_states_at(prompt, &mut cache, layers, positions)?;
                 (NextInput::Logits(Box::new(logits)), states, None)
             }
         };
@@ -510,11 +523,12 @@ impl<'a> Generator<'a> {
         Ok(())
     }
 
-    /// The states (after the blocks given to [`Generator::with_states`], concatenated) at the
-    /// last token of the text so far: what the answer probe reads at a sentence end. Runs the
-    /// pending token through the model now rather than at the next pick, so it costs nothing
-    /// extra.
-    pub async fn states_at_last_token(&mut self) -> Result<Vec<f32>> {
+    /// The states (after the blocks given to [`Generator::with_states`], concatenated) of the
+    /// last step: before any token, at the positions of the prompt given there (what the
+    /// request probe reads); then at the last token of the text so far (what the answer probe
+    /// reads at a sentence end). Runs the pending token through the model now rather than at
+    /// the next pick, so it costs nothing extra.
+    pub async fn latest_states(&mut self) -> Result<Vec<f32>> {
         if self.layers.is_empty() {
             return Err(Error::InvalidInput(
                 "this generator keeps no states (no layers given)".into(),

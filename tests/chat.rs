@@ -4,6 +4,7 @@
 mod common;
 
 use webguard::generate::{GenerateOptions, StopReason, generate};
+use webguard::models::llama::Positions;
 use webguard::text::chat_template::Message;
 
 /// The largest difference between `a` and `b`, each relative to `a`'s value (or absolute
@@ -146,7 +147,7 @@ fn probe_states_do_not_depend_on_how_the_prompt_was_prefilled() {
     let whole = whole_prefill_states(&chat, &ids, &layers);
     assert_eq!(whole.len(), 2 * chat.model.config().dim);
     // The default system turn kept by the model, then the rest, stopping after block 20.
-    let kept = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    let kept = pollster::block_on(chat.prompt_states(&ids, &layers, Positions::Last)).unwrap();
     let worst = max_relative_diff(&whole, &kept);
     assert!(
         worst < path_tolerance(&chat),
@@ -154,17 +155,19 @@ fn probe_states_do_not_depend_on_how_the_prompt_was_prefilled() {
     );
     let mut prefix = chat.model.new_cache();
     chat.model.forward(&ids[..10], &mut prefix).unwrap();
-    let split = pollster::block_on(chat.prompt_states_after(&prefix, &ids[10..], &layers)).unwrap();
+    let split =
+        pollster::block_on(chat.prompt_states_after(&prefix, &ids[10..], &layers, Positions::Last))
+            .unwrap();
     let worst = max_relative_diff(&whole, &split);
     assert!(
         worst < path_tolerance(&chat),
         "worst relative difference {worst}"
     );
     // The layers come back in the order asked: layer 3 alone equals the second half.
-    let third = pollster::block_on(chat.prompt_states(&ids, &[3])).unwrap();
+    let third = pollster::block_on(chat.prompt_states(&ids, &[3], Positions::Last)).unwrap();
     assert_eq!(third, kept[chat.model.config().dim..]);
-    assert!(pollster::block_on(chat.prompt_states(&ids, &[99])).is_err());
-    assert!(pollster::block_on(chat.prompt_states(&ids, &[])).is_err());
+    assert!(pollster::block_on(chat.prompt_states(&ids, &[99], Positions::Last)).is_err());
+    assert!(pollster::block_on(chat.prompt_states(&ids, &[], Positions::Last)).is_err());
 }
 
 /// The guard judges each request alone after the default system turn, whose keys and values
@@ -179,7 +182,7 @@ fn the_kept_system_turn_is_dropped_when_adapters_change_what_it_holds() {
     let mut chat = common::chat_model();
     let ids = chat.user_prompt_ids("Name a colour.").unwrap();
     let layers = [6, 26];
-    let base = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    let base = pollster::block_on(chat.prompt_states(&ids, &layers, Positions::Last)).unwrap();
     // Adapters on every block from the first, with non-zero B (fresh ones change nothing).
     let config = LoraConfig::default();
     let shapes = chat.model.lora_shapes(&config);
@@ -196,7 +199,7 @@ fn the_kept_system_turn_is_dropped_when_adapters_change_what_it_holds() {
     chat.model
         .set_adapters(Some(Adapters { config, lora }))
         .unwrap();
-    let tuned = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    let tuned = pollster::block_on(chat.prompt_states(&ids, &layers, Positions::Last)).unwrap();
     let whole = whole_prefill_states(&chat, &ids, &layers);
     let worst = max_relative_diff(&whole, &tuned);
     assert!(
@@ -223,14 +226,15 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
         ..GenerateOptions::default()
     };
     // Streaming, as the guard does: at each sentence end, the states of its last token.
-    let mut generator = Generator::with_states(&chat, &ids, &options, &layers).unwrap();
+    let mut generator =
+        Generator::with_states(&chat, &ids, &options, &layers, Positions::Last).unwrap();
     let (mut judged, mut streamed) = (0, Vec::new());
     loop {
         let piece = pollster::block_on(generator.next_piece()).unwrap();
         let ended = piece.is_none();
         let pending = &generator.text()[judged..];
         if !pending.is_empty() && (ended || sentence_done(pending)) {
-            streamed.push(pollster::block_on(generator.states_at_last_token()).unwrap());
+            streamed.push(pollster::block_on(generator.latest_states()).unwrap());
             judged = generator.text().len();
         }
         if ended {
@@ -240,9 +244,12 @@ fn answer_states_at_sentence_ends_equal_what_generation_computes_token_by_token(
     let generation = generator.finish();
     assert!(streamed.len() >= 2, "{:?}", generation.text);
     // One pass over prompt and answer, at the same sentence ends.
-    let states = pollster::block_on(chat.answer_states(&ids, &generation.tokens, &layers)).unwrap();
+    let states =
+        pollster::block_on(chat.answer_states(&ids, &generation.tokens, &layers, Positions::Last))
+            .unwrap();
     // At the last prompt token: the request probe's states, as a prefill of the prompt alone.
-    let prompt_end = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    let prompt_end =
+        pollster::block_on(chat.prompt_states(&ids, &layers, Positions::Last)).unwrap();
     let worst = max_relative_diff(&prompt_end, &states.prompt_end);
     assert!(
         worst < path_tolerance(&chat),
@@ -343,12 +350,27 @@ fn prompts_in_host_loops_equal_burns_ops() {
     let (sa, sb) = (
         loops
             .model
-            .states_after(&ka, &prompt[10..], &layers)
+            .states_after(&ka, &prompt[10..], &layers, Positions::Last)
             .unwrap(),
-        ops.model.states_after(&kb, &prompt[10..], &layers).unwrap(),
+        ops.model
+            .states_after(&kb, &prompt[10..], &layers, Positions::Last)
+            .unwrap(),
     );
     for (x, y) in sa.into_iter().zip(sb) {
         check("states after a kept prefix", read(x), read(y));
+    }
+    let mean = Positions::Mean(2..9);
+    let (sa, sb) = (
+        (loops
+            .model
+            .states_after(&ka, &prompt[10..], &layers, mean.clone()))
+        .unwrap(),
+        (ops.model.states_after(&kb, &prompt[10..], &layers, mean)).unwrap(),
+    );
+    for (x, y) in sa.into_iter().zip(sb) {
+        let (x, y) = (read(x), read(y));
+        assert_eq!(x.len(), loops.model.config().dim);
+        check("states averaged over positions", x, y);
     }
 }
 
@@ -411,4 +433,111 @@ fn generated_tokens_in_host_loops_equal_burns_ops_through_turns_and_clones() {
         next = step(&[next], &mut a, &mut b);
     }
     assert!(loops.model.largest_attention_scores() > 0);
+}
+
+/// A probe that reads the whole user message averages the states over exactly its text: the
+/// positions [`ChatModel::probe_positions`] gives decode to the message (the last user one of
+/// a conversation), and every path that reads them (the kept system turn, a whole prefill,
+/// the generator's prefill, the answer pass) gives the mean of each position's states from
+/// one prefill, which is not the last token's.
+#[test]
+fn states_averaged_over_the_user_message_are_the_mean_over_its_text() {
+    use webguard::generate::Generator;
+    use webguard::models::probe::Pooling;
+    let chat = common::chat_model();
+    let request = "How do I bake bread at home?";
+    let messages = [
+        Message::new("user", "Tell me a joke."),
+        Message::new("assistant", "Why did the chicken cross the road?"),
+        Message::new("user", request),
+    ];
+    let ids = chat.prompt_ids(&messages).unwrap();
+    let positions = chat
+        .probe_positions(Pooling::UserMessage, &messages)
+        .unwrap();
+    let Positions::Mean(over) = positions.clone() else {
+        panic!("{positions:?}")
+    };
+    assert_eq!(chat.tokenizer.decode(&ids[over.clone()]).unwrap(), request);
+    let alone = [Message::new("user", request)];
+    let Positions::Mean(alone_over) = chat.probe_positions(Pooling::UserMessage, &alone).unwrap()
+    else {
+        panic!("not a mean")
+    };
+    let alone_ids = chat.prompt_ids(&alone).unwrap();
+    assert_eq!(
+        chat.tokenizer.decode(&alone_ids[alone_over]).unwrap(),
+        request
+    );
+    assert_eq!(
+        chat.probe_positions(Pooling::LastToken, &messages).unwrap(),
+        Positions::Last
+    );
+
+    let layers = [6, 26];
+    let dim = chat.model.config().dim;
+    let (_, every) = chat
+        .model
+        .forward_with_all_states(&ids, &mut chat.model.new_cache(), &layers)
+        .unwrap();
+    let mut want = Vec::new();
+    for s in every {
+        let rows = pollster::block_on(webguard::backend::read_f32(s)).unwrap();
+        for c in 0..dim {
+            let sum: f32 = over.clone().map(|p| rows[p * dim + c]).sum();
+            want.push(sum / over.len() as f32);
+        }
+    }
+    let check = |what: &str, got: &[f32]| {
+        let worst = max_relative_diff(&want, got);
+        assert!(
+            worst < path_tolerance(&chat),
+            "{what}: worst relative difference {worst}"
+        );
+    };
+    let kept = pollster::block_on(chat.prompt_states(&ids, &layers, positions.clone())).unwrap();
+    check("after the kept system turn", &kept);
+    let whole = pollster::block_on(chat.prompt_states_after(
+        &chat.model.new_cache(),
+        &ids,
+        &layers,
+        positions.clone(),
+    ))
+    .unwrap();
+    check("a whole prefill", &whole);
+    let options = GenerateOptions {
+        max_new_tokens: 4,
+        ..GenerateOptions::default()
+    };
+    let mut generator =
+        Generator::with_states(&chat, &ids, &options, &layers, positions.clone()).unwrap();
+    check(
+        "the generator's prefill",
+        &pollster::block_on(generator.latest_states()).unwrap(),
+    );
+    generator.cancel();
+    let answer = chat
+        .tokenizer
+        .encode_literal("Mix flour and water.")
+        .unwrap();
+    let states = pollster::block_on(chat.answer_states(&ids, &answer, &layers, positions)).unwrap();
+    check("the answer pass", &states.prompt_end);
+    let last = whole_prefill_states(&chat, &ids, &layers);
+    assert!(
+        max_relative_diff(&want, &last) > 0.1,
+        "the mean is the last token's states"
+    );
+
+    // Positions outside the prompt, or none, are errors; so is every position for a probe.
+    for bad in [
+        Positions::Mean(3..3),
+        Positions::Mean(0..ids.len() + 1),
+        Positions::All,
+    ] {
+        assert!(
+            pollster::block_on(chat.prompt_states(&ids, &layers, bad.clone())).is_err(),
+            "{bad:?}"
+        );
+    }
+    assert!(Generator::with_states(&chat, &ids, &options, &layers, Positions::All).is_err());
 }

@@ -24,9 +24,9 @@ use webguard::generate::{GenerateOptions, Generator};
 use webguard::guard::{Policy, moderated_chat};
 use webguard::models::gpu::engine::device_bytes_in_use;
 use webguard::models::gpu::{DecodeLayout, Engine, KvPrecision};
-use webguard::models::llama::{Llama, LlamaConfig};
+use webguard::models::llama::{Llama, LlamaConfig, Positions};
 use webguard::models::packed::Precision;
-use webguard::models::probe::StateProbe;
+use webguard::models::probe::{Pooling, StateProbe};
 use webguard::text::Tokenizer;
 use webguard::text::chat_template::{Message, render};
 use webguard::weights::Gguf;
@@ -262,11 +262,13 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
     ] {
         let ids = on_cpu.prompt_ids(&[Message::new("user", prompt)]).unwrap();
         let before = engine.stats();
-        let mut g = Generator::with_states(&on_gpu, &ids, &options, &layers).unwrap();
-        let mut c = Generator::with_states(&on_cpu, &ids, &options, &layers).unwrap();
+        let mut g =
+            Generator::with_states(&on_gpu, &ids, &options, &layers, Positions::Last).unwrap();
+        let mut c =
+            Generator::with_states(&on_cpu, &ids, &options, &layers, Positions::Last).unwrap();
         let mut check = |g: &mut Generator, c: &mut Generator, p: &StateProbe, at: &str| {
-            let gs = pollster::block_on(g.states_at_last_token()).unwrap();
-            let cs = pollster::block_on(c.states_at_last_token()).unwrap();
+            let gs = pollster::block_on(g.latest_states()).unwrap();
+            let cs = pollster::block_on(c.latest_states()).unwrap();
             assert_eq!(gs.len(), layers.len() * 576);
             let diff = state_diff(&gs, &cs);
             // After the prompt (its prefill), or after a decode step.
@@ -334,7 +336,7 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
         "embedding, 6 per block, final norm and logits, one copy for the repeated tap"
     );
     let got = pollster::block_on(engine.states(&seq)).unwrap();
-    let want = pollster::block_on(on_cpu.prompt_states(&ids, &[a, b])).unwrap();
+    let want = pollster::block_on(on_cpu.prompt_states(&ids, &[a, b], Positions::Last)).unwrap();
     assert_eq!(
         &got[..576],
         &got[2 * 576..],
@@ -342,6 +344,35 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
     );
     let diff = state_diff(&got[..2 * 576], &want);
     assert!(diff <= STATE_TOLERANCE, "taps {a}, {b}: {diff:e}");
+    // Averaged over the user message (a probe that reads it whole): one dispatch per tap
+    // instead of the down projection's copy, the mean of the CPU's rows.
+    let message = [Message::new("user", "Name a planet.")];
+    let over = on_cpu
+        .probe_positions(Pooling::UserMessage, &message)
+        .unwrap();
+    let Positions::Mean(range) = over.clone() else {
+        panic!("{over:?}")
+    };
+    {
+        let mut averaged = engine.new_tapped_sequence(&[a, b]).unwrap();
+        let before = engine.stats().dispatches;
+        engine
+            .step_averaging(&mut averaged, &ids, range.clone())
+            .unwrap();
+        assert_eq!(
+            engine.stats().dispatches - before,
+            1 + 6 * blocks + 2 + 2,
+            "embedding, 6 per block, final norm and logits, one mean per tap"
+        );
+        let got = pollster::block_on(engine.states(&averaged)).unwrap();
+        let want = pollster::block_on(on_cpu.prompt_states(&ids, &[a, b], over)).unwrap();
+        let diff = state_diff(&got, &want);
+        assert!(diff <= STATE_TOLERANCE, "averaged taps {a}, {b}: {diff:e}");
+        let empty = range.start..range.start;
+        assert!(engine.step_averaging(&mut averaged, &ids, empty).is_err());
+        let past = 0..ids.len() + 1;
+        assert!(engine.step_averaging(&mut averaged, &ids, past).is_err());
+    }
     // A decoded position: its RoPE and cache write are done by the attention kernel.
     let before = engine.stats().dispatches;
     engine.step(&mut seq, &ids[..1]).unwrap();
@@ -405,7 +436,7 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
     for s in states {
         burns.extend(pollster::block_on(read_f32(s)).unwrap());
     }
-    let want = pollster::block_on(on_cpu.prompt_states(&ids, &layers)).unwrap();
+    let want = pollster::block_on(on_cpu.prompt_states(&ids, &layers, Positions::Last)).unwrap();
     assert!(
         state_diff(&burns, &want) <= STATE_TOLERANCE,
         "burn's GPU states"

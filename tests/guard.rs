@@ -9,6 +9,7 @@ use webguard::Filter;
 use webguard::FilterOptions;
 use webguard::generate::GenerateOptions;
 use webguard::guard::{Action, OtherLanguages, Policy, Rule, moderated_chat};
+use webguard::models::llama::Positions;
 use webguard::text::chat_template::Message;
 use webguard::text::refusal::is_refusal;
 
@@ -395,7 +396,8 @@ fn a_harmful_last_message_the_conversation_hides_from_the_probe_is_judged_on_its
     let probe = chat.probe.as_ref().unwrap();
     let score = |messages: &[Message]| {
         let ids = chat.prompt_ids(messages).unwrap();
-        let states = pollster::block_on(chat.prompt_states(&ids, &probe.layers)).unwrap();
+        let at = chat.request_probe_positions(messages).unwrap();
+        let states = pollster::block_on(chat.prompt_states(&ids, &probe.layers, at)).unwrap();
         probe.score(&states).unwrap()
     };
     // Read in the conversation the probe lets this request through; read alone it does not.
@@ -751,16 +753,17 @@ fn the_safety_adapters_leave_the_states_the_probes_read_unchanged_and_change_the
     let first = chat.model.safety_adapters().unwrap().config.first_block;
     assert!(layers.iter().all(|&l| l < first), "{layers:?} vs {first}");
     let ids = chat.user_prompt_ids(ANSWERED_HARMFUL_REQUEST).unwrap();
-    let looped = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    let looped = pollster::block_on(chat.prompt_states(&ids, &layers, Positions::Last)).unwrap();
     // A sequence with adapters runs in burn's ops; without, a prompt takes the CPU's host
     // loops (the same arithmetic in another order). Bitwise against burn's ops without the
     // adapters: the blocks the probes read run without adapters either way...
     chat.model.set_host_steps(false);
-    let plain = pollster::block_on(chat.prompt_states(&ids, &layers)).unwrap();
+    let plain = pollster::block_on(chat.prompt_states(&ids, &layers, Positions::Last)).unwrap();
     let adapted = pollster::block_on(chat.prompt_states_after(
         &chat.model.new_safety_cache().unwrap(),
         &ids,
         &layers,
+        Positions::Last,
     ))
     .unwrap();
     assert_eq!(plain, adapted);
@@ -774,11 +777,12 @@ fn the_safety_adapters_leave_the_states_the_probes_read_unchanged_and_change_the
     chat.model.set_host_steps(true);
     // ...and the block after the last the probes read is changed (the adapters do something).
     let next = [first];
-    let plain = pollster::block_on(chat.prompt_states(&ids, &next)).unwrap();
+    let plain = pollster::block_on(chat.prompt_states(&ids, &next, Positions::Last)).unwrap();
     let adapted = pollster::block_on(chat.prompt_states_after(
         &chat.model.new_safety_cache().unwrap(),
         &ids,
         &next,
+        Positions::Last,
     ))
     .unwrap();
     let moved = plain

@@ -4,10 +4,10 @@
 //!    read together ([`input_texts`]); if a label whose action is [`Action::Block`] flags any
 //!    of them, the answer is a refusal naming the reason and the model is not called. The
 //!    filter reads text in its judging form (look-alikes folded, `crate::text::normalize`).
-//!    When the chat model carries a probe (`crate::models::probe`), the model's own states at
-//!    the end of the prompt are judged too, from the prefill answering needs anyway; a
-//!    flagged conversation is refused before any token is generated. The probe then takes
-//!    over the filter's [`REQUEST_HARM_LABEL`] on the conversation: that head learned
+//!    When the chat model carries a probe (`crate::models::probe`), the model's own states
+//!    (at the end of the prompt, or averaged over the last user message) are judged too, from
+//!    the prefill answering needs anyway; a flagged conversation is refused before any token
+//!    is generated. The probe then takes over the filter's [`REQUEST_HARM_LABEL`] on the conversation: that head learned
 //!    AdvBench's imperative phrasing, and on held-out everyday tasks phrased that way ("Write
 //!    a tutorial on how to bake sourdough bread") it blocked 21 of 38 where the probe flags
 //!    none. The probe is trained on requests alone and after a benign exchange (a probe
@@ -131,7 +131,8 @@ impl ModeratedReply {
 /// prompt), where the conversation `ids` is more than that; `None` without a probe or when
 /// the two prompts are the same.
 ///
-/// Why: the probe reads the states at the last prompt token, and earlier turns change them.
+/// Why: earlier turns change the states the probe reads (at the last prompt token or over the
+/// last message).
 /// Trained on requests alone and after one benign exchange, it still let through a fifth of
 /// harmful validation requests after an exchange of a kind it had seen few of (a translation,
 /// a persona; 189 of 245 flagged against 233 alone), and either judgement blocking took that
@@ -149,21 +150,24 @@ async fn last_message_judged_alone(
     ) else {
         return Ok(None);
     };
-    let alone = chat.prompt_ids(&[Message::new("user", &last.content)])?;
+    let message = [Message::new("user", &last.content)];
+    let alone = chat.prompt_ids(&message)?;
     if alone == ids {
         return Ok(None);
     }
+    let positions = chat.request_probe_positions(&message)?;
     let features = if chat.model.gpu_engine().is_ok() {
         // The engine's prefill (burn's would make its f32 copy of the weights).
-        let mut generator = Generator::with_states(chat, &alone, options, &probe.layers)?;
-        let features = generator.states_at_last_token().await?;
+        let mut generator =
+            Generator::with_states(chat, &alone, options, &probe.layers, positions)?;
+        let features = generator.latest_states().await?;
         generator.cancel();
         features
     } else {
         // From the default system turn's keys and values, kept between requests, and only up
         // to the probe's deepest block: a 75-token judgement took 333 ms as a whole prefill,
         // 252 ms this way (`bench guard --system`, notes/issue-13-guard.md).
-        chat.prompt_states(&alone, &probe.layers).await?
+        chat.prompt_states(&alone, &probe.layers, positions).await?
     };
     Ok(Some(probe.score(&features)?))
 }
@@ -352,12 +356,13 @@ pub async fn moderated_chat(
     let layers = (chat.probe.as_ref())
         .or(chat.answer_probe.as_ref())
         .map_or(&[][..], |p| &p.layers[..]);
-    let mut generator = Generator::with_states(chat, &ids, options, layers)?;
+    let positions = chat.request_probe_positions(messages)?;
+    let mut generator = Generator::with_states(chat, &ids, options, layers, positions.clone())?;
     let conversation_probe =
         (chat.probe.as_ref()).filter(|_| languages.probe_judges_conversation(policy));
     if let Some(probe) = conversation_probe {
-        // Right after the prefill: the states at the last prompt token.
-        let features = generator.states_at_last_token().await?;
+        // Right after the prefill: the states where the probe reads the prompt.
+        let features = generator.latest_states().await?;
         let score = probe.score(&features)?;
         reply.chat_judge = Some(reply.chat_judge.map_or(score, |alone| alone.max(score)));
         if score >= probe.threshold {
@@ -380,7 +385,7 @@ pub async fn moderated_chat(
         && chat.model.safety_adapters().is_some()
         && chat.model.gpu_engine().is_err()
     {
-        let mut adapted = Generator::with_safety_adapters(chat, &ids, options, layers)?;
+        let mut adapted = Generator::with_safety_adapters(chat, &ids, options, layers, positions)?;
         match refusal_from_safety_adapters(&mut adapted, &mut should_stop).await? {
             Some(opening) => {
                 generator.cancel();
@@ -434,7 +439,7 @@ pub async fn moderated_chat(
             return Ok(reply.blocked_while_generating(generator, reason));
         }
         if let Some(probe) = &chat.answer_probe {
-            let score = match generator.states_at_last_token().await {
+            let score = match generator.latest_states().await {
                 Ok(states) => probe.score(&states),
                 Err(e) => Err(e),
             };
@@ -546,7 +551,8 @@ pub async fn judge_answer(
     if let Some(layers) = layers.map(|p| &p.layers[..]) {
         let prompt = chat.prompt_ids(messages)?;
         let ids = chat.tokenizer.encode_literal(answer)?;
-        let states = chat.answer_states(&prompt, &ids, layers).await?;
+        let request = chat.request_probe_positions(messages)?;
+        let states = chat.answer_states(&prompt, &ids, layers, request).await?;
         let conversation_probe =
             (chat.probe.as_ref()).filter(|_| languages.probe_judges_conversation(policy));
         if let Some(probe) = conversation_probe {

@@ -369,12 +369,46 @@ pub struct Llama {
 /// Which blocks' outputs [`Llama::forward_with_states`] keeps, and what it kept.
 struct Taps<'a> {
     layers: &'a [usize],
-    /// Every position (`[b * s, dim]`), not only the last (`[b, dim]`).
-    all_positions: bool,
+    positions: Positions,
     /// Stop after the deepest of `layers`: only the states are wanted (no logits), and the
     /// cache, missing the later blocks' keys, is thrown away.
     states_only: bool,
     states: Vec<Option<Tensor<2>>>,
+}
+
+/// Which positions of the ids run a tapped block's output is kept at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Positions {
+    /// The last (`[1, dim]`).
+    Last,
+    /// Every one (`[ids.len(), dim]`).
+    All,
+    /// The mean over these (`[1, dim]`): a probe reading a whole message
+    /// ([`crate::models::probe::Pooling::UserMessage`]). A range outside the ids, or empty,
+    /// is an error.
+    Mean(std::ops::Range<usize>),
+}
+
+impl Positions {
+    /// The same positions counted from the `n`th (the first `n` computed apart, as a kept
+    /// prefix); `None` for a mean that starts before it.
+    pub fn after(&self, n: usize) -> Option<Positions> {
+        match self {
+            Positions::Mean(r) if r.start < n => None,
+            Positions::Mean(r) => Some(Positions::Mean(r.start - n..r.end - n)),
+            other => Some(other.clone()),
+        }
+    }
+}
+
+/// Errors when a [`Positions::Mean`] range is empty or past the `n` ids run.
+fn check_positions(positions: &Positions, n: usize) -> Result<()> {
+    match positions {
+        Positions::Mean(r) if r.is_empty() || r.end > n => Err(Error::InvalidInput(format!(
+            "states averaged over positions {r:?} of {n} tokens"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Keys and values of the positions seen so far, per layer: `[1, kv_heads, t, head_dim]`.
@@ -837,7 +871,7 @@ impl Llama {
         cache: &mut KvCache,
         layers: &[usize],
     ) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
-        self.forward_tapped(ids, cache, layers, false)
+        self.forward_with_states_at(ids, cache, layers, Positions::Last)
     }
 
     /// [`Llama::forward_with_states`] keeping every position of `ids` (`[ids.len(), dim]` per
@@ -848,12 +882,11 @@ impl Llama {
         cache: &mut KvCache,
         layers: &[usize],
     ) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
-        self.forward_tapped(ids, cache, layers, true)
+        self.forward_with_states_at(ids, cache, layers, Positions::All)
     }
 
-    /// The residual stream at the last of `ids` after each block in `layers` (`[1, dim]` each,
-    /// in the order asked), continuing from `prefix` (which is not changed): what a probe
-    /// reads. Unlike [`Llama::forward_with_states`] no logits are made and the blocks after the
+    /// The residual stream at `positions` of `ids` after each block in `layers` (in the order
+    /// asked), continuing from `prefix` (which is not changed): what a probe reads. Unlike [`Llama::forward_with_states`] no logits are made and the blocks after the
     /// deepest of `layers` do not run (3 of SmolLM2's 30 for the shipped probe). The adapters
     /// `prefix` runs with apply (the installed ones, or the safety adapters for a cache from
     /// [`Llama::new_safety_cache`]), as in generation.
@@ -862,16 +895,18 @@ impl Llama {
         prefix: &KvCache,
         ids: &[u32],
         layers: &[usize],
+        positions: Positions,
     ) -> Result<Vec<Tensor<2>>> {
         self.check_ids(ids, prefix.len)?;
         if layers.is_empty() {
             return Err(Error::InvalidInput("no layers to read states from".into()));
         }
         self.check_layers(layers)?;
+        check_positions(&positions, ids.len())?;
         let mut cache = prefix.clone();
         let mut taps = Taps {
             layers,
-            all_positions: false,
+            positions,
             states_only: true,
             states: vec![None; layers.len()],
         };
@@ -933,20 +968,23 @@ impl Llama {
             .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    fn forward_tapped(
+    /// [`Llama::forward_with_states`] keeping the states at `positions` of `ids` (a
+    /// [`Positions::Mean`] range counts from the first of `ids`).
+    pub fn forward_with_states_at(
         &self,
         ids: &[u32],
         cache: &mut KvCache,
         layers: &[usize],
-        all_positions: bool,
+        positions: Positions,
     ) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
         self.check_ids(ids, cache.len)?;
         self.check_layers(layers)?;
+        check_positions(&positions, ids.len())?;
         let (s, d) = (ids.len(), self.config.dim);
         let start = cache.len;
         let mut taps = Taps {
             layers,
-            all_positions,
+            positions,
             states_only: false,
             states: vec![None; layers.len()],
         };
@@ -1119,10 +1157,12 @@ impl Llama {
             x = x + w.project(l, Projection::Down, ff)?;
             if let Some(taps) = taps.as_mut() {
                 for (slot, _) in taps.layers.iter().enumerate().filter(|(_, t)| **t == l) {
-                    taps.states[slot] = Some(if taps.all_positions {
-                        x.clone().reshape([b * s, c.dim])
-                    } else {
-                        x.clone().narrow(1, s - 1, 1).reshape([b, c.dim])
+                    taps.states[slot] = Some(match &taps.positions {
+                        Positions::All => x.clone().reshape([b * s, c.dim]),
+                        Positions::Last => x.clone().narrow(1, s - 1, 1).reshape([b, c.dim]),
+                        Positions::Mean(r) => (x.clone().narrow(1, r.start, r.len()))
+                            .mean_dim(1)
+                            .reshape([b, c.dim]),
                     });
                 }
             }

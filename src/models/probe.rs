@@ -1,6 +1,7 @@
-//! The chat model judging with its own hidden states: a linear probe over the residual stream
-//! of a few of SmolLM2's layers at the last prompt token (`ChatModel::prompt_states` reads
-//! them; the guard scores every conversation with it before answering).
+//! The chat model judging with its own hidden states: a probe over the residual stream of a
+//! few of SmolLM2's layers at the last prompt token, or averaged over the last user message's
+//! text ([`Pooling`]; `ChatModel::prompt_states` reads them; the guard scores every
+//! conversation with it before answering).
 //!
 //! Before answering, generation runs the prompt through the model anyway (prefill); keeping
 //! a few layers' states at the last position and taking one dot product costs nothing next
@@ -35,11 +36,31 @@ pub const FORMAT_WITH_ANSWERS: &str = "webguard-chat-probe/2";
 /// readers refuse it by its format rather than misread it.
 pub const FORMAT_NETWORKS: &str = "webguard-chat-probe/3";
 
+/// The format of a file whose request probe reads the last user message's states averaged
+/// ([`Pooling::UserMessage`]), otherwise as [`FORMAT_NETWORKS`]: older readers, which would
+/// read the last token's, refuse it by its format.
+pub const FORMAT_POOLED: &str = "webguard-chat-probe/4";
+
+/// Which positions of the prompt a request probe reads the states at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooling {
+    /// The last prompt token's (where the assistant's turn opens).
+    #[default]
+    LastToken,
+    /// The mean over the last user message's text ([`crate::ChatModel::probe_positions`]).
+    /// On other authors' English requests at the guard's 2% false positives, a logistic probe
+    /// on these caught 17 harmful requests the last token's missed against 6, and stopped 0
+    /// safe ones against 4 (notes/issue-13-guard.md, twenty-first session).
+    UserMessage,
+}
+
 /// A probe over chat-model states.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateProbe {
-    /// The blocks whose output at the last prompt token it reads, in feature order.
+    /// The blocks whose output it reads, in feature order.
     pub layers: Vec<usize>,
+    /// Where in the prompt (an answer probe: the last token's, at each sentence end).
+    pub pooling: Pooling,
     /// Subtracted from the features first.
     mean: Vec<f32>,
     /// Multiplies them next (1 / standard deviation).
@@ -187,6 +208,7 @@ impl StateProbe {
         };
         Ok(StateProbe {
             layers,
+            pooling: Pooling::LastToken,
             mean,
             scale,
             head,
@@ -547,6 +569,7 @@ impl StateProbe {
             .collect();
         Ok(StateProbe {
             layers,
+            pooling: Pooling::LastToken,
             mean: vector("mean")?,
             scale: vector("scale")?,
             head,
@@ -623,11 +646,12 @@ impl StateProbe {
 /// Where an answer probe's tensors and metadata live in a probe file.
 pub const ANSWER_PREFIX: &str = "answer.";
 
-/// What a probe file holds: the request probe (the conversation, at the last prompt token)
-/// and, from format 2 on, the answer probe (the answer so far, at each sentence end).
+/// What a probe file holds: the request probe (the conversation, at its [`Pooling`]) and,
+/// from format 2 on, the answer probe (the answer so far, at each sentence end).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatProbes {
-    /// Reads the conversation at the last prompt token.
+    /// Reads the conversation (at the last prompt token, or averaged over its last user
+    /// message).
     pub request: StateProbe,
     /// Reads the answer so far at each sentence end.
     pub answer: Option<StateProbe>,
@@ -642,7 +666,7 @@ impl ChatProbes {
         let answer = match format {
             FORMAT => None,
             FORMAT_WITH_ANSWERS => Some(StateProbe::from_file(&file, ANSWER_PREFIX, blocks, dim)?),
-            FORMAT_NETWORKS => {
+            FORMAT_NETWORKS | FORMAT_POOLED => {
                 let has_answer = file
                     .metadata()
                     .contains_key(&format!("{ANSWER_PREFIX}layers"));
@@ -652,11 +676,14 @@ impl ChatProbes {
             }
             other => {
                 return Err(Error::ModelFile(format!(
-                    "not a webguard chat probe: format {other:?} (expected {FORMAT:?}, {FORMAT_WITH_ANSWERS:?} or {FORMAT_NETWORKS:?})"
+                    "not a webguard chat probe: format {other:?} (expected {FORMAT:?}, {FORMAT_WITH_ANSWERS:?}, {FORMAT_NETWORKS:?} or {FORMAT_POOLED:?})"
                 )));
             }
         };
-        let request = StateProbe::from_file(&file, "", blocks, dim)?;
+        let mut request = StateProbe::from_file(&file, "", blocks, dim)?;
+        if format == FORMAT_POOLED {
+            request.pooling = Pooling::UserMessage;
+        }
         if let Some(a) = &answer
             && a.layers != request.layers
         {
@@ -684,7 +711,18 @@ impl ChatProbes {
         let networks = std::iter::once(&self.request)
             .chain(&self.answer)
             .any(|p| matches!(p.head, Head::Ensemble(_)));
-        let format = if networks {
+        if self
+            .answer
+            .as_ref()
+            .is_some_and(|a| a.pooling != Pooling::LastToken)
+        {
+            return Err(Error::InvalidInput(
+                "an answer probe reads the last token's states".into(),
+            ));
+        }
+        let format = if self.request.pooling == Pooling::UserMessage {
+            FORMAT_POOLED
+        } else if networks {
             FORMAT_NETWORKS
         } else if self.answer.is_some() {
             FORMAT_WITH_ANSWERS
@@ -923,6 +961,33 @@ mod tests {
         let bad = with_metadata(&request, "hidden", "5");
         let err = StateProbe::load(&bad, 3, 3).unwrap_err().to_string();
         assert!(err.contains("weight1"), "{err}");
+    }
+
+    #[test]
+    fn a_probe_reading_the_user_message_keeps_its_pooling_in_a_format_older_readers_refuse() {
+        let (rows, labels) = clouds(100, 4, 5);
+        let mut request =
+            StateProbe::train(vec![1], &rows, &labels, &ProbeTrainConfig::default()).unwrap();
+        let answer = request.clone();
+        request.pooling = Pooling::UserMessage;
+        let probes = ChatProbes {
+            request: request.clone(),
+            answer: Some(answer.clone()),
+        };
+        let bytes = probes.save().unwrap();
+        let file = SafetensorsFile::parse(&bytes).unwrap();
+        assert_eq!(file.metadata()["format"], FORMAT_POOLED);
+        let loaded = ChatProbes::load(&bytes, 2, 4).unwrap();
+        assert_eq!(loaded, probes);
+        assert_eq!(loaded.answer.unwrap().pooling, Pooling::LastToken);
+        // A last-token probe's file is as before; an answer probe cannot average.
+        let plain = StateProbe::load(&answer.save().unwrap(), 2, 4).unwrap();
+        assert_eq!(plain.pooling, Pooling::LastToken);
+        let wrong = ChatProbes {
+            request: answer,
+            answer: Some(request),
+        };
+        assert!(wrong.save().is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::chat::ChatModel;
 use crate::filter::Filter;
 use crate::generate::GenerateOptions;
 use crate::guard::{Action, OtherLanguages, Policy, Rule};
+use crate::models::probe::Pooling;
 #[cfg(feature = "tune")]
 use crate::tune::TuneOptions;
 use crate::tune::chat::CHAT_ADAPTERS_FORMAT;
@@ -48,6 +49,9 @@ pub struct WasmGuard {
 struct ProbeInfo {
     threshold: f32,
     layers: Vec<usize>,
+    /// Where it reads the prompt: `"last-token"` or `"user-message"` (averaged over the last
+    /// user message's text).
+    pooling: &'static str,
     /// The answer probe's threshold, when the file has one.
     answer_threshold: Option<f32>,
     /// The score from which moderated chat answers with the safety adapters, when they are
@@ -165,7 +169,8 @@ impl WasmGuard {
         self.chat.is_some()
     }
 
-    /// The chat model's probes: `{ threshold, layers, answerThreshold }` (moderated chat blocks
+    /// The chat model's probes: `{ threshold, layers, pooling, answerThreshold }` (moderated
+    /// chat blocks
     /// a conversation it scores at or above `threshold`, reported as `chatJudge`, judging the
     /// last user message on its own too after earlier turns or a system prompt; it stops an
     /// answer scored at or above `answerThreshold` at a sentence end, reported as
@@ -180,6 +185,10 @@ impl WasmGuard {
             Some(p) => to_js(&ProbeInfo {
                 threshold: p.threshold,
                 layers: p.layers.clone(),
+                pooling: match p.pooling {
+                    Pooling::LastToken => "last-token",
+                    Pooling::UserMessage => "user-message",
+                },
                 answer_threshold: chat.answer_probe.as_ref().map(|a| a.threshold),
                 safety_adapters_from: chat
                     .model

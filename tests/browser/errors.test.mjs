@@ -6,8 +6,16 @@
 // `chatProbe: false`, a bad probe file a ModelFileError at create time; and the safety
 // adapters that come with it.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { usePage } from "./browser.mjs";
+
+/** The `format` in the shipped probe file's safetensors header. */
+function shippedProbeFormat() {
+  const bytes = readFileSync(new URL("../../assets/chat-probe.safetensors", import.meta.url));
+  const length = Number(bytes.readBigUInt64LE(0));
+  return JSON.parse(bytes.subarray(8, 8 + length).toString("utf8")).__metadata__.format;
+}
 
 const b = usePage("guard", { webgpu: false });
 
@@ -40,6 +48,9 @@ test("chat probe: on by default, blocks a harmful request by itself; chatProbe: 
   const r = await b.page.evaluate(() => window.webguard.chatProbe());
   console.log(`# ${JSON.stringify(r)}`);
   assert.ok(r.probe && r.probe.threshold > 0 && r.probe.threshold < 1 && r.probe.layers.length > 0, JSON.stringify(r.probe));
+  // Where it reads the prompt, as its file's format says (src/models/probe.rs).
+  const pooled = shippedProbeFormat() === "webguard-chat-probe/4";
+  assert.equal(r.probe.pooling, pooled ? "user-message" : "last-token");
   // Blocked before generation (by the filter, the chat model, or both).
   assert.equal(r.bomb.blocked, true);
   assert.equal(r.bomb.tokens, 0);

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use webguard::guard::{OtherLanguages, Policy, judge_answer};
+use webguard::models::llama::Positions;
 use webguard::models::probe::{ChatProbes, StateProbe};
 use webguard::text::chat_template::Message;
 use webguard::tune::refusals::REFUSALS;
@@ -80,7 +81,8 @@ fn states(chat: &ChatModel, prompt: &str, answer: &str, layers: &[usize]) -> Res
     }
     let ids = chat.user_prompt_ids(prompt)?;
     let answer_ids = chat.tokenizer.encode_literal(answer)?;
-    let rows = pollster::block_on(chat.answer_states(&ids, &answer_ids, layers))?.sentence_ends;
+    let rows = pollster::block_on(chat.answer_states(&ids, &answer_ids, layers, Positions::Last))?
+        .sentence_ends;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let bytes: Vec<u8> = rows
         .iter()

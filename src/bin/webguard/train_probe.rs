@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use webguard::filter::safety::{
     Exchange, ExchangeList, Request, Split, context_for, exchanges, requests,
 };
-use webguard::models::probe::{ChatProbes, ProbeTrainConfig, StateProbe};
+use webguard::models::probe::{ChatProbes, Pooling, ProbeTrainConfig, StateProbe};
 use webguard::text::chat_template::Message;
 use webguard::{ChatModel, Error, Result, SMOLLM2_GGUF};
 
@@ -25,9 +25,13 @@ pub struct TrainProbeArgs {
     /// Where to write the probe.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/chat-probe.safetensors"))]
     out: PathBuf,
-    /// The blocks whose output at the last prompt token the probe reads (comma-separated).
+    /// The blocks whose output the probe reads (comma-separated).
     #[arg(long, default_value = "6,10,14,18,22,26")]
     layers: String,
+    /// Where it reads them: at the last prompt token (`last-token`) or averaged over the last
+    /// user message's text (`user-message`). Ignored with `--evaluate` (the file says).
+    #[arg(long, default_value = "last-token", value_parser = parse_pooling)]
+    pooling: Pooling,
     /// Hidden units of each network of the ensemble; 0 fits logistic regression instead.
     /// The shipped probe: 4 networks of 64 units, 50 epochs, `--l2 0.004` (chosen on the
     /// validation split: notes/issue-13-guard.md).
@@ -144,6 +148,14 @@ fn parse_score(s: &str) -> std::result::Result<f32, String> {
     match s.parse::<f32>() {
         Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
         _ => Err(format!("{s:?} is not a score from 0 to 1")),
+    }
+}
+
+fn parse_pooling(s: &str) -> std::result::Result<Pooling, String> {
+    match s {
+        "last-token" => Ok(Pooling::LastToken),
+        "user-message" => Ok(Pooling::UserMessage),
+        _ => Err(format!("{s:?}: expected last-token or user-message")),
     }
 }
 
@@ -296,6 +308,7 @@ fn states(
     all: &[Example],
     exchanges: &[Exchange],
     layers: &[usize],
+    pooling: Pooling,
     cache: &mut StateCache,
 ) -> Result<Vec<Vec<f32>>> {
     let keys: Vec<String> = all.iter().map(|e| e.key(exchanges)).collect();
@@ -323,14 +336,25 @@ fn states(
         let mut prefix = chat.model.new_cache();
         chat.model.forward(&a[..shared], &mut prefix)?;
         for (example, key) in group {
-            let ids = chat.prompt_ids(&example.messages(exchanges, &example.request.text))?;
+            let messages = example.messages(exchanges, &example.request.text);
+            let ids = chat.prompt_ids(&messages)?;
             if ids[..shared] != a[..shared] {
                 return Err(Error::InvalidInput(
                     "prompts do not share their earlier turns".into(),
                 ));
             }
-            let row =
-                pollster::block_on(chat.prompt_states_after(&prefix, &ids[shared..], layers))?;
+            let positions = chat.probe_positions(pooling, &messages)?;
+            // A message whose text starts inside the shared tokens (a leading newline merges
+            // with the role line's) runs whole.
+            let row = match positions.after(shared) {
+                Some(after) => pollster::block_on(chat.prompt_states_after(
+                    &prefix,
+                    &ids[shared..],
+                    layers,
+                    after,
+                ))?,
+                None => pollster::block_on(chat.prompt_states(&ids, layers, positions))?,
+            };
             cache.append(key, row)?;
             done += 1;
             progress.update(done, "");
@@ -477,9 +501,9 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     let layers = parse_layers(&args.layers)?;
     let root = &webguard::source_checkout();
     let (requests, mut files) = requests(&args.data, root, args.seed)?;
-    // Pages send whole conversations, and the probe reads the last prompt token's states,
-    // which earlier turns change: each request is also judged after a benign exchange of
-    // each list.
+    // Pages send whole conversations, and earlier turns change the states the probe reads
+    // (at the last prompt token or over the last message): each request is also judged after
+    // a benign exchange of each list.
     let mut lists = Exchanges {
         all: Vec::new(),
         lists: Vec::new(),
@@ -499,6 +523,22 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         all.retain(|e| keep.contains(&e.request.split));
     }
     let (chat, backend) = load_chat(models, "cpu", None)?;
+    let c = chat.model.config();
+    let evaluated = (args.evaluate.as_ref())
+        .map(|path| -> Result<StateProbe> {
+            let probe = ChatProbes::load(&read(path)?, c.layers, c.dim)?.request;
+            if probe.layers != layers {
+                return Err(Error::InvalidInput(format!(
+                    "{} reads layers {:?}, not --layers {}",
+                    path.display(),
+                    probe.layers,
+                    args.layers
+                )));
+            }
+            Ok(probe)
+        })
+        .transpose()?;
+    let pooling = evaluated.as_ref().map_or(args.pooling, |p| p.pooling);
     eprintln!(
         "chat on {backend}; {} requests from {} files, each alone and after one exchange of \
          each of {} lists ({} exchanges)",
@@ -514,6 +554,10 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         h.update(Sha256::digest(read(&models.join(SMOLLM2_GGUF))?));
         h.update(args.layers.as_bytes());
         h.update(format!("{:?}", chat.model.precision()));
+        // (Keys of last-token states, the first kind cached, stay as they were.)
+        if pooling != Pooling::LastToken {
+            h.update(format!("{pooling:?}"));
+        }
         format!("{:x}", h.finalize())[..16].to_string()
     };
     let cache = args
@@ -530,8 +574,8 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let mut cache = StateCache::open(cache, layers.len() * chat.model.config().dim)?;
-    let rows = states(&chat, &all, &exchanges, &layers, &mut cache)?;
-    let dev = dev_sets(&chat, &args.dev_prompts, &layers, &mut cache)?;
+    let rows = states(&chat, &all, &exchanges, &layers, pooling, &mut cache)?;
+    let dev = dev_sets(&chat, &args.dev_prompts, &layers, pooling, &mut cache)?;
     let pick = |split: Split| -> (Vec<Vec<f32>>, Vec<bool>) {
         all.iter()
             .zip(&rows)
@@ -543,17 +587,7 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
             .map(|(e, r)| (r.clone(), e.request.harmful))
             .unzip()
     };
-    let c = chat.model.config();
-    if let Some(path) = &args.evaluate {
-        let probe = ChatProbes::load(&read(path)?, c.layers, c.dim)?.request;
-        if probe.layers != layers {
-            return Err(Error::InvalidInput(format!(
-                "{} reads layers {:?}, not --layers {}",
-                path.display(),
-                probe.layers,
-                args.layers
-            )));
-        }
+    if let Some(probe) = evaluated {
         let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
         eprint!("{}", report(&all, &exchanges, &scores, probe.threshold).0);
         if let Some(from) = probe.safety_adapters_from {
@@ -580,6 +614,7 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         },
     };
     let mut probe = StateProbe::train(layers, &train_x, &train_y, &config)?;
+    probe.pooling = pooling;
     let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
     let val = val_scores(&all, &scores);
     let threshold = args.fit.threshold(&val);
@@ -672,6 +707,7 @@ fn dev_sets(
     chat: &ChatModel,
     files: &[PathBuf],
     layers: &[usize],
+    pooling: Pooling,
     cache: &mut StateCache,
 ) -> Result<Vec<(PathBuf, Vec<DevExample>)>> {
     let mut out = Vec::new();
@@ -706,7 +742,8 @@ fn dev_sets(
                 let k = StateCache::key(&key);
                 if !cache.rows.contains_key(&k) {
                     let ids = chat.prompt_ids(&form)?;
-                    let row = pollster::block_on(chat.prompt_states(&ids, layers))?;
+                    let positions = chat.probe_positions(pooling, &form)?;
+                    let row = pollster::block_on(chat.prompt_states(&ids, layers, positions))?;
                     cache.append(&key, row)?;
                 }
                 states.push(cache.rows[&k].clone());

@@ -11,6 +11,7 @@
 //! nor copies it; the RoPE angles are an f64-computed table (GPUs' `sin`/`cos` are only
 //! accurate near zero, and 2,048 radians is not near zero).
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::Device;
@@ -89,6 +90,9 @@ pub struct Sequence {
     taps: Vec<usize>,
     /// `[taps.len(), dim]` f32: the residual stream after each tapped block (none untapped).
     states: Option<Handle>,
+    /// The positions of the next step whose states are averaged instead
+    /// ([`Engine::step_averaging`]).
+    average: Option<Range<usize>>,
 }
 
 impl Sequence {
@@ -331,6 +335,7 @@ impl Engine {
             picked_token: None,
             taps: Vec::new(),
             states: None,
+            average: None,
         }
     }
 
@@ -381,6 +386,27 @@ impl Engine {
             .fetch_add(4 * ids.len() as u64, Ordering::Relaxed);
         self.run(seq, &tokens, ids.len());
         Ok(())
+    }
+
+    /// [`Engine::step`] keeping the tapped states averaged over positions `over` of `ids`
+    /// instead of at the last (what a probe reading a whole message reads): one small dispatch
+    /// per tapped block. Errors as `step` does, and for a range that is empty or past `ids`.
+    pub fn step_averaging(
+        &self,
+        seq: &mut Sequence,
+        ids: &[u32],
+        over: Range<usize>,
+    ) -> Result<()> {
+        if over.is_empty() || over.end > ids.len() {
+            return Err(Error::InvalidInput(format!(
+                "states averaged over positions {over:?} of {} tokens",
+                ids.len()
+            )));
+        }
+        seq.average = Some(over);
+        let stepped = self.step(seq, ids);
+        seq.average = None;
+        stepped
     }
 
     /// Runs the token the last [`Engine::argmax`] picked (greedy decoding), reading it from
@@ -595,7 +621,14 @@ impl Engine {
             // The slots tapping this block: the down projection (which writes the block's
             // output) copies it into the first; a block tapped twice copies it again.
             let mut slots = seq.taps.iter().enumerate().filter(|(_, t)| **t == l);
-            let first = slots.next().map(|(slot, _)| slot);
+            let (from, to) = seq
+                .average
+                .as_ref()
+                .map_or((n - 1, n), |r| (r.start, r.end));
+            let first = match seq.average {
+                None => slots.next().map(|(slot, _)| slot),
+                Some(_) => None,
+            };
             let states = match (&seq.states, first) {
                 (Some(states), Some(_)) => arg(states, seq.taps.len() * d),
                 _ => arg(&self.no_states, 1),
@@ -628,7 +661,8 @@ impl Engine {
             self.launched(5);
             if let Some(states) = &seq.states {
                 for (slot, _) in slots {
-                    // SAFETY: `x` holds `n` positions of `d` and `states` `taps.len()` rows.
+                    // SAFETY: `x` holds `n` positions of `d` (`from..to` inside them:
+                    // `step_averaging` checks it) and `states` `taps.len()` rows.
                     unsafe {
                         kernels::tap_state::launch_unchecked(
                             client,
@@ -636,7 +670,8 @@ impl Engine {
                             lanes,
                             arg(&x, n * d),
                             arg(states, seq.taps.len() * d),
-                            n - 1,
+                            from,
+                            to,
                             slot,
                             d,
                         )

@@ -836,15 +836,22 @@ pub fn attention(
     }
 }
 
-/// `out[slot] = x[p]` (`cols` values): keeps the residual stream after a block at the step's
-/// last position for the probes, before the next block overwrites `x`, where the down
-/// projection's own copy ([`matvec_q4_1`]'s `tap`) already went to another slot (a block
-/// tapped twice). Grid `(1)`.
+/// `out[slot]` = the mean of `x[from..to]` (`cols` values each): keeps the residual stream
+/// after a block for the probes, before the next block overwrites `x`: at the step's last
+/// position (`to - from` = 1, an exact copy) where the down projection's own copy
+/// ([`matvec_q4_1`]'s `tap`) already went to another slot (a block tapped twice), or averaged
+/// over a message for a probe that reads it whole. Grid `(1)`.
 #[cube(launch_unchecked)]
-pub fn tap_state(x: &[f32], out: &mut [f32], p: usize, slot: usize, cols: usize) {
+pub fn tap_state(x: &[f32], out: &mut [f32], from: usize, to: usize, slot: usize, cols: usize) {
     let mut c = UNIT_POS as usize;
     while c < cols {
-        out[slot * cols + c] = x[p * cols + c];
+        let mut sum = f32::new(0.0);
+        let mut p = from;
+        while p < to {
+            sum += x[p * cols + c];
+            p += 1;
+        }
+        out[slot * cols + c] = sum / f32::cast_from(to - from);
         c += LANES as usize;
     }
 }

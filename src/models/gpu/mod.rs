@@ -190,6 +190,15 @@ mod without_webgpu {
             Err(none())
         }
         /// The same error as [`Engine::load`].
+        pub fn step_averaging(
+            &self,
+            _seq: &mut Sequence,
+            _ids: &[u32],
+            _over: std::ops::Range<usize>,
+        ) -> Result<()> {
+            Err(none())
+        }
+        /// The same error as [`Engine::load`].
         pub fn step_picked(&self, _seq: &mut Sequence) -> Result<u32> {
             Err(none())
         }

@@ -166,12 +166,14 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
     let alone = match (&chat.probe, args.system.is_some()) {
         (Some(probe), true) => {
             let ids = chat.user_prompt_ids(MESSAGE)?;
+            let at = chat.request_probe_positions(&[Message::new("user", MESSAGE)])?;
             let kept = time(&mut || {
-                pollster::block_on(chat.prompt_states(&ids, &probe.layers)).map(|_| ())
+                pollster::block_on(chat.prompt_states(&ids, &probe.layers, at.clone())).map(|_| ())
             })?;
             let whole = time(&mut || {
-                let mut g = Generator::with_states(&chat, &ids, &options, &probe.layers)?;
-                pollster::block_on(g.states_at_last_token())?;
+                let mut g =
+                    Generator::with_states(&chat, &ids, &options, &probe.layers, at.clone())?;
+                pollster::block_on(g.latest_states())?;
                 g.cancel();
                 Ok(())
             })?;
