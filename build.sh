@@ -126,8 +126,9 @@ wait_wasm_opt() {
 optimize_wasm() {
   local file="$1" opt="$2" extra="${3:-}"
   [ "$opt" != none ] || return 0
-  # memory-packing would split the data into a segment per run of zeros: 6,188 segments whose
-  # headers cost 15 KB of the page's gzipped code for 10 KB fewer raw bytes (notes/issue-13-guard.md).
+  # memory-packing would split the data into a segment per run of zeros: 6,188 segments
+  # whose headers cost 15 KB of the page's gzipped code for 10 KB fewer raw bytes
+  # (notes/issue-13-guard.md).
   local flags="--enable-bulk-memory --enable-nontrapping-float-to-int --enable-simd --enable-sign-ext \
     --enable-mutable-globals --enable-reference-types --skip-pass=memory-packing"
   local key; key="$(cat "$file" <(echo "$opt $flags $extra") | sha256sum | cut -c1-32)"

@@ -476,9 +476,9 @@ impl ChatModel {
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }
-        let request = match request {
+        let over = match &request {
             Positions::Last => prompt.len() - 1..prompt.len(),
-            Positions::Mean(r) if !r.is_empty() && r.end <= prompt.len() => r,
+            Positions::Mean(r) if !r.is_empty() && r.end <= prompt.len() => r.clone(),
             other => {
                 return Err(Error::InvalidInput(format!(
                     "the request's states at {other:?} of {} prompt tokens",
@@ -494,7 +494,10 @@ impl ChatModel {
             && ids.len() <= engine.max_positions()
         {
             let mut seq = engine.new_tapped_sequence(layers)?;
-            engine.step_averaging(&mut seq, prompt, request)?;
+            match request {
+                Positions::Mean(_) => engine.step_averaging(&mut seq, prompt, over)?,
+                _ => engine.step(&mut seq, prompt)?,
+            }
             let prompt_end = engine.states(&seq).await?;
             let mut sentence_ends = Vec::with_capacity(ends.len());
             let mut from = 0;
@@ -524,12 +527,10 @@ impl ChatModel {
                 .collect()
         };
         let mut prompt_end = vec![0.0; layers.len() * dim];
-        for p in request.clone() {
+        for p in over.clone() {
             prompt_end.iter_mut().zip(row(p)).for_each(|(m, v)| *m += v);
         }
-        prompt_end
-            .iter_mut()
-            .for_each(|m| *m /= request.len() as f32);
+        prompt_end.iter_mut().for_each(|m| *m /= over.len() as f32);
         Ok(AnswerStates {
             prompt_end,
             sentence_ends: ends.iter().map(|&e| row(prompt.len() + e)).collect(),

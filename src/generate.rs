@@ -258,8 +258,8 @@ pub struct Generator<'a> {
     prompt_tokens: usize,
     /// Blocks whose states [`Generator::latest_states`] returns.
     layers: Vec<usize>,
-    /// Their states at the last token run through burn's path (set whenever `layers` is not
-    /// empty: the prefill's last token, then each token fed); the engine keeps its own.
+    /// Their states from burn's path (set whenever `layers` is not empty: at the prefill's
+    /// positions, then at each token fed); the engine keeps its own.
     last_states: Vec<Tensor<2>>,
     /// On a GPU without LoRA adapters (burn's path adds those): the sequence in the quantised
     /// engine ([`crate::models::gpu`]), which then holds the cache, the logits and the states

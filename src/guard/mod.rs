@@ -4,20 +4,19 @@
 //!    read together ([`input_texts`]); if a label whose action is [`Action::Block`] flags any
 //!    of them, the answer is a refusal naming the reason and the model is not called. The
 //!    filter reads text in its judging form (look-alikes folded, `crate::text::normalize`).
-//!    When the chat model carries a probe (`crate::models::probe`), the model's own states
-//!    (at the end of the prompt, or averaged over the last user message) are judged too, from
-//!    the prefill answering needs anyway; a flagged conversation is refused before any token
-//!    is generated. The probe then takes over the filter's [`REQUEST_HARM_LABEL`] on the conversation: that head learned
-//!    AdvBench's imperative phrasing, and on held-out everyday tasks phrased that way ("Write
-//!    a tutorial on how to bake sourdough bread") it blocked 21 of 38 where the probe flags
-//!    none. The probe is trained on requests alone and after a benign exchange (a probe
-//!    trained on single turns let most harmful requests through after one: held-out
-//!    past-tense rewordings 119/123 alone, 77/123 after a turn); on validation
-//!    conversations the filter's head added 2 of 490 harmful requests for 5 more of 268
-//!    safe ones blocked (notes/issue-13-guard.md). Its score is still reported; without a
-//!    probe it blocks. When there is more before the last user message than the default
-//!    system prompt, that message is also judged on its own ([`last_message_judged_alone`]):
-//!    either judgement blocks.
+//!    When the chat model carries a probe (`crate::models::probe`), the model's own states (at the
+//!    end of the prompt, or averaged over the last user message) are judged too, from the prefill
+//!    answering needs anyway; a flagged conversation is refused before any token is generated. The
+//!    probe then takes over the filter's [`REQUEST_HARM_LABEL`] on the conversation: that head
+//!    learned AdvBench's imperative phrasing, and on held-out everyday tasks phrased that way
+//!    ("Write a tutorial on how to bake sourdough bread") it blocked 21 of 38 where the probe flags
+//!    none. The probe is trained on requests alone and after a benign exchange (a probe trained on
+//!    single turns let most harmful requests through after one: held-out past-tense rewordings
+//!    119/123 alone, 77/123 after a turn); on validation conversations the filter's head added 2 of
+//!    490 harmful requests for 5 more of 268 safe ones blocked (notes/issue-13-guard.md). Its score
+//!    is still reported; without a probe it blocks. When there is more before the last user message
+//!    than the default system prompt, that message is also judged on its own
+//!    ([`last_message_judged_alone`]): either judgement blocks.
 //! 2. The answer is generated and screened as it streams, one sentence at a time: text reaches
 //!    the caller only after the whole answer so far has passed, so a harmful answer is stopped
 //!    and replaced before any of it is shown. With an answer probe, the chat model also judges

@@ -886,9 +886,10 @@ impl Llama {
     }
 
     /// The residual stream at `positions` of `ids` after each block in `layers` (in the order
-    /// asked), continuing from `prefix` (which is not changed): what a probe reads. Unlike [`Llama::forward_with_states`] no logits are made and the blocks after the
-    /// deepest of `layers` do not run (3 of SmolLM2's 30 for the shipped probe). The adapters
-    /// `prefix` runs with apply (the installed ones, or the safety adapters for a cache from
+    /// asked), continuing from `prefix` (which is not changed): what a probe reads. Unlike
+    /// [`Llama::forward_with_states`] no logits are made and the blocks after the deepest of
+    /// `layers` do not run (3 of SmolLM2's 30 for the shipped probe). The adapters `prefix`
+    /// runs with apply (the installed ones, or the safety adapters for a cache from
     /// [`Llama::new_safety_cache`]), as in generation.
     pub fn states_after(
         &self,
