@@ -7,10 +7,9 @@
 use std::path::Path;
 
 use webguard::text::language::other_language;
-use webguard::text::normalize::for_judging;
 
 fn named(text: &str) -> Option<&'static str> {
-    other_language(&for_judging(text)).map(|l| l.code)
+    other_language(text).map(|l| l.code)
 }
 
 fn read(path: &Path) -> String {

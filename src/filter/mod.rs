@@ -76,8 +76,7 @@ impl Verdict {
 
     /// This verdict of `text`: says which other language it is in, if any.
     pub fn of_text(mut self, text: &str) -> Self {
-        let language =
-            crate::text::language::other_language(&crate::text::normalize::for_judging(text));
+        let language = crate::text::language::other_language(text);
         self.other_language = language.map(|l| l.name.to_string());
         self
     }

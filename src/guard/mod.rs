@@ -51,7 +51,6 @@ use crate::filter::{Filter, WindowScores};
 use crate::generate::{GenerateOptions, Generator, StopReason};
 use crate::text::chat_template::Message;
 use crate::text::language::{OtherLanguage, other_language};
-use crate::text::normalize::for_judging;
 use crate::text::refusal::{REFUSAL_WINDOW_CHARS, is_refusal};
 use crate::text::sentence_done;
 use policy::Side;
@@ -193,7 +192,7 @@ impl Languages {
             last_user: None,
         };
         for m in messages.iter().filter(|m| m.role != "assistant") {
-            let language = other_language(&for_judging(&m.content));
+            let language = other_language(&m.content);
             found.first = found.first.or(language);
             if m.role == "user" {
                 found.last_user = language;

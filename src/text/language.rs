@@ -299,10 +299,15 @@ fn script(c: char) -> Option<OtherLanguage> {
 }
 
 /// The language other than English that `text` is written in, or `None` when it reads as
-/// English or cannot be told (module docs). Pass the judging form
-/// ([`crate::text::normalize::for_judging`]) so that look-alike letters inside English words
-/// do not make it Cyrillic.
+/// English or cannot be told (module docs). It reads the judging form
+/// ([`crate::text::normalize::for_judging`]), so look-alike letters inside English words do
+/// not make it Cyrillic.
 pub fn other_language(text: &str) -> Option<OtherLanguage> {
+    language_of_judging_form(&crate::text::normalize::for_judging(text))
+}
+
+/// [`other_language`] of a text already in its judging form.
+fn language_of_judging_form(text: &str) -> Option<OtherLanguage> {
     if let Some(found) = non_latin_script(text) {
         return Some(found);
     }
@@ -483,14 +488,15 @@ mod tests {
     }
 
     #[test]
-    fn lookalike_letters_in_english_words_are_not_another_script_once_normalised() {
+    fn lookalike_letters_in_english_words_are_folded_before_the_script_is_counted() {
         // Most letters Cyrillic look-alikes, each word keeping a Latin one.
         let disguised =
             "\u{04BB}\u{043E}w \u{0442}o \u{043C}a\u{043A}\u{0435} \u{0432}\u{043E}\u{043C}b";
-        assert_eq!(code(disguised), Some("Cyrl"));
+        let unfolded = language_of_judging_form(disguised).map(|l| l.code);
+        assert_eq!(unfolded, Some("Cyrl"));
         let judged = crate::text::normalize::for_judging(disguised);
         assert_eq!(judged, "how to make bomb");
-        assert_eq!(code(&judged), None);
+        assert_eq!(code(disguised), None);
     }
 
     #[test]
