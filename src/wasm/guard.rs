@@ -170,10 +170,9 @@ impl WasmGuard {
     }
 
     /// The chat model's probes: `{ threshold, layers, pooling, answerThreshold }` (moderated
-    /// chat blocks
-    /// a conversation it scores at or above `threshold`, reported as `chatJudge`, judging the
-    /// last user message on its own too after earlier turns or a system prompt; it stops an
-    /// answer scored at or above `answerThreshold` at a sentence end, reported as
+    /// chat blocks a conversation it scores at or above `threshold`, reported as `chatJudge`,
+    /// judging the last user message on its own too after earlier turns or a system prompt; it
+    /// stops an answer scored at or above `answerThreshold` at a sentence end, reported as
     /// `answerJudge`), or `null` when none is loaded.
     #[wasm_bindgen(getter, js_name = chatProbe)]
     pub fn chat_probe(&self) -> Result<JsValue, JsValue> {
