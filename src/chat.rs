@@ -7,7 +7,7 @@
 
 use crate::backend::read_f32;
 use crate::error::{Error, Result};
-use crate::models::llama::{Adapters, KvCache, Llama, Positions};
+use crate::models::llama::{Adapters, KvCache, Llama, Positions, mean_of_rows};
 use crate::models::lora::{Lora, LoraConfig, LoraFactors, Projection};
 use crate::models::probe::{ChatProbes, Pooling, StateProbe};
 #[cfg(doc)]
@@ -429,11 +429,7 @@ impl ChatModel {
         layers: &[usize],
         positions: Positions,
     ) -> Result<Vec<f32>> {
-        if positions == Positions::All {
-            return Err(Error::InvalidInput(
-                "a probe reads one row of states".into(),
-            ));
-        }
+        positions.check_one_row(rest.len())?;
         let states = self.model.states_after(prefix, rest, layers, positions)?;
         let mut out = Vec::with_capacity(layers.len() * self.model.config().dim);
         for s in states {
@@ -476,15 +472,10 @@ impl ChatModel {
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }
+        request.check_one_row(prompt.len())?;
         let over = match &request {
-            Positions::Last => prompt.len() - 1..prompt.len(),
-            Positions::Mean(r) if !r.is_empty() && r.end <= prompt.len() => r.clone(),
-            other => {
-                return Err(Error::InvalidInput(format!(
-                    "the request's states at {other:?} of {} prompt tokens",
-                    prompt.len()
-                )));
-            }
+            Positions::Mean(r) => r.clone(),
+            _ => prompt.len() - 1..prompt.len(),
         };
         let ends = self.sentence_ends(answer)?;
         let ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
@@ -526,11 +517,9 @@ impl ChatModel {
                 .flat_map(|l| l[at..at + dim].iter().copied())
                 .collect()
         };
-        let mut prompt_end = vec![0.0; layers.len() * dim];
-        for p in over.clone() {
-            prompt_end.iter_mut().zip(row(p)).for_each(|(m, v)| *m += v);
-        }
-        prompt_end.iter_mut().for_each(|m| *m /= over.len() as f32);
+        let prompt_end = (per_layer.iter())
+            .flat_map(|l| mean_of_rows(l, dim, over.clone()))
+            .collect();
         Ok(AnswerStates {
             prompt_end,
             sentence_ends: ends.iter().map(|&e| row(prompt.len() + e)).collect(),

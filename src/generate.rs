@@ -327,11 +327,7 @@ impl<'a> Generator<'a> {
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }
-        if positions == Positions::All {
-            return Err(Error::InvalidInput(
-                "a probe reads one row of states".into(),
-            ));
-        }
+        positions.check_one_row(prompt.len())?;
         let window = chat.context_window();
         let room = window.saturating_sub(prompt.len());
         if room == 0 {

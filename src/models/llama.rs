@@ -401,14 +401,37 @@ impl Positions {
     }
 }
 
-/// Errors when a [`Positions::Mean`] range is empty or past the `n` ids run.
-fn check_positions(positions: &Positions, n: usize) -> Result<()> {
-    match positions {
-        Positions::Mean(r) if r.is_empty() || r.end > n => Err(Error::InvalidInput(format!(
-            "states averaged over positions {r:?} of {n} tokens"
-        ))),
-        _ => Ok(()),
+impl Positions {
+    /// Errors when a [`Positions::Mean`] range is empty or past the `n` ids run.
+    pub fn check(&self, n: usize) -> Result<()> {
+        match self {
+            Positions::Mean(r) if r.is_empty() || r.end > n => Err(Error::InvalidInput(format!(
+                "states averaged over positions {r:?} of {n} tokens"
+            ))),
+            _ => Ok(()),
+        }
     }
+
+    /// [`Positions::check`], and an error for [`Positions::All`]: what a probe reads is one
+    /// row per block.
+    pub fn check_one_row(&self, n: usize) -> Result<()> {
+        if *self == Positions::All {
+            return Err(Error::InvalidInput(
+                "a probe reads one row of states".into(),
+            ));
+        }
+        self.check(n)
+    }
+}
+
+/// The mean of rows `over` of `values` (row-major, `dim` wide).
+pub fn mean_of_rows(values: &[f32], dim: usize, over: std::ops::Range<usize>) -> Vec<f32> {
+    let mut mean = vec![0.0; dim];
+    for row in values[over.start * dim..over.end * dim].chunks_exact(dim) {
+        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+    }
+    mean.iter_mut().for_each(|m| *m /= over.len() as f32);
+    mean
 }
 
 /// Keys and values of the positions seen so far, per layer: `[1, kv_heads, t, head_dim]`.
@@ -903,7 +926,7 @@ impl Llama {
             return Err(Error::InvalidInput("no layers to read states from".into()));
         }
         self.check_layers(layers)?;
-        check_positions(&positions, ids.len())?;
+        positions.check(ids.len())?;
         let mut cache = prefix.clone();
         let mut taps = Taps {
             layers,
@@ -980,7 +1003,7 @@ impl Llama {
     ) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
         self.check_ids(ids, cache.len)?;
         self.check_layers(layers)?;
-        check_positions(&positions, ids.len())?;
+        positions.check(ids.len())?;
         let (s, d) = (ids.len(), self.config.dim);
         let start = cache.len;
         let mut taps = Taps {

@@ -22,7 +22,7 @@ use super::kernels::{self, LANES, ROWS};
 use super::weights::{self, HostBlocks, QMatrix, Quant};
 use super::{Candidates, DecodeLayout, KvPrecision, MAX_TOP_CANDIDATES};
 use crate::error::{Error, Result};
-use crate::models::llama::LlamaConfig;
+use crate::models::llama::{LlamaConfig, Positions};
 use crate::weights::gguf::Gguf;
 
 /// Positions a [`Sequence`]'s KV cache holds.
@@ -397,12 +397,7 @@ impl Engine {
         ids: &[u32],
         over: Range<usize>,
     ) -> Result<()> {
-        if over.is_empty() || over.end > ids.len() {
-            return Err(Error::InvalidInput(format!(
-                "states averaged over positions {over:?} of {} tokens",
-                ids.len()
-            )));
-        }
+        Positions::Mean(over.clone()).check(ids.len())?;
         seq.average = Some(over);
         let stepped = self.step(seq, ids);
         seq.average = None;

@@ -22,7 +22,7 @@
 //! changes ([`Llama::cache_to_host`], [`Llama::cache_to_tensors`]), so a prompt prefilled by
 //! burn continues here, and a later prompt on the same cache goes back to burn.
 
-use super::{HOST_LOOPS_MAX_POSITIONS, KvCache, Llama, Positions, Taps, Weight};
+use super::{HOST_LOOPS_MAX_POSITIONS, KvCache, Llama, Positions, Taps, Weight, mean_of_rows};
 use crate::error::{Error, Result};
 use crate::models::lora::Projection;
 use crate::models::packed::{PackedMatrix, for_row_ranges_of};
@@ -296,14 +296,7 @@ impl Llama {
                 let (rows, values) = match &taps.positions {
                     Positions::All => (s, x.clone()),
                     Positions::Last => (1, x[(s - 1) * d..].to_vec()),
-                    Positions::Mean(r) => {
-                        let mut mean = vec![0.0; d];
-                        for row in x[r.start * d..r.end * d].chunks_exact(d) {
-                            mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
-                        }
-                        mean.iter_mut().for_each(|m| *m /= r.len() as f32);
-                        (1, mean)
-                    }
+                    Positions::Mean(r) => (1, mean_of_rows(&x, d, r.clone())),
                 };
                 taps.states[slot] = Some(Tensor::from_data(
                     TensorData::new(values, [rows, d]),
