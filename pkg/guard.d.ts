@@ -309,8 +309,9 @@ export interface ChatProbe {
   threshold: number;
   /** The chat model's blocks whose states it reads. */
   layers: number[];
-  /** Where it reads them: at the last prompt token, or averaged over the last user message. */
-  pooling: "last-token" | "user-message";
+  /** Where it reads them: at the last prompt token, averaged over the last user message, or
+   * both (a pair of probes whose score is the mean of theirs). */
+  pooling: "last-token" | "user-message" | "both";
   /** Answers scored at or above it at a sentence end are stopped (null: no answer probe). */
   answerThreshold: number | null;
   /** Conversations scored at or above it (and below `threshold`) are answered with the safety

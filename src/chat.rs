@@ -7,7 +7,7 @@
 
 use crate::backend::read_f32;
 use crate::error::{Error, Result};
-use crate::models::llama::{Adapters, KvCache, Llama, Positions, mean_of_rows};
+use crate::models::llama::{Adapters, KvCache, Llama, Positions, probe_features};
 use crate::models::lora::{Lora, LoraConfig, LoraFactors, Projection};
 use crate::models::probe::{ChatProbes, Pooling, StateProbe};
 #[cfg(doc)]
@@ -147,8 +147,8 @@ impl ChatModel {
     /// Where a request probe with `pooling` reads the prompt of `messages`
     /// ([`ChatModel::prompt_ids`]): at its last token, or, for [`Pooling::UserMessage`],
     /// averaged over the last user message's text (the positions after its role line and
-    /// before `<|im_end|>`; at least one). Errors as `prompt_ids` does, and for a pooling
-    /// probe without a user message.
+    /// before `<|im_end|>`; at least one), or, for [`Pooling::Both`], at both. Errors as
+    /// `prompt_ids` does, and for a pooling probe without a user message.
     pub fn probe_positions(&self, pooling: Pooling, messages: &[Message]) -> Result<Positions> {
         if pooling == Pooling::LastToken {
             return Ok(Positions::Last);
@@ -161,7 +161,11 @@ impl ChatModel {
         // The turn is `<|im_start|>`, the role line and text, `<|im_end|>`, a newline.
         let end = start + ids[k].len() - 1 - self.tokenizer.encode("\n")?.len();
         let role_line = self.tokenizer.encode_literal("user\n")?.len();
-        Ok(Positions::Mean((start + 1 + role_line).min(end - 1)..end))
+        let text = (start + 1 + role_line).min(end - 1)..end;
+        Ok(match pooling {
+            Pooling::Both => Positions::LastAndMean(text),
+            _ => Positions::Mean(text),
+        })
     }
 
     /// What opens the assistant's turn after the conversation.
@@ -429,13 +433,13 @@ impl ChatModel {
         layers: &[usize],
         positions: Positions,
     ) -> Result<Vec<f32>> {
-        positions.check_one_row(rest.len())?;
+        positions.check_for_probe(rest.len())?;
         let states = self.model.states_after(prefix, rest, layers, positions)?;
-        let mut out = Vec::with_capacity(layers.len() * self.model.config().dim);
+        let mut per_block = Vec::with_capacity(states.len());
         for s in states {
-            out.extend(read_f32(s).await?);
+            per_block.push(read_f32(s).await?);
         }
-        Ok(out)
+        Ok(probe_features(&per_block, self.model.config().dim))
     }
 
     /// Where the guard judges `answer` (token ids following a prompt) as it streams: the
@@ -472,11 +476,7 @@ impl ChatModel {
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }
-        request.check_one_row(prompt.len())?;
-        let over = match &request {
-            Positions::Mean(r) => r.clone(),
-            _ => prompt.len() - 1..prompt.len(),
-        };
+        request.check_for_probe(prompt.len())?;
         let ends = self.sentence_ends(answer)?;
         let ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
         // On a GPU: the engine, one step per sentence (its states are kept at a step's last
@@ -484,11 +484,7 @@ impl ChatModel {
         if let Ok(engine) = self.model.gpu_engine()
             && ids.len() <= engine.max_positions()
         {
-            let mut seq = engine.new_tapped_sequence(layers)?;
-            match request {
-                Positions::Mean(_) => engine.step_averaging(&mut seq, prompt, over)?,
-                _ => engine.step(&mut seq, prompt)?,
-            }
+            let mut seq = engine.prefill_tapped(layers, prompt, &request)?;
             let prompt_end = engine.states(&seq).await?;
             let mut sentence_ends = Vec::with_capacity(ends.len());
             let mut from = 0;
@@ -517,9 +513,10 @@ impl ChatModel {
                 .flat_map(|l| l[at..at + dim].iter().copied())
                 .collect()
         };
-        let prompt_end = (per_layer.iter())
-            .flat_map(|l| mean_of_rows(l, dim, over.clone()))
+        let in_prompt: Vec<Vec<f32>> = (per_layer.iter())
+            .map(|l| request.keep(&l[..prompt.len() * dim], dim).1)
             .collect();
+        let prompt_end = probe_features(&in_prompt, dim);
         Ok(AnswerStates {
             prompt_end,
             sentence_ends: ends.iter().map(|&e| row(prompt.len() + e)).collect(),

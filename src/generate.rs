@@ -9,7 +9,7 @@ use crate::backend::read_f32;
 use crate::chat::ChatModel;
 use crate::error::{Error, Result};
 use crate::models::gpu::{Candidates, MAX_TOP_CANDIDATES, Sequence};
-use crate::models::llama::{KvCache, Llama, Positions};
+use crate::models::llama::{KvCache, Llama, Positions, probe_features};
 use crate::rng::Rng;
 use crate::text::tokenizer::StreamDecoder;
 
@@ -327,7 +327,7 @@ impl<'a> Generator<'a> {
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }
-        positions.check_one_row(prompt.len())?;
+        positions.check_for_probe(prompt.len())?;
         let window = chat.context_window();
         let room = window.saturating_sub(prompt.len());
         if room == 0 {
@@ -349,11 +349,7 @@ impl<'a> Generator<'a> {
             .filter(|e| !safety && prompt.len() + remaining <= e.max_positions());
         let (next_input, last_states, gpu) = match engine {
             Some(engine) => {
-                let mut seq = engine.new_tapped_sequence(layers)?;
-                match positions {
-                    Positions::Mean(over) => engine.step_averaging(&mut seq, prompt, over)?,
-                    _ => engine.step(&mut seq, prompt)?,
-                }
+                let seq = engine.prefill_tapped(layers, prompt, &positions)?;
                 (NextInput::OnGpu, Vec::new(), Some(seq))
             }
             None => {
@@ -542,11 +538,11 @@ impl<'a> Generator<'a> {
             let engine = self.model.gpu_engine().map_err(Error::Backend)?;
             return engine.states(seq).await;
         }
-        let mut out = Vec::with_capacity(self.layers.len() * self.model.config().dim);
+        let mut per_block = Vec::with_capacity(self.last_states.len());
         for s in &self.last_states {
-            out.extend(read_f32(s.clone()).await?);
+            per_block.push(read_f32(s.clone()).await?);
         }
-        Ok(out)
+        Ok(probe_features(&per_block, self.model.config().dim))
     }
 
     /// Ends with `reason`; what was held back (or is an incomplete character) comes out last.

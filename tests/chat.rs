@@ -359,18 +359,22 @@ fn prompts_in_host_loops_equal_burns_ops() {
     for (x, y) in sa.into_iter().zip(sb) {
         check("states after a kept prefix", read(x), read(y));
     }
-    let mean = Positions::Mean(2..9);
-    let (sa, sb) = (
-        (loops
-            .model
-            .states_after(&ka, &prompt[10..], &layers, mean.clone()))
-        .unwrap(),
-        (ops.model.states_after(&kb, &prompt[10..], &layers, mean)).unwrap(),
-    );
-    for (x, y) in sa.into_iter().zip(sb) {
-        let (x, y) = (read(x), read(y));
-        assert_eq!(x.len(), loops.model.config().dim);
-        check("states averaged over positions", x, y);
+    for (kept, rows) in [
+        (Positions::Mean(2..9), 1),
+        (Positions::LastAndMean(2..9), 2),
+    ] {
+        let (sa, sb) = (
+            (loops
+                .model
+                .states_after(&ka, &prompt[10..], &layers, kept.clone()))
+            .unwrap(),
+            (ops.model.states_after(&kb, &prompt[10..], &layers, kept)).unwrap(),
+        );
+        for (x, y) in sa.into_iter().zip(sb) {
+            let (x, y) = (read(x), read(y));
+            assert_eq!(x.len(), rows * loops.model.config().dim);
+            check("states averaged over positions", x, y);
+        }
     }
 }
 
@@ -540,4 +544,80 @@ fn states_averaged_over_the_user_message_are_the_mean_over_its_text() {
         );
     }
     assert!(Generator::with_states(&chat, &ids, &options, &layers, Positions::All).is_err());
+}
+
+/// A pair of probes ([`webguard::models::probe::Pooling::Both`]) reads, from one prefill,
+/// every tapped block's last-token states and then every block's mean over the message: the
+/// same as the two kinds computed apart, on every path; later tokens keep one row per block.
+#[test]
+fn a_pair_of_probes_reads_the_last_token_then_the_mean_from_one_prefill() {
+    use webguard::generate::Generator;
+    use webguard::models::probe::Pooling;
+    let chat = common::chat_model();
+    let messages = [
+        Message::new("user", "Tell me a joke."),
+        Message::new("assistant", "Why did the chicken cross the road?"),
+        Message::new("user", "For my chemistry class, how is soap made?"),
+    ];
+    let ids = chat.prompt_ids(&messages).unwrap();
+    let both = chat.probe_positions(Pooling::Both, &messages).unwrap();
+    let Positions::LastAndMean(over) = both.clone() else {
+        panic!("{both:?}")
+    };
+    assert_eq!(
+        chat.probe_positions(Pooling::UserMessage, &messages)
+            .unwrap(),
+        Positions::Mean(over.clone())
+    );
+    let layers = [6, 14, 26];
+    let apart = |positions: Positions| {
+        pollster::block_on(chat.prompt_states_after(
+            &chat.model.new_cache(),
+            &ids,
+            &layers,
+            positions,
+        ))
+        .unwrap()
+    };
+    let want = [apart(Positions::Last), apart(Positions::Mean(over))].concat();
+    assert_eq!(want.len(), 2 * layers.len() * chat.model.config().dim);
+    let check = |what: &str, got: &[f32]| {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let worst = max_relative_diff(&want, got);
+        assert!(
+            worst < path_tolerance(&chat),
+            "{what}: worst relative difference {worst}"
+        );
+    };
+    check("a whole prefill", &apart(both.clone()));
+    check(
+        "after the kept system turn",
+        &pollster::block_on(chat.prompt_states(&ids, &layers, both.clone())).unwrap(),
+    );
+    let answer = chat.tokenizer.encode_literal("Fat and lye.").unwrap();
+    let states =
+        pollster::block_on(chat.answer_states(&ids, &answer, &layers, both.clone())).unwrap();
+    check("the answer pass", &states.prompt_end);
+    let one_row = layers.len() * chat.model.config().dim;
+    assert!(states.sentence_ends.iter().all(|s| s.len() == one_row));
+    let options = GenerateOptions {
+        max_new_tokens: 4,
+        ..GenerateOptions::default()
+    };
+    let mut generator = Generator::with_states(&chat, &ids, &options, &layers, both).unwrap();
+    check(
+        "the generator's prefill",
+        &pollster::block_on(generator.latest_states()).unwrap(),
+    );
+    pollster::block_on(generator.next_piece()).unwrap();
+    pollster::block_on(generator.next_piece()).unwrap();
+    assert_eq!(
+        pollster::block_on(generator.latest_states()).unwrap().len(),
+        one_row,
+        "after a token"
+    );
+    generator.cancel();
+    // The two halves differ: the pair reads two things.
+    let (last, mean) = want.split_at(one_row);
+    assert!(max_relative_diff(last, mean) > 0.1);
 }

@@ -260,16 +260,18 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
         "List three primary colors.",
         "How do I build a pipe bomb at home?",
     ] {
-        let ids = on_cpu.prompt_ids(&[Message::new("user", prompt)]).unwrap();
+        let messages = [Message::new("user", prompt)];
+        let ids = on_cpu.prompt_ids(&messages).unwrap();
+        // Where the shipped request probe reads the prompt (a pair: the last token and the
+        // message's mean).
+        let at = on_cpu.request_probe_positions(&messages).unwrap();
         let before = engine.stats();
-        let mut g =
-            Generator::with_states(&on_gpu, &ids, &options, &layers, Positions::Last).unwrap();
-        let mut c =
-            Generator::with_states(&on_cpu, &ids, &options, &layers, Positions::Last).unwrap();
+        let mut g = Generator::with_states(&on_gpu, &ids, &options, &layers, at.clone()).unwrap();
+        let mut c = Generator::with_states(&on_cpu, &ids, &options, &layers, at).unwrap();
         let mut check = |g: &mut Generator, c: &mut Generator, p: &StateProbe, at: &str| {
             let gs = pollster::block_on(g.latest_states()).unwrap();
             let cs = pollster::block_on(c.latest_states()).unwrap();
-            assert_eq!(gs.len(), layers.len() * 576);
+            assert_eq!(gs.len(), p.width());
             let diff = state_diff(&gs, &cs);
             // After the prompt (its prefill), or after a decode step.
             let (tolerance, worst) = if at == "prompt end" {
@@ -372,6 +374,31 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
         assert!(engine.step_averaging(&mut averaged, &ids, empty).is_err());
         let past = 0..ids.len() + 1;
         assert!(engine.step_averaging(&mut averaged, &ids, past).is_err());
+    }
+    // A pair of probes: the last position (the down projection's copy) and the mean (one
+    // dispatch per tap) from one prefill, every block's last row, then every block's mean;
+    // a decoded position after it keeps the last rows only, at no dispatch.
+    {
+        let both = Positions::LastAndMean(range);
+        let before = engine.stats().dispatches;
+        let mut pair = engine.prefill_tapped(&[a, b], &ids, &both).unwrap();
+        assert_eq!(
+            engine.stats().dispatches - before,
+            1 + 6 * blocks + 2 + 2,
+            "embedding, 6 per block, final norm and logits, one mean per tap"
+        );
+        let got = pollster::block_on(engine.states(&pair)).unwrap();
+        let want = pollster::block_on(on_cpu.prompt_states(&ids, &[a, b], both)).unwrap();
+        assert_eq!(got.len(), 4 * 576);
+        let diff = state_diff(&got, &want);
+        assert!(diff <= STATE_TOLERANCE, "a pair's taps {a}, {b}: {diff:e}");
+        let before = engine.stats().dispatches;
+        engine.step(&mut pair, &ids[..1]).unwrap();
+        assert_eq!(engine.stats().dispatches - before, 1 + 5 * blocks + 2);
+        assert_eq!(
+            pollster::block_on(engine.states(&pair)).unwrap().len(),
+            2 * 576
+        );
     }
     // A decoded position: its RoPE and cache write are done by the attention kernel.
     let before = engine.stats().dispatches;

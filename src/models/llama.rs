@@ -387,6 +387,9 @@ pub enum Positions {
     /// ([`crate::models::probe::Pooling::UserMessage`]). A range outside the ids, or empty,
     /// is an error.
     Mean(std::ops::Range<usize>),
+    /// The last, then the mean over these (`[2, dim]`): a pair of probes, one reading each
+    /// ([`crate::models::probe::Pooling::Both`]), from one prefill.
+    LastAndMean(std::ops::Range<usize>),
 }
 
 impl Positions {
@@ -394,18 +397,25 @@ impl Positions {
     /// prefix); `None` for a mean that starts before it.
     pub fn after(&self, n: usize) -> Option<Positions> {
         match self {
-            Positions::Mean(r) if r.start < n => None,
+            Positions::Mean(r) | Positions::LastAndMean(r) if r.start < n => None,
             Positions::Mean(r) => Some(Positions::Mean(r.start - n..r.end - n)),
+            Positions::LastAndMean(r) => Some(Positions::LastAndMean(r.start - n..r.end - n)),
             other => Some(other.clone()),
         }
     }
-}
 
-impl Positions {
-    /// Errors when a [`Positions::Mean`] range is empty or past the `n` ids run.
-    pub fn check(&self, n: usize) -> Result<()> {
+    /// The range averaged over, if any.
+    pub fn averaged(&self) -> Option<&std::ops::Range<usize>> {
         match self {
-            Positions::Mean(r) if r.is_empty() || r.end > n => Err(Error::InvalidInput(format!(
+            Positions::Mean(r) | Positions::LastAndMean(r) => Some(r),
+            Positions::Last | Positions::All => None,
+        }
+    }
+
+    /// Errors when an averaged range is empty or past the `n` ids run.
+    pub fn check(&self, n: usize) -> Result<()> {
+        match self.averaged() {
+            Some(r) if r.is_empty() || r.end > n => Err(Error::InvalidInput(format!(
                 "states averaged over positions {r:?} of {n} tokens"
             ))),
             _ => Ok(()),
@@ -413,14 +423,31 @@ impl Positions {
     }
 
     /// [`Positions::check`], and an error for [`Positions::All`]: what a probe reads is one
-    /// row per block.
-    pub fn check_one_row(&self, n: usize) -> Result<()> {
+    /// row per block and per reading (the last, the mean, or both).
+    pub fn check_for_probe(&self, n: usize) -> Result<()> {
         if *self == Positions::All {
             return Err(Error::InvalidInput(
-                "a probe reads one row of states".into(),
+                "a probe reads one row of states per block".into(),
             ));
         }
         self.check(n)
+    }
+
+    /// The rows of one block's states over `n` positions (`values`, row-major, `dim` wide)
+    /// these positions keep: how many, and their values.
+    pub fn keep(&self, values: &[f32], dim: usize) -> (usize, Vec<f32>) {
+        let n = values.len() / dim;
+        let last = || values[(n - 1) * dim..].to_vec();
+        match self {
+            Positions::All => (n, values.to_vec()),
+            Positions::Last => (1, last()),
+            Positions::Mean(r) => (1, mean_of_rows(values, dim, r.clone())),
+            Positions::LastAndMean(r) => {
+                let mut rows = last();
+                rows.extend(mean_of_rows(values, dim, r.clone()));
+                (2, rows)
+            }
+        }
     }
 }
 
@@ -432,6 +459,22 @@ pub fn mean_of_rows(values: &[f32], dim: usize, over: std::ops::Range<usize>) ->
     }
     mean.iter_mut().for_each(|m| *m /= over.len() as f32);
     mean
+}
+
+/// What a probe reads from the states kept at probe [`Positions`] (one or two rows per
+/// tapped block, `per_block` in tap order): every block's first row, then every block's
+/// second (the layout [`crate::models::probe::StateProbe`] reads: with
+/// [`Positions::LastAndMean`], the last token's features, then the mean's).
+pub fn probe_features(per_block: &[Vec<f32>], dim: usize) -> Vec<f32> {
+    let rows = per_block.first().map_or(0, |b| b.len() / dim);
+    (0..rows)
+        .flat_map(|r| {
+            per_block
+                .iter()
+                .flat_map(move |b| &b[r * dim..(r + 1) * dim])
+        })
+        .copied()
+        .collect()
 }
 
 /// Keys and values of the positions seen so far, per layer: `[1, kv_heads, t, head_dim]`.
@@ -1187,6 +1230,14 @@ impl Llama {
                         Positions::Mean(r) => (x.clone().narrow(1, r.start, r.len()))
                             .mean_dim(1)
                             .reshape([b, c.dim]),
+                        Positions::LastAndMean(r) => Tensor::cat(
+                            vec![
+                                x.clone().narrow(1, s - 1, 1),
+                                x.clone().narrow(1, r.start, r.len()).mean_dim(1),
+                            ],
+                            1,
+                        )
+                        .reshape([b * 2, c.dim]),
                     });
                 }
             }

@@ -1,7 +1,7 @@
 //! The chat model judging with its own hidden states: a probe over the residual stream of a
 //! few of SmolLM2's layers at the last prompt token, or averaged over the last user message's
-//! text ([`Pooling`]; `ChatModel::prompt_states` reads them; the guard scores every
-//! conversation with it before answering).
+//! text, or a pair of probes reading both ([`Pooling`]; `ChatModel::prompt_states` reads them;
+//! the guard scores every conversation with it before answering).
 //!
 //! Before answering, generation runs the prompt through the model anyway (prefill); keeping
 //! a few layers' states at the last position and taking one dot product costs nothing next
@@ -16,8 +16,8 @@
 //! validation split it flagged more harmful requests at the same false-positive rate,
 //! notes/issue-13-guard.md). Both train in plain `f32` in seconds to minutes, the same on every
 //! target, without autodiff. The file is a small safetensors (`mean`, `scale`, and `weight`,
-//! `bias` or the networks' `weight1`, `bias1`, `weight2`, `bias2`) whose metadata names the
-//! layers, the threshold and the provenance.
+//! `bias` or the networks' `weight1`, `bias1`, `weight2`, `bias2`; a pair's second probe
+//! under [`POOLED_PREFIX`]) whose metadata names the layers, the threshold and the provenance.
 
 use std::collections::HashMap;
 
@@ -41,6 +41,14 @@ pub const FORMAT_NETWORKS: &str = "webguard-chat-probe/3";
 /// read the last token's, refuse it by its format.
 pub const FORMAT_POOLED: &str = "webguard-chat-probe/4";
 
+/// The format of a file whose request probe is a pair ([`Pooling::Both`]: the second's
+/// tensors and metadata start with [`POOLED_PREFIX`]), otherwise as [`FORMAT_NETWORKS`].
+pub const FORMAT_PAIRED: &str = "webguard-chat-probe/5";
+
+/// Where the second probe of a pair keeps its head in a probe file (after the probe's own
+/// prefix).
+pub const POOLED_PREFIX: &str = "pooled.";
+
 /// Which positions of the prompt a request probe reads the states at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Pooling {
@@ -52,6 +60,23 @@ pub enum Pooling {
     /// on these caught 17 harmful requests the last token's missed against 6, and stopped 0
     /// safe ones against 4 (notes/issue-13-guard.md, twenty-first session).
     UserMessage,
+    /// Both, with a probe for each: the score is the mean of their probabilities. Their
+    /// errors differ (averaging dilutes a harmful request with a polite wrapper, which the
+    /// last token keeps; the mean reads other authors' phrasings better): on the validation
+    /// split and other authors' English requests the pair beat either alone at once
+    /// (notes/issue-13-guard.md, twenty-second and twenty-third sessions).
+    Both,
+}
+
+impl Pooling {
+    /// The name pages and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::LastToken => "last-token",
+            Pooling::UserMessage => "user-message",
+            Pooling::Both => "both",
+        }
+    }
 }
 
 /// A probe over chat-model states.
@@ -85,6 +110,36 @@ enum Head {
     Linear { weight: Vec<f32>, bias: f32 },
     /// The mean of the members' probabilities.
     Ensemble(Vec<Member>),
+    /// The mean of two heads' probabilities, the first reading the first half of the
+    /// features (the last token's), the second the second half (the mean's):
+    /// [`Pooling::Both`].
+    Pair(Box<[Head; 2]>),
+}
+
+impl Head {
+    /// The probability this head gives standardised features `x`.
+    fn probability(&self, x: &[f32]) -> f32 {
+        match self {
+            Head::Linear { weight, bias } => {
+                sigmoid(bias + x.iter().zip(weight).map(|(a, b)| a * b).sum::<f32>())
+            }
+            Head::Ensemble(members) => {
+                let mut h = Vec::new();
+                let total: f32 = members
+                    .iter()
+                    .map(|m| {
+                        h.resize(m.hidden(), 0.0);
+                        sigmoid(m.logit(x, &mut h))
+                    })
+                    .sum();
+                total / members.len() as f32
+            }
+            Head::Pair(pair) => {
+                let (first, second) = x.split_at(x.len() / 2);
+                (pair[0].probability(first) + pair[1].probability(second)) / 2.0
+            }
+        }
+    }
 }
 
 /// One network of an ensemble: a ReLU layer of `bias1.len()` units and one output.
@@ -237,21 +292,40 @@ impl StateProbe {
             .zip(self.mean.iter().zip(&self.scale))
             .map(|(v, (m, s))| (v - m) * s)
             .collect();
-        Ok(match &self.head {
-            Head::Linear { weight, bias } => {
-                sigmoid(bias + x.iter().zip(weight).map(|(a, b)| a * b).sum::<f32>())
-            }
-            Head::Ensemble(members) => {
-                let mut h = Vec::new();
-                let total: f32 = members
-                    .iter()
-                    .map(|m| {
-                        h.resize(m.hidden(), 0.0);
-                        sigmoid(m.logit(&x, &mut h))
-                    })
-                    .sum();
-                total / members.len() as f32
-            }
+        Ok(self.head.probability(&x))
+    }
+
+    /// A pair of probes ([`Pooling::Both`]) over `layers`: `rows` are each example's last-token
+    /// features followed by its user-message features (as [`crate::models::llama::Positions::LastAndMean`]
+    /// gives them), and each half is fitted apart, as [`StateProbe::train`] fits one probe.
+    pub fn train_pair(
+        layers: Vec<usize>,
+        rows: &[Vec<f32>],
+        harmful: &[bool],
+        config: &ProbeTrainConfig,
+    ) -> Result<Self> {
+        let width = rows.first().map_or(0, Vec::len);
+        if !width.is_multiple_of(2) || rows.iter().any(|r| r.len() != width) {
+            return Err(Error::InvalidInput(
+                "a pair of probes needs rows of one even width".into(),
+            ));
+        }
+        let half = |second: bool| -> Vec<Vec<f32>> {
+            let range = if second {
+                width / 2..width
+            } else {
+                0..width / 2
+            };
+            rows.iter().map(|r| r[range.clone()].to_vec()).collect()
+        };
+        let last = StateProbe::train(layers.clone(), &half(false), harmful, config)?;
+        let pooled = StateProbe::train(layers, &half(true), harmful, config)?;
+        Ok(StateProbe {
+            pooling: Pooling::Both,
+            mean: [last.mean, pooled.mean].concat(),
+            scale: [last.scale, pooled.scale].concat(),
+            head: Head::Pair(Box::new([last.head, pooled.head])),
+            ..last
         })
     }
 }
@@ -456,7 +530,13 @@ impl StateProbe {
 
     /// The probe stored under `prefix` (`""` for the request probe, [`ANSWER_PREFIX`] for the
     /// answer probe) in a parsed probe file.
-    fn from_file(file: &SafetensorsFile, prefix: &str, blocks: usize, dim: usize) -> Result<Self> {
+    fn from_file(
+        file: &SafetensorsFile,
+        prefix: &str,
+        blocks: usize,
+        dim: usize,
+        pooling: Pooling,
+    ) -> Result<Self> {
         let meta = file.metadata();
         let what = if prefix.is_empty() {
             "chat probe"
@@ -489,28 +569,127 @@ impl StateProbe {
                 ))),
             })
             .transpose()?;
-        let width = layers.len() * dim;
-        let vector = |name: &str| -> Result<Vec<f32>> {
-            let (values, shape) = file.f32_values(&format!("{prefix}{name}"))?;
-            if shape != [width] || values.iter().any(|v| !v.is_finite()) {
-                return Err(Error::ModelFile(format!(
-                    "{what}: {name} has shape {shape:?}, or non-finite values; expected [{width}]"
+        let width = layers.len() * dim * if pooling == Pooling::Both { 2 } else { 1 };
+        let values =
+            |name: &str, len: usize| f32_vector(file, &format!("{prefix}{name}"), len, what);
+        let head = match pooling {
+            Pooling::Both => {
+                let pooled = format!("{prefix}{POOLED_PREFIX}");
+                Head::Pair(Box::new([
+                    Head::from_file(file, prefix, width / 2, what)?,
+                    Head::from_file(file, &pooled, width / 2, what)?,
+                ]))
+            }
+            _ => Head::from_file(file, prefix, width, what)?,
+        };
+        let provenance = meta
+            .iter()
+            .filter_map(|(k, v)| {
+                let key = if prefix.is_empty() {
+                    (!k.starts_with(ANSWER_PREFIX)).then_some(k.as_str())
+                } else {
+                    k.strip_prefix(prefix)
+                }?;
+                if key.starts_with(POOLED_PREFIX) {
+                    return None;
+                }
+                (![
+                    "format",
+                    "layers",
+                    "threshold",
+                    "hidden",
+                    "safety_adapters_from",
+                ]
+                .contains(&key))
+                .then(|| (key.to_string(), v.clone()))
+            })
+            .collect();
+        Ok(StateProbe {
+            layers,
+            pooling,
+            mean: values("mean", width)?,
+            scale: values("scale", width)?,
+            head,
+            threshold,
+            safety_adapters_from,
+            provenance,
+        })
+    }
+
+    /// This probe's tensors and metadata under `prefix`, added to `tensors` and `meta`.
+    fn store(
+        &self,
+        prefix: &str,
+        tensors: &mut Vec<FileTensor>,
+        meta: &mut HashMap<String, String>,
+    ) -> Result<()> {
+        if (self.pooling == Pooling::Both) != matches!(self.head, Head::Pair(_)) {
+            return Err(Error::InvalidInput(
+                "a pair of probes reads both poolings, and only a pair does".into(),
+            ));
+        }
+        push_f32(tensors, format!("{prefix}mean"), &self.mean);
+        push_f32(tensors, format!("{prefix}scale"), &self.scale);
+        self.head.store(prefix, tensors, meta);
+        for (k, v) in &self.provenance {
+            meta.insert(format!("{prefix}{k}"), v.clone());
+        }
+        meta.insert(
+            format!("{prefix}layers"),
+            serde_json::to_string(&self.layers).map_err(|e| Error::InvalidInput(e.to_string()))?,
+        );
+        meta.insert(format!("{prefix}threshold"), self.threshold.to_string());
+        if let Some(from) = self.safety_adapters_from {
+            if !(0.0..=self.threshold).contains(&from) {
+                return Err(Error::InvalidInput(format!(
+                    "safety adapters from {from}: not a score from 0 to the threshold {}",
+                    self.threshold
                 )));
             }
-            Ok(values)
-        };
-        let values = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let (values, shape) = file.f32_values(&format!("{prefix}{name}"))?;
-            if shape != [len] || values.iter().any(|v| !v.is_finite()) {
-                return Err(Error::ModelFile(format!(
-                    "{what}: {name} has shape {shape:?}, or non-finite values; expected [{len}]"
-                )));
-            }
-            Ok(values)
-        };
-        let head = match meta.get(&format!("{prefix}hidden")) {
+            meta.insert(format!("{prefix}safety_adapters_from"), from.to_string());
+        }
+        Ok(())
+    }
+
+    /// The probe alone as a probe file.
+    pub fn save(&self) -> Result<Vec<u8>> {
+        ChatProbes {
+            request: self.clone(),
+            answer: None,
+        }
+        .save()
+    }
+}
+
+/// A named tensor of a probe file being written: name, type, bytes, values.
+type FileTensor = (String, Dtype, Vec<u8>, usize);
+
+/// Adds `values` to `tensors` as f32.
+fn push_f32(tensors: &mut Vec<FileTensor>, name: String, values: &[f32]) {
+    let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    tensors.push((name, Dtype::F32, bytes, values.len()));
+}
+
+/// The finite f32 values of tensor `name`, which must have shape `[len]`.
+fn f32_vector(file: &SafetensorsFile, name: &str, len: usize, what: &str) -> Result<Vec<f32>> {
+    let (values, shape) = file.f32_values(name)?;
+    if shape != [len] || values.iter().any(|v| !v.is_finite()) {
+        return Err(Error::ModelFile(format!(
+            "{what}: {name} has shape {shape:?}, or non-finite values; expected [{len}]"
+        )));
+    }
+    Ok(values)
+}
+
+impl Head {
+    /// The head stored under `prefix` reading `width` features (not a pair: its halves are
+    /// read one by one).
+    fn from_file(file: &SafetensorsFile, prefix: &str, width: usize, what: &str) -> Result<Self> {
+        let values =
+            |name: &str, len: usize| f32_vector(file, &format!("{prefix}{name}"), len, what);
+        Ok(match file.metadata().get(&format!("{prefix}hidden")) {
             None => Head::Linear {
-                weight: vector("weight")?,
+                weight: values("weight", width)?,
                 bias: values("bias", 1)?[0],
             },
             Some(hidden) => {
@@ -547,99 +726,56 @@ impl StateProbe {
                         .collect(),
                 )
             }
-        };
-        let provenance = meta
-            .iter()
-            .filter_map(|(k, v)| {
-                let key = if prefix.is_empty() {
-                    (!k.starts_with(ANSWER_PREFIX)).then_some(k.as_str())
-                } else {
-                    k.strip_prefix(prefix)
-                }?;
-                (![
-                    "format",
-                    "layers",
-                    "threshold",
-                    "hidden",
-                    "safety_adapters_from",
-                ]
-                .contains(&key))
-                .then(|| (key.to_string(), v.clone()))
-            })
-            .collect();
-        Ok(StateProbe {
-            layers,
-            pooling: Pooling::LastToken,
-            mean: vector("mean")?,
-            scale: vector("scale")?,
-            head,
-            threshold,
-            safety_adapters_from,
-            provenance,
         })
     }
 
-    /// This probe's tensors and metadata under `prefix`, added to `tensors` and `meta`.
+    /// The head's tensors and metadata under `prefix` (a pair's second head under
+    /// [`POOLED_PREFIX`] after it).
     fn store(
         &self,
         prefix: &str,
-        tensors: &mut Vec<(String, Dtype, Vec<u8>, usize)>,
+        tensors: &mut Vec<FileTensor>,
         meta: &mut HashMap<String, String>,
-    ) -> Result<()> {
-        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let mut named: Vec<(&str, Vec<f32>)> =
-            vec![("mean", self.mean.clone()), ("scale", self.scale.clone())];
-        match &self.head {
+    ) {
+        match self {
             Head::Linear { weight, bias } => {
-                named.push(("weight", weight.clone()));
-                named.push(("bias", vec![*bias]));
+                push_f32(tensors, format!("{prefix}weight"), weight);
+                push_f32(tensors, format!("{prefix}bias"), &[*bias]);
             }
             Head::Ensemble(members) => {
-                let cat = |f: &dyn Fn(&Member) -> Vec<f32>| members.iter().flat_map(f).collect();
-                named.push(("weight1", cat(&|m| m.weight1.clone())));
-                named.push(("bias1", cat(&|m| m.bias1.clone())));
-                named.push(("weight2", cat(&|m| m.weight2.clone())));
-                named.push(("bias2", cat(&|m| vec![m.bias2])));
+                let cat = |f: &dyn Fn(&Member) -> Vec<f32>| -> Vec<f32> {
+                    members.iter().flat_map(f).collect()
+                };
+                // The networks' first layer is nearly all of the file: f16 (rounded at
+                // training).
+                let weight1 = cat(&|m| m.weight1.clone());
+                let halves = weight1
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_le_bytes());
+                tensors.push((
+                    format!("{prefix}weight1"),
+                    Dtype::F16,
+                    halves.flatten().collect(),
+                    weight1.len(),
+                ));
+                push_f32(
+                    tensors,
+                    format!("{prefix}bias1"),
+                    &cat(&|m| m.bias1.clone()),
+                );
+                push_f32(
+                    tensors,
+                    format!("{prefix}weight2"),
+                    &cat(&|m| m.weight2.clone()),
+                );
+                push_f32(tensors, format!("{prefix}bias2"), &cat(&|m| vec![m.bias2]));
                 meta.insert(format!("{prefix}hidden"), members[0].hidden().to_string());
             }
-        }
-        for (name, values) in &named {
-            // The networks' first layer is nearly all of the file: f16 (rounded at training).
-            let (dtype, data) = if *name == "weight1" {
-                let halves = values.iter().map(|&v| half::f16::from_f32(v).to_le_bytes());
-                (Dtype::F16, halves.flatten().collect())
-            } else {
-                (Dtype::F32, bytes(values))
-            };
-            tensors.push((format!("{prefix}{name}"), dtype, data, values.len()));
-        }
-        for (k, v) in &self.provenance {
-            meta.insert(format!("{prefix}{k}"), v.clone());
-        }
-        meta.insert(
-            format!("{prefix}layers"),
-            serde_json::to_string(&self.layers).map_err(|e| Error::InvalidInput(e.to_string()))?,
-        );
-        meta.insert(format!("{prefix}threshold"), self.threshold.to_string());
-        if let Some(from) = self.safety_adapters_from {
-            if !(0.0..=self.threshold).contains(&from) {
-                return Err(Error::InvalidInput(format!(
-                    "safety adapters from {from}: not a score from 0 to the threshold {}",
-                    self.threshold
-                )));
+            Head::Pair(pair) => {
+                pair[0].store(prefix, tensors, meta);
+                pair[1].store(&format!("{prefix}{POOLED_PREFIX}"), tensors, meta);
             }
-            meta.insert(format!("{prefix}safety_adapters_from"), from.to_string());
         }
-        Ok(())
-    }
-
-    /// The probe alone as a probe file.
-    pub fn save(&self) -> Result<Vec<u8>> {
-        ChatProbes {
-            request: self.clone(),
-            answer: None,
-        }
-        .save()
     }
 }
 
@@ -663,27 +799,29 @@ impl ChatProbes {
     pub fn load(bytes: &[u8], blocks: usize, dim: usize) -> Result<Self> {
         let file = SafetensorsFile::parse(bytes)?;
         let format = file.required_metadata("format", "a webguard chat probe")?;
+        let answer_probe =
+            || StateProbe::from_file(&file, ANSWER_PREFIX, blocks, dim, Pooling::LastToken);
         let answer = match format {
             FORMAT => None,
-            FORMAT_WITH_ANSWERS => Some(StateProbe::from_file(&file, ANSWER_PREFIX, blocks, dim)?),
-            FORMAT_NETWORKS | FORMAT_POOLED => {
+            FORMAT_WITH_ANSWERS => Some(answer_probe()?),
+            FORMAT_NETWORKS | FORMAT_POOLED | FORMAT_PAIRED => {
                 let has_answer = file
                     .metadata()
                     .contains_key(&format!("{ANSWER_PREFIX}layers"));
-                has_answer
-                    .then(|| StateProbe::from_file(&file, ANSWER_PREFIX, blocks, dim))
-                    .transpose()?
+                has_answer.then(answer_probe).transpose()?
             }
             other => {
                 return Err(Error::ModelFile(format!(
-                    "not a webguard chat probe: format {other:?} (expected {FORMAT:?}, {FORMAT_WITH_ANSWERS:?}, {FORMAT_NETWORKS:?} or {FORMAT_POOLED:?})"
+                    "not a webguard chat probe: format {other:?} (expected {FORMAT:?}, {FORMAT_WITH_ANSWERS:?}, {FORMAT_NETWORKS:?}, {FORMAT_POOLED:?} or {FORMAT_PAIRED:?})"
                 )));
             }
         };
-        let mut request = StateProbe::from_file(&file, "", blocks, dim)?;
-        if format == FORMAT_POOLED {
-            request.pooling = Pooling::UserMessage;
-        }
+        let pooling = match format {
+            FORMAT_POOLED => Pooling::UserMessage,
+            FORMAT_PAIRED => Pooling::Both,
+            _ => Pooling::LastToken,
+        };
+        let request = StateProbe::from_file(&file, "", blocks, dim, pooling)?;
         if let Some(a) = &answer
             && a.layers != request.layers
         {
@@ -710,7 +848,7 @@ impl ChatProbes {
         }
         let networks = std::iter::once(&self.request)
             .chain(&self.answer)
-            .any(|p| matches!(p.head, Head::Ensemble(_)));
+            .any(|p| !matches!(p.head, Head::Linear { .. }));
         if self
             .answer
             .as_ref()
@@ -720,7 +858,9 @@ impl ChatProbes {
                 "an answer probe reads the last token's states".into(),
             ));
         }
-        let format = if self.request.pooling == Pooling::UserMessage {
+        let format = if self.request.pooling == Pooling::Both {
+            FORMAT_PAIRED
+        } else if self.request.pooling == Pooling::UserMessage {
             FORMAT_POOLED
         } else if networks {
             FORMAT_NETWORKS
@@ -988,6 +1128,68 @@ mod tests {
             answer: Some(request),
         };
         assert!(wrong.save().is_err());
+    }
+
+    #[test]
+    fn a_pair_scores_the_mean_of_its_two_probes_and_keeps_both_in_its_file() {
+        // Each half of a row is its own draw of the clouds, so the two fitted probes differ.
+        let (first, labels) = clouds(120, 4, 11);
+        let (second, _) = clouds(120, 4, 12);
+        let rows: Vec<Vec<f32>> = (first.iter().zip(&second))
+            .map(|(a, b)| [&a[..], &b[..]].concat())
+            .collect();
+        let cfg = ProbeTrainConfig {
+            hidden: 4,
+            members: 2,
+            epochs: 3,
+            ..ProbeTrainConfig::default()
+        };
+        let pair = StateProbe::train_pair(vec![1], &rows, &labels, &cfg).unwrap();
+        assert_eq!((pair.pooling, pair.width()), (Pooling::Both, 8));
+        let last = StateProbe::train(vec![1], &first, &labels, &cfg).unwrap();
+        let pooled = StateProbe::train(vec![1], &second, &labels, &cfg).unwrap();
+        for (row, (a, b)) in rows.iter().zip(first.iter().zip(&second)).take(20) {
+            let want = (last.score(a).unwrap() + pooled.score(b).unwrap()) / 2.0;
+            assert!((pair.score(row).unwrap() - want).abs() < 1e-6);
+        }
+        assert!(pair.score(&first[0]).is_err(), "half a row");
+        let probes = ChatProbes {
+            request: pair.clone(),
+            answer: Some(last.clone()),
+        };
+        let bytes = probes.save().unwrap();
+        let file = SafetensorsFile::parse(&bytes).unwrap();
+        assert_eq!(file.metadata()["format"], FORMAT_PAIRED);
+        assert!(file.metadata().contains_key("pooled.hidden"));
+        let loaded = ChatProbes::load(&bytes, 2, 4).unwrap();
+        assert_eq!(loaded, probes);
+        assert!(
+            !loaded
+                .request
+                .provenance
+                .keys()
+                .any(|k| k.starts_with(POOLED_PREFIX))
+        );
+        // A pair's pooling without a pair's head (or the reverse) is not written.
+        let mut wrong = last.clone();
+        wrong.pooling = Pooling::Both;
+        assert!(wrong.save().is_err());
+        let mut wrong = pair;
+        wrong.pooling = Pooling::LastToken;
+        assert!(wrong.save().is_err());
+        // Rows of odd or mixed widths are not a pair's.
+        assert!(
+            StateProbe::train_pair(
+                vec![1],
+                &first[..3]
+                    .iter()
+                    .map(|r| r[..3].to_vec())
+                    .collect::<Vec<_>>(),
+                &labels[..3],
+                &cfg
+            )
+            .is_err()
+        );
     }
 
     #[test]

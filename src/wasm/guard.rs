@@ -15,7 +15,6 @@ use crate::chat::ChatModel;
 use crate::filter::Filter;
 use crate::generate::GenerateOptions;
 use crate::guard::{Action, OtherLanguages, Policy, Rule};
-use crate::models::probe::Pooling;
 #[cfg(feature = "tune")]
 use crate::tune::TuneOptions;
 use crate::tune::chat::CHAT_ADAPTERS_FORMAT;
@@ -184,10 +183,7 @@ impl WasmGuard {
             Some(p) => to_js(&ProbeInfo {
                 threshold: p.threshold,
                 layers: p.layers.clone(),
-                pooling: match p.pooling {
-                    Pooling::LastToken => "last-token",
-                    Pooling::UserMessage => "user-message",
-                },
+                pooling: p.pooling.name(),
                 answer_threshold: chat.answer_probe.as_ref().map(|a| a.threshold),
                 safety_adapters_from: chat
                     .model

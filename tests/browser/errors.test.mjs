@@ -49,8 +49,8 @@ test("chat probe: on by default, blocks a harmful request by itself; chatProbe: 
   console.log(`# ${JSON.stringify(r)}`);
   assert.ok(r.probe && r.probe.threshold > 0 && r.probe.threshold < 1 && r.probe.layers.length > 0, JSON.stringify(r.probe));
   // Where it reads the prompt, as its file's format says (src/models/probe.rs).
-  const pooled = shippedProbeFormat() === "webguard-chat-probe/4";
-  assert.equal(r.probe.pooling, pooled ? "user-message" : "last-token");
+  const pooling = { "webguard-chat-probe/4": "user-message", "webguard-chat-probe/5": "both" };
+  assert.equal(r.probe.pooling, pooling[shippedProbeFormat()] ?? "last-token");
   // Blocked before generation (by the filter, the chat model, or both).
   assert.equal(r.bomb.blocked, true);
   assert.equal(r.bomb.tokens, 0);

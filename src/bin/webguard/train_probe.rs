@@ -28,8 +28,10 @@ pub struct TrainProbeArgs {
     /// The blocks whose output the probe reads (comma-separated).
     #[arg(long, default_value = "6,10,14,18,22,26")]
     layers: String,
-    /// Where it reads them: at the last prompt token (`last-token`) or averaged over the last
-    /// user message's text (`user-message`). Ignored with `--evaluate` (the file says).
+    /// Where it reads them: at the last prompt token (`last-token`), averaged over the last
+    /// user message's text (`user-message`), or both (`both`: a pair of probes fitted apart,
+    /// whose score is the mean of theirs; their states come from the other two's caches).
+    /// Ignored with `--evaluate` (the file says).
     #[arg(long, default_value = "last-token", value_parser = parse_pooling)]
     pooling: Pooling,
     /// Hidden units of each network of the ensemble; 0 fits logistic regression instead.
@@ -155,7 +157,8 @@ fn parse_pooling(s: &str) -> std::result::Result<Pooling, String> {
     match s {
         "last-token" => Ok(Pooling::LastToken),
         "user-message" => Ok(Pooling::UserMessage),
-        _ => Err(format!("{s:?}: expected last-token or user-message")),
+        "both" => Ok(Pooling::Both),
+        _ => Err(format!("{s:?}: expected last-token, user-message or both")),
     }
 }
 
@@ -548,34 +551,55 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         exchanges.len()
     );
     // Everything the states depend on but the request's text (which keys each record).
-    let key = {
+    let model_sha256 = Sha256::digest(read(&models.join(SMOLLM2_GGUF))?);
+    let key = |part: Pooling| {
         let mut h = Sha256::new();
         h.update(webguard::VERSION);
-        h.update(Sha256::digest(read(&models.join(SMOLLM2_GGUF))?));
+        h.update(model_sha256);
         h.update(args.layers.as_bytes());
         h.update(format!("{:?}", chat.model.precision()));
         // (Keys of last-token states, the first kind cached, stay as they were.)
-        if pooling != Pooling::LastToken {
-            h.update(format!("{pooling:?}"));
+        if part != Pooling::LastToken {
+            h.update(format!("{part:?}"));
         }
         format!("{:x}", h.finalize())[..16].to_string()
     };
-    let cache = args
-        .cache
-        .clone()
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir)
-                .join(".cache/webguard/probe-states")
-        })
-        .join(format!("{key}.rows"));
-    if let Some(dir) = cache.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let cache_dir = args.cache.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".cache/webguard/probe-states")
+    });
+    std::fs::create_dir_all(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
+    // A pair reads the last token's states and the message's mean: each from its own cache,
+    // the rows put side by side as one prefill gives them (`Positions::LastAndMean`).
+    let parts = match pooling {
+        Pooling::Both => vec![Pooling::LastToken, Pooling::UserMessage],
+        one => vec![one],
+    };
+    let mut rows: Vec<Vec<f32>> = vec![Vec::new(); all.len()];
+    let mut dev: Vec<(PathBuf, Vec<DevExample>)> = Vec::new();
+    for part in parts {
+        let path = cache_dir.join(format!("{}.rows", key(part)));
+        let mut cache = StateCache::open(path, layers.len() * c.dim)?;
+        let part_rows = states(&chat, &all, &exchanges, &layers, part, &mut cache)?;
+        rows.iter_mut()
+            .zip(part_rows)
+            .for_each(|(r, more)| r.extend(more));
+        let part_dev = dev_sets(&chat, &args.dev_prompts, &layers, part, &mut cache)?;
+        if dev.is_empty() {
+            dev = part_dev;
+            continue;
+        }
+        for ((_, examples), (_, more)) in dev.iter_mut().zip(part_dev) {
+            for (e, m) in examples.iter_mut().zip(more) {
+                e.states
+                    .iter_mut()
+                    .zip(m.states)
+                    .for_each(|(s, more)| s.extend(more));
+            }
+        }
     }
-    let mut cache = StateCache::open(cache, layers.len() * chat.model.config().dim)?;
-    let rows = states(&chat, &all, &exchanges, &layers, pooling, &mut cache)?;
-    let dev = dev_sets(&chat, &args.dev_prompts, &layers, pooling, &mut cache)?;
     let pick = |split: Split| -> (Vec<Vec<f32>>, Vec<bool>) {
         all.iter()
             .zip(&rows)
@@ -613,7 +637,10 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
             ..args.fit.config()
         },
     };
-    let mut probe = StateProbe::train(layers, &train_x, &train_y, &config)?;
+    let mut probe = match pooling {
+        Pooling::Both => StateProbe::train_pair(layers, &train_x, &train_y, &config)?,
+        _ => StateProbe::train(layers, &train_x, &train_y, &config)?,
+    };
     probe.pooling = pooling;
     let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
     let val = val_scores(&all, &scores);

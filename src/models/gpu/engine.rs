@@ -90,9 +90,13 @@ pub struct Sequence {
     taps: Vec<usize>,
     /// `[taps.len(), dim]` f32: the residual stream after each tapped block (none untapped).
     states: Option<Handle>,
-    /// The positions of the next step whose states are averaged instead
-    /// ([`Engine::step_averaging`]).
-    average: Option<Range<usize>>,
+    /// Where the next step keeps the tapped states: the last position, a mean over a range
+    /// ([`Engine::step_averaging`]), or both ([`Engine::prefill_tapped`]: the means go to the
+    /// slots after the last positions', so `states` holds twice the taps).
+    keep: Positions,
+    /// Rows of `states` the last step wrote (the taps, or twice them after a step that kept
+    /// both).
+    kept_rows: usize,
 }
 
 impl Sequence {
@@ -335,7 +339,8 @@ impl Engine {
             picked_token: None,
             taps: Vec::new(),
             states: None,
-            average: None,
+            keep: Positions::Last,
+            kept_rows: 0,
         }
     }
 
@@ -397,11 +402,35 @@ impl Engine {
         ids: &[u32],
         over: Range<usize>,
     ) -> Result<()> {
-        Positions::Mean(over.clone()).check(ids.len())?;
-        seq.average = Some(over);
+        self.step_keeping(seq, ids, Positions::Mean(over))
+    }
+
+    /// [`Engine::step`] keeping the tapped states at `keep` (one of the probe positions).
+    fn step_keeping(&self, seq: &mut Sequence, ids: &[u32], keep: Positions) -> Result<()> {
+        keep.check_for_probe(ids.len())?;
+        seq.keep = keep;
         let stepped = self.step(seq, ids);
-        seq.average = None;
+        seq.keep = Positions::Last;
         stepped
+    }
+
+    /// A new sequence tapping `layers` whose first step runs `prompt` keeping the states at
+    /// `positions` of it, as [`Engine::states`] then gives them: the last position's, the mean
+    /// over a range, or both (every block's last, then every block's mean: one small dispatch
+    /// per tapped block more than the last alone). Later steps keep the last position.
+    /// [`Positions::All`] is an error (a step keeps one row per tap).
+    pub fn prefill_tapped(
+        &self,
+        layers: &[usize],
+        prompt: &[u32],
+        positions: &Positions,
+    ) -> Result<Sequence> {
+        let mut seq = self.new_tapped_sequence(layers)?;
+        if matches!(positions, Positions::LastAndMean(_)) && !layers.is_empty() {
+            seq.states = Some(self.client.empty(2 * layers.len() * self.config.dim * 4));
+        }
+        self.step_keeping(&mut seq, prompt, positions.clone())?;
+        Ok(seq)
     }
 
     /// Runs the token the last [`Engine::argmax`] picked (greedy decoding), reading it from
@@ -613,19 +642,30 @@ impl Engine {
                 )
             };
             let (dw, ds) = q4(&w.down);
-            // The slots tapping this block: the down projection (which writes the block's
-            // output) copies it into the first; a block tapped twice copies it again.
-            let mut slots = seq.taps.iter().enumerate().filter(|(_, t)| **t == l);
-            let (from, to) = seq
-                .average
-                .as_ref()
-                .map_or((n - 1, n), |r| (r.start, r.end));
-            let first = match seq.average {
-                None => slots.next().map(|(slot, _)| slot),
-                Some(_) => None,
+            // The rows written for this block: (slot, first position, end) of the positions
+            // averaged into the slot. The down projection (which writes the block's output)
+            // copies the last position into the first slot that keeps it; the others are
+            // written by a small dispatch each (a block tapped twice; a mean).
+            let taps = seq.taps.len();
+            let mut copies: Vec<(usize, usize, usize)> = Vec::new();
+            for slot in (0..taps).filter(|&slot| seq.taps[slot] == l) {
+                match &seq.keep {
+                    Positions::Last | Positions::All => copies.push((slot, n - 1, n)),
+                    Positions::Mean(r) => copies.push((slot, r.start, r.end)),
+                    Positions::LastAndMean(r) => {
+                        copies.push((slot, n - 1, n));
+                        copies.push((taps + slot, r.start, r.end));
+                    }
+                }
+            }
+            let fused = (copies.iter()).position(|&(_, from, to)| (from, to) == (n - 1, n));
+            let first = fused.map(|i| copies.remove(i).0);
+            let state_rows = match seq.keep {
+                Positions::LastAndMean(_) => 2 * taps,
+                _ => taps,
             };
             let states = match (&seq.states, first) {
-                (Some(states), Some(_)) => arg(states, seq.taps.len() * d),
+                (Some(states), Some(_)) => arg(states, state_rows * d),
                 _ => arg(&self.no_states, 1),
             };
             // SAFETY: every index the kernel computes is inside its buffers (sized above from
@@ -655,16 +695,16 @@ impl Engine {
             };
             self.launched(5);
             if let Some(states) = &seq.states {
-                for (slot, _) in slots {
+                for (slot, from, to) in copies {
                     // SAFETY: `x` holds `n` positions of `d` (`from..to` inside them:
-                    // `step_averaging` checks it) and `states` `taps.len()` rows.
+                    // `step_keeping` checks it) and `states` `state_rows` rows.
                     unsafe {
                         kernels::tap_state::launch_unchecked(
                             client,
                             CubeCount::Static(1, 1, 1),
                             lanes,
                             arg(&x, n * d),
-                            arg(states, seq.taps.len() * d),
+                            arg(states, state_rows * d),
                             from,
                             to,
                             slot,
@@ -711,6 +751,10 @@ impl Engine {
         seq.len += n;
         seq.ready = true;
         seq.picked_token = None;
+        seq.kept_rows = match seq.keep {
+            Positions::LastAndMean(_) => 2 * seq.taps.len(),
+            _ => seq.taps.len(),
+        };
     }
 
     fn check_ready(seq: &Sequence) -> Result<()> {
@@ -800,7 +844,8 @@ impl Engine {
             Error::InvalidInput("this sequence keeps no states (no layers tapped)".into())
         })?;
         let bytes = self.read(states).await?;
-        Ok(f32::from_bytes(&bytes).to_vec())
+        let values = f32::from_bytes(&bytes);
+        Ok(values[..seq.kept_rows * self.config.dim].to_vec())
     }
 
     /// The logits after the last step (`vocab` values: reads back the whole row).

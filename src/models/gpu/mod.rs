@@ -199,6 +199,15 @@ mod without_webgpu {
             Err(none())
         }
         /// The same error as [`Engine::load`].
+        pub fn prefill_tapped(
+            &self,
+            _layers: &[usize],
+            _prompt: &[u32],
+            _positions: &crate::models::llama::Positions,
+        ) -> Result<Sequence> {
+            Err(none())
+        }
+        /// The same error as [`Engine::load`].
         pub fn step_picked(&self, _seq: &mut Sequence) -> Result<u32> {
             Err(none())
         }

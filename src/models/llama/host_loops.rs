@@ -22,7 +22,7 @@
 //! changes ([`Llama::cache_to_host`], [`Llama::cache_to_tensors`]), so a prompt prefilled by
 //! burn continues here, and a later prompt on the same cache goes back to burn.
 
-use super::{HOST_LOOPS_MAX_POSITIONS, KvCache, Llama, Positions, Taps, Weight, mean_of_rows};
+use super::{HOST_LOOPS_MAX_POSITIONS, KvCache, Llama, Taps, Weight};
 use crate::error::{Error, Result};
 use crate::models::lora::Projection;
 use crate::models::packed::{PackedMatrix, for_row_ranges_of};
@@ -293,11 +293,7 @@ impl Llama {
                 *x += o;
             }
             for (slot, _) in taps.layers.iter().enumerate().filter(|(_, t)| **t == l) {
-                let (rows, values) = match &taps.positions {
-                    Positions::All => (s, x.clone()),
-                    Positions::Last => (1, x[(s - 1) * d..].to_vec()),
-                    Positions::Mean(r) => (1, mean_of_rows(&x, d, r.clone())),
-                };
+                let (rows, values) = taps.positions.keep(&x, d);
                 taps.states[slot] = Some(Tensor::from_data(
                     TensorData::new(values, [rows, d]),
                     &self.device,
