@@ -433,8 +433,8 @@ impl Positions {
         self.check(n)
     }
 
-    /// The rows of one block's states over `n` positions (`values`, row-major, `dim` wide)
-    /// these positions keep: how many, and their values.
+    /// The rows of one block's states over `n` positions (`values`, row-major, `dim` wide, at
+    /// least one position) these positions keep: how many, and their values.
     pub fn keep(&self, values: &[f32], dim: usize) -> (usize, Vec<f32>) {
         let n = values.len() / dim;
         let last = || values[(n - 1) * dim..].to_vec();

@@ -88,7 +88,8 @@ pub struct Sequence {
     picked_token: Option<u32>,
     /// Blocks whose output at the last position of each step is kept in `states`.
     taps: Vec<usize>,
-    /// `[taps.len(), dim]` f32: the residual stream after each tapped block (none untapped).
+    /// `[taps.len(), dim]` f32: the residual stream after each tapped block (none untapped);
+    /// twice the rows for a sequence from [`Engine::prefill_tapped`] keeping both.
     states: Option<Handle>,
     /// Where the next step keeps the tapped states: the last position, a mean over a range
     /// ([`Engine::step_averaging`]), or both ([`Engine::prefill_tapped`]: the means go to the
@@ -406,6 +407,8 @@ impl Engine {
     }
 
     /// [`Engine::step`] keeping the tapped states at `keep` (one of the probe positions).
+    /// [`Positions::LastAndMean`] writes twice the taps' rows: only for a sequence whose
+    /// `states` buffer [`Engine::prefill_tapped`] made that large (the kernels run unchecked).
     fn step_keeping(&self, seq: &mut Sequence, ids: &[u32], keep: Positions) -> Result<()> {
         keep.check_for_probe(ids.len())?;
         seq.keep = keep;
