@@ -14,6 +14,9 @@ const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 // wllama (npm, with its own wasm) is served for the browser benchmark's side-by-side peer.
 const SERVED = ["www", "pkg", "models", "assets", "tests/browser/pages", "tests/reference", "tests/data/tune",
   "tests/browser/node_modules/@wllama/wllama/esm"];
+// /models/ is the folder the models were fetched to: $WEBGUARD_MODELS, as in build.sh and the
+// command-line tool, or the checkout's models/.
+const MODELS = resolve(process.env.WEBGUARD_MODELS ?? join(ROOT, "models"));
 const TYPES = {
   ".html": "text/html; charset=utf-8",
   ".js": "text/javascript; charset=utf-8",
@@ -34,8 +37,11 @@ function resolvePath(urlPath) {
     return null;
   }
   for (const dir of SERVED) {
-    const base = join(ROOT, dir);
-    const full = resolve(ROOT, rel);
+    const base = dir === "models" ? MODELS : join(ROOT, dir);
+    // The rest of the path inside this folder (`rel` is normalised: no `..` but leading ones).
+    const inside = rel === dir ? "" : rel.startsWith(`${dir}${sep}`) ? rel.slice(dir.length + 1) : null;
+    if (inside === null) continue;
+    const full = resolve(base, inside);
     if (full === base || full.startsWith(base + sep)) return full;
   }
   return null;

@@ -392,12 +392,18 @@ fn engine_states_and_moderated_turn_match_cpu_without_burns_weights() {
         assert_eq!(got.len(), 4 * 576);
         let diff = state_diff(&got, &want);
         assert!(diff <= STATE_TOLERANCE, "a pair's taps {a}, {b}: {diff:e}");
-        let before = engine.stats().dispatches;
+        let before = engine.stats();
         engine.step(&mut pair, &ids[..1]).unwrap();
-        assert_eq!(engine.stats().dispatches - before, 1 + 5 * blocks + 2);
         assert_eq!(
-            pollster::block_on(engine.states(&pair)).unwrap().len(),
-            2 * 576
+            engine.stats().dispatches - before.dispatches,
+            1 + 5 * blocks + 2
+        );
+        let last = pollster::block_on(engine.states(&pair)).unwrap();
+        assert_eq!(last.len(), 2 * 576);
+        assert_eq!(
+            engine.stats().readback_bytes - before.readback_bytes,
+            2 * 576 * 4,
+            "only the rows the step kept are read back"
         );
     }
     // A decoded position: its RoPE and cache write are done by the attention kernel.

@@ -245,13 +245,16 @@ pub fn quantise_row4(row: &[f32]) -> Option<(Vec<i8>, f16)> {
 }
 
 /// One run of values quantised: `(q, scale)` with `q[i] = round(row[i] / scale)`,
-/// `scale = max|row| / 127`.
+/// `scale = max|row| / 127` (a run too small for a scale is all 0).
+/// Quantising the values a run stands for (`q × scale`) gives the same `q` and scale back (f32
+/// rounds `127 × scale` to within a unit of the largest value, and the division back to the
+/// scale), so a model rounded to its grid at training is the one its file holds.
 pub fn quantise_row(row: &[f32]) -> (Vec<i8>, f32) {
     let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    if max == 0.0 {
+    let scale = max / 127.0;
+    if scale == 0.0 {
         return (vec![0; row.len()], 0.0);
     }
-    let scale = max / 127.0;
     let q = row
         .iter()
         .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8)
@@ -420,6 +423,38 @@ mod tests {
             assert!((f32::from(*q) * s - v).abs() <= s / 2.0 + 1e-7);
         }
         assert_eq!(quantise_row(&[0.0, 0.0]), (vec![0, 0], 0.0));
+    }
+
+    #[test]
+    fn runs_are_within_half_a_step_and_quantising_their_grid_again_gives_it_back() {
+        let mut rng = crate::rng::Rng::new(9);
+        // 2,000 runs of different sizes, one all zero and one of the smallest values.
+        let mut runs: Vec<Vec<f32>> = (0..2000)
+            .map(|i| {
+                let size = [1.0, 1e-3, 250.0, 0.01][i % 4] * (1.0 + i as f32 / 1000.0);
+                (0..37)
+                    .map(|_| (rng.next_f64() as f32 - 0.5) * size)
+                    .collect()
+            })
+            .collect();
+        runs.push(vec![0.0; 37]);
+        runs.push(vec![1e-40; 37]);
+        for (r, run) in runs.iter().enumerate() {
+            let (q, scale) = quantise_row(run);
+            assert!(!q.contains(&i8::MIN), "run {r}");
+            let largest = run.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let grid: Vec<f32> = q.iter().map(|&q| f32::from(q) * scale).collect();
+            // Half a step (a run too small for a scale flushes to zero).
+            let tolerance = if scale == 0.0 {
+                largest
+            } else {
+                largest / 254.0 * 1.0001
+            };
+            for (v, g) in run.iter().zip(&grid) {
+                assert!((v - g).abs() <= tolerance, "run {r}: {v} -> {g}");
+            }
+            assert_eq!(quantise_row(&grid), (q, scale), "run {r}");
+        }
     }
 
     #[test]

@@ -122,5 +122,23 @@ impl<'a> SafetensorsFile<'a> {
         Ok((values, view.shape().to_vec()))
     }
 
+    /// Tensor `name` as `i8` values (only I8 is accepted) and its shape.
+    pub fn i8_values(&self, name: &str) -> Result<(Vec<i8>, Vec<usize>)> {
+        let view = self.view(name)?;
+        if view.dtype() != Dtype::I8 {
+            return Err(Error::Safetensors(format!(
+                "tensor {name:?} has dtype {:?}; expected I8",
+                view.dtype()
+            )));
+        }
+        let values = view.data().iter().map(|&b| b as i8).collect();
+        Ok((values, view.shape().to_vec()))
+    }
+
+    /// The dtype of tensor `name`.
+    pub fn dtype(&self, name: &str) -> Result<Dtype> {
+        Ok(self.view(name)?.dtype())
+    }
+
     shape_checked_tensor!();
 }

@@ -14,6 +14,7 @@ import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import { openBrowser } from "./browser.mjs";
+import { models } from "./native.mjs";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 // What the README tells a page author to host from node_modules/webguard/.
@@ -85,7 +86,7 @@ before(async () => {
   mkdirSync(join(scratch, "webguard"));
   for (const f of HOSTED) copyFileSync(join(installed, f), join(scratch, "webguard", f));
   writeFileSync(join(scratch, "iife", "index.html"), PAGE(`window.ASSETS = "/webguard/"`, `<script src="app.js"></script>`));
-  server = await serve({ "/esm/": join(scratch, "esm"), "/iife/": join(scratch, "iife"), "/webguard/": join(scratch, "webguard"), "/models/": join(ROOT, "models") });
+  server = await serve({ "/esm/": join(scratch, "esm"), "/iife/": join(scratch, "iife"), "/webguard/": join(scratch, "webguard"), "/models/": models });
   origin = `http://127.0.0.1:${server.address().port}`;
   b = await openBrowser({ webgpu: false });
 });

@@ -7,9 +7,11 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
+import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { test } from "node:test";
 import { pageUrl, usePage } from "./browser.mjs";
+import { models as modelsDir } from "./native.mjs";
 
 const ROOT = new URL("../../", import.meta.url);
 const sha256 = (path) => createHash("sha256").update(readFileSync(new URL(path, ROOT))).digest("hex");
@@ -38,7 +40,7 @@ const b = usePage("hardening", {
   }),
 });
 
-const CONFIG = readFileSync(new URL("models/all-MiniLM-L6-v2/config.json", ROOT));
+const CONFIG = readFileSync(join(modelsDir, "all-MiniLM-L6-v2/config.json"));
 const configRequests = (from) => b.requests.slice(from).filter((u) => u.endsWith("/all-MiniLM-L6-v2/config.json")).length;
 const headers = { "content-type": "application/json", "cross-origin-resource-policy": "same-origin" };
 

@@ -6,11 +6,14 @@ import { spawn } from "node:child_process";
 import { mkdirSync, readdirSync, rmSync, truncateSync, utimesSync, writeFileSync } from "node:fs";
 import { brotliCompressSync } from "node:zlib";
 import { connect } from "node:net";
+import { join } from "node:path";
 import { after, afterEach, before, beforeEach, test } from "node:test";
+import { pathToFileURL } from "node:url";
+import { models } from "./native.mjs";
 
 const ROOT = new URL("../../", import.meta.url);
-// Scratch files in models/ (served, and ignored by git).
-const SCRATCH = new URL("models/serve-test/", ROOT);
+// Scratch files in the models folder the server serves as /models/ (ignored by git).
+const SCRATCH = pathToFileURL(join(models, "serve-test/"));
 
 let child;
 let port;

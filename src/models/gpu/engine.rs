@@ -846,9 +846,19 @@ impl Engine {
         let states = seq.states.clone().ok_or_else(|| {
             Error::InvalidInput("this sequence keeps no states (no layers tapped)".into())
         })?;
-        let bytes = self.read(states).await?;
+        // Only the rows the last step wrote: after a pair's prefill the buffer holds twice the
+        // taps, and every later step (each sentence end of an answer) keeps the last rows.
+        let kept = (seq.kept_rows * self.config.dim * 4) as u64;
+        let unused = states.size().saturating_sub(kept);
+        let bytes = self.read(states.offset_end(unused)).await?;
         let values = f32::from_bytes(&bytes);
-        Ok(values[..seq.kept_rows * self.config.dim].to_vec())
+        match values.get(..seq.kept_rows * self.config.dim) {
+            Some(rows) => Ok(rows.to_vec()),
+            None => Err(Error::Backend(format!(
+                "the GPU engine read {} bytes of states; expected {kept}",
+                bytes.len()
+            ))),
+        }
     }
 
     /// The logits after the last step (`vocab` values: reads back the whole row).
