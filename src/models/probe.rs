@@ -172,9 +172,9 @@ impl Member {
 }
 
 /// A matrix stored as 8-bit integers with one scale per row: a network's first layer, nearly
-/// all of a probe file. In f16 the shipped pair of request probes took 3.5 MB; in 8 bits
-/// 1.8 MB, and its scores moved by at most a few thousandths (notes/issue-13-guard.md,
-/// twenty-fourth session).
+/// all of a probe file. In f16 the shipped pair of request probes took 3.66 MB; in 8 bits
+/// 1.89 MB, and its scores on the validation and dev sets moved by at most 0.002, no decision
+/// changing (notes/issue-13-guard.md, twenty-fourth session).
 struct Int8Rows {
     values: Vec<i8>,
     scales: Vec<f32>,
@@ -439,90 +439,109 @@ fn fit_ensemble(
     positives: usize,
     config: &ProbeTrainConfig,
 ) -> Result<Head> {
-    const BATCH: usize = 128;
-    const LEARNING_RATE: f32 = 1e-3;
-    let (width, hidden, n) = (x[0].len(), config.hidden, x.len());
     if config.members == 0 {
         return Err(Error::InvalidInput("an ensemble needs members".into()));
     }
-    let (w_pos, w_neg) = class_weights(harmful, positives);
-    let mut members = Vec::with_capacity(config.members);
-    for m in 0..config.members {
-        let seed = 0x5EED + m as u64;
-        let mut rng = Rng::new(seed);
-        // Glorot-uniform starts.
-        let mut uniform = |fan_in: usize, fan_out: usize, len: usize| -> Vec<f32> {
-            let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
-            (0..len)
-                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * a) as f32)
-                .collect()
-        };
-        let mut net = Member {
-            weight1: uniform(width, hidden, hidden * width),
-            bias1: uniform(width, hidden, hidden),
-            weight2: uniform(hidden, 1, hidden),
-            bias2: 0.0,
-        };
-        let mut adam1 = Adam::new(hidden * width);
-        let mut adam_b1 = Adam::new(hidden);
-        let mut adam2 = Adam::new(hidden);
-        let mut adam_b2 = Adam::new(1);
-        let mut order: Vec<usize> = (0..n).collect();
-        let mut h = vec![0f32; hidden];
-        let (mut g1, mut gb1, mut g2) = (
-            vec![0f32; hidden * width],
-            vec![0f32; hidden],
-            vec![0f32; hidden],
-        );
-        for epoch in 0..config.epochs {
-            crate::rng::shuffle(&mut order, seed.wrapping_mul(1000) + epoch as u64);
-            for batch in order.chunks(BATCH) {
-                g1.iter_mut().for_each(|g| *g = 0.0);
-                gb1.iter_mut().for_each(|g| *g = 0.0);
-                g2.iter_mut().for_each(|g| *g = 0.0);
-                let mut gb2 = 0f32;
-                // Scaled so a batch's gradient estimates the whole set's.
-                let scale = n as f32 / batch.len() as f32;
-                for &i in batch {
-                    let y = harmful[i];
-                    let z = net.logit(&x[i], &mut h);
-                    let err = (sigmoid(z) - if y { 1.0 } else { 0.0 })
-                        * if y { w_pos } else { w_neg }
-                        * scale;
-                    if !err.is_finite() {
-                        return Err(Error::Tuning("the probe's loss diverged".into()));
-                    }
-                    gb2 += err;
-                    for j in 0..hidden {
-                        g2[j] += err * h[j];
-                        if h[j] > 0.0 {
-                            let d = err * net.weight2[j];
-                            gb1[j] += d;
-                            g1[j * width..(j + 1) * width]
-                                .iter_mut()
-                                .zip(&x[i])
-                                .for_each(|(g, v)| *g += d * v);
-                        }
+    let weights = class_weights(harmful, positives);
+    let fit = |m: usize| fit_member(x, harmful, weights, config, 0x5EED + m as u64);
+    // The members are independent (each from its own seed): natively one per core, the same
+    // networks in the same order as one after another.
+    #[cfg(not(target_arch = "wasm32"))]
+    let members = {
+        use rayon::prelude::*;
+        (0..config.members)
+            .into_par_iter()
+            .map(fit)
+            .collect::<Result<_>>()?
+    };
+    #[cfg(target_arch = "wasm32")]
+    let members = (0..config.members).map(fit).collect::<Result<_>>()?;
+    Ok(Head::Ensemble(members))
+}
+
+/// One network of an ensemble, trained from the starts `seed` draws.
+fn fit_member(
+    x: &[Vec<f32>],
+    harmful: &[bool],
+    (w_pos, w_neg): (f32, f32),
+    config: &ProbeTrainConfig,
+    seed: u64,
+) -> Result<Member> {
+    const BATCH: usize = 128;
+    const LEARNING_RATE: f32 = 1e-3;
+    let (width, hidden, n) = (x[0].len(), config.hidden, x.len());
+    let mut rng = Rng::new(seed);
+    // Glorot-uniform starts.
+    let mut uniform = |fan_in: usize, fan_out: usize, len: usize| -> Vec<f32> {
+        let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
+        (0..len)
+            .map(|_| ((rng.next_f64() * 2.0 - 1.0) * a) as f32)
+            .collect()
+    };
+    let mut net = Member {
+        weight1: uniform(width, hidden, hidden * width),
+        bias1: uniform(width, hidden, hidden),
+        weight2: uniform(hidden, 1, hidden),
+        bias2: 0.0,
+    };
+    let mut adam1 = Adam::new(hidden * width);
+    let mut adam_b1 = Adam::new(hidden);
+    let mut adam2 = Adam::new(hidden);
+    let mut adam_b2 = Adam::new(1);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut h = vec![0f32; hidden];
+    let (mut g1, mut gb1, mut g2) = (
+        vec![0f32; hidden * width],
+        vec![0f32; hidden],
+        vec![0f32; hidden],
+    );
+    for epoch in 0..config.epochs {
+        crate::rng::shuffle(&mut order, seed.wrapping_mul(1000) + epoch as u64);
+        for batch in order.chunks(BATCH) {
+            g1.iter_mut().for_each(|g| *g = 0.0);
+            gb1.iter_mut().for_each(|g| *g = 0.0);
+            g2.iter_mut().for_each(|g| *g = 0.0);
+            let mut gb2 = 0f32;
+            // Scaled so a batch's gradient estimates the whole set's.
+            let scale = n as f32 / batch.len() as f32;
+            for &i in batch {
+                let y = harmful[i];
+                let z = net.logit(&x[i], &mut h);
+                let err = (sigmoid(z) - if y { 1.0 } else { 0.0 })
+                    * if y { w_pos } else { w_neg }
+                    * scale;
+                if !err.is_finite() {
+                    return Err(Error::Tuning("the probe's loss diverged".into()));
+                }
+                gb2 += err;
+                for j in 0..hidden {
+                    g2[j] += err * h[j];
+                    if h[j] > 0.0 {
+                        let d = err * net.weight2[j];
+                        gb1[j] += d;
+                        g1[j * width..(j + 1) * width]
+                            .iter_mut()
+                            .zip(&x[i])
+                            .for_each(|(g, v)| *g += d * v);
                     }
                 }
-                g1.iter_mut()
-                    .zip(&net.weight1)
-                    .for_each(|(g, w)| *g += config.l2 * w);
-                g2.iter_mut()
-                    .zip(&net.weight2)
-                    .for_each(|(g, w)| *g += config.l2 * w);
-                adam1.step(&mut net.weight1, &g1, LEARNING_RATE);
-                adam_b1.step(&mut net.bias1, &gb1, LEARNING_RATE);
-                adam2.step(&mut net.weight2, &g2, LEARNING_RATE);
-                adam_b2.step(std::slice::from_mut(&mut net.bias2), &[gb2], LEARNING_RATE);
             }
+            g1.iter_mut()
+                .zip(&net.weight1)
+                .for_each(|(g, w)| *g += config.l2 * w);
+            g2.iter_mut()
+                .zip(&net.weight2)
+                .for_each(|(g, w)| *g += config.l2 * w);
+            adam1.step(&mut net.weight1, &g1, LEARNING_RATE);
+            adam_b1.step(&mut net.bias1, &gb1, LEARNING_RATE);
+            adam2.step(&mut net.weight2, &g2, LEARNING_RATE);
+            adam_b2.step(std::slice::from_mut(&mut net.bias2), &[gb2], LEARNING_RATE);
         }
-        // Stored in 8 bits ([`Int8Rows`]), so the probe in use is the one in the file.
-        let grid = Int8Rows::quantise(&net.weight1, width);
-        net.weight1 = grid.values();
-        members.push(net);
     }
-    Ok(Head::Ensemble(members))
+    // Stored in 8 bits ([`Int8Rows`]), so the probe in use is the one in the file.
+    let grid = Int8Rows::quantise(&net.weight1, width);
+    net.weight1 = grid.values();
+    Ok(net)
 }
 
 /// Adam's moment estimates for one parameter tensor.
@@ -985,6 +1004,11 @@ mod tests {
         meta.insert(key.into(), value.into());
         let mut tensors = Vec::new();
         probe.store("", &mut tensors, &mut HashMap::new()).unwrap();
+        file_of(&tensors, meta)
+    }
+
+    /// A probe file holding `tensors` and `meta` as they are (edited by a test).
+    fn file_of(tensors: &[FileTensor], meta: HashMap<String, String>) -> Vec<u8> {
         let views: Vec<_> = tensors
             .iter()
             .map(|(name, dtype, data, n)| {
@@ -995,6 +1019,19 @@ mod tests {
             })
             .collect();
         safetensors::serialize(views, Some(meta)).unwrap()
+    }
+
+    /// A small ensemble fitted on the checkerboard (rows of width 6: layers 0 and 2 of 3).
+    fn small_ensemble(members: usize) -> (StateProbe, Vec<Vec<f32>>) {
+        let (rows, labels) = checkerboard(200, 7);
+        let cfg = ProbeTrainConfig {
+            hidden: 4,
+            members,
+            epochs: 2,
+            ..ProbeTrainConfig::default()
+        };
+        let probe = StateProbe::train(vec![0, 2], &rows, &labels, &cfg).unwrap();
+        (probe, rows)
     }
 
     #[test]
@@ -1176,14 +1213,7 @@ mod tests {
 
     #[test]
     fn an_ensembles_first_layer_is_stored_in_8_bits_and_older_f16_files_still_load() {
-        let (rows, labels) = checkerboard(200, 7);
-        let cfg = ProbeTrainConfig {
-            hidden: 4,
-            members: 2,
-            epochs: 2,
-            ..ProbeTrainConfig::default()
-        };
-        let probe = StateProbe::train(vec![0, 2], &rows, &labels, &cfg).unwrap();
+        let (probe, rows) = small_ensemble(2);
         let bytes = probe.save().unwrap();
         let file = SafetensorsFile::parse(&bytes).unwrap();
         assert_eq!(file.dtype("weight1").unwrap(), Dtype::I8);
@@ -1207,17 +1237,7 @@ mod tests {
             halves.collect(),
             weight1.len(),
         );
-        let views: Vec<_> = tensors
-            .iter()
-            .map(|(name, dtype, data, n)| {
-                (
-                    name.clone(),
-                    safetensors::tensor::TensorView::new(*dtype, vec![*n], data).unwrap(),
-                )
-            })
-            .collect();
-        let old = safetensors::serialize(views, Some(meta)).unwrap();
-        let loaded = StateProbe::load(&old, 3, 3).unwrap();
+        let loaded = StateProbe::load(&file_of(&tensors, meta), 3, 3).unwrap();
         for row in &rows[..20] {
             let (a, b) = (loaded.score(row).unwrap(), probe.score(row).unwrap());
             assert!((a - b).abs() < 1e-3, "{a} vs {b}");
@@ -1226,14 +1246,7 @@ mod tests {
 
     #[test]
     fn an_8_bit_first_layer_with_a_bad_scale_or_the_value_minus_128_is_refused() {
-        let (rows, labels) = checkerboard(200, 7);
-        let cfg = ProbeTrainConfig {
-            hidden: 4,
-            members: 1,
-            epochs: 1,
-            ..ProbeTrainConfig::default()
-        };
-        let probe = StateProbe::train(vec![0, 2], &rows, &labels, &cfg).unwrap();
+        let (probe, _) = small_ensemble(1);
         let bytes = probe.save().unwrap();
         let file = SafetensorsFile::parse(&bytes).unwrap();
         let edit = |name: &str, change: &dyn Fn(&mut Vec<u8>)| -> String {
@@ -1241,16 +1254,7 @@ mod tests {
             probe.store("", &mut tensors, &mut HashMap::new()).unwrap();
             let t = tensors.iter_mut().find(|t| t.0 == name).unwrap();
             change(&mut t.2);
-            let views: Vec<_> = tensors
-                .iter()
-                .map(|(name, dtype, data, n)| {
-                    (
-                        name.clone(),
-                        safetensors::tensor::TensorView::new(*dtype, vec![*n], data).unwrap(),
-                    )
-                })
-                .collect();
-            let edited = safetensors::serialize(views, Some(file.metadata().clone())).unwrap();
+            let edited = file_of(&tensors, file.metadata().clone());
             StateProbe::load(&edited, 3, 3).unwrap_err().to_string()
         };
         let err = edit("weight1", &|d| d[5] = 0x80);
