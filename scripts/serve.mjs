@@ -2,6 +2,7 @@
 // COOP/COEP headers that give pages cross-origin isolation (SharedArrayBuffer, threads).
 //
 //   node scripts/serve.mjs [--port 8080]      serves www/, pkg/ and models/ from the repo root
+//                                             (models/ from $WEBGUARD_MODELS when it is set)
 //
 // Only a few top-level folders are served, and paths are resolved and checked to stay inside
 // them, so nothing else on disk is reachable.
