@@ -26,7 +26,7 @@ use safetensors::Dtype;
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use crate::weights::int8::quantise_row;
+use crate::weights::int8::{dequantise, quantise_row};
 use crate::weights::safetensors::SafetensorsFile;
 
 /// What is written in a probe file's `format` metadata: a request probe only.
@@ -186,6 +186,7 @@ impl Int8Rows {
     /// probe saved and loaded is the same probe).
     fn quantise(matrix: &[f32], width: usize) -> Self {
         let (mut values, mut scales) = (Vec::with_capacity(matrix.len()), Vec::new());
+        // Training and loading refuse a width of 0; `max(1)` only keeps `chunks` total.
         for row in matrix.chunks(width.max(1)) {
             let (q, scale) = quantise_row(row);
             values.extend(q);
@@ -754,24 +755,15 @@ fn weight1(
         return f32_vector(file, &name, rows * width, what);
     }
     let (values, shape) = file.i8_values(&name)?;
-    if shape != [rows * width] || values.contains(&i8::MIN) {
+    if shape != [rows * width] {
         return Err(Error::ModelFile(format!(
-            "{what}: {name} has shape {shape:?} or the value -128; expected [{}] from -127 to 127",
+            "{what}: {name} has shape {shape:?}; expected [{}]",
             rows * width
         )));
     }
     let scales = f32_vector(file, &format!("{prefix}{WEIGHT1_SCALE}"), rows, what)?;
-    if let Some(bad) = scales.iter().find(|s| **s < 0.0) {
-        return Err(Error::ModelFile(format!(
-            "{what}: {prefix}{WEIGHT1_SCALE} holds {bad}; scales are not negative"
-        )));
-    }
-    Ok(Int8Rows {
-        values,
-        scales,
-        width,
-    }
-    .values())
+    dequantise(&values, &scales, width)
+        .map_err(|fault| Error::ModelFile(format!("{what}: {name} with {WEIGHT1_SCALE}: {fault}")))
 }
 
 impl Head {

@@ -166,28 +166,114 @@ impl<'a> EncoderWeights<'a> {
             return dequantise4(name, &scale_name, view.data(), scales.data(), run, groups)
                 .map(|values| (values, shape));
         }
-        let data = view.data();
-        let mut values = Vec::with_capacity(rows * cols);
-        for (i, s) in scales.data().chunks_exact(4).enumerate() {
-            let (r, g) = (i / groups, i % groups);
-            let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-            if !scale.is_finite() || scale < 0.0 {
-                return Err(bad(format!("{scale_name:?} row {r} group {g} is {scale}")));
-            }
-            for &b in &data[i * run..(i + 1) * run] {
-                let q = b as i8;
-                if q == i8::MIN {
-                    return Err(bad(format!(
-                        "tensor {name:?} row {r} holds -128 (the format is symmetric: -127..127)"
-                    )));
-                }
-                values.push(f32::from(q) * scale);
-            }
-        }
+        let q: Vec<i8> = view.data().iter().map(|&b| b as i8).collect();
+        let scales: Vec<f32> = scales
+            .data()
+            .chunks_exact(4)
+            .map(|s| f32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+            .collect();
+        let values = dequantise(&q, &scales, run).map_err(|fault| {
+            bad(match fault {
+                BadInt8::MinusOneTwentyEight { index } => format!(
+                    "tensor {name:?} row {} holds -128 (the format is symmetric: -127..127)",
+                    index / cols
+                ),
+                BadInt8::Scale { index, value } => format!(
+                    "{scale_name:?} row {} group {} is {value}",
+                    index / groups,
+                    index % groups
+                ),
+                BadInt8::Length { .. } => format!("tensor {name:?} and {scale_name:?}: {fault}"),
+            })
+        })?;
         Ok((values, shape))
     }
 
     shape_checked_tensor!();
+}
+
+/// Why stored 8-bit values cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BadInt8 {
+    /// An integer is -128: the format is symmetric (-127..127), so -128 is never written and
+    /// a file holding it is not one of ours.
+    MinusOneTwentyEight {
+        /// Which integer.
+        index: usize,
+    },
+    /// A scale is negative or not finite.
+    Scale {
+        /// Which scale.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
+    /// The integers do not make one run per scale.
+    Length {
+        /// How many integers.
+        integers: usize,
+        /// How many scales.
+        scales: usize,
+        /// Integers per scale.
+        run: usize,
+    },
+}
+
+impl std::fmt::Display for BadInt8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadInt8::MinusOneTwentyEight { index } => {
+                write!(
+                    f,
+                    "value {index} is -128 (the format is symmetric: -127..127)"
+                )
+            }
+            BadInt8::Scale { index, value } => {
+                write!(
+                    f,
+                    "scale {index} is {value}; scales are finite and not negative"
+                )
+            }
+            BadInt8::Length {
+                integers,
+                scales,
+                run,
+            } => write!(
+                f,
+                "{integers} values are not {scales} runs of {run} (one per scale)"
+            ),
+        }
+    }
+}
+
+/// The values 8-bit integers `q` stand for, one scale per `run` consecutive integers:
+/// `q × scale`. The one reader of webguard's 8-bit tensors (the encoder file's, a run per
+/// group of a row; the chat probes' first layers, a run per row), the inverse of
+/// [`quantise_row`].
+pub fn dequantise(q: &[i8], scales: &[f32], run: usize) -> std::result::Result<Vec<f32>, BadInt8> {
+    if scales.len().checked_mul(run) != Some(q.len()) {
+        return Err(BadInt8::Length {
+            integers: q.len(),
+            scales: scales.len(),
+            run,
+        });
+    }
+    let mut values = Vec::with_capacity(q.len());
+    for (i, &scale) in scales.iter().enumerate() {
+        if !scale.is_finite() || scale < 0.0 {
+            return Err(BadInt8::Scale {
+                index: i,
+                value: scale,
+            });
+        }
+        for (j, &v) in q[i * run..(i + 1) * run].iter().enumerate() {
+            if v == i8::MIN {
+                return Err(BadInt8::MinusOneTwentyEight { index: i * run + j });
+            }
+            values.push(f32::from(v) * scale);
+        }
+    }
+    Ok(values)
 }
 
 /// The values of a 4-bit tensor: `data` two values a byte (low nibble first), `scales` F16
@@ -455,6 +541,45 @@ mod tests {
             }
             assert_eq!(quantise_row(&grid), (q, scale), "run {r}");
         }
+    }
+
+    #[test]
+    fn dequantise_gives_each_run_times_its_scale_and_refuses_what_quantise_never_writes() {
+        let rows = [[0.5f32, -1.27, 0.0], [2.0, 0.25, -0.5]];
+        let (mut q, mut scales) = (Vec::new(), Vec::new());
+        for row in &rows {
+            let (row_q, scale) = quantise_row(row);
+            q.extend(row_q);
+            scales.push(scale);
+        }
+        let values = dequantise(&q, &scales, 3).unwrap();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(*v, f32::from(q[i]) * scales[i / 3]);
+            assert!((v - rows[i / 3][i % 3]).abs() <= scales[i / 3] / 2.0 + 1e-7);
+        }
+        assert_eq!(dequantise(&[], &[], 0), Ok(vec![]));
+        let mut minus = q.clone();
+        minus[4] = i8::MIN;
+        assert_eq!(
+            dequantise(&minus, &scales, 3),
+            Err(BadInt8::MinusOneTwentyEight { index: 4 })
+        );
+        for bad in [-0.5, f32::NAN, f32::INFINITY] {
+            let err = dequantise(&q, &[scales[0], bad], 3).unwrap_err();
+            assert!(matches!(err, BadInt8::Scale { index: 1, .. }), "{err}");
+        }
+        assert!(matches!(
+            dequantise(&q, &scales, 2),
+            Err(BadInt8::Length {
+                integers: 6,
+                scales: 2,
+                run: 2
+            })
+        ));
+        assert!(matches!(
+            dequantise(&q, &scales, usize::MAX),
+            Err(BadInt8::Length { .. })
+        ));
     }
 
     #[test]
