@@ -199,13 +199,10 @@ impl Int8Rows {
         }
     }
 
-    /// The matrix the integers stand for.
-    fn values(&self) -> Vec<f32> {
-        self.values
-            .chunks(self.width.max(1))
-            .zip(&self.scales)
-            .flat_map(|(row, &scale)| row.iter().map(move |&q| q as f32 * scale))
-            .collect()
+    /// The matrix the integers stand for (read back as a file's are: [`dequantise`]).
+    fn values(&self) -> Result<Vec<f32>> {
+        dequantise(&self.values, &self.scales, self.width)
+            .map_err(|fault| Error::InvalidInput(format!("a probe's first layer: {fault}")))
     }
 }
 
@@ -541,7 +538,7 @@ fn fit_member(
     }
     // Stored in 8 bits ([`Int8Rows`]), so the probe in use is the one in the file.
     let grid = Int8Rows::quantise(&net.weight1, width);
-    net.weight1 = grid.values();
+    net.weight1 = grid.values()?;
     Ok(net)
 }
 
