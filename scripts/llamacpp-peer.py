@@ -18,6 +18,12 @@ measured on one with it) is llama.cpp built the same way, in a venv of its own:
       install --no-cache-dir --no-binary llama-cpp-python llama-cpp-python==0.3.36 numpy
     # check: objdump -d .../llama_cpp/lib/libggml-cpu.so.0.* | grep -c zmm   -> 0
 
+An Intel client core from Alder Lake on (or AMD Zen 5) has AVX-VNNI without AVX-512: llama.cpp
+uses it there (`vpdpbusd` on 256-bit registers) and webguard does not (measured: no faster in
+its 16-bit tiles, notes/issue-15-kernels.md), so that CPU's pair is `bench --avx2-only` next to
+the same build with `-DGGML_AVX_VNNI=ON`, in `~/.cache/webguard/venv-llamacpp-avxvnni` (check:
+`grep -c zmm` 0, `grep -c '{vex} vpdpbusd'` above 0).
+
 llama.cpp multiplies Q4_1 weights with activations quantised to 8 bits, so its logits differ
 from an exact f32/f64 evaluation by more than webguard's do; `compare` reports by how much.
 """
