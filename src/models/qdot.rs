@@ -294,7 +294,7 @@ impl Isa {
     /// Whether [`q4_1_tiles16`] has a tiled kernel on this path: then a prompt's products
     /// over Q4_1 blocks are faster through it than dequantised to f32 for a dense product.
     pub fn tiles_prompts(self) -> bool {
-        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni | Isa::Simd128)
     }
 
     /// The fastest path this CPU runs (detected once), within [`limit_to_avx2`]'s limit.
@@ -446,8 +446,9 @@ pub fn q4_1_rows16(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out:
     }
 }
 
-/// [`q4_1_rows16`] for a prompt's positions: on x86-64 (AVX2) each block is widened once per
-/// row for up to 4 vectors ([`Isa::tiles_prompts`]); elsewhere the one-vector kernels.
+/// [`q4_1_rows16`] for a prompt's positions: on x86-64 (AVX2) and wasm (SIMD128) each block
+/// is widened once per row for 4 vectors or more ([`Isa::tiles_prompts`]); elsewhere the
+/// one-vector kernels.
 pub fn q4_1_tiles16(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
     assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
     let nb = x.blocks();
@@ -459,6 +460,8 @@ pub fn q4_1_tiles16(isa: Isa, w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 VNNI and VL besides (checked above).
         Isa::Avx512Vnni => unsafe { x86::q4_1_tiles16_vnni(w, first, x, out) },
+        #[cfg(target_arch = "wasm32")]
+        Isa::Simd128 => wasm::q4_1_tiles16(w, first, x, out),
         _ => q4_1_rows16(isa, w, first, x, out),
     }
 }
@@ -1233,6 +1236,87 @@ mod wasm {
             });
             dots + offsets(&w.mins[row..row + nb], xs, widen8, super::widen)
         });
+    }
+
+    /// [`q4_1_rows16`] for a prompt's positions, as the x86 tiles do it: each block's nibbles
+    /// widened to i16 once per row for 4 vectors (one accumulator each), 16 rows through each
+    /// tile of vectors so the tile's activations stay in cache. The integer block sums are
+    /// the one-vector kernel's, added in another order.
+    pub(super) fn q4_1_tiles16(w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
+        const ROW_GROUP: usize = 16;
+        let n = x.n();
+        let rows = out.len() / n;
+        for g0 in (0..rows).step_by(ROW_GROUP) {
+            let group = g0..(g0 + ROW_GROUP).min(rows);
+            let mut t = 0;
+            while t + 4 <= n {
+                for i in group.clone() {
+                    tile::<4>(w, first + i, x, t, &mut out[i * n + t..i * n + t + 4]);
+                }
+                t += 4;
+            }
+            for i in group {
+                let out = &mut out[i * n + t..(i + 1) * n];
+                match n - t {
+                    3 => tile::<3>(w, first + i, x, t, out),
+                    2 => tile::<2>(w, first + i, x, t, out),
+                    1 => tile::<1>(w, first + i, x, t, out),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Row `r` of `w` times vectors `t0..t0 + P` of `x`, into `out[..P]`.
+    #[inline(always)]
+    fn tile<const P: usize>(w: Q4_1<'_>, r: usize, x: &Quantized<i16>, t0: usize, out: &mut [f32]) {
+        let nb = x.blocks();
+        let row = r * nb;
+        let ws = &w.nibbles[row * 16..(row + nb) * 16];
+        let scales = &w.scales[row..row + nb];
+        assert!(t0 + P <= x.n() && out.len() >= P);
+        let mut acc = [f32x4_splat(0.0); P];
+        for (b, &scale) in scales.iter().enumerate() {
+            // SAFETY: block b < nb lies inside ws (16 bytes).
+            let raw = unsafe { load(ws.as_ptr().add(16 * b)) };
+            let lo = v128_and(raw, u8x16_splat(0x0f));
+            let hi = u8x16_shr(raw, 4);
+            let w = [
+                u16x8_extend_low_u8x16(lo),
+                u16x8_extend_high_u8x16(lo),
+                u16x8_extend_low_u8x16(hi),
+                u16x8_extend_high_u8x16(hi),
+            ];
+            let dw = super::widen(scale);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let t = t0 + j;
+                // SAFETY: vector t < n holds nb blocks of 32 values and b < nb, so the 32
+                // values from xp are inside `x.q`.
+                let v = unsafe {
+                    let xp = x.q.as_ptr().add(t * x.cols + BLOCK * b);
+                    [
+                        load16(xp),
+                        load16(xp.add(8)),
+                        load16(xp.add(16)),
+                        load16(xp.add(24)),
+                    ]
+                };
+                let d = i32x4_add(
+                    i32x4_add(i32x4_dot_i16x8(w[0], v[0]), i32x4_dot_i16x8(w[1], v[1])),
+                    i32x4_add(i32x4_dot_i16x8(w[2], v[2]), i32x4_dot_i16x8(w[3], v[3])),
+                );
+                let s = f32x4_splat(dw * x.scales[t * nb + b]);
+                *acc = f32x4_add(*acc, f32x4_mul(f32x4_convert_i32x4(d), s));
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            let (_, _, xs) = x.vector(t0 + j);
+            let lanes = f32x4_extract_lane::<0>(*acc)
+                + f32x4_extract_lane::<1>(*acc)
+                + f32x4_extract_lane::<2>(*acc)
+                + f32x4_extract_lane::<3>(*acc);
+            out[j] = lanes + offsets(&w.mins[row..row + nb], xs, widen8, super::widen);
+        }
     }
 
     pub(super) fn q8_0_rows16(w: Q8_0<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {

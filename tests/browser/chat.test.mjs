@@ -21,6 +21,14 @@ test("CPU backend in wasm: greedy answer equals the reference, streamed", async 
   assert.equal(r.stopReason, "endOfTurn");
 });
 
+test("CPU backend in wasm: every reference prompt's greedy tokens equal the float64 reference's (prompts through the SIMD128 integer tiles)", async () => {
+  for (const c of ref.cases) {
+    const want = c.greedy.filter((t) => t !== 2 && t !== 0);
+    const r = await b.page.evaluate(([p, n]) => window.webguard.generate("cpu", p, n), [c.prompt, c.greedy.length]);
+    assert.deepEqual(r.tokens, want, `${c.prompt}: ${r.text}`);
+  }
+});
+
 test("WebGPU (SwiftShader): logits after the 5 reference prompts within 1e-3 of float64, a whole greedy answer equal", async () => {
   // The GPU engine (src/models/gpu) in WGSL, as natively on lavapipe (tests/gpu_engine.rs,
   // which also runs every prompt's 32-token greedy continuation). Compared with the float64
