@@ -124,7 +124,8 @@ pub const ATTENTION_CHUNK: usize = 256;
 const PACKED_MATVEC_MAX_POSITIONS: usize = 4;
 
 /// ...except up to this many positions where the CPU has the tiled integer kernel for the
-/// matrix ([`PackedMatrix::tiles_prompts`]: 16-bit activations on Q4_1, x86-64 with AVX2).
+/// matrix ([`PackedMatrix::tiles_prompts`]: 16-bit activations on Q4_1, x86-64 with AVX2 or
+/// wasm32's SIMD128; the limits below were measured natively, not in wasm).
 /// Dequantising every matrix costs ~145 ms per prefill whatever its length; the tiles cost
 /// more per position than the dense product but need no dequantisation. Measured with
 /// `bench chat --prompt-tokens N --new-tokens 2`: 45 positions 182 -> 300 tokens/s, 128
