@@ -565,13 +565,57 @@ fn q8_0_dot_portable<T: Level>(w: Q8_0<'_>, r: usize, x: &Quantized<T>, t: usize
     acc
 }
 
+/// Rows per group of the tiled kernels: every tile of vectors runs through a group's rows
+/// before the next tile, so a tile's activations are read from L1 for 16 rows (row by row, all
+/// of a pass's 64 vectors, 74-196 KB, came from L2 for each row).
+#[cfg(any(target_arch = "x86_64", target_arch = "wasm32"))]
+const TILE_ROW_GROUP: usize = 16;
+
+/// The order of the prompt tiles, shared by every tiled kernel: [`TILE_ROW_GROUP`] rows at a
+/// time, each tile of `size` vectors through all of the group's rows; then each row's last
+/// vectors, in a tile of 4 when `size` is larger, and one of 3, 2 or 1. Runs `body` with `i`
+/// (a row of `0..rows`), `t` and `len` bound, for row `i` times vectors `t..t + len`; `len` is
+/// `size`, 4, 3, 2 or 1. A macro, not a function taking a closure: as a function, the closure
+/// (the tile products) was compiled out of line, one call per tile, and the AVX2 prefill ran
+/// 30% slower (185-216 against 288-296 tokens/s, `bench chat --avx2-only --prompt-tokens
+/// 256`, twenty-seventh session); as a macro it is as fast as the loops it replaced.
+#[cfg(any(target_arch = "x86_64", target_arch = "wasm32"))]
+macro_rules! walk_tiles {
+    ($rows:expr, $n:expr, $size:expr, |$i:ident, $t:ident, $len:ident| $body:block) => {{
+        let (rows, n, size): (usize, usize, usize) = ($rows, $n, $size);
+        for g0 in (0..rows).step_by(TILE_ROW_GROUP) {
+            let group = g0..(g0 + TILE_ROW_GROUP).min(rows);
+            let mut t = 0;
+            while t + size <= n {
+                for $i in group.clone() {
+                    let ($t, $len) = (t, size);
+                    $body
+                }
+                t += size;
+            }
+            for $i in group {
+                let mut t = t;
+                if size > 4 && n - t >= 4 {
+                    let ($t, $len) = (t, 4);
+                    $body
+                    t += 4;
+                }
+                if t < n {
+                    let ($t, $len) = (t, n - t);
+                    $body
+                }
+            }
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! One block of 32 per step into 8 i32 lanes, scaled into 8 f32 lanes; two accumulators
     //! so consecutive blocks' FMAs do not wait on each other.
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, Q4_1, Q8_0, Quantized, f16, offsets, rows};
+    use super::{BLOCK, Q4_1, Q8_0, Quantized, TILE_ROW_GROUP, f16, offsets, rows};
 
     /// The 32 nibbles of a Q4_1 block as bytes 0..16, in value order (low nibbles then high).
     #[inline(always)]
@@ -821,40 +865,24 @@ mod x86 {
                         nibbles: &w.nibbles[row * 16..(row + nb) * 16],
                     }
                 };
-                // SAFETY: `row(i)` holds exactly `nb` blocks and `x` has `nb` blocks per
-                // vector; vectors `t..t + P` exist (`t + P <= n`). The CPU has this
-                // function's features.
-                unsafe {
-                    let dot = |lo, hi, x0, x1| $dot(lo, hi, x0, x1);
-                    // `ROW_GROUP` rows at a time, each tile of vectors through all of them:
-                    // the tile's activations (4 or 8 vectors) and the group's blocks stay in L1.
-                    for g0 in (0..rows).step_by(ROW_GROUP) {
-                        let group = g0..(g0 + ROW_GROUP).min(rows);
-                        let mut t = 0;
-                        while t + $size <= n {
-                            for i in group.clone() {
-                                let out = &mut out[i * n + t..i * n + t + $size];
-                                $tile::<$size>(row(i), x, t, out, dot);
-                            }
-                            t += $size;
-                        }
-                        for i in group {
-                            let mut t = t;
-                            if n - t >= 4 {
-                                let out = &mut out[i * n + t..i * n + t + 4];
-                                $tile::<4>(row(i), x, t, out, dot);
-                                t += 4;
-                            }
-                            let out = &mut out[i * n + t..(i + 1) * n];
-                            match n - t {
-                                3 => $tile::<3>(row(i), x, t, out, dot),
-                                2 => $tile::<2>(row(i), x, t, out, dot),
-                                1 => $tile::<1>(row(i), x, t, out, dot),
-                                _ => {}
-                            }
+                // SAFETY (the tiles below): `row(i)` holds exactly `nb` blocks and `x` has `nb`
+                // blocks per vector; `walk_tiles!` gives vectors `t..t + len` with
+                // `t + len <= n`. The CPU has this function's features.
+                walk_tiles!(rows, n, $size, |i, t, len| {
+                    let out = &mut out[i * n + t..i * n + t + len];
+                    // SAFETY: as above.
+                    unsafe {
+                        let dot = |lo, hi, x0, x1| $dot(lo, hi, x0, x1);
+                        match len {
+                            len if len == $size => $tile::<$size>(row(i), x, t, out, dot),
+                            4 => $tile::<4>(row(i), x, t, out, dot),
+                            3 => $tile::<3>(row(i), x, t, out, dot),
+                            2 => $tile::<2>(row(i), x, t, out, dot),
+                            1 => $tile::<1>(row(i), x, t, out, dot),
+                            _ => unreachable!("tiles are of {}, 4, 3, 2 or 1 vectors", $size),
                         }
                     }
-                }
+                });
             }
         };
     }
@@ -886,11 +914,6 @@ mod x86 {
         // SAFETY: the callers run with AVX-512 VNNI and VL.
         unsafe { _mm256_dpwssd_epi32(_mm256_madd_epi16(lo, x0), hi, x1) }
     }
-
-    /// Rows per group of the tiled kernels: every tile of vectors runs through a group's rows
-    /// before the next tile, so a tile's activations are read from L1 for 16 rows (row by
-    /// row, all of a pass's 64 vectors, 74-196 KB, came from L2 for each row).
-    const ROW_GROUP: usize = 16;
 
     /// One row of Q4_1 blocks (`w`, exactly `nb` blocks) times vectors `t0..t0 + P` of `x`,
     /// into `out[..P]`.
@@ -1054,7 +1077,7 @@ mod wasm {
     //! adjacent pairs, 4 of them per block of 32. Mirrors the portable path's per-block sums.
     use core::arch::wasm32::*;
 
-    use super::{BLOCK, Q4_1, Q8_0, Quantized, f16, offsets, rows};
+    use super::{BLOCK, Q4_1, Q8_0, Quantized, TILE_ROW_GROUP, f16, offsets, rows};
 
     #[inline(always)]
     fn dot16(a: v128, b: v128) -> v128 {
@@ -1203,6 +1226,51 @@ mod wasm {
         unsafe { v128_load(p.cast()) }
     }
 
+    /// A Q4_1 block's 32 nibbles (the 16 bytes at `p`) widened to i16, in the order of the
+    /// block's values: the low nibbles' first and last 8, then the high nibbles'.
+    ///
+    /// # Safety
+    /// `p` must have 16 readable bytes.
+    #[inline(always)]
+    unsafe fn widened_nibbles(p: *const u8) -> [v128; 4] {
+        // SAFETY: per the contract.
+        let raw = unsafe { load(p) };
+        let lo = v128_and(raw, u8x16_splat(0x0f));
+        let hi = u8x16_shr(raw, 4);
+        [
+            u16x8_extend_low_u8x16(lo),
+            u16x8_extend_high_u8x16(lo),
+            u16x8_extend_low_u8x16(hi),
+            u16x8_extend_high_u8x16(hi),
+        ]
+    }
+
+    /// A block's 32 i16 activations at `p`, 8 to a vector.
+    ///
+    /// # Safety
+    /// `p` must have 32 readable values.
+    #[inline(always)]
+    unsafe fn block_activations(p: *const i16) -> [v128; 4] {
+        // SAFETY: per the contract.
+        unsafe {
+            [
+                load16(p),
+                load16(p.add(8)),
+                load16(p.add(16)),
+                load16(p.add(24)),
+            ]
+        }
+    }
+
+    /// A block's 4 i32 lanes of Σ widened nibbles · activations.
+    #[inline(always)]
+    fn block_dot16(w: &[v128; 4], x: &[v128; 4]) -> v128 {
+        i32x4_add(
+            i32x4_add(i32x4_dot_i16x8(w[0], x[0]), i32x4_dot_i16x8(w[1], x[1])),
+            i32x4_add(i32x4_dot_i16x8(w[2], x[2]), i32x4_dot_i16x8(w[3], x[3])),
+        )
+    }
+
     pub(super) fn q4_1_rows16(w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
         let nb = x.blocks();
         rows(first, x, out, |r, t| {
@@ -1212,59 +1280,34 @@ mod wasm {
             let scales = &w.scales[row..row + nb];
             let dots = sum_blocks(scales, xd, |b| {
                 // SAFETY: block b < nb lies inside ws (16 bytes) and xq (32 values).
-                let (raw, x) = unsafe {
-                    let xp = xq.as_ptr().add(BLOCK * b);
-                    let x = [
-                        load16(xp),
-                        load16(xp.add(8)),
-                        load16(xp.add(16)),
-                        load16(xp.add(24)),
-                    ];
-                    (load(ws.as_ptr().add(16 * b)), x)
+                let (w, x) = unsafe {
+                    (
+                        widened_nibbles(ws.as_ptr().add(16 * b)),
+                        block_activations(xq.as_ptr().add(BLOCK * b)),
+                    )
                 };
-                let lo = v128_and(raw, u8x16_splat(0x0f));
-                let hi = u8x16_shr(raw, 4);
-                let a = i32x4_add(
-                    i32x4_dot_i16x8(u16x8_extend_low_u8x16(lo), x[0]),
-                    i32x4_dot_i16x8(u16x8_extend_high_u8x16(lo), x[1]),
-                );
-                let b = i32x4_add(
-                    i32x4_dot_i16x8(u16x8_extend_low_u8x16(hi), x[2]),
-                    i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), x[3]),
-                );
-                i32x4_add(a, b)
+                block_dot16(&w, &x)
             });
             dots + offsets(&w.mins[row..row + nb], xs, widen8, super::widen)
         });
     }
 
     /// [`q4_1_rows16`] for a prompt's positions, as the x86 tiles do it: each block's nibbles
-    /// widened to i16 once per row for 4 vectors (one accumulator each), 16 rows through each
-    /// tile of vectors so the tile's activations stay in cache. The integer block sums are
-    /// the one-vector kernel's, added in another order.
+    /// widened to i16 once per row for 4 vectors (one accumulator each), in
+    /// `walk_tiles!`' order. The integer block sums are the one-vector kernel's, added in
+    /// another order.
     pub(super) fn q4_1_tiles16(w: Q4_1<'_>, first: usize, x: &Quantized<i16>, out: &mut [f32]) {
-        const ROW_GROUP: usize = 16;
         let n = x.n();
-        let rows = out.len() / n;
-        for g0 in (0..rows).step_by(ROW_GROUP) {
-            let group = g0..(g0 + ROW_GROUP).min(rows);
-            let mut t = 0;
-            while t + 4 <= n {
-                for i in group.clone() {
-                    tile::<4>(w, first + i, x, t, &mut out[i * n + t..i * n + t + 4]);
-                }
-                t += 4;
+        walk_tiles!(out.len() / n, n, 4, |i, t, len| {
+            let out = &mut out[i * n + t..i * n + t + len];
+            match len {
+                4 => tile::<4>(w, first + i, x, t, out),
+                3 => tile::<3>(w, first + i, x, t, out),
+                2 => tile::<2>(w, first + i, x, t, out),
+                1 => tile::<1>(w, first + i, x, t, out),
+                _ => unreachable!("tiles are of 4, 3, 2 or 1 vectors"),
             }
-            for i in group {
-                let out = &mut out[i * n + t..(i + 1) * n];
-                match n - t {
-                    3 => tile::<3>(w, first + i, x, t, out),
-                    2 => tile::<2>(w, first + i, x, t, out),
-                    1 => tile::<1>(w, first + i, x, t, out),
-                    _ => {}
-                }
-            }
-        }
+        });
     }
 
     /// Row `r` of `w` times vectors `t0..t0 + P` of `x`, into `out[..P]`.
@@ -1278,35 +1321,15 @@ mod wasm {
         let mut acc = [f32x4_splat(0.0); P];
         for (b, &scale) in scales.iter().enumerate() {
             // SAFETY: block b < nb lies inside ws (16 bytes).
-            let raw = unsafe { load(ws.as_ptr().add(16 * b)) };
-            let lo = v128_and(raw, u8x16_splat(0x0f));
-            let hi = u8x16_shr(raw, 4);
-            let w = [
-                u16x8_extend_low_u8x16(lo),
-                u16x8_extend_high_u8x16(lo),
-                u16x8_extend_low_u8x16(hi),
-                u16x8_extend_high_u8x16(hi),
-            ];
+            let w = unsafe { widened_nibbles(ws.as_ptr().add(16 * b)) };
             let dw = super::widen(scale);
             for (j, acc) in acc.iter_mut().enumerate() {
                 let t = t0 + j;
                 // SAFETY: vector t < n holds nb blocks of 32 values and b < nb, so the 32
-                // values from xp are inside `x.q`.
-                let v = unsafe {
-                    let xp = x.q.as_ptr().add(t * x.cols + BLOCK * b);
-                    [
-                        load16(xp),
-                        load16(xp.add(8)),
-                        load16(xp.add(16)),
-                        load16(xp.add(24)),
-                    ]
-                };
-                let d = i32x4_add(
-                    i32x4_add(i32x4_dot_i16x8(w[0], v[0]), i32x4_dot_i16x8(w[1], v[1])),
-                    i32x4_add(i32x4_dot_i16x8(w[2], v[2]), i32x4_dot_i16x8(w[3], v[3])),
-                );
+                // values from there are inside `x.q`.
+                let v = unsafe { block_activations(x.q.as_ptr().add(t * x.cols + BLOCK * b)) };
                 let s = f32x4_splat(dw * x.scales[t * nb + b]);
-                *acc = f32x4_add(*acc, f32x4_mul(f32x4_convert_i32x4(d), s));
+                *acc = f32x4_add(*acc, f32x4_mul(f32x4_convert_i32x4(block_dot16(&w, &v)), s));
             }
         }
         for (j, acc) in acc.iter().enumerate() {
