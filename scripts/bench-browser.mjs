@@ -14,7 +14,8 @@
 // filter as the Guard's worker loads it, in a worker, alternating rounds).
 //
 //   node scripts/bench-browser.mjs [--webgpu-tokens 4] [--tokens 64] [--guard-tokens 128]
-//     [--guard-runs 3] [--guard-only] [--skip-webgpu] [--threads 1,2 [--thread-runs 3] [--no-wllama]] [--json]
+//     [--guard-runs 3] [--guard-only] [--skip-webgpu] [--threads 1,2 [--thread-runs 3] [--no-wllama]]
+//     [--message-repeat 1] [--json]
 import { openBrowser, load } from "../tests/browser/browser.mjs";
 
 const arg = (name, fallback) => {
@@ -31,9 +32,12 @@ const GPU_TOKENS = arg("--webgpu-tokens", 4);
 // alternating runs of each (medians).
 const GUARD_TOKENS = arg("--guard-tokens", 128);
 const GUARD_RUNS = arg("--guard-runs", 3);
-const MESSAGE = "Write a long, detailed essay about the history of the printing press in Europe, "
+const ESSAY = "Write a long, detailed essay about the history of the printing press in Europe, "
   + "covering Gutenberg, the spread of print shops, the books they made, and how printing changed "
   + "religion, science and politics over the following three centuries.";
+// --message-repeat K: the request K times over (about 44 tokens each), for prefill on long
+// prompts (the CPU path's limits on its tiles and host loops).
+const MESSAGE = Array(arg("--message-repeat", 1)).fill(ESSAY).join(" ");
 
 const b = await openBrowser();
 const rows = [];

@@ -125,19 +125,31 @@ const PACKED_MATVEC_MAX_POSITIONS: usize = 4;
 
 /// ...except up to this many positions where the CPU has the tiled integer kernel for the
 /// matrix ([`PackedMatrix::tiles_prompts`]: 16-bit activations on Q4_1, x86-64 with AVX2 or
-/// wasm32's SIMD128; the limits below were measured natively, not in wasm).
-/// Dequantising every matrix costs ~145 ms per prefill whatever its length; the tiles cost
-/// more per position than the dense product but need no dequantisation. Measured with
-/// `bench chat --prompt-tokens N --new-tokens 2`: 45 positions 182 -> 300 tokens/s, 128
-/// positions 240 -> 288, 256 even, 512 slower (notes/issue-15-kernels.md).
+/// wasm32's SIMD128). Dequantising every matrix costs ~145 ms per prefill whatever its length;
+/// the tiles cost more per position than the dense product but need no dequantisation.
+/// Natively, `bench chat --prompt-tokens N --new-tokens 2`: 45 positions 182 -> 300 tokens/s,
+/// 128 positions 240 -> 288, 256 even, 512 slower (notes/issue-15-kernels.md). In wasm the
+/// dense product (gemm's SIMD128 f32 kernels) never catches up: every prompt takes the tiles
+/// (and the host loops, below), up to SmolLM2's context length.
+#[cfg(not(target_arch = "wasm32"))]
 const PROMPT_TILES_MAX_POSITIONS: usize = 256;
+#[cfg(target_arch = "wasm32")]
+const PROMPT_TILES_MAX_POSITIONS: usize = 8192;
 
 /// Prompts up to this many positions whose every product takes the tiles run in the host
 /// loops (`host_loops`: the tiles, and attention and SwiGLU over both cores), longer ones in
 /// burn's ops. `bench chat --prompt-tokens N --new-tokens 2`, burn's ops / the loops, tokens/s:
 /// 128 positions 360 / 470, 512 positions 340 / 360; at 1,024 the loops' attention (plain
-/// dot products, no blocking) is slower than burn's (310 / 260).
+/// dot products, no blocking) is slower than burn's (310 / 260). In wasm, where burn's ops run
+/// on one thread and its products on dequantised matrices, the loops win at every length
+/// measured: `node scripts/bench-browser.mjs --threads 1,2 --no-wllama --message-repeat K`,
+/// prefill tokens/s on 1 / 2 threads, these limits at 256 and 512 against no limit: 570
+/// positions 56.6 / 56.7 -> 67.8 / 120.3, 1,065 positions 57.3 / 48.9 -> 59.0 / 100.9, 2,100
+/// positions 38.6 / 35.8 -> 41.3 / 73.6 (twenty-seventh session, notes/issue-15-kernels.md).
+#[cfg(not(target_arch = "wasm32"))]
 const HOST_LOOPS_MAX_POSITIONS: usize = 512;
+#[cfg(target_arch = "wasm32")]
+const HOST_LOOPS_MAX_POSITIONS: usize = 8192;
 
 impl Weight {
     fn load(gguf: &Gguf<'_>, name: &str, shape: [usize; 2], device: &Device) -> Result<Self> {
