@@ -4,9 +4,11 @@
 # cache of `WEBGUARD_EXACT=1 webguard train-probe --layers 0,1,...,29` (its requests alone come
 # first; keyed by SHA-256 of the request text), `webguard safety-prompts --split train >
 # $WORK/train.jsonl` and `--split val > $WORK/val.jsonl`; Python with numpy and scikit-learn.
-# Usage: WORK=DIR [C=0.05] python probe-layers.py [LAYERS ...]  (no LAYERS: each block alone)
+# Usage: WORK=DIR [C=0.05] [MODEL=mlp] python probe-layers.py [LAYERS ...]  (no LAYERS: each
+# block alone; MODEL=mlp: 4 networks of 64 units, the probe's shape, scores averaged)
 import hashlib, json, os, sys, numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
 from sklearn.metrics import roc_auc_score
 D, L = 576, 30
 # train-probe's cache name for those layers (webguard 0.1.0, the shipped GGUF, exact products).
@@ -30,8 +32,12 @@ C0 = float(os.environ.get("C", "0.05"))
 def evaluate(layers, C=C0):
     X = vals[ti][:, layers, :].reshape(len(ti), -1); V = vals[vi][:, layers, :].reshape(len(vi), -1)
     mu, sd = X.mean(0), X.std(0) + 1e-4
-    m = LogisticRegression(C=C, max_iter=2000).fit((X - mu) / sd, ty)
-    s = m.predict_proba((V - mu) / sd)[:, 1]
+    X, V = (X - mu) / sd, (V - mu) / sd
+    if os.environ.get("MODEL") == "mlp":
+        fits = [MLPClassifier((64,), alpha=1.0, max_iter=60, random_state=k).fit(X, ty) for k in range(4)]
+        s = np.mean([m.predict_proba(V)[:, 1] for m in fits], axis=0)
+    else:
+        s = LogisticRegression(C=C, max_iter=2000).fit(X, ty).predict_proba(V)[:, 1]
     out = [f"AUC {roc_auc_score(vy, s):.4f}"]
     for rec_ in (0.95, 0.97):
         t = np.sort(s[vy])[::-1][int(rec_ * vy.sum()) - 1]
