@@ -17,6 +17,7 @@
 //     [--guard-runs 3] [--guard-only] [--skip-webgpu] [--threads 1,2 [--thread-runs 3] [--no-wllama]]
 //     [--message-repeat 1] [--json]
 import { openBrowser, load } from "../tests/browser/browser.mjs";
+import { ESSAY } from "../tests/browser/long-prompt.mjs";
 
 const arg = (name, fallback) => {
   const i = process.argv.indexOf(name);
@@ -32,9 +33,6 @@ const GPU_TOKENS = arg("--webgpu-tokens", 4);
 // alternating runs of each (medians).
 const GUARD_TOKENS = arg("--guard-tokens", 128);
 const GUARD_RUNS = arg("--guard-runs", 3);
-const ESSAY = "Write a long, detailed essay about the history of the printing press in Europe, "
-  + "covering Gutenberg, the spread of print shops, the books they made, and how printing changed "
-  + "religion, science and politics over the following three centuries.";
 // --message-repeat K: the request K times over (about 44 tokens each), for prefill on long
 // prompts (the CPU path's limits on its tiles and host loops).
 const MESSAGE = Array(arg("--message-repeat", 1)).fill(ESSAY).join(" ");

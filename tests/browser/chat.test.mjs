@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { usePage } from "./browser.mjs";
+import { ESSAY } from "./long-prompt.mjs";
 
 const ref = JSON.parse(readFileSync(new URL("../reference/llama_smollm2.json", import.meta.url), "utf8"));
 const france = ref.cases[0];
@@ -32,12 +33,9 @@ test("CPU backend in wasm: every reference prompt's greedy tokens equal the floa
 // 570 tokens: past the native limits of the tiles (256) and the host loops (512), which wasm
 // lifts. The answer was taken natively, where a prompt this long runs in burn's ops on
 // dequantised matrices (`webguard chat --temperature 0 --max-tokens 32 "$ESSAY x 12"`, the
-// essay joined by spaces as below): another path to the same numbers.
+// request joined by spaces as below): another path to the same numbers.
 test("CPU backend in wasm: a 570-token prompt through the tiles and host loops answers as burn's ops natively", async () => {
-  const essay = "Write a long, detailed essay about the history of the printing press in Europe, covering "
-    + "Gutenberg, the spread of print shops, the books they made, and how printing changed religion, "
-    + "science and politics over the following three centuries.";
-  const r = await b.page.evaluate(([p, n]) => window.webguard.generate("cpu", p, n, { temperature: 0 }), [Array(12).fill(essay).join(" "), 32]);
+  const r = await b.page.evaluate(([p, n]) => window.webguard.generate("cpu", p, n, { temperature: 0 }), [Array(12).fill(ESSAY).join(" "), 32]);
   assert.equal(r.text, "The history of the printing press in Europe is a tale of innovation, perseverance, and the "
     + "relentless pursuit of knowledge. The invention of the printing press by Johannes Gutenberg");
 });
