@@ -6,8 +6,8 @@
 #
 # The model is our own small PyTorch port read from the shipped GGUF (Q4_1 and Q8_0 dequantised
 # in numpy); `MODE=verify` checks its last-token states of every block against the Rust
-# engine's (`train-probe --layers 0,...,29` cache, exact products), which agree to ~1e-7
-# relative. Blocks 0..K-1 stay frozen: their outputs at every prompt position are computed
+# engine's (`train-probe --layers 0,...,29` cache, exact products): they agree to 1.7e-6 of a
+# state's largest value. Blocks 0..K-1 stay frozen: their outputs at every prompt position are computed
 # once and cached (`states-*.pt` in the working folder); blocks K..K+M-1 carry LoRA (rank R, on
 # all seven projections) and are trained with the head by AdamW, class-weighted cross-entropy.
 #
