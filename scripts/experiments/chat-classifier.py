@@ -16,9 +16,10 @@
 # for requests. Python with torch, numpy and scikit-learn (~/.cache/webguard/venv-st).
 # Usage: cd $WORK && [TASK=tweets] [K=12 M=6 R=8 EP=3 LR=3e-4] python chat-classifier.py
 #        MODE=verify python chat-classifier.py   (needs the 30-block cache of probe-layers.py)
-import hashlib, json, math, os, struct, subprocess, time
+import json, math, os, struct, subprocess, time
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from sklearn.metrics import f1_score, roc_auc_score
+from request_states import BLOCKS, key, read_states, safe_flagged
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GGUF = os.environ.get("GGUF", os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -169,15 +170,13 @@ class Block(nn.Module):
 
 def verify(t, work):
     """Our port's last-token states against the Rust engine's for the first validation requests."""
-    layers, rec = 30, 32 + 30 * DIM * 4
-    raw = np.fromfile(os.path.expanduser("~/.cache/webguard/probe-states/b7d224f8e61beffe.rows"), dtype=np.uint8)
-    raw = raw[: len(raw) // rec * rec].reshape(-1, rec)
-    index = {bytes(r[:32]): i for i, r in enumerate(raw)}
+    layers = BLOCKS
+    index, states = read_states()
     rows = [json.loads(line) for line in open(os.path.join(work, "val.jsonl"))][:8]
     emb, blocks = torch.tensor(t["token_embd.weight"]), [Block(t, i) for i in range(layers)]
     worst = 0.0
     for r, ids in zip(rows, prompt_ids([r["prompt"] for r in rows])):
-        ref = raw[index[hashlib.sha256(r["prompt"].encode()).digest()], 32:].view(np.float32).reshape(layers, DIM)
+        ref = states[index[key(r["prompt"])]]
         with torch.no_grad():
             x, (cos, sin) = emb[torch.tensor(ids)][None], rope_tables(len(ids))
             for l, b in enumerate(blocks):
@@ -254,11 +253,8 @@ def main():
         if task == "tweets":
             f1 = max(f1_score(vy, s >= th, average="macro") for th in np.quantile(s, np.linspace(0.01, 0.99, 197)))
             return s, f"{line} macro-F1 {f1:.4f} (best threshold)"
-        sensitive = {"informal", "hate_discussion", "sensitive_topic", "protective", "dangerous_sounding"}
         for recall in (0.95, 0.97):
-            th = np.sort(s[vy])[::-1][int(recall * vy.sum()) - 1]
-            fp = [r["type"] for r, sc, y in zip(va, s, vy) if not y and sc >= th and r["type"] != "other_language"]
-            line += f" @{recall}: safe flagged {len(fp)} (sensitive kinds {sum(k in sensitive for k in fp)})"
+            line += " @{}: safe flagged {} (sensitive kinds {})".format(recall, *safe_flagged(s, vy, [r["type"] for r in va], recall))
         return s, line
 
     print(f"{task}: K={K} M={M} R={R} EP={epochs} LR={lr}; train {len(tr)} val {len(va)}", flush=True)

@@ -6,28 +6,21 @@
 # $WORK/train.jsonl` and `--split val > $WORK/val.jsonl`; Python with numpy and scikit-learn.
 # Usage: WORK=DIR [C=0.05] [MODEL=mlp] python probe-layers.py [LAYERS ...]  (no LAYERS: each
 # block alone; MODEL=mlp: 4 networks of 64 units, the probe's shape, scores averaged)
-import hashlib, json, os, sys, numpy as np
+import json, os, sys, numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.metrics import roc_auc_score
-D, L = 576, 30
-# train-probe's cache name for those layers (webguard 0.1.0, the shipped GGUF, exact products).
-src = os.path.expanduser("~/.cache/webguard/probe-states/b7d224f8e61beffe.rows")
-rec = 32 + L * D * 4
-raw = np.fromfile(src, dtype=np.uint8)
-raw = raw[: len(raw) // rec * rec].reshape(-1, rec)
-index = {bytes(r[:32]): i for i, r in enumerate(raw)}
-vals = raw[:, 32:].view(np.float32).reshape(len(raw), L, D)
+from request_states import BLOCKS as L, key, read_states, safe_flagged
+index, vals = read_states()
 def load(split):
     rows = [json.loads(l) for l in open(os.path.join(os.environ.get("WORK", "."), f"{split}.jsonl"))]
-    got = [(index.get(hashlib.sha256(r["prompt"].encode()).digest()), r) for r in rows]
+    got = [(index.get(key(r["prompt"])), r) for r in rows]
     got = [(i, r) for i, r in got if i is not None]
     return np.array([i for i, _ in got]), [r for _, r in got]
 ti, tr = load("train"); vi, vr = load("val")
-print(f"rows {len(raw)}; train {len(ti)}, val {len(vi)} alone", flush=True)
+print(f"rows {len(vals)}; train {len(ti)}, val {len(vi)} alone", flush=True)
 ty = np.array([r["label"] == "unsafe" for r in tr]); vy = np.array([r["label"] == "unsafe" for r in vr])
 vkind = [r["type"] for r in vr]
-SENS = {"informal", "hate_discussion", "sensitive_topic", "protective", "dangerous_sounding"}
 C0 = float(os.environ.get("C", "0.05"))
 def evaluate(layers, C=C0):
     X = vals[ti][:, layers, :].reshape(len(ti), -1); V = vals[vi][:, layers, :].reshape(len(vi), -1)
@@ -40,9 +33,7 @@ def evaluate(layers, C=C0):
         s = LogisticRegression(C=C, max_iter=2000).fit(X, ty).predict_proba(V)[:, 1]
     out = [f"AUC {roc_auc_score(vy, s):.4f}"]
     for rec_ in (0.95, 0.97):
-        t = np.sort(s[vy])[::-1][int(rec_ * vy.sum()) - 1]
-        fp = [k for k, sc, y in zip(vkind, s, vy) if not y and sc >= t and k != "other_language"]
-        out.append(f"@{rec_}: FP {len(fp)} (sensitive {sum(k in SENS for k in fp)})")
+        out.append("@{}: FP {} (sensitive {})".format(rec_, *safe_flagged(s, vy, vkind, rec_)))
     return " ".join(out)
 sets = {a: [int(x) for x in a.split(",")] for a in sys.argv[1:]} or {str(l): [l] for l in range(L)}
 for name, ls in sets.items():
