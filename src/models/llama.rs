@@ -130,12 +130,12 @@ const PACKED_MATVEC_MAX_POSITIONS: usize = 4;
 /// Natively, `bench chat --prompt-tokens N --new-tokens 2`: 45 positions 182 -> 300 tokens/s,
 /// 128 positions 240 -> 288, 256 even, 512 slower (notes/issue-15-kernels.md). In wasm the
 /// dense product (gemm's SIMD128 f32 kernels) did not catch up at any length measured (up to
-/// 2,100 positions, below): every prompt takes the tiles (and the host loops), up to SmolLM2's
-/// context length.
+/// 2,100 positions, below): every prompt takes the tiles (and the host loops), whatever its
+/// length (`None`: no limit).
 #[cfg(not(target_arch = "wasm32"))]
-const PROMPT_TILES_MAX_POSITIONS: usize = 256;
+const PROMPT_TILES_MAX_POSITIONS: Option<usize> = Some(256);
 #[cfg(target_arch = "wasm32")]
-const PROMPT_TILES_MAX_POSITIONS: usize = 8192;
+const PROMPT_TILES_MAX_POSITIONS: Option<usize> = None;
 
 /// Prompts up to this many positions whose every product takes the tiles run in the host
 /// loops (`host_loops`: the tiles, and attention and SwiGLU over both cores), longer ones in
@@ -148,9 +148,14 @@ const PROMPT_TILES_MAX_POSITIONS: usize = 8192;
 /// positions 56.6 / 56.7 -> 67.8 / 120.3, 1,065 positions 57.3 / 48.9 -> 59.0 / 100.9, 2,100
 /// positions 38.6 / 35.8 -> 41.3 / 73.6 (twenty-seventh session, notes/issue-15-kernels.md).
 #[cfg(not(target_arch = "wasm32"))]
-const HOST_LOOPS_MAX_POSITIONS: usize = 512;
+const HOST_LOOPS_MAX_POSITIONS: Option<usize> = Some(512);
 #[cfg(target_arch = "wasm32")]
-const HOST_LOOPS_MAX_POSITIONS: usize = 8192;
+const HOST_LOOPS_MAX_POSITIONS: Option<usize> = None;
+
+/// Whether `positions` is within `limit` (`None`: no limit).
+fn within(positions: usize, limit: Option<usize>) -> bool {
+    limit.is_none_or(|max| positions <= max)
+}
 
 impl Weight {
     fn load(gguf: &Gguf<'_>, name: &str, shape: [usize; 2], device: &Device) -> Result<Self> {
@@ -184,7 +189,8 @@ impl Weight {
             Weight::Dense(w) => Ok(project_dense(x, w.get())),
             Weight::Packed(w)
                 if b * s <= PACKED_MATVEC_MAX_POSITIONS
-                    || (b * s <= PROMPT_TILES_MAX_POSITIONS && w.tiles_prompts(precision)) =>
+                    || (within(b * s, PROMPT_TILES_MAX_POSITIONS)
+                        && w.tiles_prompts(precision)) =>
             {
                 let [out, _] = w.shape();
                 let y = w.matmul(&read(x)?, b * s, precision);
@@ -419,7 +425,7 @@ impl Positions {
     }
 
     /// The range averaged over, if any.
-    pub fn averaged(&self) -> Option<&std::ops::Range<usize>> {
+    fn averaged(&self) -> Option<&std::ops::Range<usize>> {
         match self {
             Positions::Mean(r) | Positions::LastAndMean(r) => Some(r),
             Positions::Last | Positions::All => None,

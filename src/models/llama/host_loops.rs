@@ -22,7 +22,7 @@
 //! changes ([`Llama::cache_to_host`], [`Llama::cache_to_tensors`]), so a prompt prefilled by
 //! burn continues here, and a later prompt on the same cache goes back to burn.
 
-use super::{HOST_LOOPS_MAX_POSITIONS, KvCache, Llama, Taps, Weight};
+use super::{HOST_LOOPS_MAX_POSITIONS, KvCache, Llama, Taps, Weight, within};
 use crate::error::{Error, Result};
 use crate::models::lora::Projection;
 use crate::models::packed::{PackedMatrix, for_row_ranges_of};
@@ -116,7 +116,7 @@ impl Llama {
             // still checks.
             && self.device == Device::flex()
             && (positions == 1
-                || (positions <= HOST_LOOPS_MAX_POSITIONS
+                || (within(positions, HOST_LOOPS_MAX_POSITIONS)
                     && self.blocks.iter().flat_map(|b| &b.projections).all(|w| {
                         matches!(w, Weight::Packed(p) if p.tiles_prompts(self.precision))
                     })))
