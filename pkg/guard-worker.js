@@ -444,7 +444,11 @@ const ops = {
     return { info: describe(guard), saved: { ...saved } };
   },
   async setRule(id, { label, threshold, action }) {
-    guard.setRule(label, threshold, action);
+    // The page sends only what it changes; the rest is the rule as it is now, here, so
+    // concurrent changes to one label all apply.
+    const current = guard.policy[label];
+    if (!current) throw named("InvalidInputError", `unknown label "${label}"`);
+    guard.setRule(label, threshold ?? current.threshold, action ?? current.action);
     return guard.policy;
   },
   async setOtherLanguages(id, { choice }) {

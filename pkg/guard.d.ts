@@ -15,8 +15,8 @@
  * - "BackendError": the GPU or the compute backend failed (no adapter, a lost device). During
  *   `classify` and `chat` on WebGPU the Guard already moves to the CPU and retries once.
  * - "TuningError": tuning ran but failed (the loss diverged); the model is as it was.
- * - "CancelledError": the caller cancelled (onStep returned false, or `signal` aborted a
- *   tuning run); nothing changed.
+ * - "CancelledError": the caller cancelled a tuning run (onStep returned false, or `signal`
+ *   aborted it); nothing changed.
  * - "IoError": a model file could not be downloaded or read (HTTP 404, network, a short read).
  * Besides these (which come from the wasm module), from guard.js itself: `TypeError` for
  * arguments of the wrong type, a plain `Error` when the Guard was disposed, and "CrashError"
@@ -172,7 +172,9 @@ export interface ChatOptions {
   stop?: string[];
   /** JS only: screened pieces of the answer, as they are cleared. */
   onToken?: (text: string) => void;
-  /** JS only: stops generation; the promise resolves with what was shown. */
+  /** JS only: stops generation; the promise resolves with what was shown (stopReason
+   *  "cancelled"). On a page that is not cross-origin isolated the worker cannot be told, so
+   *  it finishes the answer unseen and the promise resolves then, with what was shown. */
   signal?: AbortSignal;
 }
 
@@ -331,9 +333,11 @@ export interface TuneFilterOptions {
   learningRate?: number;
   /** Seeds initialisation and shuffling, so a run can be repeated (default 0). */
   seed?: number;
-  /** JS only: after each step. */
-  onStep?: (step: TuneStep) => void;
-  /** JS only: cancels the run (a CancelledError); the model stays as it was. */
+  /** JS only: after each step; returning `false` cancels the run as `signal` does. */
+  onStep?: (step: TuneStep) => boolean | void;
+  /** JS only: cancels the run (a CancelledError); the model stays as it was. On a page that
+   *  is not cross-origin isolated the worker is stopped to cancel (other calls in flight are
+   *  cancelled with it) and reloads on the next call. */
   signal?: AbortSignal;
 }
 

@@ -57,11 +57,25 @@ function splitOptions(options, jsOnly, what) {
   const js = {};
   const rest = {};
   for (const [k, v] of Object.entries(options)) {
-    if (jsOnly.includes(k)) js[k] = v;
+    if (jsOnly.includes(k)) js[k] = checkedHandler(k, v, what);
     else if (typeof v === "function") throw new TypeError(`${what}: unknown option "${k}"`);
     else rest[k] = v;
   }
   return [js, rest];
+}
+
+// A page's callback or signal, checked when it is given: a non-function callback would
+// otherwise throw on the page at every later message of the call, and a non-signal be ignored.
+function checkedHandler(name, value, what) {
+  if (value === undefined || value === null) return undefined;
+  if (name === "signal") {
+    if (typeof AbortSignal !== "undefined" && !(value instanceof AbortSignal)) {
+      throw new TypeError(`${what}: signal must be an AbortSignal`);
+    }
+  } else if (typeof value !== "function") {
+    throw new TypeError(`${what}: ${name} must be a function (got ${typeof value})`);
+  }
+  return value;
 }
 
 // This package's own files: under the page's `assetsUrl` when it gives one (a bundle that
@@ -268,8 +282,9 @@ export class Guard {
     if (!Number.isInteger(threads) || threads < 1 || threads > 16) {
       throw new TypeError(`threads must be an integer from 1 to 16 (got ${JSON.stringify(o.threads)})`);
     }
+    const onProgress = checkedHandler("onProgress", o.onProgress, "Guard.create options");
     const guard = new Guard(newWorker(assets));
-    guard.#onProgress = o.onProgress;
+    guard.#onProgress = onProgress;
     guard.#assets = assets;
     guard.#config = { backend, files: { filter, chat, chatProbe, safetyAdapters }, cache: o.cache !== false, integrity, tuning: o.tuning === true, threads };
     try {
@@ -325,16 +340,19 @@ export class Guard {
   get policy() { return structuredClone(this.#info.policy); }
 
   /** Changes one label's threshold and/or action ("block", "warn" or "allow"). */
-  async setRule(label, { threshold, action } = {}) {
+  async setRule(label, rule = {}) {
     // Checked here: the wasm glue reads a non-string as a string's pointer (a trap, not an error).
     if (typeof label !== "string") throw new TypeError("setRule: the label must be a string");
+    if (rule === null || typeof rule !== "object") throw new TypeError("setRule: the rule must be an object { threshold, action }");
+    const { threshold, action } = rule;
+    if (threshold === undefined && action === undefined) throw new TypeError("setRule: give a threshold, an action or both");
     if (threshold !== undefined && typeof threshold !== "number") throw new TypeError("setRule: threshold must be a number");
     if (action !== undefined && typeof action !== "string") throw new TypeError('setRule: action must be "block", "warn" or "allow"');
     const current = Object.hasOwn(this.#info.policy, label) ? this.#info.policy[label] : undefined;
     if (!current) throw named("InvalidInputError", `unknown label "${label}" (labels: ${this.#info.labels.join(", ")})`);
-    this.#info.policy = await this.#call("setRule", {
-      label, threshold: threshold ?? current.threshold, action: action ?? current.action,
-    });
+    // Only the fields given: the worker fills the others from the rule it holds when it applies
+    // this one, so concurrent calls on one label do not undo each other.
+    this.#info.policy = await this.#call("setRule", { label, threshold, action });
   }
 
   /** What chat does with a user or system message in a language other than English:
@@ -380,7 +398,9 @@ export class Guard {
     const stop = () => { if (abort) Atomics.store(new Int32Array(abort), 0, 1); };
     signal?.addEventListener("abort", stop, { once: true });
     try {
-      return await this.#call("chat", { messages, options: generation, abort }, { onToken, signal });
+      // After an abort the reply is cut to what was shown: with the flag the worker may have
+      // cleared a piece more before it read it, and without one it finishes the answer unseen.
+      return await this.#call("chat", { messages, options: generation, abort }, { onToken, signal, cutOnAbort: true });
     } finally {
       signal?.removeEventListener("abort", stop);
     }
@@ -474,10 +494,16 @@ export class Guard {
     if (!this.#config.tuning) await this.#loadTuning();
     if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
     const abort = self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
-    const stop = () => { if (abort) Atomics.store(new Int32Array(abort), 0, 1); };
+    // Without a shared flag the worker cannot be told while it tunes: it is stopped instead.
+    // The next call loads a new one with the page's adapters as they were before this run.
+    const stop = () => {
+      if (abort) Atomics.store(new Int32Array(abort), 0, 1);
+      else this.#crash(this.#worker, named("CancelledError", `${op} was cancelled: this page is not cross-origin isolated, so the worker was stopped (calls in flight were cancelled with it) and reloads on the next call; the model is as it was`));
+    };
     signal?.addEventListener("abort", stop, { once: true });
     try {
-      return await this.#call(op, { ...data, options: tuning, abort }, { onStep });
+      // onStep returning false cancels as the signal does.
+      return await this.#call(op, { ...data, options: tuning, abort }, { onStep, cancel: stop });
     } finally {
       signal?.removeEventListener("abort", stop);
     }
@@ -540,8 +566,15 @@ export class Guard {
     const entry = { ...handlers };
     const reply = new Promise((resolve, reject) => {
       Object.assign(entry, { resolve, reject });
+      try {
+        this.#worker.postMessage({ id, op, args });
+      } catch (e) {
+        // A function, symbol or detached buffer in the arguments (DataCloneError): nothing was
+        // sent, so nothing may stay pending (#loadTuning waits for every pending call).
+        reject(new TypeError(`${op}: its arguments cannot be sent to the worker (${e?.message ?? e})`));
+        return;
+      }
       this.#pending.set(id, entry);
-      this.#worker.postMessage({ id, op, args });
     });
     entry.settled = reply.then(() => {}, () => {}); // for #loadTuning, which waits on it
     return reply;
@@ -581,8 +614,13 @@ export class Guard {
     this.#upgrading ??= (async () => {
       this.#config.tuning = true;
       try {
-        while (this.#pending.size > 0) {
-          await Promise.allSettled([...this.#pending.values()].map((p) => p.settled));
+        // Each call in flight is waited for once (one that settled is never waited for again).
+        const waited = new Set();
+        for (;;) {
+          const inFlight = [...this.#pending.values()].filter((p) => !waited.has(p));
+          if (inFlight.length === 0) break;
+          for (const p of inFlight) waited.add(p);
+          await Promise.allSettled(inFlight.map((p) => p.settled));
         }
         if (this.#worker && !this.#reviving) {
           const old = this.#worker;
@@ -606,12 +644,17 @@ export class Guard {
     if (!p) return;
     if (type === "token") {
       // Without a shared flag, an abort at least stops the page from showing more.
-      if (!p.signal?.aborted) p.onToken?.(data);
+      if (!p.signal?.aborted) {
+        p.shown = (p.shown ?? "") + data;
+        p.onToken?.(data);
+      }
       return;
     }
-    if (type === "step") { p.onStep?.(data); return; }
+    if (type === "step") { if (p.onStep?.(data) === false) p.cancel?.(); return; }
     this.#pending.delete(id);
-    if (type === "result") p.resolve(data);
+    if (type === "result" && p.cutOnAbort && p.signal?.aborted && !data.blocked) {
+      p.resolve({ ...data, text: p.shown ?? "", stopReason: "cancelled" });
+    } else if (type === "result") p.resolve(data);
     else p.reject(named(data.name ?? "Error", data.message));
   }
 

@@ -394,13 +394,20 @@ impl ChatModel {
     /// output of each of `layers` at `positions` of the prompt (one row: the last token, or a
     /// mean), concatenated. A prompt that starts with the default system turn continues from
     /// that turn's keys and values, which the model computes once and keeps
-    /// ([`Llama::kept_prefix`]).
+    /// ([`Llama::kept_prefix`]). Adapters a page tuned or imported that change one of `layers`
+    /// are left out ([`ChatModel::judging_cache`]).
     pub async fn prompt_states(
         &self,
         prompt: &[u32],
         layers: &[usize],
         positions: Positions,
     ) -> Result<Vec<f32>> {
+        if self.adapters_change(layers) {
+            let cache = self.model.new_base_cache();
+            return self
+                .prompt_states_after(&cache, prompt, layers, positions)
+                .await;
+        }
         let system = self.default_system_turn()?;
         match (
             prompt.strip_prefix(&system[..]),
@@ -414,6 +421,25 @@ impl ChatModel {
                 let cache = self.model.new_cache();
                 (self.prompt_states_after(&cache, prompt, layers, positions)).await
             }
+        }
+    }
+
+    /// Whether the installed adapters (a page's tuning or import) change the output of one of
+    /// `layers`. The probes were fitted on the model as loaded: read through such adapters,
+    /// a few tuning pairs moved a harmful request's score from 0.99 to 0.35 (twenty-ninth
+    /// session's review), so the probes' states are then computed without them.
+    pub(crate) fn adapters_change(&self, layers: &[usize]) -> bool {
+        let first = self.model.adapters().map(|a| a.config.first_block);
+        first.is_some_and(|first| layers.iter().any(|&l| l >= first))
+    }
+
+    /// A cache for a sequence whose `layers` a probe reads: the installed adapters' unless
+    /// they change one of `layers` ([`ChatModel::adapters_change`]), then the model as loaded.
+    fn judging_cache(&self, layers: &[usize]) -> KvCache {
+        if self.adapters_change(layers) {
+            self.model.new_base_cache()
+        } else {
+            self.model.new_cache()
         }
     }
 
@@ -500,7 +526,7 @@ impl ChatModel {
         }
         let (_, states) =
             self.model
-                .forward_with_all_states(&ids, &mut self.model.new_cache(), layers)?;
+                .forward_with_all_states(&ids, &mut self.judging_cache(layers), layers)?;
         let dim = self.model.config().dim;
         let mut per_layer = Vec::with_capacity(states.len());
         for s in states {

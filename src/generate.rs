@@ -265,6 +265,11 @@ pub struct Generator<'a> {
     /// engine ([`crate::models::gpu`]), which then holds the cache, the logits and the states
     /// of `layers` instead, so burn's f32 copy of the weights is never made for generation.
     gpu: Option<Sequence>,
+    /// Where the installed adapters (a page's tuning) change one of `layers`: a second
+    /// sequence of the same tokens through the model as loaded, whose states `last_states`
+    /// are, since the probes were fitted on those (tuned adapters read through moved a harmful
+    /// request's score from 0.99 to 0.35). It doubles the work per token, for tuned models only.
+    judging: Option<KvCache>,
 }
 
 enum NextInput {
@@ -347,12 +352,20 @@ impl<'a> Generator<'a> {
             .gpu_engine()
             .ok()
             .filter(|e| !safety && prompt.len() + remaining <= e.max_positions());
-        let (next_input, last_states, gpu) = match engine {
-            Some(engine) => {
+        // (The safety adapters start after every block a probe reads: checked when loaded.)
+        let mut judging = (!safety && chat.adapters_change(layers)).then(|| model.new_base_cache());
+        let (next_input, last_states, gpu) = match (engine, judging.as_mut()) {
+            (Some(engine), _) => {
                 let seq = engine.prefill_tapped(layers, prompt, &positions)?;
                 (NextInput::OnGpu, Vec::new(), Some(seq))
             }
-            None => {
+            (None, Some(base)) => {
+                let (logits, _) =
+                    model.forward_with_states_at(prompt, &mut cache, &[], Positions::Last)?;
+                let (_, states) = model.forward_with_states_at(prompt, base, layers, positions)?;
+                (NextInput::Logits(Box::new(logits)), states, None)
+            }
+            (None, None) => {
                 let (logits, states) =
                     model.forward_with_states_at(prompt, &mut cache, layers, positions)?;
                 (NextInput::Logits(Box::new(logits)), states, None)
@@ -360,6 +373,7 @@ impl<'a> Generator<'a> {
         };
         Ok(Generator {
             gpu,
+            judging,
             layers: layers.to_vec(),
             last_states,
             model,
@@ -505,10 +519,18 @@ impl<'a> Generator<'a> {
                 self.next_input = NextInput::OnGpu;
             }
             None => {
+                let layers = if self.judging.is_some() {
+                    &[][..]
+                } else {
+                    &self.layers[..]
+                };
                 let (logits, states) =
                     self.model
-                        .forward_with_states(&[t], &mut self.cache, &self.layers)?;
-                self.last_states = states;
+                        .forward_with_states(&[t], &mut self.cache, layers)?;
+                self.last_states = match self.judging.as_mut() {
+                    Some(base) => self.model.forward_with_states(&[t], base, &self.layers)?.1,
+                    None => states,
+                };
                 self.next_input = NextInput::Logits(Box::new(logits));
             }
         }

@@ -87,3 +87,62 @@ fn malformed_safetensors_are_errors() {
         "truncated file"
     );
 }
+
+/// A file with a NaN or an infinity in a tensor, in each float type: refused by name (one NaN
+/// weight makes every score NaN).
+#[test]
+fn tensors_with_values_that_are_not_finite_are_refused() {
+    use safetensors::{Dtype, tensor::TensorView};
+    let cases: [(Dtype, Vec<u8>); 4] = [
+        (
+            Dtype::F32,
+            [1.0f32, f32::NAN]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        (
+            Dtype::F32,
+            [f32::INFINITY, 1.0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        (
+            Dtype::F16,
+            [0x3c00u16, 0x7e00]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        (
+            Dtype::BF16,
+            [0x3f80u16, 0xff80]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+    ];
+    for (dtype, data) in cases {
+        let view = TensorView::new(dtype, vec![2], &data).unwrap();
+        let bytes = safetensors::serialize([("w", view)], None).unwrap();
+        let file = SafetensorsFile::parse(&bytes).unwrap();
+        let err = file.f32_values("w").unwrap_err().to_string();
+        assert!(
+            err.contains("\"w\" holds a value that is not finite"),
+            "{dtype:?}: {err}"
+        );
+    }
+    // The same file with finite values reads.
+    let data: Vec<u8> = [1.0f32, -2.5]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let view = TensorView::new(Dtype::F32, vec![2], &data).unwrap();
+    let bytes = safetensors::serialize([("w", view)], None).unwrap();
+    let (values, _) = SafetensorsFile::parse(&bytes)
+        .unwrap()
+        .f32_values("w")
+        .unwrap();
+    assert_eq!(values, [1.0, -2.5]);
+}

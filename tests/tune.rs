@@ -181,6 +181,27 @@ fn bad_input_and_cancellation_leave_the_filter_unchanged() {
             },
             "steps",
         ),
+        // 62 new labels beside the 3 shipped: an export could never be imported again.
+        (
+            (0..62)
+                .flat_map(|i| {
+                    [
+                        example("yes", &format!("l{i}"), true),
+                        example("no", &format!("l{i}"), false),
+                    ]
+                })
+                .collect(),
+            ok.clone(),
+            "a filter has at most 64",
+        ),
+        // 40 texts under the per-text limit that make ~12,000 windows (each held at once).
+        (
+            (0..40)
+                .map(|i| example(&"plain words ".repeat(8000), "long", i % 2 == 0))
+                .collect(),
+            ok.clone(),
+            "at most 8192 per call",
+        ),
     ];
     for (examples, options, message) in cases {
         let err = tune(&mut filter, &examples, &options)
@@ -215,6 +236,20 @@ fn bad_input_and_cancellation_leave_the_filter_unchanged() {
     let err = pollster::block_on(fresh.import_adapters(&bytes)).unwrap_err();
     assert!(err.to_string().contains("other filter heads"), "{err}");
     assert_eq!(fresh.labels(), ["offensive", "hate", "harmful"]);
+
+    // A NaN in a tuned head's bias: refused (it would make every score NaN, so every text
+    // would fail), the filter unchanged.
+    let good = pollster::block_on(filter.export_adapters()).unwrap();
+    let nan = edit_file(&good, |header, data| {
+        let at = header["spoiler.out.bias"]["data_offsets"][0]
+            .as_u64()
+            .unwrap() as usize;
+        data[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    let err = pollster::block_on(fresh.import_adapters(&nan)).unwrap_err();
+    assert!(err.to_string().contains("not finite"), "{err}");
+    assert_eq!(fresh.labels(), ["offensive", "hate", "harmful"]);
+    pollster::block_on(fresh.import_adapters(&good)).unwrap();
 }
 
 /// A safetensors file with its header edited by `edit(header, data)` (tensor names, metadata,

@@ -1,6 +1,7 @@
 //! Instruction-tuning the chat model with LoRA: the training forward pass agrees with
-//! generation's, a few steps teach a known answer, adapters round-trip, and bad input or
-//! cancellation leave the model unchanged.
+//! generation's, a few steps teach a known answer, adapters round-trip, the states the
+//! guard's probes read stay the model's as loaded, and bad input or cancellation leave the
+//! model unchanged.
 
 mod common;
 
@@ -8,11 +9,52 @@ use burn::module::Module;
 use burn::tensor::Device;
 use webguard::ChatModel;
 use webguard::backend::read_f32;
-use webguard::generate::GenerateOptions;
+use webguard::generate::{GenerateOptions, Generator};
+use webguard::models::llama::Positions;
 use webguard::models::lora::{Lora, LoraConfig, Projection};
 use webguard::text::chat_template::{Message, render};
 use webguard::tune::TuneOptions;
 use webguard::tune::chat::{ChatPair, ChatTuneOptions};
+
+/// The blocks the shipped request probe reads (6 to 26): all after the adapters' first block.
+const PROBE_LAYERS: [usize; 6] = [6, 10, 14, 18, 22, 26];
+
+/// What the probes read for `prompt` as a user message, by each of the three ways the guard
+/// takes states: the judging pass alone, the prefill that answers (at the prompt, then at the
+/// first answer token), and the pass over a given answer.
+fn probe_states(chat: &ChatModel, prompt: &str) -> [Vec<f32>; 4] {
+    let ids = chat.prompt_ids(&[Message::new("user", prompt)]).unwrap();
+    let alone =
+        pollster::block_on(chat.prompt_states(&ids, &PROBE_LAYERS, Positions::Last)).unwrap();
+    let options = GenerateOptions {
+        max_new_tokens: 4,
+        ..GenerateOptions::default()
+    };
+    let mut generator =
+        Generator::with_states(chat, &ids, &options, &PROBE_LAYERS, Positions::Last).unwrap();
+    let at_prompt = pollster::block_on(generator.latest_states()).unwrap();
+    pollster::block_on(generator.next_piece()).unwrap();
+    pollster::block_on(generator.next_piece()).unwrap();
+    let at_answer = pollster::block_on(generator.latest_states()).unwrap();
+    let answer = chat.tokenizer.encode_literal("Sure, here it is.").unwrap();
+    let given =
+        pollster::block_on(chat.answer_states(&ids, &answer, &PROBE_LAYERS, Positions::Last))
+            .unwrap();
+    let mut given_answer = given.sentence_ends.concat();
+    given_answer.extend(&given.prompt_end);
+    [alone, at_prompt, at_answer, given_answer]
+}
+
+/// The worst difference between two lists of states, relative to the largest value.
+fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
 
 fn answer(chat: &ChatModel, prompt: &str) -> String {
     let options = GenerateOptions {
@@ -72,6 +114,7 @@ fn a_few_steps_teach_a_known_answer_and_adapters_round_trip() {
     let prompt = "What is the secret password?";
     let before = answer(&chat, prompt);
     assert!(!before.contains("marmalade"), "{before}");
+    let states_before = probe_states(&chat, prompt);
     let pairs = vec![
         ChatPair {
             prompt: prompt.into(),
@@ -101,6 +144,21 @@ fn a_few_steps_teach_a_known_answer_and_adapters_round_trip() {
     assert!(report.final_loss < report.first_loss * 0.5, "{losses:?}");
     let after = answer(&chat, prompt);
     assert!(after.contains("marmalade"), "{after}");
+    // The adapters start at block 0, so they change every block the probes read; the probes
+    // (fitted on the model as loaded) still read its states: the same up to f32 rounding of a
+    // different order of sums (the tuned sequence runs burn's path).
+    assert_eq!(options.lora.first_block, 0);
+    for (i, (a, b)) in states_before
+        .iter()
+        .zip(probe_states(&chat, prompt))
+        .enumerate()
+    {
+        let worst = worst_relative(a, &b);
+        assert!(
+            worst < 1e-4,
+            "states {i} moved by {worst} of their largest value"
+        );
+    }
     assert!(answer(&chat, "What is the capital of France?").contains("Paris"));
 
     // Export, import into a fresh model: the same answer; reset: the old one.

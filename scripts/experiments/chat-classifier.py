@@ -16,7 +16,7 @@
 # for requests. Python with torch, numpy and scikit-learn (~/.cache/webguard/venv-st).
 # Usage: cd $WORK && [TASK=tweets] [K=12 M=6 R=8 EP=3 LR=3e-4] python chat-classifier.py
 #        MODE=verify python chat-classifier.py   (needs the 30-block cache of probe-layers.py)
-import json, math, os, struct, subprocess, time
+import hashlib, json, math, os, struct, subprocess, time
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from sklearn.metrics import f1_score, roc_auc_score
 from request_states import BLOCKS, key, read_states, safe_flagged
@@ -203,11 +203,13 @@ def main():
     t = read_gguf(GGUF)
     if mode == "verify":
         return verify(t, work)
-    cache = os.path.join(work, f"states-{task}-K{K}.pt")
+    tr, va = load(task, "train", work), load(task, "val", work)
+    # Named by the prompts' content too, so a changed split never reads another's states.
+    digest = hashlib.sha256(json.dumps([r["prompt"] for r in tr + va]).encode()).hexdigest()[:12]
+    cache = os.path.join(work, f"states-{task}-K{K}-{digest}.pt")
     if os.path.exists(cache):
-        tr, va, states = torch.load(cache)
+        _, _, states = torch.load(cache)
     else:
-        tr, va = load(task, "train", work), load(task, "val", work)
         emb, frozen, states, t0 = torch.tensor(t["token_embd.weight"]), [Block(t, i) for i in range(K)], [], time.time()
         with torch.no_grad():
             for n, ids in enumerate(prompt_ids([r["prompt"] for r in tr + va])):

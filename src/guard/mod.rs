@@ -260,7 +260,9 @@ const USER_TURNS_READ_TOGETHER: usize = 4;
 /// What the input screen reads: every user and system message on its own, and the latest
 /// user turns joined, so that a request split across turns ("how do I make" / "a pipe bomb")
 /// is still read as the request. Assistant turns are the model's (or the page's) own text.
-pub fn input_texts(messages: &[Message]) -> Vec<String> {
+/// The joined turns keep at most `max_bytes`, the latest (each message alone is checked
+/// against the filter's limit before: [`check_messages`]).
+pub fn input_texts(messages: &[Message], max_bytes: usize) -> Vec<String> {
     let mut texts: Vec<String> = messages
         .iter()
         .filter(|m| m.role != "assistant" && !m.content.trim().is_empty())
@@ -273,9 +275,44 @@ pub fn input_texts(messages: &[Message]) -> Vec<String> {
         .collect();
     if users.len() > 1 {
         let recent = &users[users.len().saturating_sub(USER_TURNS_READ_TOGETHER)..];
-        texts.push(recent.join("\n"));
+        let joined = recent.join("\n");
+        let mut from = joined.len().saturating_sub(max_bytes);
+        while !joined.is_char_boundary(from) {
+            from += 1;
+        }
+        texts.push(joined[from..].to_string());
     }
     texts
+}
+
+/// Errors for a conversation a turn cannot answer, naming the message: no user message, an
+/// empty last one (nothing to answer: it was reported as "the filter failed"), or a message
+/// longer than the filter reads (the same).
+fn check_messages(filter: &Filter, messages: &[Message]) -> Result<()> {
+    match messages.iter().rev().find(|m| m.role == "user") {
+        None => {
+            return Err(Error::InvalidInput(
+                "there is no user message to answer".into(),
+            ));
+        }
+        Some(m) if m.content.trim().is_empty() => {
+            return Err(Error::InvalidInput("the last user message is empty".into()));
+        }
+        Some(_) => {}
+    }
+    let most = filter.options().max_text_bytes;
+    match messages
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.content.len() > most)
+    {
+        Some((i, m)) => Err(Error::InvalidInput(format!(
+            "message {i} ({}) has {} bytes; the guard screens at most {most} a message",
+            m.role,
+            m.content.len()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// One moderated chat turn: answers the last user message of `messages` (see the module
@@ -293,11 +330,7 @@ pub async fn moderated_chat(
     mut should_stop: impl FnMut() -> bool,
 ) -> Result<ModeratedReply> {
     options.validate()?;
-    if !messages.iter().any(|m| m.role == "user") {
-        return Err(Error::InvalidInput(
-            "there is no user message to answer".into(),
-        ));
-    }
+    check_messages(filter, messages)?;
     // The context policy: old turns left out of a conversation too long for the window.
     let fitted = chat.fit_context(messages, options.max_new_tokens)?;
     let (messages, ids) = (&fitted.messages[..], fitted.ids);
@@ -306,7 +339,7 @@ pub async fn moderated_chat(
         ..ModeratedReply::default()
     };
     let filter_failed = |e: Error| format!("the filter failed, so nothing is shown: {e}");
-    let texts = input_texts(messages);
+    let texts = input_texts(messages, filter.options().max_text_bytes);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut input = match screen(filter, policy, &texts, Side::Conversation, None).await {
         Ok(s) => s,

@@ -507,9 +507,20 @@ pub struct KvCache {
     /// The same keys and values as host buffers after `host_loops` ran (then `keys` and
     /// `values` are `None`); converted back when burn's path runs next.
     host: Option<Vec<host_loops::LayerKv>>,
-    /// Whether the sequence runs with the model's safety adapters instead of the installed
-    /// ones (fixed for the cache's life: its keys and values depend on it).
-    safety: bool,
+    /// Which adapters the sequence runs with (fixed for the cache's life: its keys and values
+    /// depend on it).
+    weights: SequenceWeights,
+}
+
+/// The adapters a sequence runs with.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SequenceWeights {
+    /// The installed ones ([`Llama::set_adapters`]), if any.
+    Installed,
+    /// The safety adapters ([`Llama::set_safety_adapters`]).
+    Safety,
+    /// None: the model as loaded ([`Llama::new_base_cache`]).
+    Base,
 }
 
 impl KvCache {
@@ -857,7 +868,7 @@ impl Llama {
             values: vec![None; self.config.layers],
             len: 0,
             host: None,
-            safety: false,
+            weights: SequenceWeights::Installed,
         }
     }
 
@@ -871,9 +882,27 @@ impl Llama {
             ));
         }
         Ok(KvCache {
-            safety: true,
+            weights: SequenceWeights::Safety,
             ..self.new_cache()
         })
+    }
+
+    /// An empty cache for a sequence that runs the model as loaded, whatever adapters are
+    /// installed: what the guard's probes read, since they were fitted on those states.
+    pub fn new_base_cache(&self) -> KvCache {
+        KvCache {
+            weights: SequenceWeights::Base,
+            ..self.new_cache()
+        }
+    }
+
+    /// The weights `cache`'s sequence runs with.
+    fn weights_for(&self, cache: &KvCache) -> Inference<'_> {
+        match cache.weights {
+            SequenceWeights::Installed => Inference::installed(self),
+            SequenceWeights::Safety => Inference(self, self.safety.as_ref()),
+            SequenceWeights::Base => Inference(self, None),
+        }
     }
 
     /// cos and sin `[s, head_dim / 2]` for positions `start..start + s`, on `device`.
@@ -975,8 +1004,8 @@ impl Llama {
     /// asked), continuing from `prefix` (which is not changed): what a probe reads. Unlike
     /// [`Llama::forward_with_states`] no logits are made and the blocks after the deepest of
     /// `layers` do not run (3 of SmolLM2's 30 for the shipped probe). The adapters `prefix`
-    /// runs with apply (the installed ones, or the safety adapters for a cache from
-    /// [`Llama::new_safety_cache`]), as in generation.
+    /// runs with apply (the installed ones, the safety adapters for a cache from
+    /// [`Llama::new_safety_cache`], none for one from [`Llama::new_base_cache`]).
     pub fn states_after(
         &self,
         prefix: &KvCache,
@@ -999,11 +1028,7 @@ impl Llama {
         };
         let (s, d) = (ids.len(), self.config.dim);
         let start = cache.len;
-        let weights = if cache.safety {
-            Inference(self, self.safety.as_ref())
-        } else {
-            Inference::installed(self)
-        };
+        let weights = self.weights_for(&cache);
         if self.host_loops_apply(s, weights.1.is_some()) {
             self.host_forward(ids, &mut cache, &mut taps)?;
         } else {
@@ -1075,11 +1100,7 @@ impl Llama {
             states_only: false,
             states: vec![None; layers.len()],
         };
-        let weights = if cache.safety {
-            Inference(self, self.safety.as_ref())
-        } else {
-            Inference::installed(self)
-        };
+        let weights = self.weights_for(cache);
         let x = if self.host_loops_apply(s, weights.1.is_some()) {
             self.host_forward(ids, cache, &mut taps)?
         } else {

@@ -329,7 +329,16 @@ impl StateProbe {
             .zip(self.mean.iter().zip(&self.scale))
             .map(|(v, (m, s))| (v - m) * s)
             .collect();
-        Ok(self.head.probability(&x))
+        // `NaN >= threshold` is false: a non-finite state or score would let the request
+        // through (an infinite state can even score 0), so either is an error (the guard fails
+        // closed), as the filter's non-finite scores are.
+        let p = self.head.probability(&x);
+        if !p.is_finite() || !features.iter().all(|v| v.is_finite()) {
+            return Err(Error::Backend(format!(
+                "the chat model's states are not finite (probe score {p}); the device may be lost"
+            )));
+        }
+        Ok(p)
     }
 
     /// A pair of probes ([`Pooling::Both`]) over `layers`: `rows` are each example's last-token
@@ -1024,7 +1033,7 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_separates_classes_that_differ_along_one_direction() {
+    fn a_probe_separates_classes_that_differ_along_one_direction_and_refuses_non_finite_states() {
         let (rows, labels) = clouds(400, 16, 1);
         let probe =
             StateProbe::train(vec![0, 1], &rows, &labels, &ProbeTrainConfig::default()).unwrap();
@@ -1035,6 +1044,13 @@ mod tests {
             .filter(|(r, y)| (probe.score(r).unwrap() >= 0.5) == **y)
             .count();
         assert!(correct > 320, "{correct}/400");
+        // A state that is not finite (a lost device) is an error, never a score under the
+        // threshold that would let the request through.
+        let mut broken = test[0].clone();
+        broken[3] = f32::NAN;
+        assert!(matches!(probe.score(&broken), Err(Error::Backend(_))));
+        broken[3] = f32::INFINITY;
+        assert!(probe.score(&broken).is_err());
     }
 
     #[test]

@@ -285,7 +285,8 @@ impl ChatModel {
                     }
                 }
                 let prompt = self.user_prompt_ids(&p.prompt)?;
-                let mut response = self.tokenizer.encode(&p.response)?;
+                // As text: a typed `<|im_start|>` must not teach the model to open a turn.
+                let mut response = self.tokenizer.encode_literal(&p.response)?;
                 response.push(end);
                 if prompt.len() + response.len() > max_tokens {
                     return Err(Error::InvalidInput(format!(

@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::filter::heads::{Heads, TUNED_FORMAT};
+use crate::filter::heads_file::MAX_LABELS;
 use crate::filter::{Filter, LabelOrigin};
 #[cfg(feature = "tune")]
 use {
@@ -65,6 +66,10 @@ pub struct FilterTuneReport {
 pub const NEW_LABEL_THRESHOLD: f32 = 0.5;
 /// Most examples per call: tuning is meant for a handful, and every one is encoded.
 pub const MAX_EXAMPLES: usize = 2000;
+/// Most 64-token windows per call: every window's features are held at once (2,688 floats,
+/// 10.5 KB each), so this bounds a call's memory at about 86 MB. Without it 250 texts of
+/// 128 KiB each would ask for more than wasm32's 4 GiB.
+pub const MAX_WINDOWS: usize = 8192;
 #[cfg(feature = "tune")]
 /// Adam's weight decay on the tuned heads (a mild pull towards small weights, which a few
 /// examples need).
@@ -128,9 +133,30 @@ impl Filter {
             }
         }
 
+        // The labels after this call: an export holds them all, and a file with more than
+        // MAX_LABELS could never be imported again (nor restored after a crash in the browser).
+        let new_labels = order
+            .iter()
+            .filter(|l| self.label_index(l).is_err())
+            .count();
+        let labels_after = self.info().labels.len() + new_labels;
+        if labels_after > MAX_LABELS {
+            return Err(Error::InvalidInput(format!(
+                "{new_labels} new labels would make {labels_after}; a filter has at most \
+                 {MAX_LABELS}"
+            )));
+        }
+
         // Features of every window of every text, standardised, on the host.
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
         let windows = self.encoder().windows(&texts)?;
+        if windows.len() > MAX_WINDOWS {
+            return Err(Error::InvalidInput(format!(
+                "the examples make {} windows of the encoder's length; at most {MAX_WINDOWS} \
+                 per call (use shorter texts or fewer examples)",
+                windows.len()
+            )));
+        }
         let width = self.heads().width();
         let mut features = Vec::with_capacity(windows.len() * width);
         for chunk in windows.chunks(self.options().batch_size) {

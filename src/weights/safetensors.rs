@@ -96,7 +96,8 @@ impl<'a> SafetensorsFile<'a> {
             .map_err(|_| Error::Safetensors(format!("no tensor named {name:?}")))
     }
 
-    /// Tensor `name` as `f32` values (F32, F16 and BF16 are accepted) and its shape.
+    /// Tensor `name` as `f32` values (F32, F16 and BF16 are accepted; every value finite) and
+    /// its shape.
     pub fn f32_values(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let view = self.view(name)?;
         let data = view.data();
@@ -119,6 +120,14 @@ impl<'a> SafetensorsFile<'a> {
                 )));
             }
         };
+        // A NaN weight makes every score NaN: the filter would fail closed on every text (and a
+        // shared adapters file would look like a lost GPU), so the file is refused instead.
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Safetensors(format!(
+                "tensor {name:?} holds a value that is not finite ({} at index {i})",
+                values[i]
+            )));
+        }
         Ok((values, view.shape().to_vec()))
     }
 

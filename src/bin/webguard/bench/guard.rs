@@ -137,7 +137,7 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
         f()?;
         Ok(start.elapsed().as_secs_f64())
     };
-    let texts = input_texts(&messages);
+    let texts = input_texts(&messages, filter.options().max_text_bytes);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let input_screen = time(&mut || pollster::block_on(filter.scores(&texts)).map(|_| ()))?;
     let prefixes: Vec<String> = chat
