@@ -222,6 +222,21 @@ fn bad_input_and_cancellation_leave_the_model_unchanged() {
     assert!(chat.model.adapters().is_none());
     assert_eq!(answer(&chat, prompt), before);
 
+    // A learning rate the options allow (1.0) that wrecks the model in one step: the loss of
+    // the weights it would install is measured, and they are not installed.
+    let reckless = ChatTuneOptions {
+        tune: TuneOptions {
+            steps: 1,
+            learning_rate: 1.0,
+            ..TuneOptions::default()
+        },
+        ..ok.clone()
+    };
+    let err = pollster::block_on(chat.tune(&pairs, &reckless, |_| true)).unwrap_err();
+    assert!(matches!(err, webguard::error::Error::Tuning(_)), "{err:?}");
+    assert!(chat.model.adapters().is_none());
+    assert_eq!(answer(&chat, prompt), before);
+
     // Adapters for another model (here: a forged signature) and other files are refused.
     assert!(
         pollster::block_on(chat.export_adapters()).is_err(),

@@ -31,7 +31,7 @@ use crate::tune::TuneOptions;
 use {
     crate::models::llama::Adapters,
     crate::models::lora::Lora,
-    crate::tune::{Step, now_ms, report_step, step_loss},
+    crate::tune::{Step, check_final_loss, now_ms, report_step, step_loss},
     burn::grad_clipping::GradientClippingConfig,
     burn::module::Module,
     burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams},
@@ -97,9 +97,9 @@ impl Default for ChatTuneOptions {
 pub struct ChatTuneReport {
     /// Pairs used.
     pub pairs: usize,
-    /// Loss of the first and of the last step.
+    /// Loss of the first step (its batch, before any update).
     pub first_loss: f32,
-    /// See `first_loss`.
+    /// Loss of the installed adapters (after the last update) on the first step's batch.
     pub final_loss: f32,
     /// Trainable parameters (the adapters).
     pub parameters: usize,
@@ -204,7 +204,8 @@ impl ChatModel {
             .with_grad_clipping(Some(GradientClippingConfig::Norm(options.tune.clip_norm)))
             .init();
         let mut order: Vec<usize> = Vec::new();
-        let (mut first_loss, mut final_loss) = (f32::NAN, f32::NAN);
+        let mut first_loss = f32::NAN;
+        let mut first_batch = Vec::new();
         for step in 1..=options.tune.steps {
             let started = now_ms();
             let mut batch = Vec::with_capacity(options.batch_size);
@@ -213,7 +214,11 @@ impl ChatModel {
                     order = (0..tokens.len()).collect();
                     crate::rng::shuffle(&mut order, options.tune.seed.wrapping_add(step as u64));
                 }
-                batch.push(&tokens[order.pop().unwrap_or(0)]);
+                let i = order.pop().unwrap_or(0);
+                if step == 1 {
+                    first_batch.push(i);
+                }
+                batch.push(&tokens[i]);
             }
             // The batch's loss is the mean over all its response tokens; each pass adds its
             // share (its sum over that count), and the gradients add up the same way.
@@ -229,7 +234,6 @@ impl ChatModel {
             if step == 1 {
                 first_loss = value;
             }
-            final_loss = value;
             lora = optim.step(options.tune.learning_rate, lora, grads.grads());
             let report = Step {
                 step,
@@ -239,6 +243,18 @@ impl ChatModel {
             };
             report_step(report, "The model", &mut on_step)?;
         }
+        // What is installed is the last update's result, which no step's loss has seen: the
+        // first batch is scored again with it. A learning rate the options allow can still
+        // wreck the model in one step (1.0: the loss reported level, then "were were were…").
+        let batch: Vec<&TokenPair> = first_batch.iter().map(|&i| &tokens[i]).collect();
+        let count: usize = batch.iter().map(|p| p.response.len()).sum();
+        let lengths: Vec<usize> = batch.iter().map(|p| p.len()).collect();
+        let mut final_loss = 0.0;
+        for pass in plan_passes(&lengths, options.max_pass_tokens) {
+            let loss = self.response_loss(&batch[pass], count, &lora, &options.lora, &ad)?;
+            final_loss += step_loss(loss, options.tune.steps, "The model").await?;
+        }
+        check_final_loss(first_loss, final_loss, "The model")?;
         self.model.set_adapters(Some(Adapters {
             config: options.lora.clone(),
             lora: lora.valid().fork(&device),

@@ -17,7 +17,7 @@ use {
     crate::backend::read_f32,
     crate::filter::heads::Head,
     crate::filter::heads_file::check_label,
-    crate::tune::{Step, TuneOptions, now_ms, report_step, step_loss},
+    crate::tune::{Step, TuneOptions, check_final_loss, now_ms, report_step, step_loss},
     burn::grad_clipping::GradientClippingConfig,
     burn::module::Module,
     burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig},
@@ -55,7 +55,7 @@ pub struct FilterTuneReport {
     pub labels: Vec<String>,
     /// Those of them that are new.
     pub new_labels: Vec<String>,
-    /// The loss of the last step.
+    /// The loss of the installed heads (after the last step's update) on the examples.
     pub final_loss: f32,
     /// Examples used.
     pub examples: usize,
@@ -209,27 +209,37 @@ impl Filter {
             .with_weight_decay(Some(WeightDecayConfig::new(WEIGHT_DECAY)))
             .with_grad_clipping(Some(GradientClippingConfig::Norm(options.clip_norm)))
             .init();
-        let mut final_loss = f32::NAN;
-        for step in 1..=options.steps {
-            let started = now_ms();
+        let loss_of = |tuned: &TunedHeads| {
             let losses: Vec<Tensor<1>> = tuned
                 .heads
                 .iter()
                 .zip(&batches)
                 .map(|(head, (x, y, w))| weighted_bce(head.logits(x.clone()), y.clone(), w.clone()))
                 .collect();
-            let loss = Tensor::cat(losses, 0).mean();
-            final_loss = step_loss(loss.clone(), step, "The filter").await?;
+            Tensor::cat(losses, 0).mean()
+        };
+        let mut first_loss = f32::NAN;
+        for step in 1..=options.steps {
+            let started = now_ms();
+            let loss = loss_of(&tuned);
+            let value = step_loss(loss.clone(), step, "The filter").await?;
+            if step == 1 {
+                first_loss = value;
+            }
             let grads = GradientsParams::from_grads(loss.backward(), &tuned);
             tuned = optim.step(options.learning_rate, tuned, grads);
             let report = Step {
                 step,
                 steps: options.steps,
-                loss: final_loss,
+                loss: value,
                 millis: now_ms() - started,
             };
             report_step(report, "The filter", &mut on_step)?;
         }
+        // The last update's result, which no step's loss has seen (every step reads every
+        // example, so this is the loss on the same examples as the first).
+        let final_loss = step_loss(loss_of(&tuned), options.steps, "The filter").await?;
+        check_final_loss(first_loss, final_loss, "The filter")?;
 
         // Install: the tuned heads replace or extend a copy of the current ones.
         let mut heads = self.heads().clone();

@@ -89,7 +89,7 @@ window.webguard = {
       const stop = new AbortController();
       const shown = [];
       const reply = await g.chat([{ role: "user", content: "Tell me a long story about a lighthouse keeper." }], {
-        maxTokens: 24, signal: stop.signal, onToken: (piece) => { shown.push(piece); stop.abort(); },
+        maxTokens: 64, signal: stop.signal, onToken: (piece) => { shown.push(piece); stop.abort(); },
       });
       out.chat = { text: reply.text, shown: shown.join(""), stopReason: reply.stopReason, blocked: reply.blocked };
       // Tuning again works (on a page without isolation: in the reloaded worker).
