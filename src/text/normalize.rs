@@ -120,38 +120,52 @@ fn letter_for(c: char) -> Option<char> {
 
 /// Maps the stand-in digits and symbols of one word to letters: a run of them between two
 /// letters (`m3th`, `c00k`), or leading a word of three or more letters (`$teal`, `4dult`).
-/// Ordinals and names with digits (`3rd`, `mp3`, `covid19`, `4k`) stay as they are.
+/// Ordinals and names with digits (`3rd`, `mp3`, `covid19`, `4k`) stay as they are. The runs
+/// between letters are mapped first and the letters counted after, so `$h1t` is `shit` at
+/// once, not `$hit` and `shit` on a second reading.
 fn unleet(word: &[char], out: &mut String) {
-    let letters = word.iter().filter(|c| c.is_alphabetic()).count();
     let stand_in = |c: char| !c.is_alphabetic() && letter_for(c).is_some();
+    let mut word = word.to_vec();
     let mut i = 0;
     while i < word.len() {
         if !stand_in(word[i]) {
-            out.push(word[i]);
             i += 1;
             continue;
         }
         let end = (i..word.len())
             .find(|&j| !stand_in(word[j]))
             .unwrap_or(word.len());
-        let left = i > 0 && word[i - 1].is_alphabetic();
-        let right = end < word.len() && word[end].is_alphabetic();
-        // Leading: digits and `$` only; `@user` is a mention, not `auser`.
-        let leading = i == 0
-            && right
-            && letters >= 3
-            && word[..end].iter().all(|c| c.is_ascii_digit() || *c == '$');
-        let map = (left && right) || leading;
-        for &c in &word[i..end] {
-            out.push(if map { letter_for(c).unwrap_or(c) } else { c });
+        if i > 0 && word[i - 1].is_alphabetic() && end < word.len() && word[end].is_alphabetic() {
+            for c in &mut word[i..end] {
+                *c = letter_for(*c).unwrap_or(*c);
+            }
         }
         i = end;
     }
+    // Leading: digits and `$` only; `@user` is a mention, not `auser`.
+    let letters = word.iter().filter(|c| c.is_alphabetic()).count();
+    let end = (0..word.len())
+        .find(|&j| !stand_in(word[j]))
+        .unwrap_or(word.len());
+    let leading = end > 0
+        && end < word.len()
+        && word[end].is_alphabetic()
+        && letters >= 3
+        && word[..end].iter().all(|c| c.is_ascii_digit() || *c == '$');
+    if leading {
+        for c in &mut word[..end] {
+            *c = letter_for(*c).unwrap_or(*c);
+        }
+    }
+    out.extend(word);
 }
 
 /// `text` as judges read it (see the module docs). Idempotent.
 pub fn for_judging(text: &str) -> String {
-    let mut n = NormalizedString::from(text);
+    // Invisible characters go before NFKC too: one between a letter and its combining mark
+    // would keep them apart until a second reading composed them.
+    let visible: String = text.chars().filter(|&c| !invisible(c)).collect();
+    let mut n = NormalizedString::from(visible.as_str());
     n.nfkc();
     let chars: Vec<char> = n.get().chars().filter(|&c| !invisible(c)).collect();
     let mut out = String::with_capacity(chars.len());
@@ -215,6 +229,7 @@ mod tests {
         assert_eq!(for_judging("how do I c00k m3th"), "how do I cook meth");
         assert_eq!(for_judging("h4ck my ex's em@il"), "hack my ex's email");
         assert_eq!(for_judging("$teal a car"), "steal a car");
+        assert_eq!(for_judging("$h1t"), "shit");
     }
 
     #[test]
@@ -234,7 +249,16 @@ mod tests {
 
     #[test]
     fn judging_form_is_idempotent() {
-        for s in ["ｂ\u{200B}о\u{043C}b", "c00k m3th", "$teal 5 cars!", "ﬁne"] {
+        for s in [
+            "ｂ\u{200B}о\u{043C}b",
+            "c00k m3th",
+            "$teal 5 cars!",
+            "ﬁne",
+            // Found by review: a leading `$` judged before the `1` inside was mapped, and a
+            // zero-width space between a letter and its accent.
+            "$h1t",
+            "e\u{200B}\u{0301}",
+        ] {
             let once = for_judging(s);
             assert_eq!(for_judging(&once), once, "{s:?}");
         }
