@@ -247,6 +247,13 @@ fn moderated_chat_refuses_bad_input() {
     let huge = "a".repeat(filter.options().max_text_bytes + 1);
     let err = message(&[Message::new("system", &huge), Message::new("user", "hi")]);
     assert!(err.contains("message 0 (system) has 131073 bytes"), "{err}");
+    // 120,000 `=`: few tokens to the chat model, 2,600 windows to the filter (42 s).
+    let symbols = "=".repeat(120_000);
+    let err = message(&[Message::new("user", &symbols)]);
+    assert!(
+        err.contains("message 0 (user) is too long for the guard to screen"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -37,7 +37,9 @@
 //! message are left out ([`ChatModel::fit_context`]: the system prompt and the last user
 //! message always stay; a last message too long on its own is an `InvalidInput` error) and
 //! the reply says how many (`dropped_turns`, `droppedTurns` in JS). The screen reads exactly
-//! the messages sent to the model, so its work is bounded by the window too. Without this a
+//! the messages sent to the model, so its work is bounded by the window too, and each message
+//! by [`MAX_SCREEN_WINDOWS`] of the filter's windows (text the chat model's tokens pack much
+//! tighter than the filter's, such as a run of one symbol, is refused). Without this a
 //! history past 8,192 tokens was an error on every later turn, and a prefill near the window
 //! needed gigabytes (see `crate::models::llama::ATTENTION_CHUNK`).
 
@@ -315,6 +317,27 @@ fn check_messages(filter: &Filter, messages: &[Message]) -> Result<()> {
     }
 }
 
+/// The most filter windows (64 tokens, 16 shared) one message of a chat turn may take: about
+/// 12,000 of the filter's tokens, more than a message of ordinary text that fits the chat
+/// model's 8,192-token window makes. 120,000 `=` are 1,875 tokens to the chat model but
+/// 2,600 windows to the filter: 42 s of screening natively, again at every later turn.
+pub const MAX_SCREEN_WINDOWS: usize = 256;
+
+/// Errors for a message the filter would read as more than [`MAX_SCREEN_WINDOWS`] windows.
+fn check_screen_work(filter: &Filter, messages: &[Message]) -> Result<()> {
+    for (i, m) in messages.iter().enumerate() {
+        let windows = filter.encoder().windows(&[&m.content])?.len();
+        if windows > MAX_SCREEN_WINDOWS {
+            return Err(Error::InvalidInput(format!(
+                "message {i} ({}) is too long for the guard to screen: {windows} of the \
+                 filter's windows; at most {MAX_SCREEN_WINDOWS}",
+                m.role
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One moderated chat turn: answers the last user message of `messages` (see the module
 /// docs). `on_text` receives screened pieces of the answer and returns `false` to stop;
 /// `should_stop` is asked after every token (pieces come a sentence at a time, too rarely to
@@ -334,6 +357,7 @@ pub async fn moderated_chat(
     // The context policy: old turns left out of a conversation too long for the window.
     let fitted = chat.fit_context(messages, options.max_new_tokens)?;
     let (messages, ids) = (&fitted.messages[..], fitted.ids);
+    check_screen_work(filter, messages)?;
     let mut reply = ModeratedReply {
         dropped_turns: fitted.dropped,
         ..ModeratedReply::default()
