@@ -78,6 +78,21 @@ function checkedHandler(name, value, what) {
   return value;
 }
 
+// Text fields of objects in a list (`examples[i].text`, `messages[i].content`) that are not
+// valid UTF-16: the wasm glue would replace a lone surrogate silently and the text would be
+// judged or learnt as something else (classify checks its texts in the module itself).
+function checkWellFormed(list, fields, what) {
+  if (!Array.isArray(list)) return;
+  list.forEach((item, i) => {
+    for (const field of fields) {
+      const v = item?.[field];
+      if (typeof v === "string" && v.isWellFormed?.() === false) {
+        throw named("InvalidInputError", `${what} ${i}: ${field} is not valid UTF-16 (it holds a lone surrogate)`);
+      }
+    }
+  });
+}
+
 // This package's own files: under the page's `assetsUrl` when it gives one (a bundle that
 // inlined guard.js, or an IIFE bundle without import.meta), else next to this module. The
 // defaults are written out as `new URL("./file", import.meta.url)`, the pattern Vite and
@@ -389,6 +404,7 @@ export class Guard {
    * generation; the promise resolves with what was shown).
    */
   async #chat(messages, options = {}) {
+    checkWellFormed(messages, ["role", "content"], "message");
     const [{ onToken, signal }, generation] = splitOptions(options, ["onToken", "signal"], "chat options");
     if (!this.#info.hasChat) throw named("InvalidInputError", "this Guard was created without a chat model (give chatUrl)");
     if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
@@ -468,6 +484,7 @@ export class Guard {
    * and every verdict. Resolves to `{ labels, newLabels, finalLoss, examples }`.
    */
   async tuneFilter(examples, options = {}) {
+    checkWellFormed(examples, ["text", "label"], "example");
     const { report, info, saved } = await this.#tune("tuneFilter", { examples }, options);
     Object.assign(this.#info, info);
     Object.assign(this.#adapters, saved);
@@ -483,6 +500,7 @@ export class Guard {
    */
   async tuneChat(pairs, options = {}) {
     if (!this.#info.hasChat) throw named("InvalidInputError", "this Guard was created without a chat model (give chatUrl)");
+    checkWellFormed(pairs, ["prompt", "response"], "pair");
     const { report, saved } = await this.#tune("tuneChat", { pairs }, options);
     Object.assign(this.#adapters, saved);
     return report;

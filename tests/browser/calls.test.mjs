@@ -36,12 +36,14 @@ test("two rule changes on one label at once both apply; a rule that is not an ob
   assert.deepEqual(r.after, r.page);
 });
 
-test("callbacks and signals of the wrong type are TypeErrors; onStep returning false cancels", async () => {
+test("callbacks and signals of the wrong type are TypeErrors, lone surrogates InvalidInputErrors; onStep returning false cancels", async () => {
   const r = await b.page.evaluate(() => window.webguard.handlers());
   console.log(`# ${JSON.stringify(r)}`);
   assert.match(r.create, /^TypeError: Guard.create options: onProgress must be a function \(got string\)/);
   assert.match(r.onStep, /^TypeError: tuneFilter options: onStep must be a function \(got number\)/);
   assert.match(r.signal, /^TypeError: tuneFilter options: signal must be an AbortSignal/);
+  assert.equal(r.loneExample, "InvalidInputError: example 1: text is not valid UTF-16 (it holds a lone surrogate)");
+  assert.equal(r.loneMessage, "InvalidInputError: message 0: content is not valid UTF-16 (it holds a lone surrogate)");
   assert.match(r.onStepFalse, /^CancelledError: /);
   assert.ok(r.stepsSeen >= 1 && r.stepsSeen < 1000, `${r.stepsSeen} steps`);
   assert.equal(r.labelsKept, true);

@@ -58,6 +58,9 @@ window.webguard = {
     try {
       out.onStep = await outcome(() => g.tuneFilter(examples, { steps: 2, onStep: 5 }));
       out.signal = await outcome(() => g.tuneFilter(examples, { steps: 2, signal: "stop" }));
+      // A lone surrogate would reach the module as U+FFFD: refused by name.
+      out.loneExample = await outcome(() => g.tuneFilter([{ text: "ok", label: "x", value: false }, { text: "a\uD800b", label: "x", value: true }]));
+      out.loneMessage = await outcome(() => g.chat([{ role: "user", content: "hi \uDC00" }]));
       // onStep returning false cancels, and the labels stay as they were.
       const labels = g.labels.join(",");
       let steps = 0;
