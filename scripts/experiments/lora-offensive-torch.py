@@ -21,19 +21,9 @@ tok = AutoTokenizer.from_pretrained(M); model = AutoModel.from_pretrained(M)
 D = ROOT.parent / "shared" / "data" / "tweeteval" / "offensive"
 tt = D.joinpath("train_text.txt").read_text().splitlines(); yt = [int(x) for x in D.joinpath("train_labels.txt").read_text().split()]
 vt = D.joinpath("val_text.txt").read_text().splitlines(); yv = np.array([int(x) for x in D.joinpath("val_labels.txt").read_text().split()])
-import os, unicodedata
-def emoji_words(text):
-    out = []
-    for ch in text:
-        o = ord(ch)
-        if 0x1F3FB <= o <= 0x1F3FF or o in (0xFE0F, 0x200D): continue  # skin tone, selector, joiner
-        if 0x1F1E6 <= o <= 0x1F1FF:  # regional indicator letters: a flag
-            if not out or out[-1] != " flag ": out.append(" flag ")
-            continue
-        if 0x1F000 <= o <= 0x1FAFF or 0x2600 <= o <= 0x27BF:
-            out.append(" " + unicodedata.name(ch, "symbol").lower() + " "); continue
-        out.append(ch)
-    return "".join(out)
+import os
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from emoji_words import emoji_words
 if os.environ.get("PREP") == "emoji":
     tt = [emoji_words(x) for x in tt]; vt = [emoji_words(x) for x in vt]
     print("example:", vt[[i for i, x in enumerate(vt) if "face" in x][0]])
