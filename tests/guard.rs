@@ -159,10 +159,11 @@ fn moderated_chat_blocks_before_and_during_generation() {
     assert!(!reply.blocked && reply.text.contains("Paris"), "{reply:?}");
     assert_eq!(reply.warnings, vec![label.clone()]);
 
-    // A filter that fails (here: a text over its length limit) blocks.
+    // A filter that fails (here: the answer over its length limit, the 30-byte question at
+    // it; a message over it is an error before any screening) blocks.
     filter
         .set_options(FilterOptions {
-            max_text_bytes: 8,
+            max_text_bytes: question.len(),
             ..FilterOptions::default()
         })
         .unwrap();
@@ -253,6 +254,45 @@ fn moderated_chat_refuses_bad_input() {
     assert!(
         err.contains("message 0 (user) is too long for the guard to screen"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_reason_names_the_message_that_was_flagged() {
+    let (filter, chat) = models();
+    let policy = Policy::new(&filter);
+    let system = "Never agree that immigrants are rapists or that Muslims are terrorists.";
+    let (reply, _) = converse(
+        &filter,
+        &policy,
+        &chat,
+        &[
+            Message::new("system", system),
+            Message::new("user", "What is the capital of France?"),
+        ],
+        4,
+    );
+    assert!(reply.blocked, "{:?}", reply.input);
+    assert!(
+        reason(&reply.reason).starts_with("the system message was flagged as hate"),
+        "{:?}",
+        reply.reason
+    );
+    // The same words from the user, after a system message of the page's: the user's.
+    let (reply, _) = converse(
+        &filter,
+        &policy,
+        &chat,
+        &[
+            Message::new("system", "You are a helpful assistant."),
+            Message::new("user", "Immigrants are rapists and Muslims are terrorists."),
+        ],
+        4,
+    );
+    assert!(
+        reason(&reply.reason).starts_with("the message was flagged as hate"),
+        "{:?}",
+        reply.reason
     );
 }
 

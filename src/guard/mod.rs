@@ -241,19 +241,39 @@ async fn screen(
     side: Side,
     cache: Option<&mut WindowScores>,
 ) -> Result<Screening> {
+    Ok(screen_naming(filter, policy, texts, side, cache).await?.0)
+}
+
+/// [`screen`], and for each label (in the filter's order) the index of the text that scored
+/// highest: what a reason names.
+async fn screen_naming(
+    filter: &Filter,
+    policy: &Policy,
+    texts: &[&str],
+    side: Side,
+    cache: Option<&mut WindowScores>,
+) -> Result<(Screening, Vec<usize>)> {
     let scores = match cache {
         Some(cache) => filter.scores_cached(texts, cache).await?,
         None => filter.scores(texts).await?,
     };
-    let mut worst: Option<Vec<f32>> = None;
-    for row in scores {
+    let mut worst: Option<(Vec<f32>, Vec<usize>)> = None;
+    for (t, row) in scores.into_iter().enumerate() {
         worst = Some(match worst {
-            None => row,
-            Some(w) => w.iter().zip(&row).map(|(a, b)| a.max(*b)).collect(),
+            None => (row.clone(), vec![t; row.len()]),
+            Some((mut w, mut from)) => {
+                for (l, &s) in row.iter().enumerate() {
+                    if s > w[l] {
+                        (w[l], from[l]) = (s, t);
+                    }
+                }
+                (w, from)
+            }
         });
     }
-    let worst = worst.ok_or_else(|| Error::Backend("the filter returned no scores".into()))?;
-    Ok(policy.screen_as(&worst, side))
+    let (worst, from) =
+        worst.ok_or_else(|| Error::Backend("the filter returned no scores".into()))?;
+    Ok((policy.screen_as(&worst, side), from))
 }
 
 /// How many of the latest user turns are also read as one text.
@@ -265,10 +285,34 @@ const USER_TURNS_READ_TOGETHER: usize = 4;
 /// The joined turns keep at most `max_bytes`, the latest (each message alone is checked
 /// against the filter's limit before: [`check_messages`]).
 pub fn input_texts(messages: &[Message], max_bytes: usize) -> Vec<String> {
-    let mut texts: Vec<String> = messages
+    named_input_texts(messages, max_bytes)
+        .into_iter()
+        .map(|t| t.text)
+        .collect()
+}
+
+/// One text the input screen reads, and how a reason names it.
+struct InputText {
+    text: String,
+    /// "the message was" (the last user message), "the system message was", ...
+    named: &'static str,
+}
+
+/// [`input_texts`], each with its name.
+fn named_input_texts(messages: &[Message], max_bytes: usize) -> Vec<InputText> {
+    let last_user = messages.iter().rposition(|m| m.role == "user");
+    let mut texts: Vec<InputText> = messages
         .iter()
-        .filter(|m| m.role != "assistant" && !m.content.trim().is_empty())
-        .map(|m| m.content.clone())
+        .enumerate()
+        .filter(|(_, m)| m.role != "assistant" && !m.content.trim().is_empty())
+        .map(|(i, m)| InputText {
+            text: m.content.clone(),
+            named: match m.role.as_str() {
+                "system" => "the system message was",
+                _ if Some(i) == last_user => "the message was",
+                _ => "an earlier user message was",
+            },
+        })
         .collect();
     let users: Vec<&str> = messages
         .iter()
@@ -282,7 +326,10 @@ pub fn input_texts(messages: &[Message], max_bytes: usize) -> Vec<String> {
         while !joined.is_char_boundary(from) {
             from += 1;
         }
-        texts.push(joined[from..].to_string());
+        texts.push(InputText {
+            text: joined[from..].to_string(),
+            named: "the latest user messages, read together, were",
+        });
     }
     texts
 }
@@ -315,6 +362,24 @@ fn check_messages(filter: &Filter, messages: &[Message]) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// How a reason names the text behind `input`'s first blocking label (`from`: the text with
+/// each label's highest score): a flagged system message is not the user's message.
+fn named_for(
+    filter: &Filter,
+    input: &Screening,
+    inputs: &[InputText],
+    from: &[usize],
+) -> &'static str {
+    let first = input
+        .blocked
+        .first()
+        .and_then(|l| filter.label_index(l).ok());
+    first
+        .and_then(|l| from.get(l))
+        .and_then(|&t| inputs.get(t))
+        .map_or("the message was", |t| t.named)
 }
 
 /// The most filter windows (64 tokens, 16 shared) one message of a chat turn may take: about
@@ -363,15 +428,16 @@ pub async fn moderated_chat(
         ..ModeratedReply::default()
     };
     let filter_failed = |e: Error| format!("the filter failed, so nothing is shown: {e}");
-    let texts = input_texts(messages, filter.options().max_text_bytes);
-    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let mut input = match screen(filter, policy, &texts, Side::Conversation, None).await {
-        Ok(s) => s,
-        Err(e) => {
-            reply.refuse(filter_failed(e));
-            return Ok(reply);
-        }
-    };
+    let inputs = named_input_texts(messages, filter.options().max_text_bytes);
+    let texts: Vec<&str> = inputs.iter().map(|t| t.text.as_str()).collect();
+    let (mut input, from) =
+        match screen_naming(filter, policy, &texts, Side::Conversation, None).await {
+            Ok(s) => s,
+            Err(e) => {
+                reply.refuse(filter_failed(e));
+                return Ok(reply);
+            }
+        };
     let languages = Languages::of(messages);
     reply.other_language = languages.first.map(|l| l.name.to_string());
     // The probe takes over the filter's harm label where it judges the conversation; where
@@ -382,7 +448,11 @@ pub async fn moderated_chat(
     }
     reply.warnings.extend(input.warned.iter().cloned());
     let blocked = policy
-        .block_reason("the message was", &input, Side::Conversation)
+        .block_reason(
+            named_for(filter, &input, &inputs, &from),
+            &input,
+            Side::Conversation,
+        )
         .or_else(|| languages.block_reason(policy));
     reply.input = Some(input);
     if let Some(reason) = blocked {
