@@ -56,6 +56,18 @@ export async function openBrowser({ webgpu = true } = {}) {
 /** The test harness's address for `page` (pages/harness.html imports pages/PAGE.mjs). */
 export const pageUrl = (page) => `/tests/browser/pages/harness.html?page=${page}`;
 
+/** Serves the test harness from now on without COOP/COEP, so the pages `load` opens are not
+ *  cross-origin isolated (no SharedArrayBuffer: no threads, no shared abort flag). */
+export async function withoutIsolation(b) {
+  await b.page.context().route("**/tests/browser/pages/harness.html*", async (route) => {
+    const response = await route.fetch();
+    const headers = { ...response.headers() };
+    delete headers["cross-origin-opener-policy"];
+    delete headers["cross-origin-embedder-policy"];
+    await route.fulfill({ response, headers });
+  });
+}
+
 /** Opens a test page ("chat": pages/chat.mjs in the harness) or any other path starting with
  *  "/", and waits until the page says "ready" (or fails with the page's own words). */
 export async function load(b, page) {

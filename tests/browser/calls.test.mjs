@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
-import { load, usePage } from "./browser.mjs";
+import { load, usePage, withoutIsolation } from "./browser.mjs";
 
 const b = usePage("calls", { webgpu: false });
 
@@ -71,13 +71,7 @@ test("cross-origin isolated: cancelling tuning and generation through the shared
 
 test("not cross-origin isolated: cancelling tuning stops the worker, the model as it was; an answer is cut to what was shown", async () => {
   // The same page without COOP/COEP: no shared memory, so no flag the worker can read.
-  await b.page.context().route("**/tests/browser/pages/harness.html*", async (route) => {
-    const response = await route.fetch();
-    const headers = { ...response.headers() };
-    delete headers["cross-origin-opener-policy"];
-    delete headers["cross-origin-embedder-policy"];
-    await route.fulfill({ response, headers });
-  });
+  await withoutIsolation(b);
   await load(b, "calls");
   assert.equal(await b.page.evaluate(() => window.webguard.isolated()), false);
   const r = await b.page.evaluate(() => window.webguard.cancel());

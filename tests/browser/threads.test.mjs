@@ -5,7 +5,7 @@
 // say why.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { load, usePage } from "./browser.mjs";
+import { load, usePage, withoutIsolation } from "./browser.mjs";
 
 const b = usePage("threads", { webgpu: false });
 
@@ -77,15 +77,8 @@ test("helpers that cannot start: one thread (the single-threaded module), the re
 });
 
 test("a page that is not cross-origin isolated: one thread, the reason given", async () => {
-  const context = b.page.context();
   // The same page without COOP/COEP: no shared memory, so no threads.
-  await context.route("**/tests/browser/pages/harness.html*", async (route) => {
-    const response = await route.fetch();
-    const headers = { ...response.headers() };
-    delete headers["cross-origin-opener-policy"];
-    delete headers["cross-origin-embedder-policy"];
-    await route.fulfill({ response, headers });
-  });
+  await withoutIsolation(b);
   await load(b, "threads");
   assert.equal(await b.page.evaluate(() => window.webguard.isolated()), false);
   const before = requested("webguard_threads_bg.wasm");
