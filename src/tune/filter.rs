@@ -10,13 +10,12 @@
 
 use crate::error::{Error, Result};
 use crate::filter::heads::{Heads, TUNED_FORMAT};
-use crate::filter::heads_file::MAX_LABELS;
 use crate::filter::{Filter, LabelOrigin};
 #[cfg(feature = "tune")]
 use {
     crate::backend::read_f32,
     crate::filter::heads::Head,
-    crate::filter::heads_file::check_label,
+    crate::filter::heads_file::{MAX_LABELS, check_label},
     crate::tune::{Step, TuneOptions, check_final_loss, now_ms, report_step, step_loss},
     burn::grad_clipping::GradientClippingConfig,
     burn::module::Module,
