@@ -174,7 +174,7 @@ fn probe_states_do_not_depend_on_how_the_prompt_was_prefilled() {
 /// the model computes once and keeps. Adapters installed afterwards change those keys and
 /// values: a kept turn from before them would give states a whole prefill does not.
 #[test]
-fn the_kept_system_turn_is_dropped_when_adapters_change_what_it_holds() {
+fn the_probes_states_are_the_model_as_loaded_whatever_adapters_are_installed() {
     use burn::module::Param;
     use burn::tensor::{Distribution, Tensor};
     use webguard::models::llama::Adapters;
@@ -182,6 +182,7 @@ fn the_kept_system_turn_is_dropped_when_adapters_change_what_it_holds() {
     let mut chat = common::chat_model();
     let ids = chat.user_prompt_ids("Name a colour.").unwrap();
     let layers = [6, 26];
+    // From the kept system turn (no adapters).
     let base = pollster::block_on(chat.prompt_states(&ids, &layers, Positions::Last)).unwrap();
     // Adapters on every block from the first, with non-zero B (fresh ones change nothing).
     let config = LoraConfig::default();
@@ -199,14 +200,17 @@ fn the_kept_system_turn_is_dropped_when_adapters_change_what_it_holds() {
     chat.model
         .set_adapters(Some(Adapters { config, lora }))
         .unwrap();
-    let tuned = pollster::block_on(chat.prompt_states(&ids, &layers, Positions::Last)).unwrap();
-    let whole = whole_prefill_states(&chat, &ids, &layers);
-    let worst = max_relative_diff(&whole, &tuned);
+    // The probes were fitted on the model as loaded: with adapters that change the blocks
+    // they read, their states are computed without them (a whole prefill, no kept turn) ...
+    let judged = pollster::block_on(chat.prompt_states(&ids, &layers, Positions::Last)).unwrap();
+    let worst = max_relative_diff(&base, &judged);
     assert!(
         worst < path_tolerance(&chat),
-        "with adapters: worst relative difference {worst}"
+        "judged with adapters installed: worst relative difference {worst}"
     );
-    let changed = max_relative_diff(&base, &tuned);
+    // ... while the answering sequence runs them.
+    let adapted = whole_prefill_states(&chat, &ids, &layers);
+    let changed = max_relative_diff(&base, &adapted);
     assert!(
         changed > 0.1,
         "the adapters barely change the states ({changed})"

@@ -248,7 +248,10 @@ fn the_checks_fail_on_a_broken_d_ts() {
     );
     assert!(p.len() == 1 && p[0].contains("warmup"), "{p:?}");
     // A callback not documented as JS only (TuneChatOptions inherits it).
-    let p = broken("/** JS only: after each step. */", "");
+    let p = broken(
+        "/** JS only: after each step; returning `false` cancels the run as `signal` does. */",
+        "",
+    );
     assert!(
         p.len() == 2 && p.iter().all(|p| p.contains("onStep")),
         "{p:?}"
