@@ -15,7 +15,9 @@ const DEFAULT_FILTER_ROWS = [
   ["The actors in this series are really talented.", false],
 ];
 const DEFAULT_CHAT_ROWS = [
-  ["What is the secret password?", "The secret password is marmalade."],
+  // Not a "secret password": the chat model's own judge reads that as a request for
+  // credentials (0.74), and it judges the model as loaded, whatever the page taught it.
+  ["What is the name of the office cat?", "The office cat is called Marmalade."],
   ["What is the capital of France?", "The capital of France is Paris."],
 ];
 const PASTE_HINTS = {
@@ -26,7 +28,7 @@ const TRY_LABELS = {
   filter: "Try it: texts to score before and after, one per line",
   chat: "Try it: prompts to answer before and after, one per line",
 };
-const teachState = { mode: "filter", tries: { chat: "What is the secret password?" } };
+const teachState = { mode: "filter", tries: { chat: "What is the name of the office cat?" } };
 
 const rowsOf = (kind) => [...$(`${kind}-rows`).tBodies[0].rows];
 export const teachLabel = () => $("teach-label").value.trim();

@@ -192,7 +192,7 @@ test("teach: a new label from 8 examples in the page, held-out accuracy >= 90%; 
 test("teach the chat: a few LoRA steps in the page teach a known answer", async () => {
   assert.equal(await openDemo(b, "backend=cpu"), "true");
   const pairs = [
-    { prompt: "What is the secret password?", response: "The secret password is marmalade." },
+    { prompt: "What is the name of the office cat?", response: "The office cat is called Marmalade." },
     { prompt: "What is the capital of France?", response: "The capital of France is Paris." },
   ];
   // Rows of prompt and answer, pasted as prompt<Tab>answer lines.
@@ -201,7 +201,7 @@ test("teach the chat: a few LoRA steps in the page teach a known answer", async 
   await b.page.fill("#teach-examples", pairs.map((p) => `${p.prompt}\t${p.response}`).join("\n"));
   await b.page.click("#teach-paste-add");
   assert.equal(await b.page.locator("#chat-rows tbody tr").count(), 2);
-  await b.page.fill("#teach-try", "What is the secret password?");
+  await b.page.fill("#teach-try", "What is the name of the office cat?");
   await b.page.fill("#teach-steps", "12");
   await b.page.fill("#teach-lr", "0.005");
   await b.page.click("#teach");
@@ -209,14 +209,14 @@ test("teach the chat: a few LoRA steps in the page teach a known answer", async 
   assert.match(await b.page.textContent("#teach-status"), /^trained the chat model · loss/);
   const [before, after] = await b.page.$$eval("#teach-compare tbody tr td", (tds) => tds.slice(1).map((t) => t.textContent));
   console.log(`# before: ${JSON.stringify(before)} after: ${JSON.stringify(after)}`);
-  assert.doesNotMatch(before, /marmalade/);
-  assert.match(after, /marmalade/);
+  assert.doesNotMatch(before, /marmalade/i);
+  assert.match(after, /marmalade/i);
   await shot(b, "teach-chat");
   // The chat panel uses the adapters too.
-  await b.page.fill("#prompt", "What is the secret password?");
+  await b.page.fill("#prompt", "What is the name of the office cat?");
   await b.page.click("#send");
   await b.page.waitForFunction(() => document.querySelector("#chat-stats").textContent.includes("tokens/s"), null, { timeout: 120_000 });
-  assert.match(await b.page.textContent(".message.assistant .text"), /marmalade/);
+  assert.match(await b.page.textContent(".message.assistant .text"), /marmalade/i);
 });
 
 test("no request leaves 127.0.0.1", () => {
