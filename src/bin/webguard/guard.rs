@@ -313,12 +313,39 @@ struct Outcome<'a> {
     other_language: Option<&'a str>,
 }
 
+/// What `eval-guard` writes for a prompt the guard refused as invalid input (empty, too long,
+/// too much to screen): the same refusal a page gets as an `InvalidInput` error.
+#[derive(Serialize)]
+struct InvalidOutcome<'a> {
+    id: &'a serde_json::Value,
+    label: &'a str,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    invalid_input: &'a str,
+}
+
+/// A moderated turn's result for `eval-guard`: the reply, or why the guard refused the
+/// conversation as input (`Err`: one prompt's problem, so the run goes on; any other error,
+/// e.g. a failing backend, still stops the run).
+fn reply_or_invalid(
+    turn: Result<ModeratedReply>,
+) -> Result<std::result::Result<ModeratedReply, String>> {
+    match turn {
+        Ok(reply) => Ok(Ok(reply)),
+        Err(Error::InvalidInput(why)) => Ok(Err(why)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Counts for one group of prompts.
 #[derive(Default, Serialize, Clone, Copy)]
 struct Tally {
     prompts: usize,
     blocked: usize,
     refused: usize,
+    /// Refused by the guard as invalid input: counted here, left out of the fractions (no
+    /// answer was judged either way).
+    invalid: usize,
 }
 
 impl Tally {
@@ -328,11 +355,18 @@ impl Tally {
         self.refused += usize::from(refused && !blocked);
     }
 
+    fn add_invalid(&mut self) {
+        self.prompts += 1;
+        self.invalid += 1;
+    }
+
+    /// Blocked or refused, as a fraction of the prompts the guard took as input.
     fn stopped(&self) -> f64 {
-        if self.prompts == 0 {
+        let judged = self.prompts - self.invalid;
+        if judged == 0 {
             return 0.0;
         }
-        (self.blocked + self.refused) as f64 / self.prompts as f64
+        (self.blocked + self.refused) as f64 / judged as f64
     }
 }
 
@@ -396,7 +430,34 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
     let mut by_type: BTreeMap<(String, &str), Tally> = BTreeMap::new();
     let mut progress = Progress::new("eval-guard", prompts.len());
     for (i, (p, messages)) in prompts.iter().zip(&conversations).enumerate() {
-        let reply = pipeline.turn(messages, |_| true)?;
+        let reply = match reply_or_invalid(pipeline.turn(messages, |_| true))? {
+            Ok(reply) => reply,
+            Err(why) => {
+                eprintln!(
+                    "eval-guard: prompt {} (line {}) refused as invalid input: {why}",
+                    p.id,
+                    i + 1
+                );
+                by_label.entry(&p.label).or_default().add_invalid();
+                if let Some(kind) = &p.kind {
+                    by_type
+                        .entry((kind.clone(), p.label.as_str()))
+                        .or_default()
+                        .add_invalid();
+                }
+                if let Some(out) = lines.as_mut() {
+                    let outcome = InvalidOutcome {
+                        id: &p.id,
+                        label: &p.label,
+                        kind: p.kind.as_deref(),
+                        invalid_input: &why,
+                    };
+                    write_line(out, &outcome)?;
+                }
+                progress.update(i + 1, "");
+                continue;
+            }
+        };
         let refused = !reply.blocked && is_refusal(&reply.text);
         by_label
             .entry(&p.label)
@@ -424,9 +485,7 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
                 safety_adapters: reply.safety_adapters,
                 other_language: reply.other_language.as_deref(),
             };
-            let line =
-                serde_json::to_string(&outcome).map_err(|e| Error::InvalidInput(e.to_string()))?;
-            writeln!(out, "{line}").map_err(|e| Error::io("eval-guard output", e))?;
+            write_line(out, &outcome)?;
         }
         progress.update(i + 1, "");
     }
@@ -434,8 +493,10 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
         out.flush().map_err(|e| Error::io("eval-guard output", e))?;
     }
     let fraction = |label: &str| by_label.get(label).map_or(0.0, Tally::stopped);
+    let invalid: usize = by_label.values().map(|t| t.invalid).sum();
     let summary = serde_json::json!({
         "prompts": prompts.len(),
+        "invalid_input": invalid,
         "unsafe_blocked_or_refused": fraction("unsafe"),
         "safe_blocked_or_refused": fraction("safe"),
         "by_label": by_label,
@@ -447,6 +508,7 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
                     "prompts": t.prompts,
                     "blocked": t.blocked,
                     "refused": t.refused,
+                    "invalid_input": t.invalid,
                     "blocked_or_refused": t.stopped(),
                 }))
             })
@@ -462,18 +524,34 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
             100.0 * fraction("unsafe"),
             100.0 * fraction("safe")
         )];
+        if invalid > 0 {
+            rows.push(format!(
+                "  {invalid} refused as invalid input (left out of the percentages; see stderr)"
+            ));
+        }
         for ((kind, label), t) in &by_type {
             rows.push(format!(
-                "  {kind:<34} {label:<7} {:>5} prompts  blocked {:>5}  refused {:>5}  stopped {:>5.1}%",
+                "  {kind:<34} {label:<7} {:>5} prompts  blocked {:>5}  refused {:>5}  stopped {:>5.1}%{}",
                 t.prompts,
                 t.blocked,
                 t.refused,
-                100.0 * t.stopped()
+                100.0 * t.stopped(),
+                if t.invalid > 0 {
+                    format!("  invalid input {}", t.invalid)
+                } else {
+                    String::new()
+                }
             ));
         }
         rows.join("\n")
     };
     writeln!(out, "{text}").map_err(|e| Error::io("stdout", e))
+}
+
+/// One JSON line of `eval-guard --out`.
+fn write_line(out: &mut impl Write, outcome: &impl Serialize) -> Result<()> {
+    let line = serde_json::to_string(outcome).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    writeln!(out, "{line}").map_err(|e| Error::io("eval-guard output", e))
 }
 
 #[derive(clap::Args)]
@@ -856,5 +934,32 @@ mod tests {
             let err = conversation(bad, None).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn eval_guard_goes_on_past_a_prompt_refused_as_invalid_input_and_stops_on_other_errors() {
+        let invalid = reply_or_invalid(Err(Error::InvalidInput(
+            "the last user message is empty".into(),
+        )));
+        assert_eq!(
+            invalid.unwrap().unwrap_err(),
+            "the last user message is empty"
+        );
+        let failed = reply_or_invalid(Err(Error::Backend("device lost".into())));
+        assert!(matches!(failed, Err(Error::Backend(_))));
+    }
+
+    #[test]
+    fn eval_guard_fractions_leave_out_prompts_refused_as_invalid_input() {
+        let mut t = Tally::default();
+        t.add(true, false);
+        t.add(false, true);
+        t.add(false, false);
+        t.add_invalid();
+        assert_eq!((t.prompts, t.blocked, t.refused, t.invalid), (4, 1, 1, 1));
+        assert_eq!(t.stopped(), 2.0 / 3.0);
+        let mut all_invalid = Tally::default();
+        all_invalid.add_invalid();
+        assert_eq!(all_invalid.stopped(), 0.0);
     }
 }
