@@ -245,7 +245,8 @@ fn moderated_chat_refuses_bad_input() {
         Ok((r, _)) => panic!("answered: {:?}", r.reason),
     };
     assert!(message(&[Message::new("user", " \n\t")]).contains("the last user message is empty"));
-    let huge = "a".repeat(filter.options().max_text_bytes + 1);
+    // (A run of one symbol: few tokens to the chat model, so it fits the context.)
+    let huge = "=".repeat(filter.options().max_text_bytes + 1);
     let err = message(&[Message::new("system", &huge), Message::new("user", "hi")]);
     assert!(err.contains("message 0 (system) has 131073 bytes"), "{err}");
     // 120,000 `=`: few tokens to the chat model, 2,600 windows to the filter (42 s).
@@ -255,6 +256,48 @@ fn moderated_chat_refuses_bad_input() {
         err.contains("message 0 (user) is too long for the guard to screen"),
         "{err}"
     );
+    // Messages each under the limit add up: three of 10,000 `=` (about 220 windows each, read
+    // alone and joined) are refused as a whole, not screened for seconds at every turn.
+    let part = "=".repeat(10_000);
+    let err = message(&[
+        Message::new("user", &part),
+        Message::new("assistant", "ok"),
+        Message::new("user", &part),
+        Message::new("assistant", "ok"),
+        Message::new("user", &part),
+    ]);
+    assert!(
+        err.contains("the conversation is too long for the guard to screen"),
+        "{err}"
+    );
+    // The number is the message's in the caller's conversation, also when the oldest turns
+    // were left out of the context.
+    let mut long_chat = vec![Message::new("system", "Be brief.")];
+    for _ in 0..10 {
+        long_chat.push(Message::new("user", &"word ".repeat(1000)));
+        long_chat.push(Message::new("assistant", "ok"));
+    }
+    long_chat.push(Message::new("user", &"=".repeat(20_000)));
+    let err = message(&long_chat);
+    assert!(
+        err.contains("message 21 (user) is too long for the guard to screen"),
+        "{err}"
+    );
+    // What the screen does not read is not held to its limits: an assistant message far over
+    // them (the model's own long answer, 430 windows, 310 of the chat model's tokens) is no
+    // error.
+    run(
+        &[
+            Message::new("user", "Draw a line."),
+            Message::new("assistant", &"=".repeat(20_000)),
+            Message::new("user", "Thanks!"),
+        ],
+        GenerateOptions {
+            max_new_tokens: 4,
+            ..GenerateOptions::default()
+        },
+    )
+    .expect("a long assistant message is not screened");
 }
 
 #[test]

@@ -38,8 +38,9 @@
 //! message always stay; a last message too long on its own is an `InvalidInput` error) and
 //! the reply says how many (`dropped_turns`, `droppedTurns` in JS). The screen reads exactly
 //! the messages sent to the model, so its work is bounded by the window too, and each message
-//! by [`MAX_SCREEN_WINDOWS`] of the filter's windows (text the chat model's tokens pack much
-//! tighter than the filter's, such as a run of one symbol, is refused). Without this a
+//! by [`MAX_SCREEN_WINDOWS`] of the filter's windows and all of them by
+//! [`MAX_SCREEN_WINDOWS_IN_ALL`] (text the chat model's tokens pack much tighter than the
+//! filter's, such as a run of one symbol, is refused). Without this a
 //! history past 8,192 tokens was an error on every later turn, and a prefill near the window
 //! needed gigabytes (see `crate::models::llama::ATTENTION_CHUNK`).
 
@@ -283,7 +284,7 @@ const USER_TURNS_READ_TOGETHER: usize = 4;
 /// user turns joined, so that a request split across turns ("how do I make" / "a pipe bomb")
 /// is still read as the request. Assistant turns are the model's (or the page's) own text.
 /// The joined turns keep at most `max_bytes`, the latest (each message alone is checked
-/// against the filter's limit before: [`check_messages`]).
+/// against the filter's limit before: [`check_screen_work`]).
 pub fn input_texts(messages: &[Message], max_bytes: usize) -> Vec<String> {
     named_input_texts(messages, max_bytes)
         .into_iter()
@@ -296,6 +297,8 @@ struct InputText {
     text: String,
     /// "the message was" (the last user message), "the system message was", ...
     named: &'static str,
+    /// The message's index in the messages screened (`None`: the latest user turns joined).
+    message: Option<usize>,
 }
 
 /// [`input_texts`], each with its name.
@@ -307,6 +310,7 @@ fn named_input_texts(messages: &[Message], max_bytes: usize) -> Vec<InputText> {
         .filter(|(_, m)| m.role != "assistant" && !m.content.trim().is_empty())
         .map(|(i, m)| InputText {
             text: m.content.clone(),
+            message: Some(i),
             named: match m.role.as_str() {
                 "system" => "the system message was",
                 _ if Some(i) == last_user => "the message was",
@@ -329,54 +333,33 @@ fn named_input_texts(messages: &[Message], max_bytes: usize) -> Vec<InputText> {
         texts.push(InputText {
             text: joined[from..].to_string(),
             named: "the latest user messages, read together, were",
+            message: None,
         });
     }
     texts
 }
 
-/// Errors for a conversation a turn cannot answer, naming the message: no user message, an
-/// empty last one (nothing to answer: it was reported as "the filter failed"), or a message
-/// longer than the filter reads (the same).
-fn check_messages(filter: &Filter, messages: &[Message]) -> Result<()> {
+/// Errors for a conversation a turn cannot answer: no user message, or an empty last one
+/// (nothing to answer: it was reported as "the filter failed"). The sizes of the messages the
+/// screen reads are checked once the context is fitted ([`check_screen_work`]).
+fn check_messages(messages: &[Message]) -> Result<()> {
     match messages.iter().rev().find(|m| m.role == "user") {
-        None => {
-            return Err(Error::InvalidInput(
-                "there is no user message to answer".into(),
-            ));
-        }
+        None => Err(Error::InvalidInput(
+            "there is no user message to answer".into(),
+        )),
         Some(m) if m.content.trim().is_empty() => {
-            return Err(Error::InvalidInput("the last user message is empty".into()));
+            Err(Error::InvalidInput("the last user message is empty".into()))
         }
-        Some(_) => {}
-    }
-    let most = filter.options().max_text_bytes;
-    match messages
-        .iter()
-        .enumerate()
-        .find(|(_, m)| m.content.len() > most)
-    {
-        Some((i, m)) => Err(Error::InvalidInput(format!(
-            "message {i} ({}) has {} bytes; the guard screens at most {most} a message",
-            m.role,
-            m.content.len()
-        ))),
-        None => Ok(()),
+        Some(_) => Ok(()),
     }
 }
 
-/// How a reason names the text behind `input`'s first blocking label (`from`: the text with
-/// each label's highest score): a flagged system message is not the user's message.
-fn named_for(
-    filter: &Filter,
-    input: &Screening,
-    inputs: &[InputText],
-    from: &[usize],
-) -> &'static str {
-    let first = input
-        .blocked
-        .first()
-        .and_then(|l| filter.label_index(l).ok());
-    first
+/// How a reason names the text behind `label` in `input` (`from`: the text with each label's
+/// highest score): a flagged system message is not the user's message.
+fn named_for<'a>(filter: &Filter, label: &str, inputs: &'a [InputText], from: &[usize]) -> &'a str {
+    filter
+        .label_index(label)
+        .ok()
         .and_then(|l| from.get(l))
         .and_then(|&t| inputs.get(t))
         .map_or("the message was", |t| t.named)
@@ -388,17 +371,51 @@ fn named_for(
 /// 2,600 windows to the filter: 42 s of screening natively, again at every later turn.
 pub const MAX_SCREEN_WINDOWS: usize = 256;
 
-/// Errors for a message the filter would read as more than [`MAX_SCREEN_WINDOWS`] windows.
-fn check_screen_work(filter: &Filter, messages: &[Message]) -> Result<()> {
-    for (i, m) in messages.iter().enumerate() {
-        let windows = filter.encoder().windows(&[&m.content])?.len();
-        if windows > MAX_SCREEN_WINDOWS {
+/// The most filter windows the input screen reads in one turn, all its texts together: each
+/// message under [`MAX_SCREEN_WINDOWS`], many of them would still add up to minutes of
+/// screening, again at every later turn. A conversation of ordinary text that fills the chat
+/// model's window reads about 350 (its user messages alone, then joined).
+pub const MAX_SCREEN_WINDOWS_IN_ALL: usize = 4 * MAX_SCREEN_WINDOWS;
+
+/// Errors for what the input screen would read (`inputs`, from the messages sent to the model;
+/// `number` gives a message's index in the caller's conversation): a message longer than the
+/// filter reads or than [`MAX_SCREEN_WINDOWS`] windows, or more than
+/// [`MAX_SCREEN_WINDOWS_IN_ALL`] in all. Assistant messages and turns left out of the context
+/// are not screened, so they are not held to these.
+fn check_screen_work(
+    filter: &Filter,
+    messages: &[Message],
+    inputs: &[InputText],
+    number: impl Fn(usize) -> usize,
+) -> Result<()> {
+    let most = filter.options().max_text_bytes;
+    let mut in_all = 0;
+    for t in inputs {
+        let named = t.message.map(|i| (number(i), &messages[i].role));
+        if let Some((i, role)) = named
+            && t.text.len() > most
+        {
             return Err(Error::InvalidInput(format!(
-                "message {i} ({}) is too long for the guard to screen: {windows} of the \
-                 filter's windows; at most {MAX_SCREEN_WINDOWS}",
-                m.role
+                "message {i} ({role}) has {} bytes; the guard screens at most {most} a message",
+                t.text.len()
             )));
         }
+        let windows = filter.encoder().windows(&[&t.text])?.len();
+        if let Some((i, role)) = named
+            && windows > MAX_SCREEN_WINDOWS
+        {
+            return Err(Error::InvalidInput(format!(
+                "message {i} ({role}) is too long for the guard to screen: {windows} of the \
+                 filter's windows; at most {MAX_SCREEN_WINDOWS}"
+            )));
+        }
+        in_all += windows;
+    }
+    if in_all > MAX_SCREEN_WINDOWS_IN_ALL {
+        return Err(Error::InvalidInput(format!(
+            "the conversation is too long for the guard to screen: {in_all} of the filter's \
+             windows in all; at most {MAX_SCREEN_WINDOWS_IN_ALL} (leave out earlier turns)"
+        )));
     }
     Ok(())
 }
@@ -418,17 +435,26 @@ pub async fn moderated_chat(
     mut should_stop: impl FnMut() -> bool,
 ) -> Result<ModeratedReply> {
     options.validate()?;
-    check_messages(filter, messages)?;
+    check_messages(messages)?;
     // The context policy: old turns left out of a conversation too long for the window.
     let fitted = chat.fit_context(messages, options.max_new_tokens)?;
     let (messages, ids) = (&fitted.messages[..], fitted.ids);
-    check_screen_work(filter, messages)?;
+    let inputs = named_input_texts(messages, filter.options().max_text_bytes);
+    // The turns left out follow the system message, if there is one.
+    let kept_first = usize::from(messages[0].role == "system");
+    let number = |i: usize| {
+        if i < kept_first {
+            i
+        } else {
+            i + fitted.dropped
+        }
+    };
+    check_screen_work(filter, messages, &inputs, number)?;
     let mut reply = ModeratedReply {
         dropped_turns: fitted.dropped,
         ..ModeratedReply::default()
     };
     let filter_failed = |e: Error| format!("the filter failed, so nothing is shown: {e}");
-    let inputs = named_input_texts(messages, filter.options().max_text_bytes);
     let texts: Vec<&str> = inputs.iter().map(|t| t.text.as_str()).collect();
     let (mut input, from) =
         match screen_naming(filter, policy, &texts, Side::Conversation, None).await {
@@ -448,11 +474,9 @@ pub async fn moderated_chat(
     }
     reply.warnings.extend(input.warned.iter().cloned());
     let blocked = policy
-        .block_reason(
-            named_for(filter, &input, &inputs, &from),
-            &input,
-            Side::Conversation,
-        )
+        .block_reason_by_source(&input, Side::Conversation, |label| {
+            named_for(filter, label, &inputs, &from)
+        })
         .or_else(|| languages.block_reason(policy));
     reply.input = Some(input);
     if let Some(reason) = blocked {

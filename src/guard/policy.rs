@@ -283,6 +283,36 @@ impl Policy {
             .collect();
         Some(format!("{what} flagged as {}", parts.join(", ")))
     }
+
+    /// [`Policy::block_reason`] where the labels may come from different texts: `source`
+    /// names the text behind a label ("the system message was", ...), and the labels of each
+    /// text are listed after its name, texts in the order of their first label.
+    pub(crate) fn block_reason_by_source<'a>(
+        &self,
+        screening: &Screening,
+        side: Side,
+        source: impl Fn(&str) -> &'a str,
+    ) -> Option<String> {
+        let mut texts: Vec<(&str, Vec<String>)> = Vec::new();
+        for label in &screening.blocked {
+            let what = source(label);
+            match texts.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, labels)) => labels.push(label.clone()),
+                None => texts.push((what, vec![label.clone()])),
+            }
+        }
+        let parts: Vec<String> = texts
+            .into_iter()
+            .filter_map(|(what, blocked)| {
+                let part = Screening {
+                    blocked,
+                    ..screening.clone()
+                };
+                self.block_reason(what, &part, side)
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
 }
 
 /// The filter's thresholds for one side of a chat: its `calibrated` threshold per label,
@@ -383,6 +413,29 @@ mod tests {
         .unwrap();
         let s = p.screen_as(&[0.6, 0.1, 0.1], Side::Conversation);
         assert_eq!(s.blocked, vec!["offensive"]);
+    }
+
+    #[test]
+    fn a_reason_names_each_flagged_text_with_its_own_labels() {
+        let p = policy();
+        let s = p.screen(&[0.9, 0.95, 0.8]);
+        assert_eq!(s.blocked, vec!["offensive", "hate", "harmful"]);
+        let source = |label: &str| match label {
+            "hate" => "the message was",
+            _ => "the system message was",
+        };
+        assert_eq!(
+            p.block_reason_by_source(&s, Side::Input, source).unwrap(),
+            "the system message was flagged as offensive 0.90 >= 0.50, harmful 0.80 >= 0.50; \
+             the message was flagged as hate 0.95 >= 0.50"
+        );
+        let one = p.block_reason_by_source(&s, Side::Input, |_| "the message was");
+        assert_eq!(one, p.block_reason("the message was", &s, Side::Input));
+        let none = p.screen(&[0.1, 0.1, 0.1]);
+        assert!(
+            p.block_reason_by_source(&none, Side::Input, source)
+                .is_none()
+        );
     }
 
     #[test]
