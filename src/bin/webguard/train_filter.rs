@@ -283,7 +283,7 @@ pub fn run(models: &Path, args: TrainFilterArgs) -> Result<()> {
         h.update(webguard::VERSION);
         // Features are of the text's judging form (text::normalize); a change there is a
         // change of features.
-        h.update("for_judging/2");
+        h.update("for_judging/3");
         h.update(hex_sha256(&encoder_bytes));
         h.update(format!("{:?}", encoder.options()));
         for (p, s) in &data.files {
