@@ -236,6 +236,19 @@ fn a_slur_at_the_end_of_a_long_text_is_not_truncated_away() {
 }
 
 #[test]
+fn windows_within_a_limit_are_all_the_windows_or_none_past_it() {
+    let filter = common::shipped_filter();
+    let encoder = filter.encoder();
+    let long = "plain words ".repeat(400); // 800 tokens, 48 new a window: 18 windows
+    let texts = ["short", long.as_str(), "another"];
+    let all = encoder.windows(&texts).unwrap();
+    assert_eq!(all.len(), 20);
+    assert_eq!(encoder.windows_within(&texts, 20).unwrap(), Some(all));
+    assert_eq!(encoder.windows_within(&texts, 19).unwrap(), None);
+    assert_eq!(encoder.windows_within(&texts, 0).unwrap(), None);
+}
+
+#[test]
 fn bad_input_is_refused_clearly_and_odd_input_is_scored() {
     let mut filter = common::shipped_filter();
     assert!(filter.classify_blocking(&[]).unwrap().is_empty());

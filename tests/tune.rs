@@ -200,7 +200,7 @@ fn bad_input_and_cancellation_leave_the_filter_unchanged() {
                 .map(|i| example(&"plain words ".repeat(8000), "long", i % 2 == 0))
                 .collect(),
             ok.clone(),
-            "at most 8192 per call",
+            "more than 8192 windows of the encoder's length per call",
         ),
     ];
     for (examples, options, message) in cases {

@@ -171,6 +171,19 @@ impl TextEncoder {
     /// digit stand-ins folded), in training as in use, and encoded as plain text (a `[SEP]`
     /// typed in a comment is not the separator).
     pub fn windows(&self, texts: &[&str]) -> Result<Vec<(usize, Vec<u32>)>> {
+        Ok(self
+            .windows_within(texts, usize::MAX)?
+            .expect("no count passes usize::MAX"))
+    }
+
+    /// [`Encoder::windows`], or `None` as soon as the texts make more than `most` windows:
+    /// the texts after that are not read (a caller bounding its memory need not tokenize all
+    /// of a large input first).
+    pub fn windows_within(
+        &self,
+        texts: &[&str],
+        most: usize,
+    ) -> Result<Option<Vec<(usize, Vec<u32>)>>> {
         if let Some((i, text)) = texts
             .iter()
             .enumerate()
@@ -192,9 +205,12 @@ impl TextEncoder {
             )? {
                 items.push((i, w));
             }
+            if items.len() > most {
+                return Ok(None);
+            }
         }
         items.sort_by_key(|(_, w)| w.len());
-        Ok(items)
+        Ok(Some(items))
     }
 
     /// Features `[rows, width]` of a batch of windows, on the encoder's device. A batch large

@@ -148,14 +148,13 @@ impl Filter {
 
         // Features of every window of every text, standardised, on the host.
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-        let windows = self.encoder().windows(&texts)?;
-        if windows.len() > MAX_WINDOWS {
+        // Counted while the texts are read, so a huge input stops early.
+        let Some(windows) = self.encoder().windows_within(&texts, MAX_WINDOWS)? else {
             return Err(Error::InvalidInput(format!(
-                "the examples make {} windows of the encoder's length; at most {MAX_WINDOWS} \
-                 per call (use shorter texts or fewer examples)",
-                windows.len()
+                "the examples make more than {MAX_WINDOWS} windows of the encoder's length \
+                 per call (use shorter texts or fewer examples)"
             )));
-        }
+        };
         let width = self.heads().width();
         let mut features = Vec::with_capacity(windows.len() * width);
         for chunk in windows.chunks(self.options().batch_size) {
