@@ -335,9 +335,10 @@ export interface TuneFilterOptions {
   seed?: number;
   /** JS only: after each step; returning `false` cancels the run as `signal` does. */
   onStep?: (step: TuneStep) => boolean | void;
-  /** JS only: cancels the run (a CancelledError); the model stays as it was. On a page that
-   *  is not cross-origin isolated the worker is stopped to cancel (other calls in flight are
-   *  cancelled with it) and reloads on the next call. */
+  /** JS only: cancels the run (a CancelledError); the model stays as it was. A run cancelled
+   *  while it still waits (for the tuning module to load, or a reload) is never started. On a
+   *  page that is not cross-origin isolated a running run is cancelled by stopping the worker
+   *  (other calls in flight are cancelled with it), which reloads on the next call. */
   signal?: AbortSignal;
 }
 

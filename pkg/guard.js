@@ -85,13 +85,17 @@ function checkWellFormed(list, fields, what) {
   if (!Array.isArray(list)) return;
   list.forEach((item, i) => {
     for (const field of fields) {
-      const v = item?.[field];
-      if (typeof v === "string" && v.isWellFormed?.() === false) {
-        throw named("InvalidInputError", `${what} ${i}: ${field} is not valid UTF-16 (it holds a lone surrogate)`);
+      const v = field === null ? item : item?.[field];
+      if (typeof v === "string" && !wellFormed(v)) {
+        const where = field === null ? `${what} ${i}` : `${what} ${i}: ${field}`;
+        throw named("InvalidInputError", `${where} is not valid UTF-16 (it holds a lone surrogate)`);
       }
     }
   });
 }
+
+// String.prototype.isWellFormed where the browser has it (2023 on), else the same test.
+const wellFormed = (v) => v.isWellFormed?.() ?? !/\p{Cs}/u.test(v);
 
 // This package's own files: under the page's `assetsUrl` when it gives one (a bundle that
 // inlined guard.js, or an IIFE bundle without import.meta), else next to this module. The
@@ -217,7 +221,8 @@ export class Guard {
   /** The worker died or its wasm module trapped: it is stopped, every call waiting on it
    *  rejects with `error`, and the next call loads a new one (see #revive). */
   #crash(worker, error) {
-    if (worker !== this.#worker) return;
+    // (No worker: it was disposed or already stopped, e.g. an abort after dispose().)
+    if (!worker || worker !== this.#worker) return;
     worker.terminate();
     this.#worker = undefined;
     this.#failAll(error);
@@ -360,11 +365,13 @@ export class Guard {
     if (typeof label !== "string") throw new TypeError("setRule: the label must be a string");
     if (rule === null || typeof rule !== "object") throw new TypeError("setRule: the rule must be an object { threshold, action }");
     const { threshold, action } = rule;
-    if (threshold === undefined && action === undefined) throw new TypeError("setRule: give a threshold, an action or both");
     if (threshold !== undefined && typeof threshold !== "number") throw new TypeError("setRule: threshold must be a number");
     if (action !== undefined && typeof action !== "string") throw new TypeError('setRule: action must be "block", "warn" or "allow"');
     const current = Object.hasOwn(this.#info.policy, label) ? this.#info.policy[label] : undefined;
     if (!current) throw named("InvalidInputError", `unknown label "${label}" (labels: ${this.#info.labels.join(", ")})`);
+    // A rule that gives neither changes nothing (a Partial<Rule> may be empty, and
+    // Guard.create's `policy: { hate: {} }` or `thresholds: { hate: undefined }` too).
+    if (threshold === undefined && action === undefined) return;
     // Only the fields given: the worker fills the others from the rule it holds when it applies
     // this one, so concurrent calls on one label do not undo each other.
     this.#info.policy = await this.#call("setRule", { label, threshold, action });
@@ -406,6 +413,7 @@ export class Guard {
   async #chat(messages, options = {}) {
     checkWellFormed(messages, ["role", "content"], "message");
     const [{ onToken, signal }, generation] = splitOptions(options, ["onToken", "signal"], "chat options");
+    checkWellFormed(generation.stop, [null], "stop string");
     if (!this.#info.hasChat) throw named("InvalidInputError", "this Guard was created without a chat model (give chatUrl)");
     if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
     // The worker is busy while it generates, so a message would arrive too late: it reads a
@@ -512,16 +520,21 @@ export class Guard {
     if (!this.#config.tuning) await this.#loadTuning();
     if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
     const abort = self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
-    // Without a shared flag the worker cannot be told while it tunes: it is stopped instead.
-    // The next call loads a new one with the page's adapters as they were before this run.
+    // `control.worker`: the worker this call was posted to (#post sets it). Cancelled before
+    // that (the call waits for the tuning module or a reload), it is never posted; after,
+    // without a shared flag the worker cannot be told while it tunes, so that worker (only
+    // it, never a newer one) is stopped, and the next call loads a new one with the page's
+    // adapters as they were before this run.
+    const control = { cancelled: false, worker: undefined };
     const stop = () => {
+      control.cancelled = true;
       if (abort) Atomics.store(new Int32Array(abort), 0, 1);
-      else this.#crash(this.#worker, named("CancelledError", `${op} was cancelled: this page is not cross-origin isolated, so the worker was stopped (calls in flight were cancelled with it) and reloads on the next call; the model is as it was`));
+      else if (control.worker) this.#crash(control.worker, named("CancelledError", `${op} was cancelled: this page is not cross-origin isolated, so the worker was stopped (calls in flight were cancelled with it) and reloads on the next call; the model is as it was`));
     };
     signal?.addEventListener("abort", stop, { once: true });
     try {
       // onStep returning false cancels as the signal does.
-      return await this.#call(op, { ...data, options: tuning, abort }, { onStep, cancel: stop });
+      return await this.#call(op, { ...data, options: tuning, abort }, { onStep, cancel: stop, control });
     } finally {
       signal?.removeEventListener("abort", stop);
     }
@@ -580,12 +593,15 @@ export class Guard {
   #post(op, args, handlers = {}) {
     if (this.#disposed) return Promise.reject(new Error("the Guard was disposed"));
     if (!this.#worker) return Promise.reject(named("CrashError", "the webguard worker crashed; the Guard reloads on the next call"));
+    // A tuning call cancelled while it waited is not sent at all (#tune).
+    if (handlers.control?.cancelled) return Promise.reject(named("CancelledError", `${op} was cancelled before it started; the model is as it was`));
     const id = this.#next++;
     const entry = { ...handlers };
     const reply = new Promise((resolve, reject) => {
       Object.assign(entry, { resolve, reject });
       try {
         this.#worker.postMessage({ id, op, args });
+        if (handlers.control) handlers.control.worker = this.#worker;
       } catch (e) {
         // A function, symbol or detached buffer in the arguments (DataCloneError): nothing was
         // sent, so nothing may stay pending (#loadTuning waits for every pending call).

@@ -44,6 +44,10 @@ window.webguard = {
         emptyRule: await outcome(() => g.setRule("hate", {})),
         nullRule: await outcome(() => g.setRule("hate", null)),
         after: g.policy.hate,
+        createPartial: await outcome(async () => {
+          const partial = await Guard.create({ filterUrl, backend: "cpu", cache: false, policy: { hate: {} }, thresholds: { offensive: undefined } });
+          partial.dispose();
+        }),
       };
     } finally {
       g.dispose();
@@ -61,6 +65,7 @@ window.webguard = {
       // A lone surrogate would reach the module as U+FFFD: refused by name.
       out.loneExample = await outcome(() => g.tuneFilter([{ text: "ok", label: "x", value: false }, { text: "a\uD800b", label: "x", value: true }]));
       out.loneMessage = await outcome(() => g.chat([{ role: "user", content: "hi \uDC00" }]));
+      out.loneStop = await outcome(() => g.chat([{ role: "user", content: "hi" }], { stop: ["ok", "\uD800"] }));
       // onStep returning false cancels, and the labels stay as they were.
       const labels = g.labels.join(",");
       let steps = 0;
@@ -78,26 +83,54 @@ window.webguard = {
     const examples = await spoilers();
     const g = await Guard.create({ filterUrl, chatUrl, backend: "cpu", cache: false, tuning: true });
     try {
+      // State a reloaded worker must bring back: a taught label and a rule for it.
+      await g.tuneFilter(examples, { steps: 2 });
+      await g.setRule("spoiler", { threshold: 0.42, action: "warn" });
       const text = examples[0].text;
       const before = await scoresOf(g, text);
       const labels = g.labels.join(",");
+      const policy = JSON.stringify(g.policy);
       const abort = new AbortController();
       const out = {
         tuning: await outcome(() => g.tuneFilter(examples, { steps: 1000, signal: abort.signal, onStep: () => abort.abort() })),
       };
       // The model is as it was: the same labels and the same scores.
+      out.labels = g.labels;
       out.labelsKept = g.labels.join(",") === labels;
       out.scoresKept = JSON.stringify(await scoresOf(g, text)) === JSON.stringify(before);
+      out.policyKept = JSON.stringify(g.policy) === policy;
       // Generation: aborted after the first piece, the reply is what was shown.
       const stop = new AbortController();
       const shown = [];
       const reply = await g.chat([{ role: "user", content: "Tell me a long story about a lighthouse keeper." }], {
         maxTokens: 64, signal: stop.signal, onToken: (piece) => { shown.push(piece); stop.abort(); },
       });
-      out.chat = { text: reply.text, shown: shown.join(""), stopReason: reply.stopReason, blocked: reply.blocked };
+      out.chat = { text: reply.text, shown: shown.join(""), stopReason: reply.stopReason, blocked: reply.blocked, tokens: reply.tokens };
       // Tuning again works (on a page without isolation: in the reloaded worker).
       out.tunesAfter = await outcome(() => g.tuneFilter(examples, { steps: 2 }));
       return out;
+    } finally {
+      g.dispose();
+    }
+  },
+
+  /** Two tuning calls on a Guard created without the tuning module; the second is cancelled
+   *  while both wait for the module to load. */
+  async cancelWaiting() {
+    const examples = await spoilers();
+    const g = await Guard.create({ filterUrl, backend: "cpu", cache: false });
+    try {
+      const abort = new AbortController();
+      const first = outcome(() => g.tuneFilter(examples, { steps: 2 }));
+      const second = outcome(() => g.tuneFilter(examples, { steps: 2, signal: abort.signal }));
+      abort.abort();
+      return {
+        first: await first,
+        second: await second,
+        tuning: g.tuning,
+        labels: g.labels,
+        after: (await g.classify(["have a nice day"])).length,
+      };
     } finally {
       g.dispose();
     }
