@@ -2,7 +2,8 @@
 // argument the worker cannot receive must reject and leave nothing pending (the first tuning
 // call waits for every pending call: one left behind froze the page), concurrent rule changes
 // must all apply, callbacks and signals of the wrong type are refused, and cancelling works
-// with and without cross-origin isolation (without it the worker cannot read a shared flag).
+// with and without cross-origin isolation (without it the worker cannot read a shared flag),
+// also for a call still waiting and after dispose().
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
@@ -97,4 +98,12 @@ test("not cross-origin isolated: a tuning call cancelled while it waits for the 
   assert.equal(r.tuning, true);
   assert.ok(r.labels.includes("spoiler"), r.labels);
   assert.equal(r.after, 1);
+});
+
+test("not cross-origin isolated: aborting a tuning run after dispose() is no page error", async () => {
+  assert.equal(await b.page.evaluate(() => window.webguard.isolated()), false);
+  const r = await b.page.evaluate(() => window.webguard.abortAfterDispose());
+  console.log(`# ${JSON.stringify(r)}`);
+  assert.equal(r.run, "Error: the Guard was disposed");
+  assert.ok(!b.logs.some((l) => l.startsWith("pageerror")), b.logs.join("\n"));
 });

@@ -135,4 +135,18 @@ window.webguard = {
       g.dispose();
     }
   },
+
+  /** A tuning run whose Guard is disposed, then its signal aborted (a page's clean-up). */
+  async abortAfterDispose() {
+    const examples = await spoilers();
+    const g = await Guard.create({ filterUrl, backend: "cpu", cache: false, tuning: true });
+    const abort = new AbortController();
+    let started;
+    const stepped = new Promise((resolve) => { started = resolve; });
+    const run = outcome(() => g.tuneFilter(examples, { steps: 1000, signal: abort.signal, onStep: () => started() }));
+    await stepped;
+    g.dispose();
+    abort.abort();
+    return { run: await run };
+  },
 };
