@@ -268,8 +268,12 @@ pub struct Generator<'a> {
     /// Where the installed adapters (a page's tuning) change one of `layers`: a second
     /// sequence of the same tokens through the model as loaded, whose states `last_states`
     /// are, since the probes were fitted on those (tuned adapters read through moved a harmful
-    /// request's score from 0.99 to 0.35). It doubles the work per token, for tuned models only.
+    /// request's score from 0.99 to 0.35). Tokens wait in `judging_due` until states are
+    /// asked for (at a sentence end), then run as one short prefill, which reads the weights
+    /// once for them all rather than once a token.
     judging: Option<KvCache>,
+    /// Tokens fed to `cache` and not yet to `judging`.
+    judging_due: Vec<u32>,
 }
 
 enum NextInput {
@@ -374,6 +378,7 @@ impl<'a> Generator<'a> {
         Ok(Generator {
             gpu,
             judging,
+            judging_due: Vec::new(),
             layers: layers.to_vec(),
             last_states,
             model,
@@ -518,19 +523,16 @@ impl<'a> Generator<'a> {
                 }
                 self.next_input = NextInput::OnGpu;
             }
+            None if self.judging.is_some() => {
+                let (logits, _) = self.model.forward_with_states(&[t], &mut self.cache, &[])?;
+                self.judging_due.push(t);
+                self.next_input = NextInput::Logits(Box::new(logits));
+            }
             None => {
-                let layers = if self.judging.is_some() {
-                    &[][..]
-                } else {
-                    &self.layers[..]
-                };
                 let (logits, states) =
                     self.model
-                        .forward_with_states(&[t], &mut self.cache, layers)?;
-                self.last_states = match self.judging.as_mut() {
-                    Some(base) => self.model.forward_with_states(&[t], base, &self.layers)?.1,
-                    None => states,
-                };
+                        .forward_with_states(&[t], &mut self.cache, &self.layers)?;
+                self.last_states = states;
                 self.next_input = NextInput::Logits(Box::new(logits));
             }
         }
@@ -559,6 +561,12 @@ impl<'a> Generator<'a> {
         if let Some(seq) = &self.gpu {
             let engine = self.model.gpu_engine().map_err(Error::Backend)?;
             return engine.states(seq).await;
+        }
+        if let Some(base) = self.judging.as_mut()
+            && !self.judging_due.is_empty()
+        {
+            let due = std::mem::take(&mut self.judging_due);
+            self.last_states = self.model.forward_with_states(&due, base, &self.layers)?.1;
         }
         let mut per_block = Vec::with_capacity(self.last_states.len());
         for s in &self.last_states {

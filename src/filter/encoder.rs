@@ -66,6 +66,9 @@ pub struct BatchCounts {
     pub gpu: usize,
 }
 
+/// Windows of token ids, each with the index of the text it came from.
+pub type TextWindows = Vec<(usize, Vec<u32>)>;
+
 impl TextEncoder {
     /// An encoder with default options.
     pub fn new(tokenizer: Tokenizer, bert: Bert, device: &Device) -> Self {
@@ -170,20 +173,16 @@ impl TextEncoder {
     /// read in its judging form ([`for_judging`]: look-alike letters, invisible characters and
     /// digit stand-ins folded), in training as in use, and encoded as plain text (a `[SEP]`
     /// typed in a comment is not the separator).
-    pub fn windows(&self, texts: &[&str]) -> Result<Vec<(usize, Vec<u32>)>> {
+    pub fn windows(&self, texts: &[&str]) -> Result<TextWindows> {
         Ok(self
             .windows_within(texts, usize::MAX)?
             .expect("no count passes usize::MAX"))
     }
 
-    /// [`Encoder::windows`], or `None` as soon as the texts make more than `most` windows:
+    /// [`TextEncoder::windows`], or `None` as soon as the texts make more than `most` windows:
     /// the texts after that are not read (a caller bounding its memory need not tokenize all
     /// of a large input first).
-    pub fn windows_within(
-        &self,
-        texts: &[&str],
-        most: usize,
-    ) -> Result<Option<Vec<(usize, Vec<u32>)>>> {
+    pub fn windows_within(&self, texts: &[&str], most: usize) -> Result<Option<TextWindows>> {
         if let Some((i, text)) = texts
             .iter()
             .enumerate()

@@ -45,6 +45,11 @@ pub struct GuardBench {
     /// own (a second, short prefill), which this measures.
     #[arg(long)]
     system: Option<String>,
+    /// Chat adapters written by `tune-chat`, installed on the model both sides run: where
+    /// they change a block the probes read, the guard judges from a second sequence through
+    /// the model as loaded, which this measures.
+    #[arg(long)]
+    chat_adapters: Option<std::path::PathBuf>,
     /// Print one JSON object instead of lines.
     #[arg(long)]
     json: bool,
@@ -74,6 +79,9 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
     if !args.no_probe {
         let probe = webguard::source_checkout().join("assets/chat-probe.safetensors");
         chat.load_probe(&read(&probe)?)?;
+    }
+    if let Some(path) = &args.chat_adapters {
+        pollster::block_on(chat.import_adapters(&read(path)?))?;
     }
     let messages: Vec<Message> = (args.system.iter())
         .map(|s| Message::new("system", s))
@@ -187,6 +195,7 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
             "threads": threads(),
             "probes": !args.no_probe,
             "system_prompt": args.system.is_some(),
+            "chat_adapters": args.chat_adapters.is_some(),
             "prompt_tokens": ids.len(),
             "tokens": tokens,
             "runs": args.runs,
@@ -210,7 +219,7 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
         return Ok(());
     }
     println!(
-        "bench guard: a moderated turn vs the chat model alone on {backend} ({} threads), {}-token prompt, {tokens} tokens generated (greedy, the same answer), median of {} runs each{}",
+        "bench guard: a moderated turn vs the chat model alone on {backend} ({} threads), {}-token prompt, {tokens} tokens generated (greedy, the same answer), median of {} runs each{}{}",
         threads(),
         ids.len(),
         args.runs,
@@ -218,6 +227,11 @@ pub fn run(models: &Path, args: &GuardBench) -> Result<()> {
             (true, _) => ", no chat-model probes",
             (false, true) => ", a system prompt first (the request is also judged alone)",
             (false, false) => "",
+        },
+        if args.chat_adapters.is_some() {
+            ", chat adapters installed on both sides"
+        } else {
+            ""
         }
     );
     println!(
