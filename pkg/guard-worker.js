@@ -384,6 +384,10 @@ async function fallBackToCpu(id, error) {
   return true;
 }
 
+// The text each chat call has streamed to the page, by call id, while the call runs: kept
+// across the CPU's second run of a call the GPU failed (see ops.chat).
+const streamed = new Map();
+
 const ops = {
   async create(id, args) {
     ({ Guard: WasmGuard, ...threading } = await loadModule(id, args.tuning === true, args.threads ?? 1, Boolean(args.files?.chat), args.backend));
@@ -401,11 +405,27 @@ const ops = {
     const flag = abort ? new Int32Array(abort) : null;
     const started = performance.now();
     let first;
+    // Run again on the CPU after the GPU failed mid-answer (fallBackToCpu), the answer starts
+    // over: what the page was shown already is held back, and only what comes after it is
+    // sent. Should this run's answer leave what was shown (its numbers differ from the GPU's),
+    // it stops there and the reply is what the page has (stopReason "gpuLost").
+    const shown = streamed.get(id) ?? "";
+    let text = "";
+    let departed = false;
     const reply = await guard.chat(messages, options, (piece) => {
       first ??= performance.now();
-      post(id, "token", piece);
-      return true;
+      text += piece;
+      if (text.length <= shown.length ? shown.startsWith(text) : text.startsWith(shown)) {
+        if (text.length > shown.length) {
+          streamed.set(id, text);
+          post(id, "token", text.slice(Math.max(shown.length, text.length - piece.length)));
+        }
+        return true;
+      }
+      departed = true;
+      return false;
     }, () => (flag ? Atomics.load(flag, 0) === 1 : false));
+    if (departed && !reply.blocked) Object.assign(reply, { text: shown, stopReason: "gpuLost" });
     const seconds = (performance.now() - started) / 1000;
     reply.seconds = seconds;
     reply.tokensPerSecond = reply.tokens > 0 ? reply.tokens / seconds : 0;
@@ -491,5 +511,6 @@ self.onmessage = (event) => {
       running = null;
       post(id, "error", error);
     }
+    streamed.delete(id);
   });
 };

@@ -191,6 +191,10 @@ export interface Reply {
   tokensPerSecond: number;
   seconds: number;
   firstTextMs?: number;
+  /** Why the answer ended: "endOfTurn", "maxTokens", "stop:<the string>", "cancelled", or
+   *  "gpuLost" (WebGPU failed mid-answer; the answer ran again on the CPU, which went another
+   *  way than the text already shown: the text is what was shown). When the CPU's answer
+   *  continues the shown text, only what follows it reaches onToken. */
   stopReason: string | null;
   /** The chat probe's harm score of the conversation, 0 to 1 (blocked at or above
    * Guard.chatProbe.threshold); null without a probe or when the filter blocked first. */

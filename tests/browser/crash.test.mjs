@@ -6,7 +6,7 @@
 // `classify` whose first text is "__trap__" traps the way a panic inside wasm-bindgen's future
 // polling does (the call's promise never settles, an uncaught RuntimeError "unreachable"),
 // "__trap_sync__" traps inside the call itself, and "__gpu_lost__" fails with a BackendError on
-// WebGPU (a lost device). The real panic the issue names (`stop` cut back inside an answer) is
+// WebGPU (a lost device); a chat with the option \`__gpuLostAfter\` loses it mid-answer. The real panic the issue names (`stop` cut back inside an answer) is
 // tried too, for as long as it exists.
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -31,6 +31,19 @@ const hook = (WasmGuard) => {
       throw e;
     }
     return realClassify.call(this, texts);
+  };
+  // A chat whose options carry \`__gpuLostAfter: [pieces]\` streams those pieces on WebGPU and
+  // then fails as a lost device would, mid-answer; on the CPU it answers for real.
+  const realChat = WasmGuard.prototype.chat;
+  WasmGuard.prototype.chat = function (messages, options, onText, shouldStop) {
+    const { __gpuLostAfter: shown, ...rest } = options ?? {};
+    if (shown !== undefined && this.backend === "webgpu") {
+      for (const piece of shown) onText(piece);
+      const e = new Error("the device was lost mid-answer (test hook)");
+      e.name = "BackendError";
+      return Promise.reject(e);
+    }
+    return realChat.call(this, messages, rest, onText, shouldStop);
   };
 };
 import("./webguard.js").then((m) => hook(m.Guard));
@@ -240,5 +253,48 @@ test("GPU to CPU fallback: tuned labels, rules and the other-languages choice co
   assert.equal(r.policy.hate.threshold.toFixed(2), "0.90");
   assert.equal(r.otherLanguages, "allow");
   assert.ok(Math.abs(r.after.scores.spoiler - r.before.scores.spoiler) < 0.02, `${r.after.scores.spoiler} vs ${r.before.scores.spoiler}`);
+  noPageErrors(b);
+});
+
+test("WebGPU lost mid-answer: the CPU's run continues what was shown and only the rest reaches onToken; an answer that departs from it ends with what was shown", async () => {
+  const r = await b.page.evaluate(async () => {
+    const messages = [{ role: "user", content: "Name three fruits, one per sentence." }];
+    const answer = async (g, extra = {}) => {
+      const pieces = [];
+      const reply = await g.chat(messages, { maxTokens: 40, ...extra, onToken: (p) => pieces.push(p) });
+      return { pieces, text: reply.text, stopReason: reply.stopReason, blocked: reply.blocked };
+    };
+    const cpu = await Guard.create({ filterUrl: models.filterUrl, chatUrl: models.chatUrl, backend: "cpu" });
+    const out = {};
+    try {
+      out.reference = await answer(cpu);
+    } finally {
+      cpu.dispose();
+    }
+    const cases = [["continued", out.reference.pieces.slice(0, 2)], ["departed", ["Zebras are not fruit. "]]];
+    for (const [name, shown] of cases) {
+      const g = await Guard.create({ filterUrl: models.filterUrl, chatUrl: models.chatUrl, backend: "webgpu" });
+      try {
+        out[name] = { kind: g.backend.kind, ...await answer(g, { __gpuLostAfter: shown }), after: g.backend.kind };
+      } finally {
+        g.dispose();
+      }
+    }
+    return out;
+  });
+  console.log(`# ${JSON.stringify(r)}`);
+  const { reference, continued, departed } = r;
+  assert.equal(reference.blocked, false);
+  assert.ok(reference.pieces.length >= 3, JSON.stringify(reference.pieces));
+  // Each piece once, in order: the two the GPU showed, then the CPU's from where they end.
+  assert.equal(continued.kind, "webgpu");
+  assert.equal(continued.after, "cpu");
+  assert.deepEqual(continued.pieces, reference.pieces);
+  assert.equal(continued.text, reference.text);
+  assert.equal(continued.stopReason, reference.stopReason);
+  assert.equal(departed.after, "cpu");
+  assert.deepEqual(departed.pieces, ["Zebras are not fruit. "]);
+  assert.equal(departed.text, "Zebras are not fruit. ");
+  assert.equal(departed.stopReason, "gpuLost");
   noPageErrors(b);
 });
