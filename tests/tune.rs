@@ -114,6 +114,49 @@ fn a_new_label_from_eight_examples() {
     assert_eq!(scores(&other, &PROBES), before);
 }
 
+/// A positive example is one text, however many windows it has: a long review that ends in a
+/// spoiler teaches the spoiler, not its other windows. When every window of it was taught
+/// as a spoiler, the label learnt "a long review": spoiler-free long reviews then scored 0.85
+/// on average (9 of 10 flagged) and the spoilers 0.77 (every seed of five).
+#[test]
+fn a_long_positive_example_teaches_its_telling_window_not_all_of_them() {
+    let mut filter = common::shipped_filter();
+    tune(
+        &mut filter,
+        &examples("spoiler-long-train.jsonl"),
+        &TuneOptions::default(),
+    )
+    .unwrap();
+    let path = webguard::source_checkout().join("tests/data/tune/spoiler-long-eval.jsonl");
+    let eval: Vec<(String, bool)> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Json = serde_json::from_str(l).unwrap();
+            (
+                v["text"].as_str().unwrap().to_string(),
+                v["spoiler"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let texts: Vec<&str> = eval.iter().map(|(t, _)| t.as_str()).collect();
+    let spoiler = filter.label_index("spoiler").unwrap();
+    let all = scores(&filter, &texts);
+    let mean = |want: bool| {
+        let of: Vec<f32> = (eval.iter().zip(&all))
+            .filter(|((_, s), _)| *s == want)
+            .map(|(_, v)| v[spoiler])
+            .collect();
+        of.iter().sum::<f32>() / of.len() as f32
+    };
+    let (spoilers, clean) = (mean(true), mean(false));
+    eprintln!("mean spoiler score: spoilers {spoilers:.3}, long spoiler-free reviews {clean:.3}");
+    assert!(
+        spoilers > clean + 0.1,
+        "spoilers {spoilers:.3}, long spoiler-free reviews {clean:.3}"
+    );
+}
+
 #[test]
 fn tuning_is_deterministic_with_a_seed() {
     let train = examples("spoiler-train.jsonl");
