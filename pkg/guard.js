@@ -69,7 +69,8 @@ function splitOptions(options, jsOnly, what) {
 function checkedHandler(name, value, what) {
   if (value === undefined || value === null) return undefined;
   if (name === "signal") {
-    if (typeof AbortSignal !== "undefined" && !(value instanceof AbortSignal)) {
+    // By shape, not instanceof: a signal from an iframe's AbortController is another realm's.
+    if (typeof value.aborted !== "boolean" || typeof value.addEventListener !== "function") {
       throw new TypeError(`${what}: signal must be an AbortSignal`);
     }
   } else if (typeof value !== "function") {

@@ -45,6 +45,7 @@ test("callbacks and signals of the wrong type are TypeErrors, lone surrogates In
   assert.match(r.create, /^TypeError: Guard.create options: onProgress must be a function \(got string\)/);
   assert.match(r.onStep, /^TypeError: tuneFilter options: onStep must be a function \(got number\)/);
   assert.match(r.signal, /^TypeError: tuneFilter options: signal must be an AbortSignal/);
+  assert.equal(r.otherRealmSignal, "no error");
   assert.equal(r.loneExample, "InvalidInputError: example 1: text is not valid UTF-16 (it holds a lone surrogate)");
   assert.equal(r.loneMessage, "InvalidInputError: message 0: content is not valid UTF-16 (it holds a lone surrogate)");
   assert.equal(r.loneStop, "InvalidInputError: stop string 1 is not valid UTF-16 (it holds a lone surrogate)");

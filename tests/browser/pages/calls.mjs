@@ -62,6 +62,11 @@ window.webguard = {
     try {
       out.onStep = await outcome(() => g.tuneFilter(examples, { steps: 2, onStep: 5 }));
       out.signal = await outcome(() => g.tuneFilter(examples, { steps: 2, signal: "stop" }));
+      // An iframe's AbortController makes another realm's AbortSignal: still a signal.
+      const frame = document.body.appendChild(document.createElement("iframe"));
+      const otherRealm = new frame.contentWindow.AbortController();
+      out.otherRealmSignal = await outcome(() => g.tuneFilter(examples, { steps: 2, signal: otherRealm.signal }));
+      frame.remove();
       // A lone surrogate would reach the module as U+FFFD: refused by name.
       out.loneExample = await outcome(() => g.tuneFilter([{ text: "ok", label: "x", value: false }, { text: "a\uD800b", label: "x", value: true }]));
       out.loneMessage = await outcome(() => g.chat([{ role: "user", content: "hi \uDC00" }]));
