@@ -425,7 +425,8 @@ const ops = {
       departed = true;
       return false;
     }, () => (flag ? Atomics.load(flag, 0) === 1 : false));
-    if (departed && !reply.blocked) Object.assign(reply, { text: shown, stopReason: "gpuLost" });
+    // (Ending before it passed what was shown is the same: the page has more than it.)
+    if ((departed || text.length < shown.length) && !reply.blocked) Object.assign(reply, { text: shown, stopReason: "gpuLost" });
     const seconds = (performance.now() - started) / 1000;
     reply.seconds = seconds;
     reply.tokensPerSecond = reply.tokens > 0 ? reply.tokens / seconds : 0;

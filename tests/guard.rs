@@ -283,6 +283,15 @@ fn moderated_chat_refuses_bad_input() {
         err.contains("message 21 (user) is too long for the guard to screen"),
         "{err}"
     );
+    // A message no context window holds is refused before it is tokenized (10 MB took 7 s).
+    let err = message(&[
+        Message::new("assistant", &"word ".repeat(300_000)),
+        Message::new("user", "hi"),
+    ]);
+    assert!(
+        err.contains("message 0 (assistant) has 1500000 bytes; a message may have at most"),
+        "{err}"
+    );
     // What the screen does not read is not held to its limits: an assistant message far over
     // them (the model's own long answer, 430 windows, 310 of the chat model's tokens) is no
     // error.

@@ -339,18 +339,36 @@ fn named_input_texts(messages: &[Message], max_bytes: usize) -> Vec<InputText> {
     texts
 }
 
-/// Errors for a conversation a turn cannot answer: no user message, or an empty last one
-/// (nothing to answer: it was reported as "the filter failed"). The sizes of the messages the
-/// screen reads are checked once the context is fitted ([`check_screen_work`]).
+/// The most bytes of any one message, read before the conversation is tokenized: more than
+/// the chat model's window holds even of text its tokens pack tightest (64 `=` a token), so
+/// such a message could only be left out, and tokenizing it cost seconds (10 MB: 7 s and
+/// 1.1 GB natively) before the turn was refused anyway.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Errors for a conversation a turn cannot answer: no user message, an empty last one
+/// (nothing to answer: it was reported as "the filter failed"), or a message over
+/// [`MAX_MESSAGE_BYTES`]. The sizes of the messages the screen reads are checked once the
+/// context is fitted ([`check_screen_work`]).
 fn check_messages(messages: &[Message]) -> Result<()> {
     match messages.iter().rev().find(|m| m.role == "user") {
-        None => Err(Error::InvalidInput(
-            "there is no user message to answer".into(),
-        )),
-        Some(m) if m.content.trim().is_empty() => {
-            Err(Error::InvalidInput("the last user message is empty".into()))
+        None => {
+            return Err(Error::InvalidInput(
+                "there is no user message to answer".into(),
+            ));
         }
-        Some(_) => Ok(()),
+        Some(m) if m.content.trim().is_empty() => {
+            return Err(Error::InvalidInput("the last user message is empty".into()));
+        }
+        Some(_) => {}
+    }
+    match (messages.iter().enumerate()).find(|(_, m)| m.content.len() > MAX_MESSAGE_BYTES) {
+        Some((i, m)) => Err(Error::InvalidInput(format!(
+            "message {i} ({}) has {} bytes; a message may have at most {MAX_MESSAGE_BYTES} (the \
+             chat model's context window holds far less)",
+            m.role,
+            m.content.len()
+        ))),
+        None => Ok(()),
     }
 }
 

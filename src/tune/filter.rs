@@ -8,9 +8,10 @@
 //! than one window is taught through the log-mean-exp of its windows' logits, so its telling
 //! window carries it, as scoring (a text's worst window) reads it: taught window by window,
 //! a spoiler label learnt from long reviews ending in a spoiler scored spoiler-free long
-//! reviews 0.85 and the spoilers 0.77; now 0.43 and 0.73 (`tests/tune.rs`). The encoder and the other labels' heads do not change, so the shipped labels'
-//! figures stay what they were. The tuned heads travel as a safetensors file
-//! ([`Filter::export_adapters`]) valid only on top of the filter they came from.
+//! reviews 0.85 and the spoilers 0.77; now 0.43 and 0.73 (`tests/tune.rs`). The encoder and
+//! the other labels' heads do not change, so the shipped labels' figures stay what they were.
+//! The tuned heads travel as a safetensors file ([`Filter::export_adapters`]) valid only on
+//! top of the filter they came from.
 
 use crate::error::{Error, Result};
 use crate::filter::heads::{Heads, TUNED_FORMAT};
@@ -183,7 +184,9 @@ impl Filter {
             .map(|label| {
                 let (mut units, mut targets) = (Vec::new(), Vec::new());
                 for (e, rows) in examples.iter().zip(&rows_of_text) {
-                    if e.label != *label {
+                    // (Every text makes at least one window; an empty unit would have no
+                    // logit to read.)
+                    if e.label != *label || rows.is_empty() {
                         continue;
                     }
                     if e.value {
