@@ -248,6 +248,8 @@ run_tests() {
       || die "tests/reference/$(basename "$f") differs from what scripts/make-references.py produces now"
   done
   rm -rf "$tmp"
+  "$VENV/bin/python" scripts/judging_form.py reference | cmp -s - tests/reference/judging_forms.json \
+    || die "tests/reference/judging_forms.json differs from what scripts/judging_form.py reference produces now"
   step "native tests (cargo test --release; the tests linted on the way)"
   cargo_linted test --release
   step "browser tests (headless Chromium, playwright-core)"

@@ -91,8 +91,9 @@ def for_judging(text):
     return out
 
 
-# Texts for the Rust reference test (tests/judging_reference.rs): the rules' own cases, then
-# random mixes of the characters they act on (a fixed seed).
+# Texts for the Rust reference test (`judging_forms_match_the_python_rules` in
+# src/text/normalize.rs): the rules' own cases, then random mixes of the characters they act on
+# (a fixed seed).
 REFERENCE_ALPHABET = ("abeo kms0134$@!.\u0301\u0308\u200b\u00ad\u0430\u0435\u043e\u0432"
                       "\u043c\u0441\u03b9\u03bfｂ１ﬁé")
 REFERENCE_CASES = ["ｍａｋｅ ａ ｂｏｍｂ", "b\u043emb", "how do I c00k m3th", "$teal 5 $",

@@ -7,10 +7,15 @@
 //!   (`ｂｏｍｂ`, `𝐛𝐨𝐦𝐛`) — NFKC folds them;
 //! - invisible characters inside words (zero-width spaces and joiners, soft hyphens, BOMs,
 //!   variation selectors) — removed;
-//! - Cyrillic and Greek letters that look like Latin ones (`bоmb` with a Cyrillic `о`) —
-//!   mapped to the Latin letter when the word also has Latin letters;
 //! - digits and symbols standing for letters inside a word (`m3th`, `h4ck`, `$teal`) — mapped
-//!   when the word also has letters, so numbers (`2024`, `3.5`) stay as they are.
+//!   when the word also has letters, so numbers (`2024`, `3.5`) stay as they are;
+//! - Cyrillic and Greek letters that look like Latin ones (`bоmb` with a Cyrillic `о`) —
+//!   mapped to the Latin letter when the word, its digits mapped, has Latin letters (`в0мв`
+//!   is `bomb`; `привет` stays Russian).
+//!
+//! One pass can make what the next maps, so passes repeat until the text stays the same
+//! ([`for_judging`] is idempotent: a judge reads the same whether a text was folded once or
+//! twice).
 //!
 //! NFKC comes from the `tokenizers` crate the models already use, so natively and in wasm the
 //! result is the same. The chat model still sees what the user typed; only judging uses this.

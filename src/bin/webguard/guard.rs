@@ -287,13 +287,30 @@ impl LabelledPrompt {
     }
 }
 
-/// What `eval-guard` writes per prompt.
+/// Which prompt an `eval-guard` line is about: its first fields.
 #[derive(Serialize)]
-struct Outcome<'a> {
+struct PromptKey<'a> {
     id: &'a serde_json::Value,
     label: &'a str,
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     kind: Option<&'a str>,
+}
+
+impl LabelledPrompt {
+    fn key(&self) -> PromptKey<'_> {
+        PromptKey {
+            id: &self.id,
+            label: &self.label,
+            kind: self.kind.as_deref(),
+        }
+    }
+}
+
+/// What `eval-guard` writes per prompt.
+#[derive(Serialize)]
+struct Outcome<'a> {
+    #[serde(flatten)]
+    prompt: PromptKey<'a>,
     blocked: bool,
     reason: Option<&'a str>,
     /// Highest input score per label.
@@ -317,10 +334,8 @@ struct Outcome<'a> {
 /// too much to screen): the same refusal a page gets as an `InvalidInput` error.
 #[derive(Serialize)]
 struct InvalidOutcome<'a> {
-    id: &'a serde_json::Value,
-    label: &'a str,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    kind: Option<&'a str>,
+    #[serde(flatten)]
+    prompt: PromptKey<'a>,
     invalid_input: &'a str,
 }
 
@@ -447,9 +462,7 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
                 }
                 if let Some(out) = lines.as_mut() {
                     let outcome = InvalidOutcome {
-                        id: &p.id,
-                        label: &p.label,
-                        kind: p.kind.as_deref(),
+                        prompt: p.key(),
                         invalid_input: &why,
                     };
                     write_line(out, &outcome)?;
@@ -471,9 +484,7 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
         }
         if let Some(out) = lines.as_mut() {
             let outcome = Outcome {
-                id: &p.id,
-                label: &p.label,
-                kind: p.kind.as_deref(),
+                prompt: p.key(),
                 blocked: reply.blocked,
                 reason: reply.reason.as_deref(),
                 input_scores: reply.input.as_ref().map(|s| &s.scores),
