@@ -453,13 +453,7 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
                     p.id,
                     i + 1
                 );
-                by_label.entry(&p.label).or_default().add_invalid();
-                if let Some(kind) = &p.kind {
-                    by_type
-                        .entry((kind.clone(), p.label.as_str()))
-                        .or_default()
-                        .add_invalid();
-                }
+                count(&mut by_label, &mut by_type, p, Tally::add_invalid);
                 if let Some(out) = lines.as_mut() {
                     let outcome = InvalidOutcome {
                         prompt: p.key(),
@@ -472,16 +466,9 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
             }
         };
         let refused = !reply.blocked && is_refusal(&reply.text);
-        by_label
-            .entry(&p.label)
-            .or_default()
-            .add(reply.blocked, refused);
-        if let Some(kind) = &p.kind {
-            by_type
-                .entry((kind.clone(), p.label.as_str()))
-                .or_default()
-                .add(reply.blocked, refused);
-        }
+        count(&mut by_label, &mut by_type, p, |t| {
+            t.add(reply.blocked, refused)
+        });
         if let Some(out) = lines.as_mut() {
             let outcome = Outcome {
                 prompt: p.key(),
@@ -557,6 +544,19 @@ pub fn run_eval_guard(models: &Path, args: EvalGuardArgs) -> Result<()> {
         rows.join("\n")
     };
     writeln!(out, "{text}").map_err(|e| Error::io("stdout", e))
+}
+
+/// Counts prompt `p` in its label's tally and, when it has a type, in its type's.
+fn count<'p>(
+    by_label: &mut BTreeMap<&'p str, Tally>,
+    by_type: &mut BTreeMap<(String, &'p str), Tally>,
+    p: &'p LabelledPrompt,
+    record: impl Fn(&mut Tally),
+) {
+    record(by_label.entry(&p.label).or_default());
+    if let Some(kind) = &p.kind {
+        record(by_type.entry((kind.clone(), p.label.as_str())).or_default());
+    }
 }
 
 /// One JSON line of `eval-guard --out`.
