@@ -547,7 +547,7 @@ fn fit_member(
     }
     // Stored in 8 bits ([`Int8Rows`]), so the probe in use is the one in the file.
     let grid = Int8Rows::quantise(&net.weight1, width);
-    net.weight1 = grid.values()?;
+    net.weight1 = without_negligible(grid.values()?);
     Ok(net)
 }
 
@@ -633,8 +633,9 @@ impl StateProbe {
             })
             .transpose()?;
         let width = layers.len() * dim * if pooling == Pooling::Both { 2 } else { 1 };
-        let values =
-            |name: &str, len: usize| f32_vector(file, &format!("{prefix}{name}"), len, what);
+        let values = |name: &str, len: usize| {
+            f32_vector(file, &format!("{prefix}{name}"), len, what).map(without_negligible)
+        };
         let head = match pooling {
             Pooling::Both => {
                 let pooled = format!("{prefix}{POOLED_PREFIX}");
@@ -758,7 +759,7 @@ fn weight1(
 ) -> Result<Vec<f32>> {
     let name = format!("{prefix}weight1");
     if file.dtype(&name)? != Dtype::I8 {
-        return f32_vector(file, &name, rows * width, what);
+        return f32_vector(file, &name, rows * width, what).map(without_negligible);
     }
     let (values, shape) = file.i8_values(&name)?;
     if shape != [rows * width] {
@@ -769,15 +770,37 @@ fn weight1(
     }
     let scales = f32_vector(file, &format!("{prefix}{WEIGHT1_SCALE}"), rows, what)?;
     dequantise(&values, &scales, width)
+        .map(without_negligible)
         .map_err(|fault| Error::ModelFile(format!("{what}: {name} with {WEIGHT1_SCALE}: {fault}")))
 }
+
+/// `values` with every magnitude under [`NEGLIGIBLE`] made 0. Weight decay shrinks a hidden
+/// unit that learnt nothing until its weights are subnormal (in the pair of request probes
+/// shipped on 2026-12-06, 198 of 512 first-layer rows had a subnormal scale), and on x86 each
+/// product with a subnormal, or giving one, takes a microcode assist, in wasm as natively
+/// (wasm cannot flush them): scoring was about 20x slower than with those rows 0
+/// (notes/issue-13-guard.md, thirty-first session). Such a weight moves a logit by less than
+/// 1e-25.
+fn without_negligible(mut values: Vec<f32>) -> Vec<f32> {
+    for v in &mut values {
+        if v.abs() < NEGLIGIBLE {
+            *v = 0.0;
+        }
+    }
+    values
+}
+
+/// Far below any weight that matters (standardised features are at most a few hundred), far
+/// above the subnormals (under 1.2e-38) and the products near them.
+const NEGLIGIBLE: f32 = 1e-30;
 
 impl Head {
     /// The head stored under `prefix` reading `width` features (not a pair: its halves are
     /// read one by one).
     fn from_file(file: &SafetensorsFile, prefix: &str, width: usize, what: &str) -> Result<Self> {
-        let values =
-            |name: &str, len: usize| f32_vector(file, &format!("{prefix}{name}"), len, what);
+        let values = |name: &str, len: usize| {
+            f32_vector(file, &format!("{prefix}{name}"), len, what).map(without_negligible)
+        };
         Ok(match file.metadata().get(&format!("{prefix}hidden")) {
             None => Head::Linear {
                 weight: values("weight", width)?,
@@ -1269,6 +1292,37 @@ mod tests {
                 d[..4].copy_from_slice(&bad.to_le_bytes())
             });
             assert!(err.contains("weight1_scale"), "{bad}: {err}");
+        }
+    }
+
+    /// A unit weight decay shrank to nothing is stored with a subnormal scale; products with
+    /// subnormals are slow on x86 (and in wasm), so such weights load as 0, which changes no
+    /// score: the file with that scale scores exactly as the file with the scale 0.
+    #[test]
+    fn first_layer_rows_scaled_below_the_normal_floats_load_as_zeros_and_score_as_zeros() {
+        let (probe, rows) = small_ensemble(1);
+        let bytes = probe.save().unwrap();
+        let file = SafetensorsFile::parse(&bytes).unwrap();
+        let with_first_scale = |scale: f32| {
+            let mut tensors = Vec::new();
+            probe.store("", &mut tensors, &mut HashMap::new()).unwrap();
+            let t = tensors.iter_mut().find(|t| t.0 == WEIGHT1_SCALE).unwrap();
+            t.2[..4].copy_from_slice(&scale.to_le_bytes());
+            StateProbe::load(&file_of(&tensors, file.metadata().clone()), 3, 3).unwrap()
+        };
+        let (subnormal, zero) = (with_first_scale(1e-40), with_first_scale(0.0));
+        assert!(1e-40f32.is_subnormal());
+        let Head::Ensemble(members) = &subnormal.head else {
+            panic!("an ensemble")
+        };
+        let width = members[0].weight1.len() / members[0].hidden();
+        assert!(members[0].weight1[..width].iter().all(|&w| w == 0.0));
+        assert!(members[0].weight1[width..].iter().any(|&w| w != 0.0));
+        for m in members {
+            assert!(!m.weight1.iter().any(|w| w.abs() < NEGLIGIBLE && *w != 0.0));
+        }
+        for r in &rows {
+            assert_eq!(subnormal.score(r).unwrap(), zero.score(r).unwrap());
         }
     }
 

@@ -232,6 +232,51 @@ impl StateCache {
     }
 }
 
+/// The caches one pooling's rows come from: one, or a pair's two (the last token's, then the
+/// message mean's), each row of the pair split between them and put back side by side.
+struct Caches(Vec<StateCache>);
+
+impl Caches {
+    /// Whether every cache has the text's record (a record missing from one is recomputed for
+    /// all: the other's copy is the same prefill's).
+    fn holds(&self, key: &[u8; 32]) -> bool {
+        self.0.iter().all(|c| c.rows.contains_key(key))
+    }
+
+    fn row(&self, key: &[u8; 32]) -> Vec<f32> {
+        self.0
+            .iter()
+            .flat_map(|c| c.rows[key].iter().copied())
+            .collect()
+    }
+
+    fn append(&mut self, text: &str, row: Vec<f32>) -> Result<()> {
+        let width: usize = self.0.iter().map(|c| c.width).sum();
+        if row.len() != width {
+            return Err(Error::InvalidInput(format!(
+                "a row of {} states for caches {} wide",
+                row.len(),
+                width
+            )));
+        }
+        let mut rest = &row[..];
+        for c in &mut self.0 {
+            let (part, more) = rest.split_at(c.width);
+            c.append(text, part.to_vec())?;
+            rest = more;
+        }
+        Ok(())
+    }
+
+    fn paths(&self) -> String {
+        self.0
+            .iter()
+            .map(|c| c.path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+}
+
 /// Every list's exchanges, one after the other (an [`Example`]'s context indexes it).
 struct Exchanges {
     all: Vec<Exchange>,
@@ -312,18 +357,18 @@ fn states(
     exchanges: &[Exchange],
     layers: &[usize],
     pooling: Pooling,
-    cache: &mut StateCache,
+    cache: &mut Caches,
 ) -> Result<Vec<Vec<f32>>> {
     let keys: Vec<String> = all.iter().map(|e| e.key(exchanges)).collect();
     let mut missing: Vec<(&Example, &String)> = all
         .iter()
         .zip(&keys)
-        .filter(|(_, k)| !cache.rows.contains_key(&StateCache::key(k)))
+        .filter(|(_, k)| !cache.holds(&StateCache::key(k)))
         .collect();
     eprintln!(
         "states: {} cached in {}, {} to compute",
         all.len() - missing.len(),
-        cache.path.display(),
+        cache.paths(),
         missing.len()
     );
     // Examples with the same earlier turns share their first tokens: those are run once per
@@ -365,7 +410,7 @@ fn states(
     }
     Ok(keys
         .iter()
-        .map(|k| cache.rows[&StateCache::key(k)].clone())
+        .map(|k| cache.row(&StateCache::key(k)))
         .collect())
 }
 
@@ -572,34 +617,24 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
     });
     std::fs::create_dir_all(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
     // A pair reads the last token's states and the message's mean: each from its own cache,
-    // the rows put side by side as one prefill gives them (`Positions::LastAndMean`).
+    // both filled from one prefill (`Positions::LastAndMean` gives the rows side by side).
     let parts = match pooling {
         Pooling::Both => vec![Pooling::LastToken, Pooling::UserMessage],
         one => vec![one],
     };
-    let mut rows: Vec<Vec<f32>> = vec![Vec::new(); all.len()];
-    let mut dev: Vec<(PathBuf, Vec<DevExample>)> = Vec::new();
-    for part in parts {
-        let path = cache_dir.join(format!("{}.rows", key(part)));
-        let mut cache = StateCache::open(path, layers.len() * c.dim)?;
-        let part_rows = states(&chat, &all, &exchanges, &layers, part, &mut cache)?;
-        rows.iter_mut()
-            .zip(part_rows)
-            .for_each(|(r, more)| r.extend(more));
-        let part_dev = dev_sets(&chat, &args.dev_prompts, &layers, part, &mut cache)?;
-        if dev.is_empty() {
-            dev = part_dev;
-            continue;
-        }
-        for ((_, examples), (_, more)) in dev.iter_mut().zip(part_dev) {
-            for (e, m) in examples.iter_mut().zip(more) {
-                e.states
-                    .iter_mut()
-                    .zip(m.states)
-                    .for_each(|(s, more)| s.extend(more));
-            }
-        }
-    }
+    let mut caches = Caches(
+        parts
+            .into_iter()
+            .map(|part| {
+                StateCache::open(
+                    cache_dir.join(format!("{}.rows", key(part))),
+                    layers.len() * c.dim,
+                )
+            })
+            .collect::<Result<_>>()?,
+    );
+    let rows = states(&chat, &all, &exchanges, &layers, pooling, &mut caches)?;
+    let dev = dev_sets(&chat, &args.dev_prompts, &layers, pooling, &mut caches)?;
     let pick = |split: Split| -> (Vec<Vec<f32>>, Vec<bool>) {
         all.iter()
             .zip(&rows)
@@ -612,7 +647,7 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
             .unzip()
     };
     if let Some(probe) = evaluated {
-        let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
+        let scores: Vec<f32> = score_all(&probe, &rows)?;
         eprint!("{}", report(&all, &exchanges, &scores, probe.threshold).0);
         if let Some(from) = probe.safety_adapters_from {
             eprint!(
@@ -642,7 +677,7 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
         _ => StateProbe::train(layers, &train_x, &train_y, &config)?,
     };
     probe.pooling = pooling;
-    let scores: Vec<f32> = rows.iter().map(|r| probe.score(r)).collect::<Result<_>>()?;
+    let scores: Vec<f32> = score_all(&probe, &rows)?;
     let val = val_scores(&all, &scores);
     let threshold = args.fit.threshold(&val);
     probe.threshold = threshold;
@@ -735,7 +770,7 @@ fn dev_sets(
     files: &[PathBuf],
     layers: &[usize],
     pooling: Pooling,
-    cache: &mut StateCache,
+    cache: &mut Caches,
 ) -> Result<Vec<(PathBuf, Vec<DevExample>)>> {
     let mut out = Vec::new();
     for path in files {
@@ -767,13 +802,13 @@ fn dev_sets(
                         .join("\0"),
                 };
                 let k = StateCache::key(&key);
-                if !cache.rows.contains_key(&k) {
+                if !cache.holds(&k) {
                     let ids = chat.prompt_ids(&form)?;
                     let positions = chat.probe_positions(pooling, &form)?;
                     let row = pollster::block_on(chat.prompt_states(&ids, layers, positions))?;
                     cache.append(&key, row)?;
                 }
-                states.push(cache.rows[&k].clone());
+                states.push(cache.row(&k));
             }
             examples.push(DevExample {
                 label: line.label.clone(),
@@ -854,4 +889,11 @@ fn dev_report(dev: &[(PathBuf, Vec<DevExample>)], probe: &StateProbe) -> Result<
         push_table(&mut report, &title, &rows);
     }
     Ok(report)
+}
+
+/// Every row's score, the rows split over the cores (about 20,000 rows of a pair take minutes
+/// on one).
+fn score_all(probe: &StateProbe, rows: &[Vec<f32>]) -> Result<Vec<f32>> {
+    use rayon::prelude::*;
+    rows.par_iter().map(|r| probe.score(r)).collect()
 }
