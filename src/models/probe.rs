@@ -435,6 +435,9 @@ fn fit_linear(
         }
         bias -= step * grad_bias;
     }
+    // Negligible weights made 0 as loading makes them ([`without_negligible`]).
+    let weight = without_negligible(weight);
+    let bias = if bias.abs() < NEGLIGIBLE { 0.0 } else { bias };
     Ok(Head::Linear { weight, bias })
 }
 
@@ -545,9 +548,15 @@ fn fit_member(
             adam_b2.step(std::slice::from_mut(&mut net.bias2), &[gb2], LEARNING_RATE);
         }
     }
-    // Stored in 8 bits ([`Int8Rows`]), so the probe in use is the one in the file.
+    // Stored in 8 bits ([`Int8Rows`]), so the probe in use is the one in the file; negligible
+    // weights made 0 as loading makes them.
     let grid = Int8Rows::quantise(&net.weight1, width);
     net.weight1 = without_negligible(grid.values()?);
+    net.bias1 = without_negligible(net.bias1);
+    net.weight2 = without_negligible(net.weight2);
+    if net.bias2.abs() < NEGLIGIBLE {
+        net.bias2 = 0.0;
+    }
     Ok(net)
 }
 
@@ -633,9 +642,8 @@ impl StateProbe {
             })
             .transpose()?;
         let width = layers.len() * dim * if pooling == Pooling::Both { 2 } else { 1 };
-        let values = |name: &str, len: usize| {
-            f32_vector(file, &format!("{prefix}{name}"), len, what).map(without_negligible)
-        };
+        let values =
+            |name: &str, len: usize| f32_vector(file, &format!("{prefix}{name}"), len, what);
         let head = match pooling {
             Pooling::Both => {
                 let pooled = format!("{prefix}{POOLED_PREFIX}");
