@@ -250,6 +250,8 @@ impl Caches {
             .collect()
     }
 
+    /// Each part of `row` to the cache that lacks the text's record (one that has it keeps
+    /// it: no record is written twice).
     fn append(&mut self, text: &str, row: Vec<f32>) -> Result<()> {
         let width: usize = self.0.iter().map(|c| c.width).sum();
         if row.len() != width {
@@ -259,10 +261,13 @@ impl Caches {
                 width
             )));
         }
+        let key = StateCache::key(text);
         let mut rest = &row[..];
         for c in &mut self.0 {
             let (part, more) = rest.split_at(c.width);
-            c.append(text, part.to_vec())?;
+            if !c.rows.contains_key(&key) {
+                c.append(text, part.to_vec())?;
+            }
             rest = more;
         }
         Ok(())
@@ -891,8 +896,7 @@ fn dev_report(dev: &[(PathBuf, Vec<DevExample>)], probe: &StateProbe) -> Result<
     Ok(report)
 }
 
-/// Every row's score, the rows split over the cores (about 20,000 rows of a pair take minutes
-/// on one).
+/// Every row's score, the rows split over the cores.
 fn score_all(probe: &StateProbe, rows: &[Vec<f32>]) -> Result<Vec<f32>> {
     use rayon::prelude::*;
     rows.par_iter().map(|r| probe.score(r)).collect()
