@@ -589,6 +589,14 @@ impl Adam {
             *m = B1 * *m + (1.0 - B1) * g;
             *v = B2 * *v + (1.0 - B2) * g * g;
             *p -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+            // Weight decay drives a hidden unit that learns nothing towards 0, and its weight
+            // and moments into the subnormals, where every product of the next steps' forward
+            // and backward passes takes a microcode assist ([`without_negligible`]).
+            for x in [p, m, v] {
+                if x.abs() < NEGLIGIBLE {
+                    *x = 0.0;
+                }
+            }
         }
     }
 }
@@ -1333,6 +1341,50 @@ mod tests {
         for r in &rows {
             assert_eq!(subnormal.score(r).unwrap(), zero.score(r).unwrap());
         }
+    }
+
+    /// A weight with no gradient but its decay shrinks towards 0 step by step; Adam's steps
+    /// must never leave it, or its moments, between 0 and [`NEGLIGIBLE`] (the subnormals and
+    /// the products near them are slow), and a weight that matters must still move.
+    #[test]
+    fn adam_steps_under_weight_decay_leave_no_weight_or_moment_below_the_negligible_floor() {
+        let l2 = 0.008;
+        let mut params = vec![1e-3f32, -2e-20, 1e-29, 0.5];
+        let mut adam = Adam::new(params.len());
+        let negligible = |x: f32| x != 0.0 && x.abs() < NEGLIGIBLE;
+        for step in 0..3000 {
+            let grad: Vec<f32> = params.iter().map(|w| l2 * w).collect();
+            adam.step(&mut params, &grad, 1e-3);
+            for (i, x) in params.iter().chain(&adam.m).chain(&adam.v).enumerate() {
+                assert!(!negligible(*x), "step {step}, value {i}: {x:e}");
+            }
+        }
+        assert!(params[3] < 0.5 - 0.1, "decay moved a weight: {}", params[3]);
+    }
+
+    /// Training ends with the weights loading would give: none between 0 and [`NEGLIGIBLE`],
+    /// even where weight decay is strong enough to kill hidden units.
+    #[test]
+    fn a_trained_ensemble_holds_no_weight_below_the_negligible_floor() {
+        let (rows, labels) = clouds(60, 4, 7);
+        let config = ProbeTrainConfig {
+            hidden: 32,
+            members: 1,
+            // One step an epoch: without the flushes, 2,000 steps leave 4 weights between 0
+            // and the floor.
+            epochs: 2000,
+            l2: 0.5,
+            ..ProbeTrainConfig::default()
+        };
+        let probe = StateProbe::train(vec![1], &rows, &labels, &config).unwrap();
+        let Head::Ensemble(members) = &probe.head else {
+            panic!("an ensemble")
+        };
+        let net = &members[0];
+        let all = net.weight1.iter().chain(&net.bias1).chain(&net.weight2);
+        let negligible = all.filter(|x| **x != 0.0 && x.abs() < NEGLIGIBLE).count();
+        assert_eq!(negligible, 0);
+        assert!(net.weight1.iter().any(|w| *w != 0.0), "every unit died");
     }
 
     #[test]
