@@ -43,8 +43,10 @@ GGUF = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def load(threads, logits_all=False, n_ctx=1024):
+    # n_batch = n_ctx: llama-cpp-python keeps n_batch rows of scores without logits_all, and
+    # `bench` reads the row of the last token, so a run past 512 tokens needs them all.
     return Llama(model_path=str(GGUF), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                 n_batch=512, logits_all=logits_all, verbose=False, seed=0)
+                 n_batch=n_ctx, logits_all=logits_all, verbose=False, seed=0)
 
 
 def bench(a):

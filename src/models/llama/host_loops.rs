@@ -165,6 +165,105 @@ fn decode_attention(q: &[f32], kv: &LayerKv, shape: &AttentionShape, context: &m
     }
 }
 
+/// A prompt's attention: `context` (`[s, heads · head_dim]`) from the queries `q` (the same
+/// shape) of the `s` positions after the first `start`, each seeing the keys up to its own.
+/// Tasks are (position, key/value head) pairs over the pool, each reading its keys and
+/// values once for the query heads that share them (as [`decode_attention`] does).
+fn prompt_attention(
+    q: &[f32],
+    kv: &LayerKv,
+    shape: &AttentionShape,
+    start: usize,
+    context: &mut [f32],
+) {
+    let (h, hd, kvh) = (shape.heads, shape.head_dim, shape.kv_heads);
+    let s = q.len() / (h * hd);
+    let width = h / kvh * hd;
+    let macs = h * hd * 2 * (s * start + s * (s + 1) / 2);
+    for_row_ranges_of(context, s * kvh, macs, 1, |first, out| {
+        let mut scores = Vec::new();
+        for (i, ctx) in out.chunks_exact_mut(width).enumerate() {
+            let (t, g) = ((first + i) / kvh, (first + i) % kvh);
+            let q = &q[(t * kvh + g) * width..(t * kvh + g + 1) * width];
+            group_attention(q, kv, shape, g, start + t + 1, &mut scores, ctx);
+        }
+    });
+}
+
+/// The query heads of group `g` (`q`, `[group, head_dim]`) over the first `seen` positions:
+/// their contexts in `out` (the same shape); `scores` is scratch. Natively on AVX2 with FMA
+/// where the CPU has them, as [`attention_chunk`].
+fn group_attention(
+    q: &[f32],
+    kv: &LayerKv,
+    shape: &AttentionShape,
+    g: usize,
+    seen: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        fn wide(
+            q: &[f32],
+            kv: &LayerKv,
+            shape: &AttentionShape,
+            g: usize,
+            seen: usize,
+            scores: &mut Vec<f32>,
+            out: &mut [f32],
+        ) {
+            group_attention_body(q, kv, shape, g, seen, scores, out)
+        }
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { wide(q, kv, shape, g, seen, scores, out) };
+    }
+    group_attention_body(q, kv, shape, g, seen, scores, out)
+}
+
+#[inline(always)]
+fn group_attention_body(
+    q: &[f32],
+    kv: &LayerKv,
+    shape: &AttentionShape,
+    g: usize,
+    seen: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = shape.head_dim;
+    let (kvd, group) = (shape.kv_heads * hd, shape.heads / shape.kv_heads);
+    // Head-major: `scores[head · seen + p]`.
+    scores.clear();
+    scores.resize(group * seen, 0.0);
+    for (p, key) in kv.keys[..seen * kvd].chunks_exact(kvd).enumerate() {
+        let key = &key[g * hd..(g + 1) * hd];
+        for (head, qh) in q.chunks_exact(hd).enumerate() {
+            scores[head * seen + p] = dot(qh, key) / shape.scale;
+        }
+    }
+    for scores in scores.chunks_exact_mut(seen) {
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        scores.iter_mut().for_each(|s| *s /= sum);
+    }
+    out.fill(0.0);
+    for (p, value) in kv.values[..seen * kvd].chunks_exact(kvd).enumerate() {
+        let value = &value[g * hd..(g + 1) * hd];
+        for (head, ctx) in out.chunks_exact_mut(hd).enumerate() {
+            let w = scores[head * seen + p];
+            for (o, v) in ctx.iter_mut().zip(value) {
+                *o += w * v;
+            }
+        }
+    }
+}
+
 /// One chunk of [`decode_attention`]: `out` gets, per head, `[max, sum, weighted values…]`
 /// over the positions `range`. Natively on AVX2 with FMA where the CPU has them: the loops
 /// are compiled for baseline x86-64 (SSE2, four lanes) otherwise.
@@ -336,7 +435,7 @@ impl Llama {
         self.cache_to_host(cache)?;
         let c = &self.config;
         let (d, hd, h, kvh) = (c.dim, c.head_dim(), c.heads, c.kv_heads);
-        let (group, kvd, start, s) = (h / kvh, kvh * hd, cache.len, ids.len());
+        let (kvd, start, s) = (kvh * hd, cache.len, ids.len());
         let total = start + s;
         let (embedding, blocks) = self
             .packed_weights()
@@ -376,50 +475,16 @@ impl Llama {
             // helpers would otherwise wait through it: a tenth of a token at 500 positions).
             // Position `t` sees the keys up to its own, `start + t + 1` of them.
             let kv = &*kv;
+            let shape = AttentionShape {
+                heads: h,
+                kv_heads: kvh,
+                head_dim: hd,
+                scale,
+            };
             if s == 1 {
-                let shape = AttentionShape {
-                    heads: h,
-                    kv_heads: kvh,
-                    head_dim: hd,
-                    scale,
-                };
                 decode_attention(&q, kv, &shape, &mut context);
             } else {
-                let macs = h * hd * 2 * (s * start + s * (s + 1) / 2);
-                for_row_ranges_of(&mut context, s * h, macs, 1, |first, out| {
-                    let mut scores = vec![0.0f32; total];
-                    for (i, ctx) in out.chunks_exact_mut(hd).enumerate() {
-                        let (t, head) = ((first + i) / h, (first + i) % h);
-                        let seen = start + t + 1;
-                        let scores = &mut scores[..seen];
-                        let g = head / group;
-                        let q = &q[t * d + head * hd..t * d + (head + 1) * hd];
-                        let keys = kv
-                            .keys
-                            .chunks_exact(kvd)
-                            .map(|row| &row[g * hd..(g + 1) * hd]);
-                        for (score, key) in scores.iter_mut().zip(keys) {
-                            *score = dot(q, key) / scale;
-                        }
-                        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0.0;
-                        for s in scores.iter_mut() {
-                            *s = (*s - max).exp();
-                            sum += *s;
-                        }
-                        ctx.fill(0.0);
-                        let values = kv
-                            .values
-                            .chunks_exact(kvd)
-                            .map(|row| &row[g * hd..(g + 1) * hd]);
-                        for (&p, value) in scores.iter().zip(values) {
-                            let p = p / sum;
-                            for (o, v) in ctx.iter_mut().zip(value) {
-                                *o += p * v;
-                            }
-                        }
-                    }
-                });
+                prompt_attention(&q, kv, &shape, start, &mut context);
             }
             for (x, o) in x.iter_mut().zip(product(l, Projection::O, &context)) {
                 *x += o;
@@ -462,10 +527,10 @@ mod tests {
 
     /// The reference: each head's softmax over every position in f64, then the weighted sum
     /// of its group's values.
-    fn attention_in_f64(q: &[f32], kv: &LayerKv, shape: &AttentionShape) -> Vec<f64> {
+    /// The reference for one position's queries `q` seeing the first `seen` positions.
+    fn attention_in_f64(q: &[f32], kv: &LayerKv, shape: &AttentionShape, seen: usize) -> Vec<f64> {
         let (h, hd) = (shape.heads, shape.head_dim);
         let (kvd, group) = (shape.kv_heads * hd, h / shape.kv_heads);
-        let seen = kv.keys.len() / kvd;
         let mut out = vec![0.0f64; h * hd];
         for head in 0..h {
             let g = head / group;
@@ -523,7 +588,7 @@ mod tests {
             };
             let mut context = vec![f32::NAN; q.len()];
             decode_attention(&q, &kv, &shape, &mut context);
-            let reference = attention_in_f64(&q, &kv, &shape);
+            let reference = attention_in_f64(&q, &kv, &shape, seen);
             let worst = context
                 .iter()
                 .zip(&reference)
@@ -533,6 +598,50 @@ mod tests {
                 worst < 1e-5,
                 "{seen} positions, spread {spread}: worst difference {worst}"
             );
+        }
+    }
+
+    /// A prompt's attention, by (position, key/value head) over the pool, equals each
+    /// position's softmax over the keys up to its own, after positions already cached.
+    #[test]
+    fn prompt_attention_equals_each_positions_softmax_over_the_keys_up_to_its_own() {
+        let shape = AttentionShape {
+            heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+            scale: 8.0,
+        };
+        let (kvd, d) = (
+            shape.kv_heads * shape.head_dim,
+            shape.heads * shape.head_dim,
+        );
+        let mut rng = Rng::new(11);
+        let mut draw = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+                .collect()
+        };
+        for (start, s) in [(0, 7), (70, 6)] {
+            let q = draw(s * d);
+            let kv = LayerKv {
+                keys: draw((start + s) * kvd),
+                values: draw((start + s) * kvd),
+            };
+            let mut context = vec![f32::NAN; q.len()];
+            prompt_attention(&q, &kv, &shape, start, &mut context);
+            for t in 0..s {
+                let reference =
+                    attention_in_f64(&q[t * d..(t + 1) * d], &kv, &shape, start + t + 1);
+                let worst = context[t * d..(t + 1) * d]
+                    .iter()
+                    .zip(&reference)
+                    .map(|(a, b)| (*a as f64 - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    worst < 1e-5,
+                    "start {start}, position {t}: worst difference {worst}"
+                );
+            }
         }
     }
 }
