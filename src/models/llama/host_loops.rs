@@ -107,6 +107,29 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// Defines `fn $name(args)` running `$body(args)`, on x86-64 compiled a second time with
+/// AVX2 and FMA and that copy taken where the CPU has them (the crate is built for baseline
+/// x86-64: SSE2, four lanes). `$body` is `#[inline(always)]`, so each copy gets its own loops.
+macro_rules! with_wide_vectors {
+    ($(#[$doc:meta])* fn $name:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn wide($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                return unsafe { wide($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 /// What a layer's attention reads: `heads` query heads of `head_dim` values sharing
 /// `kv_heads` key/value heads in equal groups; scores are divided by `scale`.
 struct AttentionShape {
@@ -190,36 +213,18 @@ fn prompt_attention(
     });
 }
 
-/// The query heads of group `g` (`q`, `[group, head_dim]`) over the first `seen` positions:
-/// their contexts in `out` (the same shape); `scores` is scratch. Natively on AVX2 with FMA
-/// where the CPU has them, as [`attention_chunk`].
-fn group_attention(
-    q: &[f32],
-    kv: &LayerKv,
-    shape: &AttentionShape,
-    g: usize,
-    seen: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "avx2,fma")]
-        fn wide(
-            q: &[f32],
-            kv: &LayerKv,
-            shape: &AttentionShape,
-            g: usize,
-            seen: usize,
-            scores: &mut Vec<f32>,
-            out: &mut [f32],
-        ) {
-            group_attention_body(q, kv, shape, g, seen, scores, out)
-        }
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { wide(q, kv, shape, g, seen, scores, out) };
-    }
-    group_attention_body(q, kv, shape, g, seen, scores, out)
+with_wide_vectors! {
+    /// The query heads of group `g` (`q`, `[group, head_dim]`) over the first `seen`
+    /// positions: their contexts in `out` (the same shape); `scores` is scratch.
+    fn group_attention = group_attention_body(
+        q: &[f32],
+        kv: &LayerKv,
+        shape: &AttentionShape,
+        g: usize,
+        seen: usize,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    )
 }
 
 #[inline(always)]
@@ -264,32 +269,16 @@ fn group_attention_body(
     }
 }
 
-/// One chunk of [`decode_attention`]: `out` gets, per head, `[max, sum, weighted values…]`
-/// over the positions `range`. Natively on AVX2 with FMA where the CPU has them: the loops
-/// are compiled for baseline x86-64 (SSE2, four lanes) otherwise.
-fn attention_chunk(
-    q: &[f32],
-    kv: &LayerKv,
-    shape: &AttentionShape,
-    range: std::ops::Range<usize>,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "avx2,fma")]
-        fn wide(
-            q: &[f32],
-            kv: &LayerKv,
-            shape: &AttentionShape,
-            range: std::ops::Range<usize>,
-            out: &mut [f32],
-        ) {
-            attention_chunk_body(q, kv, shape, range, out)
-        }
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { wide(q, kv, shape, range, out) };
-    }
-    attention_chunk_body(q, kv, shape, range, out)
+with_wide_vectors! {
+    /// One chunk of [`decode_attention`]: `out` gets, per head, `[max, sum, weighted
+    /// values…]` over the positions `range`.
+    fn attention_chunk = attention_chunk_body(
+        q: &[f32],
+        kv: &LayerKv,
+        shape: &AttentionShape,
+        range: std::ops::Range<usize>,
+        out: &mut [f32],
+    )
 }
 
 #[inline(always)]
