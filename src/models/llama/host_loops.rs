@@ -146,9 +146,9 @@ const ATTENTION_CHUNK: usize = 64;
 /// A decoded position's attention over every cached position (`kv`, the new one included):
 /// `context` (`[heads · head_dim]`) from the position's queries `q` (the same shape).
 ///
-/// Why not one task per head, as a prompt's positions have: SmolLM2's 9 query heads share 3
-/// key/value heads, so a head at a time read each key and value three times, and 9 heads split
-/// 5 and 4 over two threads. `perf` over 1,000 decoded tokens (AMD EPYC Zen 3, 2 threads) put
+/// Why not one task per query head, as there was: SmolLM2's 9 query heads share 3 key/value
+/// heads, so a head at a time read each key and value three times, and 9 heads split 5 and 4
+/// over two threads. `perf` over 1,000 decoded tokens (AMD EPYC Zen 3, 2 threads) put
 /// 38% of the samples in attention. Here a task takes [`ATTENTION_CHUNK`] positions for every
 /// head, reading each key and value once, and keeps each head's running maximum, sum of
 /// exponentials and weighted values; the chunks are then merged in order, rescaled to the
