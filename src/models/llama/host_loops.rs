@@ -102,6 +102,19 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// Replaces each score by `e^(score - max)` and returns `(max, sum of the exponentials)`: a
+/// softmax's numerators, kept in range by the largest score.
+#[inline(always)]
+fn exponentiate_from_max(scores: &mut [f32]) -> (f32, f32) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    (max, sum)
+}
+
 /// `x / (1 + e^-x)`.
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
@@ -249,12 +262,7 @@ fn group_attention_body(
         }
     }
     for scores in scores.chunks_exact_mut(seen) {
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
+        let (_, sum) = exponentiate_from_max(scores);
         scores.iter_mut().for_each(|s| *s /= sum);
     }
     out.fill(0.0);
@@ -305,13 +313,7 @@ fn attention_chunk_body(
     }
     let per_head = hd + 2;
     for (head, row) in out.chunks_exact_mut(per_head).enumerate() {
-        let scores = &mut scores[head * len..(head + 1) * len];
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
+        let (max, sum) = exponentiate_from_max(&mut scores[head * len..(head + 1) * len]);
         row[0] = max;
         row[1] = sum;
         row[2..].fill(0.0);
@@ -460,9 +462,8 @@ impl Llama {
             }
             kv.push(&k, &v, kvd);
             self.attention_peak.fetch_max(h * total, Ordering::Relaxed);
-            // Rows (position, head) split over the pool's threads like a product's rows (the
-            // helpers would otherwise wait through it: a tenth of a token at 500 positions).
-            // Position `t` sees the keys up to its own, `start + t + 1` of them.
+            // Split over the pool's threads like a product's rows (the helpers would otherwise
+            // wait through it: a tenth of a token at 500 positions).
             let kv = &*kv;
             let shape = AttentionShape {
                 heads: h,
@@ -514,9 +515,8 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    /// The reference: each head's softmax over every position in f64, then the weighted sum
-    /// of its group's values.
-    /// The reference for one position's queries `q` seeing the first `seen` positions.
+    /// The reference for one position's queries `q` seeing the first `seen` positions: each
+    /// head's softmax in f64, then the weighted sum of its group's values.
     fn attention_in_f64(q: &[f32], kv: &LayerKv, shape: &AttentionShape, seen: usize) -> Vec<f64> {
         let (h, hd) = (shape.heads, shape.head_dim);
         let (kvd, group) = (shape.kv_heads * hd, h / shape.kv_heads);
