@@ -15,6 +15,7 @@ use webguard::text::chat_template::Message;
 use webguard::{ChatModel, Error, Result, SMOLLM2_GGUF};
 
 use crate::common::{Progress, read};
+use crate::guard::LabelledPrompt;
 use crate::models::load_chat;
 
 #[derive(clap::Args)]
@@ -575,6 +576,7 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
             .collect::<Result<_>>()?;
         all.retain(|e| keep.contains(&e.request.split));
     }
+    let dev_files = read_dev_sets(&args.dev_prompts)?;
     let (chat, backend) = load_chat(models, "cpu", None)?;
     let c = chat.model.config();
     let evaluated = (args.evaluate.as_ref())
@@ -639,7 +641,7 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
             .collect::<Result<_>>()?,
     );
     let rows = states(&chat, &all, &exchanges, &layers, pooling, &mut caches)?;
-    let dev = dev_sets(&chat, &args.dev_prompts, &layers, pooling, &mut caches)?;
+    let dev = dev_sets(&chat, &dev_files, &layers, pooling, &mut caches)?;
     let pick = |split: Split| -> (Vec<Vec<f32>>, Vec<bool>) {
         all.iter()
             .zip(&rows)
@@ -769,28 +771,45 @@ struct DevExample {
     states: Vec<Vec<f32>>,
 }
 
-/// The `--dev-prompts` files' examples (states from the cache, the missing ones computed).
-fn dev_sets(
-    chat: &ChatModel,
-    files: &[PathBuf],
-    layers: &[usize],
-    pooling: Pooling,
-    cache: &mut Caches,
-) -> Result<Vec<(PathBuf, Vec<DevExample>)>> {
+/// A `--dev-prompts` file's lines, each with the conversation it stands for.
+type DevFile = (PathBuf, Vec<(LabelledPrompt, Vec<Message>)>);
+
+/// Reads and checks the `--dev-prompts` files, before any state is computed: a malformed line
+/// is reported at once, not after the training split's states (half an hour on 2 cores).
+fn read_dev_sets(files: &[PathBuf]) -> Result<Vec<DevFile>> {
     let mut out = Vec::new();
     for path in files {
-        let lines: Vec<crate::guard::LabelledPrompt> =
+        let lines: Vec<LabelledPrompt> =
             crate::common::read_jsonl(path, "{\"id\", \"prompt\" or \"messages\", \"label\"}")?;
         crate::common::check_safe_or_unsafe(
             path,
             "prompt",
             lines.iter().map(|l| (&l.id, l.label.as_str())),
         )?;
-        let mut examples = Vec::new();
-        for (i, line) in lines.iter().enumerate() {
+        let mut read = Vec::new();
+        for (i, line) in lines.into_iter().enumerate() {
             let messages = line.turns().map_err(|why| {
                 Error::InvalidInput(format!("{}:{}: {why}", path.display(), i + 1))
             })?;
+            read.push((line, messages));
+        }
+        out.push((path.clone(), read));
+    }
+    Ok(out)
+}
+
+/// The `--dev-prompts` files' examples (states from the cache, the missing ones computed).
+fn dev_sets(
+    chat: &ChatModel,
+    files: &[DevFile],
+    layers: &[usize],
+    pooling: Pooling,
+    cache: &mut Caches,
+) -> Result<Vec<(PathBuf, Vec<DevExample>)>> {
+    let mut out = Vec::new();
+    for (path, lines) in files {
+        let mut examples = Vec::new();
+        for (line, messages) in lines {
             let mut forms = vec![messages.clone()];
             if let [_, .., last] = &messages[..] {
                 forms.push(vec![last.clone()]);
@@ -900,4 +919,56 @@ fn dev_report(dev: &[(PathBuf, Vec<DevExample>)], probe: &StateProbe) -> Result<
 fn score_all(probe: &StateProbe, rows: &[Vec<f32>]) -> Result<Vec<f32>> {
     use rayon::prelude::*;
     rows.par_iter().map(|r| probe.score(r)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("webguard-dev-sets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn dev_prompts_files_are_read_with_their_conversations_and_a_bad_line_is_named() {
+        let good = file(
+            "good.jsonl",
+            concat!(
+                r#"{"id": "a", "prompt": "bash loop over files", "label": "safe", "type": "terse"}"#,
+                "\n",
+                r#"{"id": "b", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "And then?"}], "label": "unsafe"}"#,
+                "\n"
+            ),
+        );
+        let read = read_dev_sets(std::slice::from_ref(&good)).unwrap();
+        assert_eq!(read.len(), 1);
+        let lines = &read[0].1;
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].0.kind.as_deref(), Some("terse"));
+        assert_eq!(lines[0].1.len(), 1);
+        assert_eq!(lines[0].1[0].content, "bash loop over files");
+        assert_eq!(lines[1].1.len(), 3);
+        assert_eq!(lines[1].1[2].content, "And then?");
+
+        // A line of another kind of file (a language-detection set), and a label that is
+        // neither safe nor unsafe: each names its file.
+        let other = file(
+            "other.jsonl",
+            r#"{"id": "vi-02", "lang": "vi", "prompt": "Xin chao"}"#,
+        );
+        let label = file(
+            "label.jsonl",
+            r#"{"id": "c", "prompt": "Hi", "label": "maybe"}"#,
+        );
+        for bad in [other, label] {
+            let err = read_dev_sets(&[good.clone(), bad.clone()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&bad.display().to_string()), "{err}");
+        }
+    }
 }
