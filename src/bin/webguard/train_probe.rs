@@ -965,9 +965,10 @@ mod tests {
             r#"{"id": "c", "prompt": "Hi", "label": "maybe"}"#,
         );
         for bad in [other, label] {
-            let err = read_dev_sets(&[good.clone(), bad.clone()])
-                .unwrap_err()
-                .to_string();
+            let Err(err) = read_dev_sets(&[good.clone(), bad.clone()]) else {
+                panic!("{} was read", bad.display());
+            };
+            let err = err.to_string();
             assert!(err.contains(&bad.display().to_string()), "{err}");
         }
     }
