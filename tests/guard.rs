@@ -1008,3 +1008,36 @@ fn generate_plain(chat: &ChatModel, question: &str, max_new_tokens: usize) -> St
     }
     text
 }
+
+/// The worker (pkg/guard-worker.js) refuses a downloaded file whose sha256 is not its
+/// manifest's: a refitted probe, heads or adapters file must update the manifest with it. The
+/// browser suite finds a stale hash 40 minutes into the CI; this finds it in seconds.
+#[test]
+fn the_workers_manifest_pins_the_shipped_asset_files() {
+    use sha2::{Digest, Sha256};
+    let root = webguard::source_checkout();
+    let worker = std::fs::read_to_string(root.join("pkg/guard-worker.js")).unwrap();
+    for (key, file) in [
+        ("heads", "filter-heads.safetensors"),
+        ("chatProbe", "chat-probe.safetensors"),
+        ("safetyAdapters", "chat-safety-adapters.safetensors"),
+    ] {
+        let pinned = worker
+            .lines()
+            .find_map(|l| {
+                let rest = l.strip_prefix(&format!("  {key}: \""))?;
+                let (hash, comment) = rest.split_once("\",")?;
+                (comment.trim() == format!("// {file}")).then(|| hash.to_string())
+            })
+            .unwrap_or_else(|| panic!("pkg/guard-worker.js pins no {key} for {file}"));
+        let bytes = std::fs::read(root.join("assets").join(file)).unwrap();
+        let actual: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            pinned, actual,
+            "assets/{file} changed: update {key} in pkg/guard-worker.js's MANIFEST"
+        );
+    }
+}
