@@ -7,7 +7,6 @@
 mod common;
 
 use burn::tensor::Device;
-use sha2::{Digest, Sha256};
 use webguard::Filter;
 use webguard::error::ErrorKind;
 use webguard::models::bert::{Bert, BertConfig, quantise_weights};
@@ -32,13 +31,6 @@ fn f32_file() -> Vec<u8> {
 
 fn minilm(name: &str) -> Vec<u8> {
     common::read_model(&format!("{}/{name}", webguard::MINILM_DIR))
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// `MODEL_INT8` in pkg/guard-worker.js.
@@ -66,13 +58,13 @@ fn the_8bit_file_is_deterministic_small_and_in_the_manifest() {
         a.len()
     );
     assert_eq!(
-        sha256(&a),
+        common::sha256(&a),
         manifest_hash(),
         "the 8-bit file changed: update MODEL_INT8 in pkg/guard-worker.js"
     );
     let w = EncoderWeights::parse(&a).unwrap();
     assert!(w.is_int8());
-    assert_eq!(w.metadata()["source_sha256"], sha256(&f32));
+    assert_eq!(w.metadata()["source_sha256"], common::sha256(&f32));
     eprintln!(
         "8-bit encoder: {} bytes ({:.1}% of {}); the filter's first visit: {download} bytes",
         a.len(),

@@ -1014,7 +1014,6 @@ fn generate_plain(chat: &ChatModel, question: &str, max_new_tokens: usize) -> St
 /// browser suite finds a stale hash 40 minutes into the CI; this finds it in seconds.
 #[test]
 fn the_workers_manifest_pins_the_shipped_asset_files() {
-    use sha2::{Digest, Sha256};
     let root = webguard::source_checkout();
     let worker = std::fs::read_to_string(root.join("pkg/guard-worker.js")).unwrap();
     for (key, file) in [
@@ -1030,11 +1029,7 @@ fn the_workers_manifest_pins_the_shipped_asset_files() {
                 (comment.trim() == format!("// {file}")).then(|| hash.to_string())
             })
             .unwrap_or_else(|| panic!("pkg/guard-worker.js pins no {key} for {file}"));
-        let bytes = std::fs::read(root.join("assets").join(file)).unwrap();
-        let actual: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let actual = common::sha256(&std::fs::read(root.join("assets").join(file)).unwrap());
         assert_eq!(
             pinned, actual,
             "assets/{file} changed: update {key} in pkg/guard-worker.js's MANIFEST"
