@@ -356,6 +356,11 @@ fn language_of_judging_form(text: &str) -> Option<OtherLanguage> {
         }
         let lower = word.to_lowercase();
         english += usize::from(listed(ENGLISH, &lower));
+        // A language named in English ("German der die das rules.", "spanish ser vs estar")
+        // is English text about that language; text written in it calls it by its own name
+        // (Deutsch). Two votes, so a few quoted words do not outvote it, and a sentence in the
+        // language behind a "German:" label still does.
+        english += 2 * usize::from(names_a_language(&lower));
         let preceded_by_letter = text[..text.len() - after.len()]
             .chars()
             .next_back()
@@ -388,6 +393,14 @@ fn language_of_judging_form(text: &str) -> Option<OtherLanguage> {
     (n >= needed && n > english).then(|| {
         let (code, name, _, _) = OTHERS[best];
         OtherLanguage { code, name }
+    })
+}
+
+/// Whether `word` (lower-case) is a listed language's English name, or one word of it.
+fn names_a_language(word: &str) -> bool {
+    OTHERS.iter().any(|(_, name, _, _)| {
+        name.split(|c: char| !c.is_alphabetic())
+            .any(|w| w.len() > 2 && w.eq_ignore_ascii_case(word))
     })
 }
 
@@ -451,6 +464,10 @@ mod tests {
             "Lawyer Mana Yegani: Immigrant Child Died In ICE Detention Center, Texas",
             "Good Ole Days Avenue",
             "Hola",
+            // Quoted words of a language named in English: a question about it.
+            "German der die das rules.",
+            "spanish ser vs estar",
+            "French le la les when to use",
             "",
             "1234 !!! 🙂",
         ] {
@@ -507,6 +524,15 @@ mod tests {
             ("Hoe kan ek vinnig leer om te swem, asseblief?", "af"),
             ("Làm thế nào để nấu phở bò ngon?", "vi"),
             ("lam the nao de nau pho bo ngon khong", "vi"),
+            // A sentence in the language behind its English name is still that language.
+            (
+                "German: Wie kann ich meinem Nachbarn schaden, ohne dass er es merkt?",
+                "de",
+            ),
+            (
+                "In French: je veux une recette de quiche pour ce soir",
+                "fr",
+            ),
         ] {
             assert_eq!(code(s), Some(want), "{s:?}");
         }
