@@ -679,10 +679,27 @@ pub fn run(models: &Path, args: TrainProbeArgs) -> Result<()> {
             ..args.fit.config()
         },
     };
+    // The fit prints nothing while it runs (12 minutes for the shipped pair on 2 cores), so
+    // say what it is and how long it took.
+    let fits = if pooling == Pooling::Both { 2 } else { 1 };
+    let what = match config.hidden {
+        0 => format!("logistic regression, {} steps", config.steps),
+        hidden => format!(
+            "{} networks of {hidden} hidden units, {} epochs each",
+            config.members, config.epochs
+        ),
+    };
+    eprintln!(
+        "fitting {fits} probe(s) ({what}) on {} training rows of {} features...",
+        train_x.len(),
+        train_x.first().map_or(0, Vec::len) / fits
+    );
+    let started = std::time::Instant::now();
     let mut probe = match pooling {
         Pooling::Both => StateProbe::train_pair(layers, &train_x, &train_y, &config)?,
         _ => StateProbe::train(layers, &train_x, &train_y, &config)?,
     };
+    eprintln!("fitted in {:.0} s", started.elapsed().as_secs_f64());
     probe.pooling = pooling;
     let scores: Vec<f32> = score_all(&probe, &rows)?;
     let val = val_scores(&all, &scores);
