@@ -31,7 +31,7 @@ const MANIFEST = {
   model: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", // all-MiniLM-L6-v2/model.safetensors
   heads: "c4e682a890cb1d41c5179d7a7104b6edf99f8250b8a5239df2a3572cd1144748", // filter-heads.safetensors
   chat: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", // SmolLM2-135M-Instruct.Q4_1.gguf
-  chatProbe: "cbbefacefd4e0c5e565bf710184c81163d5409fc8b98ebd1b50a76e9dffd0dcb", // chat-probe.safetensors
+  chatProbe: "8b2ae536a283aa9587639f95b1e7b52b3e34ce944931ffd9b2dcffaceca8807d", // chat-probe.safetensors
   safetyAdapters: "f6c463a6899e1893150345d168ce6b5e7d78a1ce2545fea2f08443e25615cf82", // chat-safety-adapters.safetensors
 };
 
